@@ -70,6 +70,10 @@ class MotionLimits:
     """A setpoint step this many times the per-period bound is an attack or a bug: fault."""
     max_joint_speed_rad_s: float = 2.0
     """Joint velocity bound after inverse kinematics (URDF limits apply too)."""
+    joint_jump_fault_rad: float = 0.5
+    """An IK solution this far from the previous joint setpoint is a branch flip: fault.
+    Smaller excesses over the velocity bound (IK near a wrist singularity) are clamped;
+    attacks on the command path are caught before IK by ``jump_fault_factor``."""
     joint_margin_rad: float = 0.02
     """Keep this far inside the URDF joint position limits."""
     tracking_error_m: float = 0.01
@@ -83,7 +87,8 @@ class MotionLimits:
         check(all(a < b for a, b in zip(lo, hi, strict=True)), "safety.motion.workspace_min",
               lo, "must be below workspace_max on every axis")
         for name in ("workspace_radius_m", "max_speed_m_s", "max_angular_speed_rad_s",
-                     "max_joint_speed_rad_s", "tracking_error_m", "tracking_error_rad"):
+                     "max_joint_speed_rad_s", "joint_jump_fault_rad", "tracking_error_m",
+                     "tracking_error_rad"):
             finite_positive(f"safety.motion.{name}", getattr(self, name))
         check(self.jump_fault_factor > 1.0, "safety.motion.jump_fault_factor",
               self.jump_fault_factor, "must be > 1")

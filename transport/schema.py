@@ -380,6 +380,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 # ---------------------------------------------------------------- codec
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
+_cls: type[Message]
 for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)

@@ -1,0 +1,226 @@
+"""The simulated rig as real processes: firmware emulator, robot node, fault proxy, console.
+
+``SimRig`` is what ``telesurgery demo`` runs and what every HIL scenario runs:
+each part is its own process started through the ``telesurgery`` command, with
+configs written to the run folder, talking over real pseudo-terminals and real
+CurveZMQ sockets. The fault proxy always sits between console and robot
+(transparent when no fault is set) and is driven over its IPC control socket,
+so the same rig works on loopback and across network namespaces.
+
+With ``TELESURGERY_HIL_PORT`` naming a real serial port, no emulator is started
+and the robot node drives that port: the scenarios then run against real firmware.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from hil_tests.netns import NetnsPair
+from robot_side.kinematics import HOME_Q
+from transport.keys import init_keys
+
+log = logging.getLogger(__name__)
+
+REAL_PORT_ENV = "TELESURGERY_HIL_PORT"
+CHANNELS = ("command", "control", "telemetry", "video")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _toml(sections: dict[str, dict[str, Any]]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str | Path):
+            return json.dumps(str(v))
+        return repr(v)
+
+    out = []
+    for name, body in sections.items():
+        out.append(f"[{name}]")
+        out.extend(f"{k} = {value(v)}" for k, v in body.items() if v is not None)
+        out.append("")
+    return "\n".join(out)
+
+
+@dataclass
+class RigOptions:
+    run_dir: Path
+    console_seconds: float = 20.0
+    rate_hz: float = 500.0
+    headless: bool = True
+    video: bool = True
+    reengage_after_s: float | None = 1.0
+    ros_backend: str = "dds"
+    hud_every_n: int = 0
+    rotation_scale: float = 1.0
+    netns: NetnsPair | None = None
+    robot_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class SimRig:
+    """Starts the four processes, exposes their controls, always cleans up."""
+
+    def __init__(self, opts: RigOptions) -> None:
+        self.opts = opts
+        self.run = opts.run_dir
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._ctx = zmq.Context.instance()
+        ports = free_ports(8)
+        self.robot_ports = dict(zip(CHANNELS, ports[:4], strict=True))
+        self.proxy_ports = dict(zip(CHANNELS, ports[4:], strict=True))
+        self.real_port = os.environ.get(REAL_PORT_ENV)
+        ns = opts.netns
+        self.robot_host = ns.robot_ip if ns else "127.0.0.1"
+
+    # ------------------------------------------------------------ processes
+    def _spawn(self, name: str, argv: list[str], where: str | None = None) -> None:
+        out = (self.run / f"{name}.log").open("wb")
+        cmd = [sys.executable, "-m", "telesurgery.cli", *argv]
+        ns = self.opts.netns
+        if ns is not None and where is not None:
+            self.procs[name] = ns.run(where, cmd, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def _wait_log(self, name: str, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        path = self.run / f"{name}.log"
+        while time.monotonic() < deadline:
+            if text in path.read_text(errors="replace"):
+                return
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited early; see {path}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not report {text!r} within {timeout_s} s; see {path}")
+
+    def start(self) -> None:
+        init_keys(self.run / "keys")
+        serial_port = self.real_port or str(self.run / "ttyTS0")
+        if not self.real_port:
+            self._spawn("firmware", ["firmware-sim", "--link", serial_port,
+                                     "--control", f"ipc://{self.run}/fw.ipc",
+                                     "--initial", ",".join(f"{q:.6f}" for q in HOME_Q)],
+                        where="robot")
+            self._wait_log("firmware", "firmware emulator on", 15)
+        robot_cfg = self.run / "robot.toml"
+        sections: dict[str, dict[str, Any]] = {
+            "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
+                     **{f"{c}_port": p for c, p in self.robot_ports.items()}},
+            "serial": {"port": serial_port},
+            "control": {"rate_hz": self.opts.rate_hz},
+            "ros": {"backend": self.opts.ros_backend, "domain_id": 1 + os.getpid() % 200},
+            "safety.audit": {"path": self.run / "audit" / "robot.audit"},
+            "safety.watchdog": {"require_video": self.opts.video},
+            "estop": {"socket": self.run / "estop.sock"},
+        }
+        for key, body in self.opts.robot_overrides.items():
+            sections.setdefault(key, {}).update(body)
+        robot_cfg.write_text(_toml(sections))
+        self._spawn("robot", ["robot", "--config", str(robot_cfg),
+                              "--summary", str(self.run / "robot.json")], where="robot")
+        self._wait_log("robot", "robot node up", 60)
+        routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
+                  for c, p in self.robot_ports.items()]
+        self._spawn("proxy", ["faultproxy", *sum((["--listen", r] for r in routes), []),
+                              "--control", f"ipc://{self.run}/proxy.ipc"], where="robot")
+        self._wait_log("proxy", "faultproxy ready", 15)
+        self.start_console()
+
+    def start_console(self, name: str = "console") -> None:
+        o = self.opts
+        cfg = self.run / f"{name}.toml"
+        cfg.write_text(_toml({
+            "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
+                     **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
+            "loop": {"rate_hz": o.rate_hz},
+            "teleop": {"scale": 1.0, "rotation_scale": o.rotation_scale},
+            "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
+                        "out_dir": self.run / "hud" if o.hud_every_n else None,
+                        "every_n": o.hud_every_n},
+            "session": {"auto_engage": True, "reengage_after_s": o.reengage_after_s},
+        }))
+        self._spawn(name, ["console", "--config", str(cfg), "--seconds", str(o.console_seconds),
+                           "--summary", str(self.run / f"{name}.json")], where="console")
+
+    def wait(self, name: str, timeout_s: float) -> int:
+        return self.procs[name].wait(timeout_s)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop everything: console and robot politely first (they write summaries)."""
+        for name in ("console", "robot", "proxy", "firmware"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing it", name)
+                proc.kill()
+                proc.wait(5)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+    def __enter__(self) -> SimRig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ controls
+    def _request(self, endpoint: str, body: dict[str, Any], timeout_ms: int = 3000) -> Any:
+        with self._ctx.socket(zmq.REQ) as s:
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            s.connect(endpoint)
+            s.send_json(body)
+            return s.recv_json()
+
+    def proxy(self, body: dict[str, Any]) -> Any:
+        return self._request(f"ipc://{self.run}/proxy.ipc", body)
+
+    def firmware(self, body: dict[str, Any]) -> Any:
+        if self.real_port:
+            raise RuntimeError("real firmware: no emulator control socket")
+        return self._request(f"ipc://{self.run}/fw.ipc", body)
+
+    def estop(self, action: str) -> str:
+        from robot_side.estop import send
+
+        return send(self.run / "estop.sock", action)
+
+    def summary(self, name: str) -> dict[str, Any]:
+        path = self.run / f"{name}.json"
+        data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        return data

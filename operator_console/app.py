@@ -1,0 +1,180 @@
+"""``telesurgery console``: the surgeon's process.
+
+Threads: the paced command thread, the session thread (control requests,
+telemetry, clock) and, on the main thread because GUI toolkits want it, the
+video loop: receive, decode, HUD, display, picture freshness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from operator_console.command_loop import CommandThread
+from operator_console.config import ConsoleConfig
+from operator_console.devices import open_device
+from operator_console.session import ConsoleShared, SessionThread
+from operator_console.status_view import StatusView, status_from
+from operator_console.teleop import TeleopMapper
+from operator_console.video.decoder import H264Decoder
+from operator_console.video.display import Display, screen_available
+from operator_console.video.freshness import FreshnessMonitor
+from operator_console.video.hud import HudState
+from operator_console.video.receiver import VideoReceiver
+from telesurgery.config import load
+from telesurgery.errors import DeviceError, TelesurgeryError
+from transport.keys import ClientKeys
+from transport.link import ConsoleLink
+from transport.schema import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def hud_state(tlm: Telemetry | None, sh: ConsoleShared, g2g_ms: float | None,
+              age_ms: float | None, stale_ms: float) -> HudState:
+    out = sh.last_output
+    warnings = tuple(w for w in (sh.message, out.why if out and not out.valid else "") if w)
+    if tlm is None:
+        return HudState("disabled", "no telemetry", None, None, g2g_ms, age_ms, 0.0, None,
+                        sh.scale, False, False, warnings, stale_ms=stale_ms)
+    link = tlm.link
+    return HudState(
+        state=tlm.state, reason=tlm.reason,
+        rtt_ms=None if link.rtt_us is None else link.rtt_us / 1000,
+        latency_ms=None if link.latency_us is None else link.latency_us / 1000,
+        g2g_ms=g2g_ms, video_age_ms=age_ms, loss=link.loss,
+        jitter_ms=None if link.jitter_us is None else link.jitter_us / 1000,
+        scale=tlm.scale, clutch=bool(out and out.clutch),
+        operator_present=bool(out and out.operator_present), warnings=warnings,
+        stale_ms=stale_ms)
+
+
+class ConsoleApp:
+    def __init__(self, cfg: ConsoleConfig, summary_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.summary_path = summary_path
+        self.shared = ConsoleShared()
+        self._halt = threading.Event()
+        self.g2g_us: list[int] = []
+        self.receiver: VideoReceiver | None = None
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self, seconds: float | None) -> int:
+        cfg = self.cfg
+        keys = ClientKeys.load_surgeon(cfg.link.keys_dir)
+        period_ns = int(1e9 / cfg.loop.rate_hz)
+        with ExitStack() as stack:
+            device = open_device(cfg.device)
+            stack.callback(device.close)
+            link = stack.enter_context(ConsoleLink(cfg.link, keys))
+            mapper = TeleopMapper(replace(cfg.teleop, rate_hz=cfg.loop.rate_hz))
+            session = SessionThread(link, cfg.session, self.shared, period_ns)
+            commands = CommandThread(link, device, mapper, self.shared, period_ns,
+                                     cfg.loop.realtime)
+            for t in (commands, session):
+                t.start()
+                stack.callback(t.join, 2.0)
+                stack.callback(t.stop)
+            self._video_loop(link, seconds)
+            self._write_summary(commands, link)
+        return 0
+
+    def _video_loop(self, link: ConsoleLink, seconds: float | None) -> None:
+        cfg = self.cfg.display
+        sh = self.shared
+        end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
+        fresh = FreshnessMonitor(cfg.stale_ms)
+        headless = cfg.headless if cfg.headless is not None else not screen_available()
+        display = Display(headless, cfg.out_dir, cfg.every_n) if cfg.enabled else None
+        receiver = VideoReceiver(link.video_socket, H264Decoder()) if cfg.enabled else None
+        status = StatusView(sys.stderr) if headless and cfg.status_view else None
+        self.receiver = receiver
+        g2g_ms: float | None = None
+        while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
+            frame = receiver.poll(20) if receiver is not None else None
+            if receiver is None:
+                self._halt.wait(0.02)
+            now = time.monotonic_ns()
+            if receiver is not None and sh.offset_ns is not None:
+                receiver.offset_ns = sh.offset_ns
+            if frame is not None and display is not None:
+                age = fresh.age_us(now)
+                display.show(frame.image, hud_state(sh.telemetry, sh, g2g_ms,
+                                                    None if age is None else age / 1000,
+                                                    cfg.stale_ms))
+                shown = time.monotonic_ns()
+                fresh.on_displayed(frame.capture_local_ns, shown)
+                g2g = frame.g2g_ns(shown) // 1000
+                g2g_ms = g2g / 1000
+                if len(self.g2g_us) < 1_000_000:
+                    self.g2g_us.append(g2g)
+            sh.video_age_us = fresh.age_us(now)
+            sh.video_stale = fresh.stale(now) if cfg.enabled else False
+            if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
+                sh.keyframe_requests.append(kfr)
+            if status is not None:
+                age_ms = None if sh.video_age_us is None else sh.video_age_us / 1000
+                status.update(status_from(sh.telemetry, sh.last_output, sh.scale, age_ms,
+                                          sh.message), now)
+        if display is not None:
+            display.close()
+
+    def _write_summary(self, commands: CommandThread, link: ConsoleLink) -> None:
+        if self.summary_path is None:
+            return
+        g2g = np.array(self.g2g_us or [0], dtype=float) / 1000
+        rx = self.receiver.stats if self.receiver is not None else None
+        summary: dict[str, Any] = {
+            "commands_sent": commands.sent,
+            "device_errors": commands.device_errors,
+            "command_period": asdict(commands.pacer.stats()),
+            "link_counters": dict(link.counters),
+            "g2g_ms": {"n": len(self.g2g_us), "p50": float(np.percentile(g2g, 50)),
+                       "p99": float(np.percentile(g2g, 99)), "max": float(g2g.max())},
+            "video": asdict(rx) if rx is not None else None,
+            "trips_seen": self.shared.trips,
+            "engagements": self.shared.engagements,
+            "events": [e.code for e in self.shared.events],
+            "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
+        }
+        self.summary_path.parent.mkdir(parents=True, exist_ok=True)
+        self.summary_path.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="telesurgery console", description=__doc__)
+    p.add_argument("--config", type=Path, help="console config TOML (default: simulated rig)")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")
+    p.add_argument("--headless", action="store_true", help="no window; HUD to files")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = load(ConsoleConfig, args.config)
+        if args.headless:
+            cfg = replace(cfg, display=replace(cfg.display, headless=True))
+        app = ConsoleApp(cfg, args.summary)
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            app.stop()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        return app.run(args.seconds)
+    except (DeviceError, TelesurgeryError) as err:
+        log.error("console cannot start: %s", err)
+        return 2

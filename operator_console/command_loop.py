@@ -1,0 +1,80 @@
+"""The console's command thread: device -> teleop mapping -> Command, paced.
+
+Whatever goes wrong on the surgeon's side (no device, a disconnected one, NaN
+from it, no anchor yet) the command still goes out, but never as valid motion:
+``operator_present`` is False and the position is the last held target, so the
+robot holds at once instead of waiting for its command timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from operator_console.devices.base import InputDevice
+from operator_console.session import ConsoleShared
+from operator_console.teleop import TeleopMapper
+from telesurgery.errors import DeviceError
+from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from transport.link import ConsoleLink
+from transport.schema import Command
+
+log = logging.getLogger(__name__)
+
+
+class CommandThread(threading.Thread):
+    def __init__(self, link: ConsoleLink, device: InputDevice, mapper: TeleopMapper,
+                 shared: ConsoleShared, period_ns: int, realtime: bool) -> None:
+        super().__init__(name="console-command", daemon=True)
+        self.link = link
+        self.device = device
+        self.mapper = mapper
+        self.shared = shared
+        self.pacer = Pacer(period_ns)
+        self.realtime = realtime
+        self._halt = threading.Event()
+        self.sent = 0
+        self.device_errors = 0
+        self._seq = 0
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        lower_timer_slack()
+        if self.realtime:
+            try_realtime(40)
+        self.pacer.restart()
+        while not self._halt.is_set():
+            self.pacer.wait()
+            self.link.send_command(self._next_command())
+            self.sent += 1
+
+    def _next_command(self) -> Command:
+        sh = self.shared
+        if sh.anchor_gen != sh.anchor_done and sh.anchor_pose is not None:
+            self.mapper.anchor(*sh.anchor_pose)
+            sh.anchor_done = sh.anchor_gen
+        now = time.monotonic_ns()
+        try:
+            out = self.mapper.update(self.device.read(now))
+        except DeviceError as err:
+            self.device_errors += 1
+            if self.device_errors == 1 or self.device_errors % 500 == 0:
+                log.error("input device: %s (%d errors); sending hold", err,
+                          self.device_errors)
+            out = self.mapper.device_fault(str(err))
+        sh.last_output = out
+        present = out.valid and out.operator_present
+        if not all(math.isfinite(v) for v in (*out.position, *out.quat, out.grip)):
+            log.error("teleop produced a non-finite target; sending hold")
+            present = False
+        self._seq += 1
+        return Command(seq=self._seq, t_send_ns=time.monotonic_ns(),
+                       position=out.position if present else self.mapper.follower_target[0],
+                       orientation=out.quat if present else self.mapper.follower_target[1],
+                       grip=min(1.0, max(0.0, out.grip)) if present else 0.0,
+                       clutch=out.clutch, operator_present=present,
+                       video_age_us=sh.video_age_us)

@@ -1,0 +1,75 @@
+"""The console process's one config: every section, validated at load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from operator_console.devices.base import DeviceConfig
+from operator_console.teleop import TeleopConfig
+from telesurgery.config import check, finite_positive
+from transport.config import LinkConfig
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rate_hz: float = 500.0
+    """Command rate; the robot's command timeout is 50 ms, so 25 commands fit in one."""
+    realtime: bool = True
+
+    def __post_init__(self) -> None:
+        finite_positive("loop.rate_hz", self.rate_hz)
+        check(20.0 <= self.rate_hz <= 1000.0, "loop.rate_hz", self.rate_hz,
+              "must be within 20..1000 Hz")
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    enabled: bool = True
+    """False: no video at all (the robot must then run with require_video = false)."""
+    headless: bool | None = None
+    """None: a window where a display exists, headless otherwise."""
+    out_dir: Path | None = None
+    """Headless: where HUD frames are written (None keeps only the last one)."""
+    every_n: int = 0
+    stale_ms: float = 250.0
+    """Disengage when the displayed frame is older than this."""
+    status_view: bool = True
+    """Terminal status lines when there is no video window."""
+
+    def __post_init__(self) -> None:
+        check(self.every_n >= 0, "display.every_n", self.every_n, "must be >= 0")
+        finite_positive("display.stale_ms", self.stale_ms)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    scale: float = 0.2
+    """Motion scale requested from the robot at start (the robot applies it)."""
+    auto_engage: bool = False
+    """Arm and engage at start: the scripted surgeon's deliberate engage."""
+    reengage_after_s: float | None = None
+    """Scripted surgeon: re-engage this long after a trip. None: never by itself."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.scale <= 1.0, "session.scale", self.scale, "must be in (0, 1]")
+        if self.reengage_after_s is not None:
+            check(self.reengage_after_s >= 0, "session.reengage_after_s",
+                  self.reengage_after_s, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    link: LinkConfig = field(default_factory=LinkConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    teleop: TeleopConfig = field(default_factory=lambda: TeleopConfig(scale=1.0))
+    """Scale 1.0 here: the robot applies the motion scale (session.scale, set_scale)."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    display: DisplayConfig = field(default_factory=DisplayConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+
+    def __post_init__(self) -> None:
+        # Scaling on both sides would multiply; the robot's is authoritative because
+        # it also applies the latency-adaptive factor where the latency is measured.
+        check(self.teleop.scale == 1.0, "teleop.scale", self.teleop.scale,
+              "the robot applies the motion scale: set session.scale instead")

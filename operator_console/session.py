@@ -1,0 +1,171 @@
+"""The console's session thread: control requests, telemetry, clock, the surgeon's intent.
+
+It owns the link's control and telemetry sockets (the command thread owns the
+command socket, the video loop the video socket; ZeroMQ sockets are never
+shared between threads). A control request blocks only this thread, so the
+command stream keeps flowing while the robot answers.
+
+Engaging follows a fixed order so the follower never jumps: anchor the teleop
+mapper at the follower's measured pose, let a few anchored commands reach the
+robot, then request ``engage`` (the robot re-anchors on its side too).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from operator_console.config import SessionConfig
+from operator_console.teleop import TeleopOutput
+from telesurgery.errors import LinkTimeout
+from transport.clocksync import ClockSync
+from transport.link import ConsoleLink
+from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
+
+log = logging.getLogger(__name__)
+
+Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
+DELIBERATE_HOLDS = frozenset({"clutch", "disengaged", "clutch_released"})
+"""Hold reasons the surgeon caused on purpose: not trips."""
+
+
+@dataclass
+class ConsoleShared:
+    """Handover between the console's threads (reference swaps and bounded deques)."""
+
+    telemetry: Telemetry | None = None
+    anchor_pose: Pose | None = None
+    anchor_gen: int = 0
+    anchor_done: int = 0
+    engaged: bool = False
+    message: str = ""
+    last_output: TeleopOutput | None = None
+    video_age_us: int | None = None
+    video_stale: bool = True
+    offset_ns: int | None = None
+    rtt_ns: int | None = None
+    scale: float = 0.0
+    events: collections.deque[SafetyEvent] = field(
+        default_factory=lambda: collections.deque(maxlen=256))
+    keyframe_requests: collections.deque[KeyframeRequest] = field(
+        default_factory=lambda: collections.deque(maxlen=4))
+    engagements: list[dict[str, object]] = field(default_factory=list)
+    trips: list[dict[str, object]] = field(default_factory=list)
+
+
+class SessionThread(threading.Thread):
+    PING_PERIOD_NS = 100_000_000
+
+    def __init__(self, link: ConsoleLink, cfg: SessionConfig, shared: ConsoleShared,
+                 command_period_ns: int) -> None:
+        super().__init__(name="console-session", daemon=True)
+        self.link = link
+        self.cfg = cfg
+        self.shared = shared
+        self.clock = ClockSync()
+        self._halt = threading.Event()
+        self._command_period_ns = command_period_ns
+        self.want_engage = cfg.auto_engage
+        self._next_attempt_ns = 0
+        self._armed = False
+        self._scale_sent = False
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def request(self, op: str, value: float | None = None) -> bool:
+        try:
+            reply = self.link.request(op, value)
+        except LinkTimeout as err:
+            self.shared.message = f"{op}: no answer from the robot"
+            log.warning("%s", err)
+            return False
+        if not reply.ok:
+            self.shared.message = f"{op} refused: {reply.reason}"
+            log.info("robot refused %s: %s (%s)", op, reply.reason, reply.state)
+        return reply.ok
+
+    def run(self) -> None:
+        next_ping = 0
+        while not self._halt.is_set():
+            for item in self.link.poll(5):
+                self._inbound(item.msg, item.recv_ns)
+            now = time.monotonic_ns()
+            if now >= next_ping:
+                self.link.send_ping(self.clock.make_ping(now))
+                next_ping = now + self.PING_PERIOD_NS
+            sh = self.shared
+            sh.offset_ns, sh.rtt_ns = self.clock.offset_ns, self.clock.rtt_ns
+            while sh.keyframe_requests:
+                self.link.send_keyframe_request(sh.keyframe_requests.popleft())
+            self._surgeon(now)
+
+    def _inbound(self, msg: object, recv_ns: int) -> None:
+        sh = self.shared
+        if isinstance(msg, Telemetry):
+            sh.telemetry = msg
+            if sh.engaged and msg.state != "following" and msg.reason not in DELIBERATE_HOLDS:
+                sh.engaged = False
+                sh.trips.append({"t_ns": recv_ns, "state": msg.state, "reason": msg.reason})
+                sh.message = f"robot {msg.state}: {msg.reason}"
+                log.warning("robot stopped following: %s (%s)", msg.state, msg.reason)
+                if self.cfg.reengage_after_s is not None:
+                    self.want_engage = True
+                    self._next_attempt_ns = recv_ns + int(self.cfg.reengage_after_s * 1e9)
+                else:
+                    self.want_engage = False
+        elif isinstance(msg, SafetyEvent):
+            sh.events.append(msg)
+            log.info("safety event: %s -> %s (%s) %s", msg.state_from, msg.state_to,
+                     msg.code, msg.detail)
+        elif isinstance(msg, Pong):
+            self.clock.on_pong(msg, recv_ns)
+
+    def _surgeon(self, now: int) -> None:
+        """The surgeon's deliberate actions: stale-picture lockout and (scripted) engage."""
+        sh = self.shared
+        tlm = sh.telemetry
+        if tlm is None:
+            return
+        if sh.engaged and sh.video_stale:
+            sh.engaged = False
+            sh.message = "disengaged: the picture is stale"
+            log.warning("stale picture: disengaging")
+            self.request("disengage")
+            return
+        if not self._scale_sent:
+            self._scale_sent = self.request("set_scale", self.cfg.scale)
+            if self._scale_sent:
+                sh.scale = self.cfg.scale
+        if not self.want_engage or sh.engaged or now < self._next_attempt_ns:
+            return
+        self._next_attempt_ns = now + 500_000_000
+        if tlm.state == "disabled" or not self._armed:
+            self._armed = self.request("arm")
+            return
+        if tlm.state == "fault":
+            self.request("clear_fault")
+            return
+        if sh.video_stale:
+            sh.message = "waiting for a fresh picture before engaging"
+            return
+        if tlm.state not in ("ready", "hold"):
+            return
+        self._engage(tlm)
+
+    def _engage(self, tlm: Telemetry) -> None:
+        sh = self.shared
+        sh.anchor_pose = (tlm.measured_cp.position, tlm.measured_cp.orientation)
+        sh.anchor_gen += 1
+        deadline = time.monotonic_ns() + 50 * self._command_period_ns
+        while sh.anchor_done != sh.anchor_gen and time.monotonic_ns() < deadline:
+            time.sleep(self._command_period_ns / 1e9)
+        time.sleep(5 * self._command_period_ns / 1e9)  # anchored commands reach the robot
+        if self.request("engage"):
+            sh.engaged = True
+            sh.message = ""
+            sh.engagements.append({"t_ns": time.monotonic_ns(), "after_trip": bool(sh.trips)})
+            log.info("engaged (scale %.2f)", sh.scale)

@@ -1,0 +1,1 @@
+"""Console-side video: decoder, receiver, stale-picture monitor, HUD and display."""

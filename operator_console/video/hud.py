@@ -1,0 +1,162 @@
+"""The surgeon's heads-up display: link and safety state drawn over the video.
+
+Colours carry the state at a glance: a green border while following, amber
+for hold and warnings, red for fault, e-stop and a stale picture, with a big
+banner saying why motion stopped. Layout depends only on the image size and is
+computed once per size; drawing is a handful of ``putText`` calls over a
+darkened panel, well under a millisecond at 720p.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]
+Colour = tuple[int, int, int]
+
+GREEN: Colour = (60, 200, 60)
+AMBER: Colour = (0, 180, 255)
+RED: Colour = (40, 40, 230)
+GREY: Colour = (200, 200, 200)
+WHITE: Colour = (255, 255, 255)
+STATE_COLOURS: dict[str, Colour] = {
+    "following": GREEN, "hold": AMBER, "fault": RED, "estop": RED,
+    "ready": GREY, "disabled": GREY,
+}
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+PANEL_LINES = 6
+MAX_WARNINGS = 4
+
+
+@dataclass(frozen=True)
+class HudState:
+    state: str
+    reason: str
+    rtt_ms: float | None
+    latency_ms: float | None
+    g2g_ms: float | None
+    video_age_ms: float | None
+    loss: float
+    jitter_ms: float | None
+    scale: float
+    clutch: bool
+    operator_present: bool
+    warnings: tuple[str, ...]
+    encoder: str = ""
+    fps: float | None = None
+    stale_ms: float = 250.0
+    """The console's stale-picture limit, so the HUD can say when it is exceeded."""
+
+    @property
+    def video_stale(self) -> bool:
+        return self.video_age_ms is None or self.video_age_ms > self.stale_ms
+
+
+Rect = tuple[int, int, int, int]
+"""x0, y0, x1, y1 (exclusive)."""
+
+
+@dataclass(frozen=True)
+class HudLayout:
+    scale: float
+    border: int
+    panel: Rect
+    line_ys: tuple[int, ...]
+    banner: Rect
+    warnings: Rect
+
+
+@functools.lru_cache(maxsize=8)
+def hud_layout(width: int, height: int) -> HudLayout:
+    s = max(0.4, height / 720)
+    border = max(3, round(6 * s))
+    pad, line_h = round(10 * s), round(28 * s)
+    x0 = y0 = border + pad
+    panel = (x0, y0, min(width - border, x0 + round(520 * s)), y0 + pad + PANEL_LINES * line_h)
+    line_ys = tuple(y0 + round(22 * s) + i * line_h for i in range(PANEL_LINES))
+    bw, bh = round(width * 0.6), round(64 * s)
+    bx = (width - bw) // 2
+    by = panel[3] + pad
+    banner = (bx, by, bx + bw, by + bh)
+    wy = height - border - pad - MAX_WARNINGS * line_h
+    # Bottom right: the bottom left is where cameras (and the synthetic scene) stamp.
+    warn = (max(x0, width - border - pad - (panel[2] - x0)), wy, width - border - pad,
+            height - border - pad)
+    return HudLayout(s, border, panel, line_ys, banner, warn)
+
+
+def _ms(value: float | None) -> str:
+    return "--" if value is None else f"{value:.1f} ms"
+
+
+def _banner_text(hud: HudState) -> tuple[str, Colour] | None:
+    state = hud.state.upper()
+    if hud.video_stale:
+        why = ("no video" if hud.video_age_ms is None
+               else f"video stale {hud.video_age_ms:.0f} ms")
+        return f"{state}: {why}", RED
+    if hud.state in ("fault", "estop"):
+        return f"{state}: {hud.reason}", RED
+    if hud.state == "hold":
+        return f"{state}: {hud.reason}", AMBER
+    return None
+
+
+def render_hud(image: Image, hud: HudState) -> Image:
+    """Draw ``hud`` onto ``image`` in place and return it."""
+    height, width = image.shape[:2]
+    lay = hud_layout(width, height)
+    s = lay.scale
+    state_colour = STATE_COLOURS.get(hud.state, GREY)
+    b = lay.border
+    cv2.rectangle(image, (0, 0), (width - 1, height - 1), state_colour, 2 * b)
+
+    x0, y0, x1, y1 = lay.panel
+    panel = image[y0:y1, x0:x1]
+    np.right_shift(panel, 2, out=panel)  # darken so text reads over any scene
+    age_colour = RED if hud.video_stale else WHITE
+    lines: list[tuple[str, Colour]] = [
+        (f"{hud.state.upper()}  {hud.reason}"[:48], state_colour),
+        (f"RTT {_ms(hud.rtt_ms)}   one-way {_ms(hud.latency_ms)}", WHITE),
+        (f"G2G {_ms(hud.g2g_ms)}   video age {_ms(hud.video_age_ms)}", age_colour),
+        (f"loss {hud.loss * 100:.1f} %   jitter {_ms(hud.jitter_ms)}", WHITE),
+        (f"scale {hud.scale:.2f}   clutch {'ON' if hud.clutch else 'off'}   operator "
+         f"{'present' if hud.operator_present else 'ABSENT'}",
+         WHITE if hud.operator_present else AMBER),
+        (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
+         GREY),
+    ]
+    for (text, colour), y in zip(lines, lay.line_ys, strict=True):
+        cv2.putText(image, text, (x0 + round(8 * s), y), FONT, 0.62 * s, colour,
+                    max(1, round(1.5 * s)), cv2.LINE_8)
+
+    if hud.warnings:
+        wx0, wy0, wx1, wy1 = lay.warnings
+        shown = hud.warnings[:MAX_WARNINGS]
+        line_h = (wy1 - wy0) // MAX_WARNINGS
+        top = wy1 - len(shown) * line_h
+        area = image[top:wy1, wx0:wx1]
+        np.right_shift(area, 2, out=area)
+        for i, text in enumerate(shown):
+            cv2.putText(image, f"! {text}"[:48], (wx0 + round(8 * s), top + (i + 1) * line_h
+                        - round(8 * s)), FONT, 0.62 * s, AMBER, max(1, round(1.5 * s)),
+                        cv2.LINE_8)
+
+    banner = _banner_text(hud)
+    if banner is not None:
+        text, colour = banner
+        bx0, by0, bx1, by1 = lay.banner
+        cv2.rectangle(image, (bx0, by0), (bx1 - 1, by1 - 1), colour, -1)
+        font_scale, thick = 1.1 * s, max(2, round(2.5 * s))
+        (tw, th), _ = cv2.getTextSize(text, FONT, font_scale, thick)
+        while tw > bx1 - bx0 - 16 and font_scale > 0.4:
+            font_scale *= 0.85
+            (tw, th), _ = cv2.getTextSize(text, FONT, font_scale, thick)
+        org = (bx0 + (bx1 - bx0 - tw) // 2, by0 + (by1 - by0 + th) // 2)
+        cv2.putText(image, text, org, FONT, font_scale, WHITE, thick, cv2.LINE_AA)
+    return image

@@ -1,0 +1,87 @@
+"""The robot process's one config: every section, validated at load."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from robot_side.driver import SerialConfig
+from robot_side.video.config import VideoConfig
+from safety.config import SafetyConfig
+from telesurgery.config import check, finite_positive, load
+from transport.config import LinkConfig
+
+
+def default_runtime_dir() -> Path:
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "telesurgery"
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    rate_hz: float = 500.0
+    realtime: bool = True
+    """Try SCHED_FIFO for the control thread; falls back with a log line."""
+    telemetry_hz: float = 50.0
+    ros_hz: float = 100.0
+    scale: float = 0.2
+    """Surgeon's motion scale at start (da Vinci Research Kit default)."""
+    min_scale: float = 0.02
+    max_scale: float = 1.0
+    ik_max_iter: int = 8
+
+    def __post_init__(self) -> None:
+        finite_positive("control.rate_hz", self.rate_hz)
+        check(50.0 <= self.rate_hz <= 2000.0, "control.rate_hz", self.rate_hz,
+              "must be within 50..2000 Hz")
+        finite_positive("control.telemetry_hz", self.telemetry_hz)
+        finite_positive("control.ros_hz", self.ros_hz)
+        check(0 < self.min_scale <= self.scale <= self.max_scale <= 1.0, "control.scale",
+              self.scale, "must satisfy 0 < min_scale <= scale <= max_scale <= 1")
+        check(self.ik_max_iter >= 1, "control.ik_max_iter", self.ik_max_iter, "must be >= 1")
+
+    @property
+    def period_ns(self) -> int:
+        return int(1e9 / self.rate_hz)
+
+
+@dataclass(frozen=True)
+class RosConfig:
+    backend: Literal["auto", "dds", "rclpy", "none"] = "auto"
+    namespace: str = "arm"
+    domain_id: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.domain_id <= 232, "ros.domain_id", self.domain_id, "must be 0..232")
+        check(self.namespace.isidentifier(), "ros.namespace", self.namespace,
+              "must be a plain ROS name")
+
+
+@dataclass(frozen=True)
+class KinematicsConfig:
+    urdf: Path | None = None
+    """None: the shipped 6-DOF arm (robot_side/description/arm6.urdf)."""
+    tip_frame: str = "tool_tip"
+
+
+@dataclass(frozen=True)
+class EstopConfig:
+    socket: Path = field(default_factory=lambda: default_runtime_dir() / "estop.sock")
+    """Local-only Unix socket of ``telesurgery estop``; never reachable over the network."""
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    link: LinkConfig = field(default_factory=LinkConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    serial: SerialConfig = field(default_factory=SerialConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    ros: RosConfig = field(default_factory=RosConfig)
+    kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    estop: EstopConfig = field(default_factory=EstopConfig)
+
+
+def load_robot_config(path: Path | str | None) -> RobotConfig:
+    return load(RobotConfig, path)

@@ -1,0 +1,270 @@
+"""Forward kinematics, Jacobians and damped inverse kinematics from a URDF (pinocchio).
+
+The robot description follows the ROS convention (a URDF); pinocchio does the
+rigid-body algebra so nothing here is a hand-written kinematic chain. Positions
+are metres in the base frame, orientations unit quaternions (w, x, y, z) like
+the wire schema.
+
+Inverse kinematics is damped least squares on the 6-D pose error (position
+difference and the ``log3`` rotation error, both in the base frame), with
+damping that rises as the arm nears a singularity (manipulability below a
+threshold) and every iterate clamped to the joint limits, so a returned ``q``
+is always inside the limits even when the target is unreachable. At 1 kHz the
+previous solution is a few millimetres away, so a warm start converges in 1-3
+iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import pinocchio as pin
+
+from telesurgery.errors import ConfigError, TelesurgeryError
+
+log = logging.getLogger(__name__)
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+Quat: TypeAlias = tuple[float, float, float, float]
+"""Unit quaternion, scalar first: (w, x, y, z)."""
+
+DEFAULT_URDF = Path(__file__).parent / "description" / "arm6.urdf"
+HOME_Q = np.array([0.0, 0.3159, 0.6553, 0.0, 0.5997, 0.0])
+"""arm6 home: tool tip at (0.35, 0, 0.25) pointing straight down, elbow up, wrist bent."""
+HOME_Q.setflags(write=False)
+
+QUAT_NORM_TOL = 1e-3
+MAX_STEP_RAD = 0.3
+"""Largest joint change per iteration; a warm-started step at 1 kHz is far below it."""
+DAMPING_MIN = 1e-6
+"""Squared damping always present: keeps J J^T + damping invertible."""
+DAMPING_MAX = 1e-3
+"""Squared damping reached at a singularity."""
+MANIPULABILITY_THRESHOLD = 1e-3
+"""Below this sqrt(det(J J^T)) the damping ramps up towards DAMPING_MAX (arm6 home: ~0.03)."""
+
+
+class KinematicsError(TelesurgeryError, ValueError):
+    """A kinematics call got invalid input (wrong shape, NaN/inf, non-unit quaternion)."""
+
+
+@dataclass(frozen=True)
+class IkResult:
+    q: FloatArray
+    """Joint positions, always inside the joint limits (minus the requested margin)."""
+    converged: bool
+    err_m: float
+    """Remaining position error, metres."""
+    err_rad: float
+    """Remaining orientation error (angle of the rotation between), radians."""
+    iterations: int
+
+
+class Kinematics:
+    """One serial chain from a URDF: FK, Jacobian and IK of ``tip_frame``.
+
+    Not thread-safe: pinocchio's ``Data`` is shared scratch space, so use one
+    instance per thread (loading one takes a few milliseconds).
+    """
+
+    def __init__(self, model: Any, tip_frame: str, home: Sequence[float] | None = None) -> None:
+        if model.nq != model.nv:
+            raise ConfigError(
+                f"URDF {model.name!r}: only revolute/prismatic joints are supported "
+                f"(nq={model.nq}, nv={model.nv})"
+            )
+        if not model.existFrame(tip_frame):
+            raise ConfigError(f"URDF {model.name!r}: no frame named {tip_frame!r}")
+        self._model = model
+        self._data = model.createData()
+        self._frame = model.getFrameId(tip_frame)
+        self.tip_frame = tip_frame
+        self.joint_names: tuple[str, ...] = tuple(model.names[1:])
+        self.lower: FloatArray = np.array(model.lowerPositionLimit, dtype=np.float64)
+        self.upper: FloatArray = np.array(model.upperPositionLimit, dtype=np.float64)
+        self.velocity: FloatArray = np.array(model.velocityLimit, dtype=np.float64)
+        self.effort: FloatArray = np.array(model.effortLimit, dtype=np.float64)
+        # A URDF without a declared home: the zero configuration pulled inside the limits.
+        self.home: FloatArray = self._joints(
+            np.clip(np.zeros(self.n), self.lower, self.upper) if home is None else home, "home")
+        if np.any(self.home < self.lower) or np.any(self.home > self.upper):
+            raise ConfigError(f"home {self.home.tolist()} is outside the joint limits")
+        self.home.setflags(write=False)  # shared by every caller: copy it to change it
+        self.rejected = 0
+        """Calls refused for bad input (each also logged)."""
+
+    @classmethod
+    def from_urdf(
+        cls, path: Path | None = None, tip_frame: str = "tool_tip",
+        home: Sequence[float] | None = None,
+    ) -> Kinematics:
+        """Load a URDF; ``None`` is the shipped arm6 with its ``HOME_Q``."""
+        if path is None:
+            path = DEFAULT_URDF
+            if home is None:
+                home = HOME_Q.tolist()
+        if not path.is_file():
+            raise ConfigError(f"URDF not found: {path}")
+        try:
+            model = pin.buildModelFromUrdf(str(path))
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(f"URDF {path}: pinocchio could not load it: {err}") from err
+        log.info("kinematics: %s, %d joints, tip %r", path.name, model.nq, tip_frame)
+        return cls(model, tip_frame, home)
+
+    @property
+    def n(self) -> int:
+        return int(self._model.nq)
+
+    # ------------------------------------------------------------ public calls
+    def fk(self, q: Sequence[float] | FloatArray) -> tuple[FloatArray, Quat]:
+        """Tool position (3,) in metres and orientation (w, x, y, z) at ``q``."""
+        qv = self._joints(q, "q")
+        pin.forwardKinematics(self._model, self._data, qv)
+        placement = pin.updateFramePlacement(self._model, self._data, self._frame)
+        return placement.translation.copy(), _quat_of(placement.rotation)
+
+    def jacobian(self, q: Sequence[float] | FloatArray) -> FloatArray:
+        """The (6, n) tool Jacobian in the base frame: rows vx vy vz wx wy wz."""
+        qv = self._joints(q, "q")
+        jac = pin.computeFrameJacobian(
+            self._model, self._data, qv, self._frame, pin.LOCAL_WORLD_ALIGNED)
+        return np.array(jac, dtype=np.float64)
+
+    def ik(
+        self,
+        position: Sequence[float] | FloatArray,
+        quat: Sequence[float],
+        q_seed: Sequence[float] | FloatArray,
+        *,
+        max_iter: int = 20,
+        tol_m: float = 1e-5,
+        tol_rad: float = 1e-4,
+        margin_rad: float = 0.0,
+    ) -> IkResult:
+        """Joint positions that put the tool at ``position``/``quat``, starting at ``q_seed``.
+
+        Every iterate is clamped to the joint limits shrunk by ``margin_rad``;
+        an unreachable target returns the closest clamped iterate with
+        ``converged=False``. The caller decides what to do with that.
+        """
+        if max_iter < 0:
+            raise self._reject(f"max_iter {max_iter} must be >= 0")
+        target_p = self._vector(position, 3, "position")
+        target_r = self._rotation(quat)
+        lo, hi = self.lower + margin_rad, self.upper - margin_rad
+        if np.any(lo > hi):
+            raise self._reject(f"margin_rad {margin_rad} leaves no room inside the joint limits")
+        q = np.clip(self._joints(q_seed, "q_seed"), lo, hi)
+        model, data, frame = self._model, self._data, self._frame
+        err = np.empty(6)
+        err_m = err_rad = math.inf
+        for iteration in range(max_iter + 1):
+            pin.computeJointJacobians(model, data, q)
+            placement = pin.updateFramePlacement(model, data, frame)
+            rotation = placement.rotation
+            err[:3] = target_p - placement.translation
+            # log3 of the relative rotation is in the tool frame; rotate it into the base frame.
+            err[3:] = rotation @ pin.log3(rotation.T @ target_r)
+            err_m = float(np.linalg.norm(err[:3]))
+            err_rad = float(np.linalg.norm(err[3:]))
+            if err_m <= tol_m and err_rad <= tol_rad:
+                return IkResult(q, True, err_m, err_rad, iteration)
+            if iteration == max_iter:
+                break
+            jac = pin.getFrameJacobian(model, data, frame, pin.LOCAL_WORLD_ALIGNED)
+            jjt = jac @ jac.T
+            jjt[np.diag_indices(6)] += _damping(jjt)
+            step = jac.T @ np.linalg.solve(jjt, err)
+            largest = float(np.abs(step).max())
+            if largest > MAX_STEP_RAD:  # a trust region: no flip through a near-singularity
+                step *= MAX_STEP_RAD / largest
+            q = np.clip(q + step, lo, hi)
+        return IkResult(q, False, err_m, err_rad, max_iter)
+
+    # ------------------------------------------------------------- validation
+    def _reject(self, why: str) -> KinematicsError:
+        self.rejected += 1
+        log.warning("kinematics: rejected input (%d so far): %s", self.rejected, why)
+        return KinematicsError(why)
+
+    def _vector(self, value: Sequence[float] | FloatArray, size: int, name: str) -> FloatArray:
+        try:
+            v = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise self._reject(f"{name}: not numeric: {err}") from err
+        if v.shape != (size,):
+            raise self._reject(f"{name}: expected shape ({size},), got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise self._reject(f"{name}: non-finite value in {v.tolist()}")
+        return v
+
+    def _joints(self, q: Sequence[float] | FloatArray, name: str) -> FloatArray:
+        return self._vector(q, self.n, name)
+
+    def _rotation(self, quat: Sequence[float]) -> FloatArray:
+        w, x, y, z = self._vector(quat, 4, "quat")
+        norm = math.sqrt(w * w + x * x + y * y + z * z)
+        if abs(norm - 1.0) > QUAT_NORM_TOL:
+            raise self._reject(f"quat: norm {norm:.6f} is not 1 (w, x, y, z expected)")
+        rotation: FloatArray = pin.Quaternion(w / norm, x / norm, y / norm, z / norm)\
+            .toRotationMatrix()
+        return rotation
+
+
+def _damping(jjt: FloatArray) -> float:
+    """Squared damping: small in the open workspace, ramping up near singularities."""
+    manipulability = math.sqrt(max(float(np.linalg.det(jjt)), 0.0))
+    if manipulability >= MANIPULABILITY_THRESHOLD:
+        return DAMPING_MIN
+    ratio = manipulability / MANIPULABILITY_THRESHOLD
+    return DAMPING_MIN + (1.0 - ratio * ratio) * DAMPING_MAX
+
+
+def _quat_of(rotation: FloatArray) -> Quat:
+    x, y, z, w = (float(c) for c in pin.Quaternion(rotation).coeffs())
+    if w < 0.0:  # one sign for the same rotation, so outputs compare and log consistently
+        w, x, y, z = -w, -x, -y, -z
+    return (w, x, y, z)
+
+
+def bench_ik(n: int = 2000, step_m: float = 0.00025) -> dict[str, float]:
+    """Warm-started IK along a small circle at ``step_m`` per call (0.25 m/s at 1 kHz).
+
+    Returns p50/p99/max call time in microseconds and iteration statistics.
+    """
+    kin = Kinematics.from_urdf()
+    centre, quat = kin.fk(kin.home)
+    radius = 0.05
+    dtheta = step_m / radius
+    q = kin.home
+    times_ns = np.empty(n, dtype=np.int64)
+    iterations = np.empty(n, dtype=np.int64)
+    converged = 0
+    for i in range(n):
+        theta = i * dtheta
+        target = centre + radius * np.array([math.cos(theta) - 1.0, math.sin(theta), 0.0])
+        t0 = time.perf_counter_ns()
+        result = kin.ik(target, quat, q)
+        times_ns[i] = time.perf_counter_ns() - t0
+        iterations[i] = result.iterations
+        converged += result.converged
+        q = result.q
+    us = times_ns / 1000.0
+    return {
+        "calls": float(n),
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "max_us": float(us.max()),
+        "mean_iterations": float(iterations.mean()),
+        "max_iterations": float(iterations.max()),
+        "converged_fraction": converged / n,
+    }

@@ -1,0 +1,250 @@
+"""``telesurgery robot``: the process beside the patient.
+
+Threads: the control loop (this module, SCHED_FIFO where permitted), the
+network thread (robot_side.netio), the audit thread, the ROS 2 reporter, the
+video sender and the local e-stop socket. The control loop owns the serial
+port and every safety decision; the others only feed it or report from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import FrameType
+
+from robot_side.config import RobotConfig
+from robot_side.control import ControlCore, LinkView, StepReport
+from robot_side.driver import SerialManipulator
+from robot_side.estop import EstopRequest, EstopServer
+from robot_side.kinematics import Kinematics
+from robot_side.netio import Mailbox, NetworkThread
+from robot_side.ros import open_bridge
+from robot_side.video_thread import VideoThread
+from robot_side.workers import AuditThread, RosReporter, SerialReconnector
+from safety.audit import AuditLog
+from safety.states import Reason
+from telesurgery.config import load, to_dict
+from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
+from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from transport.keys import ServerKeys
+from transport.linkstats import LinkStats
+from transport.schema import LinkReport, Pose, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def _us(ns: int | None) -> int | None:
+    return None if ns is None else int(ns // 1000)
+
+
+def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
+                   video_age_us: int | None) -> Telemetry:
+    s = link.stats
+    return Telemetry(
+        seq=seq, t_ns=r.t_ns, state=str(r.state), reason=str(r.reason)[:64],
+        measured_js=r.measured_q, setpoint_js=r.setpoint_q,
+        measured_cp=Pose(*r.measured_cp), setpoint_cp=Pose(*r.setpoint_cp),
+        link=LinkReport(rtt_us=_us(link.rtt_ns), latency_us=s.latency_us,
+                        jitter_us=s.jitter_us, loss=min(1.0, max(0.0, s.loss)),
+                        video_age_us=video_age_us),
+        scale=min(10.0, r.scale), estop=r.estop, firmware_flags=r.firmware_flags & 0xFFFFFFFF,
+        loop_jitter_us=min(loop_jitter_us, 2**32 - 1),
+        tracking_error_m=min(r.tracking_error_m, 1e3),
+    )
+
+
+class RobotNode:
+    """Builds every part from one config and runs the control loop."""
+
+    def __init__(self, cfg: RobotConfig, summary_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.summary_path = summary_path
+        self.mailbox = Mailbox()
+        self._halt = threading.Event()
+        self.kin = Kinematics.from_urdf(cfg.kinematics.urdf, cfg.kinematics.tip_frame)
+        self.driver = SerialManipulator(cfg.serial)
+        self.core = ControlCore(cfg, self.kin, self.driver)
+        self.pacer = Pacer(cfg.control.period_ns)
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self, seconds: float | None = None) -> int:
+        cfg = self.cfg
+        keys = ServerKeys.load(cfg.link.keys_dir)
+        wd = cfg.safety.watchdog
+        with ExitStack() as stack:
+            audit = stack.enter_context(AuditLog(cfg.safety.audit))
+            audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
+            auditor = AuditThread(audit, self.mailbox)
+            auditor.start()
+            stack.callback(auditor.join, 2.0)
+            stack.callback(auditor.stop)
+            try:
+                self.driver.open()
+            except SerialLinkError as err:
+                log.error("serial port not available (%s); holding and retrying", err)
+            stack.callback(self.driver.close)
+            reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
+            reconnector.start()
+            stack.callback(reconnector.stop)
+            net = NetworkThread(cfg.link, keys, self.mailbox,
+                                age_limit_ns=int(wd.command_timeout_ms * 1e6),
+                                loss_window_ns=int(wd.loss_window_ms * 1e6),
+                                telemetry_hz=cfg.control.telemetry_hz)
+            net.start()
+            stack.callback(net.join, 2.0)
+            stack.callback(net.stop)
+            net.ready.wait(10.0)
+            if net.error is not None or net.link is None:
+                log.error("link did not start: %s", net.error)
+                return 2
+            video = VideoThread(cfg.video, net.link.video_socket, self.mailbox)
+            video.start()
+            stack.callback(video.stop)
+            bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
+            ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
+            ros.start()
+            stack.callback(ros.close)
+            estop = EstopServer(cfg.estop.socket)
+            estop.start()
+            stack.callback(estop.stop)
+            log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
+                     net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
+            self._loop(auditor, ros, estop, video, seconds)
+            audit.append("stop", {"trips": len(self.core.trips)}, sync=True)
+            self._write_summary(net, auditor, video)
+        return 0
+
+    def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
+              video: VideoThread, seconds: float | None) -> None:
+        cfg = self.cfg
+        mb = self.mailbox
+        core = self.core
+        lower_timer_slack()
+        # The control thread shares the GIL with the network, video and ROS threads; a
+        # shorter switch interval bounds how long it can wait for it after waking.
+        sys.setswitchinterval(0.0005)
+        if cfg.control.realtime:
+            try_realtime()
+        empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
+        tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
+        end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
+        seq = 0
+        self.pacer.restart()
+        while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
+            tick = self.pacer.wait()
+            now = tick.actual_ns
+            self._estop_inputs(now, estop, ros)
+            link = mb.link_view or empty
+            report = core.step(now, mb.command, link, mb.take_requests(), auditor.healthy)
+            for item in report.replies:
+                mb.replies.append(item)
+            if core.transitions:
+                for t in core.transitions:
+                    auditor.submit(t)
+                core.transitions.clear()
+            ros.latest = report
+            if tick.index % tlm_every == 0:
+                seq += 1
+                sample = mb.command
+                mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
+                                              sample.cmd.video_age_us if sample else None)
+        # Leaving the loop: the arm must be holding, whatever state we were in.
+        core.supervisor.disarm(time.monotonic_ns())
+        core.step(time.monotonic_ns(), None, mb.link_view or empty)
+
+    def _estop_inputs(self, now: int, estop: EstopServer, ros: RosReporter) -> None:
+        if ros.estop_requested.is_set():
+            ros.estop_requested.clear()
+            self.core.estop(now, Reason.ESTOP_ROS)
+        while not estop.requests.empty():
+            req: EstopRequest = estop.requests.get_nowait()
+            if req.action == "press":
+                self.core.estop(now, Reason.ESTOP_LOCAL)
+                req.answer = "ok e-stop pressed"
+            elif req.action == "clear":
+                ok = self.core.clear_estop_local(now)
+                req.answer = "ok e-stop cleared" if ok else (
+                    f"refused: {self.core.supervisor.reason}")
+            else:
+                req.answer = f"ok {self.core.supervisor.state} {self.core.supervisor.reason}"
+            req.done.set()
+
+    def _write_summary(self, net: NetworkThread, auditor: AuditThread,
+                       video: VideoThread) -> None:
+        if self.summary_path is None:
+            return
+        stats = self.pacer.stats()
+        snap = net.stats.snapshot(time.monotonic_ns())
+        summary = {
+            "trips": [asdict(t) for t in self.core.trips],
+            "loop": asdict(stats),
+            "link": asdict(snap),
+            "command_latency": net.latency_percentiles(),
+            "tracking_error_max_m": self.core.max_tracking_error_m,
+            "following_periods": self.core.following_periods,
+            "gate": {str(k): v for k, v in net.gate.counters.items()},
+            "link_counters": dict(net.link.counters) if net.link else {},
+            "audit_records": auditor.persisted,
+            "serial": dict(self.driver.counters),
+            "video": video.summary(),
+            "final_state": str(self.core.supervisor.state),
+        }
+        self.summary_path.parent.mkdir(parents=True, exist_ok=True)
+        self.summary_path.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="telesurgery robot", description=__doc__)
+    p.add_argument("--config", type=Path, help="robot config TOML (default: simulated rig)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: run forever)")
+    p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")
+    p.add_argument("--serial-port", help="override serial.port (e.g. the emulator's pty)")
+    p.add_argument("--ros-backend", choices=("auto", "dds", "rclpy", "none"))
+    p.add_argument("--ros-namespace", help="override ros.namespace")
+    p.add_argument("--ros-domain-id", type=int, help="override ros.domain_id")
+    p.add_argument("--ros-hz", type=float, help="override control.ros_hz")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        cfg = load(RobotConfig, args.config)
+        cfg = _override(cfg, args)
+        node = RobotNode(cfg, args.summary)
+    except TelesurgeryError as err:
+        log.error("%s", err)
+        return 2
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping; the arm holds", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        return node.run(args.seconds)
+    except AuthError as err:
+        log.error("refusing to start: %s", err)
+        return 2
+
+
+def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
+    """Command-line overrides (used by the ROS 2 launch file and the demo)."""
+    ros = cfg.ros
+    if args.ros_backend:
+        ros = replace(ros, backend=args.ros_backend)
+    if args.ros_namespace:
+        ros = replace(ros, namespace=args.ros_namespace)
+    if args.ros_domain_id is not None:
+        ros = replace(ros, domain_id=args.ros_domain_id)
+    control = cfg.control if args.ros_hz is None else replace(cfg.control, ros_hz=args.ros_hz)
+    serial = cfg.serial if not args.serial_port else replace(cfg.serial, port=args.serial_port)
+    return replace(cfg, ros=ros, control=control, serial=serial)

@@ -1,0 +1,1 @@
+"""Robot-side video: capture sources, H.264 encoder selection and the video sender."""

@@ -1,0 +1,83 @@
+"""The robot side's video section: capture source, encoder and rate limits.
+
+One frozen dataclass validated at load, like every other config section; an
+error names the dotted key (``video.<field>``) and the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from telesurgery.config import check, finite_positive
+
+HARDWARE_ENCODERS: tuple[str, ...] = (
+    "h264_nvenc", "h264_qsv", "h264_vaapi", "h264_v4l2m2m", "h264_amf",
+)
+"""Probed in this order by ``encoder = "auto"``; libx264 is the fallback."""
+SOFTWARE_ENCODER = "libx264"
+X264_PRESETS = frozenset({
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+})
+"""Slower presets cost more than a frame period at 720p30 on an edge CPU."""
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    source: Literal["synthetic", "camera", "file"] = "synthetic"
+    device: str = "0"
+    """Camera index ("0") or device path ("/dev/video2"); used when source = camera."""
+    path: Path | None = None
+    """Video file; required when source = file (played in a loop)."""
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    encoder: str = "auto"
+    """"auto" probes the hardware encoders then libx264, or one codec name."""
+    bitrate_kbps: int = 4000
+    """Target and ceiling; congestion lowers it, never below min_bitrate_kbps."""
+    min_bitrate_kbps: int = 500
+    gop: int = 300
+    """Frames between periodic keyframes; 0 = none (intra refresh only)."""
+    intra_refresh: bool = False
+    """Spread intra macroblocks over frames instead of sending big keyframes."""
+    preset: str = "ultrafast"
+    vbv_frames: float = 1.0
+    """VBV buffer in frame periods: caps any frame, keyframes included, near this."""
+    max_send_age_ms: float = 250.0
+    """A captured frame older than this at send time is dropped, never sent."""
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            check(16 <= value <= 8192 and value % 2 == 0, f"video.{name}", value,
+                  "must be an even number of pixels in [16, 8192]")
+        finite_positive("video.fps", self.fps)
+        check(self.fps <= 240.0, "video.fps", self.fps, "must be <= 240")
+        check(self.encoder == "auto" or self.encoder in HARDWARE_ENCODERS
+              or self.encoder == SOFTWARE_ENCODER, "video.encoder", self.encoder,
+              f"must be 'auto' or one of {[*HARDWARE_ENCODERS, SOFTWARE_ENCODER]}")
+        check(self.min_bitrate_kbps > 0, "video.min_bitrate_kbps", self.min_bitrate_kbps,
+              "must be > 0")
+        check(self.bitrate_kbps >= self.min_bitrate_kbps, "video.bitrate_kbps",
+              self.bitrate_kbps, "must be >= min_bitrate_kbps")
+        check(self.gop >= 0, "video.gop", self.gop, "must be >= 0")
+        check(self.gop > 0 or self.intra_refresh, "video.gop", self.gop,
+              "0 (no keyframes) needs intra_refresh = true")
+        check(self.preset in X264_PRESETS, "video.preset", self.preset,
+              f"must be one of {sorted(X264_PRESETS)}")
+        check(math.isfinite(self.vbv_frames) and 0.5 <= self.vbv_frames <= 30.0,
+              "video.vbv_frames", self.vbv_frames, "must be in [0.5, 30]")
+        finite_positive("video.max_send_age_ms", self.max_send_age_ms)
+        if self.source == "file":
+            check(self.path is not None, "video.path", self.path,
+                  "is required when source = 'file'")
+        if self.source == "camera":
+            check(bool(self.device.strip()), "video.device", self.device,
+                  "must name a camera index or path")
+
+    @property
+    def frame_period_ns(self) -> int:
+        return round(1e9 / self.fps)

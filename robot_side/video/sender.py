@@ -1,0 +1,168 @@
+"""The robot side of the video channel: encode the newest frame and publish it.
+
+Each message is two ZeroMQ frames, [VideoFrameHeader, access unit], sent
+without copying the payload and without blocking.
+
+A PUB socket normally discards silently at its high-water mark, per subscriber.
+With ``backpressure=True`` the sender sets ``XPUB_NODROP`` so a full queue fails
+the send instead: the frame is dropped, counted, and the next frame forced to be
+a keyframe (the encoder used the dropped frame as a reference). Use it only on a
+socket that serves the surgeon alone: with NODROP, *any* slow subscriber (an
+observer on a poor link) would make the send fail for everyone.
+
+``header.frame_id`` numbers the access units actually sent, contiguously, so
+the console reads any gap as loss. Capture frames the sender skipped because a
+newer one was ready are not gaps: they were never encoded.
+
+Bitrate adapts to congestion seen in delivery timing (AIMD, like TCP):
+
+* the console reports how old the picture it shows is (``video_age_us`` in every
+  command); an age above ``congested_age_ms`` means frames queue somewhere;
+* a keyframe request for a gap or a backlog means frames were lost or piled up
+  on the way (queues overflow silently at their high-water marks);
+* with ``backpressure``, a send that would block: the queue toward the console
+  is full, the link is not draining frames as fast as they are made;
+
+either signal cuts the rate by ``decrease`` (at most once per ``holdoff_ms``, so a
+cut takes effect before the next); a quiet ``increase_every_ms`` raises it by
+``increase_frac`` of the ceiling until it is back at the configured bitrate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from robot_side.video.capture import CapturedFrame
+from robot_side.video.encoder import H264Encoder
+from transport import schema
+
+log = logging.getLogger(__name__)
+
+LOSS_REASONS = frozenset({"gap", "backlog"})
+"""KeyframeRequest reasons that mean the link lost or piled up frames."""
+
+
+class BitrateController:
+    """Pure AIMD rate control; the clock is passed in."""
+
+    def __init__(self, max_kbps: int, min_kbps: int, *, decrease: float = 0.7,
+                 increase_frac: float = 0.05, holdoff_ms: float = 500.0,
+                 increase_every_ms: float = 1000.0, congested_age_ms: float = 120.0) -> None:
+        self.max_kbps, self.min_kbps = max_kbps, min_kbps
+        self.target_kbps = max_kbps
+        self._decrease = decrease
+        self._step = max(1, round(max_kbps * increase_frac))
+        self._holdoff_ns = int(holdoff_ms * 1e6)
+        self._increase_ns = int(increase_every_ms * 1e6)
+        self._congested_age_us = int(congested_age_ms * 1000)
+        self._last_cut_ns: int | None = None
+        self._last_change_ns: int | None = None
+        self.cuts = 0
+
+    def on_congestion(self, now_ns: int) -> int:
+        if self._last_cut_ns is None or now_ns - self._last_cut_ns >= self._holdoff_ns:
+            self.target_kbps = max(self.min_kbps, round(self.target_kbps * self._decrease))
+            self._last_cut_ns = self._last_change_ns = now_ns
+            self.cuts += 1
+        return self.target_kbps
+
+    def on_video_age(self, age_us: int, now_ns: int) -> int:
+        if age_us > self._congested_age_us:
+            return self.on_congestion(now_ns)
+        return self.target_kbps
+
+    def tick(self, now_ns: int) -> int:
+        if self._last_change_ns is None:
+            self._last_change_ns = now_ns
+        elif (self.target_kbps < self.max_kbps
+              and now_ns - self._last_change_ns >= self._increase_ns):
+            self.target_kbps = min(self.max_kbps, self.target_kbps + self._step)
+            self._last_change_ns = now_ns
+        return self.target_kbps
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    bytes_sent: int = 0
+    keyframes: int = 0
+    dropped_backpressure: int = 0
+    dropped_stale: int = 0
+    keyframe_requests: int = 0
+    encode_ns_total: int = 0
+    last_encode_ns: int = 0
+
+
+class VideoSender:
+    def __init__(self, socket: zmq.Socket[bytes], encoder: H264Encoder,
+                 controller: BitrateController | None = None, *,
+                 backpressure: bool = False) -> None:
+        self._socket = socket
+        self._encoder = encoder
+        self._cfg = encoder.cfg
+        self.controller = controller or BitrateController(
+            self._cfg.bitrate_kbps, self._cfg.min_bitrate_kbps)
+        self._next_id = 0
+        self._keyframe_due = True
+        self.stats = SenderStats()
+        if backpressure:
+            socket.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def request_keyframe(self, reason: str = "") -> None:
+        """A KeyframeRequest arrived: the next frame is IDR. Loss reasons cut the rate."""
+        self._keyframe_due = True
+        self.stats.keyframe_requests += 1
+        if reason in LOSS_REASONS:
+            self._apply(self.controller.on_congestion(time.monotonic_ns()))
+
+    def report_video_age(self, age_us: int | None, now_ns: int | None = None) -> None:
+        """Feed the console's reported picture age into rate control."""
+        if age_us is not None:
+            self._apply(self.controller.on_video_age(age_us, now_ns or time.monotonic_ns()))
+
+    def send(self, frame: CapturedFrame) -> bool:
+        """Encode and publish ``frame``; False when it was dropped (stale or queue full)."""
+        now = time.monotonic_ns()
+        if now - frame.capture_ns > self._cfg.max_send_age_ms * 1e6:
+            self.stats.dropped_stale += 1
+            log.warning("video frame %d is %.0f ms old at send, dropped (%d so far)",
+                        frame.frame_id, (now - frame.capture_ns) / 1e6,
+                        self.stats.dropped_stale)
+            return False
+        self._apply(self.controller.tick(now))
+        # Cleared before encoding so a request arriving meanwhile is not lost.
+        force, self._keyframe_due = self._keyframe_due, False
+        encoded = self._encoder.encode(frame.image, frame.frame_id, force)
+        self.stats.encode_ns_total += encoded.encode_ns
+        self.stats.last_encode_ns = encoded.encode_ns
+        header = schema.VideoFrameHeader(
+            frame_id=self._next_id, capture_ns=frame.capture_ns, send_ns=time.monotonic_ns(),
+            keyframe=encoded.keyframe, width=frame.image.shape[1], height=frame.image.shape[0],
+            payload_len=len(encoded.payload))
+        try:
+            self._socket.send(schema.encode(header), zmq.NOBLOCK | zmq.SNDMORE)
+        except zmq.Again:
+            self._dropped(frame.frame_id)
+            return False
+        # Once the first part is queued, ZeroMQ accepts the rest of the message.
+        self._socket.send(encoded.payload, zmq.NOBLOCK, copy=False)
+        self._next_id += 1
+        self.stats.sent += 1
+        self.stats.bytes_sent += len(encoded.payload)
+        self.stats.keyframes += encoded.keyframe
+        return True
+
+    def _dropped(self, frame_id: int) -> None:
+        self.stats.dropped_backpressure += 1
+        self._keyframe_due = True
+        self._apply(self.controller.on_congestion(time.monotonic_ns()))
+        log.warning("video send queue full, frame %d dropped (%d so far), bitrate %d kbps",
+                    frame_id, self.stats.dropped_backpressure, self._encoder.bitrate_kbps)
+
+    def _apply(self, target_kbps: int) -> None:
+        if target_kbps != self._encoder.bitrate_kbps:
+            self._encoder.set_bitrate(target_kbps)

@@ -1,0 +1,326 @@
+"""Motion limits applied to every setpoint before it can reach a driver (invariant 5).
+
+Three pure, clock-free checks that run every control period:
+
+* ``CartesianLimiter`` bounds a Cartesian setpoint: NaN/inf or a non-unit quaternion
+  is a fault, a command that jumps ``jump_fault_factor`` times further than one
+  period allows is a fault (the Alemzadeh-style attack: an in-range command that
+  would move the arm 10x too far in one step), and otherwise the pose is clamped
+  into the workspace and to one translation and rotation step per period.
+* ``JointLimiter`` does the same for joint targets after inverse kinematics.
+* ``TrackingMonitor`` faults when the measured pose departs from the setpoint.
+
+On a fault the result is the last allowed pose, so a caller that ignores the flag
+still holds. Fault strings equal the values of ``safety.states.Reason``.
+
+The vectors are three or six floats, so this is plain ``math``: numpy's per-call
+overhead costs more than the arithmetic at these sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from safety.config import MotionLimits
+from telesurgery.config import check, finite_positive
+
+log = logging.getLogger(__name__)
+
+Vec3 = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
+"""Unit quaternion, scalar first: (w, x, y, z)."""
+
+QUAT_NORM_TOL = 1e-3
+"""Same tolerance as the wire schema: a quaternion further from unit norm is corrupt."""
+
+NONFINITE = "nonfinite_setpoint"
+JUMP = "setpoint_jump"
+TRACKING = "tracking_error"
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    position: Vec3
+    quat: Quat
+    clamped: bool
+    fault: str | None
+    reasons: tuple[str, ...]
+    """What was clamped: "step", "rotation_step", "workspace"."""
+
+
+@dataclass(frozen=True)
+class JointResult:
+    q: tuple[float, ...]
+    clamped: bool
+    fault: str | None
+    reasons: tuple[str, ...]
+    """What was clamped: "joint_limit", "joint_velocity"."""
+
+
+# --- small vector and quaternion helpers (plain floats) -------------------------------
+
+
+def _unit_quat(q: Sequence[float]) -> Quat | None:
+    """``q`` normalised, or None when it is not finite or not close to unit norm."""
+    w, x, y, z = q
+    norm = math.sqrt(w * w + x * x + y * y + z * z)
+    if not math.isfinite(norm) or abs(norm - 1.0) > QUAT_NORM_TOL:
+        return None
+    return (w / norm, x / norm, y / norm, z / norm)
+
+
+def _quat_mul(a: Quat, b: Quat) -> Quat:
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return (
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    )
+
+
+def _relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
+    """Angle and unit axis of the shortest rotation taking ``a`` to ``b`` (in a's frame)."""
+    w, x, y, z = _quat_mul((a[0], -a[1], -a[2], -a[3]), b)
+    if w < 0.0:  # q and -q are the same rotation: take the short way round
+        w, x, y, z = -w, -x, -y, -z
+    s = math.sqrt(x * x + y * y + z * z)
+    # atan2 keeps full precision for the tiny angles of one control period, where acos does not
+    angle = 2.0 * math.atan2(s, w)
+    if s == 0.0:
+        return 0.0, (1.0, 0.0, 0.0)
+    return angle, (x / s, y / s, z / s)
+
+
+def quat_angle(a: Quat, b: Quat) -> float:
+    """Angle in radians of the rotation between unit quaternions ``a`` and ``b``."""
+    return _relative(a, b)[0]
+
+
+def _rotate_toward(a: Quat, b: Quat, max_rad: float) -> tuple[Quat, bool]:
+    """``b``, or the rotation ``max_rad`` from ``a`` toward ``b`` when b is further away."""
+    angle, (x, y, z) = _relative(a, b)
+    if angle <= max_rad:
+        return b, False
+    s = math.sin(max_rad / 2.0)
+    return _quat_mul(a, (math.cos(max_rad / 2.0), x * s, y * s, z * s)), True
+
+
+def _distance(a: Sequence[float], b: Sequence[float]) -> float:
+    return math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2)
+
+
+def _step_toward(a: Vec3, b: Vec3, max_m: float) -> tuple[Vec3, bool]:
+    """``b``, or the point ``max_m`` from ``a`` toward ``b`` when b is further away."""
+    d = _distance(a, b)
+    if d <= max_m:
+        return b, False
+    f = max_m / d
+    return (a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, a[2] + (b[2] - a[2]) * f), True
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+# --- Cartesian setpoints ----------------------------------------------------------------
+
+
+class CartesianLimiter:
+    """Bounds each Cartesian setpoint against the last allowed one.
+
+    The jump fault compares a target with the previous accepted target (after the
+    workspace clamp), not with the last allowed pose: when the surgeon moves faster
+    than ``max_speed_m_s`` the arm lags by a growing distance, and that lag is the
+    step clamp's business; a single command that leaps ten periods' worth is not.
+    """
+
+    def __init__(self, limits: MotionLimits, period_s: float) -> None:
+        finite_positive("period_s", period_s)
+        self._limits = limits
+        self._step_m = limits.step_m(period_s)
+        self._step_rad = limits.step_rad(period_s)
+        self._period_s = period_s
+        self._jump_m = limits.jump_fault_factor * self._step_m
+        self._jump_rad = limits.jump_fault_factor * self._step_rad
+        self._last: tuple[Vec3, Quat] | None = None
+        self._target: tuple[Vec3, Quat] | None = None
+        self.faults = 0
+        self.clamps = 0
+
+    @property
+    def last(self) -> tuple[Vec3, Quat]:
+        """The last allowed pose (position, quat)."""
+        if self._last is None:
+            raise RuntimeError("CartesianLimiter used before reset(): no anchor pose")
+        return self._last
+
+    def reset(self, position: Sequence[float], quat: Sequence[float]) -> None:
+        """Anchor at the follower's current pose; call on every engage."""
+        q = _unit_quat(quat)
+        if len(position) != 3 or not _finite(position) or q is None:
+            raise ValueError(f"reset pose not finite or not unit: {position!r} {quat!r}")
+        pose = ((float(position[0]), float(position[1]), float(position[2])), q)
+        self._last = self._target = pose
+
+    def limit(self, position: Sequence[float], quat: Sequence[float],
+              elapsed_s: float | None = None) -> LimitResult:
+        """What may be commanded this period for the target ``position``, ``quat``.
+
+        ``elapsed_s`` is the time the target moved over since the previous one (the
+        commands' own send times); when two commands arrive in one period the jump
+        bound covers both, so network jitter is not taken for an attack. It is
+        clamped to [1, 25] periods: freshness already bounds it upstream.
+        """
+        if self._last is None or self._target is None:
+            raise RuntimeError("CartesianLimiter used before reset(): no anchor pose")
+        q = _unit_quat(quat)
+        if q is None or not _finite(position):
+            return self._fault(NONFINITE, f"position={tuple(position)} quat={tuple(quat)}")
+        target, in_workspace = self._workspace(position)
+        prev_pos, prev_q = self._target
+        step = _distance(target, prev_pos)
+        turn = quat_angle(prev_q, q)
+        periods = 1.0 if elapsed_s is None else min(max(elapsed_s / self._period_s, 1.0), 25.0)
+        jump_m, jump_rad = self._jump_m * periods, self._jump_rad * periods
+        if step > jump_m or turn > jump_rad:
+            return self._fault(JUMP, f"step {step * 1e3:.3f} mm / {turn:.4f} rad vs bound "
+                                     f"{jump_m * 1e3:.3f} mm / {jump_rad:.4f} rad")
+        self._target = (target, q)
+        last_pos, last_q = self._last
+        new_pos, stepped = _step_toward(last_pos, target, self._step_m)
+        new_q, turned = _rotate_toward(last_q, q, self._step_rad)
+        self._last = (new_pos, new_q)
+        reasons = tuple(name for name, hit in (
+            ("step", stepped), ("rotation_step", turned), ("workspace", not in_workspace),
+        ) if hit)
+        if reasons:
+            self.clamps += 1
+        return LimitResult(new_pos, new_q, bool(reasons), None, reasons)
+
+    def _workspace(self, p: Sequence[float]) -> tuple[Vec3, bool]:
+        """``p`` clamped into the workspace, and whether it was inside already."""
+        lim = self._limits
+        x, y, z = float(p[0]), float(p[1]), float(p[2])
+        if lim.workspace_shape == "sphere":
+            c, r = lim.workspace_center, lim.workspace_radius_m
+            d = _distance((x, y, z), c)
+            if d <= r:
+                return (x, y, z), True
+            f = r / d
+            return (c[0] + (x - c[0]) * f, c[1] + (y - c[1]) * f, c[2] + (z - c[2]) * f), False
+        lo, hi = lim.workspace_min, lim.workspace_max
+        clamped = (min(max(x, lo[0]), hi[0]), min(max(y, lo[1]), hi[1]),
+                   min(max(z, lo[2]), hi[2]))
+        return clamped, clamped == (x, y, z)
+
+    def _fault(self, fault: str, detail: str) -> LimitResult:
+        self.faults += 1
+        log.warning("setpoint rejected (%s): %s", fault, detail)
+        pos, q = self.last
+        return LimitResult(pos, q, False, fault, ())
+
+
+# --- joint targets ------------------------------------------------------------------------
+
+
+class JointLimiter:
+    """Bounds joint targets (after inverse kinematics) against the previous command.
+
+    Position limits are the URDF limits shrunk by ``joint_margin_rad``; the speed
+    bound per joint is min(URDF velocity, ``max_joint_speed_rad_s``). On a fault
+    the result is ``q_prev``: the caller holds.
+    """
+
+    def __init__(self, lower: Sequence[float], upper: Sequence[float],
+                 velocity: Sequence[float], limits: MotionLimits, period_s: float) -> None:
+        finite_positive("period_s", period_s)
+        n = len(lower)
+        check(len(upper) == n and len(velocity) == n, "joint limits", (len(lower), len(upper),
+              len(velocity)), "lower, upper and velocity must have the same length")
+        margin = limits.joint_margin_rad
+        self._lo = tuple(float(v) + margin for v in lower)
+        self._hi = tuple(float(v) - margin for v in upper)
+        for i, (lo, hi) in enumerate(zip(self._lo, self._hi, strict=True)):
+            check(lo <= hi, f"joint[{i}] limits", (lower[i], upper[i]),
+                  f"range must exceed twice joint_margin_rad ({margin})")
+        for i, v in enumerate(velocity):
+            check(v > 0, f"joint[{i}] velocity", v, "must be > 0")  # NaN fails too
+        self._step = tuple(min(float(v), limits.max_joint_speed_rad_s) * period_s
+                           for v in velocity)
+        # Not jump_fault_factor x step: IK near a singularity may ask for a few times the
+        # velocity bound, which is clamped; only a branch flip is a fault.
+        self._jump = tuple(max(limits.joint_jump_fault_rad, s) for s in self._step)
+        self.faults = 0
+        self.clamps = 0
+
+    def limit(self, q_target: Sequence[float], q_prev: Sequence[float]) -> JointResult:
+        n = len(self._lo)
+        if len(q_target) != n or len(q_prev) != n:
+            raise ValueError(f"expected {n} joints, got target {len(q_target)}, "
+                             f"previous {len(q_prev)}")
+        prev = tuple(float(v) for v in q_prev)
+        if not (_finite(q_target) and _finite(prev)):
+            return self._fault(NONFINITE, prev, f"q_target={tuple(q_target)} q_prev={prev}")
+        out: list[float] = []
+        at_limit = too_fast = False
+        for i in range(n):
+            lo, hi, p = self._lo[i], self._hi[i], prev[i]
+            t = min(max(q_target[i], lo), hi)
+            at_limit = at_limit or t != q_target[i]
+            # Measured from q_prev pulled into range, so a joint resting inside the margin
+            # does not read as a jump when the first target pulls it back in.
+            if abs(t - min(max(p, lo), hi)) > self._jump[i]:
+                return self._fault(JUMP, prev, f"joint {i}: {p:.4f} -> {t:.4f} rad, bound "
+                                               f"{self._jump[i]:.4f}")
+            s = self._step[i]
+            if abs(t - p) > s:
+                t = p + s if t > p else p - s
+                too_fast = True
+            out.append(t)
+        reasons = tuple(name for name, hit in (("joint_limit", at_limit),
+                                               ("joint_velocity", too_fast)) if hit)
+        if reasons:
+            self.clamps += 1
+        return JointResult(tuple(out), bool(reasons), None, reasons)
+
+    def _fault(self, fault: str, prev: tuple[float, ...], detail: str) -> JointResult:
+        self.faults += 1
+        log.warning("joint target rejected (%s): %s", fault, detail)
+        return JointResult(prev, False, fault, ())
+
+
+# --- tracking -----------------------------------------------------------------------------
+
+
+class TrackingMonitor:
+    """Faults when the measured pose is further from the setpoint than the tolerance.
+
+    A non-finite measurement is a tracking error too: NaN compares false with every
+    bound and would otherwise pass silently.
+    """
+
+    def __init__(self, limits: MotionLimits) -> None:
+        self._tol_m = limits.tracking_error_m
+        self._tol_rad = limits.tracking_error_rad
+        self.faults = 0
+
+    def check(self, measured_pos: Sequence[float], measured_quat: Sequence[float],
+              setpoint_pos: Sequence[float], setpoint_quat: Sequence[float]) -> str | None:
+        mq, sq = _unit_quat(measured_quat), _unit_quat(setpoint_quat)
+        if mq is None or sq is None or not (_finite(measured_pos) and _finite(setpoint_pos)):
+            return self._fault("measured or setpoint pose not finite or not unit")
+        dist = _distance(measured_pos, setpoint_pos)
+        angle = quat_angle(mq, sq)
+        if dist > self._tol_m or angle > self._tol_rad:
+            return self._fault(f"{dist * 1e3:.2f} mm, {angle:.3f} rad from the setpoint")
+        return None
+
+    def _fault(self, detail: str) -> str:
+        self.faults += 1
+        log.warning("tracking error: %s", detail)
+        return TRACKING

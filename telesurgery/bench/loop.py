@@ -1,0 +1,167 @@
+"""``telesurgery bench loop``: the real control loop at 1 kHz, idle and under video load.
+
+The loop is the robot node's own ``ControlCore`` (supervisor, watchdog, limits,
+IK, joint limits, serial write) following a synthetic circle, talking to the
+firmware emulator over a real pseudo-terminal in another process. It runs once
+alone and once while another process encodes 720p30 H.264, and reports the
+period error (actual wake-up minus deadline), compute time per step, overruns
+and CPU. The final line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from robot_side.config import ControlConfig, RobotConfig
+from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
+from robot_side.driver import SerialConfig, SerialManipulator
+from robot_side.kinematics import Kinematics
+from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from transport.linkstats import LinkStats
+from transport.schema import Command, ControlRequest
+
+ENCODE_LOAD = """
+import time
+import numpy as np
+from robot_side.video.config import VideoConfig
+from robot_side.video.encoder import H264Encoder, select_encoder
+from robot_side.video.synthetic import SyntheticScene
+cfg = VideoConfig(width=1280, height=720, fps=30.0, encoder="libx264")
+enc = H264Encoder(cfg, select_encoder(cfg))
+scene = SyntheticScene(1280, 720)
+i, t0 = 0, time.monotonic()
+while True:
+    enc.encode(scene.render(i, time.monotonic_ns()), i)
+    i += 1
+    time.sleep(max(0.0, t0 + i / 30 - time.monotonic()))
+"""
+
+
+def _start_firmware(link: Path, home: np.ndarray) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "telesurgery.cli", "firmware-sim", "--link", str(link),
+           "--initial", ",".join(f"{q:.6f}" for q in home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    if proc.stdout is None or not proc.stdout.readline().startswith(b"PORT"):
+        proc.kill()
+        raise RuntimeError("firmware emulator did not start")
+    return proc
+
+
+def _command(seq: int, t: float, centre: tuple[float, float, float]) -> Command:
+    # A 2 cm circle at 0.5 Hz in master space: typical slow surgical motion.
+    r = 0.02
+    return Command(seq=seq, t_send_ns=time.monotonic_ns(),
+                   position=(centre[0] + r * math.cos(math.pi * t) - r,
+                             centre[1] + r * math.sin(math.pi * t), centre[2]),
+                   orientation=(0.0, 1.0, 0.0, 0.0), grip=0.5, clutch=False,
+                   operator_present=True, video_age_us=30_000)
+
+
+def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
+    kin = Kinematics.from_urdf()
+    driver = SerialManipulator(cfg.serial)
+    driver.open()
+    try:
+        core = ControlCore(cfg, kin, driver)
+        stats = LinkStats()
+        centre, quat = kin.fk(kin.home)
+        lower_timer_slack()
+        realtime = try_realtime()
+        pacer = Pacer(cfg.control.period_ns)
+        proc = psutil.Process()
+        proc.cpu_percent(None)
+        steps: list[int] = []
+        seq = 0
+        t0 = time.monotonic_ns()
+        end = t0 + int(seconds * 1e9)
+        while (now := time.monotonic_ns()) < end:
+            tick = pacer.wait()
+            seq += 1
+            cmd = _command(seq, (tick.actual_ns - t0) / 1e9, tuple(centre))  # type: ignore[arg-type]
+            stats.on_message(seq, cmd.t_send_ns, tick.actual_ns, 0)
+            view = LinkView(stats.snapshot(tick.actual_ns), 200_000, True)
+            reqs = []
+            if seq in (30, 60):
+                op = "arm" if seq == 30 else "engage"
+                reqs = [PendingRequest(b"bench", ControlRequest(req_id=seq, op=op),
+                                       tick.actual_ns)]
+            start = time.monotonic_ns()
+            core.step(tick.actual_ns, CommandSample(cmd, tick.actual_ns), view, reqs)
+            core.transitions.clear()
+            steps.append(time.monotonic_ns() - start)
+        cpu = proc.cpu_percent(None)
+        p = pacer.stats()
+        st = np.array(steps[100:] or [0], dtype=float) / 1000
+        return {
+            "period_err_p50_us": round(p.err_p50_us, 1),
+            "period_err_p99_us": round(p.err_p99_us, 1),
+            "period_err_max_us": round(p.err_max_us, 1),
+            "overruns": p.overruns,
+            "step_p50_us": round(float(np.percentile(st, 50)), 1),
+            "step_p99_us": round(float(np.percentile(st, 99)), 1),
+            "cpu_pct": round(cpu, 1),
+            "sched_fifo": realtime,
+            "final_state": str(core.supervisor.state),
+            "ticks": p.ticks,
+        }
+    finally:
+        driver.close()
+
+
+def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
+    kin = Kinematics.from_urdf()
+    with tempfile.TemporaryDirectory(prefix="ts-bench-loop-") as tmp:
+        link = Path(tmp) / "ttyTS0"
+        fw = _start_firmware(link, kin.home)
+        try:
+            cfg = RobotConfig(serial=SerialConfig(port=str(link)),
+                              control=ControlConfig(rate_hz=rate_hz))
+            cfg = replace(cfg)
+            alone = _run_loop(cfg, seconds)
+            load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD],
+                                    stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(1.0)
+                loaded = _run_loop(cfg, seconds)
+            finally:
+                load.kill()
+                load.wait()
+        finally:
+            fw.terminate()
+            fw.wait(5)
+    out: dict[str, Any] = {"rate_hz": rate_hz, **alone}
+    out.update({f"{k}_load": v for k, v in loaded.items()})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=__doc__)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=1000.0)
+    args = p.parse_args(argv)
+    print(f"control loop at {args.rate:g} Hz, {args.seconds:g} s alone then under a 720p30 "
+          "encode in another process", flush=True)
+    result = run(args.seconds, args.rate)
+    for phase, sfx in (("alone", ""), ("720p30 encode", "_load")):
+        print(f"{phase:>14}: period error p50 {result['period_err_p50' + '_us' + sfx]} us, "
+              f"p99 {result['period_err_p99_us' + sfx]} us, max "
+              f"{result['period_err_max_us' + sfx]} us, overruns {result['overruns' + sfx]}, "
+              f"step p99 {result['step_p99_us' + sfx]} us, state {result['final_state' + sfx]}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

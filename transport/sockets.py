@@ -1,0 +1,113 @@
+"""Socket construction with the options of a safety link, in one place.
+
+Every socket: CurveZMQ, LINGER 0 (closing never waits to flush stale
+commands), a maximum message size (a peer cannot make us allocate unbounded
+memory), bounded high-water marks, and ZMTP heartbeats so that a dead peer is
+noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes.
+
+Server sockets additionally set ``ZAP_ENFORCE_DOMAIN``: without it libzmq
+lets a CURVE client in when no ZAP handler answers, i.e. a robot whose
+authenticator is not running would accept any key. Client sockets set
+``IMMEDIATE`` so that nothing is queued for a connection that is not up:
+after an outage there is no backlog to replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import zmq
+
+from transport.keys import ClientKeys, ServerKeys
+
+DEFAULT_HWM = 1000
+HANDSHAKE_IVL_MS = 2000
+"""A peer that does not finish the CURVE handshake in this time is dropped."""
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+
+
+def _common(sock: zmq.Socket[Any], max_msg: int, hwm: int, heartbeat_ivl_ms: int,
+            heartbeat_timeout_ms: int) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_timeout_ms)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+
+
+def server_socket(ctx: zmq.Context[Any], kind: int, port: int, host: str, keys: ServerKeys,  # noqa: PLR0917
+                  domain: Literal["surgeon", "observer"], max_msg: int, *,
+                  hwm: int = DEFAULT_HWM, heartbeat_ivl_ms: int = 100,
+                  heartbeat_timeout_ms: int = 300) -> zmq.Socket[Any]:
+    """A bound CURVE server socket in ZAP ``domain``; ``port`` 0 binds a random port."""
+    sock: zmq.Socket[Any] = ctx.socket(kind)
+    try:
+        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.bind(f"tcp://{host}:{port or '*'}")
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock
+
+
+def client_socket(ctx: zmq.Context[Any], kind: int, endpoint: str, keys: ClientKeys,
+                  max_msg: int, *, hwm: int = DEFAULT_HWM, heartbeat_ivl_ms: int = 100,
+                  heartbeat_timeout_ms: int = 300) -> zmq.Socket[Any]:
+    """A CURVE client socket connected to ``endpoint``, verifying the robot's public key."""
+    sock: zmq.Socket[Any] = ctx.socket(kind)
+    try:
+        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(0)
+        raise
+    return sock
+
+
+def bound_port(sock: zmq.Socket[Any]) -> int:
+    """The TCP port a bound socket actually listens on (after binding port 0)."""
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+class ThrottledLog:
+    """Log at most one line per key per interval, counting what it suppressed.
+
+    A peer hammering the link with bad input must not turn the robot's log
+    into the bottleneck; the counters keep the exact numbers.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_ns: int = 1_000_000_000) -> None:
+        self._logger = logger
+        self._interval_ns = interval_ns
+        self._last: dict[str, int] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic_ns()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval_ns:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            msg += " (%d similar suppressed)"
+            args = (*args, suppressed)
+        self._logger.log(level, msg, *args)
