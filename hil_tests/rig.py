@@ -145,7 +145,8 @@ class SimRig:
         self._wait_log("robot", "robot node up", 60)
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
                   for c, p in self.robot_ports.items()]
-        self._spawn("proxy", ["faultproxy", *sum((["--listen", r] for r in routes), []),
+        listen = [arg for r in routes for arg in ("--listen", r)]
+        self._spawn("proxy", ["faultproxy", *listen,
                               "--control", f"ipc://{self.run}/proxy.ipc"], where="robot")
         self._wait_log("proxy", "faultproxy ready", 15)
         self.start_console()

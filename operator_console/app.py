@@ -83,8 +83,8 @@ class ConsoleApp:
             link = stack.enter_context(ConsoleLink(cfg.link, keys))
             mapper = TeleopMapper(replace(cfg.teleop, rate_hz=cfg.loop.rate_hz))
             session = SessionThread(link, cfg.session, self.shared, period_ns)
-            commands = CommandThread(link, device, mapper, self.shared, period_ns,
-                                     cfg.loop.realtime)
+            commands = CommandThread(link, device, mapper, self.shared, period_ns=period_ns,
+                                     realtime=cfg.loop.realtime)
             for t in (commands, session):
                 t.start()
                 stack.callback(t.join, 2.0)

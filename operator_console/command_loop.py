@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class CommandThread(threading.Thread):
     def __init__(self, link: ConsoleLink, device: InputDevice, mapper: TeleopMapper,
-                 shared: ConsoleShared, period_ns: int, realtime: bool) -> None:
+                 shared: ConsoleShared, *, period_ns: int, realtime: bool) -> None:
         super().__init__(name="console-command", daemon=True)
         self.link = link
         self.device = device

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robot_side.config import RobotConfig
 from robot_side.driver import SerialManipulator
 from robot_side.kinematics import Kinematics
 from robot_side.serial_protocol import FwFlags, StateReport
@@ -30,7 +31,6 @@ from safety.limits import CartesianLimiter, JointLimiter, TrackingMonitor
 from safety.states import Reason, State
 from safety.supervisor import StepInputs, Supervisor, Transition
 from safety.watchdog import LinkHealth, LinkWatchdog
-from robot_side.config import RobotConfig
 from telesurgery.errors import SerialLinkError
 from transport.linkstats import LinkSnapshot
 from transport.schema import Command, ControlReply, ControlRequest
@@ -134,6 +134,8 @@ class ControlCore:
         self._estop_sources: set[Reason] = set()
         self.trips: list[TripRecord] = []
         self.max_tracking_error_m = 0.0
+        self.resumes_ns: list[int] = []
+        """When motion started again (engage, clutch release): bounded by the run's trips."""
         self.following_periods = 0
         self.transitions: list[Transition] = []
         self.serial_ok = False
@@ -240,6 +242,8 @@ class ControlCore:
         self._anchor(cmd, measured)
         self.cart_limiter.reset(*measured)
         self._prev_cmd_ns = None
+        if len(self.resumes_ns) < 10_000:
+            self.resumes_ns.append(now_ns)
         self._q_set = measured_q.copy()
         self._setpoint_cp = measured
         try:

@@ -10,6 +10,7 @@ the network control channel has no such operation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
@@ -55,10 +56,8 @@ class EstopServer(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self._sock.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        except FileNotFoundError:
-            pass
 
     def run(self) -> None:
         while not self._halt.is_set():

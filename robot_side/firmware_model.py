@@ -107,7 +107,8 @@ class FirmwareModel:
         start = list(initial) if initial is not None else [0.0] * self.n
         if len(start) != self.n or not all(math.isfinite(q) for q in start):
             raise ConfigError(f"initial positions {start} must be {self.n} finite numbers")
-        self.positions = [min(max(q, p.lower), p.upper) for q, p in zip(start, self.params)]
+        self.positions = [min(max(q, p.lower), p.upper)
+                          for q, p in zip(start, self.params, strict=True)]
         self.velocities = [0.0] * self.n
         self.efforts = [0.0] * self.n
         self.targets = list(self.positions)

@@ -62,7 +62,7 @@ class Mailbox:
 class NetworkThread(threading.Thread):
     """Polls the link at ~1 kHz; pings the surgeon's console for RTT and offset."""
 
-    def __init__(self, cfg: LinkConfig, keys: ServerKeys, mailbox: Mailbox, age_limit_ns: int,
+    def __init__(self, cfg: LinkConfig, keys: ServerKeys, mailbox: Mailbox, *, age_limit_ns: int,
                  loss_window_ns: int, telemetry_hz: float,
                  on_ready: Callable[[RobotLink], None] | None = None) -> None:
         super().__init__(name="robot-net", daemon=True)

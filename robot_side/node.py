@@ -97,7 +97,11 @@ class RobotNode:
             reconnector.start()
             stack.callback(reconnector.stop)
             net = NetworkThread(cfg.link, keys, self.mailbox,
-                                age_limit_ns=int(wd.command_timeout_ms * 1e6),
+                                # A command's age is bounded by the one-way latency
+                                # limit; the command timeout bounds the gap between
+                                # fresh ones (otherwise the 100-200 ms RTT warn band
+                                # of the brief could never be reached).
+                                age_limit_ns=int(wd.latency_halt_ms * 1e6),
                                 loss_window_ns=int(wd.loss_window_ms * 1e6),
                                 telemetry_hz=cfg.control.telemetry_hz)
             net.start()
@@ -192,6 +196,7 @@ class RobotNode:
             "command_latency": net.latency_percentiles(),
             "tracking_error_max_m": self.core.max_tracking_error_m,
             "following_periods": self.core.following_periods,
+            "resumes_ns": self.core.resumes_ns,
             "gate": {str(k): v for k, v in net.gate.counters.items()},
             "link_counters": dict(net.link.counters) if net.link else {},
             "audit_records": auditor.persisted,

@@ -19,13 +19,14 @@ from telesurgery.config import check, finite_positive
 @dataclass(frozen=True)
 class WatchdogLimits:
     command_timeout_ms: float = 50.0
-    """No fresh command for this long: hold. Also the age limit of one command."""
+    """No fresh command for this long: hold."""
     rtt_warn_ms: float = 100.0
     """Above this round trip: warn and scale motion down."""
     rtt_halt_ms: float = 200.0
     """Above this round trip: hold (trip)."""
     latency_halt_ms: float = 100.0
-    """One-way console->robot latency above this: hold (trip)."""
+    """One-way console->robot latency above this: hold (trip). Also the age limit of a
+    single command: an older one is never executed."""
     loss_halt: float = 0.10
     """Fraction of commands lost over ``loss_window_ms`` that trips."""
     loss_window_ms: float = 1000.0

@@ -60,7 +60,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         check(len(value) == len(args), key, value, f"must have {len(args)} items")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, f"{key}[{i}]")
+                     for i, (a, v) in enumerate(zip(args, value, strict=True)))
     if tp is bool:
         check(isinstance(value, bool), key, value, "must be true or false")
         return value

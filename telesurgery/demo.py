@@ -75,7 +75,7 @@ def evaluate(report: dict[str, Any], timeout_ms: float, period_ms: float) -> lis
     return failures
 
 
-def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path,
+def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *,
              blackout_at: float, blackout_s: float) -> int:
     opts = RigOptions(run_dir=run_dir, console_seconds=seconds, headless=headless,
                       hud_every_n=60, reengage_after_s=1.0, rotation_scale=ROTATION_SCALE)
@@ -115,7 +115,11 @@ def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: in
                  cpu: dict[str, float], console_code: int | None) -> dict[str, Any]:
     lat = robot.get("command_latency", {})
     g2g = console.get("g2g_ms", {})
-    resumed = any(e.get("after_trip") for e in console.get("engagements", []))
+    trips = robot.get("trips", [])
+    first_trip = next((t["detected_ns"] for t in trips
+                       if blackout_ns is None or t["detected_ns"] >= blackout_ns), None)
+    # Judged on the robot's record: motion started again after the blackout's trip.
+    resumed = first_trip is not None and any(r > first_trip for r in robot.get("resumes_ns", []))
     return {
         "command_latency_p50_us": lat.get("p50_us"),
         "command_latency_p99_us": lat.get("p99_us"),
@@ -124,8 +128,8 @@ def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: in
         "g2g_p99_ms": g2g.get("p99"),
         "frames_shown": g2g.get("n"),
         "trips": _trips(robot, blackout_ns),
-        "resumed_after_reengage": resumed and robot.get("final_state") == "following"
-        or resumed and console.get("final_state") == "following",
+        "resumed_after_reengage": resumed,
+        "surgeon_reengaged": any(e.get("after_trip") for e in console.get("engagements", [])),
         "tracking_error_max_mm": round(1000 * robot.get("tracking_error_max_m", 0.0), 3),
         "following_periods": robot.get("following_periods", 0),
         "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
@@ -171,12 +175,12 @@ def main(argv: list[str]) -> int:
     headless = args.headless or not screen_available()
     blackout_at = args.blackout_at if args.blackout_at is not None else 0.4 * args.seconds
     if args.run_dir is not None:
-        return run_demo(args.seconds, headless, args.report, args.run_dir, blackout_at,
-                        args.blackout_s)
+        return run_demo(args.seconds, headless, args.report, args.run_dir,
+                        blackout_at=blackout_at, blackout_s=args.blackout_s)
     run_dir = Path(tempfile.mkdtemp(prefix="telesurgery-demo-"))
     try:
-        return run_demo(args.seconds, headless, args.report, run_dir, blackout_at,
-                        args.blackout_s)
+        return run_demo(args.seconds, headless, args.report, run_dir,
+                        blackout_at=blackout_at, blackout_s=args.blackout_s)
     except KeyboardInterrupt:
         print("\ninterrupted: every process of the demo was stopped", file=sys.stderr)
         return 130

@@ -83,9 +83,12 @@ def poll_until(link: RobotLink | ConsoleLink, want: type, step: Any = None) -> I
 
 
 def connect(robot: RobotLink, console: ConsoleLink) -> int:
-    """Send commands until one is delivered (the CURVE handshake takes a moment)."""
+    """Send commands until one is delivered (the CURVE handshake takes a moment), then
+    ping until the control socket's own handshake is done too."""
     seq = iter(range(1, 10**6))
     item = poll_until(robot, Command, lambda: console.send_command(command(next(seq))))
+    pings = iter(range(1, 10**6))
+    poll_until(robot, Ping, lambda: console.send_ping(Ping(seq=next(pings), t1_ns=0)))
     return int(item.msg.seq)
 
 

@@ -85,7 +85,7 @@ def test_rejects_bad_fields_naming_them(body: dict[str, object], field: str) -> 
 def test_rejects_missing_field() -> None:
     body = _cmd_body()
     del body["grip"]
-    with pytest.raises(SchemaError, match="cmd.grip: missing"):
+    with pytest.raises(SchemaError, match=r"cmd\.grip: missing"):
         s.decode(msgpack.packb(body))
 
 

@@ -76,7 +76,7 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
     try:
         core = ControlCore(cfg, kin, driver)
         stats = LinkStats()
-        centre, quat = kin.fk(kin.home)
+        centre, _ = kin.fk(kin.home)
         lower_timer_slack()
         realtime = try_realtime()
         pacer = Pacer(cfg.control.period_ns)
@@ -86,7 +86,7 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
         seq = 0
         t0 = time.monotonic_ns()
         end = t0 + int(seconds * 1e9)
-        while (now := time.monotonic_ns()) < end:
+        while time.monotonic_ns() < end:
             tick = pacer.wait()
             seq += 1
             cmd = _command(seq, (tick.actual_ns - t0) / 1e9, tuple(centre))  # type: ignore[arg-type]

@@ -1,0 +1,448 @@
+"""``ControlCore`` against the firmware emulator on a real pty through the real driver.
+
+The control core is the robot's whole per-period safety path; here it runs in
+this process, paced in real time (its serial freshness check compares with the
+driver's monotonic receive times), with synthetic commands and link views built
+from real ``LinkSnapshot`` values. Every test watches the emulated arm itself
+(its joint positions, mode and targets), not only the supervisor's word.
+
+Timing: the control rate is 50 Hz so that a starved test thread (the machine
+is shared) does not look like a silent firmware, and the firmware watchdog is
+relaxed for the same reason; assertions are about ordering and logic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robot_side.config import ControlConfig, RobotConfig
+from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
+from robot_side.driver import SerialConfig, SerialManipulator
+from robot_side.firmware_sim import FirmwareEmulator
+from robot_side.kinematics import HOME_Q, Kinematics
+from safety.config import MotionLimits, SafetyConfig, WatchdogLimits
+from safety.states import Reason, State
+from transport.linkstats import LinkSnapshot
+from transport.schema import Command, ControlReply, ControlRequest
+
+RATE_HZ = 50.0
+PERIOD_S = 1.0 / RATE_HZ
+FW_WATCHDOG_MS = 400.0
+RADIUS_M = 0.01
+"""Master circle radius; scale 1.0, so the tool draws the same circle."""
+STILL_RAD = 1e-4
+"""Joint motion below this over a window counts as standing still."""
+
+Vec3 = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
+
+
+def healthy_link(now_ns: int, **changes: object) -> LinkView:
+    snap = LinkSnapshot(latency_us=1000, latency_p99_us=1500, jitter_us=100, loss=0.0,
+                        received=1000, lost=0, duplicates=0, reordered=0, last_recv_ns=now_ns)
+    return LinkView(replace(snap, **changes), 2_000_000, True)  # type: ignore[arg-type]
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+@dataclass
+class Master:
+    """The synthetic surgeon: a circle in master space, and the flags of the hand."""
+
+    centre: Vec3
+    quat: Quat
+    offset: Vec3 = (0.0, 0.0, 0.0)
+    operator_present: bool = True
+    clutch: bool = False
+    video_age_us: int | None = 30_000
+
+    def position(self, t: float) -> Vec3:
+        c, o = self.centre, self.offset
+        return (c[0] + o[0] + RADIUS_M * (math.cos(math.pi * t) - 1.0),
+                c[1] + o[1] + RADIUS_M * math.sin(math.pi * t), c[2] + o[2])
+
+
+class Harness:
+    """Drives ``core.step`` in real time with fresh commands unless told otherwise."""
+
+    def __init__(self, core: ControlCore, emu: FirmwareEmulator, kin: Kinematics) -> None:
+        self.core, self.emu, self.kin = core, emu, kin
+        pos, quat = kin.fk(kin.home)
+        self.master = Master((float(pos[0]), float(pos[1]), float(pos[2])), quat)
+        self.t0 = time.monotonic_ns()
+        self.seq = 0
+        self.req_id = 0
+        self.sample: CommandSample | None = None
+        self.next_ns = time.monotonic_ns()
+
+    def command(self, now_ns: int, position: Vec3 | None = None) -> Command:
+        m = self.master
+        self.seq += 1
+        return Command(seq=self.seq, t_send_ns=now_ns,
+                       position=position or m.position((now_ns - self.t0) / 1e9),
+                       orientation=m.quat, grip=0.5, clutch=m.clutch,
+                       operator_present=m.operator_present, video_age_us=m.video_age_us)
+
+    def step(self, *, fresh: bool = True, command: Command | None = None,
+             link: Callable[[int], LinkView] = healthy_link,
+             requests: tuple[str, ...] = ()) -> StepReport:
+        """One period: a new command arrives now (``fresh``) or the last one stays."""
+        self.next_ns += int(PERIOD_S * 1e9)
+        time.sleep(max(0.0, (self.next_ns - time.monotonic_ns()) / 1e9))
+        now = time.monotonic_ns()
+        self.next_ns = max(self.next_ns, now - int(PERIOD_S * 1e9))
+        if fresh:
+            self.sample = CommandSample(command or self.command(now), now)
+        reqs = []
+        for op in requests:
+            self.req_id += 1
+            reqs.append(PendingRequest(b"test", ControlRequest(req_id=self.req_id, op=op), now))
+        return self.core.step(now, self.sample, link(now), reqs)
+
+    def run(self, seconds: float, **kw: object) -> list[StepReport]:
+        return [self.step(**kw) for _ in range(max(1, round(seconds / PERIOD_S)))]  # type: ignore[arg-type]
+
+    def request(self, op: str) -> ControlReply:
+        (reply,) = self.step(requests=(op,)).replies
+        return reply[1]
+
+    def engage(self) -> None:
+        """Arm, let the link settle, engage; the arm follows from the next period."""
+        assert self.request("arm").ok
+        self.run(0.15)
+        reply = self.request("engage")
+        assert reply.ok, reply
+        self.run(0.3)
+        assert self.core.supervisor.state is State.FOLLOWING
+
+    def joints(self) -> np.ndarray:
+        return np.array(self.emu.snapshot().positions)
+
+    def still_while(self, seconds: float, **kw: object) -> float:
+        """Keep stepping (the master keeps moving); how far the arm moved meanwhile."""
+        time.sleep(0.1)  # the hold decelerates the joints first
+        before = self.joints()
+        self.run(seconds, **kw)
+        return float(np.abs(self.joints() - before).max())
+
+
+@pytest.fixture(scope="module")
+def kin() -> Kinematics:
+    return Kinematics.from_urdf()
+
+
+def make_cfg(port: str, **motion: object) -> RobotConfig:
+    return RobotConfig(
+        serial=SerialConfig(port=port, reconnect_interval_ms=50),
+        control=ControlConfig(rate_hz=RATE_HZ, realtime=False, scale=1.0),
+        safety=SafetyConfig(watchdog=WatchdogLimits(settle_ms=100.0),
+                            motion=MotionLimits(**motion)),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def emu(tmp_path: Path) -> Iterator[FirmwareEmulator]:
+    with FirmwareEmulator(link=tmp_path / "ttyTS0", watchdog_ms=FW_WATCHDOG_MS, rate_hz=500.0,
+                          state_rate_hz=250.0, seed=3, initial=HOME_Q.tolist()) as e:
+        yield e
+
+
+@pytest.fixture
+def rig(emu: FirmwareEmulator, kin: Kinematics, request: pytest.FixtureRequest
+        ) -> Iterator[Harness]:
+    motion = getattr(request, "param", {})
+    driver = SerialManipulator(make_cfg(emu.port_path).serial)
+    driver.open()
+    try:
+        core = ControlCore(make_cfg(emu.port_path, **motion), kin, driver)
+        yield Harness(core, emu, kin)
+    finally:
+        driver.close()
+
+
+# ------------------------------------------------------------------ following
+def test_arm_follows_command_stream(rig: Harness) -> None:
+    start = rig.joints()
+    rig.engage()
+    reports = rig.run(1.5)
+    assert all(r.state is State.FOLLOWING for r in reports)
+    assert float(np.abs(rig.joints() - start).max()) > 0.01, "the arm did not move"
+    assert rig.core.following_periods >= len(reports)
+    assert rig.core.max_tracking_error_m < 0.005
+    # The tool is where the master says, give or take the servo lag.
+    tip, _ = rig.kin.fk(rig.joints())
+    wanted = reports[-1].setpoint_cp[0]
+    assert math.dist(tip, wanted) < 0.005
+    assert rig.emu.snapshot().mode == "following"
+    assert rig.core.trips == []
+
+
+def test_no_motion_until_engaged(rig: Harness) -> None:
+    assert rig.request("arm").ok
+    moved = rig.still_while(0.8)
+    assert moved < STILL_RAD
+    assert rig.core.supervisor.state is State.READY
+    assert rig.core.following_periods == 0
+    assert rig.emu.snapshot().mode != "following"
+
+
+# ------------------------------------------------------------------ each condition alone
+def _operator_absent(h: Harness) -> dict[str, object]:
+    h.master.operator_present = False
+    return {}
+
+
+def _no_command(h: Harness) -> dict[str, object]:
+    h.sample = None
+    return {"fresh": False}
+
+
+def _stale_command(h: Harness) -> dict[str, object]:
+    return {"fresh": False}  # the stream stops; the last sample stays in the mailbox
+
+
+def _loss(h: Harness) -> dict[str, object]:
+    return {"link": lambda now: healthy_link(now, loss=0.2)}
+
+
+def _rtt_unknown(h: Harness) -> dict[str, object]:
+    return {"link": lambda now: replace(healthy_link(now), rtt_ns=None)}
+
+
+def _video_old(h: Harness) -> dict[str, object]:
+    h.master.video_age_us = 300_000
+    return {}
+
+
+def _video_none(h: Harness) -> dict[str, object]:
+    h.master.video_age_us = None
+    return {}
+
+
+CONDITIONS = {
+    "operator_absent": (_operator_absent, Reason.OPERATOR_ABSENT),
+    "no_command": (_no_command, Reason.COMMAND_TIMEOUT),
+    "stale_command": (_stale_command, Reason.COMMAND_TIMEOUT),
+    "loss_above_limit": (_loss, Reason.LOSS_BURST),
+    "rtt_unknown": (_rtt_unknown, Reason.RTT_UNKNOWN),
+    "video_older_than_250ms": (_video_old, Reason.VIDEO_STALE),
+    "no_video": (_video_none, Reason.VIDEO_STALE),
+}
+
+
+@pytest.mark.parametrize("name", list(CONDITIONS))
+def test_each_condition_alone_stops_motion(rig: Harness, name: str) -> None:
+    apply, reason = CONDITIONS[name]
+    rig.engage()
+    last_fresh = rig.sample
+    kw = apply(rig)
+    reports = [rig.step(**kw) for _ in range(10)]  # type: ignore[arg-type]
+    stopped = [r for r in reports if r.state is not State.FOLLOWING]
+    assert stopped, f"{name}: still following"
+    if name == "stale_command":
+        # Exactly the periods within the age limit still moved; the first beyond it held.
+        assert last_fresh is not None
+        limit = rig.core.cfg.safety.watchdog.command_timeout_ms * 1e6
+        for r in reports:
+            assert (r.state is State.FOLLOWING) == (r.t_ns - last_fresh.recv_ns <= limit)
+    else:
+        assert reports[0].state is State.HOLD, "not stopped in the same period"
+    assert stopped[0].reason is reason
+    trip = rig.core.trips[-1]
+    assert trip.reason == str(reason)
+    assert 0 <= trip.hold_sent_ns - trip.detected_ns < rig.core.period_ns
+    assert rig.still_while(0.5, **kw) < STILL_RAD
+    assert rig.core.supervisor.state is not State.FOLLOWING
+    assert rig.emu.snapshot().mode != "following"
+
+
+def test_trip_sends_hold_in_the_same_step(rig: Harness) -> None:
+    rig.engage()
+    rig.master.operator_present = False
+    report = rig.step()
+    assert report.state is State.HOLD
+    # No further step runs: only the frame sent by the tripping step can stop the firmware.
+    assert wait_until(lambda: rig.emu.snapshot().mode == "holding", 2.0)
+    (trip,) = rig.core.trips
+    assert trip.reason == "operator_absent"
+    assert trip.detected_ns == report.t_ns
+    assert 0 <= trip.hold_sent_ns - trip.detected_ns < rig.core.period_ns
+
+
+# ------------------------------------------------------------------ latching
+def test_hold_latches_until_explicit_engage(rig: Harness) -> None:
+    rig.engage()
+    rig.master.operator_present = False
+    rig.run(0.1)
+    rig.master.operator_present = True  # the cause goes away ...
+    assert rig.still_while(0.6) < STILL_RAD  # ... and nothing moves by itself
+    assert rig.core.supervisor.state is State.HOLD
+    assert rig.core.supervisor.reason is Reason.OPERATOR_ABSENT
+    assert rig.request("engage").ok
+    before = rig.joints()
+    rig.run(0.8)
+    assert float(np.abs(rig.joints() - before).max()) > 0.005
+
+
+@pytest.mark.parametrize("rig", [{}], indirect=True)
+def test_fault_latches_until_clear_fault_and_engage(rig: Harness) -> None:
+    rig.engage()
+    jump = rig.master.position((time.monotonic_ns() - rig.t0) / 1e9)
+    report = rig.step(command=rig.command(time.monotonic_ns(),
+                                          (jump[0], jump[1] + 0.2, jump[2])))
+    assert report.state is State.FAULT and report.reason is Reason.SETPOINT_JUMP
+    assert rig.still_while(0.4) < STILL_RAD  # the master is back to normal: still latched
+    refused = rig.request("engage")
+    assert not refused.ok and refused.reason == "latched"
+    assert rig.request("clear_fault").ok
+    assert rig.core.supervisor.state is State.READY
+    assert rig.still_while(0.3) < STILL_RAD
+    rig.run(0.15)
+    assert rig.request("engage").ok
+    before = rig.joints()
+    rig.run(0.8)
+    assert float(np.abs(rig.joints() - before).max()) > 0.005
+
+
+# ------------------------------------------------------------------ serial port
+def test_vanished_port_faults_and_needs_clear_and_engage(rig: Harness) -> None:
+    rig.engage()
+    rig.emu.vanish()
+    reports = rig.run(0.3)
+    assert rig.core.supervisor.state is State.FAULT
+    assert rig.core.supervisor.reason is Reason.SERIAL_FAULT
+    assert any(r.state is State.FOLLOWING for r in reports[:1]) or rig.core.trips
+    rig.emu.reappear()
+    # What the node's SerialReconnector does, off the control loop.
+    assert wait_until(rig.core.driver.reconnect, 5.0)
+    assert rig.still_while(0.5) < STILL_RAD
+    assert rig.core.supervisor.state is State.FAULT
+    assert rig.emu.snapshot().mode != "following"
+    assert rig.request("clear_fault").ok
+    rig.run(0.15)
+    assert rig.request("engage").ok
+    before = rig.joints()
+    reports = rig.run(0.8)
+    assert all(r.state is State.FOLLOWING for r in reports), [r.reason for r in reports]
+    assert float(np.abs(rig.joints() - before).max()) > 0.005
+
+
+# ------------------------------------------------------------------ e-stop button
+def test_firmware_estop_button(rig: Harness) -> None:
+    rig.engage()
+    rig.emu.press_estop()
+    rig.run(0.2)
+    sup = rig.core.supervisor
+    assert sup.state is State.ESTOP and sup.reason is Reason.ESTOP_BUTTON
+    assert rig.emu.snapshot().braked
+    refused = rig.request("clear_fault")
+    assert not refused.ok and refused.state == "estop"
+    # The staff clear locally while the button is still pressed: refused, still ESTOP.
+    assert not rig.core.clear_estop_local(time.monotonic_ns())
+    reports = rig.run(0.2)
+    assert all(r.state is State.ESTOP and r.estop for r in reports)
+    assert not rig.request("arm").ok
+    assert rig.still_while(0.3) < STILL_RAD
+    rig.emu.release_estop()
+    rig.run(0.1)
+    assert sup.state is State.ESTOP, "releasing the button alone must not clear the e-stop"
+    assert rig.core.clear_estop_local(time.monotonic_ns())
+    rig.run(0.05)
+    assert sup.state is State.DISABLED
+    rig.engage()
+    before = rig.joints()
+    rig.run(0.8)
+    assert float(np.abs(rig.joints() - before).max()) > 0.005
+
+
+# ------------------------------------------------------------------ bounded setpoints
+def _nan(p: Vec3) -> Vec3:
+    return (math.nan, p[1], p[2])
+
+
+def _jump(p: Vec3) -> Vec3:
+    return (p[0], p[1], p[2] + 0.3)
+
+
+def _inf(p: Vec3) -> Vec3:
+    return (p[0], math.inf, p[2])
+
+
+@pytest.mark.parametrize(("make", "reason"), [(_nan, Reason.NONFINITE_SETPOINT),
+                                              (_inf, Reason.NONFINITE_SETPOINT),
+                                              (_jump, Reason.SETPOINT_JUMP)])
+def test_bad_command_never_reaches_the_port(rig: Harness, make: Callable[[Vec3], Vec3],
+                                            reason: Reason) -> None:
+    rig.engage()
+    targets = rig.emu.snapshot().targets
+    bad = make(rig.master.position((time.monotonic_ns() - rig.t0) / 1e9))
+    report = rig.step(command=rig.command(time.monotonic_ns(), bad))
+    assert report.state is State.FAULT and report.reason is reason
+    rig.run(0.2, command=rig.command(time.monotonic_ns(), bad))
+    snap = rig.emu.snapshot()
+    assert all(math.isfinite(t) for t in snap.targets)
+    # Nothing after the last good target: the firmware holds at or before it.
+    assert max(abs(a - b) for a, b in zip(snap.targets, targets, strict=True)) < 0.05
+    assert snap.mode == "braked"
+
+
+BOX = {"workspace_min": (0.30, -0.03, 0.20), "workspace_max": (0.40, 0.03, 0.30)}
+
+
+@pytest.mark.parametrize("rig", [BOX], indirect=True)
+def test_out_of_workspace_is_clamped_at_the_boundary(rig: Harness) -> None:
+    rig.engage()
+    # The master drifts +y at 5 cm/s, twice as far as the box allows.
+    t_start = time.monotonic_ns()
+    centre = rig.master.centre
+    peak = -1.0
+    for _ in range(round(1.6 / PERIOD_S)):
+        now = time.monotonic_ns()
+        y = centre[1] + 0.05 * (now - t_start) / 1e9
+        r = rig.step(command=rig.command(now, (centre[0], y, centre[2])))
+        assert r.state is State.FOLLOWING, r.reason
+        peak = max(peak, r.setpoint_cp[0][1])
+        tip, _ = rig.kin.fk(np.array(rig.emu.snapshot().targets))
+        assert tip[1] <= BOX["workspace_max"][1] + 1e-3
+    assert peak == pytest.approx(BOX["workspace_max"][1], abs=1e-3)
+
+
+# ------------------------------------------------------------------ clutch
+def test_clutch_holds_and_resumes_without_a_jump(rig: Harness) -> None:
+    rig.engage()
+    rig.run(0.3)
+    rig.master.clutch = True
+    report = rig.step()
+    assert report.state is State.HOLD and report.reason is Reason.CLUTCH
+    # The hand travels 4 cm while clutched; the tool stays.
+    held = rig.joints()
+    for i in range(15):
+        rig.master.offset = (0.0, 0.04 * (i + 1) / 15, 0.0)
+        rig.step()
+    assert rig.still_while(0.1) < STILL_RAD
+    tip_held, _ = rig.kin.fk(rig.joints())
+    rig.master.clutch = False
+    reports = rig.run(0.5)
+    assert reports[0].state is State.FOLLOWING and reports[0].reason is Reason.CLUTCH_RELEASED
+    step_m = rig.core.cfg.safety.motion.step_m(PERIOD_S)
+    assert math.dist(reports[0].setpoint_cp[0], tip_held) <= step_m + 1e-4
+    for a, b in zip(reports, reports[1:], strict=False):
+        assert math.dist(a.setpoint_cp[0], b.setpoint_cp[0]) <= step_m + 1e-4
+    tip_now, _ = rig.kin.fk(rig.joints())
+    assert math.dist(tip_now, tip_held) < 0.02, "the clutch offset became a jump"
+    assert float(np.abs(rig.joints() - held).max()) > 1e-3, "motion did not resume"
+    assert rig.core.trips == []
