@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,20 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+_TRIP_RE = re.compile(r" TRIP (\{.*\})$", re.MULTILINE)
+_TRANSITION_RE = re.compile(r"safety\.supervisor: (\w+) -> (\w+) \((\w+)\)")
+
+
+def parse_trips(robot_log: str) -> list[dict[str, Any]]:
+    """The ``TRIP {json}`` lines the robot node writes, one per ``TripRecord``."""
+    return [json.loads(m.group(1)) for m in _TRIP_RE.finditer(robot_log)]
+
+
+def parse_transitions(robot_log: str) -> list[tuple[str, str, str]]:
+    """(from, to, reason) of each supervisor transition, in the order they happened."""
+    return [(m.group(1), m.group(2), m.group(3)) for m in _TRANSITION_RE.finditer(robot_log)]
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -87,7 +102,7 @@ class SimRig:
         self.run = opts.run_dir
         self.run.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         ports = free_ports(8)
         self.robot_ports = dict(zip(CHANNELS, ports[:4], strict=True))
         self.proxy_ports = dict(zip(CHANNELS, ports[4:], strict=True))
@@ -151,7 +166,9 @@ class SimRig:
         self._wait_log("proxy", "faultproxy ready", 15)
         self.start_console()
 
-    def start_console(self, name: str = "console") -> None:
+    def start_console(self, name: str = "console",
+                      session: dict[str, Any] | None = None) -> None:
+        """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
         cfg.write_text(_toml({
@@ -162,7 +179,8 @@ class SimRig:
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},
-            "session": {"auto_engage": True, "reengage_after_s": o.reengage_after_s},
+            "session": {"auto_engage": True, "reengage_after_s": o.reengage_after_s,
+                        **(session or {})},
         }))
         self._spawn(name, ["console", "--config", str(cfg), "--seconds", str(o.console_seconds),
                            "--summary", str(self.run / f"{name}.json")], where="console")
@@ -220,6 +238,24 @@ class SimRig:
         from robot_side.estop import send
 
         return send(self.run / "estop.sock", action)
+
+    def state(self) -> tuple[str, str]:
+        """The robot's (supervisor state, reason), asked over the local e-stop socket."""
+        words = self.estop("status").split()
+        if len(words) < 3 or words[0] != "ok":
+            raise RuntimeError(f"unexpected e-stop status answer {' '.join(words)!r}")
+        return words[1], words[2]
+
+    def robot_log(self) -> str:
+        return (self.run / "robot.log").read_text(errors="replace")
+
+    def trips(self) -> list[dict[str, Any]]:
+        """Every trip the robot logged so far (``TripRecord`` fields, monotonic ns)."""
+        return parse_trips(self.robot_log())
+
+    def transitions(self) -> list[tuple[str, str, str]]:
+        """Every supervisor transition the robot logged so far: (from, to, reason)."""
+        return parse_transitions(self.robot_log())
 
     def summary(self, name: str) -> dict[str, Any]:
         path = self.run / f"{name}.json"

@@ -143,6 +143,7 @@ class RobotNode:
         tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         seq = 0
+        trips_logged = 0
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self.pacer.wait()
@@ -156,6 +157,12 @@ class RobotNode:
                 for t in core.transitions:
                     auditor.submit(t)
                 core.transitions.clear()
+            if len(core.trips) > trips_logged:
+                # One machine-readable line per trip, in monotonic ns: the HIL rig
+                # checks every reaction time against its bound while the node runs.
+                for trip in core.trips[trips_logged:]:
+                    log.warning("TRIP %s", json.dumps(asdict(trip)))
+                trips_logged = len(core.trips)
             ros.latest = report
             if tick.index % tlm_every == 0:
                 seq += 1

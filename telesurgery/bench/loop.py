@@ -93,8 +93,10 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             stats.on_message(seq, cmd.t_send_ns, tick.actual_ns, 0)
             view = LinkView(stats.snapshot(tick.actual_ns), 200_000, True)
             reqs = []
-            if seq in (30, 60):
-                op = "arm" if seq == 30 else "engage"
+            # Arm, then engage until accepted (the link must be healthy for settle_ms).
+            op = "arm" if seq == 30 else "engage" if seq % 100 == 0 and (
+                core.supervisor.state != "following") else None
+            if op is not None:
                 reqs = [PendingRequest(b"bench", ControlRequest(req_id=seq, op=op),
                                        tick.actual_ns)]
             start = time.monotonic_ns()
@@ -114,6 +116,7 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             "cpu_pct": round(cpu, 1),
             "sched_fifo": realtime,
             "final_state": str(core.supervisor.state),
+            "following_periods": core.following_periods,
             "ticks": p.ticks,
         }
     finally:
