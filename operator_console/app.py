@@ -104,6 +104,8 @@ class ConsoleApp:
         status = StatusView(sys.stderr) if headless and cfg.status_view else None
         self.receiver = receiver
         g2g_ms: float | None = None
+        fps = 0.0
+        last_shown_ns: int | None = None
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             frame = receiver.poll(20) if receiver is not None else None
             if receiver is None:
@@ -112,10 +114,15 @@ class ConsoleApp:
             if receiver is not None and sh.offset_ns is not None:
                 receiver.offset_ns = sh.offset_ns
             if frame is not None and display is not None:
-                age = fresh.age_us(now)
-                display.show(frame.image, hud_state(sh.telemetry, sh, g2g_ms,
-                                                    None if age is None else age / 1000,
-                                                    cfg.stale_ms))
+                # The HUD shows the age of the frame it is drawn on, not of the last one.
+                age_ms = (now - frame.capture_local_ns) / 1e6
+                if last_shown_ns is not None:
+                    fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
+                        1e9 / max(1, now - last_shown_ns))
+                last_shown_ns = now
+                display.show(frame.image, replace(
+                    hud_state(sh.telemetry, sh, g2g_ms, age_ms, cfg.stale_ms),
+                    fps=fps or None))
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
                 g2g = frame.g2g_ns(shown) // 1000
@@ -127,8 +134,8 @@ class ConsoleApp:
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
             if status is not None:
-                age_ms = None if sh.video_age_us is None else sh.video_age_us / 1000
-                status.update(status_from(sh.telemetry, sh.last_output, sh.scale, age_ms,
+                shown_age = None if sh.video_age_us is None else sh.video_age_us / 1000
+                status.update(status_from(sh.telemetry, sh.last_output, sh.scale, shown_age,
                                           sh.message), now)
         if display is not None:
             display.close()

@@ -22,19 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operator_console.devices.base import (
-    MasterSample,
-    Quat,
-    Vec3,
-    quat_conj,
-    quat_from_rotvec,
-    quat_mul,
-    quat_normalize,
-    sample_problem,
-)
+from operator_console.devices.base import MasterSample, sample_problem
 from operator_console.tremor import TremorFilter
 from telesurgery.config import check, finite_positive
 from telesurgery.errors import ConfigError, SchemaError
+from telesurgery.quat import Quat, Vec3, quat_conj, quat_from_rotvec, quat_mul, quat_normalize
 
 log = logging.getLogger(__name__)
 

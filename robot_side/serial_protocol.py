@@ -27,6 +27,7 @@ from enum import IntEnum, IntFlag
 from pathlib import Path
 from typing import ClassVar, Self, TypeAlias
 
+from telesurgery.crc import crc32c
 from telesurgery.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -49,29 +50,6 @@ def default_link_path() -> Path:
     """Where the firmware emulator publishes the stable symlink to its current pty."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"telesurgery-{os.getuid()}" / "ttyTS0"
-
-
-# ---------------------------------------------------------------- CRC-32C
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli, reflected 0x82F63B78): Hamming distance 6 up to ~650 bytes."""
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------- COBS

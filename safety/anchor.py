@@ -15,33 +15,13 @@ from __future__ import annotations
 
 import math
 
-from safety.limits import quat_angle
 from telesurgery.errors import SchemaError, TelesurgeryError
-
-Vec3 = tuple[float, float, float]
-Quat = tuple[float, float, float, float]
+from telesurgery.quat import Quat, Vec3, quat_angle, quat_conj, quat_mul, quat_normalize
 
 _UNIT_TOL = 1e-3
 
 
-def quat_mul(a: Quat, b: Quat) -> Quat:
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return (aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw)
 
-
-def quat_conj(q: Quat) -> Quat:
-    return (q[0], -q[1], -q[2], -q[3])
-
-
-def quat_normalize(q: Quat) -> Quat:
-    n = math.sqrt(sum(c * c for c in q))
-    if not n > 0:  # also NaN: pass it on for the limiter to reject
-        return (math.nan, math.nan, math.nan, math.nan)
-    return (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
 
 
 def _check_pose(name: str, pos: Vec3, quat: Quat) -> None:

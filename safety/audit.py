@@ -41,6 +41,7 @@ from pathlib import Path
 from types import TracebackType
 
 from safety.config import AuditConfig
+from telesurgery.crc import crc32c
 from telesurgery.errors import AuditError
 
 log = logging.getLogger(__name__)
@@ -53,31 +54,6 @@ GENESIS = "0" * 64
 """``prev`` of the very first record of a log."""
 
 Scalar = str | int | float | bool | None
-
-
-# --- CRC-32C (Castagnoli), reflected polynomial 0x82F63B78 -------------------------------
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_TABLE = _crc_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC-32C of ``data``; pass a previous result as ``crc`` to continue it."""
-    crc ^= 0xFFFFFFFF
-    table = _TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 # --- records and their framing ------------------------------------------------------------

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 from safety.config import MotionLimits
 from telesurgery.config import check, finite_positive
+from telesurgery.quat import Quat, Vec3, quat_angle, quat_mul, quat_relative
 
 log = logging.getLogger(__name__)
 
-Vec3 = tuple[float, float, float]
-Quat = tuple[float, float, float, float]
 """Unit quaternion, scalar first: (w, x, y, z)."""
 
 QUAT_NORM_TOL = 1e-3
@@ -72,42 +71,13 @@ def _unit_quat(q: Sequence[float]) -> Quat | None:
     return (w / norm, x / norm, y / norm, z / norm)
 
 
-def _quat_mul(a: Quat, b: Quat) -> Quat:
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return (
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    )
-
-
-def _relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
-    """Angle and unit axis of the shortest rotation taking ``a`` to ``b`` (in a's frame)."""
-    w, x, y, z = _quat_mul((a[0], -a[1], -a[2], -a[3]), b)
-    if w < 0.0:  # q and -q are the same rotation: take the short way round
-        w, x, y, z = -w, -x, -y, -z
-    s = math.sqrt(x * x + y * y + z * z)
-    # atan2 keeps full precision for the tiny angles of one control period, where acos does not
-    angle = 2.0 * math.atan2(s, w)
-    if s == 0.0:
-        return 0.0, (1.0, 0.0, 0.0)
-    return angle, (x / s, y / s, z / s)
-
-
-def quat_angle(a: Quat, b: Quat) -> float:
-    """Angle in radians of the rotation between unit quaternions ``a`` and ``b``."""
-    return _relative(a, b)[0]
-
-
 def _rotate_toward(a: Quat, b: Quat, max_rad: float) -> tuple[Quat, bool]:
     """``b``, or the rotation ``max_rad`` from ``a`` toward ``b`` when b is further away."""
-    angle, (x, y, z) = _relative(a, b)
+    angle, (x, y, z) = quat_relative(a, b)
     if angle <= max_rad:
         return b, False
     s = math.sin(max_rad / 2.0)
-    return _quat_mul(a, (math.cos(max_rad / 2.0), x * s, y * s, z * s)), True
+    return quat_mul(a, (math.cos(max_rad / 2.0), x * s, y * s, z * s)), True
 
 
 def _distance(a: Sequence[float], b: Sequence[float]) -> float:

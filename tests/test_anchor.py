@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from safety.anchor import Anchor, quat_mul
+from safety.anchor import Anchor
 from safety.limits import quat_angle
 from telesurgery.errors import SchemaError, TelesurgeryError
+from telesurgery.quat import quat_mul
 
 IDENT = (1.0, 0.0, 0.0, 0.0)
 

@@ -18,7 +18,7 @@ import pytest
 from operator_console.devices import DEVICES, create_device, open_device
 from operator_console.devices import gamepad as gp
 from operator_console.devices import spacemouse as sm
-from operator_console.devices.base import DeviceConfig, InputDevice, quat_angle
+from operator_console.devices.base import DeviceConfig, InputDevice
 from operator_console.devices.haptic import HapticDevice, HapticState, VirtualHapticBackend
 from operator_console.devices.scripted import (
     MOTION_COLUMNS,
@@ -27,6 +27,7 @@ from operator_console.devices.scripted import (
 )
 from operator_console.teleop import TeleopConfig, TeleopMapper
 from telesurgery.errors import ConfigError, DeviceError
+from telesurgery.quat import quat_angle
 
 MS = 1_000_000
 

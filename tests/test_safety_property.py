@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from safety.anchor import Anchor, quat_mul
+from safety.anchor import Anchor
 from safety.config import MotionLimits, WatchdogLimits
 from safety.limits import CartesianLimiter, quat_angle
 from safety.states import Reason, State
 from safety.supervisor import Decision, StepInputs, Supervisor
 from safety.watchdog import LinkWatchdog
 from telesurgery.errors import SchemaError
+from telesurgery.quat import quat_mul
 from transport.clocksync import ClockSync
 from transport.linkstats import LinkStats
 

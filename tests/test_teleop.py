@@ -10,11 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from operator_console.devices.base import DeviceConfig, MasterSample, quat_from_rotvec, quat_mul
+from operator_console.devices.base import DeviceConfig, MasterSample
 from operator_console.devices.scripted import ScriptedDevice
 from operator_console.status_view import ConsoleStatus, StatusView, format_status, status_from
 from operator_console.teleop import TeleopConfig, TeleopMapper, TeleopOutput
 from telesurgery.errors import ConfigError, SchemaError
+from telesurgery.quat import quat_from_rotvec, quat_mul
 from transport import schema
 
 RATE = 500.0

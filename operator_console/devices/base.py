@@ -17,12 +17,10 @@ from types import TracebackType
 
 from telesurgery.config import check, finite_positive
 from telesurgery.errors import DeviceError
+from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_normalize
 
 log = logging.getLogger(__name__)
 
-Vec3 = tuple[float, float, float]
-Quat = tuple[float, float, float, float]
-"""Unit quaternion, scalar first: (w, x, y, z)."""
 
 QUAT_NORM_TOL = 1e-3
 
@@ -84,40 +82,6 @@ class DeviceConfig:
         finite_positive("device.speed_m_s", self.speed_m_s)
         finite_positive("device.angular_speed_rad_s", self.angular_speed_rad_s)
         finite_positive("device.max_force_n", self.max_force_n)
-
-
-def quat_mul(a: Quat, b: Quat) -> Quat:
-    """Hamilton product a * b (apply b, then a)."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return (aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw)
-
-
-def quat_conj(q: Quat) -> Quat:
-    return (q[0], -q[1], -q[2], -q[3])
-
-
-def quat_normalize(q: Quat) -> Quat:
-    n = math.sqrt(sum(c * c for c in q))
-    return (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
-
-
-def quat_from_rotvec(v: Vec3) -> Quat:
-    """Rotation of |v| radians about v."""
-    angle = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-    if angle < 1e-12:
-        return (1.0, 0.0, 0.0, 0.0)
-    s = math.sin(angle / 2.0) / angle
-    return (math.cos(angle / 2.0), v[0] * s, v[1] * s, v[2] * s)
-
-
-def quat_angle(a: Quat, b: Quat) -> float:
-    """Rotation angle in radians between orientations a and b."""
-    dot = abs(sum(x * y for x, y in zip(a, b, strict=True)))
-    return 2.0 * math.acos(min(1.0, dot))
 
 
 class PoseIntegrator:

@@ -24,15 +24,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from operator_console.devices.base import (
-    DeviceConfig,
-    InputDevice,
-    MasterSample,
-    Quat,
-    Vec3,
-    quat_normalize,
-)
+from operator_console.devices.base import DeviceConfig, InputDevice, MasterSample
 from telesurgery.errors import DeviceError
+from telesurgery.quat import Quat, Vec3, quat_normalize
 
 log = logging.getLogger(__name__)
 

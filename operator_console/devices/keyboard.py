@@ -19,18 +19,9 @@ import sys
 import termios
 from typing import Any
 
-from operator_console.devices.base import (
-    DeviceConfig,
-    InputDevice,
-    MasterSample,
-    Quat,
-    Vec3,
-    quat_angle,
-    quat_from_rotvec,
-    quat_mul,
-    quat_normalize,
-)
+from operator_console.devices.base import DeviceConfig, InputDevice, MasterSample
 from telesurgery.errors import DeviceError
+from telesurgery.quat import Quat, Vec3, quat_angle, quat_from_rotvec, quat_mul, quat_normalize
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from operator_console.devices.base import (
-    DeviceConfig,
-    InputDevice,
-    MasterSample,
-    quat_from_rotvec,
-    quat_mul,
-)
+from operator_console.devices.base import DeviceConfig, InputDevice, MasterSample
 from telesurgery.errors import DeviceError
+from telesurgery.quat import quat_from_rotvec, quat_mul
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,62 @@
+"""Unit quaternions, scalar first (w, x, y, z), in plain math.
+
+Plain floats rather than numpy: at 3-4 components per call numpy's overhead
+dominates, and these run every control period on both sides of the link.
+"""
+
+from __future__ import annotations
+
+import math
+
+Vec3 = tuple[float, float, float]
+Quat = tuple[float, float, float, float]
+IDENTITY: Quat = (1.0, 0.0, 0.0, 0.0)
+
+
+def quat_mul(a: Quat, b: Quat) -> Quat:
+    """Hamilton product a * b (apply b, then a)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return (aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw)
+
+
+def quat_conj(q: Quat) -> Quat:
+    return (q[0], -q[1], -q[2], -q[3])
+
+
+def quat_normalize(q: Quat) -> Quat:
+    """``q`` scaled to unit length; NaN when it has none, for a limiter to reject."""
+    n = math.sqrt(sum(c * c for c in q))
+    if not n > 0:  # also NaN
+        return (math.nan, math.nan, math.nan, math.nan)
+    return (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
+
+
+def quat_from_rotvec(v: Vec3) -> Quat:
+    """Rotation of |v| radians about v."""
+    angle = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+    if angle < 1e-12:
+        return IDENTITY
+    s = math.sin(angle / 2.0) / angle
+    return (math.cos(angle / 2.0), v[0] * s, v[1] * s, v[2] * s)
+
+
+def quat_relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
+    """Angle and unit axis of the shortest rotation taking ``a`` to ``b`` (in a's frame)."""
+    w, x, y, z = quat_mul(quat_conj(a), b)
+    if w < 0.0:  # q and -q are the same rotation: take the short way round
+        w, x, y, z = -w, -x, -y, -z
+    s = math.sqrt(x * x + y * y + z * z)
+    # atan2 keeps full precision for the tiny angles of one control period, where acos does not
+    angle = 2.0 * math.atan2(s, w)
+    if s == 0.0:
+        return 0.0, (1.0, 0.0, 0.0)
+    return angle, (x / s, y / s, z / s)
+
+
+def quat_angle(a: Quat, b: Quat) -> float:
+    """Angle in radians of the rotation between unit quaternions ``a`` and ``b``."""
+    return quat_relative(a, b)[0]
