@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import queue
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("press", "clear", "status")
+ACTIONS = ("press", "clear", "status", "panel")
 
 
 @dataclass
@@ -35,9 +38,10 @@ class EstopRequest:
 class EstopServer(threading.Thread):
     """Accepts one-line requests; the control thread answers them each period."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, panel: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__(name="robot-estop", daemon=True)
         self.path = path
+        self._panel = panel
         self.requests: queue.Queue[EstopRequest] = queue.Queue(maxsize=16)
         self._halt = threading.Event()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +83,11 @@ class EstopServer(threading.Thread):
             return
         if action not in ACTIONS:
             conn.sendall(f"error: unknown action {action!r}\n".encode())
+            return
+        if action == "panel":
+            # Answered here from the node's latest snapshot: the control loop is not asked.
+            body = self._panel() if self._panel is not None else {}
+            conn.sendall(("ok " + json.dumps(body) + "\n").encode())
             return
         req = EstopRequest(action)
         try:

@@ -9,6 +9,7 @@ port and every safety decision; the others only feed it or report from it.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import signal
@@ -19,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from robot_side.config import RobotConfig
 from robot_side.control import ControlCore, LinkView, StepReport
@@ -73,6 +75,24 @@ class RobotNode:
         self.driver = SerialManipulator(cfg.serial)
         self.core = ControlCore(cfg, self.kin, self.driver)
         self.pacer = Pacer(cfg.control.period_ns)
+        self._recent: collections.deque[str] = collections.deque(maxlen=8)
+        self._last_report: StepReport | None = None
+        self._last_link: LinkView | None = None
+
+    def panel_status(self) -> dict[str, Any]:
+        """What the on-site staff's panel shows; read from references the loop swaps."""
+        r, link = self._last_report, self._last_link
+        if r is None:
+            return {"state": "starting"}
+        return {
+            "state": str(r.state), "reason": str(r.reason), "estop": r.estop,
+            "scale": round(r.scale, 3), "firmware_flags": r.firmware_flags,
+            "tracking_error_mm": round(r.tracking_error_m * 1000, 2),
+            "link_ok": r.health.ok, "link_detail": r.health.detail,
+            "rtt_ms": None if link is None or link.rtt_ns is None else link.rtt_ns / 1e6,
+            "loss": None if link is None else round(link.stats.loss, 4),
+            "events": list(self._recent),
+        }
 
     def stop(self) -> None:
         self._halt.set()
@@ -118,7 +138,7 @@ class RobotNode:
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
             stack.callback(ros.close)
-            estop = EstopServer(cfg.estop.socket)
+            estop = EstopServer(cfg.estop.socket, self.panel_status)
             estop.start()
             stack.callback(estop.stop)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
@@ -156,6 +176,7 @@ class RobotNode:
             if core.transitions:
                 for t in core.transitions:
                     auditor.submit(t)
+                    self._recent.append(f"{t.state_from} -> {t.state_to}: {t.reason} {t.detail}")
                 core.transitions.clear()
             if len(core.trips) > trips_logged:
                 # One machine-readable line per trip, in monotonic ns: the HIL rig
@@ -164,6 +185,7 @@ class RobotNode:
                     log.warning("TRIP %s", json.dumps(asdict(trip)))
                 trips_logged = len(core.trips)
             ros.latest = report
+            self._last_report, self._last_link = report, link
             if tick.index % tlm_every == 0:
                 seq += 1
                 sample = mb.command

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "selftest": ("transport.selftest", "main", "two-process secured link self-test"),
     "firmware-sim": ("robot_side.firmware_sim", "main", "firmware emulator on a pty"),
     "estop": ("robot_side.estop", "main", "on-site emergency stop (local only)"),
+    "panel": ("robot_side.panel", "main", "on-site supervision panel (local only)"),
     "audit": ("safety.audit_cli", "main", "audit log tools: verify, show"),
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
 }
