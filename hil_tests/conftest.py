@@ -1,8 +1,12 @@
-"""Shared HIL fixtures: a namespace pair that skips with the stated reason."""
+"""Shared HIL fixtures: a namespace pair that skips with the stated reason, and the
+results report that the scenario tests fill and the terminal summary prints."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,3 +21,32 @@ def netns_pair() -> Iterator[NetnsPair]:
         pytest.skip(reason)
     with NetnsPair() as pair:
         yield pair
+
+
+class HilReport:
+    """Measured reaction times, written as JSON and markdown under the pytest temp dir."""
+
+    written: list[tuple[str, str, Path]] = []
+    """(title, markdown, json path) of every table written in this session."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def write(self, name: str, title: str, rows: list[dict[str, Any]], markdown: str) -> Path:
+        path = self.base / f"{name}.json"
+        path.write_text(json.dumps(rows, indent=2))
+        (self.base / f"{name}.md").write_text(f"# {title}\n\n{markdown}\n")
+        HilReport.written.append((title, markdown, path))
+        return path
+
+
+@pytest.fixture(scope="session")
+def hil_report(tmp_path_factory: pytest.TempPathFactory) -> HilReport:
+    return HilReport(tmp_path_factory.mktemp("hil-results"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for title, markdown, path in HilReport.written:
+        terminalreporter.write_sep("=", title)
+        terminalreporter.write_line(markdown)
+        terminalreporter.write_line(f"results: {path} (and .md)")

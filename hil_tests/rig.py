@@ -22,9 +22,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -34,6 +35,7 @@ from transport.keys import init_keys
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 REAL_PORT_ENV = "TELESURGERY_HIL_PORT"
 CHANNELS = ("command", "control", "telemetry", "video")
 
@@ -61,6 +63,44 @@ def parse_trips(robot_log: str) -> list[dict[str, Any]]:
 def parse_transitions(robot_log: str) -> list[tuple[str, str, str]]:
     """(from, to, reason) of each supervisor transition, in the order they happened."""
     return [(m.group(1), m.group(2), m.group(3)) for m in _TRANSITION_RE.finditer(robot_log)]
+
+
+def poll(what: str, timeout_s: float, probe: Callable[[], T | None]) -> T:
+    """``probe()`` until it returns something truthy; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def remote_requests(console_config: str, ops: list[str]) -> list[dict[str, Any]]:
+    """Open a surgeon session from ``console_config`` and send ``ops`` in turn."""
+    from operator_console.config import ConsoleConfig
+    from telesurgery.config import load
+    from telesurgery.errors import LinkTimeout
+    from transport.keys import ClientKeys
+    from transport.link import ConsoleLink
+
+    cfg = load(ConsoleConfig, Path(console_config)).link
+    replies = []
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(cfg.keys_dir)) as link:
+        for op in ops:
+            deadline = time.monotonic() + 15.0
+            while True:
+                try:
+                    reply = link.request(op, timeout_ms=2000)
+                    break
+                except LinkTimeout:
+                    # The CURVE handshake of a fresh session takes a moment.
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            replies.append({"op": op, "ok": reply.ok, "state": reply.state,
+                            "reason": reply.reason})
+    return replies
 
 
 def _toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -92,6 +132,12 @@ class RigOptions:
     rotation_scale: float = 1.0
     netns: NetnsPair | None = None
     robot_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nice: int = 0
+    """Niceness of every rig process (negative only as root). The rig stands in for
+    dedicated machines; on a shared CI box -10 keeps other jobs from starving it."""
+    firmware_fifo: int = 0
+    """SCHED_FIFO priority of the firmware emulator (as root; 0: normal). It stands in
+    for a microcontroller, which no other job can starve."""
 
 
 class SimRig:
@@ -114,6 +160,11 @@ class SimRig:
     def _spawn(self, name: str, argv: list[str], where: str | None = None) -> None:
         out = (self.run / f"{name}.log").open("wb")
         cmd = [sys.executable, "-m", "telesurgery.cli", *argv]
+        root = os.geteuid() == 0
+        if name == "firmware" and self.opts.firmware_fifo and root:
+            cmd = ["chrt", "-f", str(self.opts.firmware_fifo), *cmd]
+        elif self.opts.nice and (self.opts.nice > 0 or root):
+            cmd = ["nice", "-n", str(self.opts.nice), *cmd]
         ns = self.opts.netns
         if ns is not None and where is not None:
             self.procs[name] = ns.run(where, cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -239,12 +290,41 @@ class SimRig:
 
         return send(self.run / "estop.sock", action)
 
+    def remote_requests(self, ops: list[str], console: str = "console") -> list[dict[str, Any]]:
+        """Send control requests as the surgeon would, from the console's host.
+
+        A separate short-lived process with the surgeon key and ``console``'s link
+        config (so it crosses the fault proxy, and the veth when in namespaces);
+        returns each reply as {op, ok, state, reason}.
+        """
+        code = ("import json, sys; from hil_tests.rig import remote_requests; "
+                "print(json.dumps(remote_requests(sys.argv[1], sys.argv[2:])))")
+        argv = [sys.executable, "-c", code, str(self.run / f"{console}.toml"), *ops]
+        ns = self.opts.netns
+        if ns is not None:
+            out = ns.check_output("console", argv, timeout_s=30)
+        else:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                 check=True).stdout
+        replies: list[dict[str, Any]] = json.loads(out.strip().splitlines()[-1])
+        return replies
+
     def state(self) -> tuple[str, str]:
         """The robot's (supervisor state, reason), asked over the local e-stop socket."""
         words = self.estop("status").split()
         if len(words) < 3 or words[0] != "ok":
             raise RuntimeError(f"unexpected e-stop status answer {' '.join(words)!r}")
         return words[1], words[2]
+
+    def wait_following(self, timeout_s: float = 30.0) -> None:
+        """Until the arm has followed the surgeon, uninterrupted, for half a second."""
+        def steady() -> bool:
+            if self.state()[0] != "following":
+                return False
+            n = len(self.transitions())
+            time.sleep(0.5)
+            return self.state()[0] == "following" and len(self.transitions()) == n
+        poll("the arm to follow the surgeon", timeout_s, steady)
 
     def robot_log(self) -> str:
         return (self.run / "robot.log").read_text(errors="replace")

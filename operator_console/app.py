@@ -34,7 +34,7 @@ from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import HudState
 from operator_console.video.receiver import VideoReceiver
 from telesurgery.config import load
-from telesurgery.errors import DeviceError, TelesurgeryError
+from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
 from transport.schema import Telemetry
@@ -90,8 +90,24 @@ class ConsoleApp:
                 stack.callback(t.join, 2.0)
                 stack.callback(t.stop)
             self._video_loop(link, seconds)
+            self._finish(session, link)
             self._write_summary(commands, link)
         return 0
+
+    def _finish(self, session: SessionThread, link: ConsoleLink) -> None:
+        """End the session deliberately: disengage rather than let the robot time out."""
+        session.stop()
+        session.join(2.0)
+        if session.is_alive() or not self.shared.engaged:
+            return
+        # The session thread is gone, so the control socket is this thread's now.
+        try:
+            link.request("disengage")
+        except LinkTimeout as err:
+            log.warning("could not disengage at the end of the session: %s", err)
+        else:
+            self.shared.engaged = False
+            log.info("session over: disengaged")
 
     def _video_loop(self, link: ConsoleLink, seconds: float | None) -> None:
         cfg = self.cfg.display

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from operator_console.config import SessionConfig
 from operator_console.teleop import TeleopOutput
 from telesurgery.errors import LinkTimeout
+from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.link import ConsoleLink
 from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
@@ -89,6 +90,8 @@ class SessionThread(threading.Thread):
         return reply.ok
 
     def run(self) -> None:
+        # Pongs answered late would read as round-trip time on the robot.
+        try_realtime(35)
         next_ping = 0
         while not self._halt.is_set():
             for item in self.link.poll(5):
@@ -143,11 +146,13 @@ class SessionThread(threading.Thread):
         if not self.want_engage or sh.engaged or now < self._next_attempt_ns:
             return
         self._next_attempt_ns = now + 500_000_000
-        if tlm.state == "disabled" or not self._armed:
-            self._armed = self.request("arm")
-            return
+        # A fault first: the robot refuses "arm" while latched, so a console that
+        # met a robot already in FAULT would otherwise ask to arm for ever.
         if tlm.state == "fault":
             self.request("clear_fault")
+            return
+        if tlm.state == "disabled" or not self._armed:
+            self._armed = self.request("arm")
             return
         if sh.video_stale:
             sh.message = "waiting for a fresh picture before engaging"

@@ -99,6 +99,11 @@ def _as_pose(position: Sequence[float] | np.ndarray, quat: Sequence[float]) -> t
             (float(quat[0]), float(quat[1]), float(quat[2]), float(quat[3])))
 
 
+def _acked(last_rx_seq: int, seq: int) -> bool:
+    """The firmware has received frame ``seq`` (serial seqs wrap at 2**32)."""
+    return (last_rx_seq - seq) % 2**32 < 2**31
+
+
 _NOT_TRIPS = frozenset({Reason.CLUTCH, Reason.DISENGAGED, Reason.DISARMED})
 """Deliberate stops by the surgeon: they hold the arm but are not trips."""
 
@@ -139,6 +144,8 @@ class ControlCore:
         self.following_periods = 0
         self.transitions: list[Transition] = []
         self.serial_ok = False
+        self._release_seq: int | None = None
+        """Serial seq of the last Release until a state report shows the firmware got it."""
 
     # ------------------------------------------------------------ inputs
     def _firmware(self, now_ns: int) -> tuple[StateReport | None, bool]:
@@ -152,18 +159,28 @@ class ControlCore:
             return None, False
         latest = self.driver.latest_state()
         if latest is None or now_ns - latest[1] > self._state_timeout_ns:
-            if self.serial_ok:
+            # Driving (or holding) blind is a fault; while nothing moves a short silence
+            # only blocks engaging (the command is not "fresh" without firmware state).
+            if self.serial_ok and self.supervisor.state in (State.FOLLOWING, State.HOLD):
                 self._trip(now_ns, Reason.SERIAL_FAULT, "no state report from firmware")
+            elif self.serial_ok:
+                log.warning("no state report from firmware for %.0f ms; engaging is blocked",
+                            (now_ns - latest[1]) / 1e6 if latest else float("nan"))
             self.serial_ok = False
             return (latest[0] if latest else None), False
         self.serial_ok = True
         state = latest[0]
         flags = FwFlags(state.flags)
+        if self._release_seq is not None and _acked(state.last_rx_seq, self._release_seq):
+            self._release_seq = None
+        # A report sent before the firmware saw our Release still carries the latched
+        # flags the Release clears: right after an engage they are history, not news.
+        following = self.supervisor.state is State.FOLLOWING and self._release_seq is None
         if FwFlags.ESTOP_PRESSED in flags:
             self.estop(now_ns, Reason.ESTOP_BUTTON)
-        if FwFlags.FAULT in flags and self.supervisor.state is State.FOLLOWING:
+        if FwFlags.FAULT in flags and following:
             self._trip(now_ns, Reason.FIRMWARE_FAULT, f"firmware flags {flags!r}")
-        if FwFlags.WATCHDOG_TRIPPED in flags and self.supervisor.state is State.FOLLOWING:
+        if FwFlags.WATCHDOG_TRIPPED in flags and following:
             self._trip(now_ns, Reason.FIRMWARE_WATCHDOG, "firmware watchdog braked the arm")
         for fault in self.driver.drain_faults():
             log.warning("firmware fault report: %s", fault)
@@ -195,7 +212,16 @@ class ControlCore:
         self.supervisor.estop(now_ns, source)
 
     def clear_estop_local(self, now_ns: int) -> bool:
-        """Only the on-site staff's local socket calls this (invariant 4)."""
+        """Only the on-site staff's local socket calls this (invariant 4).
+
+        Refused while the firmware reports its e-stop button still pressed: the
+        firmware refuses Release then, so a "cleared" supervisor would claim motion
+        is possible when it is not (and re-latch on the next report).
+        """
+        latest = self.driver.latest_state() if self.driver.connected else None
+        if latest is not None and FwFlags.ESTOP_PRESSED in FwFlags(latest[0].flags):
+            log.warning("e-stop clear refused: the e-stop button is still pressed")
+            return False
         ok, _ = self.supervisor.clear_estop(now_ns, local=True)
         if ok:
             self._estop_sources.clear()
@@ -247,7 +273,7 @@ class ControlCore:
         self._q_set = measured_q.copy()
         self._setpoint_cp = measured
         try:
-            self.driver.release()
+            self._release_seq = self.driver.release()
         except SerialLinkError as err:
             self._trip(now_ns, Reason.SERIAL_FAULT, str(err))
             return False
@@ -292,7 +318,8 @@ class ControlCore:
         fw, fw_ok = self._firmware(now_ns)
         measured_q = np.asarray(fw.positions, dtype=float) if fw is not None else self._q_set
         measured = _as_pose(*self.kin.fk(measured_q))
-        if not audit_ok:
+        if not audit_ok and not self.supervisor.latched:
+            # Latched states already hold; re-tripping every period would only flood the log.
             self._trip(now_ns, Reason.AUDIT_FAILURE, "audit log cannot be written")
         cmd = self._command(now_ns, sample)
         health = self.watchdog.evaluate(now_ns, link.stats, link.rtt_ns, link.clock_fresh)

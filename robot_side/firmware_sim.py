@@ -46,6 +46,7 @@ from robot_side.firmware_model import (
 from robot_side.serial_protocol import FrameDecoder, Message, default_link_path, encode_frame
 from telesurgery.config import check
 from telesurgery.errors import ConfigError, TelesurgeryError
+from telesurgery.pacer import lower_timer_slack, try_realtime
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,10 @@ class FirmwareEmulator:
         self.stop()
 
     def _run(self) -> None:
+        # Stands in for a microcontroller: on a shared host it must not be starved by
+        # the processes it is supposed to be independent of (falls back with a log line).
+        lower_timer_slack()
+        try_realtime(60)
         period_ns = int(1e9 / self._rate_hz)
         next_tick = next_state = time.monotonic_ns()
         while not self._halt.is_set():

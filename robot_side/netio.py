@@ -13,12 +13,13 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest
+from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.config import LinkConfig
 from transport.gate import CommandGate, Verdict
@@ -38,6 +39,14 @@ from transport.schema import (
 log = logging.getLogger(__name__)
 
 
+class VideoSink(Protocol):
+    """The robot's video sender as the network thread sees it."""
+
+    def request_keyframe(self, reason: str) -> None: ...
+
+    def report_video_age(self, age_us: int | None) -> None: ...
+
+
 class Mailbox:
     """What the threads of the robot node hand each other."""
 
@@ -48,8 +57,6 @@ class Mailbox:
         self.replies: collections.deque[tuple[bytes, ControlReply]] = collections.deque(maxlen=64)
         self.events: collections.deque[SafetyEvent] = collections.deque(maxlen=1024)
         self.telemetry: Telemetry | None = None
-        self.keyframe_requested = threading.Event()
-        self.keyframe_reason = ""
         self.dropped_requests = 0
 
     def take_requests(self) -> list[PendingRequest]:
@@ -64,7 +71,7 @@ class NetworkThread(threading.Thread):
 
     def __init__(self, cfg: LinkConfig, keys: ServerKeys, mailbox: Mailbox, *, age_limit_ns: int,
                  loss_window_ns: int, telemetry_hz: float,
-                 on_ready: Callable[[RobotLink], None] | None = None) -> None:
+                 video: VideoSink | None = None) -> None:
         super().__init__(name="robot-net", daemon=True)
         self.cfg = cfg
         self.keys = keys
@@ -75,7 +82,9 @@ class NetworkThread(threading.Thread):
         self._ping_period_ns = int(1e9 / cfg.ping_hz)
         self._tlm_period_ns = int(1e9 / telemetry_hz)
         self._halt = threading.Event()
-        self._on_ready = on_ready
+        self.video = video
+        """Where keyframe requests and the surgeon's picture age go; the video
+        process binds the video socket itself, so the link does not."""
         self.link: RobotLink | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -95,11 +104,11 @@ class NetworkThread(threading.Thread):
         self._halt.set()
 
     def run(self) -> None:
+        # Commands wait in this thread's poll: starve it and the watchdog sees a timeout.
+        try_realtime(45)
         try:
-            with RobotLink(self.cfg, self.keys) as link:
+            with RobotLink(self.cfg, self.keys, video=self.video is None) as link:
                 self.link = link
-                if self._on_ready is not None:
-                    self._on_ready(link)
                 self.ready.set()
                 self._loop(link)
         except (zmq.ZMQError, OSError) as err:
@@ -146,6 +155,8 @@ class NetworkThread(threading.Thread):
             offset = self.clock.offset_ns
             if self.gate.offer(msg, recv_ns, offset) is Verdict.FRESH:
                 mb.command = CommandSample(msg, recv_ns)
+                if self.video is not None:
+                    self.video.report_video_age(msg.video_age_us)
         elif isinstance(msg, ControlRequest):
             if msg.op == "arm":
                 # Arming starts a session: the console's sequence restarts per run.
@@ -158,6 +169,5 @@ class NetworkThread(threading.Thread):
             mb.requests.append(PendingRequest(peer, msg, recv_ns))
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
-        elif isinstance(msg, KeyframeRequest):
-            mb.keyframe_reason = msg.reason
-            mb.keyframe_requested.set()
+        elif isinstance(msg, KeyframeRequest) and self.video is not None:
+            self.video.request_keyframe(msg.reason)

@@ -29,7 +29,7 @@ from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.ros import open_bridge
-from robot_side.video_thread import VideoThread
+from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
@@ -116,6 +116,9 @@ class RobotNode:
             reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
+            video.start()
+            stack.callback(video.stop)
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 # A command's age is bounded by the one-way latency
                                 # limit; the command timeout bounds the gap between
@@ -123,7 +126,7 @@ class RobotNode:
                                 # of the brief could never be reached).
                                 age_limit_ns=int(wd.latency_halt_ms * 1e6),
                                 loss_window_ns=int(wd.loss_window_ms * 1e6),
-                                telemetry_hz=cfg.control.telemetry_hz)
+                                telemetry_hz=cfg.control.telemetry_hz, video=video)
             net.start()
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
@@ -131,9 +134,6 @@ class RobotNode:
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
-            video = VideoThread(cfg.video, net.link.video_socket, self.mailbox)
-            video.start()
-            stack.callback(video.stop)
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
@@ -149,7 +149,7 @@ class RobotNode:
         return 0
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
-              video: VideoThread, seconds: float | None) -> None:
+              video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         mb = self.mailbox
         core = self.core
@@ -213,7 +213,7 @@ class RobotNode:
             req.done.set()
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
-                       video: VideoThread) -> None:
+                       video: VideoProcess) -> None:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()

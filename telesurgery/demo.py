@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ROTATION_SCALE = 0.3
 
 
-def _cpu(rig: SimRig) -> dict[str, float]:
+def cpu_seconds(rig: SimRig) -> dict[str, float]:
     out = {}
     for name, proc in rig.procs.items():
         try:
@@ -95,7 +95,7 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
                       flush=True)
             time.sleep(0.02)
         done.set()
-        cpu = _cpu(rig)
+        cpu = cpu_seconds(rig)
         rig.stop()
         console_code = rig.procs["console"].returncode
         robot = rig.summary("robot")
@@ -113,8 +113,8 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
 
 def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: int | None,
                  cpu: dict[str, float], console_code: int | None) -> dict[str, Any]:
-    lat = robot.get("command_latency", {})
-    g2g = console.get("g2g_ms", {})
+    lat = {k: round(v, 1) for k, v in robot.get("command_latency", {}).items()}
+    g2g = {k: round(v, 2) for k, v in console.get("g2g_ms", {}).items()}
     trips = robot.get("trips", [])
     first_trip = next((t["detected_ns"] for t in trips
                        if blackout_ns is None or t["detected_ns"] >= blackout_ns), None)
@@ -132,7 +132,7 @@ def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: in
         "surgeon_reengaged": any(e.get("after_trip") for e in console.get("engagements", [])),
         "tracking_error_max_mm": round(1000 * robot.get("tracking_error_max_m", 0.0), 3),
         "following_periods": robot.get("following_periods", 0),
-        "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
+        "loop_period_err_p99_us": round(robot.get("loop", {}).get("err_p99_us", 0.0), 1),
         "loop_overruns": robot.get("loop", {}).get("overruns"),
         "cpu_seconds": cpu,
         "console_exit_code": console_code,

@@ -185,11 +185,24 @@ class _Link:
         self.close()
 
 
+def video_server_socket(ctx: zmq.Context[Any], cfg: LinkConfig,
+                        keys: ServerKeys) -> zmq.Socket[Any]:
+    """The robot's video PUB socket, for a process that serves video on its own.
+
+    Same options as ``RobotLink``'s own video socket; the caller's context must
+    run an authenticator (``start_authenticator``), which this socket requires.
+    """
+    return server_socket(ctx, zmq.PUB, cfg.video_port, cfg.host, keys, "observer",
+                         VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
+                         heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+                         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+
+
 class RobotLink(_Link):
     """The robot's four server sockets behind a fail-closed authenticator."""
 
     def __init__(self, cfg: LinkConfig, keys: ServerKeys,
-                 ctx: zmq.Context[Any] | None = None) -> None:
+                 ctx: zmq.Context[Any] | None = None, *, video: bool = True) -> None:
         super().__init__(ctx)
         self._arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_MAX)
         self._console: bytes | None = None
@@ -214,14 +227,18 @@ class RobotLink(_Link):
             self._control.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._telemetry = server("telemetry", zmq.PUB, cfg.telemetry_port, "observer",
                                      hwm=TELEMETRY_HWM)
-            self.video_socket = server("video", zmq.PUB, cfg.video_port, "observer",
-                                       hwm=VIDEO_HWM, max_msg=VIDEO_MAX_MESSAGE_BYTES)
+            self.video_socket: zmq.Socket[Any] | None = None
+            if video:
+                self.video_socket = server("video", zmq.PUB, cfg.video_port, "observer",
+                                           hwm=VIDEO_HWM, max_msg=VIDEO_MAX_MESSAGE_BYTES)
         except BaseException:
             self.close()
             raise
-        self.endpoints = {name: bound_port(sock) for name, sock in (
-            ("command", self._command), ("control", self._control),
-            ("telemetry", self._telemetry), ("video", self.video_socket))}
+        named = [("command", self._command), ("control", self._control),
+                 ("telemetry", self._telemetry)]
+        if self.video_socket is not None:
+            named.append(("video", self.video_socket))
+        self.endpoints = {name: bound_port(sock) for name, sock in named}
         log.info("robot link listening on %s %s", cfg.host, self.endpoints)
 
     @property

@@ -83,13 +83,15 @@ def make_command(seq: int) -> Command:
 
 @dataclass(frozen=True)
 class Schedule:
+    """Paths take turns block by block, so machine load falls on all of them alike."""
+
     start_ns: int
     block_ns: int
     blocks: int
-    with_raw: bool
+    paths: tuple[str, ...] = PATHS
 
     def path_of(self, block: int) -> str:
-        return "raw" if self.with_raw and block % 2 else "secured"
+        return self.paths[block % len(self.paths)]
 
     @property
     def end_ns(self) -> int:
@@ -141,7 +143,7 @@ def robot_receiver(keys_root: str, conn: Connection) -> None:
         threads = [threading.Thread(target=secured_loop), threading.Thread(target=raw_loop)]
         for t in threads:
             t.start()
-        cpu_ns = _book_cpu(schedule)
+        cpu_ns = book_cpu(schedule)
         time.sleep(_GRACE_NS / 1e9)
         stop.set()
         for t in threads:
@@ -152,20 +154,20 @@ def robot_receiver(keys_root: str, conn: Connection) -> None:
     ctx.destroy(linger=0)
 
 
-def _book_cpu(schedule: Schedule) -> dict[str, int]:
+def book_cpu(schedule: Schedule) -> dict[str, int]:
     """Sleep through the schedule, booking this process's CPU time per block to its path."""
-    cpu = dict.fromkeys(PATHS, 0)
-    _sleep_until(schedule.start_ns)
+    cpu = dict.fromkeys(schedule.paths, 0)
+    sleep_until(schedule.start_ns)
     last = time.process_time_ns()
     for block in range(schedule.blocks):
-        _sleep_until(schedule.start_ns + (block + 1) * schedule.block_ns)
+        sleep_until(schedule.start_ns + (block + 1) * schedule.block_ns)
         now = time.process_time_ns()
         cpu[schedule.path_of(block)] += now - last
         last = now
     return cpu
 
 
-def _sleep_until(deadline_ns: int) -> None:
+def sleep_until(deadline_ns: int) -> None:
     delay = deadline_ns - time.monotonic_ns()
     if delay > 0:
         time.sleep(delay / 1e9)
@@ -187,7 +189,7 @@ class Receiver:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=robot_receiver, args=(str(keys_root), child), daemon=True)
         proc.start()
-        hello = cls._recv(parent, proc, _STARTUP_S)
+        hello = cls.recv(parent, proc, _STARTUP_S)
         ports = {f"{name}_port": port for name, port in hello["endpoints"].items()}
         return cls(proc, parent, LinkConfig(**ports), hello["raw_endpoint"])
 
@@ -196,7 +198,7 @@ class Receiver:
 
     def result(self, schedule: Schedule) -> dict[str, Any]:
         wait_s = (schedule.end_ns - time.monotonic_ns()) / 1e9 + _STARTUP_S
-        result: dict[str, Any] = self._recv(self.conn, self.proc, wait_s)
+        result: dict[str, Any] = self.recv(self.conn, self.proc, wait_s)
         return result
 
     def close(self) -> None:
@@ -207,7 +209,7 @@ class Receiver:
         self.conn.close()
 
     @staticmethod
-    def _recv(conn: Connection, proc: multiprocessing.process.BaseProcess,
+    def recv(conn: Connection, proc: multiprocessing.process.BaseProcess,
               timeout_s: float) -> Any:
         if not conn.poll(timeout_s):
             raise LinkError(f"robot-side process silent for {timeout_s:.0f} s "
@@ -222,13 +224,13 @@ def stream(schedule: Schedule, rate_hz: float,
            senders: dict[str, Callable[[int], bool]]) -> dict[str, dict[str, int]]:
     """Send one command per period on the path the schedule says; count sends and CPU."""
     period_ns = round(1e9 / rate_hz)
-    stats = {p: {"sent": 0, "send_drops": 0, "cpu_ns": 0} for p in PATHS}
+    stats = {p: {"sent": 0, "send_drops": 0, "cpu_ns": 0} for p in schedule.paths}
     ticks = (schedule.end_ns - schedule.start_ns) // period_ns
-    _sleep_until(schedule.start_ns)
+    sleep_until(schedule.start_ns)
     block, cpu_mark = 0, time.process_time_ns()
     for i in range(ticks):
         deadline = schedule.start_ns + i * period_ns
-        _sleep_until(deadline)
+        sleep_until(deadline)
         now_block = (deadline - schedule.start_ns) // schedule.block_ns
         if now_block != block:
             cpu_now = time.process_time_ns()
@@ -284,7 +286,7 @@ def run_selftest(count: int = 2000, rate_hz: float = 1000.0) -> dict[str, Any]:
                 return console.send_command(make_command(seq))
 
             duration_ns = round(count * 1e9 / rate_hz)
-            schedule = Schedule(time.monotonic_ns() + 300_000_000, duration_ns, 1, False)
+            schedule = Schedule(time.monotonic_ns() + 300_000_000, duration_ns, 1, ("secured",))
             receiver.begin(schedule)
             sent = stream(schedule, rate_hz, {"secured": surgeon})["secured"]
             result = receiver.result(schedule)

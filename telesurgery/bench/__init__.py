@@ -2,7 +2,8 @@
 
 ``telesurgery bench link|loop|video|dds`` runs one; ``telesurgery bench`` (or
 ``all``) runs them all in this process's lifetime so every ratio compares
-figures measured on the same machine in the same run.
+figures measured on the same machine in the same run. ``telesurgery bench
+soak`` (a 10-minute healthy run of the whole rig) runs only when named.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ BENCHES: dict[str, str] = {
     "dds": "telesurgery.bench.dds",
     "loop": "telesurgery.bench.loop",
     "video": "telesurgery.bench.video",
+    "soak": "telesurgery.bench.soak",
 }
+IN_ALL = ("link", "dds", "loop", "video")
+"""What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
 def _markdown(results: dict[str, dict[str, Any]]) -> str:
@@ -41,16 +45,21 @@ def _markdown(results: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="telesurgery bench", description=__doc__)
     p.add_argument("which", nargs="?", default="all", choices=(*BENCHES, "all"))
-    p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement")
+    p.add_argument("--seconds", type=float,
+                   help="duration of each measurement (default: 10; the soak's own: 600)")
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="where to write results")
     p.add_argument("-v", "--verbose", action="store_true")
     args, rest = p.parse_known_args(argv)
     if args.which != "all":
         module = importlib.import_module(BENCHES[args.which])
-        code: int = module.main(["--seconds", str(args.seconds), *rest])
+        seconds = [] if args.seconds is None else ["--seconds", str(args.seconds)]
+        code: int = module.main([*seconds, *rest])
         return code
+    if args.seconds is None:
+        args.seconds = 10.0
     results: dict[str, dict[str, Any]] = {}
-    for name, module_name in BENCHES.items():
+    for name in IN_ALL:
+        module_name = BENCHES[name]
         print(f"== bench {name} ({args.seconds:g} s)", flush=True)
         t0 = time.monotonic()
         module = importlib.import_module(module_name)

@@ -5,6 +5,10 @@ What a ROS 2 user would otherwise put on this link: a plain DDS topic
 ``telesurgery::msg::dds_::Command_`` in XCDR1) carrying the fields of our
 ``Command``, with the teleop QoS a ROS 2 user picks: reliable, keep last 1 (the
 main figure) and best effort, keep last 1 (on ``rt/bench_command_best_effort``).
+The readers keep as many samples as the robot link's receive queue
+(``COMMAND_RCVHWM``): the robot link times every arrival, superseded ones
+included, so a reader one sample deep would hide exactly the late samples that
+make the tail.
 
 Two processes, as in ``telesurgery bench link`` whose harness this reuses: the
 console side (this process) sends one command per period on absolute
@@ -49,19 +53,21 @@ from cyclonedds.topic import Topic
 from cyclonedds.util import duration
 
 from robot_side.ros.dds_backend import MAX_DOMAIN_ID
-from telesurgery.bench.link import BLOCK_S, _raw_push, _send_raw
+from telesurgery.bench.link import BLOCK_S, raw_push, send_raw
 from telesurgery.cli import setup_logging
 from telesurgery.errors import LinkError, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, ServerKeys, init_keys
-from transport.link import ConsoleLink, RobotLink
+from transport.link import COMMAND_RCVHWM, ConsoleLink, RobotLink
 from transport.schema import Command, decode_as, encode
 from transport.selftest import (
     Receiver,
     Schedule,
+    book_cpu,
     lower_timer_slack,
     make_command,
     percentiles_us,
+    stream,
     wait_connected,
 )
 
@@ -77,11 +83,13 @@ log = logging.getLogger(__name__)
 
 PATHS = ("dds", "secured", "raw", "dds_best_effort")
 """Turn order of the blocks."""
-SHORT = {"dds": "dds", "secured": "zmq_secured", "raw": "raw", "dds_best_effort": "dds_be"}
+FIGURE_PREFIX = {"dds": "dds_", "secured": "zmq_secured_", "raw": "raw_",
+                 "dds_best_effort": "dds_be_"}
 """Path name -> prefix of its figures in the JSON."""
-RATIOS = {"dds_over_secured": ("dds", "secured"), "dds_over_raw": ("dds", "raw"),
-          "secured_over_raw": ("secured", "raw"),
-          "dds_be_over_secured": ("dds_best_effort", "secured")}
+RATIOS = {"dds_over_secured": ("dds_", "zmq_secured_"), "dds_over_raw": ("dds_", "raw_"),
+          "secured_over_raw": ("zmq_secured_", "raw_"),
+          "dds_be_over_secured": ("dds_be_", "zmq_secured_")}
+"""Ratio name -> the figure prefixes of its numerator and denominator."""
 TOPICS = {"dds": "rt/bench_command", "dds_best_effort": "rt/bench_command_best_effort"}
 TAKE_BATCH = 64
 _WAIT_MS = 20
@@ -111,45 +119,16 @@ def dds_command(seq: int) -> DdsCommand:
                       operator_present=c.operator_present, video_age_us=c.video_age_us or 0)
 
 
-def teleop_qos(reliable: bool) -> Qos:
-    """Keep last 1, volatile, XCDR1; a reliable writer never blocks (history is one deep)."""
+def teleop_qos(reliable: bool, depth: int = 1) -> Qos:
+    """Keep last ``depth``, volatile, XCDR1; a reliable writer never blocks."""
     reliability = (Policy.Reliability.Reliable(max_blocking_time=0) if reliable
                    else Policy.Reliability.BestEffort)
-    return Qos(reliability, Policy.History.KeepLast(1), Policy.Durability.Volatile,
+    return Qos(reliability, Policy.History.KeepLast(depth), Policy.Durability.Volatile,
                Policy.DataRepresentation(use_cdrv0_representation=True))
 
 
 def _topics(participant: DomainParticipant) -> dict[str, Topic[Any]]:
     return {path: Topic(participant, name, DdsCommand) for path, name in TOPICS.items()}
-
-
-@dataclass(frozen=True)
-class Rotation(Schedule):
-    """The link bench's block schedule, taking turns over any number of paths."""
-
-    paths: tuple[str, ...] = PATHS
-
-    def path_of(self, block: int) -> str:
-        return self.paths[block % len(self.paths)]
-
-
-def _sleep_until(deadline_ns: int) -> None:
-    delay = deadline_ns - time.monotonic_ns()
-    if delay > 0:
-        time.sleep(delay / 1e9)
-
-
-def _book_cpu(rotation: Rotation) -> dict[str, int]:
-    """Sleep through the schedule, booking this process's CPU time per block to its path."""
-    cpu = dict.fromkeys(rotation.paths, 0)
-    _sleep_until(rotation.start_ns)
-    last = time.process_time_ns()
-    for block in range(rotation.blocks):
-        _sleep_until(rotation.start_ns + (block + 1) * rotation.block_ns)
-        now = time.process_time_ns()
-        cpu[rotation.path_of(block)] += now - last
-        last = now
-    return cpu
 
 
 # ---------------------------------------------------------------- robot side (child)
@@ -159,7 +138,8 @@ def robot_side(keys_root: str, domain_id: int, conn: Connection) -> None:
     lower_timer_slack()
     cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0)
     participant = DomainParticipant(domain_id)
-    readers = {path: DataReader(participant, topic, teleop_qos(path == "dds"))
+    readers = {path: DataReader(participant, topic,
+                                teleop_qos(path == "dds", depth=COMMAND_RCVHWM))
                for path, topic in _topics(participant).items()}
     latencies: dict[str, list[int]] = {p: [] for p in PATHS}
     errors: Counter[str] = Counter()
@@ -170,7 +150,7 @@ def robot_side(keys_root: str, domain_id: int, conn: Connection) -> None:
         raw.bind("tcp://127.0.0.1:*")
         conn.send({"endpoints": link.endpoints,
                    "raw_endpoint": raw.getsockopt_string(zmq.LAST_ENDPOINT)})
-        rotation: Rotation = conn.recv()
+        rotation: Schedule = conn.recv()
         stop = threading.Event()
 
         def keep(path: str, recv_ns: int, t_send_ns: int) -> None:
@@ -201,8 +181,10 @@ def robot_side(keys_root: str, domain_id: int, conn: Connection) -> None:
 
         def dds_loop() -> None:  # owns the readers until joined
             waitset = WaitSet(participant)
-            for reader in readers.values():
-                waitset.attach(ReadCondition(reader, SampleState.Any))
+            # Held here: cyclonedds deletes a condition when its last Python reference goes.
+            conditions = [ReadCondition(r, SampleState.Any) for r in readers.values()]
+            for condition in conditions:
+                waitset.attach(condition)
             while not stop.is_set():
                 waitset.wait(duration(milliseconds=_WAIT_MS))
                 for path, reader in readers.items():
@@ -220,7 +202,7 @@ def robot_side(keys_root: str, domain_id: int, conn: Connection) -> None:
         threads = [threading.Thread(target=f) for f in (secured_loop, raw_loop, dds_loop)]
         for t in threads:
             t.start()
-        cpu_ns = _book_cpu(rotation)
+        cpu_ns = book_cpu(rotation)
         time.sleep(_GRACE_S)
         stop.set()
         for t in threads:
@@ -236,7 +218,7 @@ def _start_robot_side(keys_root: Path, domain_id: int) -> Receiver:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=robot_side, args=(str(keys_root), domain_id, child), daemon=True)
     proc.start()
-    hello = Receiver._recv(parent, proc, _STARTUP_S)
+    hello = Receiver.recv(parent, proc, _STARTUP_S)
     ports = {f"{name}_port": port for name, port in hello["endpoints"].items()}
     return Receiver(proc, parent, LinkConfig(**ports), hello["raw_endpoint"])
 
@@ -251,12 +233,13 @@ def _wait_matched(writers: dict[str, DataWriter[Any]], timeout_s: float = _START
         time.sleep(0.01)
 
 
-def _dds_sender(writer: DataWriter[Any], drops: Counter[str]) -> Callable[[int], bool]:
+def _dds_sender(writer: DataWriter[Any]) -> Callable[[int], bool]:
+    """A send that fails is counted by ``stream`` as a send drop."""
+
     def send(seq: int) -> bool:
         try:
             writer.write(dds_command(seq))
         except DDSException as err:
-            drops[writer.topic.name] += 1
             log.warning("DDS write on %s failed: %s", writer.topic.name, err)
             return False
         return True
@@ -264,29 +247,7 @@ def _dds_sender(writer: DataWriter[Any], drops: Counter[str]) -> Callable[[int],
     return send
 
 
-def stream(rotation: Rotation, rate_hz: float,
-           senders: dict[str, Callable[[int], bool]]) -> dict[str, dict[str, int]]:
-    """Send one command per period on the path whose turn it is; count sends and CPU."""
-    period_ns = round(1e9 / rate_hz)
-    stats = {p: {"sent": 0, "send_drops": 0, "cpu_ns": 0} for p in rotation.paths}
-    ticks = (rotation.end_ns - rotation.start_ns) // period_ns
-    _sleep_until(rotation.start_ns)
-    block, cpu_mark = 0, time.process_time_ns()
-    for i in range(ticks):
-        deadline = rotation.start_ns + i * period_ns
-        _sleep_until(deadline)
-        now_block = (deadline - rotation.start_ns) // rotation.block_ns
-        if now_block != block:
-            cpu_now = time.process_time_ns()
-            stats[rotation.path_of(block)]["cpu_ns"] += cpu_now - cpu_mark
-            block, cpu_mark = now_block, cpu_now
-        path = rotation.path_of(block)
-        stats[path]["sent" if senders[path](i + 1) else "send_drops"] += 1
-    stats[rotation.path_of(block)]["cpu_ns"] += time.process_time_ns() - cpu_mark
-    return stats
-
-
-def _measure(seconds: float, rate_hz: float, domain_id: int) -> tuple[Rotation, dict[str, Any],
+def _measure(seconds: float, rate_hz: float, domain_id: int) -> tuple[Schedule, dict[str, Any],
                                                                       dict[str, Any]]:
     per_path = max(1, round(seconds / BLOCK_S))
     with tempfile.TemporaryDirectory(prefix="telesurgery-bench-dds-") as tmp:
@@ -299,25 +260,24 @@ def _measure(seconds: float, rate_hz: float, domain_id: int) -> tuple[Rotation, 
             writers = {path: DataWriter(participant, topic, teleop_qos(path == "dds"))
                        for path, topic in _topics(participant).items()}
             console = ConsoleLink(receiver.cfg, ClientKeys.load_surgeon(root), ctx=ctx)
-            raw = _raw_push(ctx, receiver.raw_endpoint)
+            raw = raw_push(ctx, receiver.raw_endpoint)
             wait_connected(console)
             _wait_matched(writers)
             deadline = time.monotonic() + _STARTUP_S
-            while not _send_raw(raw, 0):  # warm-up, stamped before the schedule starts
+            while not send_raw(raw, 0):  # warm-up, stamped before the schedule starts
                 if time.monotonic() > deadline:
                     raise LinkError("raw baseline socket never connected")
                 time.sleep(0.01)
-            drops: Counter[str] = Counter()
-            senders = {path: _dds_sender(w, drops) for path, w in writers.items()}
+            senders = {path: _dds_sender(w) for path, w in writers.items()}
             for send in senders.values():
                 send(0)
-            rotation = Rotation(time.monotonic_ns() + 300_000_000,
-                                round(seconds * 1e9 / per_path), len(PATHS) * per_path, True)
+            rotation = Schedule(time.monotonic_ns() + 300_000_000,
+                                round(seconds * 1e9 / per_path), len(PATHS) * per_path, PATHS)
             receiver.begin(rotation)
             sent = stream(rotation, rate_hz, {
                 **senders,
                 "secured": lambda seq: console.send_command(make_command(seq)),
-                "raw": lambda seq: _send_raw(raw, seq)})
+                "raw": lambda seq: send_raw(raw, seq)})
             result = receiver.result(rotation)
         finally:
             ctx.destroy(linger=0)
@@ -332,7 +292,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
     active_ns = rotation.block_ns * (rotation.blocks // len(rotation.paths))
     out: dict[str, float] = {}
     for path in PATHS:
-        prefix = SHORT[path] + "_"
+        prefix = FIGURE_PREFIX[path]
         lat = result["latencies_ns"][path]
         out.update({prefix + k: v for k, v in percentiles_us(lat).items()})
         out[prefix + "delivered"] = float(len(lat))
@@ -342,7 +302,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
         out[prefix + "cpu_receiver_pct"] = 100.0 * result["cpu_ns"][path] / active_ns
     for name, (a, b) in RATIOS.items():
         for q in ("p50", "p99"):
-            out[f"ratio_{name}_{q}"] = out[f"{SHORT[a]}_{q}_us"] / out[f"{SHORT[b]}_{q}_us"]
+            out[f"ratio_{name}_{q}"] = out[f"{a}{q}_us"] / out[f"{b}{q}_us"]
     return {**out,
             "receive_errors": float(sum(result["errors"].values())),
             "dds_payload_bytes": float(len(dds_command(0).serialize())),

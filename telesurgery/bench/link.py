@@ -49,7 +49,7 @@ RATIO_P99_LIMIT = 1.2
 """The secured link should stay within this factor of raw pyzmq at p99."""
 
 
-def _raw_push(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+def raw_push(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -58,7 +58,7 @@ def _raw_push(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     return sock
 
 
-def _send_raw(sock: zmq.Socket[Any], seq: int) -> bool:
+def send_raw(sock: zmq.Socket[Any], seq: int) -> bool:
     try:
         sock.send(encode(make_command(seq)), zmq.NOBLOCK)
     except zmq.Again:
@@ -76,19 +76,19 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
         ctx: zmq.Context[Any] = zmq.Context()
         try:
             console = ConsoleLink(receiver.cfg, ClientKeys.load_surgeon(root), ctx=ctx)
-            raw = _raw_push(ctx, receiver.raw_endpoint)
+            raw = raw_push(ctx, receiver.raw_endpoint)
             wait_connected(console)
             deadline = time.monotonic() + 10.0
-            while not _send_raw(raw, 0):  # warm-up, stamped before the schedule starts
+            while not send_raw(raw, 0):  # warm-up, stamped before the schedule starts
                 if time.monotonic() > deadline:
                     raise LinkError("raw baseline socket never connected")
                 time.sleep(0.01)
             schedule = Schedule(time.monotonic_ns() + 300_000_000,
-                                round(seconds * 1e9 / per_path), 2 * per_path, True)
+                                round(seconds * 1e9 / per_path), 2 * per_path)
             receiver.begin(schedule)
             sent = stream(schedule, rate_hz, {
                 "secured": lambda seq: console.send_command(make_command(seq)),
-                "raw": lambda seq: _send_raw(raw, seq)})
+                "raw": lambda seq: send_raw(raw, seq)})
             result = receiver.result(schedule)
         finally:
             ctx.destroy(linger=0)

@@ -40,7 +40,7 @@ from robot_side.video.encoder import H264Encoder, select_encoder
 from robot_side.video.synthetic import SyntheticScene
 cfg = VideoConfig(width=1280, height=720, fps=30.0, encoder="libx264")
 enc = H264Encoder(cfg, select_encoder(cfg))
-scene = SyntheticScene(1280, 720)
+scene = SyntheticScene(1280, 720, 30.0)
 i, t0 = 0, time.monotonic()
 while True:
     enc.encode(scene.render(i, time.monotonic_ns()), i)

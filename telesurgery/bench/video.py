@@ -81,6 +81,8 @@ def _sender(args: argparse.Namespace) -> int:
         if sys.stdin.readline().strip() != "go":
             return 1
         source = SyntheticSource(cfg)
+        if link.video_socket is None:  # RobotLink serves video unless told not to
+            return 1
         sender = VideoSender(link.video_socket, H264Encoder(cfg, choice))
         encode_ms: list[float] = []
         captured_last: int | None = None

@@ -1,0 +1,402 @@
+"""Every row of ``hil_tests.scenarios.TABLE`` run in the rig, asserted and measured.
+
+One rig (firmware emulator, robot node, fault proxy, console, each a real
+process; console and robot in their own network namespaces) runs a long
+scripted surgery and the rows are applied one after the other: wait until the
+arm follows, apply the fault, wait for the robot's ``TRIP`` log line, watch the
+emulated joints while the fault lasts, clear it, and check that motion resumed
+only through an explicit engage. The measured reaction times go to
+``hil-results/scenarios.{json,md}`` under the pytest temp dir and are printed in
+the terminal summary. The video runs at 640x360 to leave CPU for the control
+loop on a 2-core CI machine; everything else is the default config.
+
+``test_blackout_loopback`` runs the link blackout row without namespaces and
+never skips. With ``TELESURGERY_HIL_PORT`` set, rows that need the emulator's
+control socket skip and the others run against the real firmware.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil_tests.conftest import HilReport
+from hil_tests.netns import NetnsPair, netns_available
+from hil_tests.rig import REAL_PORT_ENV, RigOptions, SimRig, poll
+from hil_tests.scenarios import (
+    CI_SLACK_MS,
+    DELIBERATE,
+    FIRMWARE_FIFO,
+    FIRMWARE_WATCHDOG_MS,
+    HOLD_SLACK_MS,
+    PERIOD_MS,
+    RIG_NICE,
+    ROTATION_SCALE,
+    TABLE,
+    Scenario,
+    by_name,
+)
+
+REENGAGE_AFTER_S = 0.3
+STILL_RAD = 1e-6
+"""Joint motion allowed while held: the emulated firmware holds position exactly."""
+SMALL_VIDEO = {"video": {"width": 640, "height": 360}}
+REAL = bool(os.environ.get(REAL_PORT_ENV))
+
+Clear = Callable[[], None]
+
+
+# ---------------------------------------------------------------- observing the rig
+def firmware_state(rig: SimRig) -> dict[str, Any] | None:
+    """The emulator's snapshot, or None against real firmware."""
+    return None if rig.real_port else rig.firmware({"state": True})["state"]
+
+
+def watch_still(rig: SimRig, until_ns: int, since: int) -> float:
+    """Largest joint motion (rad) while held, until ``until_ns`` or the surgeon's
+    re-engage (a transition to following after index ``since``, itself checked by
+    ``check_resumed_by_engage``). The firmware must not be FOLLOWING meanwhile.
+    0.0 when the firmware is not observable."""
+    if rig.real_port:
+        return 0.0
+    time.sleep(0.1)  # a HOLDING joint decelerates at its max acceleration first
+    ref = firmware_state(rig)
+    assert ref is not None
+    moved = 0.0
+    while time.monotonic_ns() < until_ns:
+        if any(to == "following" for _, to, _ in rig.transitions()[since:]):
+            break
+        fw = firmware_state(rig)
+        assert fw is not None
+        assert fw["mode"] != "following", "the firmware follows without a re-engage"
+        moved = max(moved, *(abs(a - b) for a, b in zip(fw["positions"], ref["positions"],
+                                                        strict=True)))
+        time.sleep(0.05)
+    return moved
+
+
+def check_resumed_by_engage(rig: SimRig, since: int, timeout_s: float = 30.0) -> None:
+    """Motion comes back only through ``-> following (engaged)``, never by itself."""
+    def resumed() -> bool:
+        fw = firmware_state(rig)
+        back = [t for t in rig.transitions()[since:] if t[1] == "following"]
+        if fw is not None and fw["mode"] == "following":
+            assert back, "the firmware follows again without any transition to following"
+        if back:
+            assert back[0][2] == "engaged", f"resumed by {back[0]}, not by an engage"
+        return bool(back)
+    poll("the surgeon's re-engage", timeout_s, resumed)
+
+
+# ---------------------------------------------------------------- applying faults
+def set_proxy_faults(rig: SimRig, spec: Mapping[str, Any]) -> None:
+    request: dict[str, Any] = {"faults": {d: spec[d] for d in ("upstream", "downstream")
+                                          if d in spec}}
+    if spec.get("only"):
+        request["only"] = spec["only"]
+    reply = rig.proxy(request)
+    assert reply["ok"], reply
+
+
+def _proxy(rig: SimRig, sc: Scenario) -> Clear:
+    set_proxy_faults(rig, sc.params)
+    return lambda: rig.proxy({"faults": {}})
+
+
+def _blackout(rig: SimRig, sc: Scenario) -> Clear:
+    assert rig.proxy({"blackout": sc.params["seconds"]})["ok"]
+    return lambda: rig.proxy({"end_blackout": True})
+
+
+def _bandwidth(rig: SimRig, sc: Scenario) -> Clear:
+    ns = rig.opts.netns
+    assert ns is not None
+    ns.rate_limit("robot", sc.params["kbit"], sc.params["burst"], sc.params["latency_ms"])
+    return lambda: ns.clear_rate_limit("robot")
+
+
+def _serial(rig: SimRig, sc: Scenario) -> Clear:
+    assert rig.firmware({"inject": dict(sc.params)})["ok"]
+    return lambda: rig.firmware({"inject": {}})
+
+
+def _serial_vanish(rig: SimRig, sc: Scenario) -> Clear:
+    assert rig.firmware({"vanish": True})["ok"]
+    return lambda: rig.firmware({"reappear": True})
+
+
+def _estop(rig: SimRig, sc: Scenario) -> Clear:
+    assert rig.estop("press").startswith("ok")
+    return lambda: None  # cleared in check_estop, after the remote attempts
+
+
+def _kill_console(rig: SimRig, sc: Scenario) -> Clear:
+    rig.kill("console")
+    # The next row (no_reengage) needs a surgeon who never re-engages by himself.
+    return lambda: rig.start_console(session={"reengage_after_s": None})
+
+
+def _no_reengage(rig: SimRig, sc: Scenario) -> Clear:
+    assert rig.proxy({"blackout": sc.params["seconds"]})["ok"]
+
+    def clear() -> None:
+        rig.kill("console", signal.SIGTERM)  # it writes its summary
+        rig.start_console()
+    return clear
+
+
+def _kill_robot(rig: SimRig, sc: Scenario) -> Clear:
+    rig.kill("robot")
+    return lambda: None
+
+
+ACTIONS: dict[str, Callable[[SimRig, Scenario], Clear]] = {
+    "soak": lambda rig, sc: lambda: None, "proxy": _proxy, "blackout": _blackout,
+    "bandwidth": _bandwidth, "serial": _serial, "serial_vanish": _serial_vanish,
+    "estop": _estop, "kill_console": _kill_console, "no_reengage": _no_reengage,
+    "kill_robot": _kill_robot,
+}
+
+
+# ---------------------------------------------------------------- one row
+@dataclass
+class Measured:
+    scenario: str
+    expected: str
+    bound: str
+    observed: str = "no_trip"
+    reason: str = ""
+    detect_ms: float | None = None
+    """From the row's reference (last command or fault start) to detection."""
+    since_last_command_ms: float | None = None
+    hold_ms: float | None = None
+    moved_rad: float = 0.0
+    note: str = ""
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 3)
+
+
+def run_row(rig: SimRig, sc: Scenario) -> Measured:
+    rig.wait_following()
+    m = Measured(sc.name, sc.outcome, sc.bound_text)
+    if "warmup" in sc.params:
+        n_trans = len(rig.transitions())
+        set_proxy_faults(rig, sc.params["warmup"])
+        time.sleep(sc.params["warmup_s"])
+        assert not _left_following(rig, n_trans), "tripped during the warm-up"
+    n_trips, n_trans = len(rig.trips()), len(rig.transitions())
+    start_ns = time.monotonic_ns()
+    clear = ACTIONS[sc.kind](rig, sc)
+    end_ns = start_ns + int(sc.duration_s * 1e9)
+    try:
+        if sc.kind == "kill_robot":
+            return _braked(rig, sc, m, start_ns)
+        if sc.outcome in ("no_trip", "hold_or_none"):
+            time.sleep(sc.duration_s)
+            trips = rig.trips()[n_trips:]
+        else:
+            trips = poll("a trip", sc.duration_s + 5.0, lambda: rig.trips()[n_trips:])
+        # A deliberate stop (the console disengaging on a stale picture) is no trip
+        # record, but it still leaves FOLLOWING: the transitions tell both apart.
+        m.observed = _left_following(rig, n_trans) or "no_trip"
+        if trips:
+            _measure(m, sc, trips[0], start_ns)
+            m.observed = poll("the transition out of following", 2.0,
+                              lambda: _left_following(rig, n_trans))
+        if sc.hold_by == "firmware_watchdog":
+            m.note = _watchdog_braked(rig, start_ns)
+        if m.observed != "no_trip":
+            m.moved_rad = watch_still(rig, end_ns, n_trans)
+        if sc.kind == "estop":
+            m.note = check_estop(rig)
+        if sc.kind == "no_reengage":
+            back = [t for t in rig.transitions()[n_trans:] if t[1] == "following"]
+            assert not back, f"resumed without the surgeon's re-engage: {back}"
+            m.note = f"still {rig.state()[0]} {sc.duration_s:g} s after the fault, link healthy"
+    finally:
+        clear()
+    if sc.kind == "no_reengage":
+        return m
+    if m.observed != "no_trip":
+        check_resumed_by_engage(rig, n_trans)
+    return m
+
+
+def _left_following(rig: SimRig, since: int) -> str:
+    """The state of the first stop since ``since`` other than the surgeon's clutch;
+    a deliberate disengage (stale picture) is named as such."""
+    for frm, to, why in rig.transitions()[since:]:
+        if frm == "following" and why != "clutch":
+            return f"{to} ({why})" if why in DELIBERATE else to
+    return ""
+
+
+def _measure(m: Measured, sc: Scenario, trip: dict[str, Any], start_ns: int) -> None:
+    m.reason = trip["reason"]
+    detected = trip["detected_ns"]
+    last = trip["last_command_ns"]
+    m.since_last_command_ms = _ms(detected - last) if last else None
+    # -1: no hold frame could be written (the port is gone).
+    m.hold_ms = _ms(trip["hold_sent_ns"] - detected) if trip["hold_sent_ns"] >= 0 else None
+    m.detect_ms = m.since_last_command_ms if sc.bound_from == "last_command" \
+        else _ms(detected - start_ns)
+
+
+def _watchdog_brake(rig: SimRig) -> dict[str, Any]:
+    """The emulator's snapshot once its own watchdog has braked the arm."""
+    def braked() -> dict[str, Any] | None:
+        fw = firmware_state(rig)
+        return fw if fw is not None and fw["braked"] and fw["watchdog_tripped"] else None
+    state: dict[str, Any] = poll("the firmware watchdog to brake", 5.0, braked)
+    return state
+
+
+def _braked(rig: SimRig, sc: Scenario, m: Measured, kill_ns: int) -> Measured:
+    fw = _watchdog_brake(rig)
+    m.observed, m.reason = "braked", "firmware watchdog"
+    m.detect_ms = _ms(fw["trip_ns"] - kill_ns)
+    m.note = f"silence at trip {fw['trip_latency_ms']:.1f} ms (firmware clock)"
+    m.moved_rad = watch_still(rig, kill_ns + int(sc.duration_s * 1e9),
+                              len(rig.transitions()))
+    return m
+
+
+def _watchdog_braked(rig: SimRig, start_ns: int) -> str:
+    """The firmware braked by its own watchdog, within its period of the fault."""
+    fw = _watchdog_brake(rig)
+    after_ms = _ms(fw["trip_ns"] - start_ns)
+    bound = FIRMWARE_WATCHDOG_MS + 1.0 + CI_SLACK_MS
+    assert after_ms <= bound, f"firmware braked {after_ms} ms after the fault (bound {bound})"
+    return f"firmware watchdog braked {after_ms:.1f} ms after the fault"
+
+
+def check_estop(rig: SimRig) -> str:
+    """The e-stop holds against the surgeon's network requests; only the local socket
+    clears it."""
+    replies = rig.remote_requests(["clear_fault", "engage", "arm"])
+    assert not any(r["ok"] for r in replies), f"a remote request was accepted: {replies}"
+    assert rig.state()[0] == "estop"
+    answer = rig.estop("clear")
+    assert answer.startswith("ok e-stop cleared"), answer
+    return "remote " + ", ".join(f"{r['op']} refused ({r['reason']})" for r in replies)
+
+
+def assert_row(sc: Scenario, m: Measured) -> None:
+    if sc.outcome == "no_trip":
+        assert m.observed == "no_trip", f"false trip on a healthy link: {m}"
+        return
+    if sc.outcome == "hold_or_none" and m.observed == "no_trip":
+        return
+    if sc.outcome == "hold_or_none":
+        # A console that disengages on a stale picture stops the arm on purpose: safe too.
+        assert m.observed in ("hold", "ready (disengaged)"), m
+    else:
+        assert m.observed == sc.outcome, m
+    if sc.reasons:
+        assert m.reason in sc.reasons, f"tripped {m.reason}, expected one of {sc.reasons}"
+    if sc.bound_ms is not None:
+        assert m.detect_ms is not None and m.detect_ms <= sc.bound_ms + sc.slack_ms, \
+            f"detected after {m.detect_ms} ms, bound {sc.bound_text} (+{sc.slack_ms} ms)"
+    if m.hold_ms is not None:
+        assert 0 <= m.hold_ms <= PERIOD_MS + HOLD_SLACK_MS, \
+            f"hold sent {m.hold_ms} ms after detection (one period: {PERIOD_MS} ms)"
+    assert m.moved_rad <= STILL_RAD, f"joints moved {m.moved_rad} rad while held"
+
+
+# ---------------------------------------------------------------- reporting
+def markdown(rows: list[Measured]) -> str:
+    head = ("| scenario | expected | bound | observed | reason | detect ms | "
+            "since last cmd ms | hold ms | moved rad | note |")
+    lines = [head, "|" + "---|" * 10]
+    for m in rows:
+        lines.append(f"| {m.scenario} | {m.expected} | {m.bound} | {m.observed} | "
+                     f"{m.reason or '-'} | {_num(m.detect_ms)} | "
+                     f"{_num(m.since_last_command_ms)} | {_num(m.hold_ms)} | "
+                     f"{m.moved_rad:.1e} | {m.note} |")
+    return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[Measured] = []
+
+
+@pytest.fixture(scope="module")
+def results(hil_report: HilReport) -> Iterator[Results]:
+    res = Results()
+    yield res
+    if res.rows:
+        path = hil_report.write("scenarios", "HIL scenarios: measured reaction times",
+                                [asdict(m) for m in res.rows], markdown(res.rows))
+        print(f"\n{markdown(res.rows)}\nresults: {path}")
+
+
+def make_rig(run_dir: Path, netns: NetnsPair | None) -> SimRig:
+    return SimRig(RigOptions(run_dir=run_dir, console_seconds=3600.0, netns=netns,
+                             reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
+                             robot_overrides=SMALL_VIDEO, nice=RIG_NICE,
+                             firmware_fifo=FIRMWARE_FIFO))
+
+
+@pytest.fixture(scope="module")
+def netns_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
+    ok, reason = netns_available()
+    if not ok:
+        pytest.skip(reason)
+    with NetnsPair() as pair, make_rig(tmp_path_factory.mktemp("hil-netns"), pair) as rig:
+        rig.start()
+        yield rig
+
+
+# ---------------------------------------------------------------- the tests
+def _skip_reason(sc: Scenario, rig: SimRig) -> str | None:
+    if REAL and sc.emulator_only:
+        return f"{REAL_PORT_ENV} set: {sc.name} needs the firmware emulator's control socket"
+    if sc.netns_only and rig.opts.netns is None:
+        return f"{sc.name} needs the rig in network namespaces (tc on the veth)"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sc", [
+    pytest.param(sc, id=sc.name, marks=[pytest.mark.xfail(reason=sc.known_issue, strict=False)]
+                 if sc.known_issue else []) for sc in TABLE])
+def test_scenario(netns_rig: SimRig, results: Results, sc: Scenario) -> None:
+    reason = _skip_reason(sc, netns_rig)
+    if reason:
+        pytest.skip(reason)
+    try:
+        m = run_row(netns_rig, sc)
+    except AssertionError as err:
+        results.rows.append(Measured(sc.name, sc.outcome, sc.bound_text, observed="error",
+                                     note=str(err).splitlines()[0][:160]))
+        raise
+    results.rows.append(m)
+    assert_row(sc, m)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_blackout_loopback(tmp_path: Path, hil_report: HilReport) -> None:
+    """The link blackout row on loopback: runs wherever the rig runs, never skips."""
+    sc = by_name("link_blackout")
+    with make_rig(tmp_path, None) as rig:
+        rig.start()
+        m = run_row(rig, sc)
+    hil_report.write("blackout_loopback", "HIL link blackout on loopback", [asdict(m)],
+                     markdown([m]))
+    assert_row(sc, m)

@@ -1,0 +1,102 @@
+"""Smoke tests of the benchmarks: real processes, real sockets, real DDS; no timed assertions.
+
+They check that ``telesurgery bench dds`` produces every figure and that the
+figures are finite, not how fast anything is: speed is what the benchmarks
+print. The soak is checked only for its place in the dispatcher and its
+verdict logic; a real soak takes minutes (``telesurgery bench soak``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from safety.audit import AuditLog, read_records
+from safety.config import AuditConfig
+from telesurgery.bench import BENCHES, IN_ALL
+from telesurgery.bench.soak import count_trips, evaluate
+
+DDS_KEYS = ("dds_p50_us", "dds_p99_us", "dds_p999_us", "dds_max_us", "dds_delivered",
+            "dds_sent", "dds_cpu_sender_pct", "dds_cpu_receiver_pct",
+            "dds_be_p50_us", "dds_be_p99_us",
+            "zmq_secured_p50_us", "zmq_secured_p99_us", "raw_p50_us", "raw_p99_us",
+            "ratio_dds_over_secured_p99", "ratio_dds_over_secured_p50")
+
+
+@pytest.mark.slow
+def test_bench_dds_prints_every_figure_finite() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "telesurgery.cli", "bench", "dds", "--seconds", "1"],
+        capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    missing = [k for k in DDS_KEYS if k not in figures]
+    assert not missing, f"missing figures: {missing}"
+    assert all(math.isfinite(figures[k]) for k in DDS_KEYS), figures
+    for path in ("dds", "dds_be", "zmq_secured", "raw"):
+        # How many arrive is load-dependent (best effort may lose some): only that some do.
+        assert figures[f"{path}_sent"] > 0 and figures[f"{path}_delivered"] > 0, path
+    assert figures["dds_payload_bytes"] > 0
+
+
+def test_soak_is_named_only_never_in_all() -> None:
+    assert "soak" in BENCHES
+    assert "soak" not in IN_ALL
+    assert set(IN_ALL) == set(BENCHES) - {"soak"}
+
+
+def _healthy() -> dict[str, object]:
+    return {"false_trips": 0, "trip_reasons": [], "following_periods": 1000,
+            "console_exit_code": 0, "commands_received": 5000, "commands_expected": 5000}
+
+
+def test_soak_verdict_passes_a_healthy_run() -> None:
+    assert evaluate(_healthy()) == []
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"false_trips": 1, "trip_reasons": ["latency"]}, "false trip"),
+    ({"following_periods": 0}, "never followed"),
+    ({"console_exit_code": 1}, "console exited"),
+    ({"commands_received": 10}, "10 of 5000 commands"),
+])
+def test_soak_verdict_fails_each_unhealthy_run(change: dict[str, object], why: str) -> None:
+    failures = evaluate({**_healthy(), **change})
+    assert len(failures) == 1 and why in failures[0], failures
+
+
+def _audit(tmp_path: Path, transitions: list[tuple[int, str, str, str]]) -> Path:
+    """A real audit log holding these (t_ns, from, to, reason) transitions."""
+    path = tmp_path / "audit" / "robot.audit"
+    with AuditLog(AuditConfig(path=path)) as audit:
+        audit.append("start", {"config": "{}"})
+        for t_ns, state_from, state_to, reason in transitions:
+            audit.append("transition", {"t_ns": t_ns, "from": state_from, "to": state_to,
+                                        "reason": reason, "detail": ""})
+        audit.append("stop", {"trips": 0})
+    return path
+
+
+def test_soak_counts_every_unasked_stop_before_the_session_ends(tmp_path: Path) -> None:
+    path = _audit(tmp_path, [
+        (1_000, "disabled", "fault", "serial_fault"),     # before any engage: still a trip
+        (2_000, "fault", "ready", "fault_cleared"),
+        (3_000, "ready", "following", "engaged"),
+        (4_000, "following", "hold", "clutch"),           # the surgeon's own stop
+        (5_000, "hold", "following", "clutch_released"),
+        (6_000, "following", "hold", "latency_high"),
+        (7_000, "hold", "fault", "hold_escalated"),       # the same trip, escalated
+        (9_050, "following", "hold", "command_timeout"),  # the console stopped sending
+    ])
+    trips = count_trips(read_records(path), session_end_ns=9_000)
+    assert [t.fields["reason"] for t in trips] == ["serial_fault", "latency_high"]
+
+
+def test_soak_without_the_session_end_counts_the_final_timeout(tmp_path: Path) -> None:
+    path = _audit(tmp_path, [(9_050, "following", "hold", "command_timeout")])
+    assert len(count_trips(read_records(path), session_end_ns=None)) == 1

@@ -1,0 +1,292 @@
+"""The robot node as a real process (``telesurgery robot``) with the firmware emulator.
+
+One node runs for the module, on random ports, a random DDS domain and namespace
+and its own folder, so helpers testing at the same time never meet. The emulator
+runs in this process (its snapshot is the arm's truth) with a watchdog far longer
+than any test: when the arm ends up braked, the node's own hold did it.
+
+The console side uses the real console pieces (ConsoleLink, SessionThread,
+CommandThread, the scripted device) in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cyclonedds.domain import DomainParticipant
+from cyclonedds.pub import DataWriter
+from cyclonedds.topic import Topic
+
+from hil_tests.rig import _toml, free_ports
+from operator_console.command_loop import CommandThread
+from operator_console.config import SessionConfig
+from operator_console.devices.base import DeviceConfig
+from operator_console.devices.scripted import ScriptedDevice
+from operator_console.session import ConsoleShared, SessionThread
+from operator_console.teleop import TeleopConfig, TeleopMapper
+from robot_side.firmware_sim import FirmwareEmulator
+from robot_side.kinematics import HOME_Q
+from robot_side.ros import msgs
+from robot_side.ros.dds_backend import topic_qos
+from robot_side.ros.interface import ESTOP_TOPIC
+from telesurgery.errors import LinkTimeout, SchemaError
+from transport.config import LinkConfig
+from transport.keys import ClientKeys, init_keys
+from transport.link import ConsoleLink
+from transport.schema import CONTROL_OPS, ControlReply, ControlRequest, decode, encode
+
+STARTUP_S = 90.0
+"""The node imports pinocchio, PyAV and cyclonedds; generous on a loaded machine."""
+CONSOLE_HZ = 100.0
+CHANNELS = ("command", "control", "telemetry", "video")
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    assert pred(), f"timed out after {timeout_s} s waiting for {what}"
+
+
+def cli(*argv: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "telesurgery.cli", *argv], text=True,
+                          capture_output=True, timeout=timeout_s, check=False)
+
+
+def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, domain: int,
+               namespace: str) -> Path:
+    path = run / "robot.toml"
+    path.write_text(_toml({
+        "link": {"host": "127.0.0.1", "keys_dir": keys,
+                 **{f"{c}_port": p for c, p in ports.items()}},
+        "serial": {"port": serial},
+        "control": {"rate_hz": 200.0, "realtime": False, "ros_hz": 20.0},
+        "ros": {"backend": "dds", "domain_id": domain, "namespace": namespace},
+        "video": {"width": 160, "height": 120, "fps": 10.0, "encoder": "libx264"},
+        "safety.audit": {"path": run / "audit" / "robot.audit"},
+        "safety.watchdog": {"require_video": False, "settle_ms": 100.0},
+        "estop": {"socket": run / "estop.sock"},
+    }))
+    return path
+
+
+@dataclass
+class Node:
+    run: Path
+    keys: Path
+    ports: dict[str, int]
+    emu: FirmwareEmulator
+    proc: subprocess.Popen[bytes]
+    domain: int
+    namespace: str
+
+    @property
+    def log(self) -> str:
+        return (self.run / "robot.log").read_text(errors="replace")
+
+    def estop(self, *args: str) -> str:
+        done = cli("estop", "--socket", str(self.run / "estop.sock"), *args)
+        return done.stdout.strip() or done.stderr.strip()
+
+    def status(self) -> str:
+        return self.estop("--status")
+
+    def link_cfg(self) -> LinkConfig:
+        return LinkConfig(host="127.0.0.1", keys_dir=self.keys,
+                          **{f"{c}_port": p for c, p in self.ports.items()})
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    run = tmp_path_factory.mktemp("robot-node")
+    keys = run / "keys"
+    init_keys(keys)
+    ports = dict(zip(CHANNELS, free_ports(4), strict=True))
+    domain, namespace = random.randint(1, 200), f"arm_{random.randrange(16**6):06x}"
+    with FirmwareEmulator(link=run / "ttyTS0", watchdog_ms=60_000.0, rate_hz=500.0,
+                          state_rate_hz=250.0, initial=HOME_Q.tolist()) as emu:
+        cfg = robot_toml(run, keys, ports, emu.port_path, domain=domain, namespace=namespace)
+        with (run / "robot.log").open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "telesurgery.cli", "robot", "--config", str(cfg),
+                 "--summary", str(run / "robot.json")],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        node = Node(run, keys, ports, emu, proc, domain, namespace)
+        try:
+            wait_until(lambda: "robot node up" in node.log or proc.poll() is not None,
+                       STARTUP_S, "the robot node to start")
+            assert proc.poll() is None, node.log[-3000:]
+            yield node
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+class Console:
+    """The real console threads, without video (the node runs with require_video off)."""
+
+    def __init__(self, node: Node, auto_engage: bool) -> None:
+        period_ns = int(1e9 / CONSOLE_HZ)
+        self.link = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
+        self.shared = ConsoleShared(video_stale=False)
+        self.device = ScriptedDevice(DeviceConfig())
+        self.device.open()
+        mapper = TeleopMapper(TeleopConfig(scale=1.0, rate_hz=CONSOLE_HZ))
+        self.session = SessionThread(self.link, SessionConfig(auto_engage=auto_engage),
+                                     self.shared, period_ns)
+        self.commands = CommandThread(self.link, self.device, mapper, self.shared,
+                                      period_ns=period_ns, realtime=False)
+        self.commands.start()
+        self.session.start()
+
+    def stop(self) -> None:
+        for t in (self.commands, self.session):
+            t.stop()
+            t.join(5.0)
+        self.device.close()
+
+    def close(self) -> None:
+        self.link.close()
+
+    def state(self) -> str | None:
+        tlm = self.shared.telemetry
+        return tlm.state if tlm is not None else None
+
+
+@pytest.fixture
+def console(node: Node) -> Iterator[Console]:
+    c = Console(node, auto_engage=False)
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.close()
+
+
+def request(link: ConsoleLink, op: str) -> ControlReply:
+    """A control request, retried while the CurveZMQ session is still being set up."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        try:
+            return link.request(op, timeout_ms=2000)
+        except LinkTimeout:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def reset_node(node: Node) -> None:
+    """Leave the node as a test found it: e-stop cleared (locally), disabled."""
+    if node.status().startswith("ok estop"):
+        assert node.estop("--clear") == "ok e-stop cleared"
+
+
+# ------------------------------------------------------------------ start-up
+def test_refuses_to_start_without_authorised_keys(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    (keys / "robot" / "authorized" / "surgeon").rename(tmp_path / "moved-away")
+    cfg = robot_toml(tmp_path, keys, dict(zip(CHANNELS, free_ports(4), strict=True)),
+                     str(tmp_path / "no-tty"), domain=1, namespace="arm")
+    done = cli("robot", "--config", str(cfg), "--seconds", "5", timeout_s=STARTUP_S)
+    assert done.returncode == 2
+    out = done.stderr + done.stdout
+    assert "refusing to start" in out
+    assert "authorised-keys folder missing" in out
+    assert str(keys / "robot" / "authorized" / "surgeon") in out
+    assert "robot node up" not in out
+
+
+# ------------------------------------------------------------------ e-stop
+def test_estop_cli_press_status_clear(node: Node) -> None:
+    assert node.status().startswith("ok disabled")
+    assert node.estop() == "ok e-stop pressed"
+    assert node.status() == "ok estop estop_local"
+    wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+    assert node.estop("--clear") == "ok e-stop cleared"
+    assert node.status() == "ok disabled estop_cleared"
+
+
+def test_no_network_path_clears_the_estop(node: Node) -> None:
+    assert "clear_estop" not in CONTROL_OPS
+    with pytest.raises(SchemaError, match="op"):  # what the robot does with such a message
+        decode(encode(ControlRequest(req_id=1, op="clear_estop")))
+    assert node.estop() == "ok e-stop pressed"
+    link = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
+    try:
+        for op in ("clear_fault", "arm", "disarm", "engage"):
+            reply = request(link, op)
+            assert not reply.ok, op
+            assert reply.state == "estop"
+        assert node.status() == "ok estop estop_local"
+    finally:
+        link.close()
+        reset_node(node)
+
+
+def test_ros_estop_topic_stops_the_robot(node: Node) -> None:
+    peer = DomainParticipant(node.domain)
+    topic = Topic(peer, ESTOP_TOPIC.dds_name(node.namespace), msgs.Bool)
+    writer: DataWriter[Any] = DataWriter(peer, topic, topic_qos(ESTOP_TOPIC))
+    try:
+        def pressed() -> bool:
+            writer.write(msgs.Bool(data=True))  # again until discovery has matched us
+            return node.status() == "ok estop estop_ros"
+
+        wait_until(pressed, 30.0, "the ROS 2 e-stop")
+        wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+        # The topic can set the e-stop but never clear it.
+        writer.write(msgs.Bool(data=False))
+        time.sleep(0.5)
+        assert node.status() == "ok estop estop_ros"
+    finally:
+        reset_node(node)
+
+
+def test_console_clear_fault_refused_in_estop_while_following(node: Node,
+                                                              console: Console) -> None:
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    assert node.estop() == "ok e-stop pressed"
+    wait_until(lambda: console.state() == "estop", 10.0, "telemetry to show the e-stop")
+    assert console.shared.telemetry is not None and console.shared.telemetry.estop
+    wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+    console.stop()  # hand the control socket to this thread
+    reply = request(console.link, "clear_fault")
+    assert not reply.ok and reply.state == "estop"
+    reset_node(node)
+
+
+# ------------------------------------------------------------------ shutdown (last: ends the node)
+def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
+                                                           console: Console) -> None:
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    wait_until(lambda: node.emu.snapshot().mode == "following", 10.0, "the arm to follow")
+    os.kill(node.proc.pid, signal.SIGTERM)
+    assert node.proc.wait(30) == 0
+    snap = node.emu.snapshot()
+    # Braked by the node's own last frame: the emulator's watchdog is a minute long.
+    assert snap.braked and not snap.watchdog_tripped
+    data = json.loads((node.run / "robot.json").read_text())
+    assert data["final_state"] == "disabled"
+    assert data["following_periods"] > 0
+    assert "signal 15: stopping; the arm holds" in node.log
