@@ -381,12 +381,25 @@ def test_scenario(netns_rig: SimRig, results: Results, sc: Scenario) -> None:
         pytest.skip(reason)
     try:
         m = run_row(netns_rig, sc)
+        if interfered(sc, m):
+            # Another trip came first, so this run measured nothing about the row's
+            # fault: run it once more and keep the first trip visible in the note.
+            first = m
+            m = run_row(netns_rig, sc)
+            m.note = f"retried after {first.reason} fired first ({first.detect_ms} ms). " \
+                + m.note
     except AssertionError as err:
         results.rows.append(Measured(sc.name, sc.outcome, sc.bound_text, observed="error",
                                      note=str(err).splitlines()[0][:160]))
         raise
     results.rows.append(m)
     assert_row(sc, m)
+
+
+def interfered(sc: Scenario, m: Measured) -> bool:
+    """A trip with a reason the row does not expect (not on a no-trip row, where any
+    trip is the failure under test)."""
+    return bool(sc.reasons) and bool(m.reason) and m.reason not in sc.reasons
 
 
 @pytest.mark.slow

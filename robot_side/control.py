@@ -128,6 +128,10 @@ class ControlCore:
         self.joint_limiter = JointLimiter(kin.lower.tolist(), kin.upper.tolist(),
                                           kin.velocity.tolist(), cfg.safety.motion, period_s)
         self.tracking = TrackingMonitor(cfg.safety.motion)
+        # IK's trust region per iteration: a few times what a joint may move in one
+        # period, so a warm-started solve can never swing a wrist joint across a
+        # singularity into the other branch; what it cannot reach shows as IK error.
+        self._ik_step_rad = 3.0 * cfg.safety.motion.max_joint_speed_rad_s * period_s
         self.surgeon_scale = cfg.control.scale
         self._applied_scale = 0.0
         self._last_seq: int | None = None
@@ -145,6 +149,7 @@ class ControlCore:
         self.transitions: list[Transition] = []
         self.serial_ok = False
         self._release_seq: int | None = None
+        self._decided_ns: int | None = None
         """Serial seq of the last Release until a state report shows the firmware got it."""
 
     # ------------------------------------------------------------ inputs
@@ -202,7 +207,9 @@ class ControlCore:
 
     # ------------------------------------------------------------ actions
     def _trip(self, now_ns: int, reason: Reason, detail: str) -> None:
-        # The hold itself goes out at the end of this same period (_hold_if_stopped).
+        # The hold itself goes out at the end of this same period (_hold_if_stopped);
+        # its reaction time is measured from this moment, not from the period's start.
+        self._decided_ns = time.monotonic_ns()
         self.supervisor.trip(now_ns, reason, detail)
 
     def estop(self, now_ns: int, source: Reason) -> None:
@@ -240,10 +247,14 @@ class ControlCore:
             except SerialLinkError as err:
                 log.error("hold not sent (%s); the firmware watchdog brakes the arm", err)
         if self._was_moving and self.supervisor.reason not in _NOT_TRIPS:
-            self.trips.append(TripRecord(str(self.supervisor.reason), now_ns,
+            # Link trips are decided by the supervisor at the period's start (now_ns);
+            # limiter, IK and serial trips later in the period, when _trip ran.
+            decided = self._decided_ns if self._decided_ns is not None else now_ns
+            self.trips.append(TripRecord(str(self.supervisor.reason), decided,
                                          sent if sent is not None else -1,
                                          self._last_cmd_recv_ns))
         self._was_moving = False
+        self._decided_ns = None
 
     def _engage(self, now_ns: int, cmd: Command | None, health: LinkHealth,
                 measured: tuple[Vec3, Quat]) -> tuple[bool, str]:
@@ -358,9 +369,13 @@ class ControlCore:
         """One period of following; returns (a target was sent, tracking error m)."""
         scale = self.surgeon_scale * link_scale
         if scale != self._applied_scale:
-            # A scale change must never jump: re-anchor at the current setpoint.
+            # A scale change must never jump: re-anchor where the old scale puts the
+            # target now, so the target the limiter sees is continuous. (The sent
+            # setpoint may lag the target while the step clamp is active.)
             if self._applied_scale:
-                self.anchor.anchor(cmd.position, cmd.orientation, *self._setpoint_cp)
+                here = self.anchor.follower_target(cmd.position, cmd.orientation,
+                                                   self._applied_scale)
+                self.anchor.anchor(cmd.position, cmd.orientation, *here)
             self._applied_scale = scale
         target_p, target_q = self.anchor.follower_target(cmd.position, cmd.orientation, scale)
         elapsed = None if self._prev_cmd_ns is None else (cmd.t_send_ns - self._prev_cmd_ns) / 1e9
@@ -370,7 +385,8 @@ class ControlCore:
             self._trip(now_ns, Reason(lim.fault), f"cartesian limiter: {lim.fault}")
             return False, 0.0
         ik = self.kin.ik(lim.position, lim.quat, self._q_set,
-                         max_iter=self.cfg.control.ik_max_iter)
+                         max_iter=self.cfg.control.ik_max_iter,
+                         max_step_rad=self._ik_step_rad)
         motion = self.cfg.safety.motion
         if not ik.converged and (ik.err_m > motion.tracking_error_m
                                  or ik.err_rad > motion.tracking_error_rad):

@@ -41,6 +41,7 @@ from robot_side.serial_protocol import (
 )
 from telesurgery.config import check
 from telesurgery.errors import SchemaError, SerialLinkError
+from telesurgery.pacer import try_realtime
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,9 @@ class SerialManipulator:
 
     # ------------------------------------------------------------ reading
     def _read_loop(self) -> None:
+        # The control loop judges the firmware's freshness by when this thread read
+        # its report: a starved reader reads as a silent firmware.
+        try_realtime(48)
         read = _chunk_reader(self._ser)
         while not self._halt.is_set():
             try:

@@ -149,6 +149,7 @@ class Kinematics:
         tol_m: float = 1e-5,
         tol_rad: float = 1e-4,
         margin_rad: float = 0.0,
+        max_step_rad: float = MAX_STEP_RAD,
     ) -> IkResult:
         """Joint positions that put the tool at ``position``/``quat``, starting at ``q_seed``.
 
@@ -185,8 +186,8 @@ class Kinematics:
             jjt[np.diag_indices(6)] += _damping(jjt)
             step = jac.T @ np.linalg.solve(jjt, err)
             largest = float(np.abs(step).max())
-            if largest > MAX_STEP_RAD:  # a trust region: no flip through a near-singularity
-                step *= MAX_STEP_RAD / largest
+            if largest > max_step_rad:  # a trust region: no flip through a near-singularity
+                step *= max_step_rad / largest
             q = np.clip(q + step, lo, hi)
         return IkResult(q, False, err_m, err_rad, max_iter)
 
