@@ -161,10 +161,7 @@ TABLE: tuple[Scenario, ...] = (
                      warmup={"upstream": {"delay_ms": 60.0}, "downstream": {"delay_ms": 60.0},
                              "only": ["control"]}, warmup_s=1.0),
              why="no trip in the warn band (motion scaled); above 200 ms: one ping "
-                 "interval + the round trip + P",
-             known_issue="in the warn band the cartesian limiter faults setpoint_jump "
-                         "(seen: step 24.5 mm / 0.254 rad vs bound 5 mm / 0.06 rad) when "
-                         "the RTT-dependent scale changes"),
+                 "interval + the round trip + P"),
     Scenario("loss_burst", "Gilbert-Elliott bursts on commands (p 0.09, r 0.35: ~20 % lost, "
              "mean burst 2.9)", "proxy", "hold", frozenset({"loss_burst"}),
              1000.0 + PERIOD_MS, "fault_start", 1.5,
@@ -173,9 +170,7 @@ TABLE: tuple[Scenario, ...] = (
     Scenario("jitter_tolerable", "commands delayed 20 +- 20 ms (uniform, order kept as on TCP)",
              "proxy", "no_trip", frozenset(), None, "none", 3.0,
              _frozen(upstream={"delay_ms": 20.0, "jitter_ms": 20.0}, only=["command"]),
-             why="in-order 500 Hz arrivals keep RFC 3550 jitter near 3 ms, gaps below 30 ms",
-             known_issue="bunched arrivals trip setpoint_jump (seen: joint 3 0.436 -> "
-                         "-0.068 rad, and a 0.448 rad rotation step vs a 0.124 rad bound)"),
+             why="in-order 500 Hz arrivals keep RFC 3550 jitter near 3 ms, gaps below 30 ms"),
     Scenario("jitter_large", "commands delayed 40 +- 40 ms (uniform, order kept)", "proxy",
              "hold_or_none", _CT, COMMAND_TIMEOUT_MS + PERIOD_MS, "last_command", 1.5,
              _frozen(upstream={"delay_ms": 40.0, "jitter_ms": 40.0}, only=["command"]),

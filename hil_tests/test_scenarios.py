@@ -83,10 +83,18 @@ def watch_still(rig: SimRig, until_ns: int, since: int) -> float:
 
 
 def check_resumed_by_engage(rig: SimRig, since: int, timeout_s: float = 30.0) -> None:
-    """Motion comes back only through ``-> following (engaged)``, never by itself."""
+    """Motion comes back only through ``-> following (engaged)``, never by itself.
+
+    Counted from the stop the fault caused: the scripted surgeon's clutch cycles
+    before it (hold -> following on clutch release) are not resumes after a trip.
+    """
     def resumed() -> bool:
         fw = firmware_state(rig)
-        back = [t for t in rig.transitions()[since:] if t[1] == "following"]
+        trans = rig.transitions()[since:]
+        stop = next((i for i, (frm, _, why) in enumerate(trans)
+                     if frm == "following" and why != "clutch"), None)
+        after = trans[stop + 1:] if stop is not None else trans
+        back = [t for t in after if t[1] == "following"]
         if fw is not None and fw["mode"] == "following":
             assert back, "the firmware follows again without any transition to following"
         if back:

@@ -111,21 +111,25 @@ class SessionThread(threading.Thread):
         if isinstance(msg, Telemetry):
             sh.telemetry = msg
             if sh.engaged and msg.state != "following" and msg.reason not in DELIBERATE_HOLDS:
-                sh.engaged = False
                 sh.trips.append({"t_ns": recv_ns, "state": msg.state, "reason": msg.reason})
-                sh.message = f"robot {msg.state}: {msg.reason}"
                 log.warning("robot stopped following: %s (%s)", msg.state, msg.reason)
-                if self.cfg.reengage_after_s is not None:
-                    self.want_engage = True
-                    self._next_attempt_ns = recv_ns + int(self.cfg.reengage_after_s * 1e9)
-                else:
-                    self.want_engage = False
+                self._stopped(recv_ns, f"robot {msg.state}: {msg.reason}")
         elif isinstance(msg, SafetyEvent):
             sh.events.append(msg)
             log.info("safety event: %s -> %s (%s) %s", msg.state_from, msg.state_to,
                      msg.code, msg.detail)
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
+
+    def _stopped(self, now: int, why: str) -> None:
+        """Motion stopped (a trip, or the stale-picture lockout): only a deliberate
+        re-engage restarts it; the scripted surgeon makes one only if configured to."""
+        sh = self.shared
+        sh.engaged = False
+        sh.message = why
+        self.want_engage = self.cfg.reengage_after_s is not None
+        if self.want_engage:
+            self._next_attempt_ns = now + int((self.cfg.reengage_after_s or 0.0) * 1e9)
 
     def _surgeon(self, now: int) -> None:
         """The surgeon's deliberate actions: stale-picture lockout and (scripted) engage."""
@@ -134,9 +138,8 @@ class SessionThread(threading.Thread):
         if tlm is None:
             return
         if sh.engaged and sh.video_stale:
-            sh.engaged = False
-            sh.message = "disengaged: the picture is stale"
             log.warning("stale picture: disengaging")
+            self._stopped(now, "disengaged: the picture is stale")
             self.request("disengage")
             return
         if not self._scale_sent:

@@ -108,6 +108,10 @@ def scale_rotation(q: Quat, factor: float) -> Quat:
     return quat_from_rotvec((axis[0] * a, axis[1] * a, axis[2] * a))
 
 
+REBASE_COS = math.cos(math.pi / 4)
+"""|w| of a relative rotation of pi/2: the rotation anchor is re-based past it."""
+
+
 class TeleopMapper:
     """Clutch, scaling, tremor filtering, alignment and operator presence."""
 
@@ -219,9 +223,15 @@ class TeleopMapper:
         self._target_pos = self._follower_pos + self.effective_scale * delta
         if self.cfg.align_rotation:
             rel = quat_mul(quat, quat_conj(self._master_quat))  # console frame
+            rebase = self.cfg.rotation_scale != 1.0 and abs(rel[0]) < REBASE_COS
             rel = quat_mul(quat_mul(align, rel), quat_conj(align))  # robot frame
             rel = scale_rotation(rel, self.cfg.rotation_scale)
             self._target_quat = quat_normalize(quat_mul(rel, self._follower_quat))
+            if rebase:
+                # Scaling takes the short way round, so past pi the scaled target would
+                # flip by rotation_scale x 2 pi: re-base the rotation anchor at pi/2
+                # (on the target just computed) and keep every relative rotation small.
+                self._master_quat, self._follower_quat = quat, self._target_quat
         else:
             self._target_quat = self._follower_quat
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from robot_side.config import RobotConfig
 from robot_side.driver import SerialManipulator
-from robot_side.kinematics import Kinematics
+from robot_side.kinematics import IkResult, Kinematics
 from robot_side.serial_protocol import FwFlags, StateReport
 from safety.anchor import Anchor
 from safety.limits import CartesianLimiter, JointLimiter, TrackingMonitor
@@ -128,10 +128,11 @@ class ControlCore:
         self.joint_limiter = JointLimiter(kin.lower.tolist(), kin.upper.tolist(),
                                           kin.velocity.tolist(), cfg.safety.motion, period_s)
         self.tracking = TrackingMonitor(cfg.safety.motion)
-        # IK's trust region per iteration: a few times what a joint may move in one
-        # period, so a warm-started solve can never swing a wrist joint across a
-        # singularity into the other branch; what it cannot reach shows as IK error.
-        self._ik_step_rad = 3.0 * cfg.safety.motion.max_joint_speed_rad_s * period_s
+        joint_step = cfg.safety.motion.max_joint_speed_rad_s * period_s
+        self._flip_guard_rad = cfg.safety.motion.joint_jump_fault_rad / 2
+        self._ik_trust_rad = 3.0 * joint_step
+        self.branch_keeps = 0
+        """Periods where the branch-keeping IK replaced a swinging solution."""
         self.surgeon_scale = cfg.control.scale
         self._applied_scale = 0.0
         self._last_seq: int | None = None
@@ -364,6 +365,26 @@ class ControlCore:
             tracking_error_m=tracking_m, replies=replies,
         )
 
+    def _solve_ik(self, position: Vec3, quat: Quat) -> IkResult:
+        """IK warm-started at the current joints, kept on the current branch.
+
+        Near the wrist singularity damped least squares may swing the wrist-roll
+        joints into the other branch (a 0.5 rad jump the joint limiter would fault).
+        When a solution moves any joint that far, solve again with a trust region of
+        a few periods of joint motion and keep that one if it reaches the target.
+        """
+        ik = self.kin.ik(position, quat, self._q_set, max_iter=self.cfg.control.ik_max_iter)
+        if float(np.max(np.abs(ik.q - self._q_set))) <= self._flip_guard_rad:
+            return ik
+        near = self.kin.ik(position, quat, self._q_set,
+                           max_iter=2 * self.cfg.control.ik_max_iter,
+                           max_step_rad=self._ik_trust_rad)
+        motion = self.cfg.safety.motion
+        if near.err_m <= motion.tracking_error_m and near.err_rad <= motion.tracking_error_rad:
+            self.branch_keeps += 1
+            return near
+        return ik
+
     def _follow(self, now_ns: int, cmd: Command, link_scale: float,
                 measured: tuple[Vec3, Quat]) -> tuple[bool, float]:
         """One period of following; returns (a target was sent, tracking error m)."""
@@ -384,9 +405,7 @@ class ControlCore:
         if lim.fault is not None:
             self._trip(now_ns, Reason(lim.fault), f"cartesian limiter: {lim.fault}")
             return False, 0.0
-        ik = self.kin.ik(lim.position, lim.quat, self._q_set,
-                         max_iter=self.cfg.control.ik_max_iter,
-                         max_step_rad=self._ik_step_rad)
+        ik = self._solve_ik(lim.position, lim.quat)
         motion = self.cfg.safety.motion
         if not ik.converged and (ik.err_m > motion.tracking_error_m
                                  or ik.err_rad > motion.tracking_error_rad):

@@ -225,6 +225,7 @@ class RobotNode:
             "command_latency": net.latency_percentiles(),
             "tracking_error_max_m": self.core.max_tracking_error_m,
             "following_periods": self.core.following_periods,
+            "ik_branch_keeps": self.core.branch_keeps,
             "resumes_ns": self.core.resumes_ns,
             "gate": {str(k): v for k, v in net.gate.counters.items()},
             "link_counters": dict(net.link.counters) if net.link else {},

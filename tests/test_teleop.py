@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import time
@@ -15,7 +16,7 @@ from operator_console.devices.scripted import ScriptedDevice
 from operator_console.status_view import ConsoleStatus, StatusView, format_status, status_from
 from operator_console.teleop import TeleopConfig, TeleopMapper, TeleopOutput
 from telesurgery.errors import ConfigError, SchemaError
-from telesurgery.quat import quat_from_rotvec, quat_mul
+from telesurgery.quat import quat_angle, quat_from_rotvec, quat_mul
 from transport import schema
 
 RATE = 500.0
@@ -303,3 +304,17 @@ def test_status_from_telemetry_and_teleop_output() -> None:
         "following", 12.5, 6.0, 0.3, 41.0)
     assert st.message == "operator not present" and not st.operator_present
     assert status_from(None, None, 0.2).reason == "no telemetry yet"
+
+
+
+def test_scaled_rotation_stays_continuous_through_a_full_turn() -> None:
+    # Scaling a relative rotation takes the short way round: without re-basing, the
+    # target would flip by rotation_scale x 2 pi when the master passes pi.
+    m = engaged(rotation_scale=0.3)
+    steps = 400
+    outs = [m.update(sample(i, quat=quat_from_rotvec((0.0, 0.0, 2 * math.pi * i / steps))))
+            for i in range(steps + 1)]
+    worst = max(quat_angle(a.quat, b.quat) for a, b in itertools.pairwise(outs))
+    assert worst <= 1.5 * 0.3 * 2 * math.pi / steps, f"target jumped {worst:.3f} rad"
+    # And the turns add up: a full master turn is 0.3 of a turn of the follower.
+    assert quat_angle(FOLLOWER_Q, outs[-1].quat) == pytest.approx(0.3 * 2 * math.pi, abs=1e-3)
