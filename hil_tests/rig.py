@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -30,7 +31,6 @@ from typing import Any, TypeVar
 import zmq
 
 from hil_tests.netns import NetnsPair
-from robot_side.kinematics import HOME_Q
 from transport.keys import init_keys
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REAL_PORT_ENV = "TELESURGERY_HIL_PORT"
 CHANNELS = ("command", "control", "telemetry", "video")
+SIM_FRAME_ROTATION = (math.sqrt(0.5), 0.0, math.sqrt(0.5), 0.0)
+"""Console-to-robot registration of the simulated rig: 90 deg about y, so the recorded
+pen's axis (console +x) is the tool's axis (robot -z, pointing down) and the surgeon's
+pen roll turns the instrument about its shaft, as a registered console does."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -189,7 +193,7 @@ class SimRig:
         if not self.real_port:
             self._spawn("firmware", ["firmware-sim", "--link", serial_port,
                                      "--control", f"ipc://{self.run}/fw.ipc",
-                                     "--initial", ",".join(f"{q:.6f}" for q in HOME_Q)],
+                                     "--arm", "default"],
                         where="robot")
             self._wait_log("firmware", "firmware emulator on", 15)
         robot_cfg = self.run / "robot.toml"
@@ -226,7 +230,8 @@ class SimRig:
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
             "loop": {"rate_hz": o.rate_hz},
-            "teleop": {"scale": 1.0, "rotation_scale": o.rotation_scale},
+            "teleop": {"scale": 1.0, "rotation_scale": o.rotation_scale,
+                       "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},

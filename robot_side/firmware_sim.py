@@ -384,6 +384,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--state-rate-hz", type=float, default=500.0)
     p.add_argument("--control", help="ZeroMQ REP endpoint for fault injection (ipc:// only)")
     p.add_argument("--initial", help="comma-separated joint positions at boot (rad)")
+    p.add_argument("--arm", choices=("default",),
+                   help="emulate the shipped arm: its URDF joint limits, velocities and home")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.control and not args.control.startswith("ipc://"):
@@ -401,9 +403,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
+        arm: dict[str, Any] = {}
+        if args.arm == "default":
+            from robot_side.kinematics import Kinematics
+
+            kin = Kinematics.from_urdf()
+            arm = {"lower": kin.lower.tolist(), "upper": kin.upper.tolist(),
+                   "max_velocity": kin.velocity.tolist()}
+            initial = initial if initial is not None else kin.home.tolist()
+            args.joints = kin.n
         emu = FirmwareEmulator(port=args.port, n_joints=args.joints, watchdog_ms=args.watchdog_ms,
                                rate_hz=args.rate_hz, state_rate_hz=args.state_rate_hz,
-                               link=None if args.port else args.link, initial=initial)
+                               link=None if args.port else args.link, initial=initial, **arm)
     except (OSError, ConfigError) as err:
         print(f"firmware-sim: {err}", file=sys.stderr)
         return 1

@@ -51,7 +51,7 @@ while True:
 
 def _start_firmware(link: Path, home: np.ndarray) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "telesurgery.cli", "firmware-sim", "--link", str(link),
-           "--initial", ",".join(f"{q:.6f}" for q in home)]
+           "--arm", "default", "--initial", ",".join(f"{q:.6f}" for q in home)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     if proc.stdout is None or not proc.stdout.readline().startswith(b"PORT"):
         proc.kill()
