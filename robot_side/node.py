@@ -13,7 +13,6 @@ import collections
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -35,7 +34,7 @@ from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
-from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from telesurgery.pacer import Pacer, enter_realtime
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 from transport.schema import LinkReport, Pose, Telemetry
@@ -153,12 +152,7 @@ class RobotNode:
         cfg = self.cfg
         mb = self.mailbox
         core = self.core
-        lower_timer_slack()
-        # The control thread shares the GIL with the network, video and ROS threads; a
-        # shorter switch interval bounds how long it can wait for it after waking.
-        sys.setswitchinterval(0.0005)
-        if cfg.control.realtime:
-            try_realtime()
+        enter_realtime(50, cfg.control.realtime)
         empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
         tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -48,6 +49,20 @@ def try_realtime(priority: int = 50) -> bool:
         return False
     log.info("SCHED_FIFO priority %d", priority)
     return True
+
+
+SWITCH_INTERVAL_S = 0.0005
+"""How long a thread may hold the GIL while another waits for it (Python's default: 5 ms)."""
+
+
+def enter_realtime(priority: int, realtime: bool = True) -> bool:
+    """Prepare the calling thread of a control loop: timer slack, GIL switch interval
+    (process-wide: the loop shares the GIL with its process's other threads), and
+    SCHED_FIFO where permitted. The robot node and ``bench loop`` both use this, so the
+    benchmark measures the loop as the node runs it."""
+    lower_timer_slack()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    return try_realtime(priority) if realtime else False
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from robot_side.config import ControlConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
 from robot_side.driver import SerialConfig, SerialManipulator
 from robot_side.kinematics import Kinematics
-from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from telesurgery.pacer import Pacer, enter_realtime
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
 
@@ -77,8 +77,7 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
         core = ControlCore(cfg, kin, driver)
         stats = LinkStats()
         centre, _ = kin.fk(kin.home)
-        lower_timer_slack()
-        realtime = try_realtime()
+        realtime = enter_realtime(50)
         pacer = Pacer(cfg.control.period_ns)
         proc = psutil.Process()
         proc.cpu_percent(None)
