@@ -15,7 +15,9 @@ What a fault does on a CurveZMQ link (libzmq 4.3.5; asserted in test_faultproxy.
   so the receiver just misses messages and the connection stays up.
 * duplicate, reorder: the repeated or older nonce fails validation; libzmq drops the
   TCP connection, the client reconnects and re-handshakes, and traffic resumes.
-  The offending message is never delivered, nor is any other copy of it.
+  No copy is ever delivered twice. Once, in a full-suite run, a reordered message
+  was delivered after a newer one (not reproduced in isolation); nothing may rely on
+  libzmq for ordering: the robot's CommandGate rejects any older command.
 * corrupt: the MAC check fails; same outcome as a duplicate.
 * delay/jitter: applied to application messages, order preserved.
 * blackout: "drop" (the default) discards every application message in both
