@@ -235,7 +235,7 @@ class ControlCore:
             self._estop_sources.clear()
         return ok
 
-    def _hold_if_stopped(self, now_ns: int) -> None:
+    def _hold_if_stopped(self, now_ns: int, clutched: bool = False) -> None:
         """Every period without motion sends a hold frame, which also feeds the
         firmware watchdog; the first one after motion records the reaction time."""
         state = self.supervisor.state
@@ -247,7 +247,8 @@ class ControlCore:
                 sent = time.monotonic_ns()
             except SerialLinkError as err:
                 log.error("hold not sent (%s); the firmware watchdog brakes the arm", err)
-        if self._was_moving and self.supervisor.reason not in _NOT_TRIPS:
+        # Engaged counts, also in the surgeon's clutch hold: a fault then is a trip too.
+        if (self._was_moving or clutched) and self.supervisor.reason not in _NOT_TRIPS:
             # Link trips are decided by the supervisor at the period's start (now_ns);
             # limiter, IK and serial trips later in the period, when _trip ran.
             decided = self._decided_ns if self._decided_ns is not None else now_ns
@@ -327,6 +328,8 @@ class ControlCore:
     # ------------------------------------------------------------ the period
     def step(self, now_ns: int, sample: CommandSample | None, link: LinkView,
              requests: Sequence[PendingRequest] = (), audit_ok: bool = True) -> StepReport:
+        clutched = (self.supervisor.state is State.HOLD
+                    and self.supervisor.reason is Reason.CLUTCH)
         fw, fw_ok = self._firmware(now_ns)
         measured_q = np.asarray(fw.positions, dtype=float) if fw is not None else self._q_set
         measured = _as_pose(*self.kin.fk(measured_q))
@@ -350,7 +353,7 @@ class ControlCore:
             if self._was_moving or moved:
                 moved, tracking_m = self._follow(now_ns, cmd, decision.scale, measured)
         if not moved:
-            self._hold_if_stopped(now_ns)
+            self._hold_if_stopped(now_ns, clutched)
             self._q_set = measured_q.copy()
             self._setpoint_cp = measured
         self.transitions.extend(self.supervisor.drain_transitions())
