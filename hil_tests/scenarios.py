@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from safety.states import SURGEON_HOLDS
+
 Outcome = Literal["hold", "fault", "estop", "hold_or_none", "no_trip", "braked"]
 BoundFrom = Literal["last_command", "fault_start", "none"]
 Kind = Literal["soak", "proxy", "blackout", "bandwidth", "serial", "serial_vanish", "estop",
@@ -79,7 +81,7 @@ FIRMWARE_FIFO = 40
 """Rig setting: the firmware emulator stands in for a microcontroller, so it runs
 SCHED_FIFO (as root), below the robot's control thread (50)."""
 
-DELIBERATE = frozenset({"clutch", "clutch_released", "disengaged"})
+DELIBERATE = SURGEON_HOLDS
 """Stops the surgeon makes on purpose (the scripted motion clutches): not trips."""
 
 LINK_REASONS = frozenset({"command_timeout", "rtt_high", "rtt_unknown", "latency_high",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from operator_console.config import SessionConfig
 from operator_console.teleop import TeleopOutput
+from safety.states import SURGEON_HOLDS
 from telesurgery.errors import LinkTimeout
 from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
@@ -29,8 +30,6 @@ from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
 log = logging.getLogger(__name__)
 
 Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
-DELIBERATE_HOLDS = frozenset({"clutch", "disengaged", "clutch_released"})
-"""Hold reasons the surgeon caused on purpose: not trips."""
 
 
 @dataclass
@@ -110,7 +109,7 @@ class SessionThread(threading.Thread):
         sh = self.shared
         if isinstance(msg, Telemetry):
             sh.telemetry = msg
-            if sh.engaged and msg.state != "following" and msg.reason not in DELIBERATE_HOLDS:
+            if sh.engaged and msg.state != "following" and msg.reason not in SURGEON_HOLDS:
                 sh.trips.append({"t_ns": recv_ns, "state": msg.state, "reason": msg.reason})
                 log.warning("robot stopped following: %s (%s)", msg.state, msg.reason)
                 self._stopped(recv_ns, f"robot {msg.state}: {msg.reason}")

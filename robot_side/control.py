@@ -28,7 +28,7 @@ from robot_side.kinematics import IkResult, Kinematics
 from robot_side.serial_protocol import FwFlags, StateReport
 from safety.anchor import Anchor
 from safety.limits import CartesianLimiter, JointLimiter, TrackingMonitor
-from safety.states import Reason, State
+from safety.states import SURGEON_HOLDS, Reason, State
 from safety.supervisor import StepInputs, Supervisor, Transition
 from safety.watchdog import LinkHealth, LinkWatchdog
 from telesurgery.errors import SerialLinkError
@@ -104,8 +104,8 @@ def _acked(last_rx_seq: int, seq: int) -> bool:
     return (last_rx_seq - seq) % 2**32 < 2**31
 
 
-_NOT_TRIPS = frozenset({Reason.CLUTCH, Reason.DISENGAGED, Reason.DISARMED})
-"""Deliberate stops by the surgeon: they hold the arm but are not trips."""
+_NOT_TRIPS = SURGEON_HOLDS | {Reason.DISARMED}
+"""Deliberate stops: they hold the arm but are not trips."""
 
 
 class ControlCore:

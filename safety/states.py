@@ -97,3 +97,8 @@ def crtk_state(state: State) -> str:
     FAULT to CRTK clients, and the supervisor reason tells them which one.
     """
     return _CRTK[state]
+
+
+SURGEON_HOLDS: frozenset[Reason] = frozenset({Reason.CLUTCH, Reason.CLUTCH_RELEASED,
+                                              Reason.DISENGAGED})
+"""Holds the surgeon causes on purpose: not trips, wherever they are judged."""
