@@ -15,9 +15,11 @@ What a fault does on a CurveZMQ link (libzmq 4.3.5; asserted in test_faultproxy.
   so the receiver just misses messages and the connection stays up.
 * duplicate, reorder: the repeated or older nonce fails validation; libzmq drops the
   TCP connection, the client reconnects and re-handshakes, and traffic resumes.
-  No copy is ever delivered twice. Once, in a full-suite run, a reordered message
-  was delivered after a newer one (not reproduced in isolation); nothing may rely on
-  libzmq for ordering: the robot's CommandGate rejects any older command.
+  No copy is ever delivered twice, and each session delivers in order; but the
+  receiving PULL socket fair-queues between pipes, so right after a reconnect the old
+  session's unread tail may alternate with the new session's head (seen in CI).
+  Nothing may rely on libzmq for ordering: the robot's CommandGate rejects any
+  older command.
 * corrupt: the MAC check fails; same outcome as a duplicate.
 * delay/jitter: applied to application messages, order preserved.
 * blackout: "drop" (the default) discards every application message in both

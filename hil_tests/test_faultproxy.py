@@ -9,6 +9,7 @@ Figures are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 import socket
@@ -200,6 +201,21 @@ def assert_strictly_increasing(got: list[Received]) -> None:
     s = seqs(got)
     bad = [(i, a, b) for i, (a, b) in enumerate(itertools.pairwise(s)) if a >= b]
     assert not bad, f"duplicate or out-of-order delivery at (index, seq, next): {bad[:5]}"
+
+
+def interleaved_runs(got: list[Received]) -> int:
+    """The fewest in-order runs the delivery interleaves (its longest falling subsequence).
+
+    Each connection delivers in order, but a PULL socket fair-queues between its pipes:
+    right after a reconnect the old session's unread tail alternates with the new
+    session's head. So a delivery over ``n`` reconnects interleaves at most ``n + 1`` runs.
+    """
+    tails: list[int] = []  # tails[k]: the largest last element of a falling run of length k+1
+    for seq in seqs(got):
+        key = -seq
+        k = bisect.bisect_left(tails, key)
+        tails[k:k + 1] = [key]
+    return len(tails)
 
 
 def one_way_latencies(lk: Link, count: int, size: int = 16) -> list[int]:
@@ -451,14 +467,15 @@ def test_nonce_and_mac_faults_never_deliver_a_wrong_message_and_recover(proxied,
     assert stats["connections"] >= 1  # libzmq dropped the session and the client came back
     # No altered body (checked on receipt) and never the same message twice.
     assert len(set(seqs(got))) == len(got), "a message was delivered twice"
-    if fault == "reorder":
-        # Seen once in a full-suite run (not in 12 isolated ones): libzmq delivered a
-        # proxy-reordered message after a newer one. Recorded, not relied on: the robot's
-        # CommandGate never takes an older command as fresh (tests/test_gate.py).
-        late = sum(1 for a, b in itertools.pairwise(seqs(got)) if a > b)
-        print(f"reorder: {late} older message(s) delivered after a newer one")
-    else:
-        assert_strictly_increasing(got)  # no copy, no older message
+    # In order within each session. Across a reconnect libzmq's fair queue may alternate
+    # the old session's unread tail with the new one's head (seen in CI: 1000, 975, 1001,
+    # 976...): no ZeroMQ guarantee covers it, so the robot's CommandGate never takes an
+    # older command as fresh (tests/test_gate.py).
+    runs = interleaved_runs(got)
+    late = sum(1 for a, b in itertools.pairwise(seqs(got)) if a > b)
+    print(f"{fault}: {late} older message(s) delivered after a newer one, {runs} run(s)")
+    assert runs <= stats["connections"] + 1, \
+        f"{runs} interleaved runs over {stats['connections']} reconnects: {seqs(got)}"
 
 
 def test_faults_set_live_change_behaviour_mid_stream(proxied) -> None:
