@@ -46,6 +46,9 @@ class VideoSink(Protocol):
 
     def report_video_age(self, age_us: int | None) -> None: ...
 
+    def poll(self) -> None:
+        """Take what the sender reported; called a few times a second."""
+
 
 class Mailbox:
     """What the threads of the robot node hand each other."""
@@ -105,7 +108,8 @@ class NetworkThread(threading.Thread):
 
     def run(self) -> None:
         # Commands wait in this thread's poll: starve it and the watchdog sees a timeout.
-        try_realtime(45)
+        # The libzmq I/O thread the link creates below carries them: it inherits.
+        try_realtime(45, children_inherit=True)
         try:
             with RobotLink(self.cfg, self.keys, video=self.video is None) as link:
                 self.link = link
@@ -136,6 +140,10 @@ class NetworkThread(threading.Thread):
             if now >= next_ping:
                 link.send_ping(self.clock.make_ping(now))
                 next_ping = now + self._ping_period_ns
+                if self.video is not None:
+                    # Its reports queue up until read: unread, the queue fills, new
+                    # errors are lost and the video process cannot finish its exit.
+                    self.video.poll()
             mb.link_view = LinkView(self.stats.snapshot(now), self.clock.rtt_ns,
                                     self.clock.fresh(now))
             while mb.replies:

@@ -34,7 +34,7 @@ from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
-from telesurgery.pacer import Pacer, enter_realtime
+from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 from transport.schema import LinkReport, Pose, Telemetry
@@ -152,7 +152,8 @@ class RobotNode:
         cfg = self.cfg
         mb = self.mailbox
         core = self.core
-        enter_realtime(50, cfg.control.realtime)
+        if enter_realtime(50, cfg.control.realtime):
+            self.pacer.set_spin(SPIN_LEAD_NS)
         empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
         tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)

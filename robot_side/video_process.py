@@ -32,15 +32,20 @@ from transport.config import LinkConfig
 
 log = logging.getLogger(__name__)
 
+FINAL_PUT_S = 0.5
+STOP_TIMEOUT_NS = 5_000_000_000
+OUTBOX_SIZE = 64
+
 AGE_REPORT_PERIOD_NS = 100_000_000
 """Rate control needs the picture age a few times a second, not per command."""
 
 
 class VideoProcess:
-    def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path) -> None:
+    def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path,
+                 outbox_size: int = OUTBOX_SIZE) -> None:
         ctx = mp.get_context("spawn")
         self._inbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=64)
-        self._outbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=64)
+        self._outbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=outbox_size)
         self._proc = ctx.Process(
             target=_child_main, name="robot-video", daemon=True,
             args=(_ChildArgs(video, link, keys_dir, os.getpid(),
@@ -54,6 +59,15 @@ class VideoProcess:
 
     def start(self) -> None:
         self._proc.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while running; negative: ended by that signal (e.g. terminated)."""
+        return self._proc.exitcode
 
     def _put(self, item: tuple[str, Any]) -> None:
         try:
@@ -95,7 +109,10 @@ class VideoProcess:
 
     def stop(self) -> None:
         self._put(("stop", None))
-        self._proc.join(5.0)
+        deadline = time.monotonic_ns() + STOP_TIMEOUT_NS
+        while self._proc.is_alive() and time.monotonic_ns() < deadline:
+            self.poll()  # a child flushing its last report must find room for it
+            self._proc.join(0.05)
         if self._proc.is_alive():
             log.warning("video process did not stop; terminating it")
             self._proc.terminate()
@@ -142,7 +159,9 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                     _loop(source, sender, inbox, outbox, args.parent_pid)
                 finally:
                     source.stop()
-                    outbox.put(("stats", asdict(sender.stats)))
+                    # Never block the exit on a parent that stopped reading (or died).
+                    with contextlib.suppress(queue.Full):
+                        outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)
             finally:
                 sock.close(0)
     except TelesurgeryError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from robot_side.config import ControlConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
 from robot_side.driver import SerialConfig, SerialManipulator
 from robot_side.kinematics import Kinematics
-from telesurgery.pacer import Pacer, enter_realtime
+from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
 
@@ -59,6 +60,12 @@ def _start_firmware(link: Path, home: np.ndarray) -> subprocess.Popen[bytes]:
     return proc
 
 
+def _policy_name(pid: int) -> str:
+    policy = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
+    return {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO",
+            os.SCHED_RR: "SCHED_RR"}.get(policy, str(policy))
+
+
 def _command(seq: int, t: float, centre: tuple[float, float, float]) -> Command:
     # A 2 cm circle at 0.5 Hz in master space: typical slow surgical motion.
     r = 0.02
@@ -77,8 +84,9 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
         core = ControlCore(cfg, kin, driver)
         stats = LinkStats()
         centre, _ = kin.fk(kin.home)
+        # As the robot node paces its loop (robot_side/node.py).
         realtime = enter_realtime(50)
-        pacer = Pacer(cfg.control.period_ns)
+        pacer = Pacer(cfg.control.period_ns, spin_ns=SPIN_LEAD_NS if realtime else 0)
         proc = psutil.Process()
         proc.cpu_percent(None)
         steps: list[int] = []
@@ -114,6 +122,7 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             "step_p99_us": round(float(np.percentile(st, 99)), 1),
             "cpu_pct": round(cpu, 1),
             "sched_fifo": realtime,
+            "spin_lead_us": pacer.spin_ns // 1000,
             "final_state": str(core.supervisor.state),
             "following_periods": core.following_periods,
             "ticks": p.ticks,
@@ -136,6 +145,9 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
                                     stderr=subprocess.DEVNULL)
             try:
                 time.sleep(1.0)
+                # The load must compete as an ordinary process: spawned at the loop's
+                # FIFO priority it would measure priority inheritance, not the loop.
+                load_policy = _policy_name(load.pid)
                 loaded = _run_loop(cfg, seconds)
             finally:
                 load.kill()
@@ -145,6 +157,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
             fw.wait(5)
     out: dict[str, Any] = {"rate_hz": rate_hz, **alone}
     out.update({f"{k}_load": v for k, v in loaded.items()})
+    out["load_sched_policy"] = load_policy
     return out
 
 
@@ -156,6 +169,9 @@ def main(argv: list[str]) -> int:
     print(f"control loop at {args.rate:g} Hz, {args.seconds:g} s alone then under a 720p30 "
           "encode in another process", flush=True)
     result = run(args.seconds, args.rate)
+    print(f"the encode ran at {result['load_sched_policy']}, the loop at "
+          f"{'SCHED_FIFO' if result['sched_fifo'] else 'normal priority'}, spinning the "
+          f"last {result['spin_lead_us']} us before each deadline")
     for phase, sfx in (("alone", ""), ("720p30 encode", "_load")):
         print(f"{phase:>14}: period error p50 {result['period_err_p50' + '_us' + sfx]} us, "
               f"p99 {result['period_err_p99_us' + sfx]} us, max "

@@ -1,0 +1,81 @@
+"""The robot's video process as the node runs it: spawned, stopped and orphaned for real."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+from robot_side.video.config import VideoConfig
+from robot_side.video_process import VideoProcess
+from transport.config import LinkConfig
+from transport.keys import init_keys
+
+# Two reports fill the queue: a run of a few seconds stands in for a long operation
+# (the child reports its counters every second).
+SMALL_OUTBOX = 2
+VIDEO = VideoConfig(width=320, height=240, fps=15.0, encoder="libx264")
+
+ORPHAN = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from robot_side.video.config import VideoConfig
+    from robot_side.video_process import VideoProcess
+    from transport.config import LinkConfig
+    keys = Path(sys.argv[1])
+    if __name__ == "__main__":
+        vp = VideoProcess(VideoConfig(width=320, height=240, fps=15.0, encoder="libx264"),
+                          LinkConfig(video_port=0, keys_dir=keys), keys, outbox_size=2)
+        vp.start()
+        time.sleep(4.0)  # never reads the child's reports: the queue is full
+        print(vp.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stop_is_prompt_after_a_run_longer_than_the_report_queue(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys")
+    vp = VideoProcess(VIDEO, LinkConfig(video_port=0, keys_dir=tmp_path / "keys"),
+                      tmp_path / "keys", outbox_size=SMALL_OUTBOX)
+    vp.start()
+    try:
+        time.sleep(3.5)
+    finally:
+        start = time.monotonic()
+        vp.stop()
+    took = time.monotonic() - start
+    assert vp.exitcode == 0, f"the child had to be killed ({vp.exitcode}) after {took:.1f} s"
+    summary = vp.summary()
+    assert "libx264" in summary["encoder"], summary
+    frames = summary["sent"] + summary["dropped_backpressure"] + summary["dropped_stale"]
+    assert frames >= 30, summary  # the final counters, not those of the first seconds
+
+
+def test_a_video_process_whose_node_was_killed_exits_by_itself(tmp_path: Path) -> None:
+    init_keys(tmp_path / "keys")
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "keys")],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         cwd=Path(__file__).parents[1])
+    pid = int(out.stdout.split()[0])
+    gone = _gone(pid, 5.0)
+    if not gone:
+        psutil.Process(pid).kill()
+    assert gone, "the orphaned video process kept running after its node was killed"
