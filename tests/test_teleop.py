@@ -6,7 +6,9 @@ import io
 import itertools
 import math
 import os
+import select
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -249,6 +251,16 @@ def test_format_status_shows_everything_and_colours_only_when_asked() -> None:
     assert "\x1b[1m\x1b[31mFAULT" in fault
 
 
+def _read_pty(fd: int, until: Callable[[str], bool], timeout_s: float = 5.0) -> str:
+    """What the pty delivered; the tty layer may hand one write over in several reads."""
+    out = ""
+    deadline = time.monotonic() + timeout_s
+    while not until(out) and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            out += os.read(fd, 65536).decode()
+    return out
+
+
 def test_status_view_redraws_in_place_on_a_tty_at_most_every_period() -> None:
     master, slave = os.openpty()
     try:
@@ -257,7 +269,7 @@ def test_status_view_redraws_in_place_on_a_tty_at_most_every_period() -> None:
             assert view.tty
             drawn = [view.update(STATUS, t) for t in (0, 100_000_000, 250_000_000, 260_000_000)]
             assert drawn == [True, False, True, False]
-        out = os.read(master, 65536).decode()
+        out = _read_pty(master, until=lambda text: text.count("HOLD") >= 2)
         assert "\x1b[4F" in out  # second draw moves back over the first block
         assert out.count("HOLD") == 2
     finally:
