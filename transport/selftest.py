@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import multiprocessing
 import sys
 import tempfile
@@ -98,7 +99,30 @@ class Schedule:
         return self.start_ns + self.block_ns * self.blocks
 
 
+def path_bench_args(prog: str, doc: str | None, argv: list[str]) -> argparse.Namespace:
+    """``--seconds`` per path and ``--rate``: the options of every command-path benchmark."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per path")
+    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.seconds) and args.seconds > 0 and 0 < args.rate <= 10_000):
+        parser.error("--seconds must be > 0 and --rate in (0, 10000]")
+    return args
+
+
 # ---------------------------------------------------------------- robot side (child)
+def bind_raw_baseline(ctx: zmq.Context[Any], link: RobotLink,
+                      conn: Connection) -> zmq.Socket[Any]:
+    """Bind the raw PULL baseline beside the secured link; tell the parent both endpoints."""
+    raw: zmq.Socket[Any] = ctx.socket(zmq.PULL)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.bind("tcp://127.0.0.1:*")
+    conn.send({"endpoints": link.endpoints,
+               "raw_endpoint": raw.getsockopt_string(zmq.LAST_ENDPOINT)})
+    return raw
+
+
 def robot_receiver(keys_root: str, conn: Connection) -> None:
     """Child process: serve the secured link (and a raw PULL), then report what arrived."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -108,11 +132,7 @@ def robot_receiver(keys_root: str, conn: Connection) -> None:
     intruders = [0]
     ctx: zmq.Context[Any] = zmq.Context()
     with RobotLink(cfg, ServerKeys.load(Path(keys_root)), ctx=ctx) as link:
-        raw = ctx.socket(zmq.PULL)
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.bind("tcp://127.0.0.1:*")
-        conn.send({"endpoints": link.endpoints,
-                   "raw_endpoint": raw.getsockopt_string(zmq.LAST_ENDPOINT)})
+        raw = bind_raw_baseline(ctx, link, conn)
         schedule: Schedule = conn.recv()
         stop = threading.Event()
 

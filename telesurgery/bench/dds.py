@@ -25,10 +25,8 @@ one JSON object.
 
 # No ``from __future__ import annotations``: cyclonedds reads DdsCommand's
 # field annotations as real types.
-import argparse
 import json
 import logging
-import math
 import multiprocessing
 import random
 import sys
@@ -63,9 +61,11 @@ from transport.schema import Command, decode_as, encode
 from transport.selftest import (
     Receiver,
     Schedule,
+    bind_raw_baseline,
     book_cpu,
     lower_timer_slack,
     make_command,
+    path_bench_args,
     percentiles_us,
     stream,
     wait_connected,
@@ -145,11 +145,7 @@ def robot_side(keys_root: str, domain_id: int, conn: Connection) -> None:
     errors: Counter[str] = Counter()
     ctx: zmq.Context[Any] = zmq.Context()
     with RobotLink(cfg, ServerKeys.load(Path(keys_root)), ctx=ctx) as link:
-        raw = ctx.socket(zmq.PULL)
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.bind("tcp://127.0.0.1:*")
-        conn.send({"endpoints": link.endpoints,
-                   "raw_endpoint": raw.getsockopt_string(zmq.LAST_ENDPOINT)})
+        raw = bind_raw_baseline(ctx, link, conn)
         rotation: Schedule = conn.recv()
         stop = threading.Event()
 
@@ -311,14 +307,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="telesurgery bench dds",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per path")
-    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if not (math.isfinite(args.seconds) and args.seconds > 0 and 0 < args.rate <= 10_000):
-        parser.error("--seconds must be > 0 and --rate in (0, 10000]")
+    args = path_bench_args("telesurgery bench dds", __doc__, argv)
     lower_timer_slack()
     print(f"bench dds: DDS (cyclonedds) vs secured CurveZMQ vs raw PUSH/PULL, "
           f"{args.rate:.0f} Hz, {args.seconds:g} s each, taking turns in {BLOCK_S} s "

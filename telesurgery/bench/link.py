@@ -15,10 +15,8 @@ a percentage of one core. The last line printed is a single JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from transport.selftest import (
     Schedule,
     lower_timer_slack,
     make_command,
+    path_bench_args,
     percentiles_us,
     stream,
     wait_connected,
@@ -117,14 +116,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="telesurgery bench link",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per path")
-    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if not (math.isfinite(args.seconds) and args.seconds > 0 and 0 < args.rate <= 10_000):
-        parser.error("--seconds must be > 0 and --rate in (0, 10000]")
+    args = path_bench_args("telesurgery bench link", __doc__, argv)
     lower_timer_slack()
     print(f"bench link: secured CurveZMQ vs raw PUSH/PULL, {args.rate:.0f} Hz, "
           f"{args.seconds:.0f} s each, interleaved in {BLOCK_S} s blocks ...", flush=True)
