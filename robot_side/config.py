@@ -72,6 +72,18 @@ class EstopConfig:
 
 
 @dataclass(frozen=True)
+class ObserveConfig:
+    socket: Path = field(default_factory=lambda: default_runtime_dir() / "observe.sock")
+    """Local feed (robot_side.observe) for the ROS 2 bridge, the page and the recorder."""
+    hz: float = 100.0
+    """Telemetry rate on the feed; safety events are published as they are audited."""
+
+    def __post_init__(self) -> None:
+        finite_positive("observe.hz", self.hz)
+        check(self.hz <= 1000.0, "observe.hz", self.hz, "must be <= 1000")
+
+
+@dataclass(frozen=True)
 class RobotConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -81,6 +93,7 @@ class RobotConfig:
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     estop: EstopConfig = field(default_factory=EstopConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

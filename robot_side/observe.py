@@ -1,0 +1,112 @@
+"""The robot's local observer feed: what runs outside the control process watches here.
+
+The control process publishes, once, what its observers need (``Telemetry`` at
+``observe.hz`` and every audited ``SafetyEvent``) on a Unix-domain ZeroMQ PUB
+socket in the robot's runtime folder. The ROS 2 bridge, the supervision page and
+the session recorder are separate processes that subscribe; none of them can
+slow the control loop (a PUB socket drops for a slow subscriber at its high-water
+mark) and none of them can send anything back on this socket.
+
+Access is by file permissions: the socket lives in the robot's 0700 runtime
+folder, so only the robot's own account (and root) can connect. Messages are
+the wire schema's (``transport.schema``), one frame each, so an observer
+validates exactly what a console validates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from telesurgery.errors import SchemaError
+from transport.schema import Message, decode, encode
+
+log = logging.getLogger(__name__)
+
+PUB_HWM = 1000
+"""Messages a slow observer may lag before the feed drops for it (never blocks)."""
+
+
+def endpoint(path: Path) -> str:
+    return f"ipc://{path}"
+
+
+class ObserverFeed:
+    """The publishing end; owned by one thread of the control process."""
+
+    def __init__(self, path: Path, ctx: zmq.Context[Any] | None = None) -> None:
+        self.path = path
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, PUB_HWM)
+        try:
+            self._sock.bind(endpoint(path))
+        except zmq.ZMQError:
+            self._sock.close(0)
+            raise
+        self.published = 0
+
+    def publish(self, msg: Message) -> None:
+        try:
+            self._sock.send(encode(msg), zmq.NOBLOCK)
+            self.published += 1
+        except zmq.Again:
+            pass  # no subscriber keeps up: the feed drops, the loop never waits
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> ObserverFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ObserverClient:
+    """The subscribing end: validated messages and the time the last one arrived."""
+
+    def __init__(self, path: Path, ctx: zmq.Context[Any] | None = None) -> None:
+        self.path = path
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 10_000)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.connect(endpoint(path))
+        self.last_recv_ns: int | None = None
+        self.bad_messages = 0
+
+    def recv(self, timeout_ms: int) -> Message | None:
+        """The next valid message, or None after ``timeout_ms`` without one."""
+        if not self._sock.poll(timeout_ms):
+            return None
+        data = self._sock.recv()
+        try:
+            msg = decode(data)
+        except SchemaError as err:
+            self.bad_messages += 1
+            if self.bad_messages == 1 or self.bad_messages % 1000 == 0:
+                log.warning("observer feed: invalid message (%s), %d so far", err,
+                            self.bad_messages)
+            return None
+        self.last_recv_ns = time.monotonic_ns()
+        return msg
+
+    def age_ns(self, now_ns: int) -> int | None:
+        """How long since the last valid message; None if none ever came."""
+        return None if self.last_recv_ns is None else now_ns - self.last_recv_ns
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> ObserverClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
