@@ -28,6 +28,7 @@ from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.ros import open_bridge
+from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
@@ -37,29 +38,8 @@ from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
-from transport.schema import LinkReport, Pose, Telemetry
 
 log = logging.getLogger(__name__)
-
-
-def _us(ns: int | None) -> int | None:
-    return None if ns is None else int(ns // 1000)
-
-
-def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None) -> Telemetry:
-    s = link.stats
-    return Telemetry(
-        seq=seq, t_ns=r.t_ns, state=str(r.state), reason=str(r.reason)[:64],
-        measured_js=r.measured_q, setpoint_js=r.setpoint_q,
-        measured_cp=Pose(*r.measured_cp), setpoint_cp=Pose(*r.setpoint_cp),
-        link=LinkReport(rtt_us=_us(link.rtt_ns), latency_us=s.latency_us,
-                        jitter_us=s.jitter_us, loss=min(1.0, max(0.0, s.loss)),
-                        video_age_us=video_age_us),
-        scale=min(10.0, r.scale), estop=r.estop, firmware_flags=r.firmware_flags & 0xFFFFFFFF,
-        loop_jitter_us=min(loop_jitter_us, 2**32 - 1),
-        tracking_error_m=min(r.tracking_error_m, 1e3),
-    )
 
 
 class RobotNode:
