@@ -22,9 +22,10 @@ from robot_side.control import CommandSample, LinkView, PendingRequest
 from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.config import LinkConfig
-from transport.gate import CommandGate, Verdict
+from transport.gate import Verdict
+from transport.intake import AuditAlert, CommandIntake
 from transport.keys import ServerKeys
-from transport.link import RobotLink
+from transport.link import Arrival, RobotLink
 from transport.linkstats import LinkStats
 from transport.schema import (
     Command,
@@ -59,6 +60,8 @@ class Mailbox:
         self.requests: collections.deque[PendingRequest] = collections.deque(maxlen=64)
         self.replies: collections.deque[tuple[bytes, ControlReply]] = collections.deque(maxlen=64)
         self.events: collections.deque[SafetyEvent] = collections.deque(maxlen=1024)
+        self.alerts: collections.deque[AuditAlert] = collections.deque(maxlen=256)
+        """What the network thread found worth an audit record; the audit thread writes them."""
         self.telemetry: Telemetry | None = None
         self.dropped_requests = 0
 
@@ -79,8 +82,7 @@ class NetworkThread(threading.Thread):
         self.cfg = cfg
         self.keys = keys
         self.mailbox = mailbox
-        self.gate = CommandGate(age_limit_ns)
-        self.stats = LinkStats(loss_window_ns)
+        self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.clock = ClockSync()
         self._ping_period_ns = int(1e9 / cfg.ping_hz)
         self._tlm_period_ns = int(1e9 / telemetry_hz)
@@ -102,6 +104,10 @@ class NetworkThread(threading.Thread):
         p50, p99, p999 = np.percentile(self._latency_us[:n], [50, 99, 99.9])
         return {"n": self._latency_n, "p50_us": float(p50), "p99_us": float(p99),
                 "p999_us": float(p999), "max_us": float(self._latency_us[:n].max())}
+
+    @property
+    def stats(self) -> LinkStats:
+        return self.intake.stats
 
     def stop(self) -> None:
         self._halt.set()
@@ -127,15 +133,7 @@ class NetworkThread(threading.Thread):
         while not self._halt.is_set():
             for item in link.poll(1):
                 self._dispatch(link, item.msg, item.recv_ns, item.peer)
-            offset = self.clock.offset_ns
-            for a in link.command_arrivals():
-                # Every arrival counts for loss and jitter, also those superseded
-                # by a newer command in the same poll.
-                self.stats.on_message(a.seq, a.t_send_ns, a.recv_ns, offset)
-                if offset is not None:
-                    self._latency_us[self._latency_n % len(self._latency_us)] = (
-                        a.recv_ns - (a.t_send_ns + offset)) // 1000
-                    self._latency_n += 1
+            self._take_commands(link.command_arrivals())
             now = time.monotonic_ns()
             if now >= next_ping:
                 link.send_ping(self.clock.make_ping(now))
@@ -157,19 +155,34 @@ class NetworkThread(threading.Thread):
                 last_tlm_seq = tlm.seq
                 next_tlm = now + self._tlm_period_ns
 
+    def _take_commands(self, arrivals: list[Arrival]) -> None:
+        """Judge every command drained this poll, oldest first; act on the newest fresh one.
+
+        Each is judged (also those a newer one superseded) so that the statistics see
+        every fresh command and nothing else (``transport.intake``)."""
+        offset = self.clock.offset_ns
+        newest: CommandSample | None = None
+        for a in arrivals:
+            if self.intake.offer(a.cmd, a.recv_ns, offset) is Verdict.FRESH:
+                newest = CommandSample(a.cmd, a.recv_ns)
+                if offset is not None:
+                    self._latency_us[self._latency_n % len(self._latency_us)] = (
+                        a.recv_ns - (a.t_send_ns + offset)) // 1000
+                    self._latency_n += 1
+        self.mailbox.alerts.extend(self.intake.drain_alerts())
+        if newest is not None:
+            self.mailbox.command = newest
+            if self.video is not None:
+                self.video.report_video_age(newest.cmd.video_age_us)
+
     def _dispatch(self, link: RobotLink, msg: object, recv_ns: int, peer: bytes) -> None:
         mb = self.mailbox
         if isinstance(msg, Command):
-            offset = self.clock.offset_ns
-            if self.gate.offer(msg, recv_ns, offset) is Verdict.FRESH:
-                mb.command = CommandSample(msg, recv_ns)
-                if self.video is not None:
-                    self.video.report_video_age(msg.video_age_us)
+            pass  # judged with every other arrival of this poll in _take_commands
         elif isinstance(msg, ControlRequest):
             if msg.op == "arm":
                 # Arming starts a session: the console's sequence restarts per run.
-                self.gate.reset()
-                self.stats.reset()
+                self.intake.reset()
             if len(mb.requests) == mb.requests.maxlen:
                 mb.dropped_requests += 1
                 log.warning("control request queue full; dropping %s", msg.op)

@@ -202,7 +202,7 @@ class RobotNode:
             "following_periods": self.core.following_periods,
             "ik_branch_keeps": self.core.branch_keeps,
             "resumes_ns": self.core.resumes_ns,
-            "gate": {str(k): v for k, v in net.gate.counters.items()},
+            "gate": net.intake.counters,
             "link_counters": dict(net.link.counters) if net.link else {},
             "audit_records": auditor.persisted,
             "serial": dict(self.driver.counters),

@@ -45,8 +45,31 @@ class AuditThread(threading.Thread):
     def stop(self) -> None:
         self._queue.put(None)
 
+    def _alerts(self) -> None:
+        """Audit what the network thread found (a peer's misbehaviour), once each."""
+        alerts = self.mailbox.alerts
+        while alerts:
+            a = alerts.popleft()
+            try:
+                self.audit.append("alert", {"t_ns": a.t_ns, "code": a.code, "detail": a.detail,
+                                            "level": logging.getLevelName(a.level)}, sync=True)
+            except AuditError as err:
+                self.healthy = False
+                log.error("audit append failed (%s): alert %s not recorded", err, a.code)
+                continue
+            self.persisted += 1
+            log.log(a.level, "audited alert: %s: %s", a.code, a.detail)
+
     def run(self) -> None:
-        while (t := self._queue.get()) is not None:
+        while True:
+            self._alerts()
+            try:
+                t = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if t is None:
+                self._alerts()
+                return
             try:
                 index = self.audit.append("transition", {
                     "t_ns": t.t_ns, "from": str(t.state_from), "to": str(t.state_to),

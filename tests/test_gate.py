@@ -81,7 +81,8 @@ def test_counters_per_verdict() -> None:
     gate.offer(cmd(0, 0), 0, 0)
     gate.offer(cmd(2, 0), 0, None)
     gate.offer(cmd(3, 0), 60 * MS, 0)
-    assert gate.counters == {"fresh": 1, "duplicate": 1, "replay": 1, "no_clock": 1, "stale": 1}
+    assert gate.counters == {"fresh": 1, "duplicate": 1, "replay": 1, "no_clock": 1, "stale": 1,
+                             "invalid": 0, "foreign": 0}
 
 
 def test_rejects_nonpositive_limit() -> None:

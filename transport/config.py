@@ -7,6 +7,7 @@ misbehaves.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,10 @@ class LinkConfig:
     heartbeat_timeout_ms: int = 300
     control_timeout_ms: int = 500
     ping_hz: float = 20.0
+    max_command_hz: float = 1000.0
+    """Robot: the fastest a console may send commands (its ``loop.rate_hz`` is at most
+    1000). A sequence number that advances faster than this (x1.25, on the robot's own
+    clock) is refused as implausible (``transport.intake``)."""
 
     def __post_init__(self) -> None:
         check(bool(self.host.strip()), "link.host", self.host, "must not be empty")
@@ -52,3 +57,6 @@ class LinkConfig:
         finite_positive("link.ping_hz", self.ping_hz)
         check(self.ping_hz <= 1000.0, "link.ping_hz",
               self.ping_hz, "must be <= 1000")
+        check(math.isfinite(self.max_command_hz) and 10.0 <= self.max_command_hz <= 10_000.0,
+              "link.max_command_hz", self.max_command_hz,
+              "must be in 10..10000 (the console's command rate bounds sequence jumps)")

@@ -30,6 +30,10 @@ class Verdict(enum.Enum):
     REPLAY = "replay"
     STALE = "stale"
     NO_CLOCK = "no_clock"
+    INVALID = "invalid"
+    """Judged by ``transport.intake``: a sequence jump the robot's own clock rules out."""
+    FOREIGN = "foreign"
+    """Judged by ``transport.intake``: not the current surgeon session's token."""
 
 
 class CommandGate:

@@ -95,9 +95,16 @@ class Inbound:
 class Arrival:
     """A command as it arrived, including ones superseded by a newer one in the same poll."""
 
-    seq: int
-    t_send_ns: int
+    cmd: Command
     recv_ns: int
+
+    @property
+    def seq(self) -> int:
+        return self.cmd.seq
+
+    @property
+    def t_send_ns(self) -> int:
+        return self.cmd.t_send_ns
 
 
 class _Link:
@@ -305,7 +312,7 @@ class RobotLink(_Link):
         commands = self._drain(self._command, "command", (Command,))
         for item in commands:
             if isinstance(item.msg, Command):  # always, by ``accept``; narrows the type
-                self._arrivals.append(Arrival(item.msg.seq, item.msg.t_send_ns, item.recv_ns))
+                self._arrivals.append(Arrival(item.msg, item.recv_ns))
         self.counters["command_received"] += len(commands)
         self.counters["command_superseded"] += max(0, len(commands) - 1)
         return commands[-1] if commands else None

@@ -138,6 +138,7 @@ def _vec3_checked(field: str, x: Any) -> Vec3:
 
 
 _seq = _int(0, U64)
+_session = _optional(_int(1, U64))
 _time_ns = _int(I64_MIN, I64_MAX)
 _joints = _floats(0, MAX_JOINTS, -1e6, 1e6)
 
@@ -176,6 +177,8 @@ class Command(Message):
     operator_present: bool
     video_age_us: int | None = None
     """Age of the frame the surgeon sees now; None when no video is shown."""
+    session: int | None = None
+    """The surgeon session the robot granted in its ``arm`` reply; see ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,8 @@ class ControlRequest(Message):
     req_id: int
     op: str
     value: float | None = None
+    session: int | None = None
+    """The session this request belongs to; None only before the console holds one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +203,8 @@ class ControlReply(Message):
     state: str
     reason: str
     detail: str = ""
+    session: int | None = None
+    """Set in the reply to a granted ``arm``: the console's session token from now on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +225,7 @@ class Pong(Message):
     t1_ns: int
     t2_ns: int
     t3_ns: int
+    session: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,11 +324,13 @@ Command._SPEC = {
     "clutch": _bool,
     "operator_present": _bool,
     "video_age_us": _optional(_int(0, U64)),
+    "session": _session,
 }
 ControlRequest._SPEC = {
     "req_id": _int(0, U64),
     "op": _choice(CONTROL_OPS),
     "value": _optional(_float(-1e6, 1e6)),
+    "session": _session,
 }
 ControlReply._SPEC = {
     "req_id": _int(0, U64),
@@ -328,9 +338,11 @@ ControlReply._SPEC = {
     "state": _choice(SUPERVISOR_STATES),
     "reason": _text(64),
     "detail": _text(),
+    "session": _session,
 }
 Ping._SPEC = {"seq": _seq, "t1_ns": _time_ns}
-Pong._SPEC = {"seq": _seq, "t1_ns": _time_ns, "t2_ns": _time_ns, "t3_ns": _time_ns}
+Pong._SPEC = {"seq": _seq, "t1_ns": _time_ns, "t2_ns": _time_ns, "t3_ns": _time_ns,
+              "session": _session}
 Telemetry._SPEC = {
     "seq": _seq,
     "t_ns": _time_ns,
@@ -378,6 +390,13 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------- codec
+OMITTED_WHEN_NONE = frozenset({"session"})
+"""Fields added after version 1 shipped: left out while unset, so a message without
+them has the bytes it always had (the golden files) and decodes the same.
+
+``session`` is the surgeon session token (``transport.session_guard``): a random
+64-bit id the robot grants in the reply to ``arm``, after which it accepts
+commands, control requests and pongs only when they carry it."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
@@ -415,7 +434,10 @@ def encode(msg: Message) -> bytes:
     """Encode a message; the result always decodes back to an equal message."""
     body: dict[str, Any] = {"v": VERSION, "t": msg.TYPE}
     for name in _FIELD_NAMES[type(msg)]:
-        body[name] = _plain(getattr(msg, name))
+        value = getattr(msg, name)
+        if value is None and name in OMITTED_WHEN_NONE:
+            continue
+        body[name] = _plain(value)
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
 
