@@ -36,6 +36,7 @@ from transport.schema import (
     SafetyEvent,
     Telemetry,
 )
+from transport.session_guard import SessionGuard
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class NetworkThread(threading.Thread):
         self.keys = keys
         self.mailbox = mailbox
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
+        self.guard = SessionGuard()
         self.clock = ClockSync()
         self._ping_period_ns = int(1e9 / cfg.ping_hz)
         self._tlm_period_ns = int(1e9 / telemetry_hz)
@@ -145,8 +147,7 @@ class NetworkThread(threading.Thread):
             mb.link_view = LinkView(self.stats.snapshot(now), self.clock.rtt_ns,
                                     self.clock.fresh(now))
             while mb.replies:
-                peer, reply = mb.replies.popleft()
-                link.reply(peer, reply)
+                self._reply(link, *mb.replies.popleft())
             while mb.events:
                 link.publish_event(mb.events.popleft())
             tlm = mb.telemetry
@@ -180,15 +181,47 @@ class NetworkThread(threading.Thread):
         if isinstance(msg, Command):
             pass  # judged with every other arrival of this poll in _take_commands
         elif isinstance(msg, ControlRequest):
-            if msg.op == "arm":
-                # Arming starts a session: the console's sequence restarts per run.
-                self.intake.reset()
-            if len(mb.requests) == mb.requests.maxlen:
-                mb.dropped_requests += 1
-                log.warning("control request queue full; dropping %s", msg.op)
-                return
-            mb.requests.append(PendingRequest(peer, msg, recv_ns))
+            self._control_request(link, msg, recv_ns, peer)
         elif isinstance(msg, Pong):
-            self.clock.on_pong(msg, recv_ns)
-        elif isinstance(msg, KeyframeRequest) and self.video is not None:
+            if self.guard.pong_ok(peer, msg, recv_ns):
+                self.clock.on_pong(msg, recv_ns)
+        elif (isinstance(msg, KeyframeRequest) and self.video is not None
+              and self.guard.is_holder(peer)):
             self.video.request_keyframe(msg.reason)
+        mb.alerts.extend(self.guard.drain_alerts())
+
+    def _control_request(self, link: RobotLink, req: ControlRequest, recv_ns: int,
+                         peer: bytes) -> None:
+        """Only the surgeon session's holder reaches the control loop (session_guard)."""
+        mb = self.mailbox
+        pinged = self.guard.ping_target
+        adm = self.guard.admit(peer, req, recv_ns, lambda holder: self._gone(link, holder))
+        link.bind_console(self.guard.ping_target)
+        if not adm.ok:
+            tlm = mb.telemetry
+            link.reply(peer, ControlReply(req_id=req.req_id, ok=False,
+                                          state=tlm.state if tlm else "disabled",
+                                          reason=adm.reason))
+            return
+        if adm.granted is not None:
+            # A new session: its commands restart their sequence and carry the new
+            # token; a new console's clock is not the last one's.
+            self.intake.reset(adm.granted)
+            if peer != pinged:
+                self.clock = ClockSync()
+        if len(mb.requests) == mb.requests.maxlen:
+            mb.dropped_requests += 1
+            log.warning("control request queue full; dropping %s", req.op)
+            return
+        mb.requests.append(PendingRequest(peer, req, recv_ns))
+
+    def _gone(self, link: RobotLink, holder: bytes) -> bool:
+        """Is the session holder's connection gone? Probed with a ping (pinned to it):
+        ROUTER_MANDATORY fails the send at once for a dropped connection."""
+        if not link.peer_gone(holder) and link.console_peer == holder:
+            link.send_ping(self.clock.make_ping(time.monotonic_ns()))
+        return link.peer_gone(holder)
+
+    def _reply(self, link: RobotLink, peer: bytes, reply: ControlReply) -> None:
+        link.reply(peer, self.guard.on_reply(peer, reply, time.monotonic_ns()))
+        self.mailbox.alerts.extend(self.guard.drain_alerts())

@@ -117,6 +117,11 @@ def test_commands_of_another_session_are_foreign() -> None:
     assert it.offer(cmd(8, 8 * MS, session=42), 9 * MS, 0) is Verdict.FRESH
     assert it.stats.snapshot(9 * MS).received == 1
     assert it.counters["foreign"] == 3
+    # After the session's first fresh command an untokened one is news: audited.
+    it.reset(session=43)
+    assert it.offer(cmd(1, 9 * MS, session=43), 10 * MS, 0) is Verdict.FRESH
+    assert it.offer(cmd(2, 9 * MS, session=42), 10 * MS, 0) is Verdict.FOREIGN
+    assert [a.code for a in it.drain_alerts()] == ["command_foreign_session"]
 
 
 def test_rejects_a_nonpositive_rate() -> None:

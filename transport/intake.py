@@ -96,8 +96,10 @@ class CommandIntake:
 
     def _judge(self, cmd: Command, recv_ns: int, offset_ns: int | None) -> Verdict:
         if cmd.session != self.session:
-            if cmd.session == self._previous:
-                return Verdict.FOREIGN  # in flight across a re-arm: expected, not news
+            if cmd.session == self._previous and self.gate.last_seq is None:
+                # Sent before the console learnt its new token: expected, not news. One
+                # connection delivers in order, so none comes after the first fresh one.
+                return Verdict.FOREIGN
             self._ratelog(logging.WARNING, "foreign",
                           "command refused: not from the current surgeon session")
             self._alert_once(recv_ns, "command_foreign_session",

@@ -29,6 +29,7 @@ The authenticator runs in its own thread with its own socket.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -213,6 +214,8 @@ class RobotLink(_Link):
         super().__init__(ctx)
         self._arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_MAX)
         self._console: bytes | None = None
+        self._pinned = False
+        self._gone: deque[bytes] = deque(maxlen=64)
         self._monitors: dict[zmq.Socket[Any], str] = {}
         try:
             self.auth = start_authenticator(self._ctx, keys)
@@ -250,8 +253,20 @@ class RobotLink(_Link):
 
     @property
     def console_peer(self) -> bytes | None:
-        """ROUTER identity of the surgeon console, learnt from its last control message."""
+        """ROUTER identity of the console the robot pings.
+
+        Learnt from the last control message until ``bind_console`` pins it: the
+        robot node pins the surgeon session's holder (``transport.session_guard``),
+        so a second console can never take over the pings."""
         return self._console
+
+    def bind_console(self, peer: bytes | None) -> None:
+        self._pinned = True
+        self._console = peer
+
+    def peer_gone(self, peer: bytes) -> bool:
+        """True once a send to ``peer`` failed because its connection is gone."""
+        return peer in self._gone
 
     def poll(self, timeout_ms: int) -> list[Inbound]:
         """Wait up to ``timeout_ms`` and return what arrived (at most one, the newest, command)."""
@@ -275,7 +290,7 @@ class RobotLink(_Link):
         return arrivals
 
     def reply(self, peer: bytes, reply: ControlReply) -> bool:
-        return self._send(self._control, [peer, encode(reply)], "reply")
+        return self._send_to(peer, reply, "reply")
 
     def send_ping(self, ping: Ping) -> bool:
         """Ping the surgeon console; False until it has sent a control message.
@@ -283,7 +298,19 @@ class RobotLink(_Link):
         The caller's ClockSync makes the Ping, so the Pong's seq is one it knows."""
         if self._console is None:
             return False
-        return self._send(self._control, [self._console, encode(ping)], "ping")
+        return self._send_to(self._console, ping, "ping")
+
+    def _send_to(self, peer: bytes, msg: ControlReply | Ping, what: str) -> bool:
+        try:
+            self._control.send_multipart([peer, encode(msg)], zmq.NOBLOCK)
+        except zmq.ZMQError as err:
+            if err.errno == zmq.EHOSTUNREACH and peer not in self._gone:
+                # ROUTER_MANDATORY: the peer's connection is gone (heartbeat or close).
+                self._gone.append(peer)
+            self.counters[f"{what}_send_failed"] += 1
+            self._log(logging.WARNING, f"send:{what}", "could not send %s: %s", what, err)
+            return False
+        return True
 
     def publish_telemetry(self, t: Telemetry) -> None:
         self._send(self._telemetry, [encode(t)], "telemetry")
@@ -319,7 +346,7 @@ class RobotLink(_Link):
 
     def _drain_control(self) -> list[Inbound]:
         items = self._drain(self._control, "control", _CONTROL_IN, routed=True)
-        if items:
+        if items and not self._pinned:
             self._console = items[-1].peer
         return items
 
@@ -351,6 +378,9 @@ class ConsoleLink(_Link):
         self.observer = observer
         self._timeout_ms = cfg.control_timeout_ms
         self._req_id = 0
+        self.session: int | None = None
+        """The surgeon session the robot granted in its last ``arm`` reply; every
+        command, request and pong carries it (``transport.session_guard``)."""
         self._buffered: deque[Inbound] = deque(maxlen=BUFFERED_MAX)
         self._command: zmq.Socket[Any] | None = None
         self._control: zmq.Socket[Any] | None = None
@@ -379,6 +409,8 @@ class ConsoleLink(_Link):
 
     def send_command(self, cmd: Command) -> bool:
         """Send without blocking; False (and counted) when the link cannot take it now."""
+        if cmd.session != self.session:
+            cmd = dataclasses.replace(cmd, session=self.session)
         try:
             self._surgeon(self._command).send(encode(cmd), zmq.NOBLOCK)
         except zmq.Again:
@@ -392,7 +424,7 @@ class ConsoleLink(_Link):
         control = self._surgeon(self._control)
         self._req_id += 1
         req_id = self._req_id
-        payload = encode(ControlRequest(req_id=req_id, op=op, value=value))
+        payload = encode(ControlRequest(req_id=req_id, op=op, value=value, session=self.session))
         decode(payload)  # validate here: a bad op is the caller's SchemaError, not a timeout
         timeout = self._timeout_ms if timeout_ms is None else timeout_ms
         if not self._send(control, [payload], "request"):
@@ -403,6 +435,8 @@ class ConsoleLink(_Link):
                 break
             for item in self._drain_control(control, awaiting=req_id):
                 if isinstance(item.msg, ControlReply) and item.msg.req_id == req_id:
+                    if item.msg.session is not None:
+                        self.session = item.msg.session
                     return item.msg
                 self._buffered.append(item)
         raise LinkTimeout(f"no reply to control request {op!r} (req_id {req_id}) "
@@ -424,6 +458,12 @@ class ConsoleLink(_Link):
         if self._telemetry in ready:
             out.extend(self._drain(self._telemetry, "telemetry", (Telemetry, SafetyEvent)))
         return out
+
+    def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,
+              route: list[bytes]) -> None:
+        pong = Pong(seq=ping.seq, t1_ns=ping.t1_ns, t2_ns=recv_ns, t3_ns=time.monotonic_ns(),
+                    session=self.session)
+        self._send(sock, [*route, encode(pong)], "pong")
 
     def _surgeon(self, sock: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
         if sock is None:

@@ -1,0 +1,220 @@
+"""One surgeon session at a time: who may use the control channel, whose pongs count.
+
+Every console holding a surgeon key passes CurveZMQ, so authentication alone
+cannot stop a second console from taking over the robot's pings (it tripped
+the legit session with ``rtt_high``) or re-sending an old engage. The robot
+therefore grants a **session**: a random 64-bit token in the reply to ``arm``,
+bound to that control connection (its ROUTER identity). From then on:
+
+* control requests count only from the holder: its connection, or the token
+  (a console that reconnected proves itself with the token and the session
+  moves to its new connection). Anyone else: ``session_busy``, audited.
+* request ids are single-use per session: each must be above every earlier
+  one, so a replayed request (same id) is refused, counted and audited.
+* the robot pings only the holder and takes pongs only from it, with the token;
+  commands must carry it (``transport.intake``).
+* ``engage`` needs a session.
+
+**Takeover rule** (docs/architecture.md): an ``arm`` without the token is
+granted only when there is no session, or the holder is gone: its control
+connection was dropped (ZMTP heartbeat timeout or disconnect: the robot's
+ping to it fails) or it has answered no ping for ``idle_ms``. A gone or silent
+holder has tripped ``rtt_unknown`` long before, so the arm is never taken over
+in motion. Every grant, takeover and refusal is an audit record. A deliberate
+handoff between two live consoles (remote teaching) builds on this: the holder
+(or a configured mentor) grants, never a timeout.
+
+Pure logic with time passed in; the network thread asks it about each message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from telesurgery.ratelog import RateLimitedLog
+from transport.intake import AuditAlert
+from transport.schema import U64, ControlReply, ControlRequest, Pong
+
+log = logging.getLogger(__name__)
+
+OPEN_WITHOUT_SESSION = frozenset({"arm", "disarm", "disengage", "clear_fault", "set_scale"})
+"""Before anyone holds a session these may come from any surgeon console: none moves the arm."""
+ALERT_INTERVAL_NS = 1_000_000_000
+"""At most one audit record per kind of refusal per second; the rest are counted."""
+MAX_PENDING = 256
+
+
+def new_token() -> int:
+    """A random, non-zero 64-bit session id (the schema's range is 1..2**64-1)."""
+    return secrets.randbelow(U64) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    ok: bool
+    reason: str = ""
+    """Why it was refused (the reply's reason); empty when admitted."""
+    granted: int | None = None
+    """The new session token, when this admitted ``arm`` starts a session."""
+
+
+@dataclass(slots=True)
+class _Session:
+    token: int
+    peer: bytes
+    last_req_id: int
+    last_seen_ns: int
+
+
+class SessionGuard:
+    """Admits control requests and pongs of the one surgeon session; see the module doc."""
+
+    def __init__(self, idle_ms: float = 3000.0, token: Callable[[], int] = new_token) -> None:
+        self.idle_ns = int(idle_ms * 1e6)
+        self._token = token
+        self._session: _Session | None = None
+        self._unbound_peer: bytes | None = None
+        """Before any session: the console that last used the control channel (pinged)."""
+        self._pending: dict[tuple[bytes, int], tuple[str, int | None]] = {}
+        self._alerts: deque[AuditAlert] = deque(maxlen=64)
+        self._alert_next_ns: dict[str, int] = {}
+        self._suppressed: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._ratelog = RateLimitedLog(log)
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def token(self) -> int | None:
+        return None if self._session is None else self._session.token
+
+    @property
+    def ping_target(self) -> bytes | None:
+        """Whom the robot pings: the holder; before any session, the last console heard."""
+        return self._unbound_peer if self._session is None else self._session.peer
+
+    def is_holder(self, peer: bytes) -> bool:
+        return self.ping_target == peer
+
+    # ---------------------------------------------------------------- control requests
+    def admit(self, peer: bytes, req: ControlRequest, now_ns: int,
+              peer_gone: Callable[[bytes], bool]) -> Admission:
+        """May this request reach the robot's control? Grants a session on ``arm``."""
+        adm = self._admit(peer, req, now_ns, peer_gone)
+        if adm.ok:
+            if len(self._pending) >= MAX_PENDING:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[(peer, req.req_id)] = (req.op, adm.granted)
+        else:
+            self.counters[adm.reason] += 1
+            self._ratelog(logging.WARNING, adm.reason, "control request %s refused: %s",
+                          req.op, adm.reason)
+        return adm
+
+    def _admit(self, peer: bytes, req: ControlRequest, now_ns: int,
+               peer_gone: Callable[[bytes], bool]) -> Admission:
+        s = self._session
+        if s is None:
+            self._unbound_peer = peer
+            if req.op == "arm":
+                return self._grant(peer, req, now_ns, "session_granted",
+                                   level=logging.INFO, why="first session")
+            if req.op in OPEN_WITHOUT_SESSION:
+                return Admission(True)
+            self._alert(now_ns, "no_session", f"{req.op} refused: nobody holds a session")
+            return Admission(False, "no_session")
+        has_token = req.session is not None and req.session == s.token
+        if has_token or peer == s.peer:
+            if req.req_id <= s.last_req_id:
+                self._alert(now_ns, "request_replayed",
+                            f"{req.op} with request id {req.req_id} refused: ids up to "
+                            f"{s.last_req_id} are used in this session")
+                return Admission(False, "request_replayed")
+            if req.op == "arm":  # a new run of the same console: a fresh token
+                return self._grant(peer, req, now_ns, "session_renewed",
+                                   level=logging.INFO, why="re-armed by the holder")
+            if not has_token:
+                self._alert(now_ns, "session_token_mismatch",
+                            f"{req.op} without the session's token refused")
+                return Admission(False, "session_token_mismatch")
+            if peer != s.peer:
+                self._alert(now_ns, "session_moved",
+                            "the holder reconnected: the session follows its token",
+                            logging.INFO)
+                s.peer = peer
+            s.last_req_id, s.last_seen_ns = req.req_id, now_ns
+            return Admission(True)
+        if req.op == "arm":
+            gone = peer_gone(s.peer)
+            idle_ms = (now_ns - s.last_seen_ns) / 1e6
+            if gone or now_ns - s.last_seen_ns > self.idle_ns:
+                why = ("its connection was dropped" if gone
+                       else f"it answered nothing for {idle_ms:.0f} ms")
+                return self._grant(peer, req, now_ns, "session_takeover",
+                                   level=logging.WARNING,
+                                   why=f"the previous holder is gone: {why}")
+            self._alert(now_ns, "session_busy",
+                        f"arm from a second surgeon console refused: the session holder "
+                        f"answered {idle_ms:.0f} ms ago")
+            return Admission(False, "session_busy")
+        self._alert(now_ns, "session_busy",
+                    f"{req.op} from a console that holds no session refused")
+        return Admission(False, "session_busy")
+
+    def _grant(self, peer: bytes, req: ControlRequest, now_ns: int, code: str, *,
+               level: int, why: str) -> Admission:
+        token = self._token()
+        self._session = _Session(token, peer, req.req_id, now_ns)
+        self._unbound_peer = None
+        self.counters[code] += 1
+        # Never the token itself in the audit: the log is readable by the staff.
+        self._alert(now_ns, code, why, level, rate_limited=False)
+        return Admission(True, granted=token)
+
+    # ---------------------------------------------------------------- replies and pongs
+    def on_reply(self, peer: bytes, reply: ControlReply, now_ns: int) -> ControlReply:
+        """The robot's answer to an admitted request: hands over a granted token, and
+        makes a remote operation refused during an e-stop an audit record."""
+        op, granted = self._pending.pop((peer, reply.req_id), ("?", None))
+        if not reply.ok and reply.state == "estop":
+            self._alert(now_ns, "refused_in_estop",
+                        f"remote {op} refused during the e-stop: {reply.reason}")
+        if granted is not None:
+            return dataclasses.replace(reply, session=granted)
+        return reply
+
+    def pong_ok(self, peer: bytes, pong: Pong, now_ns: int) -> bool:
+        """Only the holder's pongs, with its token, measure the link."""
+        s = self._session
+        if s is None:
+            ok = peer == self._unbound_peer
+        else:
+            ok = peer == s.peer and pong.session == s.token
+            if ok:
+                s.last_seen_ns = now_ns
+        if not ok:
+            self.counters["foreign_pong"] += 1
+            self._ratelog(logging.WARNING, "foreign_pong",
+                          "pong from a console that holds no session ignored")
+        return ok
+
+    # ---------------------------------------------------------------- alerts
+    def _alert(self, now_ns: int, code: str, detail: str, level: int = logging.WARNING,
+               *, rate_limited: bool = True) -> None:
+        if rate_limited and now_ns < self._alert_next_ns.get(code, now_ns):
+            self._suppressed[code] += 1
+            return
+        self._alert_next_ns[code] = now_ns + ALERT_INTERVAL_NS
+        skipped = self._suppressed.pop(code, 0)
+        if skipped:
+            detail += f" ({skipped} more since the last record)"
+        self._alerts.append(AuditAlert(now_ns, code, detail, level))
+
+    def drain_alerts(self) -> list[AuditAlert]:
+        out = list(self._alerts)
+        self._alerts.clear()
+        return out
