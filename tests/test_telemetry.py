@@ -19,7 +19,7 @@ ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True)
 OPT_HUGE = st.none() | HUGE
 
 
-def report(q: list[float], pos: list[float], quat: list[float], scale: float,
+def report(q: list[float], pos: list[float], quat: list[float], *, scale: float,
            tracking: float, flags: int, t_ns: int) -> StepReport:
     pose = ((pos[0], pos[1], pos[2]), (quat[0], quat[1], quat[2], quat[3]))
     return StepReport(t_ns=t_ns, state=State.FOLLOWING, reason=Reason.ENGAGED,
@@ -34,14 +34,15 @@ def report(q: list[float], pos: list[float], quat: list[float], scale: float,
        q=st.lists(ANY_FLOAT, min_size=0, max_size=40),
        pos=st.lists(ANY_FLOAT, min_size=3, max_size=3),
        quat=st.lists(ANY_FLOAT, min_size=4, max_size=4), scale=ANY_FLOAT, tracking=ANY_FLOAT)
-def test_hostile_statistics_always_encode(
+def test_hostile_statistics_always_encode(  # noqa: PLR0917 (hypothesis passes by keyword)
         latency: int | None, p99: int | None, jitter: int | None, loss: float,
         rtt: int | None, video: int | None, loop_jitter: int, seq: int, t_ns: int, flags: int,
         q: list[float], pos: list[float], quat: list[float], scale: float,
         tracking: float) -> None:
     snap = LinkSnapshot(latency_us=latency, latency_p99_us=p99, jitter_us=jitter, loss=loss,
                         received=0, lost=0, duplicates=0, reordered=0, last_recv_ns=None)
-    tlm = telemetry_from(seq, report(q, pos, quat, scale, tracking, flags, t_ns),
+    tlm = telemetry_from(seq, report(q, pos, quat, scale=scale, tracking=tracking, flags=flags,
+                                      t_ns=t_ns),
                          LinkView(snap, rtt, True), loop_jitter, video)
     back = decode(encode(tlm))
     assert isinstance(back, Telemetry)
@@ -54,7 +55,8 @@ def test_the_issue_12_2_latency_is_pinned_at_the_bound_not_dropped() -> None:
     snap = LinkSnapshot(latency_us=latency_us, latency_p99_us=latency_us, jitter_us=2**60,
                         loss=math.nan, received=1, lost=U64, duplicates=0, reordered=0,
                         last_recv_ns=None)
-    r = report([0.0] * 6, [0.3, 0.0, 0.2], [1.0, 0.0, 0.0, 0.0], 1.0, 0.0, 0, 1)
+    r = report([0.0] * 6, [0.3, 0.0, 0.2], [1.0, 0.0, 0.0, 0.0], scale=1.0, tracking=0.0,
+               flags=0, t_ns=1)
     tlm = decode(encode(telemetry_from(1, r, LinkView(snap, 2**64, True), 0, None)))
     assert isinstance(tlm, Telemetry)
     assert tlm.link.latency_us == 2**32 - 1 and tlm.link.rtt_us == 2**32 - 1
