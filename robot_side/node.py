@@ -82,7 +82,11 @@ class RobotNode:
         wd = cfg.safety.watchdog
         with ExitStack() as stack:
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
-            audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
+            warnings = cfg.safety.warnings() + cfg.link.warnings()
+            for line in warnings:
+                log.warning("config: %s", line)
+            audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000],
+                                   "warnings": "\n".join(warnings)}, sync=True)
             auditor = AuditThread(audit, self.mailbox)
             auditor.start()
             stack.callback(auditor.join, 2.0)

@@ -4,6 +4,14 @@ Every field is validated at load; an error names the dotted key and value.
 Speeds rather than per-period steps are configured so that changing the control
 rate does not silently change the permitted motion; ``MotionLimits.step_m()``
 derives the per-period bound.
+
+
+Every limit also has a range (``WATCHDOG_LIMITS``, ``MOTION_LIMITS``): outside it
+the config is refused with the key, the range and why (``command_timeout_ms =
+5000`` would let the arm follow a dead link for five seconds); inside the range
+but outside the recommended band it loads, and ``SafetyConfig.warnings()`` lists
+it for the start-up log and the audit's start record. The tables are the
+documentation of the ranges (docs/hazards.md, "Limits and their ranges").
 """
 
 from __future__ import annotations
@@ -13,7 +21,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from telesurgery.config import check, finite_positive
+from telesurgery.config import Limit, check, check_limits, limit_warnings
+
+WATCHDOG_LIMITS: dict[str, Limit] = {
+    "command_timeout_ms": Limit(5, 500, 20, 100, "ms",
+                                "the arm follows a link that delivers nothing for this long"),
+    "rtt_warn_ms": Limit(1, 1000, 20, 150, "ms", "motion slows down above this round trip"),
+    "rtt_halt_ms": Limit(2, 2000, 50, 300, "ms",
+                         "the surgeon steers a picture this old before the arm holds"),
+    "latency_halt_ms": Limit(1, 1000, 20, 150, "ms",
+                             "a command this old is still executed (the age limit)"),
+    "loss_halt": Limit(0, 0.5, 0.02, 0.2, "", "the fraction of commands lost that holds the arm",
+                       lo_open=True),
+    "loss_window_ms": Limit(100, 10_000, 500, 2000, "ms", "loss is judged over this window"),
+    "jitter_halt_ms": Limit(1, 500, 5, 50, "ms", "interarrival jitter that holds the arm"),
+    "video_stale_ms": Limit(50, 2000, 100, 400, "ms",
+                            "the surgeon operates on a picture this old before the arm holds"),
+    "settle_ms": Limit(0, 10_000, 200, 2000, "ms",
+                       "a link must be healthy this long before a re-engage"),
+    "hold_to_fault_ms": Limit(100, 60_000, 500, 5000, "ms",
+                              "a degraded-link hold becomes a latched fault after this"),
+    "min_warn_scale": Limit(0, 1, 0.2, 1, "", "motion scale reached at rtt_halt_ms",
+                            lo_open=True),
+}
+"""Range and recommended band of every ``[safety.watchdog]`` limit."""
+
+MOTION_LIMITS: dict[str, Limit] = {
+    "workspace_radius_m": Limit(0.001, 2.0, 0.05, 1.0, "m", "the sphere the tool stays in"),
+    "max_speed_m_s": Limit(0.001, 2.0, 0.01, 0.5, "m/s", "the fastest the tool may move"),
+    "max_angular_speed_rad_s": Limit(0.01, 20, 0.5, 6, "rad/s",
+                                     "the fastest the tool may turn"),
+    "jump_fault_factor": Limit(1, 100, 3, 20, "x",
+                               "a setpoint step this many times the per-period bound faults",
+                               lo_open=True),
+    "max_joint_speed_rad_s": Limit(0.01, 20, 0.2, 4, "rad/s", "the fastest a joint may turn"),
+    "joint_jump_fault_rad": Limit(0.01, math.pi, 0.1, 1.0, "rad",
+                                  "an IK step this large is a branch flip: fault"),
+    "joint_margin_rad": Limit(0, 0.5, 0.005, 0.1, "rad",
+                              "distance kept from the URDF joint limits"),
+    "tracking_error_m": Limit(0.0005, 0.2, 0.002, 0.03, "m",
+                              "the arm may be this far from its setpoint before it faults"),
+    "tracking_error_rad": Limit(0.005, math.pi, 0.05, 0.5, "rad",
+                                "the tool may be turned this far from its setpoint"),
+}
+"""Range and recommended band of every scalar ``[safety.motion]`` limit."""
 
 
 @dataclass(frozen=True)
@@ -44,16 +95,12 @@ class WatchdogLimits:
     """Scale factor reached at rtt_halt_ms; linear from 1.0 at rtt_warn_ms."""
 
     def __post_init__(self) -> None:
-        for name in ("command_timeout_ms", "rtt_warn_ms", "rtt_halt_ms", "latency_halt_ms",
-                     "loss_window_ms", "jitter_halt_ms", "video_stale_ms", "hold_to_fault_ms"):
-            finite_positive(f"safety.watchdog.{name}", getattr(self, name))
-        check(self.settle_ms >= 0, "safety.watchdog.settle_ms", self.settle_ms, "must be >= 0")
+        check_limits(self, "safety.watchdog", WATCHDOG_LIMITS)
         check(self.rtt_warn_ms < self.rtt_halt_ms, "safety.watchdog.rtt_warn_ms",
               self.rtt_warn_ms, "must be below rtt_halt_ms")
-        check(0.0 < self.loss_halt < 1.0, "safety.watchdog.loss_halt", self.loss_halt,
-              "must be in (0, 1)")
-        check(0.0 < self.min_warn_scale <= 1.0, "safety.watchdog.min_warn_scale",
-              self.min_warn_scale, "must be in (0, 1]")
+
+    def warnings(self) -> list[str]:
+        return limit_warnings(self, "safety.watchdog", WATCHDOG_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -87,17 +134,18 @@ class MotionLimits:
         lo, hi = self.workspace_min, self.workspace_max
         check(all(a < b for a, b in zip(lo, hi, strict=True)), "safety.motion.workspace_min",
               lo, "must be below workspace_max on every axis")
-        for name in ("workspace_radius_m", "max_speed_m_s", "max_angular_speed_rad_s",
-                     "max_joint_speed_rad_s", "joint_jump_fault_rad", "tracking_error_m",
-                     "tracking_error_rad"):
-            finite_positive(f"safety.motion.{name}", getattr(self, name))
-        check(self.jump_fault_factor > 1.0, "safety.motion.jump_fault_factor",
-              self.jump_fault_factor, "must be > 1")
-        check(self.joint_margin_rad >= 0, "safety.motion.joint_margin_rad",
-              self.joint_margin_rad, "must be >= 0")
+        for name, corner in (("workspace_min", lo), ("workspace_max", hi),
+                             ("workspace_center", self.workspace_center)):
+            check(all(math.isfinite(c) and abs(c) <= 10.0 for c in corner),
+                  f"safety.motion.{name}", corner,
+                  "must be finite and within 10 m of the base (the wire schema's bound)")
+        check_limits(self, "safety.motion", MOTION_LIMITS)
         if self.align_tolerance_rad is not None:
             check(0 < self.align_tolerance_rad <= math.pi, "safety.motion.align_tolerance_rad",
                   self.align_tolerance_rad, "must be in (0, pi]")
+
+    def warnings(self) -> list[str]:
+        return limit_warnings(self, "safety.motion", MOTION_LIMITS)
 
     def step_m(self, period_s: float) -> float:
         return self.max_speed_m_s * period_s
@@ -124,3 +172,7 @@ class SafetyConfig:
     watchdog: WatchdogLimits = field(default_factory=WatchdogLimits)
     motion: MotionLimits = field(default_factory=MotionLimits)
     audit: AuditConfig = field(default_factory=AuditConfig)
+
+    def warnings(self) -> list[str]:
+        """Limits inside their range but outside the recommended band, one line each."""
+        return self.watchdog.warnings() + self.motion.warnings()

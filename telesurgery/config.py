@@ -32,6 +32,56 @@ def finite_positive(key: str, value: float) -> None:
     check(math.isfinite(value) and value > 0, key, value, "must be a finite number > 0")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    """The range a safety setting must be in, and the narrower band it should be in.
+
+    Outside ``lo..hi`` the config is refused: the error names the key, the range and
+    ``why``. Inside the range but outside ``rec_lo..rec_hi`` it loads, with a
+    warning at start-up (``warnings()``) that also goes into the audit's start record.
+    """
+
+    lo: float
+    hi: float
+    rec_lo: float
+    rec_hi: float
+    unit: str
+    why: str
+    lo_open: bool = False
+    """``lo`` itself is outside the range (e.g. a fraction that must be > 0)."""
+
+    def check(self, key: str, value: float) -> None:
+        low_ok = value > self.lo if self.lo_open else value >= self.lo
+        ok = math.isfinite(value) and low_ok and value <= self.hi
+        check(ok, key, value, f"must be in {self._span(self.lo, self.hi, self.lo_open)}"
+                              f": {self.why}")
+
+    def warning(self, key: str, value: float) -> str | None:
+        if self.rec_lo <= value <= self.rec_hi:
+            return None
+        return (f"{key} = {value:g} {self.unit} is outside the recommended "
+                f"{self._span(self.rec_lo, self.rec_hi, False)}: {self.why}")
+
+    def _span(self, lo: float, hi: float, lo_open: bool) -> str:
+        return f"{'(' if lo_open else '['}{lo:g}, {hi:g}] {self.unit}".rstrip()
+
+
+def check_limits(section: object, prefix: str, limits: dict[str, Limit]) -> None:
+    """Refuse any field of ``section`` outside its ``Limit`` (in ``__post_init__``)."""
+    for name, limit in limits.items():
+        limit.check(f"{prefix}.{name}", float(getattr(section, name)))
+
+
+def limit_warnings(section: object, prefix: str, limits: dict[str, Limit]) -> list[str]:
+    """One line per field of ``section`` inside its range but outside the recommended band."""
+    out = []
+    for name, limit in limits.items():
+        line = limit.warning(f"{prefix}.{name}", float(getattr(section, name)))
+        if line is not None:
+            out.append(line)
+    return out
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:

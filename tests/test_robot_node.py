@@ -40,6 +40,7 @@ from robot_side.kinematics import HOME_Q
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
 from robot_side.ros.interface import ESTOP_TOPIC
+from safety.audit import read_records
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, init_keys
@@ -273,6 +274,16 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reply = request(console.link, "clear_fault")
     assert not reply.ok and reply.state == "estop"
     reset_node(node)
+
+
+# ------------------------------------------------------------------ config warnings
+def test_start_record_lists_limits_outside_the_recommended_band(node: Node) -> None:
+    """Issue 19.5: settle_ms = 100 (this rig's) is in range but below the band."""
+    start = next(r for r in read_records(node.run / "audit" / "robot.audit")
+                 if r.kind == "start")
+    warnings = str(start.fields["warnings"])
+    assert "safety.watchdog.settle_ms = 100 ms is outside the recommended" in warnings
+    assert "config: safety.watchdog.settle_ms = 100 ms" in node.log
 
 
 # ------------------------------------------------------------------ shutdown (last: ends the node)

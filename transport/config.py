@@ -7,14 +7,29 @@ misbehaves.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from telesurgery.config import check, finite_positive
+from telesurgery.config import Limit, check, check_limits, limit_warnings
 
 VIDEO_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Video sockets carry whole H.264 access units; every other socket gets ``max_message_bytes``."""
+
+
+LINK_LIMITS: dict[str, Limit] = {
+    "heartbeat_ivl_ms": Limit(10, 5000, 50, 500, "ms", "how often ZMTP checks a silent peer"),
+    "heartbeat_timeout_ms": Limit(20, 30_000, 150, 2000, "ms",
+                                  "a silent connection is dropped after this"),
+    "control_timeout_ms": Limit(10, 30_000, 100, 2000, "ms",
+                                "the console waits this long for a control reply"),
+    "ping_hz": Limit(5, 1000, 10, 100, "Hz",
+                     "round trip is measured this often; below 5 Hz it goes stale (250 ms)"),
+    "max_command_hz": Limit(10, 10_000, 100, 2000, "Hz",
+                            "the console's command rate bounds how far a sequence may jump"),
+    "session_idle_ms": Limit(500, 60_000, 1000, 10_000, "ms",
+                             "a surgeon session silent this long may be taken over"),
+}
+"""Range and recommended band of the link's timing limits."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,9 @@ class LinkConfig:
     """Robot: the fastest a console may send commands (its ``loop.rate_hz`` is at most
     1000). A sequence number that advances faster than this (x1.25, on the robot's own
     clock) is refused as implausible (``transport.intake``)."""
+    session_idle_ms: float = 3000.0
+    """Robot: a surgeon session whose console answered no ping for this long may be
+    taken over by another console's ``arm`` (``transport.session_guard``)."""
 
     def __post_init__(self) -> None:
         check(bool(self.host.strip()), "link.host", self.host, "must not be empty")
@@ -48,15 +66,10 @@ class LinkConfig:
               "the four channels need distinct ports")
         check(1024 <= self.max_message_bytes <= VIDEO_MAX_MESSAGE_BYTES, "link.max_message_bytes",
               self.max_message_bytes, f"must be in 1024..{VIDEO_MAX_MESSAGE_BYTES}")
-        check(self.heartbeat_ivl_ms > 0, "link.heartbeat_ivl_ms", self.heartbeat_ivl_ms,
-              "must be > 0")
+        check_limits(self, "link", LINK_LIMITS)
         check(self.heartbeat_timeout_ms > self.heartbeat_ivl_ms, "link.heartbeat_timeout_ms",
               self.heartbeat_timeout_ms, "must be above heartbeat_ivl_ms")
-        check(self.control_timeout_ms > 0, "link.control_timeout_ms", self.control_timeout_ms,
-              "must be > 0")
-        finite_positive("link.ping_hz", self.ping_hz)
-        check(self.ping_hz <= 1000.0, "link.ping_hz",
-              self.ping_hz, "must be <= 1000")
-        check(math.isfinite(self.max_command_hz) and 10.0 <= self.max_command_hz <= 10_000.0,
-              "link.max_command_hz", self.max_command_hz,
-              "must be in 10..10000 (the console's command rate bounds sequence jumps)")
+
+    def warnings(self) -> list[str]:
+        """Limits inside their range but outside the recommended band, one line each."""
+        return limit_warnings(self, "link", LINK_LIMITS)
