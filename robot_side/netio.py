@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest
+from telesurgery.errors import LinkError
 from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.config import LinkConfig
@@ -84,7 +85,7 @@ class NetworkThread(threading.Thread):
         self.keys = keys
         self.mailbox = mailbox
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
-        self.guard = SessionGuard()
+        self.guard = SessionGuard(cfg.session_idle_ms)
         self.clock = ClockSync()
         self._ping_period_ns = int(1e9 / cfg.ping_hz)
         self._tlm_period_ns = int(1e9 / telemetry_hz)
@@ -123,6 +124,9 @@ class NetworkThread(threading.Thread):
                 self.link = link
                 self.ready.set()
                 self._loop(link)
+        except LinkError as err:  # a sentence (a port in use): the node says it, once
+            self.error = err
+            self.ready.set()
         except (zmq.ZMQError, OSError) as err:
             self.error = err
             log.exception("network thread stopped")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import zmq
 
-from telesurgery.errors import AuthError, ConfigError, LinkTimeout, SchemaError
+from telesurgery.errors import AuthError, ConfigError, LinkError, LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, ServerKeys, init_keys
 from transport.link import ConsoleLink, Inbound, RobotLink
@@ -415,3 +420,64 @@ def test_link_bench_reports_both_paths() -> None:
     assert r["delivered"] == r["sent"] > 0 and r["baseline_delivered"] == r["baseline_sent"] > 0
     assert r["ratio_p99"] == r["p99_us"] / r["baseline_p99_us"]
     assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+
+
+def test_a_taken_port_is_one_sentence_naming_it(robot: RobotLink, keys: Path) -> None:
+    """Issue 19.2: a second robot on the same ports says which port and what to do."""
+    taken = robot.endpoints["control"]
+    cfg = LinkConfig(command_port=0, control_port=taken, telemetry_port=0, video_port=0,
+                     keys_dir=keys)
+    with pytest.raises(LinkError) as err:
+        RobotLink(cfg, ServerKeys.load(keys))
+    msg = str(err.value)
+    assert f"127.0.0.1:{taken} (link.control_port) is already in use" in msg
+    assert "[link]" in msg and "\n" not in msg
+
+
+def _selftest(seconds: float) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """``telesurgery selftest`` as a real process, once its robot-side child runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telesurgery.cli", "selftest", "--count",
+         str(int(seconds * 1000))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        # Connected to its child: the schedule follows and both are streaming.
+        if any(c.status == psutil.CONN_ESTABLISHED for c in parent.net_connections("tcp")):
+            time.sleep(1.0)
+            return proc, parent
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the self-test never connected to its robot-side child")
+
+
+def _no_descendants_left(children: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(children, timeout=10.0)
+    orphans = [c.cmdline() for c in alive]
+    for child in alive:  # a red run must not leave them behind either
+        child.kill()
+    assert orphans == [], f"orphaned: {orphans}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c", "sigkill"])
+def test_selftest_stops_in_one_line_and_leaves_no_child(how: str) -> None:
+    """Issue 19.2: Ctrl-C or SIGTERM: one line, no traceback; any kill: no orphan, ever."""
+    proc, parent = _selftest(60.0)
+    children = parent.children(recursive=True)
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal signals the whole foreground group
+    else:
+        proc.kill()
+    out, _ = proc.communicate(timeout=30)
+    _no_descendants_left(children)
+    if how == "sigkill":
+        return
+    assert proc.returncode == 130
+    assert "Traceback" not in out and "Error" not in out, out
+    said = "SIGTERM" if how == "sigterm" else "Ctrl-C"
+    last = out.strip().splitlines()[-1]
+    assert last == f"selftest interrupted ({said}); the robot-side process is stopped"

@@ -276,6 +276,20 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reset_node(node)
 
 
+def test_a_second_robot_on_the_same_ports_says_so_in_one_line(node: Node,
+                                                              tmp_path: Path) -> None:
+    """Issue 19.2: the port, the key and the fix; no traceback from any thread or child."""
+    cfg = robot_toml(tmp_path, node.keys, node.ports, str(tmp_path / "no-tty"),
+                     domain=node.domain, namespace=node.namespace + "_twin")
+    done = cli("robot", "--config", str(cfg), "--seconds", "20", timeout_s=STARTUP_S)
+    out = done.stderr + done.stdout
+    assert done.returncode == 2, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    port = node.ports["command"]
+    assert f"127.0.0.1:{port} (link.command_port) is already in use" in out
+    assert node.status().startswith("ok "), "the first node is untouched"
+
+
 # ------------------------------------------------------------------ config warnings
 def test_start_record_lists_limits_outside_the_recommended_band(node: Node) -> None:
     """Issue 19.5: settle_ms = 100 (this rig's) is in range but below the band."""

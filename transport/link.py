@@ -57,7 +57,7 @@ from transport.schema import (
     decode,
     encode,
 )
-from transport.sockets import ThrottledLog, bound_port, client_socket, server_socket
+from transport.sockets import PortInUse, ThrottledLog, bound_port, client_socket, server_socket
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,13 @@ def video_server_socket(ctx: zmq.Context[Any], cfg: LinkConfig,
     Same options as ``RobotLink``'s own video socket; the caller's context must
     run an authenticator (``start_authenticator``), which this socket requires.
     """
-    return server_socket(ctx, zmq.PUB, cfg.video_port, cfg.host, keys, "observer",
-                         VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
-                         heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+    try:
+        return server_socket(ctx, zmq.PUB, cfg.video_port, cfg.host, keys, "observer",
+                             VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
+                             heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+                             heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+    except PortInUse as err:
+        raise PortInUse(err.host, err.port, "link.video_port") from None
 
 
 class RobotLink(_Link):
@@ -222,9 +225,13 @@ class RobotLink(_Link):
 
             def server(name: str, kind: int, port: int, domain: Literal["surgeon", "observer"],
                        *, hwm: int, max_msg: int = cfg.max_message_bytes) -> zmq.Socket[Any]:
-                sock = server_socket(self._ctx, kind, port, cfg.host, keys, domain, max_msg,
-                                     hwm=hwm, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                                     heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+                try:
+                    sock = server_socket(self._ctx, kind, port, cfg.host, keys, domain,
+                                         max_msg, hwm=hwm,
+                                         heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+                                         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+                except PortInUse as err:
+                    raise PortInUse(err.host, err.port, f"link.{name}_port") from None
                 self._add(sock, poll=kind in (zmq.PULL, zmq.ROUTER))
                 self._monitors[self._add(sock.get_monitor_socket(_MONITORED))] = name
                 return sock

@@ -26,14 +26,17 @@ import json
 import logging
 import math
 import multiprocessing
+import os
+import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import zmq
@@ -50,6 +53,7 @@ INTRUDER_SEQ = 10**9
 """Intruders send seq numbers from here; any such arrival at the robot is a failure."""
 PATHS = ("secured", "raw")
 _PR_SET_TIMERSLACK = 29
+_PR_SET_PDEATHSIG = 1
 _STARTUP_S = 20.0
 _GRACE_NS = 200_000_000
 
@@ -123,8 +127,33 @@ def bind_raw_baseline(ctx: zmq.Context[Any], link: RobotLink,
     return raw
 
 
-def robot_receiver(keys_root: str, conn: Connection) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """In a child: the kernel kills us when the parent dies, whatever killed it, so no
+    child is ever orphaned; Ctrl-C is the parent's to handle (it stops us)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError) as err:
+        log.debug("no parent-death signal: %s", err)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def robot_receiver(keys_root: str, conn: Connection, parent_pid: int) -> None:
     """Child process: serve the secured link (and a raw PULL), then report what arrived."""
+    die_with_parent(parent_pid)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     lower_timer_slack()
     cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0)
@@ -207,8 +236,10 @@ class Receiver:
     def start(cls, keys_root: Path) -> Receiver:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=robot_receiver, args=(str(keys_root), child), daemon=True)
-        proc.start()
+        proc = ctx.Process(target=robot_receiver, args=(str(keys_root), child, os.getpid()),
+                           daemon=True)
+        with _sigint_ignored():  # inherited through exec: the child is born deaf to Ctrl-C
+            proc.start()
         hello = cls.recv(parent, proc, _STARTUP_S)
         ports = {f"{name}_port": port for name, port in hello["endpoints"].items()}
         return cls(proc, parent, LinkConfig(**ports), hello["raw_endpoint"])
@@ -221,8 +252,9 @@ class Receiver:
         result: dict[str, Any] = self.recv(self.conn, self.proc, wait_s)
         return result
 
-    def close(self) -> None:
-        self.proc.join(5.0)
+    def close(self, abort: bool = False) -> None:
+        """Wait for the child to finish; ``abort``: stop it now (interrupted run)."""
+        self.proc.join(0.0 if abort else 5.0)
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5.0)
@@ -314,8 +346,9 @@ def run_selftest(count: int = 2000, rate_hz: float = 1000.0) -> dict[str, Any]:
                 link.close()
             plain.close(0)
         finally:
-            ctx.destroy(linger=0)
-            receiver.close()
+            with contextlib.suppress(zmq.ZMQError):
+                ctx.destroy(linger=0)
+            receiver.close(abort=sys.exc_info()[0] is not None)
     lat = result["latencies_ns"]["secured"]
     rejected = result["auth"].get("rejected", 0) + result["counters"].get("handshake_failed", 0)
     return {**percentiles_us(lat), "sent": sent["sent"], "send_drops": sent["send_drops"],
@@ -339,6 +372,14 @@ def check(result: dict[str, Any], count: int) -> list[str]:
     return failures
 
 
+class Interrupted(Exception):
+    """SIGTERM, raised in the main thread so every ``finally`` runs and stops the child."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="telesurgery selftest",
                                      description=__doc__.split("\n")[0])
@@ -347,10 +388,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     lower_timer_slack()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_selftest(args.count, args.rate)
     except LinkError as err:
         print(f"selftest FAILED: {err}")
+        return 1
+    except (KeyboardInterrupt, Interrupted) as why:
+        print(f"selftest interrupted ({'SIGTERM' if isinstance(why, Interrupted) else 'Ctrl-C'})"
+              "; the robot-side process is stopped")
+        return 130
+    except zmq.ZMQError as err:
+        print(f"selftest FAILED: ZeroMQ: {err}")
         return 1
     failures = check(result, args.count)
     print(f"secured link: {result['delivered']}/{result['sent']} commands delivered, "

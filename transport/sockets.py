@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import zmq
 
+from telesurgery.errors import LinkError
 from transport.keys import ClientKeys, ServerKeys
 
 DEFAULT_HWM = 1000
@@ -54,10 +55,23 @@ def server_socket(ctx: zmq.Context[Any], kind: int, port: int, host: str, keys: 
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.bind(f"tcp://{host}:{port or '*'}")
-    except zmq.ZMQError:
+    except zmq.ZMQError as err:
         sock.close(0)
+        if err.errno == zmq.EADDRINUSE:
+            raise PortInUse(host, port) from None
         raise
     return sock
+
+
+class PortInUse(LinkError):
+    """A server port is taken: one line that names it, the config key, and the fix."""
+
+    def __init__(self, host: str, port: int, key: str = "") -> None:
+        self.host, self.port, self.key = host, port, key
+        where = f"{host}:{port}" + (f" ({key})" if key else "")
+        super().__init__(f"{where} is already in use: another robot node is probably "
+                         "running; stop it, or give this one free ports in the [link] "
+                         "section of its config")
 
 
 def client_socket(ctx: zmq.Context[Any], kind: int, endpoint: str, keys: ClientKeys,
