@@ -161,3 +161,16 @@ def test_bad_construction_is_refused() -> None:
         ClockSync(window=0)
     with pytest.raises(ValueError, match="stale_after_ns"):
         ClockSync(stale_after_ns=0)
+
+
+def test_a_claimed_hold_cannot_hide_the_round_trip() -> None:
+    """The robot's clock bounds the console's claim: a 150 ms round trip whose answerer
+    claims it held the ping for all but 1 us still measures about 150 ms."""
+    cs = ClockSync(max_held_ns=2_000_000)
+    ping = cs.make_ping(1_000_000)
+    t4 = 1_000_000 + 150_000_000
+    claimed_t2, claimed_t3 = 1_000_000 + 1, t4 - 1  # impossible to check from here
+    assert cs.on_pong(Pong(seq=ping.seq, t1_ns=ping.t1_ns, t2_ns=claimed_t2, t3_ns=claimed_t3),
+                      t4)
+    assert cs.rtt_ns is not None and cs.rtt_ns >= 148_000_000
+    assert cs.held_capped == 1

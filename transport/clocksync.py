@@ -11,6 +11,10 @@ the offset is taken from the sample with the smallest round trip in a sliding wi
 (minimum-delay filtering, as NTP's clock filter does): the fastest exchange is the one
 least distorted by queueing. ``rtt_ns`` on the other hand is the latest sample, so a
 watchdog sees a slowing link at the first pong that measures it.
+
+The round trip rests on this side's clock: of the answerer's claimed hold time
+(t3 - t2) at most ``max_held_ns`` is subtracted, so a lying console cannot make a
+150 ms link look like 1 us.
 """
 
 from __future__ import annotations
@@ -35,13 +39,19 @@ class ClockSample:
 class ClockSync:
     """Round trip and offset from ping/pong exchanges; no sockets, no clock of its own."""
 
-    def __init__(self, window: int = 16, stale_after_ns: int = 250_000_000) -> None:
+    def __init__(self, window: int = 16, stale_after_ns: int = 250_000_000,
+                 max_held_ns: int = 2_000_000) -> None:
         if window < 1:
             raise ValueError(f"window = {window}: must be >= 1")
         if stale_after_ns <= 0:
             raise ValueError(f"stale_after_ns = {stale_after_ns}: must be > 0")
         self.window = window
         self.stale_after_ns = stale_after_ns
+        self.max_held_ns = max_held_ns
+        """The most of the answerer's claimed hold time (t3 - t2) believed: the rest of
+        the round trip is the robot's own measurement (t4 - t1), so a console cannot
+        hide a slow link by claiming it held the ping."""
+        self.held_capped = 0
         self._seq = 0
         # Outstanding pings by seq; only the newest `window` are kept, so a pong
         # older than that is rejected as stale (and memory stays bounded).
@@ -93,6 +103,9 @@ class ClockSync:
             log.warning("pong seq %d invalid: %s", pong.seq, self.last_invalid)
             return False
         del self._pending[pong.seq]
+        if held > self.max_held_ns:
+            self.held_capped += 1
+            rtt = (now_ns - t1) - self.max_held_ns
         offset = ((t1 - pong.t2_ns) + (now_ns - pong.t3_ns)) // 2
         sample = ClockSample(t4_ns=now_ns, rtt_ns=rtt, offset_ns=offset)
         evicted = self._samples[0] if len(self._samples) == self.window else None
