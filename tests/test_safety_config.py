@@ -76,3 +76,12 @@ def test_defaults_warn_about_nothing() -> None:
     assert SafetyConfig(watchdog=WatchdogLimits(settle_ms=30.0)).warnings() == [
         "safety.watchdog.settle_ms = 30 ms is outside the recommended [200, 2000] ms: "
         "a link must be healthy this long before a re-engage"]
+
+
+def test_the_docs_list_every_range() -> None:
+    docs = (Path(__file__).parents[1] / "docs" / "hazards.md").read_text()
+    for prefix, cls, name, limit in CASES:
+        lo = f"{'(' if limit.lo_open else '['}{limit.lo:g}, {limit.hi:g}]"
+        row = (f"| `{prefix}.{name}` | {getattr(cls(), name):g} | {lo} | "
+               f"[{limit.rec_lo:g}, {limit.rec_hi:g}] |")
+        assert row in docs, f"docs/hazards.md is missing or out of date: {row}"
