@@ -86,6 +86,7 @@ class NetworkThread(threading.Thread):
         self.mailbox = mailbox
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.guard = SessionGuard(cfg.session_idle_ms)
+        self._probed_ns = 0
         self.clock = ClockSync()
         self._ping_period_ns = int(1e9 / cfg.ping_hz)
         self._tlm_period_ns = int(1e9 / telemetry_hz)
@@ -222,8 +223,13 @@ class NetworkThread(threading.Thread):
     def _gone(self, link: RobotLink, holder: bytes) -> bool:
         """Is the session holder's connection gone? Probed with a ping (pinned to it):
         ROUTER_MANDATORY fails the send at once for a dropped connection."""
-        if not link.peer_gone(holder) and link.console_peer == holder:
-            link.send_ping(self.clock.make_ping(time.monotonic_ns()))
+        now = time.monotonic_ns()
+        # At most one probe per ping period: a flood of requests must not flood the
+        # holder with pings (their pongs would fall out of the clock-sync window).
+        if (not link.peer_gone(holder) and link.console_peer == holder
+                and now - self._probed_ns >= self._ping_period_ns):
+            self._probed_ns = now
+            link.send_ping(self.clock.make_ping(now))
         return link.peer_gone(holder)
 
     def _reply(self, link: RobotLink, peer: bytes, reply: ControlReply) -> None:

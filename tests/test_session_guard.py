@@ -97,6 +97,18 @@ def test_takeover_only_when_the_holder_is_gone_or_silent() -> None:
     assert adm.ok and g.ping_target == A
 
 
+def test_a_new_console_may_clear_a_fault_once_the_holder_is_gone() -> None:
+    """The console's order after a crash: set_scale, clear_fault, then arm."""
+    g = guard()
+    armed(g)
+    assert not g.admit(B, req(1, "clear_fault"), 1 * MS, alive).ok
+    assert g.admit(B, req(2, "set_scale"), 2 * MS, gone).ok  # the session ends
+    assert g.token is None and g.ping_target == B
+    assert g.admit(B, req(3, "clear_fault"), 3 * MS, alive).ok
+    assert not g.admit(B, req(4, "engage"), 4 * MS, alive).ok, "engage needs a session"
+    assert g.admit(B, req(5, "arm"), 5 * MS, alive).granted is not None
+
+
 def test_the_holder_moves_with_its_token_after_a_reconnect() -> None:
     g = guard()
     token = armed(g)

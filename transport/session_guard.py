@@ -15,10 +15,11 @@ bound to that control connection (its ROUTER identity). From then on:
   commands must carry it (``transport.intake``).
 * ``engage`` needs a session.
 
-**Takeover rule** (docs/architecture.md): an ``arm`` without the token is
-granted only when there is no session, or the holder is gone: its control
-connection was dropped (ZMTP heartbeat timeout or disconnect: the robot's
-ping to it fails) or it has answered no ping for ``idle_ms``. A gone or silent
+**Takeover rule** (docs/architecture.md): a request without the token is
+admitted only when there is no session, or the holder is gone (then its
+session ends): its control connection was dropped (ZMTP heartbeat timeout or
+disconnect: the robot's ping to it fails) or it has answered no ping for
+``idle_ms``. Without a session, ``arm`` grants a new one. A gone or silent
 holder has tripped ``rtt_unknown`` long before, so the arm is never taken over
 in motion. Every grant, takeover and refusal is an audit record. A deliberate
 handoff between two live consoles (remote teaching) builds on this: the holder
@@ -148,21 +149,22 @@ class SessionGuard:
                 s.peer = peer
             s.last_req_id, s.last_seen_ns = req.req_id, now_ns
             return Admission(True)
-        if req.op == "arm":
-            gone = peer_gone(s.peer)
-            idle_ms = (now_ns - s.last_seen_ns) / 1e6
-            if gone or now_ns - s.last_seen_ns > self.idle_ns:
-                why = ("its connection was dropped" if gone
-                       else f"it answered nothing for {idle_ms:.0f} ms")
-                return self._grant(peer, req, now_ns, "session_takeover",
-                                   level=logging.WARNING,
-                                   why=f"the previous holder is gone: {why}")
-            self._alert(now_ns, "session_busy",
-                        f"arm from a second surgeon console refused: the session holder "
-                        f"answered {idle_ms:.0f} ms ago")
-            return Admission(False, "session_busy")
+        idle_ms = (now_ns - s.last_seen_ns) / 1e6
+        gone = peer_gone(s.peer)
+        if gone or now_ns - s.last_seen_ns > self.idle_ns:
+            # The takeover rule: the holder is gone, so its session ends and this
+            # console is judged as if nobody held one (it may clear a fault, arm).
+            why = ("its connection was dropped" if gone
+                   else f"it answered nothing for {idle_ms:.0f} ms")
+            self._session = None
+            self.counters["session_takeover"] += 1
+            self._alert(now_ns, "session_takeover",
+                        f"{req.op} from another console: the holder is gone ({why}); "
+                        "its session ends", rate_limited=False)
+            return self._admit(peer, req, now_ns, peer_gone)
         self._alert(now_ns, "session_busy",
-                    f"{req.op} from a console that holds no session refused")
+                    f"{req.op} from a second surgeon console refused: the session holder "
+                    f"answered {idle_ms:.0f} ms ago")
         return Admission(False, "session_busy")
 
     def _grant(self, peer: bytes, req: ControlRequest, now_ns: int, code: str, *,
