@@ -33,6 +33,7 @@ from transport.schema import (
     ControlReply,
     ControlRequest,
     KeyframeRequest,
+    Ping,
     Pong,
     SafetyEvent,
     Telemetry,
@@ -190,6 +191,9 @@ class NetworkThread(threading.Thread):
         elif isinstance(msg, Pong):
             if self.guard.pong_ok(peer, msg, recv_ns):
                 self.clock.on_pong(msg, recv_ns)
+        elif isinstance(msg, Ping):  # already answered by the link
+            self.guard.on_ping(peer, msg, recv_ns)
+            link.bind_console(self.guard.ping_target)
         elif (isinstance(msg, KeyframeRequest) and self.video is not None
               and self.guard.is_holder(peer)):
             self.video.request_keyframe(msg.reason)

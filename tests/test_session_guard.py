@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from transport.schema import ControlReply, ControlRequest, Pong
+from transport.schema import ControlReply, ControlRequest, Ping, Pong
 from transport.session_guard import SessionGuard
 
 MS = 1_000_000
@@ -113,6 +113,16 @@ def test_the_holder_moves_with_its_token_after_a_reconnect() -> None:
     g = guard()
     token = armed(g)
     assert g.admit(B, req(2, "engage", token), 1 * MS, alive).ok
+    assert g.ping_target == B
+
+
+def test_the_holders_own_ping_moves_the_session_after_a_reconnect() -> None:
+    g = guard()
+    token = armed(g)
+    g.on_ping(B, Ping(seq=1, t1_ns=0), 1 * MS)  # no token: nothing moves
+    g.on_ping(B, Ping(seq=2, t1_ns=0, session=token + 1), 1 * MS)
+    assert g.ping_target == A
+    g.on_ping(B, Ping(seq=3, t1_ns=0, session=token), 2 * MS)
     assert g.ping_target == B
 
 

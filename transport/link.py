@@ -453,6 +453,8 @@ class ConsoleLink(_Link):
         return self._send(self._surgeon(self._control), [encode(req)], "keyframe_request")
 
     def send_ping(self, ping: Ping) -> bool:
+        if ping.session != self.session:
+            ping = dataclasses.replace(ping, session=self.session)
         return self._send(self._surgeon(self._control), [encode(ping)], "ping")
 
     def poll(self, timeout_ms: int) -> list[Inbound]:

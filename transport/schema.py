@@ -214,6 +214,8 @@ class Ping(Message):
     TYPE: ClassVar[str] = "ping"
     seq: int
     t1_ns: int
+    session: int | None = None
+    """The console's session token: a console that reconnected is found by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +342,7 @@ ControlReply._SPEC = {
     "detail": _text(),
     "session": _session,
 }
-Ping._SPEC = {"seq": _seq, "t1_ns": _time_ns}
+Ping._SPEC = {"seq": _seq, "t1_ns": _time_ns, "session": _session}
 Pong._SPEC = {"seq": _seq, "t1_ns": _time_ns, "t2_ns": _time_ns, "t3_ns": _time_ns,
               "session": _session}
 Telemetry._SPEC = {

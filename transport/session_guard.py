@@ -12,7 +12,8 @@ bound to that control connection (its ROUTER identity). From then on:
 * request ids are single-use per session: each must be above every earlier
   one, so a replayed request (same id) is refused, counted and audited.
 * the robot pings only the holder and takes pongs only from it, with the token;
-  commands must carry it (``transport.intake``).
+  commands must carry it (``transport.intake``). The console's own pings carry it
+  too, so after a reconnect the robot's pings follow it at once.
 * ``engage`` needs a session.
 
 **Takeover rule** (docs/architecture.md): a request without the token is
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 
 from telesurgery.ratelog import RateLimitedLog
 from transport.intake import AuditAlert
-from transport.schema import U64, ControlReply, ControlRequest, Pong
+from transport.schema import U64, ControlReply, ControlRequest, Ping, Pong
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,18 @@ class SessionGuard:
         if granted is not None:
             return dataclasses.replace(reply, session=granted)
         return reply
+
+    def on_ping(self, peer: bytes, ping: Ping, now_ns: int) -> None:
+        """The holder pings the robot with its token: after a reconnect (a new ROUTER
+        identity) the session, and the robot's pings, follow it at once."""
+        s = self._session
+        if s is None or ping.session is None or ping.session != s.token:
+            return
+        if peer != s.peer:
+            self._alert(now_ns, "session_moved",
+                        "the holder reconnected: the session follows its token",
+                        logging.INFO)
+            s.peer = peer
 
     def pong_ok(self, peer: bytes, pong: Pong, now_ns: int) -> bool:
         """Only the holder's pongs, with its token, measure the link."""
