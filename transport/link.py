@@ -29,67 +29,47 @@ The authenticator runs in its own thread with its own socket.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from telesurgery.errors import AuthError, LinkTimeout, SchemaError
+from telesurgery.errors import SchemaError
 from transport.auth import start_authenticator
 from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig
-from transport.keys import SURGEON_USER, ClientKeys, ServerKeys
+from transport.endpoint import (
+    ARRIVALS_MAX,
+    COMMAND_RCVHWM,
+    COMMAND_SNDHWM,
+    CONTROL_HWM,
+    TELEMETRY_HWM,
+    VIDEO_HWM,
+    Inbound,
+    _Link,
+)
+from transport.keys import SURGEON_USER, ServerKeys
 from transport.schema import (
     Command,
     ControlReply,
     ControlRequest,
     KeyframeRequest,
-    Message,
     Ping,
     Pong,
     SafetyEvent,
     Telemetry,
-    decode,
     encode,
 )
-from transport.sockets import PortInUse, ThrottledLog, bound_port, client_socket, server_socket
+from transport.sockets import PortInUse, bound_port, server_socket
 
 log = logging.getLogger(__name__)
 
-COMMAND_RCVHWM = 1000
-"""Robot side: one second at 1 kHz, more than a 500 ms stall; older input is drained anyway."""
-COMMAND_SNDHWM = 100
-"""Console side: queued only while TCP is backed up; beyond this a send is dropped."""
-CONTROL_HWM = 100
-TELEMETRY_HWM = 100
-VIDEO_HWM = 4
-"""Frames: a late frame is worth nothing; the subscriber should drain to the newest."""
-DRAIN_MAX = 4 * COMMAND_RCVHWM
-"""Messages read per socket per poll, so a flood cannot starve the caller's loop."""
-ARRIVALS_MAX = 4096
-BUFFERED_MAX = 256
-ROBOT_USER = "robot"
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _MONITORED = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 _CONTROL_IN = (ControlRequest, Ping, Pong, KeyframeRequest)
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One decoded message with its local receive time and who sent it."""
-
-    msg: Message
-    recv_ns: int
-    peer: bytes
-    """ROUTER identity on the robot's control socket, else b""."""
-    user: str
-    """ZAP user id: "surgeon", "observer:<name>"; "robot" on the console side."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,91 +86,6 @@ class Arrival:
     @property
     def t_send_ns(self) -> int:
         return self.cmd.t_send_ns
-
-
-class _Link:
-    """What both ends share: counters, throttled logging, a poller, closing."""
-
-    def __init__(self, ctx: zmq.Context[Any] | None) -> None:
-        self._own_ctx = ctx is None
-        self._ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
-        self.counters: Counter[str] = Counter()
-        self._log = ThrottledLog(log)
-        self._sockets: list[zmq.Socket[Any]] = []
-        self._poller = zmq.Poller()
-
-    def _add(self, sock: zmq.Socket[Any], poll: bool = True) -> zmq.Socket[Any]:
-        self._sockets.append(sock)
-        if poll:
-            self._poller.register(sock, zmq.POLLIN)
-        return sock
-
-    def _bad_input(self, channel: str, err: SchemaError) -> None:
-        self.counters[f"{channel}_schema_error"] += 1
-        self._log(logging.WARNING, f"bad:{channel}",
-                  "dropped bad %s message: %s", channel, err)
-
-    def _user(self, frame: zmq.Frame) -> str:
-        """Who sent ``frame``: the ZAP user id on the robot, the robot on a console."""
-        return ROBOT_USER
-
-    def _drain(self, sock: zmq.Socket[Any], channel: str, accept: tuple[type[Message], ...],
-               routed: bool = False) -> list[Inbound]:
-        """Read everything queued (bounded), validate it, answer pings; bad input is dropped.
-
-        ``routed``: ROUTER input, whose first frame is the peer's identity.
-        """
-        out: list[Inbound] = []
-        for _ in range(DRAIN_MAX):
-            try:
-                frames: list[zmq.Frame] = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            recv_ns = time.monotonic_ns()
-            try:
-                if len(frames) != 1 + routed:
-                    raise SchemaError("message", f"{len(frames) - routed} parts, expected 1")
-                payload = frames[-1]
-                user = self._user(payload)
-                msg = decode(payload.buffer)
-                if not isinstance(msg, accept):
-                    raise SchemaError("t", f"{msg.TYPE!r} not expected on {channel}")
-            except SchemaError as err:
-                self._bad_input(channel, err)
-                continue
-            route = [frames[0].bytes] if routed else []
-            if isinstance(msg, Ping):
-                self._pong(sock, msg, recv_ns, route)
-            out.append(Inbound(msg, recv_ns, route[0] if routed else b"", user))
-        return out
-
-    def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,
-              route: list[bytes]) -> None:
-        pong = Pong(seq=ping.seq, t1_ns=ping.t1_ns, t2_ns=recv_ns, t3_ns=time.monotonic_ns())
-        self._send(sock, [*route, encode(pong)], "pong")
-
-    def _send(self, sock: zmq.Socket[Any], parts: list[bytes], what: str) -> bool:
-        try:
-            sock.send_multipart(parts, zmq.NOBLOCK)
-        except zmq.ZMQError as err:  # Again at HWM, EHOSTUNREACH for a gone ROUTER peer
-            self.counters[f"{what}_send_failed"] += 1
-            self._log(logging.WARNING, f"send:{what}", "could not send %s: %s", what, err)
-            return False
-        return True
-
-    def close(self) -> None:
-        for sock in self._sockets:
-            sock.close(0)
-        self._sockets.clear()
-        if self._own_ctx:
-            self._ctx.term()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def video_server_socket(ctx: zmq.Context[Any], cfg: LinkConfig,
@@ -376,122 +271,8 @@ class RobotLink(_Link):
                 self._log(logging.INFO, f"disconnect:{name}", "a peer left %s (%s)", name, where)
 
 
-class ConsoleLink(_Link):
-    """The console's client sockets; an observer gets only telemetry and video."""
+# The console's end lives in its own module; importing it from here keeps working.
+from transport.console_link import ConsoleLink  # noqa: E402
 
-    def __init__(self, cfg: LinkConfig, keys: ClientKeys, ctx: zmq.Context[Any] | None = None,
-                 observer: bool = False) -> None:
-        super().__init__(ctx)
-        self.observer = observer
-        self._timeout_ms = cfg.control_timeout_ms
-        self._req_id = 0
-        self.session: int | None = None
-        """The surgeon session the robot granted in its last ``arm`` reply; every
-        command, request and pong carries it (``transport.session_guard``)."""
-        self._buffered: deque[Inbound] = deque(maxlen=BUFFERED_MAX)
-        self._command: zmq.Socket[Any] | None = None
-        self._control: zmq.Socket[Any] | None = None
-
-        def client(kind: int, port: int, max_msg: int, hwm: int, poll: bool) -> zmq.Socket[Any]:
-            sock = client_socket(self._ctx, kind, f"tcp://{cfg.host}:{port}", keys, max_msg,
-                                 hwm=hwm, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                                 heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
-            if kind == zmq.SUB:
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
-            return self._add(sock, poll)
-
-        try:
-            self._telemetry = client(zmq.SUB, cfg.telemetry_port, cfg.max_message_bytes,
-                                     TELEMETRY_HWM, True)
-            self.video_socket = client(zmq.SUB, cfg.video_port, VIDEO_MAX_MESSAGE_BYTES,
-                                       VIDEO_HWM, False)
-            if not observer:
-                self._command = client(zmq.PUSH, cfg.command_port, cfg.max_message_bytes,
-                                       COMMAND_SNDHWM, False)
-                self._control = client(zmq.DEALER, cfg.control_port, cfg.max_message_bytes,
-                                       CONTROL_HWM, True)
-        except BaseException:
-            self.close()
-            raise
-
-    def send_command(self, cmd: Command) -> bool:
-        """Send without blocking; False (and counted) when the link cannot take it now."""
-        if cmd.session != self.session:
-            cmd = dataclasses.replace(cmd, session=self.session)
-        try:
-            self._surgeon(self._command).send(encode(cmd), zmq.NOBLOCK)
-        except zmq.Again:
-            self.counters["command_send_drops"] += 1
-            return False
-        return True
-
-    def request(self, op: str, value: float | None = None,
-                timeout_ms: int | None = None) -> ControlReply:
-        """Send a control request and wait for its reply, or raise ``LinkTimeout``."""
-        control = self._surgeon(self._control)
-        self._req_id += 1
-        req_id = self._req_id
-        payload = encode(ControlRequest(req_id=req_id, op=op, value=value, session=self.session))
-        decode(payload)  # validate here: a bad op is the caller's SchemaError, not a timeout
-        timeout = self._timeout_ms if timeout_ms is None else timeout_ms
-        if not self._send(control, [payload], "request"):
-            raise LinkTimeout(f"control request {op!r}: link down, not sent")
-        deadline = time.monotonic_ns() + timeout * 1_000_000
-        while (left_ms := (deadline - time.monotonic_ns()) // 1_000_000) > 0:
-            if not control.poll(left_ms):
-                break
-            for item in self._drain_control(control, awaiting=req_id):
-                if isinstance(item.msg, ControlReply) and item.msg.req_id == req_id:
-                    if item.msg.session is not None:
-                        self.session = item.msg.session
-                    return item.msg
-                self._buffered.append(item)
-        raise LinkTimeout(f"no reply to control request {op!r} (req_id {req_id}) "
-                          f"within {timeout} ms")
-
-    def send_keyframe_request(self, req: KeyframeRequest) -> bool:
-        return self._send(self._surgeon(self._control), [encode(req)], "keyframe_request")
-
-    def send_ping(self, ping: Ping) -> bool:
-        if ping.session != self.session:
-            ping = dataclasses.replace(ping, session=self.session)
-        return self._send(self._surgeon(self._control), [encode(ping)], "ping")
-
-    def poll(self, timeout_ms: int) -> list[Inbound]:
-        """Telemetry, safety events, pings (already answered) and pongs that arrived."""
-        out = list(self._buffered)
-        self._buffered.clear()
-        ready = dict(self._poller.poll(0 if out else timeout_ms))
-        if self._control is not None and self._control in ready:
-            out.extend(self._drain_control(self._control, awaiting=None))
-        if self._telemetry in ready:
-            out.extend(self._drain(self._telemetry, "telemetry", (Telemetry, SafetyEvent)))
-        return out
-
-    def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,
-              route: list[bytes]) -> None:
-        pong = Pong(seq=ping.seq, t1_ns=ping.t1_ns, t2_ns=recv_ns, t3_ns=time.monotonic_ns(),
-                    session=self.session)
-        self._send(sock, [*route, encode(pong)], "pong")
-
-    def _surgeon(self, sock: zmq.Socket[Any] | None) -> zmq.Socket[Any]:
-        if sock is None:
-            raise AuthError("an observer link may only receive telemetry and video")
-        return sock
-
-    def _drain_control(self, control: zmq.Socket[Any], awaiting: int | None) -> list[Inbound]:
-        """Control input with pings answered and every reply but the awaited one dropped.
-
-        A reply that is not awaited is late: its request already timed out and
-        the caller was told so; acting on it now would be acting on old news.
-        """
-        out: list[Inbound] = []
-        for item in self._drain(control, "control", (ControlReply, Ping, Pong)):
-            msg = item.msg
-            if isinstance(msg, ControlReply) and msg.req_id != awaiting:
-                self.counters["late_reply"] += 1
-                log.info("dropped a late reply to control request %d", msg.req_id)
-                continue
-            out.append(item)
-        return out
-
+__all__ = ["ARRIVALS_MAX", "COMMAND_RCVHWM", "COMMAND_SNDHWM", "CONTROL_HWM", "TELEMETRY_HWM",
+           "VIDEO_HWM", "Arrival", "ConsoleLink", "Inbound", "RobotLink", "video_server_socket"]
