@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safety.config import MotionLimits
-from safety.states import Reason
 from safety.limits import (
     MAX_SPAN_PERIODS,
     CartesianLimiter,
@@ -21,6 +20,7 @@ from safety.limits import (
     TrackingMonitor,
     quat_angle,
 )
+from safety.states import Reason
 
 PERIOD = 0.001
 LIM = MotionLimits()
