@@ -127,7 +127,7 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
 class RigOptions:
     run_dir: Path
     console_seconds: float = 20.0
-    rate_hz: float = 500.0
+    rate_hz: float = 1000.0
     headless: bool = True
     video: bool = True
     reengage_after_s: float | None = 1.0
@@ -201,7 +201,8 @@ class SimRig:
             "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.robot_ports.items()}},
             "serial": {"port": serial_port},
-            "control": {"rate_hz": self.opts.rate_hz},
+            "control": {"rate_hz": self.opts.rate_hz,
+                        "rotation_scale": self.opts.rotation_scale},
             "ros": {"backend": self.opts.ros_backend, "domain_id": 1 + os.getpid() % 200},
             "safety.audit": {"path": self.run / "audit" / "robot.audit"},
             "safety.watchdog": {"require_video": self.opts.video},
@@ -230,8 +231,7 @@ class SimRig:
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
             "loop": {"rate_hz": o.rate_hz},
-            "teleop": {"scale": 1.0, "rotation_scale": o.rotation_scale,
-                       "frame_rotation": list(SIM_FRAME_ROTATION)},
+            "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},

@@ -5,9 +5,11 @@ command socket, the video loop the video socket; ZeroMQ sockets are never
 shared between threads). A control request blocks only this thread, so the
 command stream keeps flowing while the robot answers.
 
-Engaging follows a fixed order so the follower never jumps: anchor the teleop
-mapper at the follower's measured pose, let a few anchored commands reach the
-robot, then request ``engage`` (the robot re-anchors on its side too).
+Engaging is one request: the robot anchors the master to the follower itself
+(``safety.anchor``), so nothing here waits or hands over. Before it, the
+scripted surgeon aligns the hand with the instrument, as the dVRK aligns its
+master: a one-way request to the command thread, and the engage comes at the
+next attempt, once the registered orientation agrees.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from operator_console.teleop import TeleopOutput
 from safety.states import SURGEON_HOLDS
 from telesurgery.errors import LinkTimeout
 from telesurgery.pacer import try_realtime
+from telesurgery.quat import Quat, quat_angle
 from transport.clocksync import ClockSync
 from transport.link import ConsoleLink
 from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
 
 log = logging.getLogger(__name__)
 
-Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
+ALIGNED_RAD = 0.1
+"""The console asks the hand to align when it is further than this from the instrument;
+well inside the robot's engage tolerance (``safety.motion.align_tolerance_rad``)."""
 
 
 @dataclass
@@ -37,9 +42,8 @@ class ConsoleShared:
     """Handover between the console's threads (reference swaps and bounded deques)."""
 
     telemetry: Telemetry | None = None
-    anchor_pose: Pose | None = None
-    anchor_gen: int = 0
-    anchor_done: int = 0
+    align_to: Quat | None = None
+    """The instrument's orientation (robot frame): the command thread aligns the hand."""
     engaged: bool = False
     message: str = ""
     last_output: TeleopOutput | None = None
@@ -161,16 +165,15 @@ class SessionThread(threading.Thread):
             return
         if tlm.state not in ("ready", "hold"):
             return
-        self._engage(tlm)
+        out = sh.last_output
+        instrument = tlm.measured_cp.orientation
+        if out is not None and quat_angle(out.quat, instrument) > ALIGNED_RAD:
+            sh.align_to = instrument  # engage at the next attempt, once aligned
+            return
+        self._engage()
 
-    def _engage(self, tlm: Telemetry) -> None:
+    def _engage(self) -> None:
         sh = self.shared
-        sh.anchor_pose = (tlm.measured_cp.position, tlm.measured_cp.orientation)
-        sh.anchor_gen += 1
-        deadline = time.monotonic_ns() + 50 * self._command_period_ns
-        while sh.anchor_done != sh.anchor_gen and time.monotonic_ns() < deadline:
-            time.sleep(self._command_period_ns / 1e9)
-        time.sleep(5 * self._command_period_ns / 1e9)  # anchored commands reach the robot
         if self.request("engage"):
             sh.engaged = True
             sh.message = ""

@@ -29,7 +29,7 @@ from robot_side.manipulator.virtual import VirtualManipulator
 from robot_side.period import run_period
 from safety.config import MotionLimits, SafetyConfig, WatchdogLimits
 from safety.states import Reason, State
-from telesurgery.quat import Quat, Vec3
+from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul
 from transport.linkstats import LinkSnapshot
 from transport.schema import Command, ControlReply, ControlRequest
 
@@ -525,3 +525,22 @@ def test_report_carries_joint_velocities_and_efforts(rig: Harness) -> None:
     report = rig.run(0.2)[-1]
     assert len(report.measured_v) == len(report.measured_effort) == rig.kin.n
     assert any(abs(v) > 1e-4 for v in report.measured_v), "the arm moves: velocities too"
+
+
+def test_engage_needs_the_hand_aligned_with_the_instrument(rig: Harness) -> None:
+    """The surgeon's hand (registered master orientation) against the instrument's, on by
+    default: a hand turned 40 degrees away is refused, the aligned hand engages."""
+    tol = rig.core.cfg.safety.motion.align_tolerance_rad
+    assert tol is not None and tol < math.radians(40)
+    instrument = rig.master.quat
+    rig.master.quat = quat_mul(quat_from_rotvec((0.0, 0.0, math.radians(40))), instrument)
+    assert rig.request("arm").ok
+    rig.run(0.12)
+    refused = rig.request("engage")
+    assert not refused.ok and refused.reason == "not_aligned"
+    rig.run(0.1)
+    assert rig.core.following_periods == 0 and rig.model.mode is not Mode.FOLLOWING
+    rig.master.quat = quat_mul(quat_from_rotvec((0.0, 0.0, math.radians(10))), instrument)
+    assert rig.request("engage").ok
+    rig.run(0.1)
+    assert rig.core.supervisor.state is State.FOLLOWING

@@ -73,7 +73,7 @@ def test_backend_table_names_both_and_refuses_unknown() -> None:
     assert {"serial", "virtual"} <= set(BACKENDS)
     arm = make_manipulator(RobotConfig(manipulator=ManipulatorConfig(backend="virtual")))
     assert isinstance(arm, VirtualManipulator) and not arm.connected
-    with pytest.raises(ConfigError, match="manipulator.backend"):
+    with pytest.raises(ConfigError, match=r"manipulator\.backend"):
         make_manipulator(RobotConfig(manipulator=ManipulatorConfig(backend="nope")))
 
 
