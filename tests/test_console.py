@@ -139,10 +139,7 @@ def test_bad_device_sends_operator_absent_and_says_why(
     device = TurnsBad(failure)
     device.open()
     shared = ConsoleShared(video_stale=False)
-    # What the session thread does on engage: anchor the mapper at the follower.
-    shared.anchor_pose, shared.anchor_gen = HOME, 1
-    thread = CommandThread(console, device, TeleopMapper(TeleopConfig(scale=1.0,
-                                                                      rate_hz=RATE_HZ)),
+    thread = CommandThread(console, device, TeleopMapper(TeleopConfig(rate_hz=RATE_HZ)),
                            shared, period_ns=int(1e9 / RATE_HZ), realtime=False)
     thread.start()
     try:
@@ -157,7 +154,7 @@ def test_bad_device_sends_operator_absent_and_says_why(
     assert not any(present[first_absent:])
     assert len(present) - first_absent >= 20
     for c in got[first_absent:]:
-        # ... holds at the last target and carries nothing non-finite.
+        # ... carries the last good pose and nothing non-finite.
         assert all(math.isfinite(v) for v in (*c.position, *c.orientation, c.grip))
         assert c.grip == 0.0
     assert got[first_absent].position == pytest.approx(got[first_absent - 1].position,
