@@ -40,6 +40,7 @@ from robot_side.kinematics import HOME_Q
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
 from robot_side.ros.interface import ESTOP_TOPIC
+from safety.audit import read_records
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, init_keys
@@ -149,7 +150,7 @@ class Console:
         self.shared = ConsoleShared(video_stale=False)
         self.device = ScriptedDevice(DeviceConfig())
         self.device.open()
-        mapper = TeleopMapper(TeleopConfig(scale=1.0, rate_hz=CONSOLE_HZ))
+        mapper = TeleopMapper(TeleopConfig(rate_hz=CONSOLE_HZ))
         self.session = SessionThread(self.link, SessionConfig(auto_engage=auto_engage),
                                      self.shared, period_ns)
         self.commands = CommandThread(self.link, self.device, mapper, self.shared,
@@ -272,6 +273,13 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     console.stop()  # hand the control socket to this thread
     reply = request(console.link, "clear_fault")
     assert not reply.ok and reply.state == "estop"
+
+    def refused_on_record() -> bool:  # issue 12.5: refused operations are on record too
+        return any(r.kind == "control" and r.fields["op"] == "clear_fault"
+                   and r.fields["ok"] is False and r.fields["req_id"] == reply.req_id
+                   for r in read_records(node.run / "audit" / "robot.audit"))
+
+    wait_until(refused_on_record, 5.0, "the refused clear_fault in the audit log")
     reset_node(node)
 
 
