@@ -127,7 +127,7 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
 class RigOptions:
     run_dir: Path
     console_seconds: float = 20.0
-    rate_hz: float = 500.0
+    rate_hz: float = 1000.0
     headless: bool = True
     video: bool = True
     reengage_after_s: float | None = 1.0
@@ -206,6 +206,7 @@ class SimRig:
             "safety.audit": {"path": self.run / "audit" / "robot.audit"},
             "safety.watchdog": {"require_video": self.opts.video},
             "estop": {"socket": self.run / "estop.sock"},
+            "observe": {"socket": self.run / "observe.sock"},
         }
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)

@@ -1,9 +1,13 @@
 """``telesurgery robot``: the process beside the patient.
 
-Threads: the control loop (this module, SCHED_FIFO where permitted), the
-network thread (robot_side.netio), the audit thread, the ROS 2 reporter, the
-video sender and the local e-stop socket. The control loop owns the serial
-port and every safety decision; the others only feed it or report from it.
+Threads of this process: the control loop (the main thread, SCHED_FIFO where
+permitted), which owns the serial port, the command socket and every safety
+decision; the network thread (robot_side.netio: control requests, pings,
+telemetry, the local observer feed); the audit thread; the serial reader and
+reconnector; the local e-stop socket; the log writer (telesurgery.logqueue).
+Video runs in its own process (robot_side.video_process). The control loop
+waits for each period on the command socket (robot_side.command_port), its
+period grid phase-locked to the console's command arrivals.
 """
 
 from __future__ import annotations
@@ -21,25 +25,45 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import zmq
+
+from robot_side.command_port import CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
-from robot_side.control import ControlCore, LinkView, StepReport
+from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
 from robot_side.driver import SerialManipulator
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.ros import open_bridge
-from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
-from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from telesurgery.logqueue import queued_logging
+from telesurgery.pacer import (
+    SPIN_LEAD_NS,
+    Pacer,
+    PhaseLock,
+    Tick,
+    enter_realtime,
+    realtime_permitted,
+)
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
+
+PHASE_LEAD_NS = 50_000
+"""How long before a period's deadline the latest usual command should arrive
+(``PhaseLock``): enough for the drain, little enough not to add to the path."""
+
+
+def _close_context(ctx: zmq.Context[Any]) -> None:
+    # Every thread closes its own sockets on the way out; term() would wait forever
+    # for one that did not (a network thread stuck past its join timeout).
+    ctx.destroy(linger=0)
 
 
 class RobotNode:
@@ -57,6 +81,10 @@ class RobotNode:
         self._recent: collections.deque[str] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
+        self.port: CommandPort | None = None
+        """The command socket; bound by ``run`` in the control thread."""
+        self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
+        self.path = PathRecorder()
 
     def panel_status(self) -> dict[str, Any]:
         """What the on-site staff's panel shows; read from references the loop swaps."""
@@ -80,7 +108,11 @@ class RobotNode:
         cfg = self.cfg
         keys = ServerKeys.load(cfg.link.keys_dir)
         wd = cfg.safety.watchdog
+        realtime = cfg.control.realtime and realtime_permitted()
+        ctx = link_context(realtime)
         with ExitStack() as stack:
+            stack.callback(_close_context, ctx)
+            stack.enter_context(queued_logging())
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
             auditor = AuditThread(audit, self.mailbox)
@@ -98,14 +130,12 @@ class RobotNode:
             video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
             video.start()
             stack.callback(video.stop)
+            cfg.observe.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             net = NetworkThread(cfg.link, keys, self.mailbox,
-                                # A command's age is bounded by the one-way latency
-                                # limit; the command timeout bounds the gap between
-                                # fresh ones (otherwise the 100-200 ms RTT warn band
-                                # of the brief could never be reached).
-                                age_limit_ns=int(wd.latency_halt_ms * 1e6),
-                                loss_window_ns=int(wd.loss_window_ms * 1e6),
-                                telemetry_hz=cfg.control.telemetry_hz, video=video)
+                                telemetry_hz=cfg.control.telemetry_hz,
+                                observe_path=cfg.observe.socket, observe_hz=cfg.observe.hz,
+                                ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
+                                video=video)
             net.start()
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
@@ -113,6 +143,22 @@ class RobotNode:
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
+            # The command socket is the control thread's (this one): bound after the
+            # network thread's link has started the authenticator it relies on.
+            port = stack.enter_context(CommandPort(
+                ctx, cfg.link, keys,
+                # A command's age is bounded by the one-way latency limit; the command
+                # timeout bounds the gap between fresh ones (otherwise the 100-200 ms
+                # RTT warn band of the brief could never be reached).
+                age_limit_ns=int(wd.latency_halt_ms * 1e6),
+                loss_window_ns=int(wd.loss_window_ms * 1e6)))
+            mb = self.mailbox
+            port.offset_ns = lambda: mb.clock.offset_ns
+            port.on_arrival = lambda recv_ns: self.phase.on_arrival(
+                recv_ns, self.pacer.next_deadline_ns())
+            # Rate feedback goes from here straight to the video process.
+            port.on_fresh = lambda cmd: video.report_video_age(cmd.video_age_us)
+            self.port = port
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
@@ -120,12 +166,45 @@ class RobotNode:
             estop = EstopServer(cfg.estop.socket, self.panel_status)
             estop.start()
             stack.callback(estop.stop)
+            endpoints = {"command": port.port, **net.link.endpoints}
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
+                     endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
             self._loop(auditor, ros, estop, video, seconds)
             audit.append("stop", {"trips": len(self.core.trips)}, sync=True)
             self._write_summary(net, auditor, video)
         return 0
+
+    # ------------------------------------------------------------ the control thread
+    def _wait_period(self) -> Tick:
+        """Wait for the next period on the command socket; phase-locked to arrivals.
+
+        Returns at the period's deadline whether or not a command came: the loop's
+        rate and its checks never depend on the console.
+        """
+        port = self.port
+        if port is None:
+            return self.pacer.wait()
+        shift = self.phase.correction()
+        if shift:
+            self.pacer.shift(shift)
+        tick = self.pacer.wait(port.wait_until)
+        port.take()  # what arrived during the spin to the deadline
+        mb = self.mailbox
+        mb.command = port.sample
+        mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,
+                                mb.clock.fresh(tick.actual_ns))
+        return tick
+
+    def _take_requests(self) -> list[PendingRequest]:
+        """Pending control requests; arming starts a new command session."""
+        requests = self.mailbox.take_requests()
+        if self.port is not None and any(r.req.op == "arm" for r in requests):
+            self.port.reset()
+        return requests
+
+    def _record_path(self, sample: CommandSample | None, written_ns: int) -> None:
+        if sample is not None:
+            self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns)
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
@@ -135,17 +214,21 @@ class RobotNode:
         if enter_realtime(50, cfg.control.realtime):
             self.pacer.set_spin(SPIN_LEAD_NS)
         empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
-        tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
-        seq = 0
         trips_logged = 0
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            tick = self.pacer.wait()
+            tick = self._wait_period()
             now = tick.actual_ns
             self._estop_inputs(now, estop, ros)
             link = mb.link_view or empty
-            report = core.step(now, mb.command, link, mb.take_requests(), auditor.healthy)
+            sample = mb.command
+            following = core.following_periods
+            report = core.step(now, sample, link, self._take_requests(), auditor.healthy)
+            if core.following_periods != following:
+                # Until the Manipulator's write() returns its own stamp: the frame with
+                # this command's motion was written inside step().
+                self._record_path(sample, time.monotonic_ns())
             for item in report.replies:
                 mb.replies.append(item)
             if core.transitions:
@@ -161,11 +244,7 @@ class RobotNode:
                 trips_logged = len(core.trips)
             ros.latest = report
             self._last_report, self._last_link = report, link
-            if tick.index % tlm_every == 0:
-                seq += 1
-                sample = mb.command
-                mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
-                                              sample.cmd.video_age_us if sample else None)
+            mb.report = report  # the network thread builds telemetry from it
         # Leaving the loop: the arm must be holding, whatever state we were in.
         core.supervisor.disarm(time.monotonic_ns())
         core.step(time.monotonic_ns(), None, mb.link_view or empty)
@@ -192,18 +271,24 @@ class RobotNode:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
-        snap = net.stats.snapshot(time.monotonic_ns())
+        snap = (self.port.stats if self.port else LinkStats()).snapshot(time.monotonic_ns())
         summary = {
             "trips": [asdict(t) for t in self.core.trips],
             "loop": asdict(stats),
             "link": asdict(snap),
-            "command_latency": net.latency_percentiles(),
+            "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
+            "path": self.path.ring.percentiles(),
+            "phase_lock": {"lead_us": self.phase.lead_ns // 1000,
+                           "adjustments": self.phase.adjustments,
+                           "shifted_us": self.phase.shifted_ns // 1000},
+            "telemetry_built": net.telemetry_built,
             "tracking_error_max_m": self.core.max_tracking_error_m,
             "following_periods": self.core.following_periods,
             "ik_branch_keeps": self.core.branch_keeps,
             "resumes_ns": self.core.resumes_ns,
-            "gate": {str(k): v for k, v in net.gate.counters.items()},
-            "link_counters": dict(net.link.counters) if net.link else {},
+            "gate": {str(k): v for k, v in self.port.gate.counters.items()} if self.port else {},
+            "link_counters": {**(dict(net.link.counters) if net.link else {}),
+                              **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,
             "serial": dict(self.driver.counters),
             "video": video.summary(),

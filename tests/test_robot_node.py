@@ -79,6 +79,7 @@ def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, dom
         "safety.audit": {"path": run / "audit" / "robot.audit"},
         "safety.watchdog": {"require_video": False, "settle_ms": 100.0},
         "estop": {"socket": run / "estop.sock"},
+        "observe": {"socket": run / "observe.sock"},
     }))
     return path
 
