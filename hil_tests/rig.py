@@ -142,6 +142,8 @@ class RigOptions:
     firmware_fifo: int = 0
     """SCHED_FIFO priority of the firmware emulator (as root; 0: normal). It stands in
     for a microcontroller, which no other job can starve."""
+    proxy: bool = True
+    """The fault proxy between console and robot; ``bench path`` measures without it."""
 
 
 class SimRig:
@@ -214,6 +216,10 @@ class SimRig:
         self._spawn("robot", ["robot", "--config", str(robot_cfg),
                               "--summary", str(self.run / "robot.json")], where="robot")
         self._wait_log("robot", "robot node up", 60)
+        if not self.opts.proxy:
+            self.proxy_ports = dict(self.robot_ports)  # the console talks to the robot
+            self.start_console()
+            return
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
                   for c, p in self.robot_ports.items()]
         listen = [arg for r in routes for arg in ("--listen", r)]

@@ -28,7 +28,7 @@ from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.topic import Topic
 
-from hil_tests.rig import _toml, free_ports
+from hil_tests.rig import _toml, free_ports, parse_trips
 from operator_console.command_loop import CommandThread
 from operator_console.config import SessionConfig
 from operator_console.devices.base import DeviceConfig
@@ -274,6 +274,30 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reply = request(console.link, "clear_fault")
     assert not reply.ok and reply.state == "estop"
     reset_node(node)
+
+
+# ------------------------------------------------------------------ the period's wait
+def test_silent_link_still_trips_on_command_timeout(node: Node, console: Console) -> None:
+    """The control thread waits for each period on the command socket: with no command
+    arriving it must still wake every period, judge the silence and hold the arm."""
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    wait_until(lambda: node.emu.snapshot().mode == "following", 10.0, "the arm to follow")
+    trips_before = len(parse_trips(node.log))
+    console.commands.stop()  # the session thread stays: pings and telemetry go on
+    console.commands.join(5.0)
+    wait_until(lambda: len(parse_trips(node.log)) > trips_before, 10.0,
+               "the command-timeout trip")
+    trip = parse_trips(node.log)[trips_before]
+    assert trip["reason"] == "command_timeout"
+    period_ms = 1000.0 / 200.0
+    silent_ms = (trip["detected_ns"] - trip["last_command_ns"]) / 1e6
+    assert silent_ms <= 50.0 + 2 * period_ms, trip
+    assert 0 <= trip["hold_sent_ns"] - trip["detected_ns"] <= period_ms * 1e6
+    # The loop keeps running without commands: it answers the local status request.
+    assert node.status().split()[:3] == ["ok", "hold", "command_timeout"]
+    console.stop()  # hand the control socket to this thread
+    assert request(console.link, "disarm").ok
 
 
 # ------------------------------------------------------------------ shutdown (last: ends the node)

@@ -26,8 +26,9 @@ BENCHES: dict[str, str] = {
     "loop": "telesurgery.bench.loop",
     "video": "telesurgery.bench.video",
     "soak": "telesurgery.bench.soak",
+    "path": "telesurgery.bench.path",
 }
-IN_ALL = ("link", "dds", "loop", "video")
+IN_ALL = ("link", "dds", "loop", "video", "path")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str]) -> int:
     if args.which != "all":
         module = importlib.import_module(BENCHES[args.which])
         seconds = [] if args.seconds is None else ["--seconds", str(args.seconds)]
-        code: int = module.main([*seconds, *rest])
+        out = ["--out", str(args.out)] if getattr(module, "TAKES_OUT", False) else []
+        code: int = module.main([*seconds, *out, *rest])
         return code
     if args.seconds is None:
         args.seconds = 10.0
