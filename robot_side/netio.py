@@ -48,10 +48,12 @@ POLL_MAX_MS = 2
 """Longest wait in the network thread's poll: how late a control reply may leave."""
 
 
-class VideoSink(Protocol):
-    """The robot's video sender as the network thread sees it."""
-
+class KeyframeSink(Protocol):
     def request_keyframe(self, reason: str) -> None: ...
+
+
+class VideoSink(KeyframeSink, Protocol):
+    """The robot's video process as the network thread sees it."""
 
     def poll(self) -> None:
         """Take what the sender reported; called a few times a second."""
@@ -107,7 +109,7 @@ class NetworkThread(threading.Thread):
                  telemetry_hz: float, observe_path: Path | None = None,
                  observe_hz: float = 100.0, ctx: zmq.Context[Any] | None = None,
                  loop_jitter_us: Callable[[], int] = lambda: 0,
-                 video: VideoSink | None = None) -> None:
+                 video: VideoSink | None = None, keyframes: KeyframeSink | None = None) -> None:
         super().__init__(name="robot-net", daemon=True)
         self.cfg = cfg
         self.keys = keys
@@ -121,7 +123,9 @@ class NetworkThread(threading.Thread):
         self.loop_jitter_us = loop_jitter_us
         self._halt = threading.Event()
         self.video = video
-        """Where keyframe requests go; the video process binds the video socket itself."""
+        """The video process (its reports); it binds the video socket itself."""
+        self.keyframes: KeyframeSink | None = keyframes if keyframes is not None else video
+        """Where keyframe requests go: this thread's own line to the video process."""
         self.link: RobotLink | None = None
         self.feed: ObserverFeed | None = None
         self.ready = threading.Event()
@@ -220,7 +224,7 @@ class NetworkThread(threading.Thread):
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
             self._publish_clock()
-        elif isinstance(msg, KeyframeRequest) and self.video is not None:
-            self.video.request_keyframe(msg.reason)
+        elif isinstance(msg, KeyframeRequest) and self.keyframes is not None:
+            self.keyframes.request_keyframe(msg.reason)
         elif isinstance(msg, Command):  # never: commands have their own socket
             log.warning("command on the control channel dropped")

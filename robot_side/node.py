@@ -43,6 +43,7 @@ from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
+    HELPER_PRIORITY,
     SPIN_LEAD_NS,
     Pacer,
     PhaseLock,
@@ -112,7 +113,7 @@ class RobotNode:
         ctx = link_context(realtime)
         with ExitStack() as stack:
             stack.callback(_close_context, ctx)
-            stack.enter_context(queued_logging())
+            stack.enter_context(queued_logging(priority=HELPER_PRIORITY if realtime else 0))
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
             auditor = AuditThread(audit, self.mailbox)
@@ -127,16 +128,24 @@ class RobotNode:
             reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
-            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
+            runtime = cfg.observe.socket.parent
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir, control_dir=runtime)
             video.start()
             stack.callback(video.stop)
-            cfg.observe.socket.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # One line to the video process per thread that talks to it (ZeroMQ
+            # sockets are single-thread): keyframe requests from the network thread,
+            # the surgeon's picture age from this one, each straight to the encoder.
+            keyframes = video.control(ctx)
+            ages = video.control(ctx)
+            stack.callback(ages.close)
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 telemetry_hz=cfg.control.telemetry_hz,
                                 observe_path=cfg.observe.socket, observe_hz=cfg.observe.hz,
                                 ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
-                                video=video)
+                                video=video, keyframes=keyframes)
             net.start()
+            stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
             net.ready.wait(10.0)
@@ -157,7 +166,7 @@ class RobotNode:
             port.on_arrival = lambda recv_ns: self.phase.on_arrival(
                 recv_ns, self.pacer.next_deadline_ns())
             # Rate feedback goes from here straight to the video process.
-            port.on_fresh = lambda cmd: video.report_video_age(cmd.video_age_us)
+            port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
             self.port = port
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)

@@ -18,6 +18,7 @@ from safety.audit import AuditLog
 from safety.states import crtk_state
 from safety.supervisor import Transition
 from telesurgery.errors import AuditError, TelesurgeryError
+from telesurgery.pacer import HELPER_PRIORITY, try_realtime
 from transport.schema import SafetyEvent
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class AuditThread(threading.Thread):
         self._queue.put(None)
 
     def run(self) -> None:
+        try_realtime(HELPER_PRIORITY)  # it shares the GIL with the control thread
         while (t := self._queue.get()) is not None:
             try:
                 index = self.audit.append("transition", {

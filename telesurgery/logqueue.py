@@ -33,14 +33,31 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
+class _Listener(logging.handlers.QueueListener):
+    """The writer thread, at ``priority`` (SCHED_FIFO) where permitted; 0: as started."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord], *handlers: logging.Handler,
+                 priority: int) -> None:
+        super().__init__(q, *handlers, respect_handler_level=True)
+        self.priority = priority
+
+    def _monitor(self) -> None:
+        if self.priority:
+            from telesurgery.pacer import try_realtime
+
+            try_realtime(self.priority)
+        super()._monitor()  # type: ignore[misc]  # CPython API, not in typeshed
+
+
 @contextmanager
-def queued_logging(size: int = QUEUE_SIZE) -> Iterator[DroppingQueueHandler]:
+def queued_logging(size: int = QUEUE_SIZE,
+                   priority: int = 0) -> Iterator[DroppingQueueHandler]:
     """Route every record of the process through a queue for the block's duration."""
     root = logging.getLogger()
     handlers = list(root.handlers)
     q: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=size)
     handler = DroppingQueueHandler(q)
-    listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=True)
+    listener = _Listener(q, *handlers, priority=priority)
     for h in handlers:
         root.removeHandler(h)
     root.addHandler(handler)

@@ -64,6 +64,15 @@ def try_realtime(priority: int = 50, *, children_inherit: bool = False) -> bool:
     return True
 
 
+HELPER_PRIORITY = 20
+"""SCHED_FIFO priority of the control process's helper threads (audit, log writer).
+
+Not for their own sake: every thread of the control process takes the GIL, and a
+helper preempted by an unrelated busy process *while holding it* stalls the control
+thread until the helper runs again (measured: period errors of milliseconds on a
+loaded machine). At a low real-time priority a helper is never preempted by
+ordinary processes, so it releases the GIL within the switch interval."""
+
 SPIN_LEAD_NS = 80_000
 """How long before a deadline a SCHED_FIFO loop stops sleeping and spins: above the
 sleep's p99 lateness here (65 us), so the wake-up is almost always on time."""
