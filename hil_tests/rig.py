@@ -349,6 +349,37 @@ class SimRig:
         """Every supervisor transition the robot logged so far: (from, to, reason)."""
         return parse_transitions(self.robot_log())
 
+    def proxy_added_latency(self) -> dict[str, Any]:
+        """What the fault proxy itself added to the console's commands (p50/p99 us).
+
+        The demo's and the soak's command path crosses the proxy; with this, the
+        figure of the system without it is known too. {} without a proxy.
+        """
+        if not self.opts.proxy or "proxy" not in self.procs:
+            return {}
+        try:
+            stats = self.proxy({"stats": True})["stats"]
+        except (zmq.ZMQError, KeyError, TypeError) as err:
+            log.warning("fault proxy stats unavailable: %s", err)
+            return {}
+        added: dict[str, Any] = stats["command"]["upstream"].get("added_latency", {})
+        return added
+
+    def cpu_seconds(self, name: str, *, children: bool = True) -> float | None:
+        """CPU time of process ``name`` so far (with its live children: the robot's video)."""
+        import psutil
+
+        try:
+            proc = psutil.Process(self.procs[name].pid)
+            procs = [proc, *(proc.children(recursive=True) if children else [])]
+            total = 0.0
+            for p in procs:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            return None
+        return total
+
     def summary(self, name: str) -> dict[str, Any]:
         path = self.run / f"{name}.json"
         data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -141,25 +141,40 @@ def _raw_sender(seconds: float, rate_hz: float, endpoint: str, conn: Connection)
     conn.send({"raw_sent": sent, "raw_send_drops": drops})
 
 
-class Alongside:
-    """The raw pyzmq pair and the stall baseline, run while the rig runs."""
+class StallBaseline:
+    """The SCHED_FIFO clock reader, in its own process for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_stall_child, args=(seconds, child),
+                                 name="bench-stall", daemon=True)
+        self._proc.start()
+
+    def results(self, timeout_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = self._conn.recv() if self._conn.poll(timeout_s) else {}
+        self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(2.0)
+        return out
+
+
+class RawPair:
+    """The raw pyzmq PUSH/PULL pair, sender and receiver each in its own process."""
 
     def __init__(self, seconds: float, rate_hz: float) -> None:
         ctx = mp.get_context("spawn")
-        self._stall_conn, stall_child = ctx.Pipe()
         self._recv_conn, recv_child = ctx.Pipe()
         self._send_conn, send_child = ctx.Pipe()
-        self._procs = [ctx.Process(target=_stall_child, args=(seconds, stall_child),
-                                   name="bench-stall", daemon=True),
-                       ctx.Process(target=_raw_receiver, args=(seconds, recv_child),
-                                   name="bench-raw-recv", daemon=True)]
-        for p in self._procs:
-            p.start()
+        receiver = ctx.Process(target=_raw_receiver, args=(seconds, recv_child),
+                               name="bench-raw-recv", daemon=True)
+        receiver.start()
         endpoint = self._recv_conn.recv()
         sender = ctx.Process(target=_raw_sender, args=(seconds, rate_hz, endpoint, send_child),
                              name="bench-raw-send", daemon=True)
         sender.start()
-        self._procs.append(sender)
+        self._procs = [receiver, sender]
 
     def results(self, timeout_s: float) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -170,16 +185,12 @@ class Alongside:
             lat: list[int] = self._recv_conn.recv()
             out.update({f"raw_{k}": round(v, 1) for k, v in percentiles_us(lat).items()})
             out["raw_delivered"] = len(lat)
-        if self._stall_conn.poll(timeout_s):
-            out.update(self._stall_conn.recv())
-        return out
-
-    def stop(self) -> None:
         for p in self._procs:
             p.join(5.0)
             if p.is_alive():
                 p.terminate()
                 p.join(2.0)
+        return out
 
 
 # ---------------------------------------------------------------- the run
@@ -194,14 +205,12 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
     t0 = time.monotonic()
     with SimRig(opts) as rig:
         rig.start()
-        alongside = Alongside(seconds, rate_hz)
-        try:
-            deadline = time.monotonic() + seconds + _EXIT_GRACE_S
-            while rig.procs["console"].poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            figures = alongside.results(timeout_s=30.0)
-        finally:
-            alongside.stop()
+        stall = StallBaseline(seconds)
+        raw = RawPair(seconds, rate_hz)
+        deadline = time.monotonic() + seconds + _EXIT_GRACE_S
+        while rig.procs["console"].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        figures = {**raw.results(timeout_s=30.0), **stall.results(timeout_s=30.0)}
         rig.stop()
         robot = rig.summary("robot")
     path = robot.get("path", {"n": 0})
