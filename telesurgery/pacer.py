@@ -205,19 +205,26 @@ class PhaseLock:
     The console sends at the loop's rate; without a lock, a command waits between
     0 and one period for the next tick (up to 1 ms at 1 kHz, on every command). The
     lock observes each arrival's phase within the period and moves the grid, by at
-    most ``max_step_ns`` per adjustment, so the median arrival lands ``lead_ns``
-    before a deadline. It only ever nudges: with no commands it does nothing and the
-    loop keeps its own rate, so no safety check depends on commands arriving.
+    most ``max_step_ns`` per adjustment (2 % of a 1 ms period, once per ``every``
+    periods), so that the late arrivals (``quantile``) land ``lead_ns`` before a
+    deadline and the usual one just before it. It only ever nudges: with no commands
+    it does nothing and the loop keeps its own rate, so no safety check depends on
+    commands arriving.
     """
 
-    def __init__(self, period_ns: int, lead_ns: int, *, max_step_ns: int = 10_000,
-                 every: int = 64) -> None:
+    def __init__(self, period_ns: int, lead_ns: int, *, max_step_ns: int = 20_000,
+                 every: int = 128, quantile: float = 0.02) -> None:
         if not 0 <= lead_ns < period_ns:
             raise ValueError(f"lead_ns must be in [0, period_ns), got {lead_ns}")
+        if not 0.0 <= quantile <= 0.5:
+            raise ValueError(f"quantile must be in [0, 0.5], got {quantile}")
         self.period_ns = period_ns
         self.lead_ns = lead_ns
         self.max_step_ns = max_step_ns
         self.every = every
+        self.quantile = quantile
+        """Which arrivals to lock on: 0.02 puts all but the latest 2 % ``lead_ns`` or
+        more before their deadline (a command that misses it waits a whole period)."""
         self._phases = np.zeros(every, dtype=np.int64)
         self._n = 0
         self.shifted_ns = 0
@@ -235,12 +242,14 @@ class PhaseLock:
         if self._n < self.every:
             return 0
         self._n = 0
-        # Circular median: centre on the first sample so a phase near 0/period does
-        # not average to the middle of the period.
-        ref = int(self._phases[0])
+        # Phases are circular (a command just late for one deadline is early for the
+        # next): centre them on their circular mean, then take the quantile.
+        angles = self._phases * (2 * np.pi / self.period_ns)
+        mean = np.arctan2(np.sin(angles).mean(), np.cos(angles).mean())
+        ref = int(mean * self.period_ns / (2 * np.pi)) % self.period_ns
         half = self.period_ns // 2
         rel = (self._phases - ref + half) % self.period_ns - half
-        before = ref + int(np.median(rel))
+        before = ref + int(np.quantile(rel, self.quantile))
         # before > lead: the command waits too long; move deadlines earlier.
         err = self.lead_ns - before
         step = max(-self.max_step_ns, min(self.max_step_ns, err))
