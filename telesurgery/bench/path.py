@@ -85,8 +85,8 @@ def _stall_child(seconds: float, conn: Connection) -> None:
         "stall_sched_fifo": fifo,
         "stall_interval_us": STALL_INTERVAL_NS / 1000,
         "stall_reads": int(count),
-        "stall_gap_p99_us": round(float(np.percentile(g, 99)) / 1000, 1) if count else math.nan,
-        "stall_gap_max_us": round(float(g.max()) / 1000, 1) if count else math.nan,
+        "stall_gap_p99_us": round(float(np.percentile(g, 99)) / 1000, 1) if count else None,
+        "stall_gap_max_us": round(float(g.max()) / 1000, 1) if count else None,
         "stall_gaps_over_1ms": int(np.count_nonzero(g > STALL_GAP_NS)),
         "stall_top_gaps_us": [round(float(x), 1) for x in top],
     })
@@ -222,7 +222,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
         **{f"command_latency_{k}": round(v, 1)
            for k, v in robot.get("command_latency", {}).items() if k != "n"},
         **figures,
-        "loop_period_err_p99_us": round(robot.get("loop", {}).get("err_p99_us", math.nan), 1),
+        "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
         "loop_overruns": robot.get("loop", {}).get("overruns"),
         "loop_ticks": robot.get("loop", {}).get("ticks"),
         "following_periods": robot.get("following_periods", 0),
@@ -230,8 +230,9 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
     }
     raw_p99 = result.get("raw_p99_us")
     path_p99 = result.get("path_p99_us")
+    # None, not NaN, when a figure is missing: the JSON stays standard.
     result["ratio_path_over_raw_p99"] = (
-        round(path_p99 / raw_p99, 2) if path_p99 and raw_p99 else math.nan)
+        round(path_p99 / raw_p99, 2) if path_p99 and raw_p99 else None)
     return result
 
 
