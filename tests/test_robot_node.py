@@ -37,6 +37,7 @@ from operator_console.session import ConsoleShared, SessionThread
 from operator_console.teleop import TeleopConfig, TeleopMapper
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q
+from robot_side.observe import ObserverClient
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
 from robot_side.ros.interface import ESTOP_TOPIC
@@ -44,7 +45,15 @@ from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, init_keys
 from transport.link import ConsoleLink
-from transport.schema import CONTROL_OPS, ControlReply, ControlRequest, decode, encode
+from transport.schema import (
+    CONTROL_OPS,
+    ControlReply,
+    ControlRequest,
+    SafetyEvent,
+    Telemetry,
+    decode,
+    encode,
+)
 
 STARTUP_S = 90.0
 """The node imports pinocchio, PyAV and cyclonedds; generous on a loaded machine."""
@@ -274,6 +283,30 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reply = request(console.link, "clear_fault")
     assert not reply.ok and reply.state == "estop"
     reset_node(node)
+
+
+# ------------------------------------------------------------------ observers
+def test_observer_feed_carries_telemetry_and_audited_events(node: Node) -> None:
+    """The network thread builds telemetry from the loop's report and publishes it, with
+    every audited safety event, once on the local feed (robot_side.observe)."""
+    with ObserverClient(node.run / "observe.sock") as feed:
+        tlm = None
+        deadline = time.monotonic() + 20.0
+        while tlm is None and time.monotonic() < deadline:
+            msg = feed.recv(100)
+            tlm = msg if isinstance(msg, Telemetry) else None
+        assert tlm is not None, "no telemetry on the observer feed"
+        assert len(tlm.measured_js) == 6
+        try:
+            assert node.estop() == "ok e-stop pressed"
+            event = None
+            deadline = time.monotonic() + 20.0
+            while event is None and time.monotonic() < deadline:
+                msg = feed.recv(100)
+                event = msg if isinstance(msg, SafetyEvent) and msg.state_to == "estop" else None
+            assert event is not None and event.code == "estop_local"
+        finally:
+            reset_node(node)
 
 
 # ------------------------------------------------------------------ the period's wait
