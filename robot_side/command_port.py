@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 LATENCY_RING = 1 << 18
 """One-way latencies kept for the run summary: over four minutes at 1 kHz."""
 MONITOR_EVERY_NS = 100_000_000
+FD_SETSIZE = 1024
+"""select() takes descriptors below this only; above it the wait falls back to poll()."""
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -84,6 +86,8 @@ class CommandPort:
             hwm=COMMAND_RCVHWM, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
             heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
         self._fd = int(self._sock.getsockopt(zmq.FD))
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(
             _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._next_monitor_ns = 0
@@ -116,7 +120,20 @@ class CommandPort:
             # empty, or an already queued message would sleep until the next edge.
             if int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 continue
-            select.select([self._fd], [], [], left / 1e9)
+            self._block(left)
+
+    def _block(self, left_ns: int) -> None:
+        """Sleep until the socket's descriptor signals or ``left_ns`` passed."""
+        if self._fd < FD_SETSIZE:
+            select.select([self._fd], [], [], left_ns / 1e9)  # microsecond timeout
+            return
+        # poll() counts whole milliseconds (rounded up): the last fraction is slept and
+        # what arrives meanwhile is taken at the deadline.
+        ms = left_ns // 1_000_000
+        if ms:
+            self._poll.poll(ms)
+        else:
+            time.sleep(left_ns / 1e9)
 
     def take(self) -> None:
         """Read what is queued (bounded), newest fresh command wins; never blocks."""

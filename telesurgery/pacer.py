@@ -231,10 +231,11 @@ class PhaseLock:
         """Sum of every shift applied: how far the grid moved over the run."""
         self.adjustments = 0
 
-    def on_arrival(self, recv_ns: int, next_deadline_ns: int) -> None:
-        """Record one arrival; ``next_deadline_ns`` is the deadline it will be taken at."""
-        # How far before that deadline it came, folded into one period.
-        self._phases[self._n % self.every] = (next_deadline_ns - recv_ns) % self.period_ns
+    def on_arrival(self, recv_ns: int, deadline_ns: int) -> None:
+        """Record one arrival; ``deadline_ns`` is any deadline of the grid (only the
+        arrival's phase counts)."""
+        # How far before a deadline it came, folded into one period.
+        self._phases[self._n % self.every] = (deadline_ns - recv_ns) % self.period_ns
         self._n += 1
 
     def correction(self) -> int:

@@ -1,6 +1,6 @@
 """``telesurgery bench``: every benchmark, one JSON file and a markdown table.
 
-``telesurgery bench link|loop|video|dds`` runs one; ``telesurgery bench`` (or
+``telesurgery bench link|loop|video|dds|path`` runs one; ``telesurgery bench`` (or
 ``all``) runs them all in this process's lifetime so every ratio compares
 figures measured on the same machine in the same run. ``telesurgery bench
 soak`` (a 10-minute healthy run of the whole rig) runs only when named.
