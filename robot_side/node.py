@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from robot_side.command_port import CommandPort, PathRecorder, link_context
+from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
 from robot_side.driver import SerialManipulator
@@ -109,7 +109,8 @@ class RobotNode:
         cfg = self.cfg
         keys = ServerKeys.load(cfg.link.keys_dir)
         wd = cfg.safety.watchdog
-        realtime = cfg.control.realtime and realtime_permitted()
+        # libzmq aborts when it cannot apply the I/O thread priority: probe that one.
+        realtime = cfg.control.realtime and realtime_permitted(IO_THREAD_PRIORITY)
         ctx = link_context(realtime)
         with ExitStack() as stack:
             stack.callback(_close_context, ctx)

@@ -8,6 +8,7 @@ came, and it takes, gates and counts commands as they arrive.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,30 @@ def test_path_is_recorded_once_per_command_with_the_robots_offset() -> None:
     rec.record(later, 2_000, later.t_sample_ns + 2_000 + 900_000)  # same command: once
     assert rec.ring.n == 2
     assert rec.ring.percentiles()["max_us"] >= 700
+
+
+def test_libzmq_io_thread_takes_its_priority_from_the_context() -> None:
+    """Set by context options, not inherited: this (normal-priority) thread creates it."""
+    from robot_side.command_port import IO_THREAD_PRIORITY, link_context
+    from telesurgery.pacer import realtime_permitted
+
+    if not realtime_permitted(IO_THREAD_PRIORITY):
+        pytest.skip("SCHED_FIFO is not permitted here")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    before = set(os.listdir("/proc/self/task"))
+    ctx = link_context(True)
+    sock = ctx.socket(zmq.PUSH)  # the I/O thread starts with the first socket
+    try:
+        io: list[int] = []
+        deadline = time.monotonic() + 5.0
+        while not io and time.monotonic() < deadline:  # it names itself once running
+            time.sleep(0.01)
+            new = set(os.listdir("/proc/self/task")) - before
+            io = [int(t) for t in new
+                  if Path(f"/proc/self/task/{t}/comm").read_text().startswith("ZMQbg/IO")]
+        assert io, "no libzmq I/O thread found"
+        assert all(os.sched_getscheduler(t) == os.SCHED_FIFO for t in io)
+        assert all(os.sched_getparam(t).sched_priority == IO_THREAD_PRIORITY for t in io)
+    finally:
+        sock.close(0)
+        ctx.term()
