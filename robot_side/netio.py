@@ -44,8 +44,9 @@ from transport.schema import (
 
 log = logging.getLogger(__name__)
 
-POLL_MAX_MS = 2
-"""Longest wait in the network thread's poll: how late a control reply may leave."""
+POLL_MAX_MS = 5
+"""Longest wait in the network thread's poll: how late a control reply may leave. Inbound
+requests wake it at once; each wake-up takes the GIL from the control thread's process."""
 
 
 class KeyframeSink(Protocol):
