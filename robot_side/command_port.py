@@ -249,13 +249,21 @@ class PathRecorder:
 
     def __init__(self) -> None:
         self.ring = LatencyRing()
+        self.console = LatencyRing(1 << 16)
+        """Its parts, to tell where the time goes: sample -> send on the console ..."""
+        self.robot = LatencyRing(1 << 16)
+        """... and receive -> frame written on the robot (the rest is the network)."""
         self._last_seq: int | None = None
         self.unmapped = 0
 
-    def record(self, cmd: Command, offset_ns: int | None, written_ns: int) -> None:
+    def record(self, cmd: Command, offset_ns: int | None, written_ns: int,
+               recv_ns: int | None = None) -> None:
         if cmd.seq == self._last_seq or cmd.t_sample_ns is None:
             return
         self._last_seq = cmd.seq
+        if recv_ns is not None:
+            self.robot.add((written_ns - recv_ns) // 1000)
+        self.console.add((cmd.t_send_ns - cmd.t_sample_ns) // 1000)
         if offset_ns is None:
             self.unmapped += 1
             return

@@ -214,7 +214,8 @@ class RobotNode:
 
     def _record_path(self, sample: CommandSample | None, written_ns: int) -> None:
         if sample is not None:
-            self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns)
+            self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns,
+                             sample.recv_ns)
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
@@ -288,6 +289,8 @@ class RobotNode:
             "link": asdict(snap),
             "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
             "path": self.path.ring.percentiles(),
+            "path_parts": {"console_sample_to_send": self.path.console.percentiles(),
+                           "robot_receive_to_written": self.path.robot.percentiles()},
             "phase_lock": {"lead_us": self.phase.lead_ns // 1000,
                            "adjustments": self.phase.adjustments,
                            "shifted_us": self.phase.shifted_ns // 1000},

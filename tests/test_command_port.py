@@ -133,10 +133,12 @@ def test_path_is_recorded_once_per_command_with_the_robots_offset() -> None:
     rec.record(command(8), 0, time.monotonic_ns())
     later = command(9)
     assert later.t_sample_ns is not None
-    rec.record(later, 2_000, later.t_sample_ns + 2_000 + 700_000)
+    rec.record(later, 2_000, later.t_sample_ns + 2_000 + 700_000,
+               recv_ns=later.t_sample_ns + 2_000 + 400_000)
     rec.record(later, 2_000, later.t_sample_ns + 2_000 + 900_000)  # same command: once
     assert rec.ring.n == 2
     assert rec.ring.percentiles()["max_us"] >= 700
+    assert rec.robot.percentiles()["max_us"] == 300  # receive -> written
 
 
 def test_libzmq_io_thread_takes_its_priority_from_the_context() -> None:

@@ -221,6 +221,9 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
            if k in path},
         **{f"command_latency_{k}": round(v, 1)
            for k, v in robot.get("command_latency", {}).items() if k != "n"},
+        **{f"{part}_{k}": round(v, 1)
+           for part, figs in robot.get("path_parts", {}).items()
+           for k, v in figs.items() if k in ("p50_us", "p99_us")},
         **figures,
         "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
         "loop_overruns": robot.get("loop", {}).get("overruns"),
@@ -240,6 +243,12 @@ def _markdown(r: dict[str, Any]) -> str:
     rows = [("console sample -> serial frame written",
              f"{r.get('path_p50_us')} / {r.get('path_p99_us')} / {r.get('path_p999_us')}",
              f"{r.get('path_n')} commands"),
+            ("  of which console sample -> send",
+             f"{r.get('console_sample_to_send_p50_us')} / "
+             f"{r.get('console_sample_to_send_p99_us')} / -", ""),
+            ("  of which robot receive -> frame written",
+             f"{r.get('robot_receive_to_written_p50_us')} / "
+             f"{r.get('robot_receive_to_written_p99_us')} / -", "wait for the period + compute"),
             ("console send -> robot receive",
              f"{r.get('command_latency_p50_us')} / {r.get('command_latency_p99_us')} / "
              f"{r.get('command_latency_p999_us')}", ""),
