@@ -1,6 +1,6 @@
 """``telesurgery bench``: every benchmark, one JSON file and a markdown table.
 
-``telesurgery bench link|loop|video|dds`` runs one; ``telesurgery bench`` (or
+``telesurgery bench link|loop|video|dds|path`` runs one; ``telesurgery bench`` (or
 ``all``) runs them all in this process's lifetime so every ratio compares
 figures measured on the same machine in the same run. ``telesurgery bench
 soak`` (a 10-minute healthy run of the whole rig) runs only when named.
@@ -26,8 +26,9 @@ BENCHES: dict[str, str] = {
     "loop": "telesurgery.bench.loop",
     "video": "telesurgery.bench.video",
     "soak": "telesurgery.bench.soak",
+    "path": "telesurgery.bench.path",
 }
-IN_ALL = ("link", "dds", "loop", "video")
+IN_ALL = ("link", "dds", "loop", "video", "path")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str]) -> int:
     if args.which != "all":
         module = importlib.import_module(BENCHES[args.which])
         seconds = [] if args.seconds is None else ["--seconds", str(args.seconds)]
-        code: int = module.main([*seconds, *rest])
+        out = ["--out", str(args.out)] if getattr(module, "TAKES_OUT", False) else []
+        code: int = module.main([*seconds, *out, *rest])
         return code
     if args.seconds is None:
         args.seconds = 10.0
