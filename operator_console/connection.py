@@ -37,7 +37,7 @@ class ConnectionWatch:
         self.ever_connected = False
         """A CURVE handshake with the robot succeeded at least once."""
         self.handshake_failures = 0
-        self._tcp_up = False
+        self._retries = 0
         self.problem = f"connecting to the robot at {where}"
         """What is wrong with the connection, in one sentence; "" while it is up."""
 
@@ -66,14 +66,15 @@ class ConnectionWatch:
             self.problem = (f"secure handshake with {self.where} failed: wrong robot key, "
                             "or not a telesurgery robot")
         elif kind == zmq.EVENT_CONNECTED:
-            self._tcp_up = True
+            self._retries = 0
         elif kind == zmq.EVENT_CONNECT_RETRIED:
-            # Also scheduled after a failed handshake's disconnect: only an attempt that
-            # never got a TCP connection means that nothing answers.
-            if not self._tcp_up:
+            # A retry is also scheduled after a failed handshake's disconnect (and the
+            # first connect may predate this monitor): two in a row without a TCP
+            # connection between them mean that nothing answers.
+            self._retries += 1
+            if self._retries >= 2:
                 self.problem = (f"cannot reach the robot at {self.where}: nothing answers "
                                 "(robot not running, wrong host or port, or a firewall)")
-            self._tcp_up = False
         elif kind == zmq.EVENT_DISCONNECTED and self.problem == "":
             self.problem = f"lost the connection to the robot at {self.where}"
         if self.problem != before and self.problem:

@@ -112,7 +112,7 @@ class SessionThread(threading.Thread):
                 next_ping = now + self.PING_PERIOD_NS
             sh = self.shared
             sh.offset_ns, sh.rtt_ns = self.clock.offset_ns, self.clock.rtt_ns
-            while sh.keyframe_requests:
+            while sh.keyframe_requests and sh.telemetry is not None:
                 self.link.send_keyframe_request(sh.keyframe_requests.popleft())
             self._surgeon(now)
 
