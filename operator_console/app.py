@@ -37,6 +37,7 @@ from operator_console.video.receiver import VideoReceiver
 from operator_console.view import HudState, SurgeonView
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
+from telesurgery.helptext import plain_help
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
 
@@ -208,7 +209,7 @@ class ConsoleApp:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery console", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery console", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="console config TOML (default: simulated rig)")
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")

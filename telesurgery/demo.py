@@ -24,6 +24,7 @@ import psutil
 
 from hil_tests.rig import RigOptions, SimRig
 from operator_console.video.display import screen_available
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery demo", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=20.0, help="length of the surgery")
     p.add_argument("--headless", action="store_true", help="no video window (HUD to files)")
     p.add_argument("--report", type=Path, default=Path("out/demo/report.json"))

@@ -100,3 +100,16 @@ def test_soak_counts_every_unasked_stop_before_the_session_ends(tmp_path: Path) 
 def test_soak_without_the_session_end_counts_the_final_timeout(tmp_path: Path) -> None:
     path = _audit(tmp_path, [(9_050, "following", "hold", "command_timeout")])
     assert len(count_trips(read_records(path), session_end_ns=None)) == 1
+
+
+@pytest.mark.slow
+def test_one_bench_writes_its_figures_under_out(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "telesurgery.cli", "bench", "link", "--seconds", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = json.loads((out / "link.json").read_text())
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    assert written["link"] == json.loads(printed)
+    assert "meta" in written and "| link | p99_us |" in (out / "link.md").read_text()

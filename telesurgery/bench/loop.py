@@ -29,6 +29,7 @@ from robot_side.config import ControlConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
 from robot_side.driver import SerialConfig, SerialManipulator
 from robot_side.kinematics import Kinematics
+from telesurgery.helptext import plain_help
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
@@ -162,7 +163,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)
     args = p.parse_args(argv)

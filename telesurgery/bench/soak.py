@@ -32,6 +32,7 @@ from safety.audit import Record, read_records
 from safety.states import Reason, State
 from telesurgery.cli import setup_logging
 from telesurgery.demo import ROTATION_SCALE, build_report, cpu_seconds
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def evaluate(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="telesurgery bench soak",
-                                     description=__doc__.split("\n")[0])
+                                     description=plain_help(__doc__).split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the surgery")
     parser.add_argument("--run-dir", type=Path, help="keep logs, configs and summaries here")
     parser.add_argument("-v", "--verbose", action="store_true")
