@@ -156,8 +156,11 @@ class SurgeonView:
               connection: str = "") -> HudState:
         self.observe(tlm, now_ns)
         warnings = []
-        if message and now_ns - message_ns < self.warning_ttl_ns:
-            warnings.append(plain(message))
+        said = plain(message)
+        # The banner already says what the robot's current reason means.
+        if (message and now_ns - message_ns < self.warning_ttl_ns
+                and not (tlm is not None and said == str(describe(tlm.reason)))):
+            warnings.append(said)
         if teleop_why:
             warnings.append(teleop_why)
         age = None if tlm_recv_ns is None or tlm is None else max(0, now_ns - tlm_recv_ns) / 1e6
