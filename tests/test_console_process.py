@@ -55,8 +55,17 @@ def console_config(tmp_path: Path, keys: Path, ports: dict[str, int]) -> Path:
     cfg = tmp_path / "console.toml"
     cfg.write_text(_toml({"link": {"host": "127.0.0.1", "keys_dir": keys,
                                    **{f"{c}_port": p for c, p in ports.items()}},
-                          "display": {"status_view": False}}))
+                          "display": {"status_view": False, "out_dir": tmp_path / "hud",
+                                      "every_n": 1}}))
     return cfg
+
+
+def banners(hud_dir: Path) -> list[str]:
+    """The banner of every HUD frame the console wrote, in order."""
+    log = hud_dir / "hud.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line)["banner"] or "" for line in log.read_text().splitlines()]
 
 
 # ------------------------------------------------------------------ no robot
@@ -69,6 +78,11 @@ def test_console_without_a_robot_says_so_and_exits_non_zero(tmp_path: Path) -> N
     assert f"cannot reach the robot at {where}" in done.stderr
     assert "never connected" in done.stderr
     assert "could not send ping" not in done.stderr
+    # With no picture at all, the HUD still redraws on its own clock and says so.
+    said = banners(tmp_path / "hud")
+    assert len(said) >= 10, said
+    assert f"cannot reach the robot at {where}" in said[-1]
+    assert said[-1].startswith("NO TELEMETRY - ROBOT STATE UNKNOWN")
 
 
 def test_console_with_other_keys_says_the_handshake_failed(tmp_path: Path) -> None:
@@ -81,6 +95,7 @@ def test_console_with_other_keys_says_the_handshake_failed(tmp_path: Path) -> No
                                           robot.endpoints), 3.0)
     assert done.returncode == 3, done.stderr
     assert "handshake" in done.stderr and "cannot reach" not in done.stderr
+    assert "handshake" in banners(tmp_path / "hud")[-1]
 
 
 # ------------------------------------------------------------------ against the rig
