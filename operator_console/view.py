@@ -90,7 +90,9 @@ def banner(hud: HudState) -> Banner | None:
     if hud.robot_unknown:
         seen = ("no telemetry ever received" if hud.telemetry_age_ms is None
                 else f"last telemetry {age_text(hud.telemetry_age_ms)}")
-        detail = hud.connection or "The robot holds by itself when the link fails."
+        conn = hud.connection
+        detail = (conn[:1].upper() + conn[1:]) if conn else (
+            "The robot holds by itself when the link fails.")
         return Banner(UNKNOWN_TITLE, f"{seen}. {detail}", "red")
     if hud.video_stale:
         why = ("no picture" if hud.video_age_ms is None

