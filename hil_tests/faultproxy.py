@@ -403,7 +403,7 @@ def serve_control(proxies: ProxySet, endpoint: str, stop: threading.Event) -> No
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil_tests.faultproxy",
+    parser = argparse.ArgumentParser(prog="telesurgery faultproxy",
                                      description="ZMTP-aware network fault proxy")
     parser.add_argument("--listen", action="append", required=True, metavar="ROUTE",
                         help="[NAME@]HOST:PORT=TARGET_HOST:PORT (repeatable; port 0 = any)")

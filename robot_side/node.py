@@ -39,6 +39,7 @@ from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, ManipulatorError, TelesurgeryError
+from telesurgery.helptext import plain_help
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
     HELPER_PRIORITY,
@@ -330,7 +331,7 @@ class RobotNode:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery robot", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery robot", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="robot config TOML (default: simulated rig)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: run forever)")
     p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")

@@ -139,3 +139,16 @@ def test_bench_loop_runs_the_period_on_the_virtual_arm() -> None:
     assert figures["following_periods"] > 0
     assert all(math.isfinite(figures[k]) for k in ("update_p50_us", "update_p99_us",
                                                    "step_p99_us", "period_err_p99_us"))
+
+
+@pytest.mark.slow
+def test_one_bench_writes_its_figures_under_out(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "telesurgery.cli", "bench", "link", "--seconds", "1",
+         "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = json.loads((out / "link.json").read_text())
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    assert written["link"] == json.loads(printed)
+    assert "meta" in written and "| link | p99_us |" in (out / "link.md").read_text()

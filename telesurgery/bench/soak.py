@@ -39,6 +39,7 @@ from safety.states import Reason, State
 from telesurgery.bench.path import RawPair, StallBaseline
 from telesurgery.cli import setup_logging
 from telesurgery.demo import ROTATION_SCALE, build_report, cpu_seconds
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def evaluate(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="telesurgery bench soak",
-                                     description=__doc__.split("\n")[0])
+                                     description=plain_help(__doc__).split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the surgery")
     parser.add_argument("--run-dir", type=Path, help="keep logs, configs and summaries here")
     parser.add_argument("--command-timeout-ms", type=float,
