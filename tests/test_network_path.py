@@ -1,9 +1,13 @@
-"""The robot's network thread with real CurveZMQ links: the session and the gate's history.
+"""The robot's command path with real CurveZMQ links: the session and the gate's history.
 
-``NetworkThread`` runs as in the node; two real ``ConsoleLink``s holding the surgeon
-key talk to it. The control thread is not here: ``Responder`` stands in for it and
-answers every control request it is handed with ok (what the supervisor says is not
-what these tests are about; the network thread's admission is).
+``NetworkThread`` runs as in the node (it admits control requests and grants the
+session); real ``ConsoleLink``s holding the surgeon key talk to it. ``ControlStandIn``
+stands in for the node's control thread with what of it these tests are about: it
+owns the real ``CommandPort`` (binds it behind the network thread's authenticator,
+waits on it, judges every command with its ``CommandIntake``), hands each period's
+requests to ``CommandPort.on_requests`` before answering them, as
+``RobotNode._take_requests`` does, and answers every request with ok (what the
+supervisor says is not what these tests are about).
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
+from robot_side.command_port import CommandPort
 from robot_side.netio import Mailbox, NetworkThread
 from telesurgery.errors import LinkTimeout
 from transport.config import LinkConfig
@@ -24,6 +31,10 @@ from transport.schema import Command, ControlReply
 
 MS = 1_000_000
 WAIT_S = 10.0
+HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 1000, 20_000
+"""These tests are about who may use a live connection, not about ZMTP heartbeats: on a
+machine loaded enough to starve a 300 ms heartbeat the holder's connection would drop,
+and the takeover rule (rightly) let the second console in."""
 
 
 def wait_until(pred: Callable[[], bool], what: str, pump: Callable[[], object]) -> None:
@@ -36,46 +47,69 @@ def wait_until(pred: Callable[[], bool], what: str, pump: Callable[[], object]) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Responder(threading.Thread):
-    """Stand-in for the control thread: answers each admitted request with ok."""
+class ControlStandIn(threading.Thread):
+    """The control thread's part of the command path (see the module doc)."""
 
-    def __init__(self, mb: Mailbox) -> None:
+    def __init__(self, ctx: zmq.Context[Any], cfg: LinkConfig, keys: ServerKeys,
+                 mb: Mailbox) -> None:
         super().__init__(daemon=True)
-        self.mb = mb
+        self.ctx, self.cfg, self.keys, self.mb = ctx, cfg, keys, mb
         self.seen: list[tuple[int, str]] = []
         self.halt = threading.Event()
+        self.ready = threading.Event()
+        self.port: CommandPort | None = None
 
     def run(self) -> None:
-        while not self.halt.wait(0.002):
-            for r in self.mb.take_requests():
-                self.seen.append((r.req.req_id, r.req.op))
-                self.mb.replies.append((r.peer, ControlReply(
-                    req_id=r.req.req_id, ok=True, state="ready", reason=r.req.op)))
+        mb = self.mb
+        with CommandPort(self.ctx, self.cfg, self.keys, age_limit_ns=100 * MS,
+                         loss_window_ns=1000 * MS, alerts=mb.alerts) as port:
+            port.offset_ns = lambda: mb.clock.offset_ns
+            self.port = port
+            self.ready.set()
+            while not self.halt.is_set():
+                port.wait_until(time.monotonic_ns() + 2 * MS)
+                mb.command = port.sample
+                requests = mb.take_requests()
+                port.on_requests(requests)
+                for r in requests:
+                    self.seen.append((r.req.req_id, r.req.op))
+                    mb.replies.append((r.peer, ControlReply(
+                        req_id=r.req.req_id, ok=True, state="ready", reason=r.req.op)))
+
+
+Net = tuple[NetworkThread, ControlStandIn, Path]
 
 
 @pytest.fixture
-def net(tmp_path: Path) -> Iterator[tuple[NetworkThread, Responder, Path]]:
+def net(tmp_path: Path) -> Iterator[Net]:
     keys = tmp_path / "keys"
     init_keys(keys)
     cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0,
-                     keys_dir=keys, control_timeout_ms=2000)
+                     keys_dir=keys, control_timeout_ms=2000,
+                     heartbeat_ivl_ms=HEARTBEAT_IVL_MS, heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS)
     mb = Mailbox()
-    thread = NetworkThread(cfg, ServerKeys.load(keys), mb, age_limit_ns=100 * MS,
-                           loss_window_ns=1000 * MS, telemetry_hz=10.0)
+    ctx: zmq.Context[Any] = zmq.Context()
+    thread = NetworkThread(cfg, ServerKeys.load(keys), mb, telemetry_hz=10.0, ctx=ctx)
     thread.start()
     assert thread.ready.wait(10.0) and thread.link is not None, thread.error
-    responder = Responder(mb)
-    responder.start()
-    yield thread, responder, keys
-    responder.halt.set()
+    control = ControlStandIn(ctx, cfg, ServerKeys.load(keys), mb)
+    control.start()
+    assert control.ready.wait(10.0)
+    yield thread, control, keys
+    control.halt.set()
+    control.join(5.0)
     thread.stop()
     thread.join(5.0)
+    ctx.destroy(linger=0)
 
 
-def console(thread: NetworkThread, keys: Path) -> ConsoleLink:
-    assert thread.link is not None
+def console(net: Net) -> ConsoleLink:
+    thread, control, keys = net
+    assert thread.link is not None and control.port is not None
     ports = {f"{name}_port": port for name, port in thread.link.endpoints.items()}
-    return ConsoleLink(LinkConfig(**ports, control_timeout_ms=2000),
+    return ConsoleLink(LinkConfig(**ports, command_port=control.port.port,
+                                  control_timeout_ms=2000, heartbeat_ivl_ms=HEARTBEAT_IVL_MS,
+                                  heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS),
                        ClientKeys.load_surgeon(keys))
 
 
@@ -95,12 +129,16 @@ def command(seq: int, x: float = 0.3) -> Command:
                    operator_present=True)
 
 
-def test_the_gate_history_resets_only_on_arm(net: tuple[NetworkThread, Responder, Path]
-                                             ) -> None:
+def intake_count(control: ControlStandIn, verdict: str) -> int:
+    assert control.port is not None
+    return control.port.intake.counters[verdict]
+
+
+def test_the_gate_history_resets_only_on_arm(net: Net) -> None:
     """Issue 12.10(b): after an engage through the network path an older seq is a replay."""
-    thread, _, keys = net
+    thread, control, _ = net
     mb = thread.mailbox
-    with console(thread, keys) as link:
+    with console(net) as link:
         assert request(link, "arm").ok and link.session is not None
         seqs = iter(range(1000, 10**6))
         newest = 0
@@ -118,9 +156,9 @@ def test_the_gate_history_resets_only_on_arm(net: tuple[NetworkThread, Responder
             wait_until(lambda: mb.command is not None and mb.command.cmd.seq == newest,
                        "the newest command", lambda: link.poll(1))
             assert request(link, op).ok, op
-            replays = thread.intake.counters["replay"]
+            replays = intake_count(control, "replay")
             link.send_command(command(1005, x=0.5))  # older than anything accepted
-            wait_until(lambda r=replays: thread.intake.counters["replay"] == r + 1,  # type: ignore[misc]
+            wait_until(lambda r=replays: intake_count(control, "replay") == r + 1,  # type: ignore[misc]
                        f"the replay after {op}", lambda: link.poll(1))
             assert mb.command is not None and mb.command.cmd.seq == newest, op
         # Arm, and only arm, starts the history again.
@@ -130,11 +168,43 @@ def test_the_gate_history_resets_only_on_arm(net: tuple[NetworkThread, Responder
                    lambda: (link.send_command(command(7)), link.poll(1)))
 
 
-def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(
-        net: tuple[NetworkThread, Responder, Path]) -> None:
-    thread, responder, keys = net
+def test_the_granted_token_is_in_force_before_the_reply_leaves(net: Net) -> None:
+    """Granted in the network thread, enforced in the control thread: the first command
+    with the new token, sent the moment the reply arrives, is fresh; from then on a
+    command of the old session, or with no token, is not."""
+    thread, control, _ = net
     mb = thread.mailbox
-    with console(thread, keys) as legit, console(thread, keys) as second:
+    with console(net) as link:
+        assert request(link, "arm").ok
+        old = link.session
+        seqs = iter(range(1, 10**6))
+        wait_until(lambda: mb.command is not None, "the first session's commands",
+                   lambda: (link.send_command(command(next(seqs))), link.poll(1)))
+        reply = request(link, "arm")  # a new run of the same console: a new token
+        assert reply.ok and reply.session is not None and reply.session != old
+        assert link.session == reply.session
+        fresh = intake_count(control, "fresh")
+        link.send_command(command(1))  # at once, once: a new run restarts its sequence
+        wait_until(lambda: mb.command is not None and mb.command.cmd.seq == 1,
+                   "the new session's first command", lambda: link.poll(1))
+        assert mb.command is not None and mb.command.cmd.session == reply.session
+        assert intake_count(control, "fresh") == fresh + 1
+        for stale_token in (old, None):  # a replaying console, or one without a session
+            foreign = intake_count(control, "foreign")
+            link.session = stale_token
+            link.send_command(command(10))
+            link.session = reply.session
+            wait_until(lambda f=foreign: intake_count(control, "foreign") == f + 1,  # type: ignore[misc]
+                       f"the command with token {stale_token} refused", lambda: link.poll(1))
+            assert mb.command is not None and mb.command.cmd.seq == 1
+        assert intake_count(control, "fresh") == fresh + 1
+        assert "command_foreign_session" in [a.code for a in mb.alerts]
+
+
+def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(net: Net) -> None:
+    thread, control, _ = net
+    mb = thread.mailbox
+    with console(net) as legit, console(net) as second:
         assert request(legit, "arm").ok
         assert thread.link is not None
         holder = thread.link.console_peer
@@ -151,10 +221,10 @@ def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(
                 second.poll(5)
                 legit.send_command(command(next(seqs)))
                 legit.poll(5)
-        assert [op for _, op in responder.seen] == ["arm"], "only the holder's request"
+        assert [op for _, op in control.seen] == ["arm"], "only the holder's request"
         assert thread.link.console_peer == holder
         assert thread.clock.accepted > pongs, "the holder's pongs still measure the link"
-        assert thread.intake.counters["foreign"] >= 5
+        assert intake_count(control, "foreign") >= 5
         assert mb.command is not None and mb.command.cmd.seq < 10**9
         codes = [a.code for a in mb.alerts]
         assert "session_busy" in codes and "command_foreign_session" in codes
@@ -166,7 +236,7 @@ def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(
         assert not replay.ok and replay.reason == "request_replayed"
         assert "request_replayed" in [a.code for a in mb.alerts]
     # Both gone: the next console takes over, audited.
-    with console(thread, keys) as third:
+    with console(net) as third:
         reply = request(third, "arm")
         assert reply.ok and reply.session is not None
         assert "session_takeover" in [a.code for a in mb.alerts]

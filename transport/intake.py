@@ -128,6 +128,11 @@ class CommandIntake:
         self._alerts.append(AuditAlert(t_ns, code, detail))
 
     # ---------------------------------------------------------------- output
+    @property
+    def has_alerts(self) -> bool:
+        """Anything for ``drain_alerts``? (Asked every period: no list is made for nothing.)"""
+        return bool(self._alerts)
+
     def drain_alerts(self) -> list[AuditAlert]:
         """Audit-worthy events since the last call, each reported once."""
         out = list(self._alerts)

@@ -177,6 +177,9 @@ class Command(Message):
     operator_present: bool
     video_age_us: int | None = None
     """Age of the frame the surgeon sees now; None when no video is shown."""
+    t_sample_ns: int | None = None
+    """When the master device was sampled for this command (console clock); the robot
+    measures console sample -> serial frame written from it. For measurement only."""
     session: int | None = None
     """The surgeon session the robot granted in its ``arm`` reply; see ``OMITTED_WHEN_NONE``."""
 
@@ -326,6 +329,7 @@ Command._SPEC = {
     "clutch": _bool,
     "operator_present": _bool,
     "video_age_us": _optional(_int(0, U64)),
+    "t_sample_ns": _optional(_time_ns),
     "session": _session,
 }
 ControlRequest._SPEC = {

@@ -229,6 +229,10 @@ class SessionGuard:
             detail += f" ({skipped} more since the last record)"
         self._alerts.append(AuditAlert(now_ns, code, detail, level))
 
+    @property
+    def has_alerts(self) -> bool:
+        return bool(self._alerts)
+
     def drain_alerts(self) -> list[AuditAlert]:
         out = list(self._alerts)
         self._alerts.clear()
