@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.supervision.config import PageConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
@@ -77,6 +78,9 @@ class ObserveConfig:
     """Local feed (robot_side.observe) for the ROS 2 bridge, the page and the recorder."""
     hz: float = 100.0
     """Telemetry rate on the feed; safety events are published as they are audited."""
+    video_socket: Path = field(default_factory=lambda: default_runtime_dir() / "video.sock")
+    """Local copy of the surgeon's H.264 access units (page, recorder); an XPUB: each
+    subscription asks the encoder for a keyframe, at most once per second."""
 
     def __post_init__(self) -> None:
         finite_positive("observe.hz", self.hz)
@@ -94,6 +98,7 @@ class RobotConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     estop: EstopConfig = field(default_factory=EstopConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    page: PageConfig = field(default_factory=PageConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

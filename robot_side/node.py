@@ -28,6 +28,7 @@ from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.ros import open_bridge
+from robot_side.supervision.process import PagePaths, PageProcess
 from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
@@ -95,9 +96,14 @@ class RobotNode:
             reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
-            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir,
+                                 local_socket=cfg.observe.video_socket)
             video.start()
             stack.callback(video.stop)
+            if cfg.page.enabled:
+                page = PageProcess(cfg.page, PagePaths.from_robot(cfg))
+                page.start()
+                stack.callback(page.stop)
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 # A command's age is bounded by the one-way latency
                                 # limit; the command timeout bounds the gap between

@@ -42,14 +42,14 @@ AGE_REPORT_PERIOD_NS = 100_000_000
 
 class VideoProcess:
     def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path,
-                 outbox_size: int = OUTBOX_SIZE) -> None:
+                 outbox_size: int = OUTBOX_SIZE, local_socket: Path | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._inbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=64)
         self._outbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=outbox_size)
         self._proc = ctx.Process(
             target=_child_main, name="robot-video", daemon=True,
             args=(_ChildArgs(video, link, keys_dir, os.getpid(),
-                             logging.getLogger().getEffectiveLevel()),
+                             logging.getLogger().getEffectiveLevel(), local_socket),
                   self._inbox, self._outbox))
         self.encoder = "starting"
         self.error: str | None = None
@@ -127,6 +127,8 @@ class _ChildArgs:
     keys_dir: Path
     parent_pid: int
     log_level: int
+    local_socket: Path | None = None
+    """ipc XPUB copy of every access unit for the robot's own observers (page, recorder)."""
 
 
 def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
@@ -148,15 +150,16 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         keys = ServerKeys.load(args.keys_dir)
         with start_authenticator(ctx, keys):
             sock = video_server_socket(ctx, link, keys)
+            mirror = _local_mirror(ctx, args.local_socket)
             try:
                 choice = select_encoder(video)
                 outbox.put(("encoder", choice.describe()))
                 log.info("video encoder: %s", choice.describe())
-                sender = VideoSender(sock, H264Encoder(video, choice))
+                sender = VideoSender(sock, H264Encoder(video, choice), mirror=mirror)
                 source = open_source(video)
                 source.start()
                 try:
-                    _loop(source, sender, inbox, outbox, args.parent_pid)
+                    _loop(source, sender, inbox, outbox, args.parent_pid, mirror=mirror)
                 finally:
                     source.stop()
                     # Never block the exit on a parent that stopped reading (or died).
@@ -164,6 +167,8 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                         outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)
             finally:
                 sock.close(0)
+                if mirror is not None:
+                    mirror.close(0)
     except TelesurgeryError as err:
         log.error("video stopped: %s; the surgeon's picture will go stale and the arm "
                   "will hold", err)
@@ -173,11 +178,63 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
+MIRROR_KEYFRAME_INTERVAL_NS = 1_000_000_000
+"""A local observer's (re)subscription asks for a keyframe at most this often: the
+surgeon's stream carries the same keyframe, so observers must not be able to flood it."""
+
+
+def _local_mirror(ctx: zmq.Context[zmq.Socket[bytes]],
+                  path: Path | None) -> zmq.Socket[bytes] | None:
+    """An XPUB whose every subscription (duplicates too) reaches us as a keyframe wish."""
+    if path is None:
+        return None
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 120)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket of a previous run; ours is created below
+    old = os.umask(0o177)
+    try:
+        sock.bind(f"ipc://{path}")
+    finally:
+        os.umask(old)
+    return sock
+
+
+class _MirrorKeyframes:
+    """Turns local subscriptions into keyframe requests, at most one per interval; a
+    wish inside the interval is kept, not lost, and served when the interval ends."""
+
+    def __init__(self, mirror: zmq.Socket[bytes] | None) -> None:
+        self._mirror = mirror
+        self._last_ns: int | None = None
+        self._pending = False
+
+    def poll(self, sender: Any, now_ns: int) -> None:
+        if self._mirror is None:
+            return
+        while True:
+            try:
+                msg = self._mirror.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._pending |= msg[:1] == b"\x01"
+        if self._pending and (self._last_ns is None
+                              or now_ns - self._last_ns >= MIRROR_KEYFRAME_INTERVAL_NS):
+            sender.request_keyframe("observer")
+            self._pending, self._last_ns = False, now_ns
+
+
 def _loop(source: Any, sender: Any, inbox: mp.Queue[tuple[str, Any]],
-          outbox: mp.Queue[tuple[str, Any]], parent_pid: int) -> None:
+          outbox: mp.Queue[tuple[str, Any]], parent_pid: int, *,
+          mirror: zmq.Socket[bytes] | None = None) -> None:
     last_id: int | None = None
     next_stats = time.monotonic_ns()
+    keyframes = _MirrorKeyframes(mirror)
     while os.getppid() == parent_pid:  # a parent killed with SIGKILL leaves us orphaned
+        keyframes.poll(sender, time.monotonic_ns())
         while True:
             try:
                 kind, value = inbox.get_nowait()

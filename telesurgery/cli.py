@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "firmware-sim": ("robot_side.firmware_sim", "main", "firmware emulator on a pty"),
     "estop": ("robot_side.estop", "main", "on-site emergency stop (local only)"),
     "panel": ("robot_side.panel", "main", "on-site supervision panel (local only)"),
+    "page": ("robot_side.supervision.process", "main",
+             "on-site supervision page: set its PIN, print its link"),
     "audit": ("safety.audit_cli", "main", "audit log tools: verify, show"),
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
 }
