@@ -133,9 +133,11 @@ def test_handshake_needs_the_pages_origin_and_the_token(robot: dict[str, Any]) -
                                       ({}, token, "refused_origin"),
                                       ({"Origin": origin}, "x" * 32, "refused_token"),
                                       ({"Origin": origin}, "", "refused_token")):
+            before = server.counters[counter]
             with pytest.raises(aiohttp.WSServerHandshakeError) as err:
                 await http.ws_connect(_ws_url(url, tok), headers=headers)
             assert err.value.status == 403
+            assert server.counters[counter] == before + 1
         assert server.counters["refused_origin"] == 2
         assert server.counters["refused_token"] == 2
         async with http.ws_connect(_ws_url(url, token), headers={"Origin": origin}) as ws:
