@@ -28,7 +28,7 @@ function connect() {
     if (typeof ev.data === "string") onText(JSON.parse(ev.data));
     else onFrame(ev.data);
   };
-  ws.onclose = () => { ws = null; setTimeout(connect, 500); };
+  ws.onclose = () => { ws = null; showNoData("(page server unreachable)"); setTimeout(connect, 500); };
 }
 
 function onText(msg) {
