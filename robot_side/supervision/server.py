@@ -34,6 +34,7 @@ ratelog = RateLimitedLog(log)
 
 STATIC = Path(__file__).parent / "static"
 MAX_WS_MESSAGE = 4096
+MIN_PUSH_GAP_S = 0.005
 PAGE_SOURCE = "page"
 
 
@@ -51,6 +52,7 @@ class PageServer:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._wakeups: set[asyncio.Event] = set()
         self.clients = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -74,9 +76,21 @@ class PageServer:
             self.origins.add(f"http://localhost:{port}")
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run()))
+        loop = asyncio.get_running_loop()
+
+        def on_change() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed while we shut down
+                loop.call_soon_threadsafe(self._wake)
+
+        self.feed.on_change = on_change
         return self.url
 
+    def _wake(self) -> None:
+        for event in self._wakeups:
+            event.set()
+
     async def stop(self) -> None:
+        self.feed.on_change = None
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,7 +150,17 @@ class PageServer:
 
     async def _push(self, ws: web.WebSocketResponse) -> None:
         period = 1.0 / self.cfg.push_hz
+        wakeup = asyncio.Event()
+        self._wakeups.add(wakeup)
+        try:
+            await self._push_loop(ws, wakeup, period)
+        finally:
+            self._wakeups.discard(wakeup)
+
+    async def _push_loop(self, ws: web.WebSocketResponse, wakeup: asyncio.Event,
+                         period: float) -> None:
         while not ws.closed:
+            wakeup.clear()
             now = time.monotonic_ns()
             snap = self.feed.snapshot(now)
             snap["picture_age_ms"] = self.relay.age_ms(now) if self.relay else None
@@ -145,7 +169,9 @@ class PageServer:
                 await ws.send_str(json.dumps(snap))
             except ConnectionError:
                 return
-            await asyncio.sleep(period)
+            await asyncio.sleep(MIN_PUSH_GAP_S)  # a flapping state cannot flood the page
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), period)
 
     async def _push_picture(self, ws: web.WebSocketResponse, picture: PictureClient) -> None:
         while not ws.closed:

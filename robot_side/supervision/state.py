@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,13 @@ class FeedState:
         self.state_since_ns: int | None = None
         """Robot-monotonic time of the newest state change seen (event or telemetry)."""
         self.messages = 0
+        self.on_change: Callable[[], None] | None = None
+        """Called (from the reader thread) when the state changes: the server pushes at
+        once instead of at its next tick, so a stop reaches the page without waiting."""
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def on_telemetry(self, tlm: Telemetry, now_ns: int) -> None:
         with self._lock:
@@ -57,6 +65,7 @@ class FeedState:
                 newest_evt = self.events[-1].event if self.events else None
                 if newest_evt is None or newest_evt.state_to != tlm.state:
                     self.state_since_ns = tlm.t_ns
+            changed = prev is None or prev.state != tlm.state or prev.reason != tlm.reason
             self.telemetry, self.telemetry_ns = tlm, now_ns
             self.messages += 1
             if now_ns >= self._next_sample_ns:
@@ -65,6 +74,8 @@ class FeedState:
                 self.history.append([now_ns / 1e6, _ms(lk.rtt_us), _ms(lk.latency_us),
                                      _ms(lk.jitter_us), round(lk.loss * 100, 2),
                                      _ms(lk.video_age_us)])
+        if changed:
+            self._changed()
 
     def on_event(self, evt: SafetyEvent, now_ns: int) -> None:
         with self._lock:
@@ -72,6 +83,7 @@ class FeedState:
             if evt.state_from != evt.state_to:
                 self.state_since_ns = evt.t_ns
             self.messages += 1
+        self._changed()
 
     def history_rows(self) -> list[list[float | None]]:
         with self._lock:
