@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.recording.config import RecordConfig
 from robot_side.supervision.config import PageConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
@@ -99,6 +100,7 @@ class RobotConfig:
     estop: EstopConfig = field(default_factory=EstopConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     page: PageConfig = field(default_factory=PageConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

@@ -27,6 +27,7 @@ from robot_side.driver import SerialManipulator
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
+from robot_side.recording.recorder import RecorderPaths, RecorderProcess
 from robot_side.ros import open_bridge
 from robot_side.supervision.process import PagePaths, PageProcess
 from robot_side.telemetry import telemetry_from
@@ -104,6 +105,11 @@ class RobotNode:
                 page = PageProcess(cfg.page, PagePaths.from_robot(cfg))
                 page.start()
                 stack.callback(page.stop)
+            if cfg.record.enabled:
+                recorder = RecorderProcess(cfg.record, RecorderPaths.from_robot(cfg),
+                                           self.kin.joint_names)
+                recorder.start()
+                stack.callback(recorder.stop)
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 # A command's age is bounded by the one-way latency
                                 # limit; the command timeout bounds the gap between

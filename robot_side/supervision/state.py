@@ -9,6 +9,7 @@ figure's age: a feed that stops turns into ``stale`` and the page says NO DATA.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from robot_side.supervision.words import firmware_words, reason_words, why
 from transport.schema import SafetyEvent, Telemetry
 
 EVENTS_KEPT = 30
+RECORDING_READ_NS = 1_000_000_000
 HISTORY_HZ = 10.0
 """Plot samples per second: a minute at 10 Hz is 600 points per figure."""
 
@@ -38,8 +40,12 @@ class _Event:
 class FeedState:
     """The newest robot state; written by the reader thread, read by the server."""
 
-    def __init__(self, stale_after_ms: float, history_s: float) -> None:
+    def __init__(self, stale_after_ms: float, history_s: float,
+                 recording_status: Path | None = None) -> None:
         self.stale_after_ns = int(stale_after_ms * 1e6)
+        self._recording_path = recording_status
+        self._recording: dict[str, Any] | None = None
+        self._recording_read_ns = 0
         self._lock = threading.Lock()
         self.telemetry: Telemetry | None = None
         self.telemetry_ns: int | None = None
@@ -89,7 +95,21 @@ class FeedState:
         with self._lock:
             return list(self.history)
 
+    def recording(self, now_ns: int) -> dict[str, Any] | None:
+        """The recorder's status, read at most once a second; None: not recording."""
+        if self._recording_path is None:
+            return None
+        if now_ns - self._recording_read_ns >= RECORDING_READ_NS:
+            self._recording_read_ns = now_ns
+            try:
+                body = json.loads(self._recording_path.read_text())
+                self._recording = body if isinstance(body, dict) else None
+            except (OSError, ValueError):
+                self._recording = {"state": "unknown", "why": "no status from the recorder"}
+        return self._recording
+
     def snapshot(self, now_ns: int) -> dict[str, Any]:
+        recording = self.recording(now_ns)
         with self._lock:
             tlm, t_ns = self.telemetry, self.telemetry_ns
             events = list(self.events)
@@ -104,7 +124,7 @@ class FeedState:
                         "words": reason_words(e.event.code), "from": e.event.state_from,
                         "to": e.event.state_to, "detail": e.event.detail}
                        for e in reversed(events)],
-            "sample": last_sample,
+            "sample": last_sample, "recording": recording,
         }
         if tlm is None:
             return out

@@ -69,6 +69,9 @@ function render(s) {
     $("scale").textContent = `${s.scale}`;
     $("loop-jitter").textContent = `${s.loop_jitter_us} us`;
   }
+  const rec = s.recording;
+  $("recording").textContent = !rec ? "off" : rec.state === "recording" ? `recording (${rec.video_frames} frames)` : `RECORDING ${rec.state.toUpperCase()}: ${rec.why}`;
+  $("recording").className = rec && rec.state !== "recording" ? "alarm" : "";
   $("events").replaceChildren(...s.events.map((e) => {
     const li = document.createElement("li");
     li.textContent = `${e.age_s.toFixed(1)} s ago: ${e.from} \u2192 ${e.to}: ${e.words}` + (e.detail ? ` (${e.detail})` : "");
