@@ -74,6 +74,8 @@ class Recorder:
         self.bag: SessionBag | None = SessionBag(self.session, joint_names)
         self.state, self.why = "recording", ""
         self.bad_video = 0
+        self._video_started = False
+        self.skipped_before_keyframe = 0
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._video: Any = None
         if paths.video is not None:
@@ -84,6 +86,8 @@ class Recorder:
             self._video.send(b"\x01")  # subscribe: the video process answers with a keyframe
         self._feed = ObserverClient(paths.observe, self._ctx)
         self._next_check = 0
+        self._next_status = 0
+        self._counts = {"messages": 0, "video_frames": 0}
         log.info("recording this session to %s", self.session)
 
     # ------------------------------------------------------------ loop
@@ -137,6 +141,10 @@ class Recorder:
             self.bad_video += 1
             ratelog(logging.WARNING, "video", "recorder: bad video message (%s)", err)
             return
+        if not self._video_started and not header.keyframe:
+            self.skipped_before_keyframe += 1  # undecodable without the keyframe: not kept
+            return
+        self._video_started = True
         if self.bag is not None:
             self.bag.video(header, parts[1])
 
@@ -170,13 +178,14 @@ class Recorder:
 
     def _write_status(self, force: bool = False) -> None:
         now = time.monotonic_ns()
-        if not force and now < getattr(self, "_next_status", 0):
+        if not force and now < self._next_status:
             return
         self._next_status = now + CHECK_PERIOD_NS
+        if self.bag is not None:
+            self._counts = {"messages": self.bag.messages,
+                            "video_frames": self.bag.video_frames}
         body = {"state": self.state, "why": self.why, "path": str(self.session),
-                "messages": self.bag.messages if self.bag else None,
-                "video_frames": self.bag.video_frames if self.bag else None,
-                "t_ns": now}
+                **self._counts, "t_ns": now}
         tmp = self.paths.status.with_name(self.paths.status.name + ".new")
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(body))
@@ -184,6 +193,7 @@ class Recorder:
 
     def close(self) -> None:
         if self.bag is not None:
+            self._write_status(force=True)  # the final counts
             try:
                 self.bag.close()
                 self.state, self.why = "stopped", "the robot node stopped"
