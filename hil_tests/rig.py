@@ -200,6 +200,8 @@ class SimRig:
         sections: dict[str, dict[str, Any]] = {
             "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.robot_ports.items()}},
+            "page": {"port": 0},  # the supervision page, on an ephemeral port
+            "record": {"folder": self.run / "recordings"},
             "serial": {"port": serial_port},
             "control": {"rate_hz": self.opts.rate_hz},
             "ros": {"backend": self.opts.ros_backend, "domain_id": 1 + os.getpid() % 200},

@@ -79,9 +79,14 @@ class ObserveConfig:
     """Local feed (robot_side.observe) for the ROS 2 bridge, the page and the recorder."""
     hz: float = 100.0
     """Telemetry rate on the feed; safety events are published as they are audited."""
-    video_socket: Path = field(default_factory=lambda: default_runtime_dir() / "video.sock")
+    video_socket: Path | None = None
     """Local copy of the surgeon's H.264 access units (page, recorder); an XPUB: each
-    subscription asks the encoder for a keyframe, at most once per second."""
+    subscription asks the encoder for a keyframe, at most once per second. None:
+    ``video.sock`` beside ``socket``."""
+
+    @property
+    def video_path(self) -> Path:
+        return self.video_socket or self.socket.parent / "video.sock"
 
     def __post_init__(self) -> None:
         finite_positive("observe.hz", self.hz)

@@ -27,9 +27,8 @@ from robot_side.driver import SerialManipulator
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
-from robot_side.recording.recorder import RecorderPaths, RecorderProcess
 from robot_side.ros import open_bridge
-from robot_side.supervision.process import PagePaths, PageProcess
+from robot_side.supervision.process import start_onsite_observers
 from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
@@ -98,18 +97,10 @@ class RobotNode:
             reconnector.start()
             stack.callback(reconnector.stop)
             video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir,
-                                 local_socket=cfg.observe.video_socket)
+                                 local_socket=cfg.observe.video_path)
             video.start()
             stack.callback(video.stop)
-            if cfg.page.enabled:
-                page = PageProcess(cfg.page, PagePaths.from_robot(cfg))
-                page.start()
-                stack.callback(page.stop)
-            if cfg.record.enabled:
-                recorder = RecorderProcess(cfg.record, RecorderPaths.from_robot(cfg),
-                                           self.kin.joint_names)
-                recorder.start()
-                stack.callback(recorder.stop)
+            start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 # A command's age is bounded by the one-way latency
                                 # limit; the command timeout bounds the gap between

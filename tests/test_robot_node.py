@@ -72,6 +72,8 @@ def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, dom
     path.write_text(_toml({
         "link": {"host": "127.0.0.1", "keys_dir": keys,
                  **{f"{c}_port": p for c, p in ports.items()}},
+        "page": {"port": 0},
+        "record": {"folder": run / "recordings"},
         "serial": {"port": serial},
         "control": {"rate_hz": 200.0, "realtime": False, "ros_hz": 20.0},
         "ros": {"backend": "dds", "domain_id": domain, "namespace": namespace},

@@ -69,9 +69,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
                       reengage_after_s=1.0, rotation_scale=0.3,
                       robot_overrides={
                           "video": {"width": 320, "height": 240, "fps": 20.0},
-                          "page": {"port": 0},
-                          "observe": {"socket": run / "observe.sock",
-                                      "video_socket": run / "video.sock"}})
+                          "observe": {"socket": run / "observe.sock"}})
     r = SimRig(opts)
     with r:
         r.start()

@@ -52,7 +52,7 @@ class RecorderPaths:
         if not isinstance(robot_cfg, RobotConfig):
             raise TypeError("expected a RobotConfig")
         return cls(observe=robot_cfg.observe.socket,
-                   video=robot_cfg.observe.video_socket if robot_cfg.record.video else None,
+                   video=robot_cfg.observe.video_path if robot_cfg.record.video else None,
                    status=recording_status_path(robot_cfg))
 
 

@@ -19,6 +19,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from robot_side.supervision.config import PageConfig
 from robot_side.supervision.credentials import PinCheck, load_or_create_token, set_pin
@@ -50,7 +51,7 @@ class PagePaths:
         page = robot_cfg.page
         run_dir = robot_cfg.estop.socket.parent
         return cls(observe=robot_cfg.observe.socket, estop=robot_cfg.estop.socket,
-                   video=robot_cfg.observe.video_socket if page.video else None,
+                   video=robot_cfg.observe.video_path if page.video else None,
                    token=page.token_file or run_dir / "page.token",
                    pin=page.pin_file or robot_cfg.link.keys_dir / "onsite.pin",
                    url=run_dir / "page.url",
@@ -116,6 +117,25 @@ class PageProcess:
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(1.0)
+
+
+def start_onsite_observers(stack: contextlib.ExitStack[bool | None], robot_cfg: Any,
+                           joint_names: tuple[str, ...]) -> None:
+    """The robot node's out-of-process observers: the page and the session recorder.
+
+    Each is its own process, stopped by ``stack``; neither can delay the control loop.
+    """
+    from robot_side.recording.recorder import RecorderPaths, RecorderProcess
+
+    if robot_cfg.page.enabled:
+        page = PageProcess(robot_cfg.page, PagePaths.from_robot(robot_cfg))
+        page.start()
+        stack.callback(page.stop)
+    if robot_cfg.record.enabled:
+        recorder = RecorderProcess(robot_cfg.record, RecorderPaths.from_robot(robot_cfg),
+                                   joint_names)
+        recorder.start()
+        stack.callback(recorder.stop)
 
 
 def main(argv: list[str]) -> int:
