@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from robot_side.video.config import VideoConfig
+from robot_side.video.mirror import MirrorKeyframes, open_local_mirror
 from transport.config import LinkConfig
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         keys = ServerKeys.load(args.keys_dir)
         with start_authenticator(ctx, keys):
             sock = video_server_socket(ctx, link, keys)
-            mirror = _local_mirror(ctx, args.local_socket)
+            mirror = open_local_mirror(ctx, args.local_socket)
             try:
                 choice = select_encoder(video)
                 outbox.put(("encoder", choice.describe()))
@@ -178,61 +179,12 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
-MIRROR_KEYFRAME_INTERVAL_NS = 1_000_000_000
-"""A local observer's (re)subscription asks for a keyframe at most this often: the
-surgeon's stream carries the same keyframe, so observers must not be able to flood it."""
-
-
-def _local_mirror(ctx: zmq.Context[zmq.Socket[bytes]],
-                  path: Path | None) -> zmq.Socket[bytes] | None:
-    """An XPUB whose every subscription (duplicates too) reaches us as a keyframe wish."""
-    if path is None:
-        return None
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, 120)
-    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a stale socket of a previous run; ours is created below
-    old = os.umask(0o177)
-    try:
-        sock.bind(f"ipc://{path}")
-    finally:
-        os.umask(old)
-    return sock
-
-
-class _MirrorKeyframes:
-    """Turns local subscriptions into keyframe requests, at most one per interval; a
-    wish inside the interval is kept, not lost, and served when the interval ends."""
-
-    def __init__(self, mirror: zmq.Socket[bytes] | None) -> None:
-        self._mirror = mirror
-        self._last_ns: int | None = None
-        self._pending = False
-
-    def poll(self, sender: Any, now_ns: int) -> None:
-        if self._mirror is None:
-            return
-        while True:
-            try:
-                msg = self._mirror.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._pending |= msg[:1] == b"\x01"
-        if self._pending and (self._last_ns is None
-                              or now_ns - self._last_ns >= MIRROR_KEYFRAME_INTERVAL_NS):
-            sender.request_keyframe("observer")
-            self._pending, self._last_ns = False, now_ns
-
-
 def _loop(source: Any, sender: Any, inbox: mp.Queue[tuple[str, Any]],
           outbox: mp.Queue[tuple[str, Any]], parent_pid: int, *,
           mirror: zmq.Socket[bytes] | None = None) -> None:
     last_id: int | None = None
     next_stats = time.monotonic_ns()
-    keyframes = _MirrorKeyframes(mirror)
+    keyframes = MirrorKeyframes(mirror)
     while os.getppid() == parent_pid:  # a parent killed with SIGKILL leaves us orphaned
         keyframes.poll(sender, time.monotonic_ns())
         while True:
