@@ -43,7 +43,7 @@ AGE_REPORT_PERIOD_NS = 100_000_000
 
 class VideoProcess:
     def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path,
-                 outbox_size: int = OUTBOX_SIZE, local_socket: Path | None = None) -> None:
+                 outbox_size: int = OUTBOX_SIZE, *, local_socket: Path | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._inbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=64)
         self._outbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=outbox_size)
