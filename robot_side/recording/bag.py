@@ -136,7 +136,10 @@ class SessionBag:
             "estop": str(tlm.estop).lower(), "scale": f"{tlm.scale:.4f}",
             "tracking_error_m": f"{tlm.tracking_error_m:.6f}",
             "firmware_flags": hex(tlm.firmware_flags), "firmware": ", ".join(flags),
-            "loop_jitter_us": str(tlm.loop_jitter_us), "robot_t_ns": str(t)}))
+            "loop_jitter_us": str(tlm.loop_jitter_us), "robot_t_ns": str(t),
+            # The audit log's chain head, where the robot sends it: ties this recording
+            # to the audit records (``telesurgery audit verify --witness``).
+            "audit_head": str(getattr(tlm, "audit_head", None) or "")}))
         lk = tlm.link
         self._write("/link/stats", t, self._diag(t, 0, "link", "as the robot measures it", {
             "rtt_us": str(lk.rtt_us), "latency_us": str(lk.latency_us),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import inspect
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from robot_side.supervision.config import PageConfig
 from robot_side.supervision.credentials import PinCheck
 from robot_side.supervision.state import FeedState
 from robot_side.supervision.video import PictureClient, PictureRelay
+from telesurgery.errors import TelesurgeryError
 from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ STATIC = Path(__file__).parent / "static"
 MAX_WS_MESSAGE = 4096
 MIN_PUSH_GAP_S = 0.005
 PAGE_SOURCE = "page"
+
+
+def _send(path: Path, action: str, detail: str) -> str:
+    """One request on the robot's e-stop socket, tagged as the page's.
+
+    Speaks the source-tagged protocol (``ACTION SOURCE [DETAIL]``, ``robot_side.estop``);
+    the fallback serves an e-stop module from before it (one bare word per request;
+    there a ``refused`` report is answered with an error and only logged here).
+    """
+    send: Any = estop.send  # either protocol version; its answer is a str in both
+    if "source" in inspect.signature(send).parameters:
+        return str(send(path, action, PAGE_SOURCE, detail=detail))
+    return str(send(path, f"{action} {PAGE_SOURCE} {detail}".strip()
+                    if action == "refused" else action))
 
 
 class PageServer:
@@ -201,11 +217,11 @@ class PageServer:
             return await self._clear(body.get("pin"))
         return self._bad(f"unknown op {str(op)[:32]!r}")
 
-    async def _estop(self, action: str) -> str:
+    async def _estop(self, action: str, detail: str = "") -> str:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, estop.send, self.estop_path, action)
-        except OSError as err:
+            return await loop.run_in_executor(None, _send, self.estop_path, action, detail)
+        except (OSError, TelesurgeryError) as err:
             return f"error: robot e-stop socket not reachable: {err}"
 
     async def _press(self) -> dict[str, Any]:
@@ -224,7 +240,7 @@ class PageServer:
         if not verdict.ok:
             self.counters["clears_refused"] += 1
             # The robot audits the refusal (who: the page; why: in words, never the PIN).
-            answer = await self._estop(f"refused {PAGE_SOURCE} {verdict.why}"[:200])
+            answer = await self._estop("refused", verdict.why[:160])
             log.warning("page: e-stop clear refused (%s); robot: %s", verdict.why, answer)
             return {"type": "reply", "op": "clear", "ok": False,
                     "text": f"refused: {verdict.why}", "audited": answer.startswith("ok")}
