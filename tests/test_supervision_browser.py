@@ -28,7 +28,7 @@ from robot_side.observe import ObserverClient
 from robot_side.supervision.credentials import set_pin
 from transport.schema import SafetyEvent
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
