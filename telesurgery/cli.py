@@ -24,6 +24,10 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "panel": ("robot_side.panel", "main", "on-site supervision panel (local only)"),
     "page": ("robot_side.supervision.process", "main",
              "on-site supervision page: set its PIN, print its link"),
+    "replay": ("robot_side.recording.playback", "main_replay",
+               "play a recorded session into the surgeon's HUD, with its event timeline"),
+    "export": ("robot_side.recording.playback", "main_export",
+               "export a recorded session's video with the HUD burnt in (--mp4)"),
     "audit": ("safety.audit_cli", "main", "audit log tools: verify, show"),
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
 }

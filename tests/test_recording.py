@@ -191,3 +191,16 @@ def test_a_full_disk_stops_recording_with_an_alarm(tmp_path: Path, robot: Robot)
     status = record(tmp_path, RecordConfig(folder=tmp_path / "rec", min_free_mb=total_mb * 2),
                     1.5)
     assert status["state"] == "failed" and "disk nearly full" in status["why"], status
+
+
+def test_export_and_replay_read_a_session_back(tmp_path: Path, robot: Robot) -> None:
+    from robot_side.recording.playback import export_mp4, replay
+
+    record(tmp_path, RecordConfig(folder=tmp_path / "rec", min_free_mb=1.0), RECORD_S)
+    (session,) = (tmp_path / "rec").iterdir()
+    n = export_mp4(session, tmp_path / "session.mp4")
+    with av.open(str(tmp_path / "session.mp4")) as container:
+        decoded = sum(1 for _ in container.decode(video=0))
+    assert n >= 20 and decoded == n
+    shown = replay(session, speed=100.0, out_dir=tmp_path / "replay")
+    assert shown == n and len(list((tmp_path / "replay").glob("*.png"))) == n
