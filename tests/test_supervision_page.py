@@ -239,3 +239,7 @@ def test_transition_time_comes_from_the_robot(tmp_path: Path) -> None:
     assert snap["state_since_ns"] == 123_456
     assert "commands stopped arriving" in snap["why"]
     assert snap["events"][0]["code"] == "command_timeout"
+    # The console disengages at once; the page still says why the arm stopped.
+    state.on_event(SafetyEvent(seq=2, t_ns=123_999, code="disengaged", state_from="hold",
+                               state_to="ready"), 5)
+    assert state.snapshot(6)["last_stop"]["code"] == "command_timeout"

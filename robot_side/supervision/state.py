@@ -19,10 +19,12 @@ from typing import Any
 
 from robot_side.observe import ObserverClient
 from robot_side.supervision.words import firmware_words, reason_words, why
+from safety.states import SURGEON_HOLDS
 from transport.schema import SafetyEvent, Telemetry
 
 EVENTS_KEPT = 30
 RECORDING_READ_NS = 1_000_000_000
+STOP_STATES = frozenset({"hold", "fault", "estop"})
 HISTORY_HZ = 10.0
 """Plot samples per second: a minute at 10 Hz is 600 points per figure."""
 
@@ -35,6 +37,18 @@ def _ms(us: int | None) -> float | None:
 class _Event:
     event: SafetyEvent
     recv_ns: int
+
+
+def _last_stop(events: list[_Event], now_ns: int) -> dict[str, Any] | None:
+    """The newest stop the surgeon did not ask for: it stays on the page after the
+    state moves on (a trip is followed at once by the console's disengage)."""
+    for e in reversed(events):
+        evt = e.event
+        if (evt.state_to in STOP_STATES and evt.state_from != evt.state_to
+                and evt.code not in SURGEON_HOLDS):
+            return {"code": evt.code, "words": reason_words(evt.code), "to": evt.state_to,
+                    "age_s": round((now_ns - e.recv_ns) / 1e9, 1)}
+    return None
 
 
 class FeedState:
@@ -125,6 +139,7 @@ class FeedState:
                         "to": e.event.state_to, "detail": e.event.detail}
                        for e in reversed(events)],
             "sample": last_sample, "recording": recording,
+            "last_stop": _last_stop(events, now_ns),
         }
         if tlm is None:
             return out
