@@ -70,6 +70,7 @@ function render(s) {
     $("loop-jitter").textContent = `${s.loop_jitter_us} us`;
   }
   const ls = s.last_stop;
+  page.lastStop = ls;
   $("last-stop").textContent = ls ? `Last stop ${ls.age_s.toFixed(0)} s ago: ${ls.words} (${ls.code})` : "";
   const rec = s.recording;
   $("recording").textContent = !rec ? "off" : rec.state === "recording" ? `recording (${rec.video_frames} frames)` : `RECORDING ${rec.state.toUpperCase()}: ${rec.why}`;
