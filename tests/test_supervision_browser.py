@@ -174,7 +174,7 @@ def test_clear_without_the_onsite_pin_is_refused(rig: SimRig, page: Any) -> None
     n = page.evaluate("window.__page.replies.length")
     page.fill("#pin", "0000")
     page.click("#clear")
-    poll("the refusal", 5.0, lambda: page.evaluate("window.__page.replies.length") > n)
+    poll("the refusal", 20.0, lambda: page.evaluate("window.__page.replies.length") > n)
     reply = page.evaluate("window.__page.replies.at(-1)")
     assert not reply["ok"] and "refused" in reply["text"]
     assert "refused" in page.inner_text("#reply")
@@ -183,7 +183,7 @@ def test_clear_without_the_onsite_pin_is_refused(rig: SimRig, page: Any) -> None
     shot(rig, page, "4-clear-refused")
     page.fill("#pin", PIN)
     page.click("#clear")
-    poll("the clear", 5.0, lambda: rig.state()[0] != "estop")
+    poll("the clear", 20.0, lambda: rig.state()[0] != "estop")
     # Disabled first; the scripted surgeon may arm and engage again at once.
     poll("the page to show the clear", 5.0,
          lambda: dom_state(page) not in {"ESTOP", "ROBOT STATE UNKNOWN"})

