@@ -59,8 +59,11 @@ class CommandThread(threading.Thread):
         if align is not None and not self.mapper.align(self.device, align):
             sh.message = "turn your hand to the instrument's orientation to engage"
         now = time.monotonic_ns()
+        sampled_ns: int | None = None
         try:
-            out = self.mapper.update(self.device.read(now))
+            sample = self.device.read(now)
+            sampled_ns = sample.t_ns  # the robot measures sample -> frame written from it
+            out = self.mapper.update(sample)
         except DeviceError as err:
             self.device_errors += 1
             if self.device_errors == 1 or self.device_errors % 500 == 0:
@@ -78,4 +81,4 @@ class CommandThread(threading.Thread):
                        position=position, orientation=quat,
                        grip=min(1.0, max(0.0, out.grip)) if present else 0.0,
                        clutch=out.clutch, operator_present=present,
-                       video_age_us=sh.video_age_us)
+                       video_age_us=sh.video_age_us, t_sample_ns=sampled_ns)

@@ -34,12 +34,18 @@ class DisplayConfig:
     every_n: int = 0
     stale_ms: float = 250.0
     """Disengage when the displayed frame is older than this."""
+    telemetry_stale_ms: float = 300.0
+    """The HUD and status view say "ROBOT STATE UNKNOWN" (and show no state, no link
+    figures) once the newest telemetry is older than this: 15 periods of the robot's
+    50 Hz telemetry (``operator_console.view``)."""
     status_view: bool = True
     """Terminal status lines when there is no video window."""
 
     def __post_init__(self) -> None:
         check(self.every_n >= 0, "display.every_n", self.every_n, "must be >= 0")
         finite_positive("display.stale_ms", self.stale_ms)
+        check(20.0 <= self.telemetry_stale_ms <= 5000.0, "display.telemetry_stale_ms",
+              self.telemetry_stale_ms, "must be within 20..5000 ms")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ class ConsoleShared:
     telemetry: Telemetry | None = None
     align_to: Quat | None = None
     """The instrument's orientation (robot frame): the command thread aligns the hand."""
+    telemetry_ns: int | None = None
+    """When the newest telemetry arrived (this clock): the displays age every figure by it."""
     engaged: bool = False
     message: str = ""
     last_output: TeleopOutput | None = None
@@ -58,6 +60,14 @@ class ConsoleShared:
         default_factory=lambda: collections.deque(maxlen=4))
     engagements: list[dict[str, object]] = field(default_factory=list)
     trips: list[dict[str, object]] = field(default_factory=list)
+    message_ns: int = 0
+    """When ``message`` was last set, so the displays can let a warning expire."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "message":
+            # Stamped here so that every writer of a message stamps it, whichever thread.
+            object.__setattr__(self, "message_ns", time.monotonic_ns())
+        object.__setattr__(self, name, value)
 
 
 class SessionThread(threading.Thread):
@@ -76,7 +86,6 @@ class SessionThread(threading.Thread):
         self._next_attempt_ns = 0
         self._armed = False
         self._scale_sent = False
-        self._before_engage: tuple[str, str] | None = None
         self._align_asked = False
 
     def stop(self) -> None:
@@ -102,25 +111,28 @@ class SessionThread(threading.Thread):
             for item in self.link.poll(5):
                 self._inbound(item.msg, item.recv_ns)
             now = time.monotonic_ns()
-            if now >= next_ping:
+            # No pings before the robot was heard from: unanswerable, they only fill the log.
+            if now >= next_ping and self.shared.telemetry is not None:
                 self.link.send_ping(self.clock.make_ping(now))
                 next_ping = now + self.PING_PERIOD_NS
             sh = self.shared
             sh.offset_ns, sh.rtt_ns = self.clock.offset_ns, self.clock.rtt_ns
-            while sh.keyframe_requests:
+            while sh.keyframe_requests and sh.telemetry is not None:
                 self.link.send_keyframe_request(sh.keyframe_requests.popleft())
             self._surgeon(now)
 
     def _inbound(self, msg: object, recv_ns: int) -> None:
         sh = self.shared
         if isinstance(msg, Telemetry):
+            prev = sh.telemetry
             sh.telemetry = msg
-            if msg.state == "following":
-                self._before_engage = None
-            # Telemetry built before the robot took the engage still shows the state
-            # the engage left: not a trip (a real one arrives as a safety event too).
-            stale = self._before_engage == (msg.state, msg.reason)
-            if sh.engaged and msg.state != "following" and not stale:
+            sh.telemetry_ns = recv_ns  # after the telemetry: a torn read overstates its age
+            # A stop is a change away from following (or a latch). Telemetry queued while
+            # the engage request was in flight still says ready/hold and is not one; a
+            # trip before the first following telemetry arrives as a safety event.
+            left = (prev is not None and prev.state == "following") or msg.state in (
+                "fault", "estop")
+            if sh.engaged and left and msg.state != "following":
                 self._robot_stopped(recv_ns, msg.state, msg.reason)
         elif isinstance(msg, SafetyEvent):
             sh.events.append(msg)
@@ -190,11 +202,10 @@ class SessionThread(threading.Thread):
             self._next_attempt_ns = now + 50_000_000
             return
         self._align_asked = False
-        self._engage(tlm)
+        self._engage()
 
-    def _engage(self, tlm: Telemetry) -> None:
+    def _engage(self) -> None:
         sh = self.shared
-        self._before_engage = (tlm.state, tlm.reason)
         if self.request("engage"):
             sh.engaged = True
             sh.message = ""

@@ -203,3 +203,28 @@ def test_session_clears_a_fault_it_finds_before_arming(
         session.join(5.0)
     assert "clear_fault" in ops, f"the console only asked {sorted(set(ops))}"
     assert "arm" not in ops[:ops.index("clear_fault")]
+
+
+def test_telemetry_queued_during_engage_is_no_trip(links: tuple[RobotLink, ConsoleLink]) -> None:
+    """Telemetry published before the robot answered "engage" still says ready (or the
+    hold being resumed); read after the reply it must not count as the robot stopping,
+    or the console thinks itself disengaged while the arm follows (and its stale-picture
+    lockout, which acts only while engaged, would be off)."""
+    _, console = links
+    shared = ConsoleShared(video_stale=False)
+    session = SessionThread(console, SessionConfig(), shared, int(1e9 / RATE_HZ))
+
+    def tlm(seq: int, state: str, reason: str) -> Telemetry:
+        return Telemetry(seq=seq, t_ns=0, state=state, reason=reason, measured_js=(0.0,) * 6,
+                         setpoint_js=(0.0,) * 6, measured_cp=Pose(*HOME),
+                         setpoint_cp=Pose(*HOME), link=LinkReport(), scale=0.2, estop=False)
+
+    session._inbound(tlm(1, "hold", "command_timeout"), 1)
+    shared.engaged = True  # the engage reply arrived; these were queued before it
+    session._inbound(tlm(2, "hold", "command_timeout"), 2)
+    session._inbound(tlm(3, "ready", "armed"), 3)
+    assert shared.engaged and shared.trips == []
+    session._inbound(tlm(4, "following", "engaged"), 4)
+    session._inbound(tlm(5, "hold", "loss_burst"), 5)
+    assert not shared.engaged and [t["reason"] for t in shared.trips] == ["loss_burst"]
+    assert shared.telemetry_ns == 5

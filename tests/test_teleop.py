@@ -1,24 +1,18 @@
-"""Teleop mapping with real numbers, plus the terminal status view."""
+"""Teleop mapping with real numbers (the status view is tested in test_status_view.py)."""
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import select
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from operator_console.devices.base import DeviceConfig, MasterSample
 from operator_console.devices.scripted import ScriptedDevice
-from operator_console.status_view import ConsoleStatus, StatusView, format_status, status_from
 from operator_console.teleop import TeleopConfig, TeleopMapper, TeleopOutput
 from telesurgery.errors import ConfigError
 from telesurgery.quat import quat_angle, quat_from_rotvec, quat_mul
-from transport import schema
 
 RATE = 1000.0
 PERIOD_NS = int(1e9 / RATE)
@@ -152,60 +146,6 @@ def test_shipped_suturing_replay_is_continuous() -> None:
     assert 0.2 * steps.max() < 0.25 / RATE
 
 
-# ------------------------------------------------------------------ status view
-STATUS = ConsoleStatus(state="hold", reason="latency", rtt_ms=150.0, latency_ms=40.0, loss=0.0,
-                       jitter_ms=None, scale=0.12, clutch=False, operator_present=True,
-                       video_age_ms=33.0, message="link degraded: round trip 150 ms")
-
-
-def test_format_status_shows_everything_and_colours_only_when_asked() -> None:
-    plain = format_status(STATUS, color=False)
-    for text in ("HOLD", "latency", "rtt 150.0 ms", "jitter --", "loss 0.0 %", "video 33.0 ms",
-                 "scale 0.120", "clutch off", "operator present", "round trip 150 ms"):
-        assert text in plain
-    assert "\x1b" not in plain
-    coloured = format_status(STATUS, color=True)
-    assert "\x1b[33mHOLD" in coloured and "\x1b[33m150.0 ms" in coloured
-    fault = format_status(ConsoleStatus(**{**STATUS.__dict__, "state": "fault"}), color=True)
-    assert "\x1b[1m\x1b[31mFAULT" in fault
-
-
-def _read_pty(fd: int, until: Callable[[str], bool], timeout_s: float = 5.0) -> str:
-    """What the pty delivered; the tty layer may hand one write over in several reads."""
-    out = ""
-    deadline = time.monotonic() + timeout_s
-    while not until(out) and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            out += os.read(fd, 65536).decode()
-    return out
-
-
-def test_status_view_redraws_in_place_on_a_tty_at_most_every_period() -> None:
-    master, slave = os.openpty()
-    try:
-        with os.fdopen(slave, "w", encoding="utf-8", closefd=False) as stream:
-            view = StatusView(stream, period_s=0.25)
-            assert view.tty
-            drawn = [view.update(STATUS, t) for t in (0, 100_000_000, 250_000_000, 260_000_000)]
-            assert drawn == [True, False, True, False]
-        out = _read_pty(master, until=lambda text: text.count("HOLD") >= 2)
-        assert "\x1b[4F" in out  # second draw moves back over the first block
-        assert out.count("HOLD") == 2
-    finally:
-        os.close(master)
-        os.close(slave)
-
-
-def test_status_view_writes_plain_blocks_only_on_change_when_not_a_tty() -> None:
-    stream = io.StringIO()
-    view = StatusView(stream, period_s=0.25)
-    assert view.update(STATUS, 0)
-    assert not view.update(STATUS, 10**9)  # same content: nothing new in the log
-    assert view.update(ConsoleStatus(**{**STATUS.__dict__, "clutch": True}), 2 * 10**9)
-    text = stream.getvalue()
-    assert "\x1b" not in text and text.count("robot  HOLD") == 2 and "clutch ON" in text
-
-
 def test_mapper_cost_per_update_is_printed() -> None:
     """A figure, not a timed assertion: the cost of one update with the filter tracking."""
     device = ScriptedDevice(DeviceConfig())
@@ -218,21 +158,5 @@ def test_mapper_cost_per_update_is_printed() -> None:
     print(f"\nteleop update with tremor filter: {per_update_us:.1f} us per call "
           f"({per_update_us / 10:.1f} % of one core at 1 kHz)")
     assert all(o.valid for o in outputs)
-
-
-def test_status_from_telemetry_and_teleop_output() -> None:
-    tlm = schema.Telemetry(
-        seq=1, t_ns=0, state="following", reason="engaged", measured_js=(), setpoint_js=(),
-        measured_cp=schema.Pose(), setpoint_cp=schema.Pose(),
-        link=schema.LinkReport(rtt_us=12_500, latency_us=6_000, jitter_us=300, loss=0.01,
-                               video_age_us=41_000),
-        scale=0.2, estop=False)
-    m = mapper()
-    out = m.update(sample(0, present=False))
-    st = status_from(tlm, out, scale=0.2)
-    assert (st.state, st.rtt_ms, st.latency_ms, st.jitter_ms, st.video_age_ms) == (
-        "following", 12.5, 6.0, 0.3, 41.0)
-    assert st.message == "operator not present" and not st.operator_present
-    assert status_from(None, None, 0.2).reason == "no telemetry yet"
 
 

@@ -28,6 +28,7 @@ from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequ
 from robot_side.control_io import ControlInputs
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator import open_manipulator
+from telesurgery.helptext import plain_help
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from telesurgery.quat import Quat
 from transport.linkstats import LinkStats
@@ -153,7 +154,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)
     args = p.parse_args(argv)
