@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.servos.config import ServosConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
@@ -88,6 +89,8 @@ class RobotConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
+    servos: ServosConfig = field(default_factory=ServosConfig)
+    """The smart-servo bus of the "dynamixel" and "feetech" manipulator backends."""
     control: ControlConfig = field(default_factory=ControlConfig)
     ros: RosConfig = field(default_factory=RosConfig)
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)

@@ -1,0 +1,223 @@
+"""The Dynamixel and Feetech backends against the servo-bus emulator on a real pty.
+
+Each test runs for both families. No timing assertions: conditions are awaited
+with generous deadlines, and every safety test names what it would miss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from robot_side.manipulator.base import Hold, ManipulatorError, Reading, Release, Targets
+from robot_side.serial_protocol import FwFlags
+from robot_side.servos.arm import FAULT_SERVO_HARDWARE, FAULT_SERVO_SILENT, ServoArm
+from robot_side.servos.config import (
+    ArmCalibration,
+    GripperCalibration,
+    JointCalibration,
+    ServosConfig,
+)
+from robot_side.servos.dynamixel import DynamixelArm
+from robot_side.servos.emulator import ServoBusEmulator
+from robot_side.servos.feetech import FeetechArm
+
+IDS = (1, 2, 3, 4)
+JOINTS = (1, 2, 3)
+ARMS: dict[str, type[ServoArm]] = {"dynamixel": DynamixelArm, "feetech": FeetechArm}
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def calibration(family: str) -> ArmCalibration:
+    # Joint 2 is mounted the other way round and homed off-centre, as on a real arm.
+    return ArmCalibration(family, (
+        JointCalibration(1, "base", 2048, 1, 1024, 3072),
+        JointCalibration(2, "shoulder", 2148, -1, 1100, 3100),
+        JointCalibration(3, "elbow", 2048, 1, 1024, 3072),
+    ), GripperCalibration(4, 2048, 2548), arm="test")
+
+
+class Rig:
+    def __init__(self, family: str, emu: ServoBusEmulator, arm: ServoArm) -> None:
+        self.family, self.emu, self.arm = family, emu, arm
+        self.faults: list = []
+
+    def reading(self) -> Reading:
+        r = self.arm.read()
+        self.faults += r.faults
+        return r
+
+    def flags(self) -> FwFlags:
+        r = self.reading()
+        return r.sample.flags if r.sample is not None else FwFlags(0)
+
+    def q(self) -> tuple[float, ...]:
+        r = self.reading()
+        assert r.sample is not None
+        return r.sample.positions
+
+    def engage(self) -> None:
+        self.arm.write([Release()])
+        assert wait_for(lambda: FwFlags.FOLLOWING in self.flags())
+
+    def follow(self, q: tuple[float, ...], grip: float = 0.0) -> None:
+        def there() -> bool:
+            self.arm.write([Targets(q, grip)])  # the control loop keeps writing
+            return all(abs(a - b) < 0.01 for a, b in zip(self.q(), q, strict=True))
+        assert wait_for(there)
+
+
+@pytest.fixture(params=sorted(ARMS))
+def rig(request, tmp_path) -> Iterator[Rig]:
+    family = request.param
+    emu = ServoBusEmulator(family, IDS, link=tmp_path / "ttyBUS", seed=3).start()
+    cfg = ServosConfig(port=emu.port_path, ids=IDS, gripper_id=4, latency_ms=50.0,
+                       max_rate_hz=200.0)
+    arm = ARMS[family](cfg, calibration(family))
+    arm.open()
+    assert wait_for(lambda: arm.read().sample is not None)
+    yield Rig(family, emu, arm)
+    arm.close()
+    arm.close()  # safe twice
+    emu.stop()
+
+
+def test_nothing_moves_before_release_and_targets_follow_after(rig: Rig) -> None:
+    assert rig.arm.info.rate_hz is not None and rig.arm.info.rate_hz > 0
+    assert FwFlags.BRAKED in rig.flags()
+    rig.arm.write([Targets((0.3, 0.2, -0.2), 0.5)])
+    time.sleep(0.1)
+    assert all(not rig.emu.snapshot(i).torque_on for i in IDS)
+    assert rig.arm.counters["targets_ignored"] >= 1
+    rig.engage()
+    rig.follow((0.3, 0.2, -0.2), 0.5)
+    # The calibration's direction and homing offset reach the wire: joint 2 runs reversed.
+    shoulder = rig.emu.snapshot(2)
+    assert shoulder.position_rad == pytest.approx(100 * 2 * math.pi / 4096 - 0.2, abs=0.01)
+    assert wait_for(lambda: abs(rig.reading().sample.grip - 0.5) < 0.01)
+
+
+def test_goals_are_clamped_to_the_calibrated_range(rig: Rig) -> None:
+    rig.engage()
+    far = (3.0, 0.0, 0.0)  # beyond range_max 3072 ticks = +1.57 rad
+    rig.arm.write([Targets(far, 0.0)])
+    assert wait_for(lambda: rig.emu.snapshot(1).goal_rad > 1.5)
+    assert rig.emu.snapshot(1).goal_rad == pytest.approx(1024 * 2 * math.pi / 4096, abs=1e-3)
+    assert rig.arm.counters["goals_clamped"] >= 1
+
+
+def test_hold_freezes_every_goal_where_the_joint_is(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.2, 0.0, 0.0))
+    rig.arm.write([Targets((1.2, 0.0, 0.0), 0.0)])
+    assert wait_for(lambda: rig.emu.snapshot(1).position_rad > 0.3)
+    rig.arm.write([Hold(brake=True)])
+    assert wait_for(lambda: FwFlags.HOLDING in rig.flags())
+    snap = rig.emu.snapshot(1)
+    assert snap.goal_rad < 1.1  # the far target was dropped for where the joint was
+    rig.arm.write([Targets((1.2, 0.0, 0.0), 0.0)])
+    time.sleep(0.05)
+    assert rig.emu.snapshot(1).goal_rad == pytest.approx(snap.goal_rad, abs=1e-6)
+    assert snap.torque_on  # hold with torque: a brakeless arm must not fall
+
+
+def test_missing_servo_at_startup_is_one_line_naming_it(tmp_path) -> None:
+    for family, cls in ARMS.items():
+        with ServoBusEmulator(family, (1, 2, 4), link=tmp_path / f"tty{family}") as emu:
+            cfg = ServosConfig(port=emu.port_path, ids=IDS, gripper_id=4, latency_ms=50.0)
+            with pytest.raises(ManipulatorError) as err:
+                cls(cfg, calibration(family)).open()
+            assert "servo ID 3 does not answer" in str(err.value)
+            assert "\n" not in str(err.value)
+
+
+def test_hardware_error_is_a_fault_in_plain_words_and_the_others_hold(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.1, 0.1, 0.1))
+    rig.arm.write([Targets((0.8, -0.5, 0.8), 0.0)])
+    assert wait_for(lambda: rig.emu.snapshot(1).position_rad > 0.2)
+    rig.emu.inject_overload(2)
+    assert wait_for(lambda: FwFlags.FAULT in rig.flags())
+    note = next(f for f in rig.faults if f.code == FAULT_SERVO_HARDWARE)
+    assert "servo 2 (shoulder): overload" in note.detail
+    assert FwFlags.HOLDING in rig.flags()
+    for sid in (1, 3):  # the others hold where they were, not at the far target
+        snap = rig.emu.snapshot(sid)
+        assert snap.torque_on and snap.goal_rad < 0.75
+    rig.arm.write([Targets((0.8, -0.5, 0.8), 0.0)])
+    time.sleep(0.05)
+    assert rig.emu.snapshot(1).goal_rad < 0.75
+
+
+def test_a_servo_that_stops_answering_faults_and_the_others_hold(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.1, 0.1, 0.1))
+    rig.arm.write([Targets((0.9, 0.1, 0.9), 0.0)])
+    rig.emu.inject(silent=[3])
+    assert wait_for(lambda: bool(rig.reading()) and
+                    any(f.code == FAULT_SERVO_SILENT for f in rig.faults))
+    note = next(f for f in rig.faults if f.code == FAULT_SERVO_SILENT)
+    assert "servo 3 (elbow) stopped answering" in note.detail
+    assert FwFlags.FAULT in rig.flags() and FwFlags.HOLDING in rig.flags()
+    goal = rig.emu.snapshot(1).goal_rad
+    assert goal < 0.85
+    rig.arm.write([Release()])  # refused while a servo is gone
+    time.sleep(0.05)
+    assert FwFlags.FOLLOWING not in rig.flags()
+
+
+def test_bad_bytes_on_the_bus_are_counted_and_never_move_the_arm(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.2, -0.1, 0.3))
+    rig.arm.write([Hold()])
+    assert wait_for(lambda: FwFlags.HOLDING in rig.flags())
+    goals = {i: rig.emu.snapshot(i).goal_rad for i in IDS}
+    for fault in ({"noise": 0.5}, {"corrupt": 0.5}, {"wrong_id": 0.5}, {"truncate": 0.5}):
+        rig.emu.inject(**fault)
+        time.sleep(0.1)
+    rig.emu.inject()
+    c = rig.arm.counters
+    assert c["rx_corrupt"] + c["rx_short"] > 0 and c["rx_wrong_id"] > 0
+    assert {i: rig.emu.snapshot(i).goal_rad for i in IDS} == goals
+    assert rig.arm.connected
+
+
+def test_command_watchdog_holds_when_the_control_loop_stops_writing(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.0, 0.0, 0.0))
+    rig.arm.write([Targets((1.4, 0.0, 0.0), 0.0)])  # a long move, then silence
+    assert wait_for(lambda: FwFlags.WATCHDOG_TRIPPED in rig.flags())
+    assert FwFlags.HOLDING in rig.flags()
+    assert rig.emu.snapshot(1).goal_rad < 1.3
+    rig.engage()  # a Release clears the latch
+    assert FwFlags.WATCHDOG_TRIPPED not in rig.flags()
+
+
+def test_dynamixel_bus_watchdog_stops_the_servos_when_the_bus_goes_silent(tmp_path) -> None:
+    """The process dies (here: its bus thread stops, nothing closes) -> the servos stop."""
+    with ServoBusEmulator("dynamixel", IDS, link=tmp_path / "ttyWD") as emu:
+        cfg = ServosConfig(port=emu.port_path, ids=IDS, gripper_id=4, latency_ms=50.0,
+                           bus_watchdog_ms=60.0, command_watchdog_ms=5000.0)
+        arm = DynamixelArm(cfg, calibration("dynamixel"))
+        arm.open()
+        rig = Rig("dynamixel", emu, arm)
+        rig.engage()
+        arm.write([Targets((1.4, 0.0, 0.0), 0.0)])
+        assert wait_for(lambda: emu.snapshot(1).position_rad > 0.1)
+        arm._halt.set()  # the bus falls silent, as if the process were SIGKILLed
+        assert wait_for(lambda: all(emu.snapshot(i).watchdog_tripped for i in IDS))
+        snap = emu.snapshot(1)
+        assert snap.position_rad < 1.3 and snap.goal_rad == pytest.approx(snap.position_rad,
+                                                                           abs=0.01)
+        arm.close()
