@@ -86,7 +86,7 @@ def test_sts_decoder_counts_bad_checksums_and_noise() -> None:
 
 # ------------------------------------------------------------------ Dynamixel
 def test_dxl_sdk_ping_read_write_and_motion(dxl_bus) -> None:
-    emu, port, ph = dxl_bus
+    _emu, port, ph = dxl_bus
     model, result, error = ph.ping(port, 2)
     assert (model, result, error) == (1020, dxl.COMM_SUCCESS, 0)
     _, result, _ = ph.ping(port, 9)
@@ -102,7 +102,7 @@ def test_dxl_sdk_ping_read_write_and_motion(dxl_bus) -> None:
 
 
 def test_dxl_sdk_sync_write_sync_read_and_bulk_read(dxl_bus) -> None:
-    emu, port, ph = dxl_bus
+    _emu, port, ph = dxl_bus
     torque = dxl.GroupSyncWrite(port, ph, 64, 1)
     goals = dxl.GroupSyncWrite(port, ph, 116, 4)
     for i in IDS:
@@ -187,7 +187,7 @@ def test_dxl_bus_watchdog_stops_a_servo_on_a_silent_bus(dxl_bus) -> None:
 
 # ------------------------------------------------------------------ Feetech
 def test_sts_sdk_ping_read_write_and_sync(sts_bus) -> None:
-    emu, port, ph = sts_bus
+    _emu, port, ph = sts_bus
     assert ph.ping(port, 1) == (777, scs.COMM_SUCCESS, 0)
     assert ph.ping(port, 7)[1] == scs.COMM_RX_TIMEOUT
     assert ph.read2ByteTxRx(port, 2, 56) == (2048, scs.COMM_SUCCESS, 0)

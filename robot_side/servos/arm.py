@@ -180,7 +180,7 @@ class ServoArm(Manipulator):
         self._thread.start()
 
     def _answers(self, servo_id: int) -> bool:
-        """A ping answered within ``missed_reads`` tries (one lost status is not a missing servo)."""
+        """A ping answered within ``missed_reads`` tries: one lost status is no missing servo."""
         return any(self._bus_ping(servo_id) is not None for _ in range(self.cfg.missed_reads))
 
     def _measure_rate(self, cycles: int = 10) -> float:
