@@ -232,6 +232,18 @@ class ServoArm(Manipulator):
     def _backend_counters(self) -> dict[str, int]:
         return dict(self.bus_counts)
 
+    def raw_positions(self, after_ns: int, timeout_s: float = 2.0) -> dict[int, int]:
+        """Present positions in ticks from a bus cycle that started after ``after_ns``."""
+        deadline = time.monotonic_ns() + int(timeout_s * 1e9)
+        pos = self.family.present_position.addr
+        while time.monotonic_ns() < deadline:
+            states = list(self.servos.values())
+            if all(s.ok_ns > after_ns and pos in s.raw for s in states):
+                return {sid: s.raw[pos] for sid, s in self.servos.items()}
+            time.sleep(0.005)
+        stale = [sid for sid, s in self.servos.items() if s.ok_ns <= after_ns]
+        raise ManipulatorError(f"{self.info.name}: no fresh position from servo(s) {stale}")
+
     def measured_rate_hz(self) -> float | None:
         """Bus cycles per second over the last ``RATE_WINDOW`` cycles."""
         stamps = list(self._cycle_ns)

@@ -184,6 +184,19 @@ class ServoBusEmulator:
         with self._lock:
             self.servos[servo_id].inject_overload(on, time.monotonic_ns())
 
+    def move_by_hand(self, servo_id: int, position_rad: float) -> bool:
+        """A person turns a joint whose torque is off (calibration); False if it resists."""
+        with self._lock:
+            servo = self.servos[servo_id]
+            servo.step(time.monotonic_ns())
+            if servo.torque_on:
+                return False
+            fam = self.family
+            ticks = fam.centre_tick + position_rad / fam.rad_per_tick
+            servo.position = min(max(ticks, 0.0), fam.ticks_per_rev - 1.0)
+            servo.refresh()
+            return True
+
     def snapshot(self, servo_id: int) -> ServoSnapshot:
         with self._lock:
             s = self.servos[servo_id]
@@ -395,3 +408,4 @@ class ServoBusEmulator:
 
 def _u16(data: bytes, at: int) -> int:
     return data[at] | data[at + 1] << 8
+
