@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import zmq
 
-from robot_side.control import CommandSample, LinkView, PendingRequest
+from robot_side.control import CommandSample, LinkView, PendingRequest, StepReport
 from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.config import LinkConfig
@@ -60,6 +60,8 @@ class Mailbox:
         self.replies: collections.deque[tuple[bytes, ControlReply]] = collections.deque(maxlen=64)
         self.events: collections.deque[SafetyEvent] = collections.deque(maxlen=1024)
         self.telemetry: Telemetry | None = None
+        self.report: StepReport | None = None
+        """The control period's newest report, swapped in whole every period."""
         self.dropped_requests = 0
 
     def take_requests(self) -> list[PendingRequest]:

@@ -23,10 +23,12 @@ from typing import Any
 
 from robot_side.config import RobotConfig
 from robot_side.control import ControlCore, LinkView, StepReport
-from robot_side.driver import SerialManipulator
+from robot_side.control_io import ControlInputs, EstopEvent, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
+from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
+from robot_side.period import PeriodResult, run_period
 from robot_side.ros import open_bridge
 from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
@@ -34,12 +36,14 @@ from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
-from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
+from telesurgery.errors import AuthError, ManipulatorError, TelesurgeryError
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
+
+MAX_TRIPS = 10_000
 
 
 class RobotNode:
@@ -51,12 +55,23 @@ class RobotNode:
         self.mailbox = Mailbox()
         self._halt = threading.Event()
         self.kin = Kinematics.from_urdf(cfg.kinematics.urdf, cfg.kinematics.tip_frame)
-        self.driver = SerialManipulator(cfg.serial)
-        self.core = ControlCore(cfg, self.kin, self.driver)
+        self.manipulator = make_manipulator(cfg)
+        self.core = ControlCore(cfg, self.kin)
         self.pacer = Pacer(cfg.control.period_ns)
         self._recent: collections.deque[str] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
+        self.trips: list[TripRecord] = []
+        """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._estop_pending: dict[int, EstopRequest] = {}
+        self._estop_token = 0
+        self._tlm_seq = 0
+
+    @property
+    def _empty_link(self) -> LinkView:
+        """Before the network thread's first view: nothing known, so nothing healthy."""
+        now = time.monotonic_ns()
+        return LinkView(LinkStats().snapshot(now), None, False)
 
     def panel_status(self) -> dict[str, Any]:
         """What the on-site staff's panel shows; read from references the loop swaps."""
@@ -88,11 +103,12 @@ class RobotNode:
             stack.callback(auditor.join, 2.0)
             stack.callback(auditor.stop)
             try:
-                self.driver.open()
-            except SerialLinkError as err:
-                log.error("serial port not available (%s); holding and retrying", err)
-            stack.callback(self.driver.close)
-            reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
+                self.manipulator.open()
+            except ManipulatorError as err:
+                log.error("manipulator not available (%s); holding and retrying", err)
+            stack.callback(self.manipulator.close)
+            reconnector = SerialReconnector(self.manipulator,
+                                            cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
             video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
@@ -123,69 +139,86 @@ class RobotNode:
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
                      net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
             self._loop(auditor, ros, estop, video, seconds)
-            audit.append("stop", {"trips": len(self.core.trips)}, sync=True)
+            audit.append("stop", {"trips": len(self.trips)}, sync=True)
             self._write_summary(net, auditor, video)
         return 0
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
-        mb = self.mailbox
-        core = self.core
         if enter_realtime(50, cfg.control.realtime):
             self.pacer.set_spin(SPIN_LEAD_NS)
-        empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
-        tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
-        seq = 0
-        trips_logged = 0
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self.pacer.wait()
-            now = tick.actual_ns
-            self._estop_inputs(now, estop, ros)
-            link = mb.link_view or empty
-            report = core.step(now, mb.command, link, mb.take_requests(), auditor.healthy)
-            for item in report.replies:
-                mb.replies.append(item)
-            if core.transitions:
-                for t in core.transitions:
-                    auditor.submit(t)
-                    self._recent.append(f"{t.state_from} -> {t.state_to}: {t.reason} {t.detail}")
-                core.transitions.clear()
-            if len(core.trips) > trips_logged:
-                # One machine-readable line per trip, in monotonic ns: the HIL rig
-                # checks every reaction time against its bound while the node runs.
-                for trip in core.trips[trips_logged:]:
-                    log.warning("TRIP %s", json.dumps(asdict(trip)))
-                trips_logged = len(core.trips)
-            ros.latest = report
-            self._last_report, self._last_link = report, link
-            if tick.index % tlm_every == 0:
-                seq += 1
-                sample = mb.command
-                mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
-                                              sample.cmd.video_age_us if sample else None)
+            self._period(tick.actual_ns, auditor, ros, estop, telemetry=(
+                tick.index % self._tlm_every == 0))
         # Leaving the loop: the arm must be holding, whatever state we were in.
-        core.supervisor.disarm(time.monotonic_ns())
-        core.step(time.monotonic_ns(), None, mb.link_view or empty)
+        self.core.supervisor.disarm(time.monotonic_ns())
+        self._period(time.monotonic_ns(), auditor, ros, estop, telemetry=False)
 
-    def _estop_inputs(self, now: int, estop: EstopServer, ros: RosReporter) -> None:
+    @property
+    def _tlm_every(self) -> int:
+        return max(1, round(self.cfg.control.rate_hz / self.cfg.control.telemetry_hz))
+
+    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
+                *, telemetry: bool) -> PeriodResult:
+        """read -> update -> write, then the hand-offs (one reference swap, bounded deques).
+
+        Whatever paces the loop or wherever commands come from, a period is this.
+        """
+        mb = self.mailbox
+        link = mb.link_view or self._empty_link
+        inputs = ControlInputs(command=mb.command, link=link,
+                               requests=tuple(mb.take_requests()),
+                               estop=self._estop_events(estop, ros),
+                               audit_ok=auditor.healthy)
+        result = run_period(self.manipulator, self.core, now_ns, inputs)
+        out = result.output
+        mb.replies.extend(out.replies)
+        for record in out.audit:  # before the transitions, whose fsync covers them
+            auditor.submit(record)
+        for t in out.transitions:
+            auditor.submit(t)
+            self._recent.append(f"{t.state_from} -> {t.state_to}: {t.reason} {t.detail}")
+        for token, answer in out.estop_replies:
+            req = self._estop_pending.pop(token, None)
+            if req is not None:
+                req.answer = answer
+                req.done.set()
+        if result.trip is not None:
+            # One machine-readable line per trip, in monotonic ns: the HIL rig checks
+            # every reaction time against its bound while the node runs.
+            log.warning("TRIP %s", json.dumps(asdict(result.trip)))
+            if len(self.trips) < MAX_TRIPS:
+                self.trips.append(result.trip)
+        report = out.report
+        mb.report = report
+        ros.latest = report
+        self._last_report, self._last_link = report, link
+        if telemetry:
+            # Until the network thread builds telemetry from mb.report itself.
+            self._tlm_seq += 1
+            sample = mb.command
+            mb.telemetry = telemetry_from(self._tlm_seq, report, link,
+                                          self.pacer.recent_jitter_us(),
+                                          sample.cmd.video_age_us if sample else None)
+        return result
+
+    def _estop_events(self, estop: EstopServer, ros: RosReporter) -> tuple[EstopEvent, ...]:
+        events: list[EstopEvent] = []
         if ros.estop_requested.is_set():
             ros.estop_requested.clear()
-            self.core.estop(now, Reason.ESTOP_ROS)
+            events.append(EstopEvent("press", Reason.ESTOP_ROS))
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
-            if req.action == "press":
-                self.core.estop(now, Reason.ESTOP_LOCAL)
-                req.answer = "ok e-stop pressed"
-            elif req.action == "clear":
-                ok = self.core.clear_estop_local(now)
-                req.answer = "ok e-stop cleared" if ok else (
-                    f"refused: {self.core.supervisor.reason}")
-            else:
-                req.answer = f"ok {self.core.supervisor.state} {self.core.supervisor.reason}"
-            req.done.set()
+            self._estop_token += 1
+            self._estop_pending[self._estop_token] = req
+            action = req.action if req.action in ("press", "clear") else "status"
+            events.append(EstopEvent(action, Reason.ESTOP_LOCAL,  # type: ignore[arg-type]
+                                     self._estop_token))
+        return tuple(events)
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
                        video: VideoProcess) -> None:
@@ -194,7 +227,7 @@ class RobotNode:
         stats = self.pacer.stats()
         snap = net.stats.snapshot(time.monotonic_ns())
         summary = {
-            "trips": [asdict(t) for t in self.core.trips],
+            "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
             "link": asdict(snap),
             "command_latency": net.latency_percentiles(),
@@ -205,7 +238,7 @@ class RobotNode:
             "gate": {str(k): v for k, v in net.gate.counters.items()},
             "link_counters": dict(net.link.counters) if net.link else {},
             "audit_records": auditor.persisted,
-            "serial": dict(self.driver.counters),
+            "serial": dict(self.manipulator.counters),
             "video": video.summary(),
             "final_state": str(self.core.supervisor.state),
         }

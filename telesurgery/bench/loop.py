@@ -1,11 +1,12 @@
-"""``telesurgery bench loop``: the real control loop at 1 kHz, idle and under video load.
+"""``telesurgery bench loop``: the real control period at 1 kHz, idle and under video load.
 
-The loop is the robot node's own ``ControlCore`` (supervisor, watchdog, limits,
-IK, joint limits, serial write) following a synthetic circle, talking to the
-firmware emulator over a real pseudo-terminal in another process. It runs once
-alone and once while another process encodes 720p30 H.264, and reports the
-period error (actual wake-up minus deadline), compute time per step, overruns
-and CPU. The final line is one JSON object.
+Each period is the robot node's own read -> update -> write
+(``robot_side.period.run_period``: supervisor, watchdog, limits, IK, joint
+limits) following a synthetic circle, on the ``virtual`` manipulator backend
+(the firmware model in process), so the figures are the control core's own and
+not the pty's. It runs once alone and once while another process encodes 720p30
+H.264, and reports the period error (actual wake-up minus deadline), compute
+time per period, overruns and CPU. The final line is one JSON object.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
-from robot_side.config import ControlConfig, RobotConfig
+from robot_side.config import ControlConfig, ManipulatorConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
-from robot_side.driver import SerialConfig, SerialManipulator
+from robot_side.control_io import ControlInputs
 from robot_side.kinematics import Kinematics
+from robot_side.manipulator import open_manipulator
+from robot_side.period import run_period
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
@@ -50,16 +50,6 @@ while True:
 """
 
 
-def _start_firmware(link: Path, home: np.ndarray) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "telesurgery.cli", "firmware-sim", "--link", str(link),
-           "--arm", "default", "--initial", ",".join(f"{q:.6f}" for q in home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    if proc.stdout is None or not proc.stdout.readline().startswith(b"PORT"):
-        proc.kill()
-        raise RuntimeError("firmware emulator did not start")
-    return proc
-
-
 def _policy_name(pid: int) -> str:
     policy = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
     return {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO",
@@ -78,10 +68,9 @@ def _command(seq: int, t: float, centre: tuple[float, float, float]) -> Command:
 
 def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
     kin = Kinematics.from_urdf()
-    driver = SerialManipulator(cfg.serial)
-    driver.open()
+    manip = open_manipulator(cfg)
     try:
-        core = ControlCore(cfg, kin, driver)
+        core = ControlCore(cfg, kin)
         stats = LinkStats()
         centre, _ = kin.fk(kin.home)
         # As the robot node paces its loop (robot_side/node.py).
@@ -107,8 +96,8 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
                 reqs = [PendingRequest(b"bench", ControlRequest(req_id=seq, op=op),
                                        tick.actual_ns)]
             start = time.monotonic_ns()
-            core.step(tick.actual_ns, CommandSample(cmd, tick.actual_ns), view, reqs)
-            core.transitions.clear()
+            run_period(manip, core, tick.actual_ns, ControlInputs(
+                CommandSample(cmd, tick.actual_ns), view, tuple(reqs)))
             steps.append(time.monotonic_ns() - start)
         cpu = proc.cpu_percent(None)
         p = pacer.stats()
@@ -128,33 +117,23 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             "ticks": p.ticks,
         }
     finally:
-        driver.close()
+        manip.close()
 
 
 def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
-    kin = Kinematics.from_urdf()
-    with tempfile.TemporaryDirectory(prefix="ts-bench-loop-") as tmp:
-        link = Path(tmp) / "ttyTS0"
-        fw = _start_firmware(link, kin.home)
-        try:
-            cfg = RobotConfig(serial=SerialConfig(port=str(link)),
-                              control=ControlConfig(rate_hz=rate_hz))
-            cfg = replace(cfg)
-            alone = _run_loop(cfg, seconds)
-            load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD],
-                                    stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(1.0)
-                # The load must compete as an ordinary process: spawned at the loop's
-                # FIFO priority it would measure priority inheritance, not the loop.
-                load_policy = _policy_name(load.pid)
-                loaded = _run_loop(cfg, seconds)
-            finally:
-                load.kill()
-                load.wait()
-        finally:
-            fw.terminate()
-            fw.wait(5)
+    cfg = RobotConfig(manipulator=ManipulatorConfig(backend="virtual"),
+                      control=ControlConfig(rate_hz=rate_hz))
+    alone = _run_loop(cfg, seconds)
+    load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        # The load must compete as an ordinary process: spawned at the loop's
+        # FIFO priority it would measure priority inheritance, not the loop.
+        load_policy = _policy_name(load.pid)
+        loaded = _run_loop(cfg, seconds)
+    finally:
+        load.kill()
+        load.wait()
     out: dict[str, Any] = {"rate_hz": rate_hz, **alone}
     out.update({f"{k}_load": v for k, v in loaded.items()})
     out["load_sched_policy"] = load_policy
