@@ -35,7 +35,7 @@ class Hand:
             for sid in (1, 2, 3):
                 emu.move_by_hand(sid, 0.1 * sid)  # zero pose: off-centre homing offsets
         elif prompt.startswith("2/4"):
-            sid = int(prompt.split("servo ")[1].split(")")[0])
+            sid = int(prompt.split("servo ")[1].split(")", maxsplit=1)[0])
             step = -0.2 if sid == self.reversed_id else 0.2
             emu.move_by_hand(sid, 0.1 * sid + step)
         elif "one end" in prompt:
@@ -93,7 +93,7 @@ def test_a_joint_that_does_not_move_stops_the_walk_with_its_name(bus) -> None:
 
 
 def test_main_writes_the_file_from_the_terminal(bus, tmp_path, monkeypatch) -> None:
-    emu, cfg = bus
+    emu, _cfg = bus
     hand = Hand(emu, reversed_id=0)
 
     class Terminal(io.StringIO):

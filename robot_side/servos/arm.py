@@ -110,6 +110,8 @@ class ServoArm(Manipulator):
         self._applied_seq: int | None = None
         self._sample: JointSample | None = None
         self._faults: collections.deque[FaultNote] = collections.deque(maxlen=MAX_FAULTS)
+        self._pending_faults: list[FaultNote] = []
+        """This cycle's faults: published with the sample that shows them, never before."""
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._bus_up = False
@@ -342,8 +344,7 @@ class ServoArm(Manipulator):
     def _fault(self, code: int, detail: str) -> None:
         _ratelog(logging.ERROR, f"fault{code}", "%s: %s", self.info.name, detail)
         self._latched |= FwFlags.FAULT
-        with self._cond:
-            self._faults.append(FaultNote(code, detail))
+        self._pending_faults.append(FaultNote(code, detail))
 
     def _poll(self, cycle: int) -> None:
         now = time.monotonic_ns()
@@ -388,7 +389,10 @@ class ServoArm(Manipulator):
 
     def _publish(self, now: int) -> None:
         if any(not s.raw for s in self.servos.values()):
-            return  # no complete picture yet
+            with self._cond:  # no complete picture yet; the faults go out alone
+                self._faults.extend(self._pending_faults)
+            self._pending_faults.clear()
+            return
         fam = self.family
         pos, vel, load = (f.addr for f in (fam.present_position, fam.present_velocity,
                                            fam.present_load))
@@ -412,3 +416,5 @@ class ServoArm(Manipulator):
         sample = JointSample(tuple(q), tuple(v), tuple(e), grip, flags, now, self._applied_seq)
         with self._cond:
             self._sample = sample
+            self._faults.extend(self._pending_faults)
+        self._pending_faults.clear()
