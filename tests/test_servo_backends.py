@@ -7,6 +7,9 @@ with generous deadlines, and every safety test names what it would miss.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,6 +28,7 @@ from robot_side.servos.dynamixel import DynamixelArm
 from robot_side.servos.emulator import ServoBusEmulator
 from robot_side.servos.feetech import FeetechArm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = (1, 2, 3, 4)
 JOINTS = (1, 2, 3)
 ARMS: dict[str, type[ServoArm]] = {"dynamixel": DynamixelArm, "feetech": FeetechArm}
@@ -204,20 +208,59 @@ def test_command_watchdog_holds_when_the_control_loop_stops_writing(rig: Rig) ->
     assert FwFlags.WATCHDOG_TRIPPED not in rig.flags()
 
 
-def test_dynamixel_bus_watchdog_stops_the_servos_when_the_bus_goes_silent(tmp_path) -> None:
-    """The process dies (here: its bus thread stops, nothing closes) -> the servos stop."""
-    with ServoBusEmulator("dynamixel", IDS, link=tmp_path / "ttyWD") as emu:
-        cfg = ServosConfig(port=emu.port_path, ids=IDS, gripper_id=4, latency_ms=50.0,
-                           bus_watchdog_ms=60.0, command_watchdog_ms=5000.0)
-        arm = DynamixelArm(cfg, calibration("dynamixel"))
-        arm.open()
-        rig = Rig("dynamixel", emu, arm)
-        rig.engage()
-        arm.write([Targets((1.4, 0.0, 0.0), 0.0)])
-        assert wait_for(lambda: emu.snapshot(1).position_rad > 0.1)
-        arm._halt.set()  # the bus falls silent, as if the process were SIGKILLed
-        assert wait_for(lambda: all(emu.snapshot(i).watchdog_tripped for i in IDS))
-        snap = emu.snapshot(1)
-        assert snap.position_rad < 1.3 and snap.goal_rad == pytest.approx(snap.position_rad,
-                                                                           abs=0.01)
-        arm.close()
+CHILD = """
+import sys, time
+from robot_side.manipulator.base import Release, Targets
+from robot_side.servos.config import ServosConfig
+from robot_side.servos.{module} import {cls}
+cfg = ServosConfig(port=sys.argv[1], ids=(1, 2, 3, 4), gripper_id=4, latency_ms=50.0,
+                   bus_watchdog_ms=60.0, command_watchdog_ms=5000.0)
+arm = {cls}(cfg)
+arm.open()
+arm.write([Release()])
+while True:
+    arm.write([Targets((1.4, 0.0, 0.0), 0.0)])
+    time.sleep(0.002)
+"""
+
+
+@pytest.mark.parametrize("family", sorted(ARMS))
+def test_a_sigkilled_robot_process_leaves_the_servos_stopped_or_at_their_last_goal(
+        family: str, tmp_path) -> None:
+    """Dynamixel: the Bus Watchdog stops each servo where it is. Feetech has none: each
+    servo goes on to its last goal, which the control core kept within one step (and
+    the tracking bound) of the arm; the hazard table says so."""
+    with ServoBusEmulator(family, IDS, link=tmp_path / "ttyKILL") as emu:
+        module, cls = ("dynamixel", "DynamixelArm") if family == "dynamixel" else (
+            "feetech", "FeetechArm")
+        child = subprocess.Popen([sys.executable, "-c", CHILD.format(module=module, cls=cls),
+                                  emu.port_path], env={**os.environ, "PYTHONPATH": ROOT})
+        try:
+            assert wait_for(lambda: emu.snapshot(1).position_rad > 0.1, 30.0)
+        finally:
+            child.kill()
+            child.wait()
+        if family == "dynamixel":
+            assert wait_for(lambda: all(emu.snapshot(i).watchdog_tripped for i in IDS))
+            snap = emu.snapshot(1)
+            assert snap.position_rad < 1.3
+            assert snap.goal_rad == pytest.approx(snap.position_rad, abs=0.01)
+            time.sleep(0.1)
+            assert emu.snapshot(1).position_rad == pytest.approx(snap.position_rad, abs=1e-3)
+        else:
+            assert wait_for(lambda: abs(emu.snapshot(1).position_rad - 1.4) < 0.01)
+            assert emu.snapshot(1).goal_rad == pytest.approx(1.4, abs=0.01)
+            assert not emu.snapshot(1).watchdog_tripped
+
+
+def test_down_sampling_keeps_every_hold_and_release_and_only_the_newest_targets() -> None:
+    from robot_side.servos.arm import _Command, _merge
+
+    t1, t2, t3 = (Targets((0.1 * i, 0.0, 0.0), 0.0) for i in (1, 2, 3))
+    pending = None
+    for seq, frames in enumerate(([Release()], [t1], [t2], [Hold()], [t3], [Release()], [t1])):
+        pending = _merge(pending, _Command(seq, tuple(frames), seq))
+    assert pending.frames == (Release(), Hold(), Release(), t1)
+    assert pending.seq == 6
+    assert _merge(_merge(None, _Command(0, (Release(), t1), 0)),
+                  _Command(1, (t2,), 1)).frames == (Release(), t2)

@@ -85,6 +85,29 @@ class _Command:
     at_ns: int
 
 
+MAX_PENDING = 16
+
+
+def _merge(pending: _Command | None, new: _Command) -> _Command:
+    """What the bus thread has not applied yet, plus ``new``: the down-sampling.
+
+    Only targets are replaced by newer ones; a Hold or Release is never dropped (a
+    Release followed by targets within one bus cycle still releases), and a Hold or
+    Release supersedes targets queued before it.
+    """
+    frames: list[Frame] = list(pending.frames) if pending is not None else []
+    for frame in new.frames:
+        if isinstance(frame, Targets):
+            if frames and isinstance(frames[-1], Targets):
+                frames[-1] = frame
+            else:
+                frames.append(frame)
+        else:
+            frames = [f for f in frames if not isinstance(f, Targets)]
+            frames.append(frame)
+    return _Command(new.seq, tuple(frames[-MAX_PENDING:]), new.at_ns)
+
+
 class ServoArm(Manipulator):
     """The bus thread and the servo-level safety; a family implements the ``_bus_*`` calls."""
 
@@ -224,7 +247,7 @@ class ServoArm(Manipulator):
         now = time.monotonic_ns()
         with self._cond:
             self._seq += 1
-            self._command = _Command(self._seq, tuple(frames), now)
+            self._command = _merge(self._command, _Command(self._seq, tuple(frames), now))
             self._cond.notify_all()
         return now
 
