@@ -169,19 +169,26 @@ def test_hardware_error_is_a_fault_in_plain_words_and_the_others_hold(rig: Rig) 
 
 def test_a_servo_that_stops_answering_faults_and_the_others_hold(rig: Rig) -> None:
     rig.engage()
-    rig.follow((0.1, 0.1, 0.1))
-    rig.arm.write([Targets((0.9, 0.1, 0.9), 0.0)])
+    rig.follow((0.3, 0.1, 0.3))
     rig.emu.inject(silent=[3])
-    assert wait_for(lambda: bool(rig.reading()) and
-                    any(f.code == FAULT_SERVO_SILENT for f in rig.faults))
+
+    def faulted() -> bool:  # the control loop keeps writing the same pose meanwhile
+        rig.arm.write([Targets((0.3, 0.1, 0.3), 0.0)])
+        time.sleep(0.005)
+        rig.reading()
+        return any(f.code == FAULT_SERVO_SILENT for f in rig.faults)
+
+    assert wait_for(faulted)
     note = next(f for f in rig.faults if f.code == FAULT_SERVO_SILENT)
     assert "servo 3 (elbow) stopped answering" in note.detail
     assert FwFlags.FAULT in rig.flags() and FwFlags.HOLDING in rig.flags()
-    goal = rig.emu.snapshot(1).goal_rad
-    assert goal < 0.85
-    rig.arm.write([Release()])  # refused while a servo is gone
-    time.sleep(0.05)
+    for _ in range(40):  # new targets, and re-engage attempts, while servo 3 is gone
+        rig.arm.write([Targets((-0.5, 0.1, -0.5), 0.0)])
+        if _ % 10 == 0:
+            rig.arm.write([Release()])
+        time.sleep(0.005)
     assert FwFlags.FOLLOWING not in rig.flags()
+    assert rig.emu.snapshot(1).goal_rad == pytest.approx(0.3, abs=0.02)  # held, not -0.5
 
 
 def test_bad_bytes_on_the_bus_are_counted_and_never_move_the_arm(rig: Rig) -> None:
