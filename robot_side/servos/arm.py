@@ -38,7 +38,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from robot_side.manipulator.base import (
     FaultNote,
@@ -52,6 +51,14 @@ from robot_side.manipulator.base import (
     Targets,
 )
 from robot_side.serial_protocol import FwFlags
+from robot_side.servos.busstate import (
+    FAULT_SERVO_HARDWARE,
+    FAULT_SERVO_SILENT,
+    Command,
+    CycleLog,
+    ServoState,
+    merge_pending,
+)
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.tables import ServoFamily
 from telesurgery.ratelog import RateLimitedLog
@@ -59,53 +66,8 @@ from telesurgery.ratelog import RateLimitedLog
 log = logging.getLogger(__name__)
 _ratelog = RateLimitedLog(log)
 
-FAULT_SERVO_HARDWARE = 20
-FAULT_SERVO_SILENT = 21
-FAULT_SERVO_MISSING = 22
 EFFORT_LIMIT_FRACTION = 0.9
 MAX_FAULTS = 64
-RATE_WINDOW = 50
-
-
-@dataclass
-class ServoState:
-    """What one servo last reported (raw units), and how it has been answering."""
-
-    raw: dict[int, int]
-    """Register address -> decoded value."""
-    error_bits: int = 0
-    missed: int = 0
-    ok_ns: int = 0
-
-
-@dataclass(frozen=True)
-class _Command:
-    seq: int
-    frames: tuple[Frame, ...]
-    at_ns: int
-
-
-MAX_PENDING = 16
-
-
-def _merge(pending: _Command | None, new: _Command) -> _Command:
-    """What the bus thread has not applied yet, plus ``new``: the down-sampling.
-
-    Only targets are replaced by newer ones; a Hold or Release is never dropped (a
-    Release followed by targets within one bus cycle still releases), and a Hold or
-    Release supersedes targets queued before it.
-    """
-    frames: list[Frame] = list(pending.frames) if pending is not None else []
-    for frame in new.frames:
-        if isinstance(frame, Targets):
-            if frames and isinstance(frames[-1], Targets):
-                frames[-1] = frame
-            else:
-                frames.append(frame)
-        else:
-            frames = [f for f in frames if not isinstance(f, Targets)]
-            frames.append(frame)
-    return _Command(new.seq, tuple(frames[-MAX_PENDING:]), new.at_ns)
 
 
 class ServoArm(Manipulator):
@@ -128,7 +90,7 @@ class ServoArm(Manipulator):
         self.cal = cal
         self.port = cfg.resolved_port()
         self._cond = threading.Condition()
-        self._command: _Command | None = None
+        self._command: Command | None = None
         self._seq = 0
         self._applied_seq: int | None = None
         self._sample: JointSample | None = None
@@ -143,7 +105,7 @@ class ServoArm(Manipulator):
         self._goals: dict[int, int] = {}
         self._last_write_ns = 0
         self.servos: dict[int, ServoState] = {}
-        self._cycle_ns: collections.deque[int] = collections.deque(maxlen=RATE_WINDOW)
+        self.cycles = CycleLog()
         self.bus_counts: dict[str, int] = dict.fromkeys(
             ("cycles", "rx_timeouts", "rx_corrupt", "rx_wrong_id", "rx_short",
              "targets_ignored", "goals_clamped", "watchdog_holds"), 0)
@@ -247,7 +209,7 @@ class ServoArm(Manipulator):
         now = time.monotonic_ns()
         with self._cond:
             self._seq += 1
-            self._command = _merge(self._command, _Command(self._seq, tuple(frames), now))
+            self._command = merge_pending(self._command, Command(self._seq, tuple(frames), now))
             self._cond.notify_all()
         return now
 
@@ -270,11 +232,8 @@ class ServoArm(Manipulator):
         raise ManipulatorError(f"{self.info.name}: no fresh position from servo(s) {stale}")
 
     def measured_rate_hz(self) -> float | None:
-        """Bus cycles per second over the last ``RATE_WINDOW`` cycles."""
-        stamps = list(self._cycle_ns)
-        if len(stamps) < 2 or stamps[-1] == stamps[0]:
-            return None
-        return (len(stamps) - 1) * 1e9 / (stamps[-1] - stamps[0])
+        """Bus cycles per second over the last 50 cycles."""
+        return self.cycles.rate_hz()
 
     # ------------------------------------------------------------ the bus thread
     def _bus_loop(self) -> None:
@@ -285,24 +244,26 @@ class ServoArm(Manipulator):
             with self._cond:
                 command, self._command = self._command, None
             try:
+                start = time.monotonic_ns()
                 if command is not None:
                     self._apply(command)
                 self._check_command_watchdog(time.monotonic_ns())
+                wrote = time.monotonic_ns()
                 self._poll(cycle)
+                self.cycles.add(start, wrote - start, time.monotonic_ns() - wrote)
             except ManipulatorError as err:
                 _ratelog(logging.ERROR, "bus", "%s: bus failed: %s", self.info.name, err)
                 self._bus_up = False
                 return
             cycle += 1
             now = time.monotonic_ns()
-            self._cycle_ns.append(now)
             self.bus_counts["cycles"] = cycle
             next_ns = max(next_ns + period_ns, now)
             with self._cond:
                 if self._command is None and not self._halt.is_set():
                     self._cond.wait(timeout=(next_ns - now) / 1e9)
 
-    def _apply(self, command: _Command) -> None:
+    def _apply(self, command: Command) -> None:
         for frame in command.frames:
             if isinstance(frame, Release):
                 self._release()
@@ -393,7 +354,10 @@ class ServoArm(Manipulator):
             self._fault(FAULT_SERVO_SILENT, f"servo {sid} ({self._name_of(sid)}) stopped "
                         f"answering ({self.cfg.missed_reads} reads in a row)")
             self._hold_others()
-        self._latched |= self._bus_housekeeping(cycle)
+        found = self._bus_housekeeping(cycle)
+        if found & FwFlags.WATCHDOG_TRIPPED:
+            self._hold_others()  # the servo stopped by itself; the rest must not go on
+        self._latched |= found
         self._publish(now)
 
     def _hold_others(self) -> None:

@@ -21,6 +21,7 @@ import serial
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.serial_protocol import FwFlags
 from robot_side.servos.arm import ServoArm
+from robot_side.servos.busstate import FAULT_BUS_WATCHDOG
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import DxlPort
 from robot_side.servos.tables import DYNAMIXEL_X, Field
@@ -34,7 +35,6 @@ PKT_ID, PKT_ERROR, PKT_DATA = 4, 8, 9
 STATUS_OVERHEAD = 11
 ALERT = 0x80
 WATCHDOG_UNIT_MS = 20
-FAULT_BUS_WATCHDOG = 23
 
 
 class DynamixelArm(ServoArm):
