@@ -43,3 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
