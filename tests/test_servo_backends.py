@@ -307,3 +307,14 @@ def test_down_sampling_keeps_every_hold_and_release_and_only_the_newest_targets(
     assert pending.seq == 6
     assert merge_pending(merge_pending(None, Command(0, (Release(), t1), 0)),
                   Command(1, (t2,), 1)).frames == (Release(), t2)
+
+
+def test_statuses_of_one_sync_read_survive_a_silent_predecessor_and_strays_are_dropped() -> None:
+    from robot_side.servos.busstate import collect_statuses
+
+    wire = [("ok", 1, 0, b"a"), ("ok", 99, 0, b"x"), ("ok", 3, 0, b"c"),  # 2 is silent
+            ("ok", 4, 0, b"d"), ("timeout", -1, 0, b"")]
+    counts = dict.fromkeys(("rx_timeouts", "rx_corrupt", "rx_short", "rx_wrong_id"), 0)
+    got = collect_statuses([1, 2, 3, 4], iter(wire).__next__, counts)
+    assert got == {1: (0, b"a"), 2: None, 3: (0, b"c"), 4: (0, b"d")}
+    assert counts == {"rx_timeouts": 1, "rx_corrupt": 0, "rx_short": 0, "rx_wrong_id": 1}

@@ -6,6 +6,7 @@ Split from ``robot_side.servos.arm`` so each stays readable; nothing here does I
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from robot_side.manipulator.base import Frame, Targets
@@ -77,3 +78,40 @@ class CycleLog:
         if len(stamps) < 2 or stamps[-1] == stamps[0]:
             return None
         return (len(stamps) - 1) * 1e9 / (stamps[-1] - stamps[0])
+
+
+Status = tuple[int, bytes]
+"""A status packet's error byte and data."""
+Received = tuple[str, int, int, bytes]
+"""("ok" | "timeout" | "corrupt" | "short", servo ID, error byte, data)."""
+
+
+def collect_statuses(ids: Sequence[int], receive: Callable[[], Received],
+                     counts: dict[str, int]) -> dict[int, Status | None]:
+    """The status of each servo of one sync read, in order; None where none came.
+
+    A status from another servo of the same read (its predecessor was silent, so it
+    answered early) is kept for its turn; one from a servo not asked is counted as
+    wrong-ID and dropped. Timeouts, corrupt and short packets are counted.
+    """
+    early: dict[int, Status] = {}
+    out: dict[int, Status | None] = {}
+    for k, sid in enumerate(ids):
+        if sid in early:
+            out[sid] = early.pop(sid)
+            continue
+        later = set(ids[k + 1:])
+        while True:
+            kind, rid, error, data = receive()
+            if kind != "ok":
+                counts[f"rx_{kind}s" if kind == "timeout" else f"rx_{kind}"] += 1
+                out[sid] = None
+                break
+            if rid == sid:
+                out[sid] = (error, data)
+                break
+            if rid in later and rid not in early:
+                early[rid] = (error, data)
+                continue
+            counts["rx_wrong_id"] += 1
+    return out

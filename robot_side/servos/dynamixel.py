@@ -21,7 +21,7 @@ import serial
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.serial_protocol import FwFlags
 from robot_side.servos.arm import ServoArm
-from robot_side.servos.busstate import FAULT_BUS_WATCHDOG
+from robot_side.servos.busstate import FAULT_BUS_WATCHDOG, Received, collect_statuses
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import DxlPort
 from robot_side.servos.tables import DYNAMIXEL_X, Field
@@ -102,8 +102,9 @@ class DynamixelArm(ServoArm):
         fam = self.family
         fields = (fam.present_load, fam.present_velocity, fam.present_position,
                   fam.present_voltage, fam.present_temperature)
+        statuses = collect_statuses(ids, lambda: self._receive(length), self.bus_counts)
         for sid in ids:
-            status = self._rx_status(sid, length)
+            status = statuses[sid]
             if status is None:
                 out[sid] = None
                 continue
@@ -115,25 +116,17 @@ class DynamixelArm(ServoArm):
             out[sid] = (values, bits)
         return out
 
-    def _rx_status(self, sid: int, length: int) -> tuple[int, bytes] | None:
-        """The status of ``sid``; wrong-ID, short, corrupt or missing ones are counted."""
-        counts = self.bus_counts
+    def _receive(self, length: int) -> Received:
+        """One status packet through the SDK's packet handler, classified."""
         self._port.setPacketTimeout(STATUS_OVERHEAD + length)
-        while True:
-            rx, result = self._call(self._ph.rxPacket, False)
-            if result == sdk.COMM_RX_TIMEOUT:
-                counts["rx_timeouts"] += 1
-                return None
-            if result != sdk.COMM_SUCCESS:
-                counts["rx_corrupt"] += 1
-                return None
-            if rx[PKT_ID] != sid:
-                counts["rx_wrong_id"] += 1
-                continue
-            if len(rx) != STATUS_OVERHEAD + length or rx[PKT_ERROR] & ~ALERT:
-                counts["rx_short"] += 1
-                return None
-            return rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])
+        rx, result = self._call(self._ph.rxPacket, False)
+        if result == sdk.COMM_RX_TIMEOUT:
+            return "timeout", -1, 0, b""
+        if result != sdk.COMM_SUCCESS:
+            return "corrupt", -1, 0, b""
+        if len(rx) != STATUS_OVERHEAD + length or rx[PKT_ERROR] & ~ALERT:
+            return "short", rx[PKT_ID], 0, b""
+        return "ok", rx[PKT_ID], rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])
 
     def _read_byte(self, sid: int, f: Field) -> int | None:
         value, result, _ = self._call(self._ph.read1ByteTxRx, sid, f.addr)

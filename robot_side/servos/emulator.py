@@ -49,6 +49,7 @@ class BusFaults:
     """Probability that random bytes precede a status packet."""
     truncate: float = 0.0
     wrong_id: float = 0.0
+    """Probability that a status packet carries the ID of a device not on the bus."""
     corrupt: float = 0.0
     """Probability that a status packet's checksum/CRC is broken by a flipped bit."""
 
@@ -276,7 +277,10 @@ class ServoBusEmulator:
         rng = self._rng
         if f.wrong_id and rng.random() < f.wrong_id:
             self.counts.faults_applied += 1
-            other = (servo_id % 250) + 1
+            # A stray or misaddressed device: an ID that is not on this bus. (An ID byte
+            # damaged on the wire fails the CRC/checksum instead: see ``corrupt``.)
+            strays = [i for i in range(253) if i not in self.servos]
+            other = strays[(servo_id * 7) % len(strays)]
             if self._dxl:
                 body = wire.dxl_unstuff(frame[7:-2])
                 frame = wire.dxl_encode(other, body[0], body[1:])

@@ -19,6 +19,7 @@ import serial
 
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.servos.arm import ServoArm
+from robot_side.servos.busstate import Received, collect_statuses
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import StsPort
 from robot_side.servos.tables import FEETECH_STS, Field
@@ -93,8 +94,9 @@ class FeetechArm(ServoArm):
         fields = (fam.present_position, fam.present_velocity, fam.present_load,
                   fam.present_voltage, fam.present_temperature, fam.hardware_error)
         out: dict[int, tuple[dict[int, int], int] | None] = {}
+        statuses = collect_statuses(ids, lambda: self._receive(length), self.bus_counts)
         for sid in ids:
-            status = self._rx_status(sid, length)
+            status = statuses[sid]
             if status is None:
                 out[sid] = None
                 continue
@@ -103,24 +105,17 @@ class FeetechArm(ServoArm):
             out[sid] = (values, (error | values[fam.hardware_error.addr]) & 0x7F)
         return out
 
-    def _rx_status(self, sid: int, length: int) -> tuple[int, bytes] | None:
-        counts = self.bus_counts
+    def _receive(self, length: int) -> Received:
+        """One status packet through the SDK's packet handler, classified."""
         self._port.setPacketTimeout(STATUS_OVERHEAD + length)
-        while True:
-            rx, result = self._call(self._ph.rxPacket)
-            if result == sdk.COMM_RX_TIMEOUT:
-                counts["rx_timeouts"] += 1
-                return None
-            if result != sdk.COMM_SUCCESS:
-                counts["rx_corrupt"] += 1
-                return None
-            if rx[PKT_ID] != sid:
-                counts["rx_wrong_id"] += 1
-                continue
-            if len(rx) != STATUS_OVERHEAD + length:
-                counts["rx_short"] += 1
-                return None
-            return rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])
+        rx, result = self._call(self._ph.rxPacket)
+        if result == sdk.COMM_RX_TIMEOUT:
+            return "timeout", -1, 0, b""
+        if result != sdk.COMM_SUCCESS:
+            return "corrupt", -1, 0, b""
+        if len(rx) != STATUS_OVERHEAD + length:
+            return "short", rx[PKT_ID], 0, b""
+        return "ok", rx[PKT_ID], rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])
 
     def _sync_write(self, f: Field, values: dict[int, int]) -> None:
         if not values:
