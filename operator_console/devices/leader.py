@@ -36,7 +36,7 @@ STALE_NS = 100_000_000
 
 
 class LeaderArmDevice(InputDevice):
-    name = "so101-leader"
+    name = "so101_leader"
 
     def __init__(self, cfg: DeviceConfig) -> None:
         super().__init__(cfg)
@@ -51,7 +51,7 @@ class LeaderArmDevice(InputDevice):
         from robot_side.servos.feetech import FeetechArm
 
         if not self.cfg.device:
-            raise DeviceError("so101-leader: set device.device to the leader's bus, "
+            raise DeviceError("so101_leader: set device.device to the leader's bus, "
                               "e.g. /dev/ttyACM1")
         try:
             servos = ServosConfig(port=self.cfg.device, ids=IDS, gripper_id=GRIPPER_ID,
@@ -64,19 +64,19 @@ class LeaderArmDevice(InputDevice):
             self._arm.open()  # never released: the torque stays off
         except (TelesurgeryError, ConfigError) as err:
             self._arm = None
-            raise DeviceError(f"so101-leader on {self.cfg.device}: {err}") from err
+            raise DeviceError(f"so101_leader on {self.cfg.device}: {err}") from err
         try:
             self._switches.open()
         except DeviceError:
             self._arm.close()
             self._arm = None
             raise
-        log.info("so101-leader on %s: p = presence, space = clutch (terminal %s)",
+        log.info("so101_leader on %s: p = presence, space = clutch (terminal %s)",
                  self.cfg.device, self.cfg.switches or "stdin")
 
     def _read(self, now_ns: int) -> MasterSample:
         if self._arm is None:
-            raise DeviceError("so101-leader: not open")
+            raise DeviceError("so101_leader: not open")
         keys = self._switches.read(now_ns)
         reading = self._arm.read()
         for note in reading.faults:
@@ -86,10 +86,10 @@ class LeaderArmDevice(InputDevice):
         if sample is not None and FwFlags.FAULT in sample.flags:
             # A servo's last value would be a frozen pose. Latched until the device is
             # reopened: the leader is never released.
-            raise DeviceError(f"so101-leader: {'; '.join(self._faults) or 'servo fault'}")
+            raise DeviceError(f"so101_leader: {'; '.join(self._faults) or 'servo fault'}")
         if not reading.connected or sample is None or \
                 time.monotonic_ns() - sample.received_ns > STALE_NS:
-            raise DeviceError("so101-leader: no fresh joint reading from the leader's bus")
+            raise DeviceError("so101_leader: no fresh joint reading from the leader's bus")
         position, quat = self._kin.fk(sample.positions)
         return MasterSample(t_ns=now_ns, position=(float(position[0]), float(position[1]),
                                                    float(position[2])),
