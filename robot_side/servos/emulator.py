@@ -281,11 +281,14 @@ class ServoBusEmulator:
             # damaged on the wire fails the CRC/checksum instead: see ``corrupt``.)
             strays = [i for i in range(253) if i not in self.servos]
             other = strays[(servo_id * 7) % len(strays)]
+            # ... answering with its own data (same length, other values).
             if self._dxl:
                 body = wire.dxl_unstuff(frame[7:-2])
-                frame = wire.dxl_encode(other, body[0], body[1:])
+                noise = bytes(rng.randrange(256) for _ in body[2:])
+                frame = wire.dxl_encode(other, body[0], body[1:2] + noise)
             else:
-                frame = wire.sts_encode(other, frame[4], frame[5:-1])
+                noise = bytes(rng.randrange(256) for _ in frame[5:-1])
+                frame = wire.sts_encode(other, frame[4], noise)
         if f.corrupt and rng.random() < f.corrupt:
             self.counts.faults_applied += 1
             buf = bytearray(frame)
