@@ -216,6 +216,9 @@ class ControlCore:
 
     def _command(self, sample: CommandSample | None) -> CommandSample | None:
         """The newest command; a new one feeds the watchdog, which alone judges timeouts."""
+        if sample is None and self._last_seq is not None:
+            self._last_seq = None
+            self.watchdog.forget_commands()
         if sample is not None and sample.cmd.seq != self._last_seq:
             self._last_seq = sample.cmd.seq
             self._last_cmd_recv_ns = sample.recv_ns

@@ -21,29 +21,50 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import zmq
+
+from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
-from robot_side.control import ControlCore, LinkView, StepReport
-from robot_side.control_io import ControlInputs, EstopEvent, TripRecord
+from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
+from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
 from robot_side.ros import open_bridge
-from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, ManipulatorError, TelesurgeryError
-from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from telesurgery.helptext import plain_help
+from telesurgery.logqueue import queued_logging
+from telesurgery.pacer import (
+    HELPER_PRIORITY,
+    SPIN_LEAD_NS,
+    Pacer,
+    PhaseLock,
+    Tick,
+    enter_realtime,
+    realtime_permitted,
+)
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
 
 MAX_TRIPS = 10_000
+PHASE_LEAD_NS = 50_000
+"""How long before a period's deadline the latest usual command should arrive
+(``PhaseLock``): enough for the drain, little enough not to add to the path."""
+
+
+def _close_context(ctx: zmq.Context[Any]) -> None:
+    # Every thread closes its own sockets on the way out; term() would wait forever
+    # for one that did not (a network thread stuck past its join timeout).
+    ctx.destroy(linger=0)
 
 
 class RobotNode:
@@ -63,9 +84,13 @@ class RobotNode:
         self._last_link: LinkView | None = None
         self.trips: list[TripRecord] = []
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._external_trip: ExternalTrip | None = None
         self._estop_pending: dict[int, EstopRequest] = {}
         self._estop_token = 0
-        self._tlm_seq = 0
+        self.port: CommandPort | None = None
+        """The command socket; bound by ``run`` in the control thread."""
+        self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
+        self.path = PathRecorder()
 
     @property
     def _empty_link(self) -> LinkView:
@@ -91,11 +116,21 @@ class RobotNode:
     def stop(self) -> None:
         self._halt.set()
 
+    def request_trip(self, reason: Reason, detail: str) -> None:
+        """From any thread (e.g. a revoked key's session dropped): the next period trips
+        to a latched FAULT and holds. One reference swap; the latest request wins."""
+        self._external_trip = ExternalTrip(reason, detail)
+
     def run(self, seconds: float | None = None) -> int:
         cfg = self.cfg
         keys = ServerKeys.load(cfg.link.keys_dir)
         wd = cfg.safety.watchdog
+        # libzmq aborts when it cannot apply the I/O thread priority: probe that one.
+        realtime = cfg.control.realtime and realtime_permitted(IO_THREAD_PRIORITY)
+        ctx = link_context(realtime)
         with ExitStack() as stack:
+            stack.callback(_close_context, ctx)
+            stack.enter_context(queued_logging(priority=HELPER_PRIORITY if realtime else 0))
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
             auditor = AuditThread(audit, self.mailbox)
@@ -111,24 +146,46 @@ class RobotNode:
                                             cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
-            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
+            runtime = cfg.observe.socket.parent
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir, control_dir=runtime)
             video.start()
             stack.callback(video.stop)
+            # One line to the video process per thread that talks to it (ZeroMQ
+            # sockets are single-thread): keyframe requests from the network thread,
+            # the surgeon's picture age from this one, each straight to the encoder.
+            keyframes = video.control(ctx)
+            ages = video.control(ctx)
+            stack.callback(ages.close)
             net = NetworkThread(cfg.link, keys, self.mailbox,
-                                # A command's age is bounded by the one-way latency
-                                # limit; the command timeout bounds the gap between
-                                # fresh ones (otherwise the 100-200 ms RTT warn band
-                                # of the brief could never be reached).
-                                age_limit_ns=int(wd.latency_halt_ms * 1e6),
-                                loss_window_ns=int(wd.loss_window_ms * 1e6),
-                                telemetry_hz=cfg.control.telemetry_hz, video=video)
+                                telemetry_hz=cfg.control.telemetry_hz,
+                                observe_path=cfg.observe.socket, observe_hz=cfg.observe.hz,
+                                ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
+                                video=video, keyframes=keyframes)
             net.start()
+            stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
             net.ready.wait(10.0)
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
+            # The command socket is the control thread's (this one): bound after the
+            # network thread's link has started the authenticator it relies on.
+            port = stack.enter_context(CommandPort(
+                ctx, cfg.link, keys,
+                # A command's age is bounded by the one-way latency limit; the command
+                # timeout bounds the gap between fresh ones (otherwise the 100-200 ms
+                # RTT warn band of the brief could never be reached).
+                age_limit_ns=int(wd.latency_halt_ms * 1e6),
+                loss_window_ns=int(wd.loss_window_ms * 1e6)))
+            mb = self.mailbox
+            port.offset_ns = lambda: mb.clock.offset_ns
+            port.on_arrival = lambda recv_ns: self.phase.on_arrival(
+                recv_ns, self.pacer.next_deadline_ns())
+            # Rate feedback goes from here straight to the video process.
+            port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
+            self.port = port
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
@@ -136,12 +193,46 @@ class RobotNode:
             estop = EstopServer(cfg.estop.socket, self.panel_status)
             estop.start()
             stack.callback(estop.stop)
+            endpoints = {"command": port.port, **net.link.endpoints}
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
+                     endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
             self._loop(auditor, ros, estop, video, seconds)
             audit.append("stop", {"trips": len(self.trips)}, sync=True)
             self._write_summary(net, auditor, video)
         return 0
+
+    # ------------------------------------------------------------ the control thread
+    def _wait_period(self) -> Tick:
+        """Wait for the next period on the command socket; phase-locked to arrivals.
+
+        Returns at the period's deadline whether or not a command came: the loop's
+        rate and its checks never depend on the console.
+        """
+        port = self.port
+        if port is None:
+            return self.pacer.wait()
+        shift = self.phase.correction()
+        if shift:
+            self.pacer.shift(shift)
+        tick = self.pacer.wait(port.wait_until)
+        port.take()  # what arrived during the spin to the deadline
+        mb = self.mailbox
+        mb.command = port.sample
+        mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,
+                                mb.clock.fresh(tick.actual_ns))
+        return tick
+
+    def _take_requests(self) -> list[PendingRequest]:
+        """Pending control requests; arming starts a new command session."""
+        requests = self.mailbox.take_requests()
+        if self.port is not None and any(r.req.op == "arm" for r in requests):
+            self.port.reset()
+        return requests
+
+    def _record_path(self, sample: CommandSample | None, written_ns: int) -> None:
+        if sample is not None:
+            self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns,
+                             sample.recv_ns)
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
@@ -151,30 +242,29 @@ class RobotNode:
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            tick = self.pacer.wait()
-            self._period(tick.actual_ns, auditor, ros, estop, telemetry=(
-                tick.index % self._tlm_every == 0))
+            tick = self._wait_period()
+            self._period(tick.actual_ns, auditor, ros, estop)
         # Leaving the loop: the arm must be holding, whatever state we were in.
         self.core.supervisor.disarm(time.monotonic_ns())
-        self._period(time.monotonic_ns(), auditor, ros, estop, telemetry=False)
+        self._period(time.monotonic_ns(), auditor, ros, estop)
 
-    @property
-    def _tlm_every(self) -> int:
-        return max(1, round(self.cfg.control.rate_hz / self.cfg.control.telemetry_hz))
-
-    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
-                *, telemetry: bool) -> PeriodResult:
+    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter,
+                estop: EstopServer) -> PeriodResult:
         """read -> update -> write, then the hand-offs (one reference swap, bounded deques).
 
         Whatever paces the loop or wherever commands come from, a period is this.
         """
         mb = self.mailbox
         link = mb.link_view or self._empty_link
+        trip, self._external_trip = self._external_trip, None
         inputs = ControlInputs(command=mb.command, link=link,
-                               requests=tuple(mb.take_requests()),
+                               requests=tuple(self._take_requests()),
                                estop=self._estop_events(estop, ros),
-                               audit_ok=auditor.healthy)
+                               audit_ok=auditor.healthy, trip=trip)
+        following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
+        if self.core.following_periods != following and result.written_ns is not None:
+            self._record_path(inputs.command, result.written_ns)
         out = result.output
         mb.replies.extend(out.replies)
         for record in out.audit:  # before the transitions, whose fsync covers them
@@ -197,13 +287,6 @@ class RobotNode:
         mb.report = report
         ros.latest = report
         self._last_report, self._last_link = report, link
-        if telemetry:
-            # Until the network thread builds telemetry from mb.report itself.
-            self._tlm_seq += 1
-            sample = mb.command
-            mb.telemetry = telemetry_from(self._tlm_seq, report, link,
-                                          self.pacer.recent_jitter_us(),
-                                          sample.cmd.video_age_us if sample else None)
         return result
 
     def _estop_events(self, estop: EstopServer, ros: RosReporter) -> tuple[EstopEvent, ...]:
@@ -225,18 +308,26 @@ class RobotNode:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
-        snap = net.stats.snapshot(time.monotonic_ns())
+        snap = (self.port.stats if self.port else LinkStats()).snapshot(time.monotonic_ns())
         summary = {
             "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
             "link": asdict(snap),
-            "command_latency": net.latency_percentiles(),
+            "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
+            "path": self.path.ring.percentiles(),
+            "path_parts": {"console_sample_to_send": self.path.console.percentiles(),
+                           "robot_receive_to_written": self.path.robot.percentiles()},
+            "phase_lock": {"lead_us": self.phase.lead_ns // 1000,
+                           "adjustments": self.phase.adjustments,
+                           "shifted_us": self.phase.shifted_ns // 1000},
+            "telemetry_built": net.telemetry_built,
             "tracking_error_max_m": self.core.max_tracking_error_m,
             "following_periods": self.core.following_periods,
             "ik_branch_keeps": self.core.branch_keeps,
             "resumes_ns": self.core.resumes_ns,
-            "gate": {str(k): v for k, v in net.gate.counters.items()},
-            "link_counters": dict(net.link.counters) if net.link else {},
+            "gate": {str(k): v for k, v in self.port.gate.counters.items()} if self.port else {},
+            "link_counters": {**(dict(net.link.counters) if net.link else {}),
+                              **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,
             "serial": dict(self.manipulator.counters),
             "video": video.summary(),
@@ -247,7 +338,7 @@ class RobotNode:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery robot", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery robot", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="robot config TOML (default: simulated rig)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: run forever)")
     p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")

@@ -19,6 +19,7 @@ from safety.audit import AuditLog
 from safety.states import crtk_state
 from safety.supervisor import Transition
 from telesurgery.errors import AuditError, TelesurgeryError
+from telesurgery.pacer import HELPER_PRIORITY, try_realtime
 from transport.schema import SafetyEvent
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class AuditThread(threading.Thread):
         self._queue.put(None)
 
     def run(self) -> None:
+        try_realtime(HELPER_PRIORITY)  # it shares the GIL with the control thread
         while (t := self._queue.get()) is not None:
             if isinstance(t, ControlAudit):
                 self._control(t)

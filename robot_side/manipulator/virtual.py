@@ -11,6 +11,7 @@ backend, used by tests and benchmarks alike, not a mock.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -54,6 +55,10 @@ class VirtualManipulator(Manipulator):
         self._faults: list[FaultNote] = []
         self.unplugged = False
         """Set by a test to model a cut cable: reads report disconnected, writes fail."""
+        self.report_delay_ns = 0
+        """State reports reach the host this late (a slow bus, a delayed reply)."""
+        self._reports: collections.deque[tuple[int, sp.StateReport]] = collections.deque(
+            maxlen=4096)
 
     @classmethod
     def from_config(cls, cfg: RobotConfig) -> VirtualManipulator:
@@ -82,13 +87,27 @@ class VirtualManipulator(Manipulator):
 
     # ------------------------------------------------------------ I/O
     def _read(self) -> tuple[JointSample | None, Sequence[FaultNote]]:
+        if self.unplugged:
+            return None, ()
         model = self._model()
         now = self.clock()
         self._collect(model.step(now))
         st = model.state_report(now)
+        if self.report_delay_ns:
+            self._reports.append((now, st))
+            while len(self._reports) > 1 and self._reports[1][0] <= now - self.report_delay_ns:
+                self._reports.popleft()
+            st = self._reports[0][1]
         faults, self._faults = self._faults, []
         return JointSample(st.positions, st.velocities, st.efforts, st.grip,
                            sp.FwFlags(st.flags), now, st.last_rx_seq), faults
+
+    # ------------------------------------------------------------ the arm's own button
+    def press_estop(self) -> None:
+        self._collect(self._model().press_estop())
+
+    def release_estop(self) -> None:
+        self._model().release_estop()
 
     def _write(self, frames: Sequence[Frame], deadline_ns: int) -> int:
         if self.unplugged:
