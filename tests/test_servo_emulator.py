@@ -23,6 +23,17 @@ from robot_side.servos.tables import DYNAMIXEL_X, FEETECH_STS
 IDS = (1, 2, 3)
 
 
+@pytest.fixture(autouse=True)
+def patient_sdks(monkeypatch) -> None:
+    """The SDKs wait 2 x 16 ms (an FTDI latency timer) for a status; on a loaded shared
+    machine the emulator thread can be later than that, so both wait 2 x 100 ms here."""
+    import dynamixel_sdk.port_handler
+    import scservo_sdk.port_handler
+
+    monkeypatch.setattr(dynamixel_sdk.port_handler, "LATENCY_TIMER", 100)
+    monkeypatch.setattr(scservo_sdk.port_handler, "LATENCY_TIMER", 100)
+
+
 def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
