@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,30 @@ def test_arm_urdfs_load_in_pinocchio(urdf: str, n: int, home_tip) -> None:
     reach = max(float(math.dist(kin.fk(q)[0], kin.fk(kin.home)[0]))
                 for q in (kin.lower, kin.upper))
     assert 0.05 < reach < 1.0
+
+
+@pytest.mark.parametrize(("profile", "family", "ids"), [
+    ("so101.toml", "feetech", (1, 2, 3, 4, 5, 6)),
+    ("omx.toml", "dynamixel", (11, 12, 13, 14, 15)),
+])
+def test_arm_profiles_build_their_backend_from_the_table(profile: str, family: str, ids,
+                                                         tmp_path) -> None:
+    import dataclasses
+
+    from robot_side.config import load_robot_config
+    from robot_side.manipulator import make_manipulator
+
+    cfg = load_robot_config(DESCRIPTION.parent.parent / "launch" / "profiles" / profile)
+    assert cfg.manipulator.backend == family and cfg.servos.ids == ids
+    kin = Kinematics.from_urdf(DESCRIPTION / Path(cfg.kinematics.urdf).name)
+    assert kin.n == len(cfg.servos.joint_ids)
+    with ServoBusEmulator(family, ids, link=tmp_path / "ttyPROFILE") as emu:
+        servos = dataclasses.replace(cfg.servos, port=emu.port_path, calibration=None,
+                                     latency_ms=50.0)
+        arm = make_manipulator(dataclasses.replace(cfg, servos=servos))
+        with arm:
+            assert arm.info.n_joints == kin.n and arm.info.rate_hz
+            deadline = time.monotonic() + 10
+            while arm.read().sample is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(arm.read().sample.positions) == kin.n
