@@ -318,3 +318,21 @@ def test_statuses_of_one_sync_read_survive_a_silent_predecessor_and_strays_are_d
     got = collect_statuses([1, 2, 3, 4], iter(wire).__next__, counts)
     assert got == {1: (0, b"a"), 2: None, 3: (0, b"c"), 4: (0, b"d")}
     assert counts == {"rx_timeouts": 1, "rx_corrupt": 0, "rx_short": 0, "rx_wrong_id": 1}
+
+
+def test_an_unplugged_bus_disconnects_and_reconnects_braked(rig: Rig) -> None:
+    rig.engage()
+    rig.follow((0.2, 0.1, 0.2))
+    rig.emu.vanish()
+    assert wait_for(lambda: not rig.reading().connected)
+    assert not rig.arm.reconnect()  # still unplugged: one clear failure, no exception
+    rig.emu.reappear()
+    assert wait_for(rig.arm.reconnect)
+    assert wait_for(lambda: rig.reading().sample is not None
+                    and FwFlags.BRAKED in rig.reading().sample.flags)
+    assert all(not rig.emu.snapshot(i).torque_on for i in IDS)  # nothing moves until Release
+    rig.arm.write([Targets((0.5, 0.1, 0.2), 0.0)])
+    time.sleep(0.05)
+    assert rig.emu.snapshot(1).goal_rad == pytest.approx(0.2, abs=0.02)
+    rig.engage()
+    rig.follow((0.5, 0.1, 0.2))

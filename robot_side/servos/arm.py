@@ -255,6 +255,10 @@ class ServoArm(Manipulator):
                 _ratelog(logging.ERROR, "bus", "%s: bus failed: %s", self.info.name, err)
                 self._bus_up = False
                 return
+            except Exception:  # a bus thread that dies must say so: the arm reads as gone
+                log.exception("%s: bus thread failed", self.info.name)
+                self._bus_up = False
+                return
             cycle += 1
             now = time.monotonic_ns()
             self.bus_counts["cycles"] = cycle

@@ -9,7 +9,13 @@ import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from robot_side.manipulator.base import Frame, Targets
+from robot_side.manipulator.base import Frame, ManipulatorError, Targets
+
+
+class BadPacket(ManipulatorError):
+    """An SDK call tripped over a well-formed but unexpected status (too short for what
+    was asked): counted and treated as no answer, not as a failed port."""
+
 
 FAULT_SERVO_HARDWARE = 20
 FAULT_SERVO_SILENT = 21

@@ -12,6 +12,7 @@ one servo's watchdog register is read per cycle, round-robin, to see a trip.
 from __future__ import annotations
 
 import logging
+import termios
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import serial
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.serial_protocol import FwFlags
 from robot_side.servos.arm import ServoArm
-from robot_side.servos.busstate import FAULT_BUS_WATCHDOG, Received, collect_statuses
+from robot_side.servos.busstate import FAULT_BUS_WATCHDOG, BadPacket, Received, collect_statuses
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import DxlPort
 from robot_side.servos.tables import DYNAMIXEL_X, Field
@@ -79,12 +80,23 @@ class DynamixelArm(ServoArm):
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(self._port, *args)
-        except (serial.SerialException, OSError, TypeError, AttributeError) as err:
+        except (serial.SerialException, OSError, termios.error, TypeError,
+                AttributeError) as err:
+            if self._port is not None:
+                self._port.is_using = False  # the SDK leaves it set when a read raises
             raise ManipulatorError(f"dynamixel {self.port}: {err}") from err
+        except (IndexError, ValueError) as err:
+            if self._port is not None:
+                self._port.is_using = False
+            self.bus_counts["rx_short"] += 1
+            raise BadPacket(f"dynamixel {self.port}: unexpected status: {err}") from err
 
     # ------------------------------------------------------------ bus calls
     def _bus_ping(self, servo_id: int) -> int | None:
-        model, result, _ = self._call(self._ph.ping, servo_id)
+        try:
+            model, result, _ = self._call(self._ph.ping, servo_id)
+        except BadPacket:
+            return None
         self._check(result, "ping")
         if result != sdk.COMM_SUCCESS:
             return None
@@ -129,7 +141,10 @@ class DynamixelArm(ServoArm):
         return "ok", rx[PKT_ID], rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])
 
     def _read_byte(self, sid: int, f: Field) -> int | None:
-        value, result, _ = self._call(self._ph.read1ByteTxRx, sid, f.addr)
+        try:
+            value, result, _ = self._call(self._ph.read1ByteTxRx, sid, f.addr)
+        except BadPacket:
+            return None
         self._check(result, "read")
         return int(value) if result == sdk.COMM_SUCCESS else None
 
@@ -143,6 +158,11 @@ class DynamixelArm(ServoArm):
             result = writer.txPacket()
         except (serial.SerialException, OSError, TypeError, AttributeError) as err:
             raise ManipulatorError(f"dynamixel {self.port}: {err}") from err
+        except (IndexError, ValueError) as err:
+            if self._port is not None:
+                self._port.is_using = False
+            self.bus_counts["rx_short"] += 1
+            raise BadPacket(f"dynamixel {self.port}: unexpected status: {err}") from err
         self._check(result, "sync write")
 
     def _bus_write_goals(self, goals: dict[int, int]) -> None:

@@ -133,6 +133,28 @@ class ServoBusEmulator:
         log.info("%s servo bus emulator: ids %s on %s (link %s), %d baud", self.family.name,
                  sorted(self.servos), os.ttyname(slave), self._link, self.baudrate)
 
+    def _close_line(self) -> None:
+        for fd in (self._fd, self._slave_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._slave_fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self._link.unlink()
+
+    def vanish(self) -> None:
+        """The USB adapter is unplugged: the port goes, the servos keep their last goal."""
+        with self._lock:
+            log.warning("fault injection: servo bus %s vanishes", self._link)
+            self._close_line()
+
+    def reappear(self) -> None:
+        """Plugged in again: a new pty behind the same link; the servos kept running."""
+        with self._lock:
+            if self._fd is None:
+                self._open_line()
+                self._decoder = wire.DxlDecoder() if self._dxl else wire.StsDecoder()
+
     def start(self) -> ServoBusEmulator:
         if self._thread is None:
             self._halt.clear()
@@ -146,13 +168,7 @@ class ServoBusEmulator:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=2.0)
-        for fd in (self._fd, self._slave_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._fd = self._slave_fd = None
-        with contextlib.suppress(FileNotFoundError):
-            self._link.unlink()
+        self._close_line()
         if self._own_dir is not None:
             with contextlib.suppress(OSError):
                 self._own_dir.rmdir()
@@ -214,16 +230,20 @@ class ServoBusEmulator:
     def _run(self) -> None:
         while not self._halt.is_set():
             fd = self._fd
-            if fd is None:
-                return
+            if fd is None:  # unplugged: the servos keep running, nobody hears them
+                time.sleep(POLL_S)
+                continue
             try:
                 ready = select.select([fd], [], [], POLL_S)[0]
                 data = os.read(fd, 4096) if ready else b""
             except BlockingIOError:
                 data = b""
             except OSError as err:
-                if not self._halt.is_set():
-                    log.error("servo bus emulator: read failed: %s", err)
+                if self._halt.is_set():
+                    return
+                if self._fd != fd:
+                    continue  # unplugged (or replugged) under the read
+                log.error("servo bus emulator: read failed: %s", err)
                 return
             now = time.monotonic_ns()
             with self._lock:

@@ -11,6 +11,7 @@ docs/hazards.md for what covers that instead).
 from __future__ import annotations
 
 import logging
+import termios
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import serial
 
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.servos.arm import ServoArm
-from robot_side.servos.busstate import Received, collect_statuses
+from robot_side.servos.busstate import BadPacket, Received, collect_statuses
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import StsPort
 from robot_side.servos.tables import FEETECH_STS, Field
@@ -73,11 +74,22 @@ class FeetechArm(ServoArm):
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(self._port, *args)
-        except (serial.SerialException, OSError, TypeError, AttributeError) as err:
+        except (serial.SerialException, OSError, termios.error, TypeError,
+                AttributeError) as err:
+            if self._port is not None:
+                self._port.is_using = False  # the SDK leaves it set when a read raises
             raise ManipulatorError(f"feetech {self.port}: {err}") from err
+        except (IndexError, ValueError) as err:
+            if self._port is not None:
+                self._port.is_using = False
+            self.bus_counts["rx_short"] += 1
+            raise BadPacket(f"feetech {self.port}: unexpected status: {err}") from err
 
     def _bus_ping(self, servo_id: int) -> int | None:
-        model, result, _ = self._call(self._ph.ping, servo_id)
+        try:
+            model, result, _ = self._call(self._ph.ping, servo_id)
+        except BadPacket:
+            return None
         self._check(result, "ping")
         if result != sdk.COMM_SUCCESS:
             return None
@@ -127,6 +139,11 @@ class FeetechArm(ServoArm):
             result = writer.txPacket()
         except (serial.SerialException, OSError, TypeError, AttributeError) as err:
             raise ManipulatorError(f"feetech {self.port}: {err}") from err
+        except (IndexError, ValueError) as err:
+            if self._port is not None:
+                self._port.is_using = False
+            self.bus_counts["rx_short"] += 1
+            raise BadPacket(f"feetech {self.port}: unexpected status: {err}") from err
         self._check(result, "sync write")
 
     def _bus_write_goals(self, goals: dict[int, int]) -> None:
