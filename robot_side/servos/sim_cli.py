@@ -15,13 +15,14 @@ from pathlib import Path
 from robot_side.servos.config import default_servo_link
 from robot_side.servos.emulator import ServoBusEmulator
 from robot_side.servos.tables import FAMILIES
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``telesurgery servo-sim``: a servo bus on a pty until interrupted."""
-    parser = argparse.ArgumentParser(prog="telesurgery servo-sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="telesurgery servo-sim", description=plain_help(__doc__))
     parser.add_argument("--family", choices=sorted(FAMILIES), default="feetech")
     parser.add_argument("--ids", default="1,2,3,4,5,6", help="servo IDs, comma-separated")
     parser.add_argument("--baud", type=int, default=1_000_000)

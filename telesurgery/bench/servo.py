@@ -30,6 +30,7 @@ from robot_side.manipulator.base import Release, Targets
 from robot_side.servos.calibrate import PRESETS, arm_class
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.tables import FAMILIES, ServoFamily
+from telesurgery.helptext import plain_help
 
 ARMS = {"so101": "so101", "dynamixel": "omx", "omx": "omx"}
 STATUS_OVERHEAD = {"dynamixel": 11, "feetech": 6}
@@ -126,7 +127,8 @@ def run(seconds: float = 10.0, arm: str = "so101", baud: int = 1_000_000) -> dic
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery bench loop --arm", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery bench loop --arm",
+                                description=plain_help(__doc__))
     p.add_argument("--arm", choices=sorted(ARMS), required=True)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--baud", type=int, default=1_000_000)
