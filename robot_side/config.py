@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.servos.config import ServosConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
@@ -108,6 +109,8 @@ class RobotConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     manipulator: ManipulatorConfig = field(default_factory=ManipulatorConfig)
+    servos: ServosConfig = field(default_factory=ServosConfig)
+    """The smart-servo bus of the "dynamixel" and "feetech" manipulator backends."""
     control: ControlConfig = field(default_factory=ControlConfig)
     ros: RosConfig = field(default_factory=RosConfig)
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)
