@@ -19,6 +19,7 @@ import numpy as np
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest
+from robot_side.observe import ObserverFeed
 from telesurgery.pacer import try_realtime
 from transport.clocksync import ClockSync
 from transport.config import LinkConfig
@@ -74,7 +75,7 @@ class NetworkThread(threading.Thread):
 
     def __init__(self, cfg: LinkConfig, keys: ServerKeys, mailbox: Mailbox, *, age_limit_ns: int,
                  loss_window_ns: int, telemetry_hz: float,
-                 video: VideoSink | None = None) -> None:
+                 video: VideoSink | None = None, feed: ObserverFeed | None = None) -> None:
         super().__init__(name="robot-net", daemon=True)
         self.cfg = cfg
         self.keys = keys
@@ -88,6 +89,9 @@ class NetworkThread(threading.Thread):
         self.video = video
         """Where keyframe requests and the surgeon's picture age go; the video
         process binds the video socket itself, so the link does not."""
+        self.feed = feed
+        """The local observer feed (ROS 2 bridge, page, recorder): every new telemetry
+        and every audited event, published once; owned by this thread."""
         self.link: RobotLink | None = None
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -150,12 +154,18 @@ class NetworkThread(threading.Thread):
                 peer, reply = mb.replies.popleft()
                 link.reply(peer, reply)
             while mb.events:
-                link.publish_event(mb.events.popleft())
+                event = mb.events.popleft()
+                link.publish_event(event)
+                if self.feed is not None:
+                    self.feed.publish(event)
             tlm = mb.telemetry
-            if tlm is not None and now >= next_tlm and tlm.seq != last_tlm_seq:
-                link.publish_telemetry(tlm)
+            if tlm is not None and tlm.seq != last_tlm_seq:
                 last_tlm_seq = tlm.seq
-                next_tlm = now + self._tlm_period_ns
+                if self.feed is not None:
+                    self.feed.publish(tlm)
+                if now >= next_tlm:
+                    link.publish_telemetry(tlm)
+                    next_tlm = now + self._tlm_period_ns
 
     def _dispatch(self, link: RobotLink, msg: object, recv_ns: int, peer: bytes) -> None:
         mb = self.mailbox

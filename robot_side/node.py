@@ -1,9 +1,10 @@
 """``telesurgery robot``: the process beside the patient.
 
 Threads: the control loop (this module, SCHED_FIFO where permitted), the
-network thread (robot_side.netio), the audit thread, the ROS 2 reporter, the
-video sender and the local e-stop socket. The control loop owns the serial
-port and every safety decision; the others only feed it or report from it.
+network thread (robot_side.netio), the audit thread and the local e-stop
+socket; child processes for video and the ROS 2 bridge (an observer of the
+local feed, robot_side.observe). The control loop owns the serial port and
+every safety decision; the others only feed it or report from it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from robot_side.driver import SerialManipulator
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.netio import Mailbox, NetworkThread
-from robot_side.ros import open_bridge
+from robot_side.observe import ObserverFeed
+from robot_side.ros.process import RosProcess
 from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
-from robot_side.workers import AuditThread, RosReporter, SerialReconnector
+from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
@@ -98,6 +100,8 @@ class RobotNode:
             video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
             video.start()
             stack.callback(video.stop)
+            cfg.observe.socket.parent.mkdir(parents=True, exist_ok=True)
+            feed = stack.enter_context(ObserverFeed(cfg.observe.socket))
             net = NetworkThread(cfg.link, keys, self.mailbox,
                                 # A command's age is bounded by the one-way latency
                                 # limit; the command timeout bounds the gap between
@@ -105,7 +109,8 @@ class RobotNode:
                                 # of the brief could never be reached).
                                 age_limit_ns=int(wd.latency_halt_ms * 1e6),
                                 loss_window_ns=int(wd.loss_window_ms * 1e6),
-                                telemetry_hz=cfg.control.telemetry_hz, video=video)
+                                telemetry_hz=cfg.control.telemetry_hz, video=video,
+                                feed=feed)
             net.start()
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
@@ -113,21 +118,25 @@ class RobotNode:
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
-            bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
-            ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
-            ros.start()
-            stack.callback(ros.close)
+            ros = None
+            if cfg.ros.backend != "none":
+                # Its own process, observing the feed: DDS never shares the loop's GIL.
+                ros = RosProcess(cfg)
+                ros.start()
+                stack.callback(ros.stop)
             estop = EstopServer(cfg.estop.socket, self.panel_status)
             estop.start()
             stack.callback(estop.stop)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
-            self._loop(auditor, ros, estop, video, seconds)
+                     net.link.endpoints, cfg.control.rate_hz,
+                     "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
+                     video.describe())
+            self._loop(auditor, estop, video, seconds)
             audit.append("stop", {"trips": len(self.core.trips)}, sync=True)
-            self._write_summary(net, auditor, video)
+            self._write_summary(net, auditor, video, ros)
         return 0
 
-    def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
+    def _loop(self, auditor: AuditThread, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         mb = self.mailbox
@@ -135,7 +144,9 @@ class RobotNode:
         if enter_realtime(50, cfg.control.realtime):
             self.pacer.set_spin(SPIN_LEAD_NS)
         empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
-        tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
+        # Telemetry for the console (telemetry_hz) and the observer feed (observe.hz).
+        tlm_hz = max(cfg.control.telemetry_hz, cfg.observe.hz)
+        tlm_every = max(1, round(cfg.control.rate_hz / tlm_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         seq = 0
         trips_logged = 0
@@ -143,7 +154,7 @@ class RobotNode:
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self.pacer.wait()
             now = tick.actual_ns
-            self._estop_inputs(now, estop, ros)
+            self._estop_inputs(now, estop)
             link = mb.link_view or empty
             report = core.step(now, mb.command, link, mb.take_requests(), auditor.healthy)
             for item in report.replies:
@@ -159,7 +170,6 @@ class RobotNode:
                 for trip in core.trips[trips_logged:]:
                     log.warning("TRIP %s", json.dumps(asdict(trip)))
                 trips_logged = len(core.trips)
-            ros.latest = report
             self._last_report, self._last_link = report, link
             if tick.index % tlm_every == 0:
                 seq += 1
@@ -170,10 +180,7 @@ class RobotNode:
         core.supervisor.disarm(time.monotonic_ns())
         core.step(time.monotonic_ns(), None, mb.link_view or empty)
 
-    def _estop_inputs(self, now: int, estop: EstopServer, ros: RosReporter) -> None:
-        if ros.estop_requested.is_set():
-            ros.estop_requested.clear()
-            self.core.estop(now, Reason.ESTOP_ROS)
+    def _estop_inputs(self, now: int, estop: EstopServer) -> None:
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
             if req.action == "press":
@@ -188,7 +195,7 @@ class RobotNode:
             req.done.set()
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
-                       video: VideoProcess) -> None:
+                       video: VideoProcess, ros: RosProcess | None) -> None:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
@@ -207,6 +214,7 @@ class RobotNode:
             "audit_records": auditor.persisted,
             "serial": dict(self.driver.counters),
             "video": video.summary(),
+            "ros": None if ros is None else ros.summary(),
             "final_state": str(self.core.supervisor.state),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)

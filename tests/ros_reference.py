@@ -44,7 +44,7 @@ class Reference:
         self._made: dict[str, type[IdlStruct]] = {}
 
     def __getitem__(self, ros_type: str) -> type[IdlStruct]:
-        """``sensor_msgs/msg/JointState`` -> a struct named ``sensor_msgs::msg::dds_::JointState_``."""
+        """``sensor_msgs/msg/JointState`` -> struct ``sensor_msgs::msg::dds_::JointState_``."""
         if ros_type not in self._made:
             self._made[ros_type] = self._make(ros_type)
         return self._made[ros_type]

@@ -25,12 +25,12 @@ from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
+from ros_reference import Reference, idl_shape, ros_name
+from ros_reference import typestore as reference_typestore
 
 from robot_side.ros import BACKENDS, NullBridge, RosBridgeError, RosMessageError, msgs, open_bridge
 from robot_side.ros.dds_backend import DdsBridge, bench_publish, topic_qos
 from robot_side.ros.interface import ESTOP_TOPIC, SUBSCRIPTIONS, TOPICS, TopicSpec
-from ros_reference import Reference, idl_shape, ros_name
-from ros_reference import typestore as reference_typestore
 from telesurgery.errors import ConfigError, TelesurgeryError
 
 DEADLINE_S = 20.0
