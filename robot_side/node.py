@@ -121,7 +121,12 @@ class RobotNode:
             ros = None
             if cfg.ros.backend != "none":
                 # Its own process, observing the feed: DDS never shares the loop's GIL.
-                ros = RosProcess(cfg)
+                # The ports the link really bound (0 in the config binds a random one).
+                ports = net.link.endpoints
+                bound = replace(cfg.link, command_port=ports["command"],
+                                control_port=ports["control"],
+                                telemetry_port=ports["telemetry"])
+                ros = RosProcess(replace(cfg, link=bound))
                 ros.start()
                 stack.callback(ros.stop)
             estop = EstopServer(cfg.estop.socket, self.panel_status)

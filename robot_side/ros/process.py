@@ -198,7 +198,7 @@ def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
                      interfaces=ros.interfaces, peers=ros.peers,
                      security_xml=ros.security_xml) as bridge, \
             ObserverClient(cfg.observe.socket) as feed:
-        publisher = TelemetryPublisher(bridge, kin, rate_hz)
+        publisher = TelemetryPublisher(bridge, kin, rate_hz, cfg.observe.hz)
         forwarder = EstopForwarder(cfg.estop.socket, bridge.poll_estop, bridge.estop_event)
         forwarder.start()
         commander = None

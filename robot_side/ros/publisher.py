@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 STATUS_PERIOD_NS = 1_000_000_000
 STALE_AFTER_NS = 500_000_000
 """No telemetry for this long: /diagnostics says STALE (5 periods of a 10 Hz feed)."""
-RATE_SLACK = 0.75
-"""A telemetry arriving a little early still counts for its publish period."""
 PSEUDO_INVERSE_RCOND = 1e-3
 FRAME = "base"
 
@@ -54,13 +52,18 @@ def wall_stamp(t_mono_ns: int) -> int:
 
 
 class TelemetryPublisher:
-    """Publishes one ``Telemetry`` as the CRTK topics, decimated to ``rate_hz``."""
+    """Publishes one ``Telemetry`` as the CRTK topics, decimated to ``rate_hz``.
 
-    def __init__(self, bridge: RosBridge, kin: Kinematics, rate_hz: float) -> None:
+    At ``rate_hz >= feed_hz`` every telemetry is published; below, one per
+    ``1/rate_hz`` less half a feed period, so arrival jitter never skips one.
+    """
+
+    def __init__(self, bridge: RosBridge, kin: Kinematics, rate_hz: float,
+                 feed_hz: float) -> None:
         self.bridge = bridge
         self.kin = kin
         self.names = kin.joint_names
-        self._period_ns = int(1e9 / rate_hz)
+        self._period_ns = 0 if rate_hz >= feed_hz else int(1e9 / rate_hz - 0.5e9 / feed_hz)
         self._last_t_ns: int | None = None
         self._last_status_ns = 0
         self._status: tuple[str, str, bool] | None = None
@@ -74,8 +77,7 @@ class TelemetryPublisher:
     def on_telemetry(self, tlm: Telemetry, now_ns: int) -> bool:
         """Publish ``tlm`` if its period is due; True when it was published."""
         self.last_telemetry, self.last_recv_ns = tlm, now_ns
-        due = (self._last_t_ns is None
-               or tlm.t_ns - self._last_t_ns >= RATE_SLACK * self._period_ns)
+        due = self._last_t_ns is None or tlm.t_ns - self._last_t_ns >= self._period_ns
         status = (tlm.state, tlm.reason, tlm.estop)
         if status != self._status or now_ns - self._last_status_ns >= STATUS_PERIOD_NS:
             self._publish_status(tlm, now_ns)
