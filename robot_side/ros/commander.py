@@ -49,7 +49,7 @@ from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_relati
 from telesurgery.ratelog import RateLimitedLog
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
-from transport.schema import MAX_POSITION_M, QUAT_NORM_TOL, Command, Telemetry
+from transport.schema import MAX_POSITION_M, QUAT_NORM_TOL, Command, ControlReply, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ ANCHOR_COMMANDS = 5
 """Hold-stream commands sent before ``engage``, so the robot anchors at a fresh one."""
 MAX_ANGULAR_SPEED = 0.5
 """move_cp: rad/s of the generated orientation interpolation at most."""
+ENGAGE_RETRY_NS = 3_000_000_000
+"""resume: engage is retried this long while the robot says its link has not settled."""
+ENGAGE_RETRY_PERIOD_NS = 50_000_000
+REQUEST_RETRY_NS = 5_000_000_000
+"""A control request the link could not send yet is retried this long."""
 STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
 
@@ -129,6 +134,8 @@ class RosCommander(threading.Thread):
         servo (forwards each servo_cp once)."""
         self._last: tuple[Vec3, Quat] | None = None
         self._move: Trajectory | None = None
+        self._engage_at: int | None = None
+        self._engage_until = 0
         self.counters: dict[str, int] = {"commands_sent": 0, "servo_cp": 0, "move_cp": 0,
                                          "state_command": 0, "rejected": 0,
                                          "requests_failed": 0}
@@ -166,6 +173,7 @@ class RosCommander(threading.Thread):
             self._servo(link)
             self._move_cp()
             now = time.monotonic_ns()
+            self._engage(link, now)
             if now >= next_stream:
                 next_stream = now + self._period_ns
                 self._stream(link, now)
@@ -236,10 +244,10 @@ class RosCommander(threading.Thread):
                 self._request(link, "clear_fault")
             self._request(link, "arm")
         elif what == "disable":
-            self._mode, self._move = "idle", None
+            self._mode, self._move, self._engage_at = "idle", None, None
             self._request(link, "disarm")
         elif what == "pause":
-            self._mode, self._move = "idle", None
+            self._mode, self._move, self._engage_at = "idle", None, None
             self._request(link, "disengage")
         elif what == "resume":
             self._resume(link)
@@ -254,21 +262,39 @@ class RosCommander(threading.Thread):
         # Master pose = the arm's pose: the robot anchors the two together at engage.
         self._last = (tlm.measured_cp.position, tlm.measured_cp.orientation)
         self._mode, self._move = "hold", None
-        for _ in range(ANCHOR_COMMANDS):
-            self._send(link, self._last)
-            link.poll(0)
-            time.sleep(self._period_ns / 1e9)
-        self._request(link, "engage")
+        now = time.monotonic_ns()
+        # Engage once the hold stream has reached the robot and its link has settled;
+        # the loop keeps streaming between attempts.
+        self._engage_at = now + ANCHOR_COMMANDS * self._period_ns
+        self._engage_until = now + ENGAGE_RETRY_NS
 
-    def _request(self, link: ConsoleLink, op: str) -> bool:
-        try:
-            reply = link.request(op)
-        except LinkTimeout as err:
-            self.counters["requests_failed"] += 1
-            log.warning("ROS commander: %s", err)
-            return False
-        if not reply.ok:
+    def _engage(self, link: ConsoleLink, now: int) -> None:
+        if self._engage_at is None or now < self._engage_at:
+            return
+        reply = self._request(link, "engage", quiet_reason="not_settled")
+        if reply is not None and not reply.ok and reply.reason == "not_settled" \
+                and now < self._engage_until:
+            self._engage_at = now + ENGAGE_RETRY_PERIOD_NS
+            return
+        self._engage_at = None
+
+    def _request(self, link: ConsoleLink, op: str,
+                 quiet_reason: str | None = None) -> ControlReply | None:
+        deadline = time.monotonic_ns() + REQUEST_RETRY_NS
+        while True:
+            try:
+                reply = link.request(op)
+                break
+            except LinkTimeout as err:
+                # Not sent: the CurveZMQ session is still being set up (or the robot is
+                # restarting); a reply that timed out is not retried.
+                if "not sent" not in str(err) or time.monotonic_ns() > deadline:
+                    self.counters["requests_failed"] += 1
+                    log.warning("ROS commander: %s", err)
+                    return None
+                link.poll(100)
+        if not reply.ok and reply.reason != quiet_reason:
             self.counters["requests_failed"] += 1
             log.warning("ROS commander: %s refused: %s (%s) %s", op, reply.reason, reply.state,
                         reply.detail)
-        return reply.ok
+        return reply

@@ -158,7 +158,7 @@ class TelemetryPublisher:
                 "state": str(state), "reason": reason, "estop": str(tlm.estop),
                 "scale": f"{tlm.scale:.3f}",
                 "tracking_error_mm": f"{tlm.tracking_error_m * 1000:.2f}",
-                "rtt_ms": "" if tlm.link.rtt_us is None else f"{tlm.link.rtt_us / 1000:.2f}",
+                "rtt_ms": "unknown" if tlm.link.rtt_us is None else f"{tlm.link.rtt_us / 1000:.2f}",
                 "loss": f"{tlm.link.loss:.4f}",
             }, stamp)
         except TelesurgeryError as err:
