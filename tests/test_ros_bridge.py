@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -248,3 +252,42 @@ def test_a_flood_of_false_costs_a_bounded_number_of_log_lines(
     print(f"\n{n} e-stop 'false' in {elapsed:.2f} s -> {len(lines)} log lines")
     # At most one line per second per kind (false, true, forwarded), plus the first.
     assert len(lines) <= 3 * (int(elapsed) + 2)
+
+
+def test_the_bridge_process_exits_when_the_node_dies(tmp_path: Path) -> None:
+    """SIGKILL the parent (no stop, no cleanup): the bridge child must not outlive it."""
+    toml = tmp_path / "robot.toml"
+    toml.write_text(f"""
+[observe]
+socket = "{tmp_path / 'observe.sock'}"
+[estop]
+socket = "{tmp_path / 'estop.sock'}"
+[ros]
+backend = "dds"
+domain_id = {random.randint(1, 200)}
+namespace = "orphan_{random.randrange(16**6):06x}"
+""")
+    script = textwrap.dedent(f"""
+        import sys, time
+        from robot_side.config import RobotConfig
+        from robot_side.ros.process import RosProcess
+        from telesurgery.config import load
+        ros = RosProcess(load(RobotConfig, {str(toml)!r}))
+        ros.start()
+        print(ros.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(3.0)  # let it get going (imports, DDS participant)
+        assert Path(f"/proc/{child}").exists()
+        parent.kill()
+        parent.wait(10)
+        wait_for(lambda: not Path(f"/proc/{child}").exists()
+                 or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
+                 "the orphaned bridge to exit", 30.0)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
