@@ -10,7 +10,9 @@ default QoS: what any ROS 2 node would get.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -278,6 +280,7 @@ namespace = "orphan_{random.randrange(16**6):06x}"
         time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = None
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
@@ -291,3 +294,5 @@ namespace = "orphan_{random.randrange(16**6):06x}"
     finally:
         if parent.poll() is None:
             parent.kill()
+        if child is not None and Path(f"/proc/{child}").exists():
+            os.kill(child, signal.SIGKILL)  # never leave the orphan behind a failed test
