@@ -296,3 +296,18 @@ namespace = "orphan_{random.randrange(16**6):06x}"
             parent.kill()
         if child is not None and Path(f"/proc/{child}").exists():
             os.kill(child, signal.SIGKILL)  # never leave the orphan behind a failed test
+
+
+def test_the_command_topics_do_not_exist_unless_enabled(rig: Rig) -> None:
+    """Off by default: nobody on the domain can even match a servo_cp writer."""
+    assert not rig.cfg.ros.command
+    from robot_side.ros.interface import SUBSCRIPTIONS
+
+    ref = Reference()["geometry_msgs/msg/PoseStamped"]
+    servo: DataWriter[Any] = DataWriter(
+        rig.peer, Topic(rig.peer, SUBSCRIPTIONS["servo_cp"].dds_name(rig.cfg.ros.namespace),
+                        ref), ros_default_qos())
+    estop, _ = estop_writer(rig)  # type: ignore[misc]  # discovery works meanwhile
+    time.sleep(2.0)
+    assert estop.get_matched_subscriptions()
+    assert not servo.get_matched_subscriptions()

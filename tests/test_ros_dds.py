@@ -377,3 +377,65 @@ def test_params_file_is_a_ros2_parameters_file() -> None:
     assert node["profile"].endswith(".toml")
     assert open_bridge("none", node["namespace"]).namespace == node["namespace"]
     assert isinstance(node["domain_id"], int) and node["ros_hz"] > 0
+
+
+# -------------------------------------------------------------- DDS network config
+def test_network_config_xml_binds_interfaces_and_turns_multicast_off_with_peers() -> None:
+    from robot_side.ros.ddsconfig import config_xml, effective_interfaces
+
+    assert config_xml((), ()) is None
+    xml = config_xml(("lo", "10.0.0.5"), ("10.0.0.7",))
+    assert xml is not None
+    assert '<NetworkInterface name="lo"/>' in xml
+    assert '<NetworkInterface address="10.0.0.5"/>' in xml
+    assert "<AllowMulticast>false</AllowMulticast>" in xml and '<Peer Address="10.0.0.7"/>' in xml
+    # The command side left unconfigured stays on this machine.
+    assert effective_interfaces((), (), command=True) == ("lo",)
+    assert effective_interfaces((), (), command=False) == ()
+    assert effective_interfaces((), ("10.0.0.7",), command=True) == ()
+
+
+def test_a_bridge_bound_to_peers_is_found_by_a_peer_listing_it(domain) -> None:
+    """Unicast discovery only: both sides list each other (here: this machine)."""
+    from cyclonedds.domain import Domain
+
+    from robot_side.ros.ddsconfig import config_xml
+
+    namespace = f"peers_{random.randrange(16**6):06x}"
+    peers = ("127.0.0.1",)
+    with open_bridge("dds", namespace, domain, interfaces=("lo",), peers=peers) as b:
+        assert isinstance(b, DdsBridge)
+        script = textwrap.dedent(f"""
+            import time
+            from cyclonedds.domain import Domain, DomainParticipant
+            from cyclonedds.pub import DataWriter
+            from cyclonedds.topic import Topic
+            from robot_side.ros import msgs
+            from robot_side.ros.dds_backend import topic_qos
+            from robot_side.ros.interface import ESTOP_TOPIC
+            dom = Domain({domain}, {config_xml(("lo",), peers)!r})
+            dp = DomainParticipant({domain})
+            w = DataWriter(dp, Topic(dp, ESTOP_TOPIC.dds_name({namespace!r}), msgs.Bool),
+                           topic_qos(ESTOP_TOPIC))
+            deadline = time.monotonic() + {DEADLINE_S}
+            while not w.get_matched_subscriptions() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            w.write(msgs.Bool(data=True))
+            w.wait_for_acks(int({DEADLINE_S} * 1e9))
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert wait_for(b.poll_estop, "the e-stop over unicast discovery")
+    del Domain
+
+
+def test_security_config_is_refused_when_this_build_lacks_the_plugins(tmp_path) -> None:
+    from robot_side.ros.ddsconfig import security_available
+
+    sec = tmp_path / "security.xml"
+    sec.write_text("<Security><Authentication/></Security>")
+    if security_available():
+        pytest.skip("this cyclonedds has DDS Security plugins")
+    with pytest.raises(ConfigError, match="no DDS Security plugins"):
+        open_bridge("dds", "sec", 1, security_xml=sec)
