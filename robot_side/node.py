@@ -236,6 +236,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ros-namespace", help="override ros.namespace")
     p.add_argument("--ros-domain-id", type=int, help="override ros.domain_id")
     p.add_argument("--ros-hz", type=float, help="override control.ros_hz")
+    p.add_argument("--ros-command", choices=("on", "off"),
+                   help="override ros.command (the opt-in ROS 2 command side)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -268,6 +270,8 @@ def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
         ros = replace(ros, namespace=args.ros_namespace)
     if args.ros_domain_id is not None:
         ros = replace(ros, domain_id=args.ros_domain_id)
+    if args.ros_command:
+        ros = replace(ros, command=args.ros_command == "on")
     control = cfg.control if args.ros_hz is None else replace(cfg.control, ros_hz=args.ros_hz)
     serial = cfg.serial if not args.serial_port else replace(cfg.serial, port=args.serial_port)
     return replace(cfg, ros=ros, control=control, serial=serial)

@@ -439,3 +439,20 @@ def test_security_config_is_refused_when_this_build_lacks_the_plugins(tmp_path) 
         pytest.skip("this cyclonedds has DDS Security plugins")
     with pytest.raises(ConfigError, match="no DDS Security plugins"):
         open_bridge("dds", "sec", 1, security_xml=sec)
+
+
+def test_command_launch_file_and_params_turn_the_command_side_on() -> None:
+    yaml = pytest.importorskip("ruamel.yaml")
+    source = (LAUNCH / "robot_side_command.launch.py").read_text()
+    compile(source, "robot_side_command.launch.py", "exec")
+    assert '"params_command.yaml"' in source
+    assert '"--ros-command"' in (LAUNCH / "robot_side.launch.py").read_text()
+    node = yaml.YAML(typ="safe").load((LAUNCH / "params_command.yaml").read_text())[
+        "telesurgery_robot"]["ros__parameters"]
+    assert node["command"] is True
+    from robot_side.config import RobotConfig
+    from telesurgery.config import load
+
+    cfg = load(RobotConfig, LAUNCH.parent / node["profile"])
+    assert cfg.ros.command and cfg.control.scale == 1.0
+    assert cfg.ros.interfaces == () and cfg.ros.peers == ()  # -> loopback only
