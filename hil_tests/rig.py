@@ -206,6 +206,7 @@ class SimRig:
             "safety.audit": {"path": self.run / "audit" / "robot.audit"},
             "safety.watchdog": {"require_video": self.opts.video},
             "estop": {"socket": self.run / "estop.sock"},
+            "observe": {"socket": self.run / "observe.sock"},
         }
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
