@@ -396,11 +396,14 @@ def test_network_config_xml_binds_interfaces_and_turns_multicast_off_with_peers(
 
 
 def test_a_bridge_bound_to_peers_is_found_by_a_peer_listing_it(domain) -> None:
-    """Unicast discovery only: both sides list each other (here: this machine)."""
-    from cyclonedds.domain import Domain
+    """Unicast discovery only: both sides list each other (here: this machine).
 
+    Its own domain: cyclonedds configures a domain once per process, and this
+    module's other participants already use ``domain`` with the default config.
+    """
     from robot_side.ros.ddsconfig import config_xml
 
+    domain = 201 + domain % 30
     namespace = f"peers_{random.randrange(16**6):06x}"
     peers = ("127.0.0.1",)
     with open_bridge("dds", namespace, domain, interfaces=("lo",), peers=peers) as b:
@@ -427,7 +430,6 @@ def test_a_bridge_bound_to_peers_is_found_by_a_peer_listing_it(domain) -> None:
                               text=True, check=False)
         assert proc.returncode == 0, proc.stderr
         assert wait_for(b.poll_estop, "the e-stop over unicast discovery")
-    del Domain
 
 
 def test_security_config_is_refused_when_this_build_lacks_the_plugins(tmp_path) -> None:
