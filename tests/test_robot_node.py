@@ -41,7 +41,7 @@ from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
-from robot_side.ros.interface import ESTOP_TOPIC
+from robot_side.ros.topics import ESTOP_TOPIC
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, init_keys
@@ -275,7 +275,7 @@ def test_ros_bridge_is_its_own_process_publishing_what_the_arm_reports(node: Nod
     from ros_reference import Reference, ros_name
 
     from robot_side.control import StepReport
-    from robot_side.ros.interface import TOPICS
+    from robot_side.ros.topics import TOPICS
 
     children = subprocess.run(["pgrep", "-P", str(node.proc.pid)], capture_output=True,
                               text=True, check=False).stdout.split()

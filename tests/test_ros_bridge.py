@@ -35,8 +35,8 @@ from robot_side.config import RobotConfig
 from robot_side.estop import EstopServer
 from robot_side.kinematics import HOME_Q, Kinematics
 from robot_side.observe import ObserverFeed
-from robot_side.ros.interface import ESTOP_TOPIC, TOPICS
 from robot_side.ros.process import run_bridge
+from robot_side.ros.topics import ESTOP_TOPIC, TOPICS
 from telesurgery.config import load
 from transport.schema import LinkReport, Pose, Telemetry
 
@@ -306,7 +306,7 @@ namespace = "orphan_{random.randrange(16**6):06x}"
 def test_the_command_topics_do_not_exist_unless_enabled(rig: Rig) -> None:
     """Off by default: nobody on the domain can even match a servo_cp writer."""
     assert not rig.cfg.ros.command
-    from robot_side.ros.interface import SUBSCRIPTIONS
+    from robot_side.ros.topics import SUBSCRIPTIONS
 
     ref = Reference()["geometry_msgs/msg/PoseStamped"]
     servo: DataWriter[Any] = DataWriter(

@@ -32,7 +32,7 @@ from hil_tests.rig import _toml, free_ports
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q, Kinematics
 from robot_side.ros.ddsconfig import config_xml
-from robot_side.ros.interface import SUBSCRIPTIONS
+from robot_side.ros.topics import SUBSCRIPTIONS
 from transport.keys import add_commander, init_keys
 
 STARTUP_S = 90.0

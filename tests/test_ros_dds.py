@@ -30,7 +30,7 @@ from ros_reference import typestore as reference_typestore
 
 from robot_side.ros import BACKENDS, NullBridge, RosBridgeError, RosMessageError, msgs, open_bridge
 from robot_side.ros.dds_backend import DdsBridge, bench_publish, topic_qos
-from robot_side.ros.interface import ESTOP_TOPIC, SUBSCRIPTIONS, TOPICS, TopicSpec
+from robot_side.ros.topics import ESTOP_TOPIC, SUBSCRIPTIONS, TOPICS, TopicSpec
 from telesurgery.errors import ConfigError, TelesurgeryError
 
 DEADLINE_S = 20.0
@@ -246,7 +246,7 @@ def test_estop_from_another_process(bridge, domain, namespace) -> None:
         from cyclonedds.topic import Topic
         from robot_side.ros import msgs
         from robot_side.ros.dds_backend import topic_qos
-        from robot_side.ros.interface import ESTOP_TOPIC
+        from robot_side.ros.topics import ESTOP_TOPIC
         dp = DomainParticipant({domain})
         w = DataWriter(dp, Topic(dp, ESTOP_TOPIC.dds_name({namespace!r}), msgs.Bool),
                        topic_qos(ESTOP_TOPIC))
@@ -415,7 +415,7 @@ def test_a_bridge_bound_to_peers_is_found_by_a_peer_listing_it(domain) -> None:
             from cyclonedds.topic import Topic
             from robot_side.ros import msgs
             from robot_side.ros.dds_backend import topic_qos
-            from robot_side.ros.interface import ESTOP_TOPIC
+            from robot_side.ros.topics import ESTOP_TOPIC
             dom = Domain({domain}, {config_xml(("lo",), peers)!r})
             dp = DomainParticipant({domain})
             w = DataWriter(dp, Topic(dp, ESTOP_TOPIC.dds_name({namespace!r}), msgs.Bool),

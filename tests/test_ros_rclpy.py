@@ -23,7 +23,7 @@ from ros_reference import ros_name, typestore
 from rosbags.typesys.base import Nodetype
 
 from robot_side.ros import msgs
-from robot_side.ros.interface import SUBSCRIPTIONS, TOPICS
+from robot_side.ros.topics import SUBSCRIPTIONS, TOPICS
 
 STORE = typestore()
 

@@ -20,14 +20,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from robot_side.ros.interface import (
-    SUBSCRIPTIONS,
-    TOPICS,
     BridgeBase,
     NullBridge,
     RosBridge,
     RosBridgeError,
     RosMessageError,
 )
+from robot_side.ros.topics import SUBSCRIPTIONS, TOPICS
 
 __all__ = [
     "BACKENDS",

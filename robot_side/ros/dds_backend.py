@@ -40,14 +40,8 @@ from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
 from robot_side.ros.ddsconfig import check_security, config_xml, effective_interfaces
-from robot_side.ros.interface import (
-    SUBSCRIPTIONS,
-    TOPICS,
-    BridgeBase,
-    RosBridgeError,
-    TopicSpec,
-    subscriptions,
-)
+from robot_side.ros.interface import BridgeBase, RosBridgeError
+from robot_side.ros.topics import SUBSCRIPTIONS, TOPICS, TopicSpec, subscriptions
 from telesurgery.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -37,13 +37,8 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from robot_side.ros.ddsconfig import check_security, config_xml, effective_interfaces
-from robot_side.ros.interface import (
-    TOPICS,
-    BridgeBase,
-    RosBridgeError,
-    TopicSpec,
-    subscriptions,
-)
+from robot_side.ros.interface import BridgeBase, RosBridgeError
+from robot_side.ros.topics import TOPICS, TopicSpec, subscriptions
 
 log = logging.getLogger(__name__)
 
