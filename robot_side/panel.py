@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from robot_side.estop import send
 from robot_side.serial_protocol import FwFlags
+from telesurgery.helptext import plain_help
 
 RED, AMBER, GREEN, BOLD, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[1m", "\033[0m"
 STATE_COLOUR = {"following": GREEN, "ready": GREEN, "hold": AMBER, "disabled": AMBER,
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> int:
     from robot_side.config import RobotConfig, default_runtime_dir
     from telesurgery.config import load
 
-    p = argparse.ArgumentParser(prog="telesurgery panel", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery panel", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="robot config (for the socket path)")
     p.add_argument("--socket", type=Path, help="the robot node's local e-stop socket")
     p.add_argument("--once", action="store_true", help="print the panel once and exit")

@@ -38,8 +38,6 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         scale=min(10.0, r.scale), estop=r.estop, firmware_flags=r.firmware_flags & 0xFFFFFFFF,
         loop_jitter_us=min(loop_jitter_us, 2**32 - 1),
         tracking_error_m=min(r.tracking_error_m, 1e3),
-        # StepReport.measured_v / .measured_effort come with the control-period rework;
-        # until then a report without them gives empty arrays.
-        measured_jv=_joint_values(getattr(r, "measured_v", ())),
-        measured_jf=_joint_values(getattr(r, "measured_effort", ())),
+        measured_jv=_joint_values(r.measured_v),
+        measured_jf=_joint_values(r.measured_effort),
     )

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from safety.audit import Record, read_records, segments, verify
+from telesurgery.helptext import plain_help
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser = argparse.ArgumentParser(prog="telesurgery audit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="telesurgery audit", description=plain_help(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify", parents=[common],
                            help="check checksums, sequence and hash chain")
@@ -31,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verify(path: Path) -> int:
+    if not segments(path):
+        print(f"no audit log at {path}: nothing to verify")
+        return 1
     report = verify(path)
     n_segments = len(segments(path))
     if report.ok:
