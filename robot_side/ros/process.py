@@ -26,6 +26,7 @@ parent has died exits by itself.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import multiprocessing as mp
 import os
@@ -110,14 +111,12 @@ class EstopForwarder(threading.Thread):
     """Delivers every ROS e-stop ``true`` to the robot's local e-stop socket, retrying."""
 
     def __init__(self, path: Path, pending: Callable[[], bool], wake: threading.Event,
-                 send: Callable[[Path, str], str] | None = None) -> None:
+                 send: Callable[[Path], str] | None = None) -> None:
         super().__init__(name="ros-estop-forward", daemon=True)
-        from robot_side.estop import send as estop_send
-
         self.path = path
         self._pending = pending
         self._wake = wake
-        self._send = send or estop_send
+        self._send = send or press_local_estop
         self._halt = threading.Event()
         self.forwarded = 0
         self.failures = 0
@@ -137,8 +136,8 @@ class EstopForwarder(threading.Thread):
 
     def _deliver(self) -> bool:
         try:
-            answer = self._send(self.path, "press")
-        except OSError as err:
+            answer = self._send(self.path)
+        except OSError as err:  # unreachable, or not the robot's socket (PermissionError)
             answer = f"error: {err}"
         if answer.startswith("ok"):
             self.forwarded += 1
@@ -150,6 +149,16 @@ class EstopForwarder(threading.Thread):
                       "%.0f ms. Use the hardware e-stop.", self.failures, answer,
                       ESTOP_RETRY_S * 1e3)
         return False
+
+
+def press_local_estop(path: Path) -> str:
+    """Press the robot's local e-stop socket as the ROS 2 topic, and return its answer."""
+    from robot_side.estop import send
+
+    if "source" in inspect.signature(send).parameters:
+        # The tagged socket protocol names who pressed (the robot's audit says "ros").
+        return send(path, "press", source="ros", detail="ROS 2 e-stop topic")  # type: ignore[call-arg]
+    return send(path, "press")
 
 
 @dataclass(frozen=True)
