@@ -305,9 +305,11 @@ def test_ros_bridge_is_its_own_process_publishing_what_the_arm_reports(node: Nod
     wait_until(enough, 30.0, "measured_js from the node")
     js = samples[-1]
     assert list(js.position) == pytest.approx(node.emu.snapshot().positions, abs=1e-3)
-    # Velocity and effort as the firmware reports them (gravity load: efforts are not 0).
+    # Velocity and effort as the firmware reports them (at rest: what the emulator holds).
+    snap = node.emu.snapshot()
     assert len(js.velocity) == len(js.effort) == len(js.position) == 6
-    assert any(abs(e) > 0.01 for e in js.effort)
+    assert list(js.velocity) == pytest.approx(snap.velocities, abs=1e-3)
+    assert list(js.effort) == pytest.approx(snap.efforts, abs=1e-2)
 
 
 def test_console_clear_fault_refused_in_estop_while_following(node: Node,
