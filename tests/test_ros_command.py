@@ -10,6 +10,7 @@ audit judge it like a console's.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import subprocess
@@ -81,9 +82,9 @@ class Rig:
     def pose_msg(self, position: np.ndarray, quat: tuple[float, ...]) -> Any:
         t = self.ref
         w, x, y, z = quat
-        header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0,
-                                                                                nanosec=0),
-                                          frame_id="base")
+        sec, nanosec = divmod(time.time_ns(), 1_000_000_000)  # wall-clock ok: a ROS stamp
+        header = t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](
+            sec=sec, nanosec=nanosec), frame_id="base")
         pose = t["geometry_msgs/msg/Pose"](
             position=t["geometry_msgs/msg/Point"](x=float(position[0]), y=float(position[1]),
                                                   z=float(position[2])),
@@ -128,7 +129,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         }))
         with (run / "robot.log").open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "telesurgery.cli", "robot", "--config", str(cfg)],
+                [sys.executable, "-m", "telesurgery.cli", "robot", "--config", str(cfg),
+                 "--summary", str(run / "robot.json")],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         # The command bridge binds to loopback only by default: so must a local ROS 2 node.
         domain_cfg = Domain(domain, config_xml(("lo",), ()))
@@ -159,6 +161,19 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 proc.kill()
                 proc.wait(5)
             del domain_cfg
+            print_path_figures(run / "robot.json")
+
+
+def print_path_figures(summary: Path) -> None:
+    """The ROS command path as the robot measured it (a figure, not an assertion)."""
+    if not summary.exists():
+        return
+    data = json.loads(summary.read_text())
+    path, parts = data.get("path", {}), data.get("path_parts", {})
+    ros = data.get("ros") or {}
+    print(f"\nROS command path -> serial frame written (servo_cp from its publish stamp, "
+          f"move/hold streams from the commander's send): {path}\n  parts: {parts}\n"
+          f"  bridge: {ros}")
 
 
 def engage(rig: Rig) -> None:

@@ -170,7 +170,7 @@ def test_rclpy_backend_copies_messages_both_ways(fake_ros: FakeNode) -> None:
         incoming.pose.position.x = 0.3
         incoming.pose.orientation.w = 1.0
         callback(incoming)
-        (got,) = bridge.take("servo_cp")
+        ((got, _),) = bridge.take("servo_cp")
         assert isinstance(got, msgs.PoseStamped)
         assert got.pose.position.x == 0.3 and got.pose.orientation.w == 1.0
         estop_cls, estop_cb, _ = fake_ros.subscriptions["/arm/estop"]

@@ -84,6 +84,22 @@ def ros_pose(msg: Any) -> tuple[Vec3, Quat] | None:
     return pos, (quat[0] / norm, quat[1] / norm, quat[2] / norm, quat[3] / norm)
 
 
+def sample_time(msg: Any, recv_ns: int) -> int:
+    """A servo_cp's publish time on this machine's monotonic clock, for the path figure.
+
+    The publisher's header stamp (wall clock) when it is plausible (not ahead of the
+    arrival, at most a second before it), else the arrival at the bridge. For
+    measurement only (``Command.t_sample_ns``): no bound of the robot rests on it.
+    """
+    try:
+        stamp = msg.header.stamp
+        wall_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    except (AttributeError, TypeError, ValueError):
+        return recv_ns
+    mono_ns = wall_ns - (time.time_ns() - time.monotonic_ns())  # wall-clock ok: ROS stamp
+    return mono_ns if recv_ns - 1_000_000_000 <= mono_ns <= recv_ns else recv_ns
+
+
 class Trajectory:
     """move_cp: a straight line at a bounded speed, orientation interpolated alongside."""
 
@@ -168,7 +184,7 @@ class RosCommander(threading.Thread):
             self.bridge.command_event.wait(min(wait_s, 0.01))
             self.bridge.command_event.clear()
             link.poll(0)  # answers the robot's pings: its RTT and clock offset need them
-            for msg in self.bridge.take("state_command"):
+            for msg, _ in self.bridge.take("state_command"):
                 self._state_command(link, msg)
             self._servo(link)
             self._move_cp()
@@ -179,7 +195,7 @@ class RosCommander(threading.Thread):
                 self._stream(link, now)
 
     def _servo(self, link: ConsoleLink) -> None:
-        for msg in self.bridge.take("servo_cp"):
+        for msg, recv_ns in self.bridge.take("servo_cp"):
             self.counters["servo_cp"] += 1
             pose = self._checked("servo_cp", msg)
             if pose is None:
@@ -189,10 +205,10 @@ class RosCommander(threading.Thread):
                               "state_command 'resume' first")
                 continue
             self._mode, self._move, self._last = "servo", None, pose
-            self._send(link, pose)
+            self._send(link, pose, sample_time(msg, recv_ns))
 
     def _move_cp(self) -> None:
-        for msg in self.bridge.take("move_cp"):
+        for msg, _ in self.bridge.take("move_cp"):
             self.counters["move_cp"] += 1
             goal = self._checked("move_cp", msg)
             if goal is None:
@@ -213,10 +229,13 @@ class RosCommander(threading.Thread):
         elif self._mode == "hold" and self._last is not None:
             self._send(link, self._last)
 
-    def _send(self, link: ConsoleLink, pose: tuple[Vec3, Quat]) -> None:
+    def _send(self, link: ConsoleLink, pose: tuple[Vec3, Quat],
+              t_sample_ns: int | None = None) -> None:
         self._seq += 1
-        cmd = Command(seq=self._seq, t_send_ns=time.monotonic_ns(), position=pose[0],
-                      orientation=pose[1], grip=0.0, clutch=False, operator_present=True)
+        now = time.monotonic_ns()
+        cmd = Command(seq=self._seq, t_send_ns=now, position=pose[0], orientation=pose[1],
+                      grip=0.0, clutch=False, operator_present=True,
+                      t_sample_ns=now if t_sample_ns is None else t_sample_ns)
         if link.send_command(cmd):
             self.counters["commands_sent"] += 1
 

@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -102,7 +103,7 @@ class RosBridge(Protocol):
 
     def poll_estop(self) -> bool: ...
 
-    def take(self, topic: str) -> list[Any]: ...
+    def take(self, topic: str) -> list[tuple[Any, int]]: ...
 
     def close(self) -> None: ...
 
@@ -146,7 +147,7 @@ class BridgeBase(ABC):
         """Set with every e-stop ``true``: wakes the forwarder at once."""
         self.command_event = threading.Event()
         """Set with every message on a command subscription: wakes the commander."""
-        self._inbox: dict[str, collections.deque[Any]] = {
+        self._inbox: dict[str, collections.deque[tuple[Any, int]]] = {
             key: collections.deque(maxlen=spec.keep) for key, spec in subscriptions(command).items()
             if key != "estop"}
 
@@ -255,8 +256,9 @@ class BridgeBase(ABC):
             seen, self._estop_pending = self._estop_pending, False
         return seen
 
-    def take(self, topic: str) -> list[Any]:
-        """What arrived on a command subscription since the last call (at most its ``keep``)."""
+    def take(self, topic: str) -> list[tuple[Any, int]]:
+        """What arrived on a command subscription since the last call (at most its
+        ``keep``), each with its CLOCK_MONOTONIC arrival time."""
         box = self._inbox.get(topic)
         if box is None:
             return []
@@ -295,7 +297,7 @@ class BridgeBase(ABC):
         if box is None:
             return
         with self._lock:
-            box.append(msg)
+            box.append((msg, time.monotonic_ns()))
         self.command_event.set()
 
     def _on_estop(self, data: bool) -> None:
