@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import subprocess
 import sys
 import time
@@ -176,63 +177,106 @@ def print_path_figures(summary: Path) -> None:
           f"  bridge: {ros}")
 
 
-def engage(rig: Rig) -> None:
-    """enable (again while a held trip is still escalating to its fault), then resume."""
-    def ready() -> bool:
-        if rig.status().startswith("ok ready"):
-            return True
-        rig.state_command("enable")
-        time.sleep(0.5)
-        return False
+ENGAGED = "-> following (engaged)"
+ATTEMPTS = 3
+"""On a loaded machine another trip (the emulator starved: serial_fault; the commander
+descheduled: command_timeout) can stop an attempt before it shows anything; such an
+attempt is repeated, never judged, and the test fails if none is conclusive."""
 
-    wait_until(ready, 30.0, "enable -> ready")
-    rig.state_command("resume")
-    wait_until(lambda: rig.status().startswith("ok following"), 20.0, "resume -> following")
+
+def trips(rig: Rig) -> list[dict[str, Any]]:
+    return [json.loads(m) for m in re.findall(r" TRIP (\{.*\})$", rig.log, re.MULTILINE)]
+
+
+def engage(rig: Rig) -> None:
+    """enable until ready, then resume until engaged (a starved emulator can refuse one)."""
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        if not rig.status().startswith("ok ready"):
+            rig.state_command("enable")
+            time.sleep(0.5)
+            continue
+        engaged = rig.log.count(ENGAGED)
+        rig.state_command("resume")
+        until = time.monotonic() + 5.0
+        while time.monotonic() < until:
+            if rig.log.count(ENGAGED) > engaged:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the ROS commander could not engage within 60 s")
+
+
+def until_goal_or_trip(rig: Rig, goal: np.ndarray, n_trips: int) -> bool:
+    """True when the arm reached ``goal``; False when a trip stopped the attempt first."""
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        if len(trips(rig)) > n_trips:
+            return False
+        if float(np.linalg.norm(rig.tip() - goal)) < 0.002:
+            return True
+        time.sleep(0.05)
+    raise AssertionError("the emulated arm never reached the move_cp goal")
 
 
 def test_move_cp_moves_the_arm_on_the_serial_port_then_servo_stream_stops_and_it_holds(
         rig: Rig) -> None:
-    engage(rig)
-    start = rig.tip()
-    _, quat = rig.kin.fk(rig.emu.snapshot().positions)
-    goal = start + np.array([0.02, 0.0, 0.0])
-    rig.writers["move_cp"].write(rig.pose_msg(goal, quat))
-    wait_until(lambda: float(np.linalg.norm(rig.tip() - goal)) < 0.002, 20.0,
-               "the emulated arm to reach the move_cp goal")
-    assert rig.status().startswith("ok following")  # the commander holds the goal
+    for _attempt in range(ATTEMPTS):
+        engage(rig)
+        n_trips = len(trips(rig))
+        start = rig.tip()
+        _, quat = rig.kin.fk(rig.emu.snapshot().positions)
+        goal = start + np.array([0.02, 0.0, 0.0])
+        rig.writers["move_cp"].write(rig.pose_msg(goal, quat))
+        if not until_goal_or_trip(rig, goal, n_trips):
+            continue
+        # The commander holds the goal (streams it): no trip while it does.
+        time.sleep(0.3)
+        if len(trips(rig)) > n_trips:
+            continue
 
-    # servo_cp: a 1 cm line along y at SERVO_HZ, then the ROS program stops publishing.
-    trip = 'TRIP {"reason": "command_timeout"'
-    trips = rig.log.count(trip)
-    t0 = time.monotonic()
-    here = rig.tip()
-    steps = int(SERVO_HZ)
-    for i in range(1, steps + 1):
-        rig.writers["servo_cp"].write(rig.pose_msg(here + np.array([0.0, 0.01 * i / steps,
-                                                                    0.0]), quat))
-        time.sleep(1.0 / SERVO_HZ)
-    print(f"\nservo_cp stream: {steps} poses in {time.monotonic() - t0:.2f} s")
-    wait_until(lambda: rig.log.count(trip) == trips + 1, 5.0,
-               "the robot's command timeout after the stream stopped")
-    held = rig.emu.snapshot().positions
-    time.sleep(0.5)
-    assert np.allclose(rig.emu.snapshot().positions, held, atol=1e-4)  # the arm holds
-    assert float(np.linalg.norm(rig.tip() - (here + np.array([0.0, 0.01, 0.0])))) < 0.003
+        # servo_cp: a 1 cm line along y at SERVO_HZ, then the ROS program stops publishing.
+        t0 = time.monotonic()
+        here = rig.tip()
+        steps = int(SERVO_HZ)
+        for i in range(1, steps + 1):
+            rig.writers["servo_cp"].write(rig.pose_msg(
+                here + np.array([0.0, 0.01 * i / steps, 0.0]), quat))
+            time.sleep(1.0 / SERVO_HZ)
+        stream_end_ns = time.monotonic_ns()
+        print(f"\nservo_cp stream: {steps} poses in {time.monotonic() - t0:.2f} s")
+        wait_until(lambda n=n_trips: len(trips(rig)) > n, 5.0,
+                   "a trip after the stream stopped")
+        first = trips(rig)[n_trips]
+        if first["detected_ns"] < stream_end_ns:
+            continue  # stopped during the stream by the machine's load: not conclusive
+        # The stream that stopped is the robot's command timeout, and the arm holds there.
+        assert first["reason"] == "command_timeout"
+        held = rig.emu.snapshot().positions
+        time.sleep(0.5)
+        assert np.allclose(rig.emu.snapshot().positions, held, atol=1e-4)
+        assert float(np.linalg.norm(rig.tip() - (here + np.array([0.0, 0.01, 0.0])))) < 0.003
+        return
+    pytest.fail(f"no conclusive attempt in {ATTEMPTS}: other trips stopped each "
+                f"({[t['reason'] for t in trips(rig)]})")
 
 
 def test_a_ros_jump_is_judged_by_the_robots_limits(rig: Rig) -> None:
-    engage(rig)
-    before = rig.tip()
-    _, quat = rig.kin.fk(rig.emu.snapshot().positions)
-    far = before + np.array([0.3, 0.0, 0.0])
-    for _ in range(5):
-        rig.writers["servo_cp"].write(rig.pose_msg(far, quat))
-        time.sleep(0.01)
-    wait_until(lambda: 'TRIP {"reason": "setpoint_jump"' in rig.log, 5.0,
-               "the robot's jump check to refuse the ROS pose")
-    time.sleep(0.3)
-    assert float(np.linalg.norm(rig.tip() - before)) < 0.005
-    assert math.isfinite(float(rig.tip()[0]))
+    for _attempt in range(ATTEMPTS):
+        engage(rig)
+        n_trips = len(trips(rig))
+        before = rig.tip()
+        _, quat = rig.kin.fk(rig.emu.snapshot().positions)
+        far = before + np.array([0.3, 0.0, 0.0])
+        for _ in range(5):
+            rig.writers["servo_cp"].write(rig.pose_msg(far, quat))
+            time.sleep(0.01)
+        wait_until(lambda n=n_trips: len(trips(rig)) > n, 5.0, "the robot to stop the jump")
+        if trips(rig)[n_trips]["reason"] != "setpoint_jump":
+            continue  # another trip came first: not conclusive
+        time.sleep(0.3)
+        assert float(np.linalg.norm(rig.tip() - before)) < 0.005
+        return
+    pytest.fail(f"no conclusive attempt in {ATTEMPTS}")
 
 
 def test_bad_ros_input_is_dropped_counted_and_the_commander_keeps_running(rig: Rig) -> None:
