@@ -27,7 +27,7 @@ import zmq
 from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
-from robot_side.control_io import ControlInputs, EstopEvent, TripRecord
+from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator import make_manipulator
@@ -85,6 +85,7 @@ class RobotNode:
         self._last_link: LinkView | None = None
         self.trips: list[TripRecord] = []
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._external_trip: ExternalTrip | None = None
         self._estop_pending: dict[int, EstopRequest] = {}
         self._estop_token = 0
         self.port: CommandPort | None = None
@@ -115,6 +116,11 @@ class RobotNode:
 
     def stop(self) -> None:
         self._halt.set()
+
+    def request_trip(self, reason: Reason, detail: str) -> None:
+        """From any thread (e.g. a revoked key's session dropped): the next period trips
+        to a latched FAULT and holds. One reference swap; the latest request wins."""
+        self._external_trip = ExternalTrip(reason, detail)
 
     def run(self, seconds: float | None = None) -> int:
         cfg = self.cfg
@@ -259,10 +265,11 @@ class RobotNode:
         """
         mb = self.mailbox
         link = mb.link_view or self._empty_link
+        trip, self._external_trip = self._external_trip, None
         inputs = ControlInputs(command=mb.command, link=link,
                                requests=tuple(self._take_requests()),
                                estop=self._estop_events(estop),
-                               audit_ok=auditor.healthy)
+                               audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
         if self.core.following_periods != following and result.written_ns is not None:
