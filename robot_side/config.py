@@ -10,6 +10,7 @@ from typing import Literal
 
 from robot_side.driver import SerialConfig
 from robot_side.recording.config import RecordConfig
+from robot_side.servos.config import ServosConfig
 from robot_side.supervision.config import PageConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
@@ -58,14 +59,40 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class RosConfig:
+    """The ROS 2 bridge process (robot_side.ros; docs/ros2.md)."""
+
     backend: Literal["auto", "dds", "rclpy", "none"] = "auto"
     namespace: str = "arm"
     domain_id: int = 0
+    interfaces: tuple[str, ...] = ()
+    """Network interfaces (names or addresses) DDS binds to; () = cyclonedds' default,
+    loopback only when the command side is on and no peers are given."""
+    peers: tuple[str, ...] = ()
+    """Unicast discovery peers; when given, multicast discovery is off."""
+    security_xml: Path | None = None
+    """A cyclonedds <Security> element (DDS Security); refused if this build lacks it."""
+    command: bool = False
+    """Opt-in command side: servo_cp, move_cp, state_command through the robot's link."""
+    command_key: str = "ros"
+    """The commander's key pair: <keys_dir>/<command_key>/ (``telesurgery keys add-ros``)."""
+    move_speed_m_s: float = 0.02
+    """move_cp: straight-line speed of the generated trajectory."""
+    command_hz: float = 500.0
+    """move_cp: rate of the generated stream (servo_cp is forwarded as it arrives)."""
 
     def __post_init__(self) -> None:
         check(0 <= self.domain_id <= 232, "ros.domain_id", self.domain_id, "must be 0..232")
         check(self.namespace.isidentifier(), "ros.namespace", self.namespace,
               "must be a plain ROS name")
+        check(all(isinstance(i, str) and i for i in self.interfaces), "ros.interfaces",
+              self.interfaces, "must be interface names or addresses")
+        check(all(isinstance(p, str) and p for p in self.peers), "ros.peers", self.peers,
+              "must be host names or addresses")
+        finite_positive("ros.move_speed_m_s", self.move_speed_m_s)
+        check(self.move_speed_m_s <= 0.25, "ros.move_speed_m_s", self.move_speed_m_s,
+              "must be <= 0.25 m/s")
+        finite_positive("ros.command_hz", self.command_hz)
+        check(self.command_hz <= 1000.0, "ros.command_hz", self.command_hz, "must be <= 1000")
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,8 @@ class RobotConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     manipulator: ManipulatorConfig = field(default_factory=ManipulatorConfig)
+    servos: ServosConfig = field(default_factory=ServosConfig)
+    """The smart-servo bus of the "dynamixel" and "feetech" manipulator backends."""
     control: ControlConfig = field(default_factory=ControlConfig)
     ros: RosConfig = field(default_factory=RosConfig)
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)

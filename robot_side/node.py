@@ -1,9 +1,10 @@
 """``telesurgery robot``: the process beside the patient.
 
 Threads: the control loop (this module, SCHED_FIFO where permitted), the
-network thread (robot_side.netio), the audit thread, the ROS 2 reporter, the
-video sender and the local e-stop socket. The control loop owns the serial
-port and every safety decision; the others only feed it or report from it.
+network thread (robot_side.netio), the audit thread and the local e-stop
+socket; child processes for video and the ROS 2 bridge (an observer of the
+local feed, robot_side.ros.process). The control loop owns the serial port and
+every safety decision; the others only feed it or report from it.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import zmq
 from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
-from robot_side.control_io import ControlInputs, EstopEvent, TripRecord
+from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
-from robot_side.ros import open_bridge
+from robot_side.ros.process import RosProcess
 from robot_side.supervision.process import start_onsite_observers
 from robot_side.video_process import VideoProcess
-from robot_side.workers import AuditThread, RosReporter, SerialReconnector
+from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason
 from telesurgery.config import load, to_dict
@@ -85,6 +86,7 @@ class RobotNode:
         self._last_link: LinkView | None = None
         self.trips: list[TripRecord] = []
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._external_trip: ExternalTrip | None = None
         self._estop_pending: dict[int, EstopRequest] = {}
         self._estop_token = 0
         self.port: CommandPort | None = None
@@ -115,6 +117,11 @@ class RobotNode:
 
     def stop(self) -> None:
         self._halt.set()
+
+    def request_trip(self, reason: Reason, detail: str) -> None:
+        """From any thread (e.g. a revoked key's session dropped): the next period trips
+        to a latched FAULT and holds. One reference swap; the latest request wins."""
+        self._external_trip = ExternalTrip(reason, detail)
 
     def run(self, seconds: float | None = None) -> int:
         cfg = self.cfg
@@ -183,19 +190,27 @@ class RobotNode:
             # Rate feedback goes from here straight to the video process.
             port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
             self.port = port
-            bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
-            ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
-            ros.start()
-            stack.callback(ros.close)
             estop = EstopServer(cfg.estop.socket, self.panel_status)
             estop.start()
             stack.callback(estop.stop)
             endpoints = {"command": port.port, **net.link.endpoints}
+            ros = None
+            if cfg.ros.backend != "none":
+                # Its own process, observing the feed: DDS never shares the loop's GIL.
+                # It gets the ports really bound (0 in the config binds a random one).
+                bound = replace(cfg.link, command_port=endpoints["command"],
+                                control_port=endpoints["control"],
+                                telemetry_port=endpoints["telemetry"])
+                ros = RosProcess(replace(cfg, link=bound))
+                ros.start()
+                stack.callback(ros.stop)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
-            self._loop(auditor, ros, estop, video, seconds)
+                     endpoints, cfg.control.rate_hz,
+                     "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
+                     video.describe())
+            self._loop(auditor, estop, video, seconds)
             audit.append("stop", {"trips": len(self.trips)}, sync=True)
-            self._write_summary(net, auditor, video)
+            self._write_summary(net, auditor, video, ros)
         return 0
 
     # ------------------------------------------------------------ the control thread
@@ -231,7 +246,7 @@ class RobotNode:
             self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns,
                              sample.recv_ns)
 
-    def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
+    def _loop(self, auditor: AuditThread, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         if enter_realtime(50, cfg.control.realtime):
@@ -240,12 +255,12 @@ class RobotNode:
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self._wait_period()
-            self._period(tick.actual_ns, auditor, ros, estop)
+            self._period(tick.actual_ns, auditor, estop)
         # Leaving the loop: the arm must be holding, whatever state we were in.
         self.core.supervisor.disarm(time.monotonic_ns())
-        self._period(time.monotonic_ns(), auditor, ros, estop)
+        self._period(time.monotonic_ns(), auditor, estop)
 
-    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter,
+    def _period(self, now_ns: int, auditor: AuditThread,
                 estop: EstopServer) -> PeriodResult:
         """read -> update -> write, then the hand-offs (one reference swap, bounded deques).
 
@@ -253,10 +268,11 @@ class RobotNode:
         """
         mb = self.mailbox
         link = mb.link_view or self._empty_link
+        trip, self._external_trip = self._external_trip, None
         inputs = ControlInputs(command=mb.command, link=link,
                                requests=tuple(self._take_requests()),
-                               estop=self._estop_events(estop, ros),
-                               audit_ok=auditor.healthy)
+                               estop=self._estop_events(estop),
+                               audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
         if self.core.following_periods != following and result.written_ns is not None:
@@ -281,15 +297,12 @@ class RobotNode:
                 self.trips.append(result.trip)
         report = out.report
         mb.report = report
-        ros.latest = report
         self._last_report, self._last_link = report, link
         return result
 
-    def _estop_events(self, estop: EstopServer, ros: RosReporter) -> tuple[EstopEvent, ...]:
+    def _estop_events(self, estop: EstopServer) -> tuple[EstopEvent, ...]:
+        # The ROS 2 e-stop topic arrives here too: the bridge process presses this socket.
         events: list[EstopEvent] = []
-        if ros.estop_requested.is_set():
-            ros.estop_requested.clear()
-            events.append(EstopEvent("press", Reason.ESTOP_ROS))
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
             self._estop_token += 1
@@ -300,7 +313,7 @@ class RobotNode:
         return tuple(events)
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
-                       video: VideoProcess) -> None:
+                       video: VideoProcess, ros: RosProcess | None) -> None:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
@@ -327,6 +340,7 @@ class RobotNode:
             "audit_records": auditor.persisted,
             "serial": dict(self.manipulator.counters),
             "video": video.summary(),
+            "ros": None if ros is None else ros.summary(),
             "final_state": str(self.core.supervisor.state),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +357,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ros-namespace", help="override ros.namespace")
     p.add_argument("--ros-domain-id", type=int, help="override ros.domain_id")
     p.add_argument("--ros-hz", type=float, help="override control.ros_hz")
+    p.add_argument("--ros-command", choices=("on", "off"),
+                   help="override ros.command (the opt-in ROS 2 command side)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -375,6 +391,8 @@ def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
         ros = replace(ros, namespace=args.ros_namespace)
     if args.ros_domain_id is not None:
         ros = replace(ros, domain_id=args.ros_domain_id)
+    if args.ros_command:
+        ros = replace(ros, command=args.ros_command == "on")
     control = cfg.control if args.ros_hz is None else replace(cfg.control, ros_hz=args.ros_hz)
     serial = cfg.serial if not args.serial_port else replace(cfg.serial, port=args.serial_port)
     return replace(cfg, ros=ros, control=control, serial=serial)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from robot_side.control import LinkView, StepReport
-from transport.schema import LinkReport, Pose, Telemetry
+from transport.schema import MAX_JOINTS, LinkReport, Pose, Telemetry
+
+JOINT_VALUE_MAX = 1e6
+"""The schema's bound on a joint value: telemetry must always encode."""
 
 
 def _us(ns: int | None) -> int | None:
     return None if ns is None else int(ns // 1000)
+
+
+def _joint_values(values: Sequence[float]) -> tuple[float, ...]:
+    """Velocities or efforts as reported, clamped to what encodes; () if none or not finite."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) > MAX_JOINTS or not np.all(np.isfinite(array)):
+        return ()
+    return tuple(np.clip(array, -JOINT_VALUE_MAX, JOINT_VALUE_MAX).tolist())
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
@@ -23,4 +38,6 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         scale=min(10.0, r.scale), estop=r.estop, firmware_flags=r.firmware_flags & 0xFFFFFFFF,
         loop_jitter_us=min(loop_jitter_us, 2**32 - 1),
         tracking_error_m=min(r.tracking_error_m, 1e3),
+        measured_jv=_joint_values(r.measured_v),
+        measured_jf=_joint_values(r.measured_effort),
     )

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cyclonedds.core import Policy, Qos
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
 from hil_tests.rig import _toml, free_ports, parse_trips
@@ -40,7 +42,7 @@ from robot_side.kinematics import HOME_Q
 from robot_side.observe import ObserverClient
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
-from robot_side.ros.interface import ESTOP_TOPIC
+from robot_side.ros.topics import ESTOP_TOPIC
 from safety.audit import read_records
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
@@ -255,6 +257,11 @@ def test_no_network_path_clears_the_estop(node: Node) -> None:
         reset_node(node)
 
 
+ROS_ESTOP_STATUS = ("ok estop estop_ros", "ok estop estop_local")
+"""The bridge process presses the local e-stop socket; with a source tag on that
+socket the node can name it estop_ros."""
+
+
 def test_ros_estop_topic_stops_the_robot(node: Node) -> None:
     peer = DomainParticipant(node.domain)
     topic = Topic(peer, ESTOP_TOPIC.dds_name(node.namespace), msgs.Bool)
@@ -262,16 +269,49 @@ def test_ros_estop_topic_stops_the_robot(node: Node) -> None:
     try:
         def pressed() -> bool:
             writer.write(msgs.Bool(data=True))  # again until discovery has matched us
-            return node.status() == "ok estop estop_ros"
+            return node.status() in ROS_ESTOP_STATUS
 
         wait_until(pressed, 30.0, "the ROS 2 e-stop")
         wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
         # The topic can set the e-stop but never clear it.
         writer.write(msgs.Bool(data=False))
         time.sleep(0.5)
-        assert node.status() == "ok estop estop_ros"
+        assert node.status() in ROS_ESTOP_STATUS
+        assert "ros e-stop forwarded" in node.log
     finally:
         reset_node(node)
+
+
+def test_ros_bridge_is_its_own_process_publishing_what_the_arm_reports(node: Node) -> None:
+    """A default-QoS subscriber with ROS 2's own types gets measured_js from the bridge child."""
+    from ros_reference import Reference, ros_name
+
+    from robot_side.ros.topics import TOPICS
+
+    children = subprocess.run(["pgrep", "-P", str(node.proc.pid)], capture_output=True,
+                              text=True, check=False).stdout.split()
+    assert len(children) >= 2, "video and ROS bridge processes"
+    peer = DomainParticipant(node.domain)
+    spec = TOPICS["measured_js"]
+    ref = Reference()[ros_name(spec.msg_type.__idl_typename__)]
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000),
+              Policy.History.KeepLast(10), Policy.Durability.Volatile)
+    reader: DataReader[Any] = DataReader(
+        peer, Topic(peer, spec.dds_name(node.namespace), ref), qos)
+    samples: list[Any] = []
+
+    def enough() -> bool:
+        samples.extend(reader.take(N=100))
+        return len(samples) >= 20
+
+    wait_until(enough, 30.0, "measured_js from the node")
+    js = samples[-1]
+    assert list(js.position) == pytest.approx(node.emu.snapshot().positions, abs=1e-3)
+    # Velocity and effort as the firmware reports them (at rest: what the emulator holds).
+    snap = node.emu.snapshot()
+    assert len(js.velocity) == len(js.effort) == len(js.position) == 6
+    assert list(js.velocity) == pytest.approx(snap.velocities, abs=1e-3)
+    assert list(js.effort) == pytest.approx(snap.efforts, abs=1e-2)
 
 
 def test_console_clear_fault_refused_in_estop_while_following(node: Node,

@@ -8,6 +8,7 @@ Layout under one root (``keys/`` by default)::
     console/surgeon.key_secret, console/surgeon.key  the surgeon console's pair
     console/robot.key                                the robot's public key (server check)
     observers/<name>/<name>.key_secret, robot.key    one folder per observer, handed over
+    ros/ros.key_secret, ros/robot.key                the ROS 2 commander (opt-in, add-ros)
 
 The role of a key is the folder its public half sits in on the robot; nothing
 in the key itself grants anything. Secret files are 0600 in 0700 folders and
@@ -148,6 +149,27 @@ def install_public_key(root: Path, pubfile: Path, role: str, name: str | None = 
     return target
 
 
+def add_commander(root: Path, name: str = "ros") -> Path:
+    """Create the ROS 2 commander's pair in ``<name>/`` and authorise it as a surgeon key.
+
+    Opt-in (``telesurgery keys add-ros``): the robot's ``[ros] command`` side uses it
+    to connect to the link like a console, so it holds command only like one.
+    """
+    _check_name(name)
+    robot_public = _robot_dir(root) / "robot.key"
+    _load_public(robot_public)
+    folder = root / name
+    target = _authorized_dir(root, "surgeon") / f"{name}.key"
+    if folder.exists() or target.exists() or name in ("console", "observers"):
+        raise AuthError(f"commander {name!r} already exists ({folder} or {target})")
+    public, _ = _create_pair(folder, name)
+    shutil.copyfile(robot_public, folder / "robot.key")
+    shutil.copyfile(public, target)
+    target.chmod(0o644)
+    log.info("ROS commander %r created in %s and authorised as a surgeon key", name, folder)
+    return folder
+
+
 @dataclass(frozen=True)
 class ServerKeys:
     """The robot's pair and where the authorised public keys live."""
@@ -207,6 +229,14 @@ class ClientKeys:
         return cls(public, secret, _load_public(root / "console" / "robot.key"))
 
     @classmethod
+    def load_commander(cls, root: Path, name: str = "ros") -> ClientKeys:
+        """The ROS 2 commander's pair from ``<root>/<name>/`` (``add_commander``)."""
+        _check_name(name)
+        folder = root / name
+        public, secret = _load_secret(folder / f"{name}.key_secret")
+        return cls(public, secret, _load_public(folder / "robot.key"))
+
+    @classmethod
     def load_observer(cls, root: Path, name: str) -> ClientKeys:
         _check_name(name)
         folder = root / "observers" / name
@@ -226,6 +256,9 @@ def main(argv: list[str]) -> int:
     p_init.add_argument("--force", action="store_true", help="replace existing keys")
     p_obs = sub.add_parser("add-observer", parents=[common], help="create an observer pair")
     p_obs.add_argument("name")
+    p_ros = sub.add_parser("add-ros", parents=[common],
+                           help="create the ROS 2 commander's pair (surgeon role, opt-in)")
+    p_ros.add_argument("--name", default="ros", help="folder and key name (default: ros)")
     p_inst = sub.add_parser("install", parents=[common], help="authorise a public key file")
     p_inst.add_argument("pubfile", type=Path)
     p_inst.add_argument("--role", choices=("surgeon", "observer"), required=True)
@@ -238,6 +271,8 @@ def main(argv: list[str]) -> int:
             print(f"keys created under {args.dir}")
         elif args.cmd == "add-observer":
             print(f"observer keys in {add_observer(args.dir, args.name)}")
+        elif args.cmd == "add-ros":
+            print(f"ROS commander keys in {add_commander(args.dir, args.name)}")
         elif args.cmd == "install":
             print(f"installed {install_public_key(args.dir, args.pubfile, args.role, args.name)}")
         else:

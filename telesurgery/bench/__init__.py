@@ -71,6 +71,9 @@ def _meta() -> dict[str, Any]:
 def _run_one(name: str, argv: list[str], out: Path) -> int:
     """Run one bench's own ``main``; its last stdout line is its figures (JSON), kept."""
     module = importlib.import_module(BENCHES[name])
+    if getattr(module, "TAKES_OUT", False):  # writes its own, richer figures under --out
+        own: int = module.main([*argv, "--out", str(out)])
+        return own
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         code: int = module.main(argv)
@@ -87,7 +90,7 @@ def _run_one(name: str, argv: list[str], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"meta": _meta(), name: figures}, indent=2))
     (out / f"{name}.md").write_text(_markdown({name: figures}))
-    print(f"figures written to {out / name}.json and .md")
+    sys.stderr.write(f"figures written to {out / name}.json and .md\n")
     return 0
 
 
