@@ -12,13 +12,11 @@ import argparse
 import collections
 import json
 import logging
-import signal
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from robot_side.config import RobotConfig
@@ -26,16 +24,19 @@ from robot_side.control import ControlCore, LinkView, StepReport
 from robot_side.driver import SerialManipulator
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
+from robot_side.localsock import group_id
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.ros import open_bridge
+from robot_side.signals import SignalDesk
 from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
-from safety.states import Reason
+from safety.states import Reason, State
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from transport.auth import Authenticator
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
@@ -57,6 +58,8 @@ class RobotNode:
         self._recent: collections.deque[str] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
+        self._auth: Authenticator | None = None
+        self.signals: SignalDesk | None = None
 
     def panel_status(self) -> dict[str, Any]:
         """What the on-site staff's panel shows; read from references the loop swaps."""
@@ -76,6 +79,15 @@ class RobotNode:
     def stop(self) -> None:
         self._halt.set()
 
+    def reload_keys(self) -> str:
+        """Re-read the authorised keys (SIGHUP, ``keys reload``); any thread may call it.
+
+        A revoked surgeon session sets ``auth.revoked``; the control loop trips on it."""
+        auth = self._auth
+        if auth is None:
+            return "error: the link is not up yet; nothing to reload"
+        return "ok " + auth.reload().describe()
+
     def run(self, seconds: float | None = None) -> int:
         cfg = self.cfg
         keys = ServerKeys.load(cfg.link.keys_dir)
@@ -83,6 +95,16 @@ class RobotNode:
         with ExitStack() as stack:
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
+            # First of all the local e-stop: a second node on the same path stops here,
+            # with one line, before it touches a port or the serial line.
+            estop = EstopServer(cfg.estop.socket, self.panel_status,
+                                group=group_id(cfg.estop.group), audit=audit.append,
+                                reload_keys=self.reload_keys)
+            estop.start()
+            stack.callback(estop.stop)
+            if self.signals is not None:
+                self.signals.attach_audit(audit.append)
+                stack.callback(self.signals.attach_audit, None)
             auditor = AuditThread(audit, self.mailbox)
             auditor.start()
             stack.callback(auditor.join, 2.0)
@@ -113,17 +135,17 @@ class RobotNode:
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
+            self._auth = net.link.auth
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
             stack.callback(ros.close)
-            estop = EstopServer(cfg.estop.socket, self.panel_status)
-            estop.start()
-            stack.callback(estop.stop)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
                      net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
             self._loop(auditor, ros, estop, video, seconds)
-            audit.append("stop", {"trips": len(self.core.trips)}, sync=True)
+            stopped_by = self.signals.stop_signal if self.signals is not None else None
+            audit.append("stop", {"trips": len(self.core.trips), "signal": stopped_by},
+                         sync=True)
             self._write_summary(net, auditor, video)
         return 0
 
@@ -171,21 +193,36 @@ class RobotNode:
         core.step(time.monotonic_ns(), None, mb.link_view or empty)
 
     def _estop_inputs(self, now: int, estop: EstopServer, ros: RosReporter) -> None:
+        """External stops: ROS 2 e-stop topic, the local socket, a revoked key."""
         if ros.estop_requested.is_set():
             ros.estop_requested.clear()
             self.core.estop(now, Reason.ESTOP_ROS)
+        auth = self._auth
+        if auth is not None and auth.revoked.is_set():
+            auth.revoked.clear()
+            self.core.supervisor.trip(now, Reason.KEY_REVOKED,
+                                      "revoked: " + ", ".join(auth.revoked_users))
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
-            if req.action == "press":
-                self.core.estop(now, Reason.ESTOP_LOCAL)
-                req.answer = "ok e-stop pressed"
-            elif req.action == "clear":
-                ok = self.core.clear_estop_local(now)
-                req.answer = "ok e-stop cleared" if ok else (
-                    f"refused: {self.core.supervisor.reason}")
-            else:
-                req.answer = f"ok {self.core.supervisor.state} {self.core.supervisor.reason}"
+            req.answer = self._estop_answer(now, req)
             req.done.set()
+
+    def _estop_answer(self, now: int, req: EstopRequest) -> str:
+        sup = self.core.supervisor
+        if req.action == "press":
+            self.core.estop(now, Reason.ESTOP_LOCAL)
+            return "ok e-stop pressed"
+        if req.action == "clear":
+            if sup.state is not State.ESTOP:
+                return f"ok no e-stop to clear (state {sup.state}, {sup.reason})"
+            if self.core.clear_estop_local(now):
+                return "ok e-stop cleared"
+            return f"refused: {sup.reason} (the e-stop button is still pressed?)"
+        if req.action == "refused":
+            # A local tool refused a clear itself (wrong PIN...): the estop server audits
+            # it with who asked; the arm's state does not change.
+            return f"ok refusal recorded ({sup.state})"
+        return f"ok {sup.state} {sup.reason}"
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
                        video: VideoProcess) -> None:
@@ -233,17 +270,20 @@ def main(argv: list[str]) -> int:
         log.error("%s", err)
         return 2
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping; the arm holds", signum)
-        node.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    # Before anything opens: from here on no signal kills the node with the arm unheld.
+    node.signals = SignalDesk(node.stop, node.reload_keys)
+    node.signals.install()
+    node.signals.start()
     try:
         return node.run(args.seconds)
     except AuthError as err:
         log.error("refusing to start: %s", err)
         return 2
+    except TelesurgeryError as err:  # a second node on the e-stop socket or audit log
+        log.error("refusing to start: %s", err)
+        return 2
+    finally:
+        node.signals.close()
 
 
 def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
