@@ -40,6 +40,7 @@ from robot_side.kinematics import HOME_Q
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
 from robot_side.ros.interface import ESTOP_TOPIC
+from safety.audit import read_records
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, init_keys
@@ -275,6 +276,73 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reset_node(node)
 
 
+# ------------------------------------------------------------------ one node per e-stop and log
+@pytest.mark.parametrize(("shared", "conflict"), [
+    ("estop.sock", "another robot node already serves the e-stop"),
+    ("audit", "being written by another process"),
+])
+def test_second_node_on_the_same_path_refuses_with_one_line(node: Node, tmp_path: Path,
+                                                            shared: str, conflict: str) -> None:
+    """Issue 12.1/19.2: a second node took over the first one's e-stop socket."""
+    cfg = robot_toml(tmp_path, node.keys, dict(zip(CHANNELS, free_ports(4), strict=True)),
+                     str(tmp_path / "no-tty"), domain=1, namespace="second")
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / shared), str(node.run / shared)))
+    done = cli("robot", "--config", str(cfg), "--seconds", "5", timeout_s=STARTUP_S)
+    out = done.stderr + done.stdout
+    assert done.returncode == 2, out
+    assert conflict in out and "refusing to start" in out
+    assert "Traceback" not in out and "robot node up" not in out
+    # The first node still has its on-site e-stop.
+    assert node.status().startswith("ok disabled")
+    assert (node.run / "estop.sock").exists()
+
+
+# ------------------------------------------------------------------ signals and key reload
+def audit_records(node: Node, kind: str) -> list[dict[str, Any]]:
+    return [dict(r.fields) for r in read_records(node.run / "audit" / "robot.audit")
+            if r.kind == kind]
+
+
+def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM):
+        os.kill(node.proc.pid, sig)
+    wait_until(lambda: {r["signal"] for r in audit_records(node, "signal")}
+               >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM"}, 10.0, "the signal records")
+    assert node.proc.poll() is None
+    assert node.status().startswith("ok disabled")
+    assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))
+
+
+def test_sighup_revokes_a_removed_surgeon_key_and_the_arm_holds(node: Node,
+                                                                console: Console) -> None:
+    """Issue 12.7: a deleted surgeon key kept working until restart; SIGHUP killed the node."""
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    key = node.keys / "robot" / "authorized" / "surgeon" / "surgeon.key"
+    saved = key.read_bytes()
+    key.unlink()
+    try:
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_until(lambda: node.status() == "ok fault key_revoked", 10.0, "the revocation trip")
+        wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+        assert node.proc.poll() is None
+        console.stop()  # hand the control socket to this thread
+        with pytest.raises(LinkTimeout):  # the revoked session's requests are dropped
+            console.link.request("clear_fault", timeout_ms=1500)
+        assert node.status() == "ok fault key_revoked"
+        hup = [r for r in audit_records(node, "signal") if r["signal"] == "SIGHUP"]
+        assert hup and "revoked live sessions: surgeon" in str(hup[-1]["action"])
+        assert any(r["reason"] == "key_revoked" for r in audit_records(node, "transition"))
+    finally:
+        key.write_bytes(saved)
+        reloaded = cli("keys", "reload", "--socket", str(node.run / "estop.sock"))
+        assert reloaded.stdout.startswith("ok 1 authorised key(s)"), reloaded.stderr
+        assert request(console.link, "clear_fault").ok
+        assert request(console.link, "disarm").ok
+    reloads = [r for r in audit_records(node, "estop_request") if r["action"] == "reload-keys"]
+    assert reloads and reloads[-1]["source"] == "keys"
+
+
 # ------------------------------------------------------------------ shutdown (last: ends the node)
 def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
                                                            console: Console) -> None:
@@ -289,4 +357,5 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     data = json.loads((node.run / "robot.json").read_text())
     assert data["final_state"] == "disabled"
     assert data["following_periods"] > 0
-    assert "signal 15: stopping; the arm holds" in node.log
+    assert "signal SIGTERM: stop: the arm holds" in node.log
+    assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"
