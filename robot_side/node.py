@@ -187,7 +187,8 @@ class RobotNode:
                 seq += 1
                 sample = mb.command
                 mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
-                                              sample.cmd.video_age_us if sample else None)
+                                              sample.cmd.video_age_us if sample else None,
+                                              auditor.audit.head)
         # Leaving the loop: the arm must be holding, whatever state we were in.
         core.supervisor.disarm(time.monotonic_ns())
         core.step(time.monotonic_ns(), None, mb.link_view or empty)

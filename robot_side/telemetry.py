@@ -11,7 +11,7 @@ def _us(ns: int | None) -> int | None:
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None) -> Telemetry:
+                   video_age_us: int | None, audit_head: str | None = None) -> Telemetry:
     s = link.stats
     return Telemetry(
         seq=seq, t_ns=r.t_ns, state=str(r.state), reason=str(r.reason)[:64],
@@ -23,4 +23,5 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         scale=min(10.0, r.scale), estop=r.estop, firmware_flags=r.firmware_flags & 0xFFFFFFFF,
         loop_jitter_us=min(loop_jitter_us, 2**32 - 1),
         tracking_error_m=min(r.tracking_error_m, 1e3),
+        audit_head=audit_head,
     )

@@ -251,6 +251,9 @@ class Telemetry(Message):
     firmware_flags: int = 0
     loop_jitter_us: int = 0
     tracking_error_m: float = 0.0
+    audit_head: str | None = None
+    """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
+    ``telesurgery audit verify --witness`` (safety.audit_verify)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +349,7 @@ Telemetry._SPEC = {
     "firmware_flags": _int(0, U32),
     "loop_jitter_us": _int(0, U32),
     "tracking_error_m": _float(0.0, 1e3),
+    "audit_head": _optional(_text(48)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
