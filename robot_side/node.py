@@ -33,6 +33,7 @@ from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason, State
+from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
 from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
@@ -55,25 +56,35 @@ class RobotNode:
         self.driver = SerialManipulator(cfg.serial)
         self.core = ControlCore(cfg, self.kin, self.driver)
         self.pacer = Pacer(cfg.control.period_ns)
-        self._recent: collections.deque[str] = collections.deque(maxlen=8)
+        self._recent: collections.deque[Transition] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
         self._auth: Authenticator | None = None
         self.signals: SignalDesk | None = None
 
     def panel_status(self) -> dict[str, Any]:
-        """What the on-site staff's panel shows; read from references the loop swaps."""
+        """What the on-site staff's panel shows; read from references the loop swaps.
+
+        Times are ages in seconds on this process's monotonic clock at the moment of
+        the answer (``report_age_s``: how old the control loop's last report is), so the
+        panel never compares clocks."""
         r, link = self._last_report, self._last_link
+        now = time.monotonic_ns()
         if r is None:
-            return {"state": "starting"}
+            return {"state": "starting", "report_age_s": 0.0, "events": []}
+        recent = list(self._recent)
         return {
             "state": str(r.state), "reason": str(r.reason), "estop": r.estop,
+            "report_age_s": round((now - r.t_ns) / 1e9, 3),
+            "since_s": round((now - recent[-1].t_ns) / 1e9, 3) if recent else None,
             "scale": round(r.scale, 3), "firmware_flags": r.firmware_flags,
             "tracking_error_mm": round(r.tracking_error_m * 1000, 2),
             "link_ok": r.health.ok, "link_detail": r.health.detail,
             "rtt_ms": None if link is None or link.rtt_ns is None else link.rtt_ns / 1e6,
             "loss": None if link is None else round(link.stats.loss, 4),
-            "events": list(self._recent),
+            "events": [{"ago_s": round((now - t.t_ns) / 1e9, 3), "from": str(t.state_from),
+                        "to": str(t.state_to), "reason": str(t.reason),
+                        "detail": t.detail[:120]} for t in recent],
         }
 
     def stop(self) -> None:
@@ -173,7 +184,7 @@ class RobotNode:
             if core.transitions:
                 for t in core.transitions:
                     auditor.submit(t)
-                    self._recent.append(f"{t.state_from} -> {t.state_to}: {t.reason} {t.detail}")
+                    self._recent.append(t)
                 core.transitions.clear()
             if len(core.trips) > trips_logged:
                 # One machine-readable line per trip, in monotonic ns: the HIL rig
@@ -188,7 +199,7 @@ class RobotNode:
                 sample = mb.command
                 mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
                                               sample.cmd.video_age_us if sample else None,
-                                              auditor.audit.head)
+                                              audit_head=auditor.audit.head)
         # Leaving the loop: the arm must be holding, whatever state we were in.
         core.supervisor.disarm(time.monotonic_ns())
         core.step(time.monotonic_ns(), None, mb.link_view or empty)

@@ -11,7 +11,7 @@ def _us(ns: int | None) -> int | None:
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None, audit_head: str | None = None) -> Telemetry:
+                   video_age_us: int | None, *, audit_head: str | None = None) -> Telemetry:
     s = link.stats
     return Telemetry(
         seq=seq, t_ns=r.t_ns, state=str(r.state), reason=str(r.reason)[:64],
