@@ -126,7 +126,7 @@ def init_keys(root: Path, observers: Sequence[str] = (), force: bool = False) ->
         _check_name(name)
     if _robot_dir(root).exists() and not force:
         raise AuthError(f"{_robot_dir(root)} already exists; refusing to replace keys "
-                        "(pass force to start over)")
+                        "(pass --force to start over)")
     for sub in ("robot", "console", "observers"):
         shutil.rmtree(root / sub, ignore_errors=True)
     _private_dir(root)
