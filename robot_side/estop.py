@@ -52,7 +52,7 @@ from robot_side.localsock import (
     release_socket,
     secure_runtime_dir,
 )
-from telesurgery.errors import AuditError
+from telesurgery.errors import AuditError, TelesurgeryError
 from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,9 @@ class EstopServer(threading.Thread):
         now = time.monotonic_ns()
         if self._audit is None or now < self._peer_audited.get(peer.uid, 0):
             return
-        if len(self._peer_audited) < 1024:
-            self._peer_audited[peer.uid] = now + _PEER_AUDIT_EVERY_NS
+        if peer.uid not in self._peer_audited and len(self._peer_audited) >= 1024:
+            return  # bounded: past 1024 refused uids only the counter and the log see more
+        self._peer_audited[peer.uid] = now + _PEER_AUDIT_EVERY_NS
         try:
             self._audit("estop_peer_refused", {"uid": peer.uid, "pid": peer.pid,
                                                "count": self.counters["peer_refused"]})
@@ -316,12 +317,17 @@ def main(argv: list[str]) -> int:
     try:
         path, robot_uid = client_target(args.config, args.socket)
         answer = send(path, action, "cli", robot_uid=robot_uid)
-    except OSError as err:
+    except (OSError, TelesurgeryError) as err:
         sys.stderr.write(f"telesurgery estop: {err}\n")
         if action == "press":
-            sys.stderr.write(NOT_DELIVERED + "\n")
+            _alarm()
         return 1
     sys.stdout.write(answer + "\n")
     if action == "press" and not answer.startswith("ok"):
-        sys.stderr.write(NOT_DELIVERED + "\n")
+        _alarm()
     return 0 if answer.startswith("ok") else 1
+
+
+def _alarm() -> None:
+    red, reset = ("\033[1;97;41m", "\033[0m") if sys.stderr.isatty() else ("", "")
+    sys.stderr.write(f"{red}{NOT_DELIVERED}{reset}\n")

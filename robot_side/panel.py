@@ -31,6 +31,7 @@ from rich.text import Text
 
 from robot_side.estop import NOT_DELIVERED, client_target, send
 from robot_side.serial_protocol import FwFlags
+from telesurgery.errors import TelesurgeryError
 
 STALE_S = 1.0
 """No answer (or no control-loop report) for this long: the state is unknown."""
@@ -261,7 +262,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--period", type=float, default=PERIOD_S, help="refresh period in seconds")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    path, robot_uid = client_target(args.config, args.socket)
+    try:
+        path, robot_uid = client_target(args.config, args.socket)
+    except (OSError, TelesurgeryError) as err:
+        sys.stderr.write(f"telesurgery panel: {err}\n")
+        return 2
     console = Console()
     if args.once:
         view = PanelView(note="")

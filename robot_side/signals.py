@@ -8,9 +8,9 @@
   it with an audited trip (``Reason.KEY_REVOKED``).
 * Every other catchable signal whose default would kill or stop the process
   (``SIGUSR1``, ``SIGUSR2``, ``SIGPIPE``, ``SIGALRM``, ``SIGTSTP``, ``SIGTTIN``,
-  ``SIGTTOU``, ``SIGVTALRM``, ``SIGPROF``, ``SIGXCPU``, ``SIGXFSZ``): ignored, logged
-  and audited, so a stray ``kill -USR1`` neither kills the node mid-motion nor goes
-  unrecorded.
+  ``SIGTTOU``, ``SIGVTALRM``, ``SIGPROF``, ``SIGXCPU``, ``SIGXFSZ``, ``SIGIO``,
+  ``SIGPWR``, ``SIGSTKFLT``, the real-time signals): ignored, logged and audited, so
+  a stray ``kill -USR1`` neither kills the node mid-motion nor goes unrecorded.
 * ``SIGKILL`` and ``SIGSTOP`` cannot be caught: the firmware's own watchdog brakes
   the arm within its period (invariant 6).
 
@@ -35,9 +35,14 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 RELOAD_SIGNALS = (signal.SIGHUP,)
-IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM,
-                   signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGVTALRM,
-                   signal.SIGPROF, signal.SIGXCPU, signal.SIGXFSZ)
+IGNORED_SIGNALS: tuple[int, ...] = (
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM, signal.SIGTSTP,
+    signal.SIGTTIN, signal.SIGTTOU, signal.SIGVTALRM, signal.SIGPROF, signal.SIGXCPU,
+    signal.SIGXFSZ, signal.SIGIO,
+    # Linux: these also terminate by default.
+    *(getattr(signal, name) for name in ("SIGPWR", "SIGSTKFLT") if hasattr(signal, name)),
+    *range(signal.SIGRTMIN, signal.SIGRTMAX + 1),
+)
 _AUDIT_EVERY_NS = 10_000_000_000
 """A signal storm is audited once per signal and 10 s, with its count."""
 
@@ -72,7 +77,7 @@ class SignalDesk(threading.Thread):
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the control thread between two bytecodes: flags only, no I/O.
         if signum in STOP_SIGNALS and self.stop_signal is None:
-            self.stop_signal = signal.Signals(signum).name
+            self.stop_signal = _name(signum)
             self._stop_node()
         self._pending.append(signum)
         self._wake.set()
@@ -89,7 +94,7 @@ class SignalDesk(threading.Thread):
                 self._handle(self._pending.popleft())
 
     def _handle(self, signum: int) -> None:
-        name = signal.Signals(signum).name
+        name = _name(signum)
         self.counts[signum] += 1
         if signum in STOP_SIGNALS:
             action = "stop: the arm holds"
@@ -114,3 +119,10 @@ class SignalDesk(threading.Thread):
                              "count": self.counts[signum]})
         except AuditError as err:
             log.error("signal %s not audited: %s", name, err)
+
+
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no enum member
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"

@@ -304,10 +304,12 @@ def audit_records(node: Node, kind: str) -> list[dict[str, Any]]:
 
 
 def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
-    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM):
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM, signal.SIGIO,
+                signal.SIGTSTP, signal.SIGRTMIN + 3):
         os.kill(node.proc.pid, sig)
     wait_until(lambda: {r["signal"] for r in audit_records(node, "signal")}
-               >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM"}, 10.0, "the signal records")
+               >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGIO", "SIGTSTP",
+                   "SIGRTMIN+3"}, 10.0, "the signal records")
     assert node.proc.poll() is None
     assert node.status().startswith("ok disabled")
     assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))

@@ -294,7 +294,7 @@ def _reload(config: Path | None, socket_path: Path | None) -> int:
     try:
         path, robot_uid = client_target(config, socket_path)
         answer = send(path, "reload-keys", "keys", robot_uid=robot_uid)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ConfigError is a ValueError
         print(f"telesurgery keys reload: {err}", file=sys.stderr)
         return 1
     print(answer)
