@@ -186,8 +186,9 @@ class EstopServer(threading.Thread):
             conn.sendall(f"error: {err}\n".encode())
             return
         req.peer = peer
-        conn.sendall((self._answer(req) + "\n").encode())
+        answer = self._answer(req)
         self.counters["served"] += 1
+        conn.sendall((answer + "\n").encode())
 
     def _answer(self, req: EstopRequest) -> str:
         if req.action == "panel":

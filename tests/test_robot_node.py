@@ -35,6 +35,7 @@ from operator_console.devices.base import DeviceConfig
 from operator_console.devices.scripted import ScriptedDevice
 from operator_console.session import ConsoleShared, SessionThread
 from operator_console.teleop import TeleopConfig, TeleopMapper
+from robot_side.estop import send
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q
 from robot_side.ros import msgs
@@ -293,11 +294,16 @@ def test_second_node_on_the_same_path_refuses_with_one_line(node: Node, tmp_path
     assert conflict in out and "refusing to start" in out
     assert "Traceback" not in out and "robot node up" not in out
     # The first node still has its on-site e-stop.
-    assert node.status().startswith("ok disabled")
+    assert state_of(node).startswith("ok disabled")
     assert (node.run / "estop.sock").exists()
 
 
 # ------------------------------------------------------------------ signals and key reload
+def state_of(node: Node) -> str:
+    """The node's state over its e-stop socket, in-process (no CLI start-up under load)."""
+    return send(node.run / "estop.sock", "status", "test")
+
+
 def audit_records(node: Node, kind: str) -> list[dict[str, Any]]:
     return [dict(r.fields) for r in read_records(node.run / "audit" / "robot.audit")
             if r.kind == kind]
@@ -311,7 +317,7 @@ def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
                >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGIO", "SIGTSTP",
                    "SIGRTMIN+3"}, 10.0, "the signal records")
     assert node.proc.poll() is None
-    assert node.status().startswith("ok disabled")
+    assert state_of(node).startswith("ok disabled")
     assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))
 
 
@@ -325,19 +331,20 @@ def test_sighup_revokes_a_removed_surgeon_key_and_the_arm_holds(node: Node,
     key.unlink()
     try:
         os.kill(node.proc.pid, signal.SIGHUP)
-        wait_until(lambda: node.status() == "ok fault key_revoked", 10.0, "the revocation trip")
+        wait_until(lambda: state_of(node) == "ok fault key_revoked", 10.0, "the revocation trip")
         wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
         assert node.proc.poll() is None
         console.stop()  # hand the control socket to this thread
         with pytest.raises(LinkTimeout):  # the revoked session's requests are dropped
             console.link.request("clear_fault", timeout_ms=1500)
-        assert node.status() == "ok fault key_revoked"
+        assert state_of(node) == "ok fault key_revoked"
         hup = [r for r in audit_records(node, "signal") if r["signal"] == "SIGHUP"]
         assert hup and "revoked live sessions: surgeon" in str(hup[-1]["action"])
         assert any(r["reason"] == "key_revoked" for r in audit_records(node, "transition"))
     finally:
         key.write_bytes(saved)
-        reloaded = cli("keys", "reload", "--socket", str(node.run / "estop.sock"))
+        reloaded = cli("keys", "reload", "--socket", str(node.run / "estop.sock"),
+                       timeout_s=STARTUP_S)
         assert reloaded.stdout.startswith("ok 1 authorised key(s)"), reloaded.stderr
         assert request(console.link, "clear_fault").ok
         assert request(console.link, "disarm").ok
