@@ -64,7 +64,7 @@ def attacker() -> pwd.struct_passwd:
     return _ensure_account(ATTACKER)
 
 
-def as_user(user: pwd.struct_passwd, code: str, *, timeout_s: float = 20.0,
+def as_user(user: pwd.struct_passwd, code: str, *,
             groups: list[int] | None = None) -> subprocess.Popen[str]:
     """Run ``code`` (plain Python, no project imports) as ``user``.
 
@@ -229,7 +229,7 @@ def test_server_refuses_another_uid_even_through_an_open_socket(
         s.sendall(b"clear attacker\\n")
         print(s.recv(200).decode().strip())
     """)
-    out, err = proc.communicate(timeout=20)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert out.strip() == f"error: uid {attacker.pw_uid} may not use the e-stop socket"
     assert loop.seen == []  # the control loop never heard of it
@@ -255,12 +255,12 @@ def test_staff_group_member_may_press(shared_tmp: Path, attacker: pwd.struct_pas
             print(s.recv(200).decode().strip())
         """
         proc = as_user(nurse, code, groups=[gid])
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=120)
         assert out.strip() == "ok e-stop pressed", err
         assert [r.source for r in loop.seen] == ["panel"]
         # The attacker, not in the group, cannot even connect (0660, group-owned).
         proc = as_user(attacker, code)
-        out, err = proc.communicate(timeout=20)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode != 0 and "Permission denied" in err
     finally:
         loop.halt.set()
@@ -293,7 +293,7 @@ def test_client_refuses_a_fake_server_of_another_uid(shared_tmp: Path,
         with pytest.raises(LocalEndpointError, match=f"uid {attacker.pw_uid}"):
             send(path, "press")
         done = subprocess.run([sys.executable, "-m", "telesurgery.cli", "estop", "--socket",
-                               str(path)], capture_output=True, text=True, timeout=30,
+                               str(path)], capture_output=True, text=True, timeout=120,
                               check=False)
         assert done.returncode == 1 and "ok e-stop pressed" not in done.stdout
         assert "not trusting it" in done.stderr
@@ -308,7 +308,7 @@ def test_press_without_a_robot_says_use_the_hardware_stop(tmp_path: Path) -> Non
         send(tmp_path / "none.sock", "press")
     done = subprocess.run([sys.executable, "-m", "telesurgery.cli", "estop", "--socket",
                            str(tmp_path / "none.sock")], capture_output=True, text=True,
-                          timeout=30, check=False)
+                          timeout=120, check=False)
     assert done.returncode == 1
     assert "no robot node at" in done.stderr and "USE THE HARDWARE EMERGENCY STOP" in done.stderr
 

@@ -17,6 +17,7 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -32,14 +33,16 @@ ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
 class RobotOnlyRig(SimRig):
     """The rig without a console: the panel is for the staff beside the robot."""
 
-    def start_console(self, name: str = "console") -> None:
+    def start_console(self, name: str = "console",
+                      session: dict[str, Any] | None = None) -> None:
         return None
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobotOnlyRig]:
     run = tmp_path_factory.mktemp("panel")
-    with RobotOnlyRig(RigOptions(run_dir=run, video=False, ros_backend="none")) as r:
+    r = RobotOnlyRig(RigOptions(run_dir=run, video=False, ros_backend="none"))
+    with r:
         r.start()
         yield r
 
@@ -106,11 +109,11 @@ def test_failed_press_banner_stays_until_a_press_gets_through() -> None:
 def panel_once(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "telesurgery.cli", "panel", "--once",
                            "--socket", str(path)],
-                          capture_output=True, text=True, timeout=30, check=False)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def wait_for(rig: SimRig, text: str) -> str:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     out = ""
     while time.monotonic() < deadline:
         out = panel_once(rig.run / "estop.sock").stdout
@@ -161,7 +164,7 @@ class PtyPanel:
                 return
             self.screen += ANSI.sub("", chunk.decode("utf-8", "replace"))
 
-    def wait_for(self, text: str, timeout_s: float = 20.0) -> None:
+    def wait_for(self, text: str, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.read()
