@@ -26,7 +26,12 @@ import pytest
 
 from robot_side import estop
 from robot_side.estop import EstopServer, EstopUnreachable, send
-from robot_side.localsock import LocalEndpointError, claim_socket, secure_runtime_dir
+from robot_side.localsock import (
+    LocalEndpointError,
+    claim_socket,
+    default_runtime_dir,
+    secure_runtime_dir,
+)
 from safety.audit import AuditLog, Scalar, read_records
 from safety.config import AuditConfig
 
@@ -129,6 +134,16 @@ def kinds(audit: AuditLog) -> list[tuple[str, dict[str, Scalar]]]:
 
 
 # ------------------------------------------------------------------ the folder and the socket
+def test_default_runtime_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_runtime_dir() == Path("/run/telesurgery")
+    monkeypatch.setattr(os, "geteuid", lambda: 1234)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1234")
+    assert default_runtime_dir() == Path("/run/user/1234/telesurgery")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_runtime_dir() == Path("/tmp/telesurgery-1234")  # checked like any other
+
+
 def test_new_runtime_folder_is_0700_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:

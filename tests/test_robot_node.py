@@ -319,6 +319,8 @@ def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
     assert node.proc.poll() is None
     assert state_of(node).startswith("ok disabled")
     assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))
+    # Issue 19.6: a clear without an e-stop says there is none.
+    assert send(node.run / "estop.sock", "clear", "test").startswith("ok no e-stop to clear")
 
 
 def test_sighup_revokes_a_removed_surgeon_key_and_the_arm_holds(node: Node,
