@@ -65,7 +65,7 @@ from typing import Any, Literal
 import zmq
 
 from hil_tests.faults import BlackoutWindow, Decision, FaultModel, FaultSpec
-from hil_tests.relay import Counters, Relay
+from hil_tests.relay import AddedLatency, Counters, Relay
 from telesurgery.errors import ConfigError, LinkError
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class FaultProxy:
         self.blackout_mode = _check_mode(blackout_mode)
         self.lock = threading.Lock()
         self.counters = {d: Counters() for d in DIRECTIONS}
+        self.added = {d: AddedLatency() for d in DIRECTIONS}
         self._rng = random.Random(seed)
         self._models = {d: FaultModel(FaultSpec(), random.Random(0)) for d in DIRECTIONS}
         self._connections = {"connections": 0, "connect_failures": 0}
@@ -211,7 +212,8 @@ class FaultProxy:
         with self.lock:
             queued = self._relay.queued_bytes() if self._relay else dict.fromkeys(DIRECTIONS, 0)
             snap: dict[str, Any] = {
-                d: {**dataclasses.asdict(self.counters[d]), "queued_bytes": queued[d]}
+                d: {**dataclasses.asdict(self.counters[d]), "queued_bytes": queued[d],
+                    "added_latency": self.added[d].percentiles()}
                 for d in DIRECTIONS
             }
             snap.update(self._connections, name=self.name,
@@ -224,6 +226,8 @@ class FaultProxy:
             for counters in self.counters.values():
                 for field in dataclasses.fields(counters):
                     setattr(counters, field.name, 0)
+            for added in self.added.values():
+                added.reset()
             self._connections = dict.fromkeys(self._connections, 0)
 
     # ------------------------------------------------------------ RelayPolicy (lock held)
@@ -399,7 +403,7 @@ def serve_control(proxies: ProxySet, endpoint: str, stop: threading.Event) -> No
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hil_tests.faultproxy",
+    parser = argparse.ArgumentParser(prog="telesurgery faultproxy",
                                      description="ZMTP-aware network fault proxy")
     parser.add_argument("--listen", action="append", required=True, metavar="ROUTE",
                         help="[NAME@]HOST:PORT=TARGET_HOST:PORT (repeatable; port 0 = any)")

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from hil_tests.faults import Decision
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,34 @@ class Counters:
     """Bytes written to the receiving side."""
 
 
+class AddedLatency:
+    """What the proxy itself adds to each application message, beyond the fault's delay.
+
+    From the moment its bytes were read (after the proxy's own wake-up, which this
+    cannot see) to the moment they were handed to the receiving socket, minus the
+    delay a fault asked for. A preallocated ring: nothing is allocated per message.
+    """
+
+    def __init__(self, size: int = 1 << 18) -> None:
+        self._ns = np.zeros(size, dtype=np.int64)
+        self.n = 0
+
+    def add(self, ns: int) -> None:
+        self._ns[self.n % len(self._ns)] = ns
+        self.n += 1
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def percentiles(self) -> dict[str, float]:
+        k = min(self.n, len(self._ns))
+        if k == 0:
+            return {"n": 0}
+        p50, p99 = np.percentile(self._ns[:k], [50, 99]) / 1000.0
+        return {"n": self.n, "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
+                "max_us": round(float(self._ns[:k].max()) / 1000.0, 1)}
+
+
 @dataclass
 class _Item:
     release_ns: int
@@ -93,10 +123,14 @@ def corrupt_frames(frames: list[bytes], rng: random.Random) -> bytes:
 class FaultedStream:
     """Parses, faults and schedules the bytes going to ``dst``; not thread-safe."""
 
-    def __init__(self, dst: socket.socket, counters: Counters,
-                 decide: Callable[[int], Decision], rng: random.Random, label: str) -> None:
+    def __init__(self, dst: socket.socket, counters: Counters,  # noqa: PLR0917
+                 decide: Callable[[int], Decision], rng: random.Random, label: str,
+                 added: AddedLatency | None = None) -> None:
         self.dst = dst
         self.counters = counters
+        self.added = added
+        self._written: list[int] = []
+        """Release times of the application messages in ``outbuf`` not yet measured."""
         self.decide = decide
         self.rng = rng
         self.label = label
@@ -232,6 +266,8 @@ class FaultedStream:
                 item = self.queue.popleft()
                 self.queued_bytes -= len(item.data)
                 self.outbuf += item.data
+                if item.app and self.added is not None:
+                    self._written.append(item.release_ns)
                 if self.held is not None and item.app and item.seq > self.held.seq:
                     self.outbuf += self.held.data
                     self.held = None
@@ -246,6 +282,11 @@ class FaultedStream:
                 sent = 0
             del self.outbuf[:sent]
             self.counters.bytes += sent
+            if self._written and sent and self.added is not None:
+                written_ns = time.monotonic_ns()
+                for release_ns in self._written:
+                    self.added.add(written_ns - release_ns)
+                self._written.clear()
         if blacked_out:
             return None
         due = [i.release_ns for i in (self.queue[0] if self.queue else None, self.held) if i]
@@ -257,6 +298,7 @@ class RelayPolicy(Protocol):
 
     lock: threading.Lock
     counters: dict[str, Counters]
+    added: dict[str, AddedLatency]
 
     def decision(self, direction: str, now_ns: int) -> Decision: ...
 
@@ -275,10 +317,10 @@ class _Connection:
         self.connected = False
         self.up = FaultedStream(server, policy.counters["upstream"],
                                 lambda now: policy.decision("upstream", now), rng,
-                                f"{label} upstream")
+                                f"{label} upstream", policy.added["upstream"])
         self.down = FaultedStream(client, policy.counters["downstream"],
                                   lambda now: policy.decision("downstream", now), rng,
-                                  f"{label} downstream")
+                                  f"{label} downstream", policy.added["downstream"])
         self.events = {client: 0, server: 0}
 
     def wanted_events(self, sock: socket.socket) -> int:

@@ -127,7 +127,7 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
 class RigOptions:
     run_dir: Path
     console_seconds: float = 20.0
-    rate_hz: float = 500.0
+    rate_hz: float = 1000.0
     headless: bool = True
     video: bool = True
     reengage_after_s: float | None = 1.0
@@ -142,6 +142,8 @@ class RigOptions:
     firmware_fifo: int = 0
     """SCHED_FIFO priority of the firmware emulator (as root; 0: normal). It stands in
     for a microcontroller, which no other job can starve."""
+    proxy: bool = True
+    """The fault proxy between console and robot; ``bench path`` measures without it."""
 
 
 class SimRig:
@@ -204,11 +206,13 @@ class SimRig:
             "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.robot_ports.items()}},
             "serial": {"port": serial_port},
-            "control": {"rate_hz": self.opts.rate_hz},
+            "control": {"rate_hz": self.opts.rate_hz,
+                        "rotation_scale": self.opts.rotation_scale},
             "ros": {"backend": self.opts.ros_backend, "domain_id": 1 + os.getpid() % 200},
             "safety.audit": {"path": self.run / "audit" / "robot.audit"},
             "safety.watchdog": {"require_video": self.opts.video},
             "estop": {"socket": self.run / "estop.sock"},
+            "observe": {"socket": self.run / "observe.sock"},
         }
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
@@ -216,6 +220,10 @@ class SimRig:
         self._spawn("robot", ["robot", "--config", str(robot_cfg),
                               "--summary", str(self.run / "robot.json")], where="robot")
         self._wait_log("robot", "robot node up", 60)
+        if not self.opts.proxy:
+            self.proxy_ports = dict(self.robot_ports)  # the console talks to the robot
+            self.start_console()
+            return
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
                   for c, p in self.robot_ports.items()]
         listen = [arg for r in routes for arg in ("--listen", r)]
@@ -233,8 +241,7 @@ class SimRig:
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
             "loop": {"rate_hz": o.rate_hz},
-            "teleop": {"scale": 1.0, "rotation_scale": o.rotation_scale,
-                       "frame_rotation": list(SIM_FRAME_ROTATION)},
+            "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},
@@ -344,6 +351,37 @@ class SimRig:
     def transitions(self) -> list[tuple[str, str, str]]:
         """Every supervisor transition the robot logged so far: (from, to, reason)."""
         return parse_transitions(self.robot_log())
+
+    def proxy_added_latency(self) -> dict[str, Any]:
+        """What the fault proxy itself added to the console's commands (p50/p99 us).
+
+        The demo's and the soak's command path crosses the proxy; with this, the
+        figure of the system without it is known too. {} without a proxy.
+        """
+        if not self.opts.proxy or "proxy" not in self.procs:
+            return {}
+        try:
+            stats = self.proxy({"stats": True})["stats"]
+        except (zmq.ZMQError, KeyError, TypeError) as err:
+            log.warning("fault proxy stats unavailable: %s", err)
+            return {}
+        added: dict[str, Any] = stats["command"]["upstream"].get("added_latency", {})
+        return added
+
+    def cpu_seconds(self, name: str, *, children: bool = True) -> float | None:
+        """CPU time of process ``name`` so far (with its live children: the robot's video)."""
+        import psutil
+
+        try:
+            proc = psutil.Process(self.procs[name].pid)
+            procs = [proc, *(proc.children(recursive=True) if children else [])]
+            total = 0.0
+            for p in procs:
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            return None
+        return total
 
     def summary(self, name: str) -> dict[str, Any]:
         path = self.run / f"{name}.json"

@@ -36,6 +36,7 @@ from hil_tests.relay import (
     LONG,
     MORE,
     RECV_BYTES,
+    AddedLatency,
     Counters,
     FaultedStream,
 )
@@ -320,6 +321,29 @@ def test_stream_parser_splits_frames_at_any_boundary_and_passes_commands() -> No
         received += peer.recv(65536)
     assert received == expected
     assert (counters.messages, counters.dropped) == (1, 2) and stream.raw
+    out.close()
+    peer.close()
+
+
+def test_stream_measures_what_the_proxy_itself_adds_beyond_the_fault_delay() -> None:
+    out, peer = socket.socketpair()
+    added = AddedLatency()
+    delays = iter([0, 5_000_000])  # a clean message, then one a fault delays by 5 ms
+    stream = FaultedStream(out, Counters(), lambda now: Decision(delay_ns=next(delays)),
+                           random.Random(1), "added", added)
+    greeting = b"\xff" + bytes(8) + b"\x7f\x03\x01" + b"NULL".ljust(20, b"\0") + bytes(32)
+    t0 = time.monotonic_ns()
+    stream.feed(greeting + bytes([0, 1]) + b"a" + bytes([0, 1]) + b"b", t0)
+    stream.pump(time.monotonic_ns(), blacked_out=False)  # the clean one leaves at once
+    assert added.n == 1
+    time.sleep(0.006)
+    stream.pump(time.monotonic_ns(), blacked_out=False)
+    t_end = time.monotonic_ns()
+    assert added.n == 2
+    figures = added.percentiles()
+    # The fault's own 5 ms are not charged to the proxy: what is left is its handling.
+    assert 0 <= figures["max_us"] * 1000 <= t_end - t0 - 5_000_000
+    assert "added_latency" in FaultProxy(("127.0.0.1", 0), ("127.0.0.1", 9)).stats()["upstream"]
     out.close()
     peer.close()
 

@@ -24,41 +24,31 @@ import numpy as np
 
 from operator_console.command_loop import CommandThread
 from operator_console.config import ConsoleConfig
+from operator_console.connection import ConnectionWatch
 from operator_console.devices import open_device
 from operator_console.session import ConsoleShared, SessionThread
-from operator_console.status_view import StatusView, status_from
+from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
-from operator_console.video.hud import HudState
+from operator_console.video.hud import Image
 from operator_console.video.receiver import VideoReceiver
+from operator_console.view import HudState, SurgeonView
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
+from telesurgery.helptext import plain_help
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
-from transport.schema import Telemetry
 
 log = logging.getLogger(__name__)
 
-
-def hud_state(tlm: Telemetry | None, sh: ConsoleShared, g2g_ms: float | None,
-              age_ms: float | None, stale_ms: float) -> HudState:
-    out = sh.last_output
-    warnings = tuple(w for w in (sh.message, out.why if out and not out.valid else "") if w)
-    if tlm is None:
-        return HudState("disabled", "no telemetry", None, None, g2g_ms, age_ms, 0.0, None,
-                        sh.scale, False, False, warnings, stale_ms=stale_ms)
-    link = tlm.link
-    return HudState(
-        state=tlm.state, reason=tlm.reason,
-        rtt_ms=None if link.rtt_us is None else link.rtt_us / 1000,
-        latency_ms=None if link.latency_us is None else link.latency_us / 1000,
-        g2g_ms=g2g_ms, video_age_ms=age_ms, loss=link.loss,
-        jitter_ms=None if link.jitter_us is None else link.jitter_us / 1000,
-        scale=tlm.scale, clutch=bool(out and out.clutch),
-        operator_present=bool(out and out.operator_present), warnings=warnings,
-        stale_ms=stale_ms)
+HUD_REDRAW_NS = 100_000_000
+"""The HUD redraws on its own clock (10 Hz) whether or not a picture arrives, so its
+ages grow and a telemetry stop shows even while video still flows (or never did)."""
+BLANK_SHAPE = (360, 640, 3)
+"""What the HUD is drawn on before any picture arrived."""
+EXIT_NEVER_CONNECTED = 3
 
 
 class ConsoleApp:
@@ -69,6 +59,8 @@ class ConsoleApp:
         self._halt = threading.Event()
         self.g2g_us: list[int] = []
         self.receiver: VideoReceiver | None = None
+        self.watch: ConnectionWatch | None = None
+        self.last_hud: HudState | None = None
 
     def stop(self) -> None:
         self._halt.set()
@@ -89,16 +81,30 @@ class ConsoleApp:
                 t.start()
                 stack.callback(t.join, 2.0)
                 stack.callback(t.stop)
+            self.watch = ConnectionWatch(link.video_socket,
+                                         f"{cfg.link.host}:{cfg.link.video_port}")
+            stack.callback(self.watch.close)
             self._video_loop(link, seconds)
             self._finish(session, link)
             self._write_summary(commands, link)
+        if self.shared.telemetry is None:
+            problem = self.watch.problem if self.watch is not None else ""
+            log.error("never connected: %s", problem or "no telemetry from the robot")
+            return EXIT_NEVER_CONNECTED
         return 0
 
     def _finish(self, session: SessionThread, link: ConsoleLink) -> None:
-        """End the session deliberately: disengage rather than let the robot time out."""
+        """End the session deliberately: disengage rather than let the robot time out.
+
+        Also when the console's own bookkeeping says it is not engaged but the robot's
+        last telemetry says it follows or holds for this console: a stop the robot
+        judges (command timeout, then ``hold_escalated``) leaves it in fault.
+        """
         session.stop()
         session.join(2.0)
-        if session.is_alive() or not self.shared.engaged:
+        tlm = self.shared.telemetry
+        robot_engaged = tlm is not None and tlm.state in ("following", "hold")
+        if session.is_alive() or not (self.shared.engaged or robot_engaged):
             return
         # The session thread is gone, so the control socket is this thread's now.
         try:
@@ -114,6 +120,7 @@ class ConsoleApp:
         sh = self.shared
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         fresh = FreshnessMonitor(cfg.stale_ms)
+        view = SurgeonView(cfg.stale_ms, cfg.telemetry_stale_ms)
         headless = cfg.headless if cfg.headless is not None else not screen_available()
         display = Display(headless, cfg.out_dir, cfg.every_n) if cfg.enabled else None
         receiver = VideoReceiver(link.video_socket, H264Decoder()) if cfg.enabled else None
@@ -122,6 +129,9 @@ class ConsoleApp:
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
+        canvas: Image = np.zeros(BLANK_SHAPE, np.uint8)
+        """The newest picture without its HUD, for redraws between pictures."""
+        next_redraw = 0
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             frame = receiver.poll(20) if receiver is not None else None
             if receiver is None:
@@ -129,6 +139,7 @@ class ConsoleApp:
             now = time.monotonic_ns()
             if receiver is not None and sh.offset_ns is not None:
                 receiver.offset_ns = sh.offset_ns
+            hud = self._hud(view, now, g2g_ms, fps)
             if frame is not None and display is not None:
                 # The HUD shows the age of the frame it is drawn on, not of the last one.
                 age_ms = (now - frame.capture_local_ns) / 1e6
@@ -136,25 +147,44 @@ class ConsoleApp:
                     fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
                         1e9 / max(1, now - last_shown_ns))
                 last_shown_ns = now
-                display.show(frame.image, replace(
-                    hud_state(sh.telemetry, sh, g2g_ms, age_ms, cfg.stale_ms),
-                    fps=fps or None))
+                canvas = frame.image.copy()
+                display.show(frame.image, replace(hud, video_age_ms=age_ms, fps=fps or None))
+                next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
                 if len(self.g2g_us) < 1_000_000:
                     self.g2g_us.append(g2g)
+            elif display is not None and now >= next_redraw:
+                # No new picture: the same one with today's HUD (ages grown, state re-judged).
+                display.show(canvas.copy(), hud)
+                next_redraw = now + HUD_REDRAW_NS
             sh.video_age_us = fresh.age_us(now)
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
             if status is not None:
-                shown_age = None if sh.video_age_us is None else sh.video_age_us / 1000
-                status.update(status_from(sh.telemetry, sh.last_output, sh.scale, shown_age,
-                                          sh.message), now)
+                status.update(hud, now)
         if display is not None:
             display.close()
+        if status is not None:
+            status.close()
+
+    def _hud(self, view: SurgeonView, now: int, g2g_ms: float | None, fps: float) -> HudState:
+        """What both displays show now (the picture's age as of the newest picture)."""
+        sh = self.shared
+        out = sh.last_output
+        connection = self.watch.poll() if self.watch is not None else ""
+        hud = view.build(
+            tlm=sh.telemetry, tlm_recv_ns=sh.telemetry_ns, now_ns=now, message=sh.message,
+            message_ns=sh.message_ns, teleop_why=out.why if out and not out.valid else "",
+            clutch=bool(out and out.clutch), operator_present=bool(out and out.operator_present),
+            scale=sh.scale, video_age_ms=None if sh.video_age_us is None
+            else sh.video_age_us / 1000, g2g_ms=g2g_ms, fps=fps or None,
+            connection=connection)
+        self.last_hud = hud
+        return hud
 
     def _write_summary(self, commands: CommandThread, link: ConsoleLink) -> None:
         if self.summary_path is None:
@@ -179,7 +209,7 @@ class ConsoleApp:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery console", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery console", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="console config TOML (default: simulated rig)")
     p.add_argument("--seconds", type=float, help="stop after this long")
     p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")

@@ -1,9 +1,10 @@
-"""The console's command thread: device -> teleop mapping -> Command, paced.
+"""The console's command thread: device -> registered, filtered master pose -> Command.
 
 Whatever goes wrong on the surgeon's side (no device, a disconnected one, NaN
-from it, no anchor yet) the command still goes out, but never as valid motion:
-``operator_present`` is False and the position is the last held target, so the
-robot holds at once instead of waiting for its command timeout.
+from it) the command still goes out, but never as valid motion:
+``operator_present`` is False and the pose is the last good one, so the robot
+holds at once instead of waiting for its command timeout. The robot anchors and
+scales (``safety.anchor``); this thread only samples, filters and registers.
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ class CommandThread(threading.Thread):
 
     def _next_command(self) -> Command:
         sh = self.shared
-        if sh.anchor_gen != sh.anchor_done and sh.anchor_pose is not None:
-            self.mapper.anchor(*sh.anchor_pose)
-            sh.anchor_done = sh.anchor_gen
+        align, sh.align_to = sh.align_to, None  # the session's one-way request
+        if align is not None and not self.mapper.align(self.device, align):
+            sh.message = "turn your hand to the instrument's orientation to engage"
         now = time.monotonic_ns()
+        sampled_ns: int | None = None
         try:
-            out = self.mapper.update(self.device.read(now))
+            sample = self.device.read(now)
+            sampled_ns = sample.t_ns  # the robot measures sample -> frame written from it
+            out = self.mapper.update(sample)
         except DeviceError as err:
             self.device_errors += 1
             if self.device_errors == 1 or self.device_errors % 500 == 0:
@@ -69,12 +73,12 @@ class CommandThread(threading.Thread):
         sh.last_output = out
         present = out.valid and out.operator_present
         if not all(math.isfinite(v) for v in (*out.position, *out.quat, out.grip)):
-            log.error("teleop produced a non-finite target; sending hold")
+            log.error("teleop produced a non-finite pose; sending hold")
             present = False
+        position, quat = (out.position, out.quat) if present else self.mapper.last_pose
         self._seq += 1
         return Command(seq=self._seq, t_send_ns=time.monotonic_ns(),
-                       position=out.position if present else self.mapper.follower_target[0],
-                       orientation=out.quat if present else self.mapper.follower_target[1],
+                       position=position, orientation=quat,
                        grip=min(1.0, max(0.0, out.grip)) if present else 0.0,
                        clutch=out.clutch, operator_present=present,
-                       video_age_us=sh.video_age_us)
+                       video_age_us=sh.video_age_us, t_sample_ns=sampled_ns)

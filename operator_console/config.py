@@ -13,8 +13,8 @@ from transport.config import LinkConfig
 
 @dataclass(frozen=True)
 class LoopConfig:
-    rate_hz: float = 500.0
-    """Command rate; the robot's command timeout is 50 ms, so 25 commands fit in one."""
+    rate_hz: float = 1000.0
+    """Command rate, the robot's control rate; the command timeout (50 ms) spans 50."""
     realtime: bool = True
 
     def __post_init__(self) -> None:
@@ -34,12 +34,18 @@ class DisplayConfig:
     every_n: int = 0
     stale_ms: float = 250.0
     """Disengage when the displayed frame is older than this."""
+    telemetry_stale_ms: float = 300.0
+    """The HUD and status view say "ROBOT STATE UNKNOWN" (and show no state, no link
+    figures) once the newest telemetry is older than this: 15 periods of the robot's
+    50 Hz telemetry (``operator_console.view``)."""
     status_view: bool = True
     """Terminal status lines when there is no video window."""
 
     def __post_init__(self) -> None:
         check(self.every_n >= 0, "display.every_n", self.every_n, "must be >= 0")
         finite_positive("display.stale_ms", self.stale_ms)
+        check(20.0 <= self.telemetry_stale_ms <= 5000.0, "display.telemetry_stale_ms",
+              self.telemetry_stale_ms, "must be within 20..5000 ms")
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,13 @@ class SessionConfig:
 class ConsoleConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    teleop: TeleopConfig = field(default_factory=lambda: TeleopConfig(scale=1.0))
-    """Scale 1.0 here: the robot applies the motion scale (session.scale, set_scale)."""
+    teleop: TeleopConfig = field(default_factory=TeleopConfig)
+    """Registration and tremor filter only: the robot applies every gain."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
 
     def __post_init__(self) -> None:
-        # Scaling on both sides would multiply; the robot's is authoritative because
-        # it also applies the latency-adaptive factor where the latency is measured.
-        check(self.teleop.scale == 1.0, "teleop.scale", self.teleop.scale,
-              "the robot applies the motion scale: set session.scale instead")
+        # The tremor filter is designed for the rate it is called at: the command rate.
+        check(self.teleop.rate_hz == self.loop.rate_hz, "teleop.rate_hz", self.teleop.rate_hz,
+              f"must equal loop.rate_hz ({self.loop.rate_hz})")

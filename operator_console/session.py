@@ -5,9 +5,11 @@ command socket, the video loop the video socket; ZeroMQ sockets are never
 shared between threads). A control request blocks only this thread, so the
 command stream keeps flowing while the robot answers.
 
-Engaging follows a fixed order so the follower never jumps: anchor the teleop
-mapper at the follower's measured pose, let a few anchored commands reach the
-robot, then request ``engage`` (the robot re-anchors on its side too).
+Engaging is one request: the robot anchors the master to the follower itself
+(``safety.anchor``), so nothing here waits or hands over. Before it, the
+scripted surgeon aligns the hand with the instrument, as the dVRK aligns its
+master: a one-way request to the command thread, and the engage comes at the
+next attempt, once the registered orientation agrees.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from operator_console.teleop import TeleopOutput
 from safety.states import SURGEON_HOLDS
 from telesurgery.errors import LinkTimeout
 from telesurgery.pacer import try_realtime
+from telesurgery.quat import Quat, quat_angle
 from transport.clocksync import ClockSync
 from transport.link import ConsoleLink
 from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
 
 log = logging.getLogger(__name__)
 
-Pose = tuple[tuple[float, float, float], tuple[float, float, float, float]]
+ALIGNED_RAD = 0.1
+"""The console asks the hand to align when it is further than this from the instrument;
+well inside the robot's engage tolerance (``safety.motion.align_tolerance_rad``)."""
 
 
 @dataclass
@@ -37,9 +42,10 @@ class ConsoleShared:
     """Handover between the console's threads (reference swaps and bounded deques)."""
 
     telemetry: Telemetry | None = None
-    anchor_pose: Pose | None = None
-    anchor_gen: int = 0
-    anchor_done: int = 0
+    align_to: Quat | None = None
+    """The instrument's orientation (robot frame): the command thread aligns the hand."""
+    telemetry_ns: int | None = None
+    """When the newest telemetry arrived (this clock): the displays age every figure by it."""
     engaged: bool = False
     message: str = ""
     last_output: TeleopOutput | None = None
@@ -54,6 +60,14 @@ class ConsoleShared:
         default_factory=lambda: collections.deque(maxlen=4))
     engagements: list[dict[str, object]] = field(default_factory=list)
     trips: list[dict[str, object]] = field(default_factory=list)
+    message_ns: int = 0
+    """When ``message`` was last set, so the displays can let a warning expire."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "message":
+            # Stamped here so that every writer of a message stamps it, whichever thread.
+            object.__setattr__(self, "message_ns", time.monotonic_ns())
+        object.__setattr__(self, name, value)
 
 
 class SessionThread(threading.Thread):
@@ -96,20 +110,28 @@ class SessionThread(threading.Thread):
             for item in self.link.poll(5):
                 self._inbound(item.msg, item.recv_ns)
             now = time.monotonic_ns()
-            if now >= next_ping:
+            # No pings before the robot was heard from: unanswerable, they only fill the log.
+            if now >= next_ping and self.shared.telemetry is not None:
                 self.link.send_ping(self.clock.make_ping(now))
                 next_ping = now + self.PING_PERIOD_NS
             sh = self.shared
             sh.offset_ns, sh.rtt_ns = self.clock.offset_ns, self.clock.rtt_ns
-            while sh.keyframe_requests:
+            while sh.keyframe_requests and sh.telemetry is not None:
                 self.link.send_keyframe_request(sh.keyframe_requests.popleft())
             self._surgeon(now)
 
     def _inbound(self, msg: object, recv_ns: int) -> None:
         sh = self.shared
         if isinstance(msg, Telemetry):
+            prev = sh.telemetry
             sh.telemetry = msg
-            if sh.engaged and msg.state != "following" and msg.reason not in SURGEON_HOLDS:
+            sh.telemetry_ns = recv_ns  # after the telemetry: a torn read overstates its age
+            # A stop is a change away from following (or a latch). Telemetry queued while
+            # the engage request was in flight still says ready/hold and is not one.
+            left = (prev is not None and prev.state == "following") or msg.state in (
+                "fault", "estop")
+            if (sh.engaged and left and msg.state != "following"
+                    and msg.reason not in SURGEON_HOLDS):
                 sh.trips.append({"t_ns": recv_ns, "state": msg.state, "reason": msg.reason})
                 log.warning("robot stopped following: %s (%s)", msg.state, msg.reason)
                 self._stopped(recv_ns, f"robot {msg.state}: {msg.reason}")
@@ -161,16 +183,15 @@ class SessionThread(threading.Thread):
             return
         if tlm.state not in ("ready", "hold"):
             return
-        self._engage(tlm)
+        out = sh.last_output
+        instrument = tlm.measured_cp.orientation
+        if out is not None and quat_angle(out.quat, instrument) > ALIGNED_RAD:
+            sh.align_to = instrument  # engage at the next attempt, once aligned
+            return
+        self._engage()
 
-    def _engage(self, tlm: Telemetry) -> None:
+    def _engage(self) -> None:
         sh = self.shared
-        sh.anchor_pose = (tlm.measured_cp.position, tlm.measured_cp.orientation)
-        sh.anchor_gen += 1
-        deadline = time.monotonic_ns() + 50 * self._command_period_ns
-        while sh.anchor_done != sh.anchor_gen and time.monotonic_ns() < deadline:
-            time.sleep(self._command_period_ns / 1e9)
-        time.sleep(5 * self._command_period_ns / 1e9)  # anchored commands reach the robot
         if self.request("engage"):
             sh.engaged = True
             sh.message = ""

@@ -1,108 +1,93 @@
-"""Terminal status view for a console without a video window.
+"""Terminal status view for a console without a video window, drawn with ``rich``.
 
-A few lines (supervisor state and reason, link figures, teleop state, the latest
-message) redrawn in place a few times a second on a terminal, or written as
-plain blocks when the output is a file or a pipe (only when something changed,
-so a log does not fill with identical lines).
+It shows the same ``HudState`` as the HUD (``operator_console.view`` builds it),
+so the same staleness rules hold: once telemetry is late it says "ROBOT STATE
+UNKNOWN" with the telemetry's age, never the last state, and every link
+figure carries the age of the telemetry it came in.
+
+On a terminal the block is redrawn in place (``rich.live``) a few times a
+second. Written to a file or a pipe, a block is written only when what it says
+changed (state, banner, warnings, teleop), stamped with the time of day, so a
+log reads as a list of events rather than a stream of identical lines.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import time
 from typing import TextIO
 
-from operator_console.teleop import TeleopOutput
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from operator_console.view import HudState, age_text, banner
 from safety.config import WatchdogLimits
-from transport.schema import Telemetry
 
-RESET, BOLD, RED, YELLOW, GREEN, CYAN = (
-    "\x1b[0m", "\x1b[1m", "\x1b[31m", "\x1b[33m", "\x1b[32m", "\x1b[36m")
-STATE_COLOURS = {"following": GREEN, "ready": CYAN, "hold": YELLOW, "fault": BOLD + RED,
-                 "estop": BOLD + RED}
-
-
-@dataclass(frozen=True)
-class ConsoleStatus:
-    state: str
-    """Supervisor state as telemetry reports it ("ready", "following", "hold", ...)."""
-    reason: str
-    rtt_ms: float | None
-    latency_ms: float | None
-    loss: float
-    """Fraction 0..1."""
-    jitter_ms: float | None
-    scale: float
-    """Effective motion scale (surgeon's scale times any degraded-link factor)."""
-    clutch: bool
-    operator_present: bool
-    video_age_ms: float | None
-    message: str = ""
-    """Why the arm does not follow, or the latest event, for the surgeon."""
+STATE_STYLES = {"following": "green", "ready": "cyan", "disabled": "cyan", "hold": "yellow",
+                "fault": "bold red", "estop": "bold red", "unknown": "bold white on red"}
+SEVERITY_STYLES = {"red": "bold white on red", "amber": "bold black on yellow", "grey": "bold"}
+WIDTH = 110
 
 
-def _ms(us: int | None) -> float | None:
-    return None if us is None else us / 1000.0
-
-
-def status_from(telemetry: Telemetry | None, teleop: TeleopOutput | None, scale: float,
-                video_age_ms: float | None = None, message: str = "") -> ConsoleStatus:
-    """Build the view's status from the latest telemetry and teleop output.
-
-    The message is ``message`` if given, else why the follower is not following.
-    """
-    if not message and teleop is not None and teleop.why:
-        message = teleop.why
-    if telemetry is None:
-        return ConsoleStatus(state="disabled", reason="no telemetry yet", rtt_ms=None,
-                             latency_ms=None, loss=0.0, jitter_ms=None, scale=scale,
-                             clutch=bool(teleop and teleop.clutch),
-                             operator_present=bool(teleop and teleop.operator_present),
-                             video_age_ms=video_age_ms, message=message)
-    link = telemetry.link
-    return ConsoleStatus(
-        state=telemetry.state, reason=telemetry.reason, rtt_ms=_ms(link.rtt_us),
-        latency_ms=_ms(link.latency_us), loss=link.loss, jitter_ms=_ms(link.jitter_us),
-        scale=scale, clutch=bool(teleop and teleop.clutch),
-        operator_present=bool(teleop and teleop.operator_present),
-        video_age_ms=video_age_ms if video_age_ms is not None else _ms(link.video_age_us),
-        message=message)
-
-
-def _paint(text: str, colour: str, on: bool) -> str:
-    return f"{colour}{text}{RESET}" if on and colour else text
-
-
-def _figure(label: str, value: float | None, unit: str, warn: float, halt: float,
-            *, color: bool) -> str:
+def _figure(label: str, value: float | None, unit: str, warn: float, halt: float) -> Text:
     if value is None:
-        return f"{label} --"
-    colour = RED if value >= halt else YELLOW if value >= warn else ""
-    return f"{label} " + _paint(f"{value:.1f}{unit}", colour, color)
+        return Text(f"{label} --")
+    style = "red" if value >= halt else "yellow" if value >= warn else ""
+    return Text.assemble(f"{label} ", (f"{value:.1f}{unit}", style))
 
 
-def format_status(s: ConsoleStatus, color: bool, limits: WatchdogLimits | None = None) -> str:
-    """Four lines; values past a warning or halt limit are yellow or red when ``color``."""
+def status_renderable(s: HudState, limits: WatchdogLimits | None = None) -> Group:
+    """The block: robot state, link figures with their age, teleop, banner, warnings."""
     lim = limits or WatchdogLimits()
-    state = _paint(s.state.upper(), STATE_COLOURS.get(s.state, ""), color)
+    state = s.shown_state
+    robot = Text("robot  ")
+    if s.robot_unknown:
+        robot.append(" ROBOT STATE UNKNOWN ", STATE_STYLES["unknown"])
+        robot.append(f"  no telemetry: last {age_text(s.telemetry_age_ms)}")
+    else:
+        robot.append(state.upper(), STATE_STYLES.get(state, ""))
+        robot.append(f"  ({s.reason})  telemetry {age_text(s.telemetry_age_ms)}")
     rows = [
         ("rtt", s.rtt_ms, " ms", lim.rtt_warn_ms, lim.rtt_halt_ms),
         ("latency", s.latency_ms, " ms", lim.latency_halt_ms / 2, lim.latency_halt_ms),
         ("jitter", s.jitter_ms, " ms", lim.jitter_halt_ms / 2, lim.jitter_halt_ms),
-        ("loss", s.loss * 100.0, " %", lim.loss_halt * 50.0, lim.loss_halt * 100.0),
+        ("loss", None if s.robot_unknown else s.loss * 100.0, " %", lim.loss_halt * 50.0,
+         lim.loss_halt * 100.0),
         ("video", s.video_age_ms, " ms", lim.video_stale_ms / 2, lim.video_stale_ms),
     ]
-    link = "  ".join(_figure(*row, color=color) for row in rows)
-    present = ("operator present" if s.operator_present
-               else _paint("operator ABSENT", YELLOW, color))
-    teleop = f"scale {s.scale:.3f}  clutch {'ON' if s.clutch else 'off'}  {present}"
-    serious = s.state in {"fault", "estop"}
-    message = _paint(s.message, RED if serious else YELLOW, color) if s.message else ""
-    return "\n".join([f"robot  {state}  ({s.reason})", f"link   {link}", f"teleop {teleop}",
-                      f"       {message}"])
+    link = Text("link   ").append(Text("  ").join(_figure(*row) for row in rows))
+    present = (Text("operator present") if s.operator_present
+               else Text("operator ABSENT", "yellow"))
+    teleop = Text(f"teleop scale {s.scale:.3f}  clutch {'ON' if s.clutch else 'off'}  ")
+    teleop.append(present)
+    parts: list[Text] = [robot, link, teleop]
+    b = banner(s)
+    if b is not None:
+        parts.append(Text.assemble("       ", (f" {b.title} ", SEVERITY_STYLES[b.severity]),
+                                   f"  {b.detail}"))
+    parts.extend(Text(f"       ! {w}", "yellow") for w in s.warnings)
+    return Group(*parts)
+
+
+def format_status(s: HudState, color: bool, limits: WatchdogLimits | None = None) -> str:
+    """The block as text; ANSI colours only when ``color``."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=WIDTH,
+                      color_system="standard" if color else None, highlight=False)
+    console.print(status_renderable(s, limits))
+    return buf.getvalue().rstrip("\n")
+
+
+def _event_key(s: HudState) -> tuple[object, ...]:
+    """What makes a new block worth writing to a log (ages and figures alone do not)."""
+    b = banner(s)
+    return (s.shown_state, s.reason, b and b.title, s.warnings, s.clutch, s.operator_present,
+            s.connection)
 
 
 class StatusView:
-    """Redraws ``format_status`` on ``stream`` at most once per ``period_s``."""
+    """Redraws the status at most once per ``period_s`` (tty), or logs it on change."""
 
     def __init__(self, stream: TextIO, period_s: float = 0.25,
                  limits: WatchdogLimits | None = None) -> None:
@@ -111,26 +96,34 @@ class StatusView:
         self.limits = limits
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._last_ns: int | None = None
-        self._lines = 0
-        self._last_text = ""
+        self._last_key: tuple[object, ...] | None = None
+        self._live: Live | None = None
+        if self.tty:
+            console = Console(file=stream, force_terminal=True, width=WIDTH, highlight=False)
+            self._live = Live(console=console, auto_refresh=False, transient=False,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
         self.redraws = 0
 
-    def update(self, status: ConsoleStatus, now_ns: int) -> bool:
+    def update(self, status: HudState, now_ns: int) -> bool:
         """Draw ``status`` if a period has passed since the last draw; True when drawn."""
         if self._last_ns is not None and now_ns - self._last_ns < self.period_ns:
             return False
         self._last_ns = now_ns
-        text = format_status(status, color=self.tty, limits=self.limits)
-        if self.tty:
-            # Back to the first line of the previous block, then overwrite line by line.
-            up = f"\x1b[{self._lines}F" if self._lines else ""
-            self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in text.split("\n")))
-            self._lines = text.count("\n") + 1
-        elif text != self._last_text:
-            self.stream.write(text + "\n")
+        if self._live is not None:
+            self._live.update(status_renderable(status, self.limits), refresh=True)
         else:
-            return False
-        self._last_text = text
-        self.stream.flush()
+            key = _event_key(status)
+            if key == self._last_key:
+                return False
+            self._last_key = key
+            stamp = time.strftime("%H:%M:%S")  # wall-clock ok: a time of day for the reader
+            self.stream.write(f"[{stamp}]\n{format_status(status, False, self.limits)}\n")
+            self.stream.flush()
         self.redraws += 1
         return True
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

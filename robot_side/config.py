@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,8 @@ __all__ = ["RobotConfig", "default_runtime_dir", "load_robot_config"]
 
 @dataclass(frozen=True)
 class ControlConfig:
-    rate_hz: float = 500.0
+    rate_hz: float = 1000.0
+    """1 kHz, as the dVRK and haptic teleoperation run."""
     realtime: bool = True
     """Try SCHED_FIFO for the control thread; falls back with a log line."""
     telemetry_hz: float = 50.0
@@ -27,6 +29,10 @@ class ControlConfig:
     """Surgeon's motion scale at start (da Vinci Research Kit default)."""
     min_scale: float = 0.02
     max_scale: float = 1.0
+    rotation_scale: float = 1.0
+    """Master rotation -> instrument rotation (1.0: the instrument turns with the hand).
+    The teleop mapping lives on the robot (safety.anchor); the console sends the registered,
+    tremor-filtered master pose unscaled."""
     ik_max_iter: int = 8
 
     def __post_init__(self) -> None:
@@ -37,6 +43,8 @@ class ControlConfig:
         finite_positive("control.ros_hz", self.ros_hz)
         check(0 < self.min_scale <= self.scale <= self.max_scale <= 1.0, "control.scale",
               self.scale, "must satisfy 0 < min_scale <= scale <= max_scale <= 1")
+        check(math.isfinite(self.rotation_scale) and 0.0 <= self.rotation_scale <= 1.0,
+              "control.rotation_scale", self.rotation_scale, "must be in [0, 1]")
         check(self.ik_max_iter >= 1, "control.ik_max_iter", self.ik_max_iter, "must be >= 1")
 
     @property
@@ -96,10 +104,22 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class ManipulatorConfig:
+    backend: str = "serial"
+    """A row of ``robot_side.manipulator.BACKENDS``: "serial" (firmware protocol on a tty,
+    section ``[serial]``) or "virtual" (the firmware model in process, no hardware)."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.backend) and self.backend.isidentifier(), "manipulator.backend",
+              self.backend, "must be a backend name such as 'serial' or 'virtual'")
+
+
+@dataclass(frozen=True)
 class RobotConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
+    manipulator: ManipulatorConfig = field(default_factory=ManipulatorConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     ros: RosConfig = field(default_factory=RosConfig)
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)

@@ -42,13 +42,13 @@ from robot_side.serial_protocol import (
 from telesurgery.config import check
 from telesurgery.errors import SchemaError, SerialLinkError
 from telesurgery.pacer import try_realtime
+from telesurgery.seqnum import U32, u32_reached
 
 log = logging.getLogger(__name__)
 
 MAX_FAULTS = 64
 READ_TIMEOUT_S = 0.05
 HELLO_RETRY_S = 0.1
-U32 = 2**32
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class SerialManipulator:
         self._faults: collections.deque[FaultReport] = collections.deque(maxlen=MAX_FAULTS)
         self._write_lock = threading.Lock()
         self._seq = 0
+        self._frames_sent = 0
         self._need_delimiter = True
         self._last_reconnect_ns: int | None = None
         self._lost_reason = "never opened"
@@ -292,7 +293,7 @@ class SerialManipulator:
         """First state report showing the firmware received frame ``seq`` (or later)."""
         def acked() -> bool:
             latest = self._latest
-            return latest is not None and (latest[0].last_rx_seq - seq) % U32 < U32 // 2
+            return latest is not None and u32_reached(latest[0].last_rx_seq, seq)
 
         with self._cond:
             if self._cond.wait_for(lambda: acked() or not self.connected, timeout=timeout_s):
@@ -337,32 +338,50 @@ class SerialManipulator:
         return self._send(Heartbeat)
 
     def _send(self, make: Callable[[int], Message]) -> int:
+        return self.send_many((make,))
+
+    @property
+    def last_sent_seq(self) -> int | None:
+        """Sequence number of the last frame written; None before the first."""
+        return None if self._frames_sent == 0 else (self._seq - 1) % U32
+
+    def send_many(self, makers: Sequence[Callable[[int], Message]],
+                  deadline_ns: int | None = None) -> int:
+        """Encode one frame per maker (consecutive seqs) and write them in ONE write.
+
+        Returns the seq of the last frame. ``deadline_ns`` (monotonic) bounds how long
+        stuck bytes may wait; default ``write_timeout_ms`` from now.
+        """
         with self._write_lock:
             ser = self._ser
             if not self.connected or ser is None:
                 raise SerialLinkError(f"{self.port}: not connected ({self._lost_reason})")
             seq = self._seq
-            frame = encode_frame(make(seq))
+            parts = []
+            for i, make in enumerate(makers):
+                parts.append(encode_frame(make((seq + i) % U32)))
+            frame = b"".join(parts)
+            last = (seq + len(parts) - 1) % U32
             if self._need_delimiter:
                 # Ends whatever partial frame the firmware holds from before.
                 frame = b"\0" + frame
             try:
-                self._write_all(ser, frame)
+                self._write_all(ser, frame, deadline_ns)
             except serial.SerialTimeoutException as err:
                 self._extra["write_timeouts"] += 1
                 self._need_delimiter = True
-                log.error("serial %s: write timed out after %d ms", self.port,
-                          self.cfg.write_timeout_ms)
+                log.error("serial %s: write timed out (%s)", self.port, err)
                 raise SerialLinkError(f"{self.port}: write timed out") from err
             except (serial.SerialException, OSError, TypeError, AttributeError) as err:
                 self._extra["write_errors"] += 1
                 self._mark_lost(f"write failed: {err}")
                 raise SerialLinkError(f"{self.port}: write failed: {err}") from err
             self._need_delimiter = False
-            self._seq = (seq + 1) % U32
-            return seq
+            self._seq = (last + 1) % U32
+            self._frames_sent += len(parts)
+            return last
 
-    def _write_all(self, ser: Any, data: bytes) -> None:
+    def _write_all(self, ser: Any, data: bytes, deadline_ns: int | None = None) -> None:
         """Write with a deadline that only expires when bytes are really stuck.
 
         pyserial's own write timeout also fires when the whole frame went out but
@@ -375,7 +394,8 @@ class SerialManipulator:
         except (AttributeError, OSError, ValueError, serial.SerialException):
             ser.write(data)
             return
-        deadline = time.monotonic_ns() + self.cfg.write_timeout_ms * 1_000_000
+        deadline = (deadline_ns if deadline_ns is not None
+                    else time.monotonic_ns() + self.cfg.write_timeout_ms * 1_000_000)
         view = memoryview(data)
         while view:
             try:

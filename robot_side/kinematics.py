@@ -29,12 +29,11 @@ import numpy.typing as npt
 import pinocchio as pin
 
 from telesurgery.errors import ConfigError, TelesurgeryError
+from telesurgery.quat import Quat
 
 log = logging.getLogger(__name__)
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
-Quat: TypeAlias = tuple[float, float, float, float]
-"""Unit quaternion, scalar first: (w, x, y, z)."""
 
 DEFAULT_URDF = Path(__file__).parent / "description" / "arm6.urdf"
 HOME_Q = np.array([0.0, 0.3159, 0.6553, 0.0, 0.5997, 0.0])

@@ -19,29 +19,54 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import zmq
+
+from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
-from robot_side.control import ControlCore, LinkView, StepReport
-from robot_side.driver import SerialManipulator
+from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
+from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
 from robot_side.localsock import group_id
+from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
+from robot_side.period import PeriodResult, run_period
 from robot_side.ros import open_bridge
 from robot_side.signals import SignalDesk
-from robot_side.telemetry import telemetry_from
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, RosReporter, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason, State
 from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
-from telesurgery.errors import AuthError, SerialLinkError, TelesurgeryError
-from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from telesurgery.errors import ManipulatorError, TelesurgeryError
+from telesurgery.helptext import plain_help
+from telesurgery.logqueue import queued_logging
+from telesurgery.pacer import (
+    HELPER_PRIORITY,
+    SPIN_LEAD_NS,
+    Pacer,
+    PhaseLock,
+    Tick,
+    enter_realtime,
+    realtime_permitted,
+)
 from transport.auth import Authenticator
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
+
+MAX_TRIPS = 10_000
+PHASE_LEAD_NS = 50_000
+"""How long before a period's deadline the latest usual command should arrive
+(``PhaseLock``): enough for the drain, little enough not to add to the path."""
+
+
+def _close_context(ctx: zmq.Context[Any]) -> None:
+    # Every thread closes its own sockets on the way out; term() would wait forever
+    # for one that did not (a network thread stuck past its join timeout).
+    ctx.destroy(linger=0)
 
 
 class RobotNode:
@@ -53,14 +78,28 @@ class RobotNode:
         self.mailbox = Mailbox()
         self._halt = threading.Event()
         self.kin = Kinematics.from_urdf(cfg.kinematics.urdf, cfg.kinematics.tip_frame)
-        self.driver = SerialManipulator(cfg.serial)
-        self.core = ControlCore(cfg, self.kin, self.driver)
+        self.manipulator = make_manipulator(cfg)
+        self.core = ControlCore(cfg, self.kin)
         self.pacer = Pacer(cfg.control.period_ns)
         self._recent: collections.deque[Transition] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
         self._auth: Authenticator | None = None
         self.signals: SignalDesk | None = None
+        self.trips: list[TripRecord] = []
+        """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._estop_pending: dict[int, EstopRequest] = {}
+        self._estop_token = 0
+        self.port: CommandPort | None = None
+        """The command socket; bound by ``run`` in the control thread."""
+        self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
+        self.path = PathRecorder()
+
+    @property
+    def _empty_link(self) -> LinkView:
+        """Before the network thread's first view: nothing known, so nothing healthy."""
+        now = time.monotonic_ns()
+        return LinkView(LinkStats().snapshot(now), None, False)
 
     def panel_status(self) -> dict[str, Any]:
         """What the on-site staff's panel shows; read from references the loop swaps.
@@ -103,7 +142,12 @@ class RobotNode:
         cfg = self.cfg
         keys = ServerKeys.load(cfg.link.keys_dir)
         wd = cfg.safety.watchdog
+        # libzmq aborts when it cannot apply the I/O thread priority: probe that one.
+        realtime = cfg.control.realtime and realtime_permitted(IO_THREAD_PRIORITY)
+        ctx = link_context(realtime)
         with ExitStack() as stack:
+            stack.callback(_close_context, ctx)
+            stack.enter_context(queued_logging(priority=HELPER_PRIORITY if realtime else 0))
             audit = stack.enter_context(AuditLog(cfg.safety.audit))
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000]}, sync=True)
             # First of all the local e-stop: a second node on the same path stops here,
@@ -121,25 +165,33 @@ class RobotNode:
             stack.callback(auditor.join, 2.0)
             stack.callback(auditor.stop)
             try:
-                self.driver.open()
-            except SerialLinkError as err:
-                log.error("serial port not available (%s); holding and retrying", err)
-            stack.callback(self.driver.close)
-            reconnector = SerialReconnector(self.driver, cfg.serial.reconnect_interval_ms / 1e3)
+                self.manipulator.open()
+            except ManipulatorError as err:
+                log.error("manipulator not available (%s); holding and retrying", err)
+            stack.callback(self.manipulator.close)
+            reconnector = SerialReconnector(self.manipulator,
+                                            cfg.serial.reconnect_interval_ms / 1e3)
             reconnector.start()
             stack.callback(reconnector.stop)
-            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir)
+            runtime = cfg.observe.socket.parent
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir, control_dir=runtime)
             video.start()
             stack.callback(video.stop)
+            # One line to the video process per thread that talks to it (ZeroMQ
+            # sockets are single-thread): keyframe requests from the network thread,
+            # the surgeon's picture age from this one, each straight to the encoder.
+            keyframes = video.control(ctx)
+            ages = video.control(ctx)
+            stack.callback(ages.close)
             net = NetworkThread(cfg.link, keys, self.mailbox,
-                                # A command's age is bounded by the one-way latency
-                                # limit; the command timeout bounds the gap between
-                                # fresh ones (otherwise the 100-200 ms RTT warn band
-                                # of the brief could never be reached).
-                                age_limit_ns=int(wd.latency_halt_ms * 1e6),
-                                loss_window_ns=int(wd.loss_window_ms * 1e6),
-                                telemetry_hz=cfg.control.telemetry_hz, video=video)
+                                telemetry_hz=cfg.control.telemetry_hz,
+                                observe_path=cfg.observe.socket, observe_hz=cfg.observe.hz,
+                                ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
+                                video=video, keyframes=keyframes)
+            net.audit_head = lambda: audit.head
             net.start()
+            stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)
             stack.callback(net.stop)
             net.ready.wait(10.0)
@@ -147,114 +199,182 @@ class RobotNode:
                 log.error("link did not start: %s", net.error)
                 return 2
             self._auth = net.link.auth
+            # The command socket is the control thread's (this one): bound after the
+            # network thread's link has started the authenticator it relies on.
+            port = stack.enter_context(CommandPort(
+                ctx, cfg.link, keys,
+                # A command's age is bounded by the one-way latency limit; the command
+                # timeout bounds the gap between fresh ones (otherwise the 100-200 ms
+                # RTT warn band of the brief could never be reached).
+                age_limit_ns=int(wd.latency_halt_ms * 1e6),
+                loss_window_ns=int(wd.loss_window_ms * 1e6)))
+            mb = self.mailbox
+            port.offset_ns = lambda: mb.clock.offset_ns
+            port.on_arrival = lambda recv_ns: self.phase.on_arrival(
+                recv_ns, self.pacer.next_deadline_ns())
+            # Rate feedback goes from here straight to the video process.
+            port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
+            self.port = port
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()
             stack.callback(ros.close)
+            endpoints = {"command": port.port, **net.link.endpoints}
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     net.link.endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
+                     endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
             self._loop(auditor, ros, estop, video, seconds)
             stopped_by = self.signals.stop_signal if self.signals is not None else None
-            audit.append("stop", {"trips": len(self.core.trips), "signal": stopped_by},
-                         sync=True)
+            audit.append("stop", {"trips": len(self.trips), "signal": stopped_by}, sync=True)
             self._write_summary(net, auditor, video)
         return 0
+
+    # ------------------------------------------------------------ the control thread
+    def _wait_period(self) -> Tick:
+        """Wait for the next period on the command socket; phase-locked to arrivals.
+
+        Returns at the period's deadline whether or not a command came: the loop's
+        rate and its checks never depend on the console.
+        """
+        port = self.port
+        if port is None:
+            return self.pacer.wait()
+        shift = self.phase.correction()
+        if shift:
+            self.pacer.shift(shift)
+        tick = self.pacer.wait(port.wait_until)
+        port.take()  # what arrived during the spin to the deadline
+        mb = self.mailbox
+        mb.command = port.sample
+        mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,
+                                mb.clock.fresh(tick.actual_ns))
+        return tick
+
+    def _take_requests(self) -> list[PendingRequest]:
+        """Pending control requests; arming starts a new command session."""
+        requests = self.mailbox.take_requests()
+        if self.port is not None and any(r.req.op == "arm" for r in requests):
+            self.port.reset()
+        return requests
+
+    def _record_path(self, sample: CommandSample | None, written_ns: int) -> None:
+        if sample is not None:
+            self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns,
+                             sample.recv_ns)
 
     def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
-        mb = self.mailbox
-        core = self.core
         if enter_realtime(50, cfg.control.realtime):
             self.pacer.set_spin(SPIN_LEAD_NS)
-        empty = LinkView(LinkStats().snapshot(time.monotonic_ns()), None, False)
-        tlm_every = max(1, round(cfg.control.rate_hz / cfg.control.telemetry_hz))
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
-        seq = 0
-        trips_logged = 0
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            tick = self.pacer.wait()
-            now = tick.actual_ns
-            self._estop_inputs(now, estop, ros)
-            link = mb.link_view or empty
-            report = core.step(now, mb.command, link, mb.take_requests(), auditor.healthy)
-            for item in report.replies:
-                mb.replies.append(item)
-            if core.transitions:
-                for t in core.transitions:
-                    auditor.submit(t)
-                    self._recent.append(t)
-                core.transitions.clear()
-            if len(core.trips) > trips_logged:
-                # One machine-readable line per trip, in monotonic ns: the HIL rig
-                # checks every reaction time against its bound while the node runs.
-                for trip in core.trips[trips_logged:]:
-                    log.warning("TRIP %s", json.dumps(asdict(trip)))
-                trips_logged = len(core.trips)
-            ros.latest = report
-            self._last_report, self._last_link = report, link
-            if tick.index % tlm_every == 0:
-                seq += 1
-                sample = mb.command
-                mb.telemetry = telemetry_from(seq, report, link, self.pacer.recent_jitter_us(),
-                                              sample.cmd.video_age_us if sample else None,
-                                              audit_head=auditor.audit.head)
+            tick = self._wait_period()
+            self._period(tick.actual_ns, auditor, ros, estop)
         # Leaving the loop: the arm must be holding, whatever state we were in.
-        core.supervisor.disarm(time.monotonic_ns())
-        core.step(time.monotonic_ns(), None, mb.link_view or empty)
+        self.core.supervisor.disarm(time.monotonic_ns())
+        self._period(time.monotonic_ns(), auditor, ros, estop)
 
-    def _estop_inputs(self, now: int, estop: EstopServer, ros: RosReporter) -> None:
-        """External stops: ROS 2 e-stop topic, the local socket, a revoked key."""
+    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter,
+                estop: EstopServer) -> PeriodResult:
+        """read -> update -> write, then the hand-offs (one reference swap, bounded deques).
+
+        Whatever paces the loop or wherever commands come from, a period is this.
+        """
+        mb = self.mailbox
+        link = mb.link_view or self._empty_link
+        inputs = ControlInputs(command=mb.command, link=link,
+                               requests=tuple(self._take_requests()),
+                               estop=self._estop_events(estop, ros),
+                               audit_ok=auditor.healthy, trip=self._revocation())
+        following = self.core.following_periods
+        result = run_period(self.manipulator, self.core, now_ns, inputs)
+        if self.core.following_periods != following and result.written_ns is not None:
+            self._record_path(inputs.command, result.written_ns)
+        out = result.output
+        mb.replies.extend(out.replies)
+        for record in out.audit:  # before the transitions, whose fsync covers them
+            auditor.submit(record)
+        for t in out.transitions:
+            auditor.submit(t)
+            self._recent.append(t)
+        for token, answer in out.estop_replies:
+            req = self._estop_pending.pop(token, None)
+            if req is not None:
+                req.answer = answer
+                req.done.set()
+        if result.trip is not None:
+            # One machine-readable line per trip, in monotonic ns: the HIL rig checks
+            # every reaction time against its bound while the node runs.
+            log.warning("TRIP %s", json.dumps(asdict(result.trip)))
+            if len(self.trips) < MAX_TRIPS:
+                self.trips.append(result.trip)
+        report = out.report
+        mb.report = report
+        ros.latest = report
+        self._last_report, self._last_link = report, link
+        return result
+
+    def _revocation(self) -> ExternalTrip | None:
+        """A reload revoked a live surgeon session: hold with an audited trip."""
+        auth = self._auth
+        if auth is None or not auth.revoked.is_set():
+            return None
+        auth.revoked.clear()
+        return ExternalTrip(Reason.KEY_REVOKED, "revoked: " + ", ".join(auth.revoked_users))
+
+    def _estop_events(self, estop: EstopServer, ros: RosReporter) -> tuple[EstopEvent, ...]:
+        events: list[EstopEvent] = []
         if ros.estop_requested.is_set():
             ros.estop_requested.clear()
-            self.core.estop(now, Reason.ESTOP_ROS)
-        auth = self._auth
-        if auth is not None and auth.revoked.is_set():
-            auth.revoked.clear()
-            self.core.supervisor.trip(now, Reason.KEY_REVOKED,
-                                      "revoked: " + ", ".join(auth.revoked_users))
+            events.append(EstopEvent("press", Reason.ESTOP_ROS))
+        sup = self.core.supervisor  # read in the control thread, right before the step
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
-            req.answer = self._estop_answer(now, req)
-            req.done.set()
-
-    def _estop_answer(self, now: int, req: EstopRequest) -> str:
-        sup = self.core.supervisor
-        if req.action == "press":
-            self.core.estop(now, Reason.ESTOP_LOCAL)
-            return "ok e-stop pressed"
-        if req.action == "clear":
-            if sup.state is not State.ESTOP:
-                return f"ok no e-stop to clear (state {sup.state}, {sup.reason})"
-            if self.core.clear_estop_local(now):
-                return "ok e-stop cleared"
-            return f"refused: {sup.reason} (the e-stop button is still pressed?)"
-        if req.action == "refused":
-            # A local tool refused a clear itself (wrong PIN...): the estop server audits
-            # it with who asked; the arm's state does not change.
-            return f"ok refusal recorded ({sup.state})"
-        return f"ok {sup.state} {sup.reason}"
+            if req.action == "refused":
+                # A local tool refused a clear itself (wrong PIN...): the e-stop server
+                # audits it with who asked; the arm's state does not change.
+                req.answer = f"ok refusal recorded ({sup.state})"
+                req.done.set()
+                continue
+            if req.action == "clear" and sup.state is not State.ESTOP:
+                req.answer = f"ok no e-stop to clear (state {sup.state}, {sup.reason})"
+                req.done.set()
+                continue
+            self._estop_token += 1
+            self._estop_pending[self._estop_token] = req
+            action = req.action if req.action in ("press", "clear") else "status"
+            events.append(EstopEvent(action, Reason.ESTOP_LOCAL,  # type: ignore[arg-type]
+                                     self._estop_token))
+        return tuple(events)
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
                        video: VideoProcess) -> None:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
-        snap = net.stats.snapshot(time.monotonic_ns())
+        snap = (self.port.stats if self.port else LinkStats()).snapshot(time.monotonic_ns())
         summary = {
-            "trips": [asdict(t) for t in self.core.trips],
+            "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
             "link": asdict(snap),
-            "command_latency": net.latency_percentiles(),
+            "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
+            "path": self.path.ring.percentiles(),
+            "path_parts": {"console_sample_to_send": self.path.console.percentiles(),
+                           "robot_receive_to_written": self.path.robot.percentiles()},
+            "phase_lock": {"lead_us": self.phase.lead_ns // 1000,
+                           "adjustments": self.phase.adjustments,
+                           "shifted_us": self.phase.shifted_ns // 1000},
+            "telemetry_built": net.telemetry_built,
             "tracking_error_max_m": self.core.max_tracking_error_m,
             "following_periods": self.core.following_periods,
             "ik_branch_keeps": self.core.branch_keeps,
             "resumes_ns": self.core.resumes_ns,
-            "gate": {str(k): v for k, v in net.gate.counters.items()},
-            "link_counters": dict(net.link.counters) if net.link else {},
+            "gate": {str(k): v for k, v in self.port.gate.counters.items()} if self.port else {},
+            "link_counters": {**(dict(net.link.counters) if net.link else {}),
+                              **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,
-            "serial": dict(self.driver.counters),
+            "serial": dict(self.manipulator.counters),
             "video": video.summary(),
             "final_state": str(self.core.supervisor.state),
         }
@@ -263,7 +383,7 @@ class RobotNode:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery robot", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery robot", description=plain_help(__doc__))
     p.add_argument("--config", type=Path, help="robot config TOML (default: simulated rig)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: run forever)")
     p.add_argument("--summary", type=Path, help="write a JSON run summary here at exit")
@@ -288,10 +408,7 @@ def main(argv: list[str]) -> int:
     node.signals.start()
     try:
         return node.run(args.seconds)
-    except AuthError as err:
-        log.error("refusing to start: %s", err)
-        return 2
-    except TelesurgeryError as err:  # a second node on the e-stop socket or audit log
+    except TelesurgeryError as err:  # keys, or a second node on the e-stop socket or log
         log.error("refusing to start: %s", err)
         return 2
     finally:

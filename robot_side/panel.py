@@ -32,6 +32,7 @@ from rich.text import Text
 from robot_side.estop import NOT_DELIVERED, client_target, send
 from robot_side.serial_protocol import FwFlags
 from telesurgery.errors import TelesurgeryError
+from telesurgery.helptext import plain_help
 
 STALE_S = 1.0
 """No answer (or no control-loop report) for this long: the state is unknown."""
@@ -254,7 +255,7 @@ def run_panel(path: Path, console: Console, period_s: float, robot_uid: int | No
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery panel", description=__doc__,
+    p = argparse.ArgumentParser(prog="telesurgery panel", description=plain_help(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="robot config (for the socket path)")
     p.add_argument("--socket", type=Path, help="the robot node's local e-stop socket")

@@ -7,9 +7,12 @@ milliseconds. In its own process the encoder cannot delay the arm, and a
 crash in a codec cannot take the control loop with it.
 
 The child binds the video port with the same CurveZMQ keys and authenticator
-rules as the rest of the link. The node talks to it through two bounded queues:
-keyframe requests and the surgeon's picture age in, the encoder's name,
-errors and counters out. A child whose parent has died exits by itself.
+rules as the rest of the link. Keyframe requests and the surgeon's picture age
+(rate feedback) reach it straight from the thread that learns them, over a
+local ZeroMQ PULL socket in a private folder: one non-blocking send each, no
+queue feeder thread in the control process. The encoder's name, errors and
+counters come back through a bounded queue, and so does nothing else. A child
+whose parent has died exits by itself.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,18 +43,57 @@ OUTBOX_SIZE = 64
 
 AGE_REPORT_PERIOD_NS = 100_000_000
 """Rate control needs the picture age a few times a second, not per command."""
+CONTROL_HWM = 64
+
+
+class VideoControl:
+    """One thread's line to the video process: keyframe requests and picture age.
+
+    A PUSH socket owned by the thread that uses it; sends never block (a full pipe
+    drops and counts: the next request or age report supersedes it anyway).
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], path: Path) -> None:
+        self._sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, CONTROL_HWM)
+        self._sock.connect(f"ipc://{path}")
+        self._last_age_ns = 0
+        self.dropped = 0
+
+    def _send(self, kind: str, value: Any) -> None:
+        try:
+            self._sock.send_json([kind, value], zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+
+    def request_keyframe(self, reason: str) -> None:
+        self._send("keyframe", reason)
+
+    def report_video_age(self, age_us: int | None) -> None:
+        now = time.monotonic_ns()
+        if age_us is not None and now - self._last_age_ns >= AGE_REPORT_PERIOD_NS:
+            self._last_age_ns = now
+            self._send("age", age_us)
+
+    def close(self) -> None:
+        self._sock.close(0)
 
 
 class VideoProcess:
     def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path,
-                 outbox_size: int = OUTBOX_SIZE) -> None:
+                 outbox_size: int = OUTBOX_SIZE, control_dir: Path | None = None) -> None:
         ctx = mp.get_context("spawn")
+        self._own_dir = control_dir is None
+        folder = Path(tempfile.mkdtemp(prefix="ts-video-")) if control_dir is None else control_dir
+        self.control_path = folder / "video-control.sock"
+        """ipc PULL socket of the child (robot_side.video_process.VideoControl connects)."""
         self._inbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=64)
         self._outbox: mp.Queue[tuple[str, Any]] = ctx.Queue(maxsize=outbox_size)
         self._proc = ctx.Process(
             target=_child_main, name="robot-video", daemon=True,
             args=(_ChildArgs(video, link, keys_dir, os.getpid(),
-                             logging.getLogger().getEffectiveLevel()),
+                             logging.getLogger().getEffectiveLevel(), self.control_path),
                   self._inbox, self._outbox))
         self.encoder = "starting"
         self.error: str | None = None
@@ -59,6 +103,10 @@ class VideoProcess:
 
     def start(self) -> None:
         self._proc.start()
+
+    def control(self, ctx: zmq.Context[Any]) -> VideoControl:
+        """A line for one thread (create one per thread that sends)."""
+        return VideoControl(ctx, self.control_path)
 
     @property
     def pid(self) -> int | None:
@@ -118,6 +166,8 @@ class VideoProcess:
             self._proc.terminate()
             self._proc.join(2.0)
         self.poll()
+        if self._own_dir:
+            shutil.rmtree(self.control_path.parent, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -127,6 +177,7 @@ class _ChildArgs:
     keys_dir: Path
     parent_pid: int
     log_level: int
+    control_path: Path
 
 
 def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
@@ -148,6 +199,10 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         keys = ServerKeys.load(args.keys_dir)
         with start_authenticator(ctx, keys):
             sock = video_server_socket(ctx, link, keys)
+            control = ctx.socket(zmq.PULL)
+            control.setsockopt(zmq.LINGER, 0)
+            control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
+            control.bind(f"ipc://{args.control_path}")
             try:
                 choice = select_encoder(video)
                 outbox.put(("encoder", choice.describe()))
@@ -156,13 +211,14 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                 source = open_source(video)
                 source.start()
                 try:
-                    _loop(source, sender, inbox, outbox, args.parent_pid)
+                    _loop(source, sender, control, inbox, outbox, parent_pid=args.parent_pid)
                 finally:
                     source.stop()
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
                         outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)
             finally:
+                control.close(0)
                 sock.close(0)
     except TelesurgeryError as err:
         log.error("video stopped: %s; the surgeon's picture will go stale and the arm "
@@ -173,8 +229,27 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
-def _loop(source: Any, sender: Any, inbox: mp.Queue[tuple[str, Any]],
-          outbox: mp.Queue[tuple[str, Any]], parent_pid: int) -> None:
+def _take_control(control: zmq.Socket[Any], sender: Any) -> None:
+    while True:
+        try:
+            item = control.recv_json(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        except ValueError:  # not JSON: only the robot's own account can connect
+            log.warning("video control: undecodable message dropped")
+            continue
+        match item:
+            case ["keyframe", str(reason)]:
+                sender.request_keyframe(reason[:64])
+            case ["age", int(age_us)] if age_us >= 0:
+                sender.report_video_age(age_us)
+            case _:
+                log.warning("video control: unexpected message dropped")
+
+
+def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
+          inbox: mp.Queue[tuple[str, Any]], outbox: mp.Queue[tuple[str, Any]], *,
+          parent_pid: int) -> None:
     last_id: int | None = None
     next_stats = time.monotonic_ns()
     while os.getppid() == parent_pid:  # a parent killed with SIGKILL leaves us orphaned
@@ -189,6 +264,7 @@ def _loop(source: Any, sender: Any, inbox: mp.Queue[tuple[str, Any]],
                 sender.request_keyframe(value)
             elif kind == "age":
                 sender.report_video_age(value)
+        _take_control(control, sender)
         frame = source.wait_newer(last_id, timeout_s=0.1)
         if frame is not None:
             last_id = frame.frame_id

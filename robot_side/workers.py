@@ -11,13 +11,15 @@ import threading
 import time
 
 from robot_side.control import StepReport
-from robot_side.driver import SerialManipulator
+from robot_side.control_io import ControlAudit
+from robot_side.manipulator.base import Manipulator
 from robot_side.netio import Mailbox
 from robot_side.ros.interface import RosBridge
 from safety.audit import AuditLog
 from safety.states import crtk_state
 from safety.supervisor import Transition
 from telesurgery.errors import AuditError, TelesurgeryError
+from telesurgery.pacer import HELPER_PRIORITY, try_realtime
 from transport.schema import SafetyEvent
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,11 @@ class AuditThread(threading.Thread):
         super().__init__(name="robot-audit", daemon=True)
         self.audit = audit
         self.mailbox = mailbox
-        self._queue: queue.Queue[Transition | None] = queue.Queue(maxsize=256)
+        self._queue: queue.Queue[Transition | ControlAudit | None] = queue.Queue(maxsize=256)
         self.healthy = True
         self.persisted = 0
 
-    def submit(self, t: Transition) -> None:
+    def submit(self, t: Transition | ControlAudit) -> None:
         try:
             self._queue.put_nowait(t)
         except queue.Full:
@@ -46,7 +48,11 @@ class AuditThread(threading.Thread):
         self._queue.put(None)
 
     def run(self) -> None:
+        try_realtime(HELPER_PRIORITY)  # it shares the GIL with the control thread
         while (t := self._queue.get()) is not None:
+            if isinstance(t, ControlAudit):
+                self._control(t)
+                continue
             try:
                 index = self.audit.append("transition", {
                     "t_ns": t.t_ns, "from": str(t.state_from), "to": str(t.state_to),
@@ -65,10 +71,29 @@ class AuditThread(threading.Thread):
                 state_to=str(t.state_to), detail=t.detail[:256]))
 
 
+    def _control(self, c: ControlAudit) -> None:
+        """Every control operation, accepted or refused (issue 12.5).
+
+        Not fsync'd on its own: one that changes state is followed by its transition,
+        whose fsync covers it (the node submits control records first), and a flood of
+        refused requests must not turn into a flood of fsyncs that fills this queue.
+        """
+        try:
+            self.audit.append("control", {
+                "t_ns": c.t_ns, "peer": c.peer.hex()[:64], "op": c.op, "req_id": c.req_id,
+                "value": c.value, "ok": c.ok, "result": c.result, "state": c.state,
+            }, sync=False)
+        except AuditError as err:
+            self.healthy = False
+            log.error("audit append failed (%s): control %s not recorded", err, c.op)
+            return
+        self.persisted += 1
+
+
 class SerialReconnector(threading.Thread):
     """Reopens a vanished serial port; a handshake can block, so not in the loop."""
 
-    def __init__(self, driver: SerialManipulator, interval_s: float) -> None:
+    def __init__(self, driver: Manipulator, interval_s: float) -> None:
         super().__init__(name="robot-serial-reconnect", daemon=True)
         self.driver = driver
         self.interval_s = interval_s
@@ -109,7 +134,8 @@ class RosReporter(threading.Thread):
                 if r is None:
                     continue
                 stamp = time.time_ns()  # wall-clock ok: ROS header stamps are wall time
-                self.bridge.publish_measured_js(self.joint_names, r.measured_q, (), (), stamp)
+                self.bridge.publish_measured_js(self.joint_names, r.measured_q, r.measured_v,
+                                                r.measured_effort, stamp)
                 self.bridge.publish_measured_cp(*r.measured_cp, stamp)
                 self.bridge.publish_setpoint_cp(*r.setpoint_cp, stamp)
                 now = time.monotonic_ns()

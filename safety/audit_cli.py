@@ -5,7 +5,7 @@ segment file. ``verify`` checks checksums and sequence, the keyed chain with the
 key (``FILE.key`` by default, or ``--key``), and a witness's chain head
 (``--witness 1234:0123456789abcdef`` or a file holding such heads, e.g. telemetry a
 console recorded); it says which records it proves and where the proof ends. Exit 0
-when everything checked holds, 1 when not, 2 when the log or key cannot be read.
+when everything checked holds, 1 when not (or no log), 2 when the key or witness is unusable.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from safety.audit import Record, read_records, segments
 from safety.audit_key import key_path, load_key
 from safety.audit_verify import Witness, parse_witness, verify
 from telesurgery.errors import AuditError
+from telesurgery.helptext import plain_help
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser = argparse.ArgumentParser(prog="telesurgery audit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="telesurgery audit", description=plain_help(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify", parents=[common],
@@ -51,8 +52,8 @@ def _witness(arg: str | None) -> Witness | None:
 
 def _verify(path: Path, key_file: Path | None, witness_arg: str | None) -> int:
     if not segments(path):
-        print(f"no audit log at {path} (nothing to verify); check the path")
-        return 2
+        print(f"no audit log at {path}: nothing to verify")
+        return 1
     try:
         witness = _witness(witness_arg)
         default = key_path(path)

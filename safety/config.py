@@ -80,8 +80,11 @@ class MotionLimits:
     tracking_error_m: float = 0.01
     """Measured pose this far from the setpoint: fault."""
     tracking_error_rad: float = 0.2
-    align_tolerance_rad: float | None = None
-    """When set, engaging requires master and follower orientation within this."""
+    align_tolerance_rad: float | None = 0.35
+    """Engaging requires the surgeon's hand (the registered master orientation) and the
+    instrument within this (20 degrees; None: no check). Wide enough for a hand matched
+    by eye to the instrument on the display, narrow enough that hand and instrument
+    visibly agree; a self-aligning master (the scripted surgeon) aligns far inside it."""
 
     def __post_init__(self) -> None:
         lo, hi = self.workspace_min, self.workspace_max

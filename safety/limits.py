@@ -11,7 +11,7 @@ Three pure, clock-free checks that run every control period:
 * ``TrackingMonitor`` faults when the measured pose departs from the setpoint.
 
 On a fault the result is the last allowed pose, so a caller that ignores the flag
-still holds. Fault strings equal the values of ``safety.states.Reason``.
+still holds. Faults are ``safety.states.Reason`` members.
 
 The vectors are three or six floats, so this is plain ``math``: numpy's per-call
 overhead costs more than the arithmetic at these sizes.
@@ -25,19 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from safety.config import MotionLimits
+from safety.states import Reason
 from telesurgery.config import check, finite_positive
-from telesurgery.quat import Quat, Vec3, quat_angle, quat_mul, quat_relative
+from telesurgery.quat import Quat, Vec3, quat_angle, quat_mul, quat_relative, unit_or_none
 
 log = logging.getLogger(__name__)
 
-"""Unit quaternion, scalar first: (w, x, y, z)."""
-
-QUAT_NORM_TOL = 1e-3
-"""Same tolerance as the wire schema: a quaternion further from unit norm is corrupt."""
-
-NONFINITE = "nonfinite_setpoint"
-JUMP = "setpoint_jump"
-TRACKING = "tracking_error"
+MAX_SPAN_PERIODS = 25.0
+"""Cap of the jump bound's time scaling: freshness already bounds the span upstream,
+and an unbounded span would let any step through (issue 12.10(e))."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ class LimitResult:
     position: Vec3
     quat: Quat
     clamped: bool
-    fault: str | None
+    fault: Reason | None
     reasons: tuple[str, ...]
     """What was clamped: "step", "rotation_step", "workspace"."""
 
@@ -54,21 +50,12 @@ class LimitResult:
 class JointResult:
     q: tuple[float, ...]
     clamped: bool
-    fault: str | None
+    fault: Reason | None
     reasons: tuple[str, ...]
     """What was clamped: "joint_limit", "joint_velocity"."""
 
 
 # --- small vector and quaternion helpers (plain floats) -------------------------------
-
-
-def _unit_quat(q: Sequence[float]) -> Quat | None:
-    """``q`` normalised, or None when it is not finite or not close to unit norm."""
-    w, x, y, z = q
-    norm = math.sqrt(w * w + x * x + y * y + z * z)
-    if not math.isfinite(norm) or abs(norm - 1.0) > QUAT_NORM_TOL:
-        return None
-    return (w / norm, x / norm, y / norm, z / norm)
 
 
 def _rotate_toward(a: Quat, b: Quat, max_rad: float) -> tuple[Quat, bool]:
@@ -131,7 +118,7 @@ class CartesianLimiter:
 
     def reset(self, position: Sequence[float], quat: Sequence[float]) -> None:
         """Anchor at the follower's current pose; call on every engage."""
-        q = _unit_quat(quat)
+        q = unit_or_none(quat)
         if len(position) != 3 or not _finite(position) or q is None:
             raise ValueError(f"reset pose not finite or not unit: {position!r} {quat!r}")
         pose = ((float(position[0]), float(position[1]), float(position[2])), q)
@@ -141,25 +128,29 @@ class CartesianLimiter:
               elapsed_s: float | None = None) -> LimitResult:
         """What may be commanded this period for the target ``position``, ``quat``.
 
-        ``elapsed_s`` is the time the target moved over since the previous one (the
-        commands' own send times); when two commands arrive in one period the jump
-        bound covers both, so network jitter is not taken for an attack. It is
-        clamped to [1, 25] periods: freshness already bounds it upstream.
+        ``elapsed_s`` is the time the target moved over since the previous one; the
+        caller bounds it by the robot's own receive times (never only the console's
+        send times, which a forged command can stretch). When two commands arrive in
+        one period the jump bound covers both, so network jitter is not taken for an
+        attack. It is clamped to [1, ``MAX_SPAN_PERIODS``] periods.
         """
         if self._last is None or self._target is None:
             raise RuntimeError("CartesianLimiter used before reset(): no anchor pose")
-        q = _unit_quat(quat)
+        q = unit_or_none(quat)
         if q is None or not _finite(position):
-            return self._fault(NONFINITE, f"position={tuple(position)} quat={tuple(quat)}")
+            return self._fault(Reason.NONFINITE_SETPOINT,
+                               f"position={tuple(position)} quat={tuple(quat)}")
         target, in_workspace = self._workspace(position)
         prev_pos, prev_q = self._target
         step = _distance(target, prev_pos)
         turn = quat_angle(prev_q, q)
-        periods = 1.0 if elapsed_s is None else min(max(elapsed_s / self._period_s, 1.0), 25.0)
+        periods = 1.0 if elapsed_s is None else min(max(elapsed_s / self._period_s, 1.0),
+                                                     MAX_SPAN_PERIODS)
         jump_m, jump_rad = self._jump_m * periods, self._jump_rad * periods
         if step > jump_m or turn > jump_rad:
-            return self._fault(JUMP, f"step {step * 1e3:.3f} mm / {turn:.4f} rad vs bound "
-                                     f"{jump_m * 1e3:.3f} mm / {jump_rad:.4f} rad")
+            return self._fault(Reason.SETPOINT_JUMP,
+                               f"step {step * 1e3:.3f} mm / {turn:.4f} rad vs bound "
+                               f"{jump_m * 1e3:.3f} mm / {jump_rad:.4f} rad")
         self._target = (target, q)
         last_pos, last_q = self._last
         new_pos, stepped = _step_toward(last_pos, target, self._step_m)
@@ -188,7 +179,7 @@ class CartesianLimiter:
                    min(max(z, lo[2]), hi[2]))
         return clamped, clamped == (x, y, z)
 
-    def _fault(self, fault: str, detail: str) -> LimitResult:
+    def _fault(self, fault: Reason, detail: str) -> LimitResult:
         self.faults += 1
         log.warning("setpoint rejected (%s): %s", fault, detail)
         pos, q = self.last
@@ -235,7 +226,8 @@ class JointLimiter:
                              f"previous {len(q_prev)}")
         prev = tuple(float(v) for v in q_prev)
         if not (_finite(q_target) and _finite(prev)):
-            return self._fault(NONFINITE, prev, f"q_target={tuple(q_target)} q_prev={prev}")
+            return self._fault(Reason.NONFINITE_SETPOINT, prev,
+                               f"q_target={tuple(q_target)} q_prev={prev}")
         out: list[float] = []
         at_limit = too_fast = False
         for i in range(n):
@@ -245,8 +237,9 @@ class JointLimiter:
             # Measured from q_prev pulled into range, so a joint resting inside the margin
             # does not read as a jump when the first target pulls it back in.
             if abs(t - min(max(p, lo), hi)) > self._jump[i]:
-                return self._fault(JUMP, prev, f"joint {i}: {p:.4f} -> {t:.4f} rad, bound "
-                                               f"{self._jump[i]:.4f}")
+                return self._fault(Reason.SETPOINT_JUMP, prev,
+                                   f"joint {i}: {p:.4f} -> {t:.4f} rad, bound "
+                                   f"{self._jump[i]:.4f}")
             s = self._step[i]
             if abs(t - p) > s:
                 t = p + s if t > p else p - s
@@ -258,7 +251,7 @@ class JointLimiter:
             self.clamps += 1
         return JointResult(tuple(out), bool(reasons), None, reasons)
 
-    def _fault(self, fault: str, prev: tuple[float, ...], detail: str) -> JointResult:
+    def _fault(self, fault: Reason, prev: tuple[float, ...], detail: str) -> JointResult:
         self.faults += 1
         log.warning("joint target rejected (%s): %s", fault, detail)
         return JointResult(prev, False, fault, ())
@@ -280,8 +273,8 @@ class TrackingMonitor:
         self.faults = 0
 
     def check(self, measured_pos: Sequence[float], measured_quat: Sequence[float],
-              setpoint_pos: Sequence[float], setpoint_quat: Sequence[float]) -> str | None:
-        mq, sq = _unit_quat(measured_quat), _unit_quat(setpoint_quat)
+              setpoint_pos: Sequence[float], setpoint_quat: Sequence[float]) -> Reason | None:
+        mq, sq = unit_or_none(measured_quat), unit_or_none(setpoint_quat)
         if mq is None or sq is None or not (_finite(measured_pos) and _finite(setpoint_pos)):
             return self._fault("measured or setpoint pose not finite or not unit")
         dist = _distance(measured_pos, setpoint_pos)
@@ -290,7 +283,7 @@ class TrackingMonitor:
             return self._fault(f"{dist * 1e3:.2f} mm, {angle:.3f} rad from the setpoint")
         return None
 
-    def _fault(self, detail: str) -> str:
+    def _fault(self, detail: str) -> Reason:
         self.faults += 1
         log.warning("tracking error: %s", detail)
-        return TRACKING
+        return Reason.TRACKING_ERROR

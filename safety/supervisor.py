@@ -41,7 +41,9 @@ MAX_PENDING_TRANSITIONS = 1024
 
 @dataclass(frozen=True, slots=True)
 class StepInputs:
-    command_fresh: bool
+    """One period's facts. The command's freshness is not here: the link watchdog alone
+    judges a command timeout, and ``health`` carries its verdict."""
+
     operator_present: bool
     clutch: bool
     health: LinkHealth
@@ -132,9 +134,9 @@ class Supervisor:
     def request_engage(self, now_ns: int, health: LinkHealth, *, aligned: bool = True) -> Reply:
         """Start (or resume after a clutch or a latched hold) following.
 
-        Refused unless armed and not latched in FAULT/ESTOP, the last step saw the
-        operator present and a fresh command, the link is healthy and has been for
-        ``settle_ms``, and (when the robot node checks alignment) master and follower
+        Refused unless armed and not latched in FAULT/ESTOP, the link (fresh commands
+        included) is healthy and has been for ``settle_ms``, the last step saw the
+        operator present, and (when the robot node checks alignment) master and follower
         orientations are within tolerance. On success the next step says ``reanchor``.
         """
         if self._state in LATCHED_STATES:
@@ -143,13 +145,11 @@ class Supervisor:
             return self._refuse("engage", Reason.NOT_ARMED)
         if self._state is State.FOLLOWING:
             return True, self._reason
+        if not health.ok:
+            return self._refuse("engage", health.trip or Reason.RTT_UNKNOWN, health.detail)
         inputs = self._last_inputs
         if inputs is None or not inputs.operator_present:
             return self._refuse("engage", Reason.OPERATOR_ABSENT)
-        if not inputs.command_fresh:
-            return self._refuse("engage", Reason.COMMAND_TIMEOUT)
-        if not health.ok:
-            return self._refuse("engage", health.trip or Reason.RTT_UNKNOWN, health.detail)
         since = health.healthy_since_ns
         if since is None or now_ns - since < self.cfg.settle_ms * _MS:
             healthy_ms = 0.0 if since is None else (now_ns - since) / _MS
@@ -282,8 +282,6 @@ def _trip_in(inputs: StepInputs) -> tuple[Reason, str] | None:
     health = inputs.health
     if not health.ok:
         return health.trip or Reason.RTT_UNKNOWN, health.detail
-    if not inputs.command_fresh:
-        return Reason.COMMAND_TIMEOUT, "command older than its age limit"
     if not inputs.operator_present:
         return Reason.OPERATOR_ABSENT, "operator presence lost"
     return None

@@ -83,6 +83,10 @@ class LinkWatchdog:
         """A command within its age limit was received at ``now_ns``."""
         self._last_command_ns = now_ns
 
+    def forget_commands(self) -> None:
+        """No command at all any more (a new session): as before the first one."""
+        self._last_command_ns = None
+
     def on_video_age(self, now_ns: int, video_age_us: int | None) -> None:
         """The console reports the age of the frame the surgeon sees; None: no picture."""
         self._video_reported_ns = now_ns

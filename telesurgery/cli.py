@@ -12,12 +12,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from telesurgery.bench import BENCHES  # names only: the benches import lazily
+
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("telesurgery.demo", "main", "end-to-end demo on the simulated rig"),
     "robot": ("robot_side.node", "main", "the robot-side process (beside the patient)"),
     "console": ("operator_console.app", "main", "the surgeon's console process"),
     "keys": ("transport.keys", "main", "create CurveZMQ key pairs and install public keys"),
-    "bench": ("telesurgery.bench", "main", "benchmarks: link, loop, video, all"),
+    "bench": ("telesurgery.bench", "main", "benchmarks: " + ", ".join([*BENCHES, "all"])),
     "selftest": ("transport.selftest", "main", "two-process secured link self-test"),
     "firmware-sim": ("robot_side.firmware_sim", "main", "firmware emulator on a pty"),
     "estop": ("robot_side.estop", "main", "on-site emergency stop (local only)"),

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,21 @@ import psutil
 
 from hil_tests.rig import RigOptions, SimRig
 from operator_console.video.display import screen_available
+from safety.audit import read_records
+from safety.config import MotionLimits, WatchdogLimits
+from safety.states import LINK_TRIPS
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
 ROTATION_SCALE = 0.3
+TIMEOUT_MS = WatchdogLimits().command_timeout_ms
+LATENCY_MS = WatchdogLimits().latency_halt_ms
+STALE_PICTURE_MS = 250.0
+"""The console's disengage bound (``display.stale_ms``)."""
+TRACKING_MM = 1000 * MotionLimits().tracking_error_m
+PATH_GOAL_P99_US = 1000.0
+"""The goal for console sample -> serial frame written: p99 within 1 ms."""
 
 
 def cpu_seconds(rig: SimRig) -> dict[str, float]:
@@ -41,29 +52,91 @@ def cpu_seconds(rig: SimRig) -> dict[str, float]:
     return out
 
 
-def _trips(robot: dict[str, Any], blackout_ns: int | None) -> list[dict[str, Any]]:
+class CpuSampler:
+    """CPU seconds of every rig process (with its children: the robot's video), sampled
+    while they run: a process that already exited (the console, at the end) keeps the
+    last figure it was seen with."""
+
+    def __init__(self, rig: SimRig) -> None:
+        self.rig = rig
+        self._procs: dict[str, psutil.Process] = {}
+        self.seconds: dict[str, float] = {}
+
+    def sample(self) -> None:
+        for name, popen in self.rig.procs.items():
+            try:
+                proc = self._procs.setdefault(name, psutil.Process(popen.pid))
+                total = sum(t.user + t.system for t in (
+                    proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))))
+            except psutil.Error:
+                continue
+            self.seconds[name] = round(max(total, self.seconds.get(name, 0.0)), 2)
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1e6, 2)
+
+
+def _relative(t_ns: int, blackout_ns: int | None) -> str:
+    """When, in words: never a negative "after the blackout began"."""
+    if blackout_ns is None:
+        return "(no blackout)"
+    d = (t_ns - blackout_ns) / 1e6
+    return f"{d:.1f} ms after the blackout began" if d >= 0 else (
+        f"{-d:.1f} ms BEFORE the blackout")
+
+
+def _trips(robot: dict[str, Any], blackout_ns: int | None,
+           blackout_s: float = 0.0) -> list[dict[str, Any]]:
+    """Every trip the robot recorded; the scripted one is the first link trip the
+    blackout caused (detected between its start and one second after its end)."""
     trips = []
+    scripted_found = False
     for t in robot.get("trips", []):
-        base = blackout_ns if blackout_ns is not None else t["last_command_ns"]
+        detected = t["detected_ns"]
+        in_window = blackout_ns is not None and (
+            blackout_ns <= detected <= blackout_ns + int((blackout_s + 1.0) * 1e9))
+        scripted = not scripted_found and in_window and t["reason"] in LINK_TRIPS
+        scripted_found = scripted_found or scripted
+        last = t.get("last_command_ns")
         trips.append({
             "reason": t["reason"],
-            "detected_ms": round((t["detected_ns"] - base) / 1e6, 2) if base else None,
-            "since_last_command_ms": round((t["detected_ns"] - t["last_command_ns"]) / 1e6, 2)
-            if t.get("last_command_ns") else None,
-            "hold_ms": round((t["hold_sent_ns"] - t["detected_ns"]) / 1e6, 3),
+            "scripted": scripted,
+            "detected_after_blackout_ms": None if blackout_ns is None
+            else _ms(detected - blackout_ns),
+            "when": _relative(detected, blackout_ns),
+            "since_last_command_ms": _ms(detected - last) if last else None,
+            "hold_ms": round((t["hold_sent_ns"] - detected) / 1e6, 3),
         })
     return trips
+
+
+def transitions_from_audit(path: Path, blackout_ns: int | None) -> list[dict[str, Any]]:
+    """Every supervisor transition of the run, from the audit log, in order."""
+    out = []
+    for rec in read_records(path):
+        if rec.kind != "transition":
+            continue
+        f = rec.fields
+        t_ns = int(f.get("t_ns") or rec.mono_ns)
+        out.append({"from": f.get("from"), "to": f.get("to"), "reason": f.get("reason"),
+                    "detail": f.get("detail") or "", "when": _relative(t_ns, blackout_ns),
+                    "t_ns": t_ns})
+    return out
 
 
 def evaluate(report: dict[str, Any], timeout_ms: float, period_ms: float) -> list[str]:
     """The safety expectations of the run; each failure is one line."""
     failures = []
     trips = report["trips"]
-    if not trips:
+    if not any(t.get("scripted", True) for t in trips):
         failures.append("the link blackout caused no trip")
     for t in trips:
+        if not t.get("scripted", True):
+            failures.append(f"unexpected trip {t['reason']} {t.get('when', '')}: only the "
+                            "blackout's trip belongs in this run")
         since = t["since_last_command_ms"]
-        if since is not None and since > timeout_ms + 2 * period_ms:
+        if t.get("scripted", True) and since is not None and since > timeout_ms + 2 * period_ms:
             failures.append(f"trip {t['reason']} detected {since} ms after the last command "
                             f"(bound {timeout_ms + 2 * period_ms} ms)")
         if t["hold_ms"] < 0 or t["hold_ms"] > period_ms:
@@ -72,7 +145,21 @@ def evaluate(report: dict[str, Any], timeout_ms: float, period_ms: float) -> lis
         failures.append("motion did not resume after the surgeon's re-engage")
     if report["following_periods"] == 0:
         failures.append("the arm never followed the surgeon")
+    code = report.get("console_exit_code")
+    if code not in (0, None):
+        failures.append(f"the console exited with code {code}")
     return failures
+
+
+def _progress(t: float, seconds: float, blackout_at: float, blackout_s: float,
+              done: bool) -> str:
+    if not done:
+        nxt = f"next: link blackout of {blackout_s:g} s at t={blackout_at:g} s"
+    elif t < blackout_at + blackout_s:
+        nxt = "link blacked out now"
+    else:
+        nxt = "nothing more injected; the surgeon re-engages by itself"
+    return f"  t={t:5.1f} s of {seconds:g} s ({max(0.0, seconds - t):4.1f} s left); {nxt}"
 
 
 def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *,
@@ -82,26 +169,47 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
     print(f"telesurgery demo: {seconds:g} s of scripted suturing; link blackout of "
           f"{blackout_s:g} s at t={blackout_at:g} s; run folder {run_dir}", flush=True)
     blackout_ns: int | None = None
+    tty = sys.stdout.isatty()
     with SimRig(opts) as rig:
         rig.start()
         print("  firmware emulator, robot node, fault proxy and console are up", flush=True)
-        done = threading.Event()
+        cpu = CpuSampler(rig)
         t0 = time.monotonic()
+        next_note = 0.0
         while rig.procs["console"].poll() is None:
-            if blackout_ns is None and time.monotonic() - t0 >= blackout_at:
+            t = time.monotonic() - t0
+            if blackout_ns is None and t >= blackout_at:
                 blackout_ns = time.monotonic_ns()
                 rig.proxy({"blackout": blackout_s})
-                print(f"  t={time.monotonic() - t0:4.1f} s: link blackout for {blackout_s:g} s",
-                      flush=True)
+                print(f"{chr(13) if tty else ''}  t={t:4.1f} s: link blackout for "
+                      f"{blackout_s:g} s{' ' * 30}", flush=True)
+            if t >= next_note:
+                cpu.sample()
+                line = _progress(t, seconds, blackout_at, blackout_s, blackout_ns is not None)
+                print(f"\r{line}   " if tty else line, end="" if tty else "\n", flush=True)
+                next_note = t + (1.0 if tty else 5.0)
             time.sleep(0.02)
-        done.set()
-        cpu = cpu_seconds(rig)
+        if tty:
+            print(flush=True)
+        cpu.sample()
+        # The fault proxy's own added latency, where this rig can measure it.
+        added: dict[str, Any] = getattr(rig, "proxy_added_latency", dict)()
         rig.stop()
         console_code = rig.procs["console"].returncode
         robot = rig.summary("robot")
         console = rig.summary("console")
-    report = build_report(robot, console, blackout_ns, cpu, console_code)
-    failures = evaluate(report, timeout_ms=50.0, period_ms=1000.0 / opts.rate_hz)
+    report = build_report(robot, console, blackout_ns, cpu.seconds, console_code,
+                          blackout_s=blackout_s)
+    report["transitions"] = transitions_from_audit(run_dir / "audit" / "robot.audit",
+                                                   blackout_ns)
+    report["proxy_added_latency_us"] = added or None
+    period_ms = 1000.0 / opts.rate_hz
+    report["bounds"] = {"command_timeout_ms": TIMEOUT_MS, "period_ms": period_ms,
+                        "detect_ms": TIMEOUT_MS + 2 * period_ms,
+                        "stale_picture_ms": STALE_PICTURE_MS, "latency_halt_ms": LATENCY_MS,
+                        "path_goal_p99_us": PATH_GOAL_P99_US,
+                        "tracking_error_mm": TRACKING_MM}
+    failures = evaluate(report, timeout_ms=TIMEOUT_MS, period_ms=period_ms)
     report["failures"] = failures
     report["run_dir"] = str(run_dir)
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,14 +220,18 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
 
 
 def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: int | None,
-                 cpu: dict[str, float], console_code: int | None) -> dict[str, Any]:
+                 cpu: dict[str, float], console_code: int | None, *,
+                 blackout_s: float = 0.0) -> dict[str, Any]:
     lat = {k: round(v, 1) for k, v in robot.get("command_latency", {}).items()}
     g2g = {k: round(v, 2) for k, v in console.get("g2g_ms", {}).items()}
-    trips = robot.get("trips", [])
-    first_trip = next((t["detected_ns"] for t in trips
-                       if blackout_ns is None or t["detected_ns"] >= blackout_ns), None)
+    trips = _trips(robot, blackout_ns, blackout_s)
+    scripted = [t for t in trips if t["scripted"]]
+    first_trip = next((raw["detected_ns"] for t, raw in zip(trips, robot.get("trips", []),
+                                                            strict=True) if t["scripted"]),
+                      None)
     # Judged on the robot's record: motion started again after the blackout's trip.
     resumed = first_trip is not None and any(r > first_trip for r in robot.get("resumes_ns", []))
+    path = robot.get("path") or None
     return {
         "command_latency_p50_us": lat.get("p50_us"),
         "command_latency_p99_us": lat.get("p99_us"),
@@ -127,7 +239,9 @@ def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: in
         "g2g_p50_ms": g2g.get("p50"),
         "g2g_p99_ms": g2g.get("p99"),
         "frames_shown": g2g.get("n"),
-        "trips": _trips(robot, blackout_ns),
+        "path": path,
+        "trips": trips,
+        "scripted_trips": len(scripted),
         "resumed_after_reengage": resumed,
         "surgeon_reengaged": any(e.get("after_trip") for e in console.get("engagements", [])),
         "tracking_error_max_mm": round(1000 * robot.get("tracking_error_max_m", 0.0), 3),
@@ -141,29 +255,71 @@ def build_report(robot: dict[str, Any], console: dict[str, Any], blackout_ns: in
     }
 
 
+def _row(label: str, measured: str, bound: str, verdict: str = "") -> str:
+    return f"  {label:<22} {measured:<28} {bound:<34} {verdict}"
+
+
 def print_report(r: dict[str, Any]) -> None:
+    b = r.get("bounds", {})
     print("\n== telesurgery demo report")
-    print(f"  command latency   p50 {r['command_latency_p50_us']} us, "
-          f"p99 {r['command_latency_p99_us']} us ({r['commands_received']} commands)")
-    print(f"  glass-to-glass    p50 {r['g2g_p50_ms']} ms, p99 {r['g2g_p99_ms']} ms "
-          f"({r['frames_shown']} frames shown)")
+    print(_row("figure", "measured", "bound", "verdict"))
+    print(_row("command latency", f"p50 {r['command_latency_p50_us']} us, "
+               f"p99 {r['command_latency_p99_us']} us",
+               f"age limit {b.get('latency_halt_ms', LATENCY_MS):g} ms (halt)",
+               f"({r['commands_received']} commands)"))
+    path = r.get("path")
+    if path:
+        goal = b.get("path_goal_p99_us", PATH_GOAL_P99_US)
+        met = "met" if path.get("p99_us", math.inf) <= goal else "NOT met"
+        print(_row("command path", f"p50 {path.get('p50_us', 0):.0f} us, p99 "
+                   f"{path.get('p99_us', 0):.0f} us", f"goal p99 <= {goal / 1000:g} ms",
+                   f"{met} (p99.9 {path.get('p999_us', 0):.0f} us, max "
+                   f"{path.get('max_us', 0):.0f} us, n {path.get('n')})"))
+    added = r.get("proxy_added_latency_us")
+    if added:
+        print(_row("  of it, fault proxy", f"p50 {added.get('p50_us')} us, "
+                   f"p99 {added.get('p99_us')} us", "(the rig's, not the system's)"))
+    print(_row("glass-to-glass", f"p50 {r['g2g_p50_ms']} ms, p99 {r['g2g_p99_ms']} ms",
+               f"stale picture {b.get('stale_picture_ms', STALE_PICTURE_MS):g} ms (disengage)",
+               f"({r['frames_shown']} frames shown)"))
     for t in r["trips"]:
-        print(f"  trip              {t['reason']}: detected {t['detected_ms']} ms after the "
-              f"blackout began ({t['since_last_command_ms']} ms after the last command), "
-              f"hold sent {t['hold_ms']} ms after detection")
-    print(f"  re-engaged        {'yes, motion resumed' if r['resumed_after_reengage'] else 'NO'}")
-    print(f"  tracking error    max {r['tracking_error_max_mm']} mm")
-    print(f"  control loop      period error p99 {r['loop_period_err_p99_us']} us, "
-          f"overruns {r['loop_overruns']}")
-    print(f"  cpu seconds       {r['cpu_seconds']}")
+        tag = "scripted" if t.get("scripted", True) else "UNEXPECTED"
+        print(_row(f"trip ({tag})", t["reason"], "", t.get("when", "")))
+        since = t["since_last_command_ms"]
+        detect = b.get("detect_ms")
+        print(_row("  detected", f"{since} ms after the last command",
+                   f"<= {detect:g} ms (timeout + 2 periods)" if detect else "",
+                   "ok" if since is None or detect is None or since <= detect else "TOO LATE"))
+        period = b.get("period_ms")
+        print(_row("  hold sent", f"{t['hold_ms']} ms after detection",
+                   f"<= {period:g} ms (one period)" if period else "",
+                   "ok" if period is None or 0 <= t["hold_ms"] <= period else "TOO LATE"))
+    if not r["trips"]:
+        print(_row("trip", "none", "the blackout must cause one", "FAILED"))
+    print(_row("re-engaged", "yes, motion resumed" if r["resumed_after_reengage"] else "NO",
+               "motion resumes after the trip", "ok" if r["resumed_after_reengage"] else "FAILED"))
+    print(_row("tracking error", f"max {r['tracking_error_max_mm']} mm",
+               f"fault above {b.get('tracking_error_mm', TRACKING_MM):g} mm"))
+    print(_row("control loop", f"period error p99 {r['loop_period_err_p99_us']} us",
+               f"one period {b.get('period_ms', 0) * 1000:.0f} us",
+               f"overruns {r['loop_overruns']}"))
+    cpu = r["cpu_seconds"]
+    print(_row("cpu seconds", ", ".join(f"{k} {v:g}" for k, v in cpu.items()),
+               "(robot includes its video process)"))
+    transitions = r.get("transitions") or []
+    if transitions:
+        print(f"  transitions ({len(transitions)}):")
+        for tr in transitions:
+            print(f"    {tr['from']:>9} -> {tr['to']:<9} {tr['reason']:<16} {tr['when']}"
+                  f"{'  ' + str(tr['detail']) if tr['detail'] else ''}")
     verdict = "all safety expectations met" if not r["failures"] else "FAILED"
-    print(f"  verdict           {verdict}")
+    print(f"  verdict: {verdict}")
     for f in r["failures"]:
         print(f"    - {f}")
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery demo", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=20.0, help="length of the surgery")
     p.add_argument("--headless", action="store_true", help="no video window (HUD to files)")
     p.add_argument("--report", type=Path, default=Path("out/demo/report.json"))

@@ -37,7 +37,11 @@ class LinkTimeout(TelesurgeryError, TimeoutError):
     """A request on the link got no answer in time."""
 
 
-class SerialLinkError(TelesurgeryError, OSError):
+class ManipulatorError(TelesurgeryError, OSError):
+    """The manipulator's port or bus failed, or it is not connected."""
+
+
+class SerialLinkError(ManipulatorError):
     """The serial port to the manipulator failed or vanished."""
 
 

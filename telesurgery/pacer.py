@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,15 @@ def try_realtime(priority: int = 50, *, children_inherit: bool = False) -> bool:
     log.info("SCHED_FIFO priority %d", priority)
     return True
 
+
+HELPER_PRIORITY = 20
+"""SCHED_FIFO priority of the control process's helper threads (audit, log writer).
+
+Not for their own sake: every thread of the control process takes the GIL, and a
+helper preempted by an unrelated busy process *while holding it* stalls the control
+thread until the helper runs again (measured: period errors of milliseconds on a
+loaded machine). At a low real-time priority a helper is never preempted by
+ordinary processes, so it releases the GIL within the switch interval."""
 
 SPIN_LEAD_NS = 80_000
 """How long before a deadline a SCHED_FIFO loop stops sleeping and spins: above the
@@ -130,8 +140,20 @@ class Pacer:
         self._start_ns = time.monotonic_ns()
         self._index = 0
 
-    def wait(self) -> Tick:
-        """Sleep until the next deadline and report how late the wake-up was."""
+    def shift(self, delta_ns: int) -> None:
+        """Move the whole grid by ``delta_ns`` (the caller bounds it; see ``PhaseLock``)."""
+        self._start_ns += delta_ns
+
+    def next_deadline_ns(self) -> int:
+        return self._start_ns + (self._index + 1) * self.period_ns
+
+    def wait(self, waiter: Callable[[int], None] | None = None) -> Tick:
+        """Sleep until the next deadline and report how late the wake-up was.
+
+        ``waiter(until_ns)``, when given, is called instead of the sleep: it must
+        return at ``until_ns`` (not much later) and may do work meanwhile, e.g.
+        take input from a socket as it arrives. The deadline stays the grid's.
+        """
         self._index += 1
         deadline = self._start_ns + self._index * self.period_ns
         now = time.monotonic_ns()
@@ -145,7 +167,10 @@ class Pacer:
             deadline += skipped * self.period_ns
         remaining = deadline - now
         if remaining > self.spin_ns:
-            time.sleep((remaining - self.spin_ns) / 1e9)
+            if waiter is None:
+                time.sleep((remaining - self.spin_ns) / 1e9)
+            else:
+                waiter(deadline - self.spin_ns)
         actual = time.monotonic_ns()
         while actual < deadline:  # the spin lead (a plain sleep never returns early)
             actual = time.monotonic_ns()
@@ -172,3 +197,87 @@ class Pacer:
         end = self._count % len(self._errors)
         idx = (np.arange(end - n, end)) % len(self._errors)
         return int(np.percentile(np.abs(self._errors[idx]), 99) / 1000)
+
+
+class PhaseLock:
+    """Slews a ``Pacer``'s grid so each period starts just after a command arrives.
+
+    The console sends at the loop's rate; without a lock, a command waits between
+    0 and one period for the next tick (up to 1 ms at 1 kHz, on every command). The
+    lock observes each arrival's phase within the period and moves the grid, by at
+    most ``max_step_ns`` per adjustment (2 % of a 1 ms period, once per ``every``
+    periods), so that the late arrivals (``quantile``) land ``lead_ns`` before a
+    deadline and the usual one just before it. It only ever nudges: with no commands
+    it does nothing and the loop keeps its own rate, so no safety check depends on
+    commands arriving.
+    """
+
+    def __init__(self, period_ns: int, lead_ns: int, *, max_step_ns: int = 20_000,
+                 every: int = 128, quantile: float = 0.02) -> None:
+        if not 0 <= lead_ns < period_ns:
+            raise ValueError(f"lead_ns must be in [0, period_ns), got {lead_ns}")
+        if not 0.0 <= quantile <= 0.5:
+            raise ValueError(f"quantile must be in [0, 0.5], got {quantile}")
+        self.period_ns = period_ns
+        self.lead_ns = lead_ns
+        self.max_step_ns = max_step_ns
+        self.every = every
+        self.quantile = quantile
+        """Which arrivals to lock on: 0.02 puts all but the latest 2 % ``lead_ns`` or
+        more before their deadline (a command that misses it waits a whole period)."""
+        self._phases = np.zeros(every, dtype=np.int64)
+        self._n = 0
+        self.shifted_ns = 0
+        """Sum of every shift applied: how far the grid moved over the run."""
+        self.adjustments = 0
+
+    def on_arrival(self, recv_ns: int, deadline_ns: int) -> None:
+        """Record one arrival; ``deadline_ns`` is any deadline of the grid (only the
+        arrival's phase counts)."""
+        # How far before a deadline it came, folded into one period.
+        self._phases[self._n % self.every] = (deadline_ns - recv_ns) % self.period_ns
+        self._n += 1
+
+    def correction(self) -> int:
+        """The shift to apply now (0 until ``every`` arrivals were seen since the last)."""
+        if self._n < self.every:
+            return 0
+        self._n = 0
+        # Phases are circular (a command just late for one deadline is early for the
+        # next): centre them on their circular mean, then take the quantile.
+        angles = self._phases * (2 * np.pi / self.period_ns)
+        mean = np.arctan2(np.sin(angles).mean(), np.cos(angles).mean())
+        ref = int(mean * self.period_ns / (2 * np.pi)) % self.period_ns
+        half = self.period_ns // 2
+        rel = (self._phases - ref + half) % self.period_ns - half
+        before = ref + int(np.quantile(rel, self.quantile))
+        # before > lead: the command waits too long; move deadlines earlier.
+        err = self.lead_ns - before
+        step = max(-self.max_step_ns, min(self.max_step_ns, err))
+        if step:
+            self.adjustments += 1
+            self.shifted_ns += step
+        return step
+
+
+def realtime_permitted(priority: int = 1) -> bool:
+    """Whether a thread of this process may take SCHED_FIFO, tried on a throw-away thread.
+
+    libzmq aborts the process when it cannot apply a context's thread priority, so
+    the robot asks this before it sets ``zmq.THREAD_SCHED_POLICY``.
+    """
+    import threading
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            result.append(True)
+        except (OSError, AttributeError):
+            result.append(False)
+
+    t = threading.Thread(target=probe, name="rt-probe", daemon=True)
+    t.start()
+    t.join(5.0)
+    return bool(result and result[0])

@@ -7,10 +7,35 @@ dominates, and these run every control period on both sides of the link.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 Vec3 = tuple[float, float, float]
 Quat = tuple[float, float, float, float]
+Pose = tuple[Vec3, Quat]
+"""Position (m) and orientation: the one pose type of the project (the wire has its own
+``transport.schema.Pose`` dataclass, built from and into this)."""
 IDENTITY: Quat = (1.0, 0.0, 0.0, 0.0)
+UNIT_TOL = 1e-3
+"""How far from norm 1 a quaternion may be and still count as a rotation (wire, limits,
+anchor, devices): float32 rounding stays far inside it, corruption does not."""
+
+
+def unit_or_none(q: Sequence[float]) -> Quat | None:
+    """``q`` normalised, or None when it is not 4 finite numbers of norm 1 +- ``UNIT_TOL``."""
+    if len(q) != 4:
+        return None
+    w, x, y, z = (float(c) for c in q)
+    norm = math.sqrt(w * w + x * x + y * y + z * z)
+    if not math.isfinite(norm) or abs(norm - 1.0) > UNIT_TOL:
+        return None
+    return (w / norm, x / norm, y / norm, z / norm)
+
+
+def as_pose(position: Sequence[float] | Any, quat: Sequence[float]) -> Pose:
+    """Plain-float pose from any sequences (numpy arrays from kinematics included)."""
+    return ((float(position[0]), float(position[1]), float(position[2])),
+            (float(quat[0]), float(quat[1]), float(quat[2]), float(quat[3])))
 
 
 def quat_mul(a: Quat, b: Quat) -> Quat:
@@ -60,3 +85,12 @@ def quat_relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
 def quat_angle(a: Quat, b: Quat) -> float:
     """Angle in radians of the rotation between unit quaternions ``a`` and ``b``."""
     return quat_relative(a, b)[0]
+
+
+def quat_scale_angle(q: Quat, factor: float) -> Quat:
+    """The rotation ``q`` with its angle multiplied by ``factor`` (same axis, short way)."""
+    if factor == 1.0:
+        return q
+    angle, axis = quat_relative(IDENTITY, q)
+    a = angle * factor
+    return quat_from_rotvec((axis[0] * a, axis[1] * a, axis[2] * a))

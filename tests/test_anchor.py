@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -114,3 +115,30 @@ def test_alignment_tolerance() -> None:
     q = rot((1, 1, 0), 0.7)
     assert Anchor.aligned(q, tuple(-c for c in q), tol)  # q and -q are one orientation
     assert not Anchor.aligned((math.nan, 0, 0, 0), IDENT, math.pi)
+
+
+# ------------------------------------------------------------------ the rotation gain (robot)
+F_QUAT = rot((0.0, 1.0, 0.2), 0.4)
+
+
+def test_rotation_gain_scales_the_master_rotation_since_the_anchor() -> None:
+    half = Anchor(rotation_scale=0.5)
+    half.anchor((0.0, 0.0, 0.0), IDENT, (0.35, 0.0, 0.25), F_QUAT)
+    _, quat = half.follower_target((0.0, 0.0, 0.0), rot((0.0, 0.0, 1.0), 0.8), 1.0)
+    assert quat_angle(quat, quat_mul(rot((0.0, 0.0, 1.0), 0.4), F_QUAT)) < 1e-12
+    with pytest.raises(ValueError, match="rotation_scale"):
+        Anchor(rotation_scale=1.5)
+
+
+def test_scaled_rotation_stays_continuous_through_a_full_turn() -> None:
+    # Scaling a relative rotation takes the short way round: without re-basing, the
+    # target would flip by rotation_scale x 2 pi when the master passes pi.
+    a = Anchor(rotation_scale=0.3)
+    a.anchor((0.0, 0.0, 0.0), IDENT, (0.35, 0.0, 0.25), F_QUAT)
+    steps = 400
+    outs = [a.follower_target((0.0, 0.0, 0.0), rot((0.0, 0.0, 1.0), 2 * math.pi * i / steps),
+                              0.2)[1] for i in range(steps + 1)]
+    worst = max(quat_angle(p, q) for p, q in itertools.pairwise(outs))
+    assert worst <= 1.5 * 0.3 * 2 * math.pi / steps, f"target jumped {worst:.3f} rad"
+    # And the turns add up: a full master turn is 0.3 of a turn of the follower.
+    assert quat_angle(F_QUAT, outs[-1]) == pytest.approx(0.3 * 2 * math.pi, abs=1e-3)

@@ -505,8 +505,8 @@ def test_witness_says_which_records_are_proven_and_where_the_proof_ends(tmp_path
 
 
 def test_verify_on_a_missing_log_says_so(tmp_path, capsys):
-    assert audit_cli.main(["verify", str(tmp_path / "nothing.audit")]) == 2
-    assert "no audit log at" in capsys.readouterr().out
+    assert audit_cli.main(["verify", str(tmp_path / "nothing.audit")]) == 1
+    assert "nothing to verify" in capsys.readouterr().out
 
 
 # --- 12.10(a): a safety record is on disk before it is reported ------------------------------

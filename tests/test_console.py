@@ -139,10 +139,7 @@ def test_bad_device_sends_operator_absent_and_says_why(
     device = TurnsBad(failure)
     device.open()
     shared = ConsoleShared(video_stale=False)
-    # What the session thread does on engage: anchor the mapper at the follower.
-    shared.anchor_pose, shared.anchor_gen = HOME, 1
-    thread = CommandThread(console, device, TeleopMapper(TeleopConfig(scale=1.0,
-                                                                      rate_hz=RATE_HZ)),
+    thread = CommandThread(console, device, TeleopMapper(TeleopConfig(rate_hz=RATE_HZ)),
                            shared, period_ns=int(1e9 / RATE_HZ), realtime=False)
     thread.start()
     try:
@@ -157,7 +154,7 @@ def test_bad_device_sends_operator_absent_and_says_why(
     assert not any(present[first_absent:])
     assert len(present) - first_absent >= 20
     for c in got[first_absent:]:
-        # ... holds at the last target and carries nothing non-finite.
+        # ... carries the last good pose and nothing non-finite.
         assert all(math.isfinite(v) for v in (*c.position, *c.orientation, c.grip))
         assert c.grip == 0.0
     assert got[first_absent].position == pytest.approx(got[first_absent - 1].position,
@@ -206,3 +203,28 @@ def test_session_clears_a_fault_it_finds_before_arming(
         session.join(5.0)
     assert "clear_fault" in ops, f"the console only asked {sorted(set(ops))}"
     assert "arm" not in ops[:ops.index("clear_fault")]
+
+
+def test_telemetry_queued_during_engage_is_no_trip(links: tuple[RobotLink, ConsoleLink]) -> None:
+    """Telemetry published before the robot answered "engage" still says ready (or the
+    hold being resumed); read after the reply it must not count as the robot stopping,
+    or the console thinks itself disengaged while the arm follows (and its stale-picture
+    lockout, which acts only while engaged, would be off)."""
+    _, console = links
+    shared = ConsoleShared(video_stale=False)
+    session = SessionThread(console, SessionConfig(), shared, int(1e9 / RATE_HZ))
+
+    def tlm(seq: int, state: str, reason: str) -> Telemetry:
+        return Telemetry(seq=seq, t_ns=0, state=state, reason=reason, measured_js=(0.0,) * 6,
+                         setpoint_js=(0.0,) * 6, measured_cp=Pose(*HOME),
+                         setpoint_cp=Pose(*HOME), link=LinkReport(), scale=0.2, estop=False)
+
+    session._inbound(tlm(1, "hold", "command_timeout"), 1)
+    shared.engaged = True  # the engage reply arrived; these were queued before it
+    session._inbound(tlm(2, "hold", "command_timeout"), 2)
+    session._inbound(tlm(3, "ready", "armed"), 3)
+    assert shared.engaged and shared.trips == []
+    session._inbound(tlm(4, "following", "engaged"), 4)
+    session._inbound(tlm(5, "hold", "loss_burst"), 5)
+    assert not shared.engaged and [t["reason"] for t in shared.trips] == ["loss_burst"]
+    assert shared.telemetry_ns == 5

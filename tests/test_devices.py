@@ -197,7 +197,6 @@ def test_gamepad_stall_does_not_become_a_jump(pad: tuple[InputDevice, int]) -> N
 def test_gamepad_disconnect_fails_safe_and_tells_why(pad: tuple[InputDevice, int]) -> None:
     dev, w = pad
     mapper = TeleopMapper(TeleopConfig())
-    mapper.anchor((0.35, 0.0, 0.25), (1.0, 0.0, 0.0, 0.0))
     os.write(w, _event(1, gp.JS_EVENT_BUTTON, gp.BUTTON_PRESENT))
     assert mapper.update(dev.read(0)).valid
     os.close(w)  # unplugged mid-stream
@@ -314,7 +313,6 @@ def test_haptic_force_is_clamped_and_zeroed_on_close() -> None:
 def test_device_yielding_nan_is_refused_with_a_reason() -> None:
     backend = VirtualHapticBackend()
     mapper = TeleopMapper(TeleopConfig())
-    mapper.anchor((0.35, 0.0, 0.25), (1.0, 0.0, 0.0, 0.0))
     with HapticDevice(DeviceConfig(kind="haptic"), backend) as dev:
         assert mapper.update(dev.read(0)).valid
         backend.state = HapticState((math.nan, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0), 0x02)

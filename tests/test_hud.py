@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -10,10 +11,23 @@ import cv2
 import numpy as np
 import pytest
 
+from operator_console.status_view import format_status
 from operator_console.video.display import Display
-from operator_console.video.hud import AMBER, GREEN, RED, HudState, hud_layout, render_hud
+from operator_console.video.hud import (
+    AMBER,
+    GREEN,
+    RED,
+    HudState,
+    hud_layout,
+    hud_lines,
+    render_hud,
+)
+from operator_console.view import UNKNOWN_TITLE, SurgeonView, banner
+from operator_console.wording import describe
 from robot_side.video.synthetic import SyntheticScene
+from safety.states import Reason
 from telesurgery.errors import VideoError
+from transport import schema
 
 W, H = 1280, 720
 BASE = SyntheticScene(W, H, 30.0).render(5, 0)
@@ -166,3 +180,115 @@ def test_a_window_without_a_screen_is_an_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(VideoError, match="headless"):
         Display(headless=False)
+
+
+# ---------------------------------------------------------------- what the surgeon is shown
+def telemetry(seq: int, state: str, reason: str) -> schema.Telemetry:
+    return schema.Telemetry(
+        seq=seq, t_ns=0, state=state, reason=reason, measured_js=(), setpoint_js=(),
+        measured_cp=schema.Pose(), setpoint_cp=schema.Pose(),
+        link=schema.LinkReport(rtt_us=900, latency_us=400, jitter_us=100, loss=0.0),
+        scale=0.2, estop=False)
+
+
+def build(view: SurgeonView, tlm: schema.Telemetry | None, tlm_ns: int | None, now: int, *,
+          message: str = "", message_ns: int = 0) -> HudState:
+    return view.build(tlm=tlm, tlm_recv_ns=tlm_ns, now_ns=now, message=message,
+                      message_ns=message_ns, teleop_why="", clutch=False,
+                      operator_present=True, scale=0.2, video_age_ms=30.0)
+
+
+MS = 1_000_000
+
+
+def test_late_telemetry_never_shows_the_last_state() -> None:
+    view = SurgeonView(stale_ms=250.0, telemetry_stale_ms=300.0)
+    tlm = telemetry(1, "following", "engaged")
+    fresh = build(view, tlm, 0, 299 * MS)
+    assert (fresh.shown_state, fresh.rtt_ms, fresh.telemetry_age_ms) == ("following", 0.9, 299.0)
+    late = build(view, tlm, 0, 301 * MS)
+    assert late.robot_unknown and late.shown_state == "unknown"
+    assert (late.rtt_ms, late.latency_ms, late.jitter_ms) == (None, None, None)
+    text = " ".join(t for t, _ in hud_lines(late))
+    assert "FOLLOWING" not in text.upper() and "UNKNOWN" in text and "0.9" not in text
+    b = banner(late)
+    assert b is not None and b.title == UNKNOWN_TITLE and b.severity == "red"
+    assert "301 ms ago" in b.detail
+    never = build(view, None, None, 10 * MS)
+    assert never.robot_unknown and banner(never) is not None
+
+
+def test_unknown_robot_state_turns_the_hud_red() -> None:
+    view = SurgeonView(stale_ms=250.0)
+    late = build(view, telemetry(1, "following", "engaged"), 0, 2000 * MS)
+    image = draw(late)
+    assert border_colour(image) == RED
+    assert dominant(image, LAY.banner) == RED
+    assert border_colour(draw(build(view, telemetry(2, "following", "engaged"), 0,
+                                    10 * MS))) == GREEN
+
+
+def test_status_view_says_unknown_not_the_last_state() -> None:
+    view = SurgeonView(stale_ms=250.0)
+    late = build(view, telemetry(1, "following", "engaged"), 0, 5000 * MS)
+    text = format_status(late, color=False)
+    assert "ROBOT STATE UNKNOWN" in text and "5.0 s ago" in text
+    assert "FOLLOWING" not in text and "rtt --" in text and "loss --" in text
+    fresh = format_status(build(view, telemetry(2, "following", "engaged"), 0, 20 * MS),
+                          color=False)
+    assert "FOLLOWING" in fresh and "20 ms ago" in fresh and "rtt 0.9 ms" in fresh
+
+
+def test_warnings_are_plain_words_and_expire() -> None:
+    view = SurgeonView(stale_ms=250.0, warning_ttl_s=8.0)
+    tlm = telemetry(1, "hold", "loss_burst")
+    hud = build(view, tlm, 0, 1 * MS, message="engage refused: loss_burst", message_ns=0)
+    assert hud.warnings == ("Cannot engage: link dropping packets: arm holding. "
+                            "Re-engage when the link is green.",)
+    assert build(view, tlm, 8100 * MS, 8100 * MS, message="engage refused: loss_burst",
+                 message_ns=0).warnings == ()
+
+
+def test_the_cause_of_the_last_stop_stays_until_the_next_engage() -> None:
+    view = SurgeonView(stale_ms=250.0)
+    seq = iter(range(1, 100))
+    assert build(view, telemetry(next(seq), "following", "engaged"), 0, 0).last_stop == ""
+    for state, reason in [("hold", "command_timeout"), ("fault", "hold_escalated"),
+                          ("ready", "fault_cleared")]:
+        hud = build(view, telemetry(next(seq), state, reason), 0, 0)
+        assert hud.last_stop == "command_timeout", (state, reason)
+    b = banner(hud)
+    assert b is not None and b.title.startswith("LAST STOP") and "Link lost" in b.title
+    hud = build(view, telemetry(next(seq), "following", "engaged"), 0, 0)
+    assert hud.last_stop == "" and banner(hud) is None
+    # The surgeon's own stops are no cause to report.
+    hud = build(view, telemetry(next(seq), "hold", "clutch"), 0, 0)
+    assert hud.last_stop == ""
+
+
+def test_fault_banner_names_the_escalation_and_its_cause() -> None:
+    view = SurgeonView(stale_ms=250.0)
+    build(view, telemetry(1, "following", "engaged"), 0, 0)
+    build(view, telemetry(2, "hold", "command_timeout"), 0, 0)
+    b = banner(build(view, telemetry(3, "fault", "hold_escalated"), 0, 0))
+    assert b is not None and b.severity == "red"
+    assert "Hold lasted too long" in b.title and "Link lost" in b.title
+    assert b.detail == "Clear the fault when the link is green."
+
+
+@pytest.mark.parametrize("reason", list(Reason))
+def test_every_reason_code_has_plain_words(reason: Reason) -> None:
+    p = describe(reason)
+    assert p.what and "_" not in p.what, reason
+
+
+def test_headless_display_logs_what_each_written_frame_said(tmp_path: Path) -> None:
+    view = SurgeonView(stale_ms=250.0)
+    with Display(headless=True, out_dir=tmp_path, every_n=1) as display:
+        display.show(BASE.copy(), build(view, telemetry(1, "following", "engaged"), 0, 0))
+        display.show(BASE.copy(), build(view, telemetry(1, "following", "engaged"), 0,
+                                        1000 * MS))
+    records = [json.loads(line) for line in (tmp_path / "hud.jsonl").read_text().splitlines()]
+    assert [r["state"] for r in records] == ["following", "unknown"]
+    assert records[0]["banner"] is None
+    assert records[1]["banner"].startswith(UNKNOWN_TITLE)

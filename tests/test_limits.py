@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 
 from safety.config import MotionLimits
 from safety.limits import (
+    MAX_SPAN_PERIODS,
     CartesianLimiter,
     JointLimiter,
     TrackingMonitor,
     quat_angle,
 )
+from safety.states import Reason
 
 PERIOD = 0.001
 LIM = MotionLimits()
@@ -84,6 +86,22 @@ def test_rotation_jump_faults():
     result = lim.limit(HOME, rot_z(11 * STEP_RAD))
     assert result.fault == "setpoint_jump"
     assert result.quat == IDENTITY
+
+
+def test_jump_bound_scales_with_elapsed_time_up_to_its_cap():
+    """Issue 12.10(e): the span that stretches the jump bound is capped; a long (or
+    claimed-long) gap never lets an arbitrary step through."""
+    step_at_cap = LIM.jump_fault_factor * STEP * MAX_SPAN_PERIODS
+    lim = limiter()
+    # Two commands 5 periods apart may move 5x as far: jitter is not an attack.
+    five = (HOME[0] + 40 * STEP, HOME[1], HOME[2])
+    assert lim.limit(five, IDENTITY, elapsed_s=5 * PERIOD).fault is None
+    # Ten seconds "elapsed" still allows no more than the capped bound.
+    far = (five[0] + 1.1 * step_at_cap, HOME[1], HOME[2])
+    result = lim.limit(far, IDENTITY, elapsed_s=10.0)
+    assert result.fault == Reason.SETPOINT_JUMP
+    assert lim.limit((five[0] + 0.9 * step_at_cap, HOME[1], HOME[2]), IDENTITY,
+                     elapsed_s=10.0).fault is None
 
 
 def test_below_jump_factor_is_clamped_not_faulted():

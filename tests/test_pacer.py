@@ -75,3 +75,59 @@ def test_the_spin_lead_never_wakes_before_the_deadline() -> None:
 def test_a_spin_lead_outside_the_period_is_refused(spin_ns: int) -> None:
     with pytest.raises(ValueError, match="spin_ns"):
         Pacer(1_000_000, spin_ns=spin_ns)
+
+
+def test_the_waiter_replaces_the_sleep_and_the_deadline_stays() -> None:
+    pacer = Pacer(2_000_000)
+    calls: list[int] = []
+
+    def waiter(until_ns: int) -> None:
+        calls.append(until_ns)
+        while time.monotonic_ns() < until_ns:
+            time.sleep(0.0002)
+
+    tick = pacer.wait(waiter)
+    assert calls == [tick.expected_ns]  # no spin lead set: wait to the deadline itself
+    assert tick.actual_ns >= tick.expected_ns
+
+
+def test_shift_moves_every_later_deadline() -> None:
+    pacer = Pacer(1_000_000)
+    before = pacer.next_deadline_ns()
+    pacer.shift(-30_000)
+    assert pacer.next_deadline_ns() == before - 30_000
+
+
+def _lock_onto(arrival_phase_ns: int, lead_ns: int = 50_000, rounds: int = 400) -> int:
+    """Simulated arrivals ``arrival_phase_ns`` (+ jitter) after each deadline of a
+    shifting grid; returns how long before its deadline the latest recent arrival came."""
+    from telesurgery.pacer import PhaseLock
+
+    period = 1_000_000
+    lock = PhaseLock(period, lead_ns, max_step_ns=20_000, every=16, quantile=0.0)
+    grid = 0  # where the grid's deadlines sit (mod period)
+    befores: list[int] = []
+    for k in range(rounds * 16):
+        arrival = k * period + arrival_phase_ns + (k % 5) * 10_000  # jitter: 0..40 us late
+        nxt = grid + ((arrival - grid) // period + 1) * period
+        befores.append(nxt - arrival)
+        lock.on_arrival(arrival, nxt)
+        grid += lock.correction()
+        # Never more than the bounded step at once: the loop's rate stays its own.
+        assert abs(lock.correction()) == 0
+    return min(befores[-16:])
+
+
+@pytest.mark.parametrize("phase_us", [0, 10, 300, 700, 990])
+def test_phase_lock_starts_periods_just_after_commands_arrive(phase_us: int) -> None:
+    # Locked on the latest arrivals (quantile 0): the latest comes ~lead before its deadline.
+    latest = _lock_onto(phase_us * 1000)
+    assert abs(latest - 50_000) <= 20_000, latest
+
+
+def test_phase_lock_without_arrivals_never_moves_the_grid() -> None:
+    from telesurgery.pacer import PhaseLock
+
+    lock = PhaseLock(1_000_000, 50_000)
+    assert all(lock.correction() == 0 for _ in range(10_000))
+    assert lock.adjustments == 0

@@ -3,7 +3,7 @@
 A small simulated robot node runs one control step per period the way the real one will:
 
     health   = watchdog.evaluate(now, linkstats.snapshot(now), clocksync.rtt, fresh)
-    decision = supervisor.step(now, StepInputs(fresh, present, clutch, health))
+    decision = supervisor.step(now, StepInputs(present, clutch, health))
     if decision.motion_allowed:
         if decision.reanchor: anchor.anchor(master, follower); limiter.reset(follower)
         result = limiter.limit(*anchor.follower_target(master, scale * decision.scale))
@@ -114,17 +114,19 @@ class Sim:
         master = self.received_master
         if self.one_shot_master is not None and self.sending:
             master, self.one_shot_master = self.one_shot_master, None  # type: ignore[assignment]
-        fresh = (self.last_send_ns is not None
-                 and now - self.last_send_ns <= WD.command_timeout_ms * MS)
+        # The sim's own account of the command timeout, by the robot's receive times
+        # (the gap between fresh commands); each command's age is bounded at delivery.
+        fresh = (self.last_fresh_recv_ns is not None
+                 and now - self.last_fresh_recv_ns <= WD.command_timeout_ms * MS)
         health = self.wd.evaluate(now, self.ls.snapshot(now), self.cs.rtt_ns, self.cs.fresh(now))
-        inputs = StepInputs(fresh, self.present, self.clutch, health)
+        inputs = StepInputs(self.present, self.clutch, health)
         d = self.sup.step(now, inputs)
         self._track_health(now)
         before = self.follower
         if d.motion_allowed:
             self._move(now, d, master)
         self._drain()
-        self._check(before, d, inputs)
+        self._check(before, d, inputs, fresh)
 
     def _deliver(self, now: int) -> None:
         self.received_master = self.master
@@ -198,7 +200,7 @@ class Sim:
                 self.tripped = True
 
     def _check(self, before: tuple[tuple[float, ...], ...], d: Decision,
-               inputs: StepInputs) -> None:
+               inputs: StepInputs, fresh: bool) -> None:
         pos, quat = self.follower
         assert all(math.isfinite(c) for c in (*pos, *quat))
         lo, hi = MOTION.workspace_min, MOTION.workspace_max
@@ -207,7 +209,7 @@ class Sim:
         assert step <= STEP_M + 1e-12
         assert quat_angle(before[1], quat) <= STEP_RAD + 1e-9  # type: ignore[arg-type]
         if d.motion_allowed:
-            assert inputs.command_fresh and inputs.operator_present and not inputs.clutch
+            assert fresh and inputs.operator_present and not inputs.clutch
             assert inputs.health.ok
             assert self.link_fault(self.now) is None, self.link_fault(self.now)
         if self.follower != before:

@@ -18,7 +18,8 @@ GOLDEN = Path(__file__).parent / "golden"
 SAMPLES: dict[str, s.Message] = {
     "cmd": s.Command(seq=42, t_send_ns=1_000_000_123, position=(0.1, -0.05, 0.2),
                      orientation=(1.0, 0.0, 0.0, 0.0), grip=0.25, clutch=False,
-                     operator_present=True, video_age_us=33_000),
+                     operator_present=True, video_age_us=33_000,
+                     t_sample_ns=999_000_100),
     "ctl": s.ControlRequest(req_id=7, op="set_scale", value=0.2),
     "ctl_ack": s.ControlReply(req_id=7, ok=True, state="ready", reason="scale_set",
                               detail="scale 0.2"),

@@ -26,7 +26,10 @@ def tripped(reason: Reason) -> LinkHealth:
 
 def inputs(health: LinkHealth | None = None, *, fresh: bool = True, present: bool = True,
            clutch: bool = False) -> StepInputs:
-    return StepInputs(fresh, present, clutch, health or healthy())
+    """``fresh=False``: the link watchdog, the one judge of command timeouts, says so."""
+    if health is None:
+        health = healthy() if fresh else tripped(Reason.COMMAND_TIMEOUT)
+    return StepInputs(present, clutch, health)
 
 
 def following(t: int = SETTLE) -> Supervisor:
@@ -67,7 +70,7 @@ def test_starts_disabled_and_never_moves_before_engage() -> None:
 @pytest.mark.parametrize(("step_in", "health", "aligned", "refusal"), [
     (None, healthy(), True, Reason.OPERATOR_ABSENT),  # no step yet: presence unknown
     (inputs(present=False), healthy(), True, Reason.OPERATOR_ABSENT),
-    (inputs(fresh=False), healthy(), True, Reason.COMMAND_TIMEOUT),
+    (inputs(), tripped(Reason.COMMAND_TIMEOUT), True, Reason.COMMAND_TIMEOUT),
     (inputs(), tripped(Reason.LOSS_BURST), True, Reason.LOSS_BURST),
     (inputs(), healthy(since_ns=1), True, Reason.NOT_SETTLED),
     (inputs(), LinkHealth(True, None, False, 1.0, "", None), True, Reason.NOT_SETTLED),

@@ -79,3 +79,29 @@ def test_a_video_process_whose_node_was_killed_exits_by_itself(tmp_path: Path) -
     if not gone:
         psutil.Process(pid).kill()
     assert gone, "the orphaned video process kept running after its node was killed"
+
+
+def test_keyframe_requests_go_straight_to_the_video_process(tmp_path: Path) -> None:
+    import zmq
+
+    init_keys(tmp_path / "keys")
+    vp = VideoProcess(VIDEO, LinkConfig(video_port=0, keys_dir=tmp_path / "keys"),
+                      tmp_path / "keys", control_dir=tmp_path)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    vp.start()
+    line = vp.control(ctx)
+    try:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            line.request_keyframe("decode_error")
+            line.report_video_age(40_000)
+            time.sleep(0.2)
+            vp.poll()
+            if vp.stats.get("keyframe_requests", 0) >= 3:
+                break
+    finally:
+        line.close()
+        vp.stop()
+        ctx.term()
+    assert vp.stats.get("keyframe_requests", 0) >= 3, vp.summary()
+    assert vp.exitcode == 0

@@ -36,6 +36,7 @@ from pathlib import Path
 import zmq.auth
 
 from telesurgery.errors import AuthError
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def init_keys(root: Path, observers: Sequence[str] = (), force: bool = False) ->
         _check_name(name)
     if _robot_dir(root).exists() and not force:
         raise AuthError(f"{_robot_dir(root)} already exists; refusing to replace keys "
-                        "(pass --force to start over)")
+                        "(telesurgery keys init --force starts over)")
     for sub in ("robot", "console", "observers"):
         shutil.rmtree(root / sub, ignore_errors=True)
     _private_dir(root)
@@ -249,7 +250,8 @@ def main(argv: list[str]) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, default=Path("keys"), help="keys root")
     common.add_argument("-v", "--verbose", action="store_true")
-    parser = argparse.ArgumentParser(prog="telesurgery keys", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="telesurgery keys",
+                                     description=plain_help(__doc__).split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_init = sub.add_parser("init", parents=[common], help="create all key pairs")
     p_init.add_argument("--observer", action="append", default=[], metavar="NAME")

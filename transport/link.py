@@ -202,7 +202,10 @@ class RobotLink(_Link):
     """The robot's four server sockets behind a fail-closed authenticator."""
 
     def __init__(self, cfg: LinkConfig, keys: ServerKeys,
-                 ctx: zmq.Context[Any] | None = None, *, video: bool = True) -> None:
+                 ctx: zmq.Context[Any] | None = None, *, video: bool = True,
+                 command: bool = True) -> None:
+        """``command=False``: the robot's control thread binds the command socket
+        itself (robot_side.command_port) in ``ctx``, behind this link's authenticator."""
         super().__init__(ctx)
         self._arrivals: deque[Arrival] = deque(maxlen=ARRIVALS_MAX)
         self._console: bytes | None = None
@@ -219,8 +222,10 @@ class RobotLink(_Link):
                 self._monitors[self._add(sock.get_monitor_socket(_MONITORED))] = name
                 return sock
 
-            self._command = server("command", zmq.PULL, cfg.command_port, "surgeon",
-                                   hwm=COMMAND_RCVHWM)
+            self._command: zmq.Socket[Any] | None = None
+            if command:
+                self._command = server("command", zmq.PULL, cfg.command_port, "surgeon",
+                                       hwm=COMMAND_RCVHWM)
             self._control = server("control", zmq.ROUTER, cfg.control_port, "surgeon",
                                    hwm=CONTROL_HWM)
             # A reply to a console that is gone must fail loudly, not vanish.
@@ -234,8 +239,9 @@ class RobotLink(_Link):
         except BaseException:
             self.close()
             raise
-        named = [("command", self._command), ("control", self._control),
-                 ("telemetry", self._telemetry)]
+        named = [("control", self._control), ("telemetry", self._telemetry)]
+        if self._command is not None:
+            named.insert(0, ("command", self._command))
         if self.video_socket is not None:
             named.append(("video", self.video_socket))
         self.endpoints = {name: bound_port(sock) for name, sock in named}
@@ -252,7 +258,7 @@ class RobotLink(_Link):
         out: list[Inbound] = []
         if self._control in ready:
             out.extend(self._drain_control())
-        if self._command in ready:
+        if self._command is not None and self._command in ready:
             newest = self._drain_commands()
             if newest is not None:
                 out.append(newest)
@@ -305,6 +311,8 @@ class RobotLink(_Link):
         return user
 
     def _drain_commands(self) -> Inbound | None:
+        if self._command is None:
+            return None
         commands = self._drain(self._command, "command", (Command,))
         for item in commands:
             if isinstance(item.msg, Command):  # always, by ``accept``; narrows the type

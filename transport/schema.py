@@ -176,6 +176,9 @@ class Command(Message):
     operator_present: bool
     video_age_us: int | None = None
     """Age of the frame the surgeon sees now; None when no video is shown."""
+    t_sample_ns: int | None = None
+    """When the master device was sampled for this command (console clock); the robot
+    measures console sample -> serial frame written from it. For measurement only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +322,7 @@ Command._SPEC = {
     "clutch": _bool,
     "operator_present": _bool,
     "video_age_us": _optional(_int(0, U64)),
+    "t_sample_ns": _optional(_time_ns),
 }
 ControlRequest._SPEC = {
     "req_id": _int(0, U64),

@@ -39,6 +39,7 @@ from typing import Any
 import zmq
 
 from telesurgery.errors import LinkError, SchemaError
+from telesurgery.helptext import plain_help
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, ServerKeys, init_keys
 from transport.link import ConsoleLink, RobotLink
@@ -101,7 +102,7 @@ class Schedule:
 
 def path_bench_args(prog: str, doc: str | None, argv: list[str]) -> argparse.Namespace:
     """``--seconds`` per path and ``--rate``: the options of every command-path benchmark."""
-    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=plain_help(doc).split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per path")
     parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -341,7 +342,7 @@ def check(result: dict[str, Any], count: int) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="telesurgery selftest",
-                                     description=__doc__.split("\n")[0])
+                                     description=plain_help(__doc__).split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="commands to stream")
     parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
     parser.add_argument("-v", "--verbose", action="store_true")

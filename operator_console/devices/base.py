@@ -17,12 +17,12 @@ from types import TracebackType
 
 from telesurgery.config import check, finite_positive
 from telesurgery.errors import DeviceError
-from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_normalize
+from telesurgery.quat import UNIT_TOL, Quat, Vec3, quat_from_rotvec, quat_mul, quat_normalize
 
 log = logging.getLogger(__name__)
 
 
-QUAT_NORM_TOL = 1e-3
+QUAT_NORM_TOL = UNIT_TOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,11 @@ class InputDevice(ABC):
             log.warning("%s: invalid sample #%d: %s", self.name, self.invalid_samples, why)
             raise DeviceError(f"{self.name}: invalid sample: {why}")
         return sample
+
+    def align_to(self, quat: Quat) -> bool:
+        """Turn the hand to ``quat`` (console frame) before engaging, as a motorized master
+        does; False: this device cannot, the surgeon aligns by hand."""
+        return False
 
     def close(self) -> None:
         if self.is_open:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from operator_console.devices.base import DeviceConfig, InputDevice, MasterSample
 from telesurgery.errors import DeviceError
-from telesurgery.quat import quat_from_rotvec, quat_mul
+from telesurgery.quat import quat_conj, quat_from_rotvec, quat_mul
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,14 @@ class ScriptedDevice(InputDevice):
         self._t0_ns: int | None = None
         self._cycle = 0
         self._ended = False
+        self._align: tuple[float, float, float, float] | None = None
+        self._grip_offset: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+
+    def align_to(self, quat: tuple[float, float, float, float]) -> bool:
+        """The scripted surgeon turns the pen in the hand to match the instrument (applied
+        at the next read: a right-multiplied offset keeps the recorded motion's axes)."""
+        self._align = quat
+        return True
 
     def _open(self) -> None:
         if self._given is not None:
@@ -260,6 +268,11 @@ class ScriptedDevice(InputDevice):
         q0, q1 = tr.quat[i], tr.quat[i + 1]
         q = q0 + ((q1 if np.dot(q0, q1) >= 0 else -q1) - q0) * w  # nlerp, short way
         q /= np.linalg.norm(q)
+        recorded = (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
+        if self._align is not None:
+            self._grip_offset = quat_mul(quat_conj(recorded), self._align)
+            self._align = None
+        q = np.array(quat_mul(recorded, self._grip_offset))
         return MasterSample(
             t_ns=now_ns,
             position=(float(p[0]), float(p[1]), float(p[2])),

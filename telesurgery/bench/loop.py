@@ -1,11 +1,12 @@
-"""``telesurgery bench loop``: the real control loop at 1 kHz, idle and under video load.
+"""``telesurgery bench loop``: the real control period at 1 kHz, idle and under video load.
 
-The loop is the robot node's own ``ControlCore`` (supervisor, watchdog, limits,
-IK, joint limits, serial write) following a synthetic circle, talking to the
-firmware emulator over a real pseudo-terminal in another process. It runs once
-alone and once while another process encodes 720p30 H.264, and reports the
-period error (actual wake-up minus deadline), compute time per step, overruns
-and CPU. The final line is one JSON object.
+Each period is the robot node's own read -> update -> write
+(``robot_side.period.run_period``: supervisor, watchdog, limits, IK, joint
+limits) following a synthetic circle, on the ``virtual`` manipulator backend
+(the firmware model in process), so the figures are the control core's own and
+not the pty's. It runs once alone and once while another process encodes 720p30
+H.264, and reports the period error (actual wake-up minus deadline), compute
+time per period, overruns and CPU. The final line is one JSON object.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psutil
 
-from robot_side.config import ControlConfig, RobotConfig
+from robot_side.config import ControlConfig, ManipulatorConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest
-from robot_side.driver import SerialConfig, SerialManipulator
+from robot_side.control_io import ControlInputs
 from robot_side.kinematics import Kinematics
+from robot_side.manipulator import open_manipulator
+from telesurgery.helptext import plain_help
 from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from telesurgery.quat import Quat
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
 
@@ -50,53 +51,45 @@ while True:
 """
 
 
-def _start_firmware(link: Path, home: np.ndarray) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "telesurgery.cli", "firmware-sim", "--link", str(link),
-           "--arm", "default", "--initial", ",".join(f"{q:.6f}" for q in home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    if proc.stdout is None or not proc.stdout.readline().startswith(b"PORT"):
-        proc.kill()
-        raise RuntimeError("firmware emulator did not start")
-    return proc
-
-
 def _policy_name(pid: int) -> str:
     policy = os.sched_getscheduler(pid) & ~os.SCHED_RESET_ON_FORK
     return {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO",
             os.SCHED_RR: "SCHED_RR"}.get(policy, str(policy))
 
 
-def _command(seq: int, t: float, centre: tuple[float, float, float]) -> Command:
+def _command(seq: int, t: float, centre: tuple[float, float, float], quat: Quat) -> Command:
     # A 2 cm circle at 0.5 Hz in master space: typical slow surgical motion.
     r = 0.02
     return Command(seq=seq, t_send_ns=time.monotonic_ns(),
                    position=(centre[0] + r * math.cos(math.pi * t) - r,
                              centre[1] + r * math.sin(math.pi * t), centre[2]),
-                   orientation=(0.0, 1.0, 0.0, 0.0), grip=0.5, clutch=False,
+                   orientation=quat, grip=0.5, clutch=False,
                    operator_present=True, video_age_us=30_000)
 
 
-def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
+def _run_loop(cfg: RobotConfig, seconds: float, realtime: bool = True) -> dict[str, Any]:
     kin = Kinematics.from_urdf()
-    driver = SerialManipulator(cfg.serial)
-    driver.open()
+    manip = open_manipulator(cfg)
     try:
-        core = ControlCore(cfg, kin, driver)
+        core = ControlCore(cfg, kin)
         stats = LinkStats()
-        centre, _ = kin.fk(kin.home)
+        # The hand holds the instrument's orientation: engaging requires them aligned.
+        centre, quat = kin.fk(kin.home)
         # As the robot node paces its loop (robot_side/node.py).
-        realtime = enter_realtime(50)
+        realtime = realtime and enter_realtime(50)
         pacer = Pacer(cfg.control.period_ns, spin_ns=SPIN_LEAD_NS if realtime else 0)
         proc = psutil.Process()
         proc.cpu_percent(None)
         steps: list[int] = []
+        updates: list[int] = []
         seq = 0
         t0 = time.monotonic_ns()
         end = t0 + int(seconds * 1e9)
         while time.monotonic_ns() < end:
             tick = pacer.wait()
             seq += 1
-            cmd = _command(seq, (tick.actual_ns - t0) / 1e9, tuple(centre))  # type: ignore[arg-type]
+            cmd = _command(seq, (tick.actual_ns - t0) / 1e9,
+                           tuple(centre), quat)  # type: ignore[arg-type]
             stats.on_message(seq, cmd.t_send_ns, tick.actual_ns, 0)
             view = LinkView(stats.snapshot(tick.actual_ns), 200_000, True)
             reqs = []
@@ -106,13 +99,20 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             if op is not None:
                 reqs = [PendingRequest(b"bench", ControlRequest(req_id=seq, op=op),
                                        tick.actual_ns)]
+            # robot_side.period.run_period, with the pure update timed on its own: the
+            # virtual arm's model (read/write) is the simulated firmware's cost, not ours.
             start = time.monotonic_ns()
-            core.step(tick.actual_ns, CommandSample(cmd, tick.actual_ns), view, reqs)
-            core.transitions.clear()
+            reading = manip.read()
+            t_update = time.monotonic_ns()
+            out = core.update(tick.actual_ns, reading, ControlInputs(
+                CommandSample(cmd, tick.actual_ns), view, tuple(reqs)))
+            updates.append(time.monotonic_ns() - t_update)
+            manip.write(out.frames)
             steps.append(time.monotonic_ns() - start)
         cpu = proc.cpu_percent(None)
         p = pacer.stats()
         st = np.array(steps[100:] or [0], dtype=float) / 1000
+        up = np.array(updates[100:] or [0], dtype=float) / 1000
         return {
             "period_err_p50_us": round(p.err_p50_us, 1),
             "period_err_p99_us": round(p.err_p99_us, 1),
@@ -120,6 +120,8 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             "overruns": p.overruns,
             "step_p50_us": round(float(np.percentile(st, 50)), 1),
             "step_p99_us": round(float(np.percentile(st, 99)), 1),
+            "update_p50_us": round(float(np.percentile(up, 50)), 1),
+            "update_p99_us": round(float(np.percentile(up, 99)), 1),
             "cpu_pct": round(cpu, 1),
             "sched_fifo": realtime,
             "spin_lead_us": pacer.spin_ns // 1000,
@@ -128,33 +130,23 @@ def _run_loop(cfg: RobotConfig, seconds: float) -> dict[str, Any]:
             "ticks": p.ticks,
         }
     finally:
-        driver.close()
+        manip.close()
 
 
 def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
-    kin = Kinematics.from_urdf()
-    with tempfile.TemporaryDirectory(prefix="ts-bench-loop-") as tmp:
-        link = Path(tmp) / "ttyTS0"
-        fw = _start_firmware(link, kin.home)
-        try:
-            cfg = RobotConfig(serial=SerialConfig(port=str(link)),
-                              control=ControlConfig(rate_hz=rate_hz))
-            cfg = replace(cfg)
-            alone = _run_loop(cfg, seconds)
-            load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD],
-                                    stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(1.0)
-                # The load must compete as an ordinary process: spawned at the loop's
-                # FIFO priority it would measure priority inheritance, not the loop.
-                load_policy = _policy_name(load.pid)
-                loaded = _run_loop(cfg, seconds)
-            finally:
-                load.kill()
-                load.wait()
-        finally:
-            fw.terminate()
-            fw.wait(5)
+    cfg = RobotConfig(manipulator=ManipulatorConfig(backend="virtual"),
+                      control=ControlConfig(rate_hz=rate_hz))
+    alone = _run_loop(cfg, seconds)
+    load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        # The load must compete as an ordinary process: spawned at the loop's
+        # FIFO priority it would measure priority inheritance, not the loop.
+        load_policy = _policy_name(load.pid)
+        loaded = _run_loop(cfg, seconds)
+    finally:
+        load.kill()
+        load.wait()
     out: dict[str, Any] = {"rate_hz": rate_hz, **alone}
     out.update({f"{k}_load": v for k, v in loaded.items()})
     out["load_sched_policy"] = load_policy
@@ -162,7 +154,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)
     args = p.parse_args(argv)
@@ -176,7 +168,8 @@ def main(argv: list[str]) -> int:
         print(f"{phase:>14}: period error p50 {result['period_err_p50' + '_us' + sfx]} us, "
               f"p99 {result['period_err_p99_us' + sfx]} us, max "
               f"{result['period_err_max_us' + sfx]} us, overruns {result['overruns' + sfx]}, "
-              f"step p99 {result['step_p99_us' + sfx]} us, state {result['final_state' + sfx]}")
+              f"period (read+update+write) p99 {result['step_p99_us' + sfx]} us, update "
+              f"p99 {result['update_p99_us' + sfx]} us, state {result['final_state' + sfx]}")
     print(json.dumps(result))
     return 0
 

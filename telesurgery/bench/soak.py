@@ -6,8 +6,13 @@ suturing surgeon with the demo's rotation scale, video on), each part a real
 process, for ``seconds`` of surgery with no fault injected. Every trip in the
 robot's audit log is a false trip: the soak passes only with none, with the
 arm following the surgeon and the console exiting cleanly. It reports command
-latency, glass-to-glass latency, control-loop period error and overruns from
-the processes' own summaries.
+latency, the whole path (console sample -> serial frame written) with the fault
+proxy's own share of it, glass-to-glass latency, control-loop period error and
+overruns from the processes' own summaries; alongside, in the same run, raw
+pyzmq one-way latency and the machine's stall baseline (telesurgery.bench.path),
+and the robot's CPU (control process and video encode, % of one core).
+``--command-timeout-ms`` runs it with another command timeout (the goal: no
+false trip at 50 ms nor at 20 ms).
 
 Ten minutes by default, so not part of ``telesurgery bench all``; run it as
 ``telesurgery bench soak [--seconds N]``. The last line printed is one JSON
@@ -29,9 +34,12 @@ from typing import Any
 
 from hil_tests.rig import RigOptions, SimRig
 from safety.audit import Record, read_records
+from safety.config import SafetyConfig
 from safety.states import Reason, State
+from telesurgery.bench.path import RawPair, StallBaseline
 from telesurgery.cli import setup_logging
 from telesurgery.demo import ROTATION_SCALE, build_report, cpu_seconds
+from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +51,34 @@ NOT_TRIPS = frozenset({Reason.CLUTCH, Reason.DISENGAGED, Reason.DISARMED,
 """The surgeon's own stops, and the escalation of a trip already counted."""
 
 
-def run(seconds: float = 600.0, run_dir: Path | None = None) -> dict[str, Any]:
+def run(seconds: float = 600.0, run_dir: Path | None = None, *,
+        command_timeout_ms: float | None = None) -> dict[str, Any]:
     """Run the healthy rig for ``seconds`` of surgery; returns the figures and the verdict."""
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="telesurgery-soak-") as tmp:
-            return run(seconds, Path(tmp))
+            return run(seconds, Path(tmp), command_timeout_ms=command_timeout_ms)
+    overrides: dict[str, dict[str, Any]] = {}
+    if command_timeout_ms is not None:
+        overrides["safety.watchdog"] = {"command_timeout_ms": command_timeout_ms}
     opts = RigOptions(run_dir=run_dir, console_seconds=seconds, headless=True,
-                      rotation_scale=ROTATION_SCALE)
+                      rotation_scale=ROTATION_SCALE, robot_overrides=overrides)
     t0 = time.monotonic()
     with SimRig(opts) as rig:
         rig.start()
+        # Alongside, in the same run: what the machine itself stalls, and raw pyzmq.
+        stall = StallBaseline(seconds)
+        raw = RawPair(seconds, opts.rate_hz)
+        cpu0, wall0 = rig.cpu_seconds("robot"), time.monotonic()
         deadline = t0 + seconds + _EXIT_GRACE_S
         while rig.procs["console"].poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        cpu1, wall1 = rig.cpu_seconds("robot"), time.monotonic()
+        proxy_added = rig.proxy_added_latency()
         cpu = cpu_seconds(rig)
         rig.stop()
         console_code = rig.procs["console"].returncode
         robot, console = rig.summary("robot"), rig.summary("console")
+        alongside = {**raw.results(timeout_s=30.0), **stall.results(timeout_s=30.0)}
     report = build_report(robot, console, None, cpu, console_code)
     trips = count_trips(read_records(run_dir / "audit" / "robot.audit"),
                         robot.get("link", {}).get("last_recv_ns"))
@@ -74,13 +93,37 @@ def run(seconds: float = 600.0, run_dir: Path | None = None) -> dict[str, Any]:
             "loop_overruns", "following_periods", "tracking_error_max_mm",
             "robot_final_state", "console_exit_code", "cpu_seconds")},
         "loop_ticks": robot.get("loop", {}).get("ticks"),
+        **path_figures(robot.get("path", {})),
+        "command_timeout_ms": command_timeout_ms if command_timeout_ms is not None
+        else SafetyConfig().watchdog.command_timeout_ms,
+        "stall_gaps_over_1ms": alongside.get("stall_gaps_over_1ms"),
+        "stall_gap_max_us": alongside.get("stall_gap_max_us"),
+        "raw_p50_us": alongside.get("raw_p50_us"),
+        "raw_p99_us": alongside.get("raw_p99_us"),
+        "proxy_added_p50_us": proxy_added.get("p50_us"),
+        "proxy_added_p99_us": proxy_added.get("p99_us"),
+        "robot_cpu_pct": (round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
+                          if cpu0 is not None and cpu1 is not None and wall1 > wall0 else None),
         "commands_expected": round(seconds * opts.rate_hz),
         "seconds": seconds,
         "wall_s": round(time.monotonic() - t0, 1),
     }
+    result["ratio_path_over_raw_p99"] = ratio(result.get("path_p99_us"), result["raw_p99_us"])
     result["failures"] = evaluate(result)
     result["ok"] = not result["failures"]
     return result
+
+
+def path_figures(path: dict[str, Any]) -> dict[str, Any]:
+    """The robot summary's ``"path"`` (console sample -> serial frame written) as flat keys."""
+    out: dict[str, Any] = {"path_n": path.get("n", 0)}
+    out.update({f"path_{k}": round(path[k], 1) for k in ("p50_us", "p99_us", "p999_us", "max_us")
+                if k in path})
+    return out
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return round(num / den, 2) if num and den else None
 
 
 def count_trips(records: Iterable[Record], session_end_ns: int | None) -> list[Record]:
@@ -115,17 +158,23 @@ def evaluate(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="telesurgery bench soak",
-                                     description=__doc__.split("\n")[0])
+                                     description=plain_help(__doc__).split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the surgery")
     parser.add_argument("--run-dir", type=Path, help="keep logs, configs and summaries here")
+    parser.add_argument("--command-timeout-ms", type=float,
+                        help="the robot's command timeout for this run (default: the config's;"
+                             " the goal is 0 false trips at 50 and at 20)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         parser.error("--seconds must be > 0")
+    if args.command_timeout_ms is not None and not (
+            math.isfinite(args.command_timeout_ms) and args.command_timeout_ms > 0):
+        parser.error("--command-timeout-ms must be > 0")
     print(f"bench soak: healthy rig, scripted suturing, {args.seconds:g} s, no faults ...",
           flush=True)
     try:
-        r = run(args.seconds, args.run_dir)
+        r = run(args.seconds, args.run_dir, command_timeout_ms=args.command_timeout_ms)
     except RuntimeError as err:  # the rig raises it when a part does not start
         print(f"bench soak FAILED: {err}")
         return 1
@@ -134,8 +183,19 @@ def main(argv: list[str]) -> int:
           f"p99 {r['command_latency_p99_us']} us ({r['commands_received']} commands)")
     print(f"  glass-to-glass    p50 {r['g2g_p50_ms']} ms, p99 {r['g2g_p99_ms']} ms "
           f"({r['frames_shown']} frames)")
+    print(f"  false trips at    command timeout {r['command_timeout_ms']:g} ms")
+    print(f"  whole path        console sample -> serial frame written p50 {r.get('path_p50_us')}"
+          f" us, p99 {r.get('path_p99_us')} us, p99.9 {r.get('path_p999_us')} us "
+          f"({r['path_n']} commands); raw pyzmq p99 {r['raw_p99_us']} us, ratio "
+          f"{r['ratio_path_over_raw_p99']}")
+    print(f"  fault proxy       added p50 {r['proxy_added_p50_us']} us, "
+          f"p99 {r['proxy_added_p99_us']} us (included in the path and command latency above)")
     print(f"  control loop      period error p99 {r['loop_period_err_p99_us']} us, "
-          f"overruns {r['loop_overruns']} of {r['loop_ticks']} ticks")
+          f"overruns {r['loop_overruns']} of {r['loop_ticks']} ticks; the machine's own "
+          f"stalls > 1 ms in the same run: {r['stall_gaps_over_1ms']} "
+          f"(largest {r['stall_gap_max_us']} us)")
+    print(f"  robot CPU         {r['robot_cpu_pct']} % of one core (control process + video "
+          "encode)")
     print("  verdict           " + ("PASSED" if r["ok"] else "FAILED: " + "; ".join(r["failures"])))
     print(json.dumps(r))
     return 0 if r["ok"] else 1

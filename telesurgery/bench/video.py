@@ -41,6 +41,8 @@ from typing import IO, Any
 import numpy as np
 import psutil
 
+from telesurgery.helptext import plain_help
+
 log = logging.getLogger(__name__)
 
 WARMUP_FRAMES = 15
@@ -339,7 +341,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="telesurgery bench video", description=__doc__)
+    p = argparse.ArgumentParser(prog="telesurgery bench video", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--sizes", default="1280x720,1920x1080", help="e.g. 1280x720,1920x1080")

@@ -1,0 +1,86 @@
+"""Can the console reach the robot, and did the secure handshake work? Told apart.
+
+ZeroMQ reconnects silently: a console with no robot, or with the wrong keys,
+otherwise sees nothing at all. ``ConnectionWatch`` reads the socket monitor of
+one of the console's sockets (the video SUB: it is owned by the video loop's
+thread, which also polls this monitor; its endpoint is the robot's host and
+video port) and turns its events into one sentence for the surgeon:
+
+- nothing answers at HOST:PORT (TCP refused or retried): no robot there;
+- TCP up but the CURVE handshake failed: the robot refused this console's key
+  (``HANDSHAKE_FAILED_AUTH``), or the peer does not speak our protocol or has
+  another server key (``..._PROTOCOL``/``..._NO_DETAIL``);
+- the handshake succeeded once and the connection dropped later.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+           | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+           | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+class ConnectionWatch:
+    def __init__(self, sock: zmq.Socket[Any], where: str) -> None:
+        self.where = where
+        """HOST:PORT as configured, for the messages."""
+        self._monitor: zmq.Socket[Any] = sock.get_monitor_socket(_EVENTS)
+        self.ever_connected = False
+        """A CURVE handshake with the robot succeeded at least once."""
+        self.handshake_failures = 0
+        self._retries = 0
+        self.problem = f"connecting to the robot at {where}"
+        """What is wrong with the connection, in one sentence; "" while it is up."""
+
+    def poll(self) -> str:
+        """Read pending monitor events; return the current ``problem`` ("" when up)."""
+        while self._monitor.poll(0):
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart())
+            except (zmq.ZMQError, ValueError, KeyError):
+                break
+            self._on(int(event["event"]), event["value"])
+        return self.problem
+
+    def _on(self, kind: int, value: object) -> None:
+        before = self.problem
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.ever_connected = True
+            self.problem = ""
+        elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.handshake_failures += 1
+            self.problem = (f"the robot at {self.where} refused this console's key "
+                            f"(handshake failed, code {value}): wrong keys?")
+        elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            self.handshake_failures += 1
+            self.problem = (f"secure handshake with {self.where} failed: wrong robot key, "
+                            "or not a telesurgery robot")
+        elif kind == zmq.EVENT_CONNECTED:
+            self._retries = 0
+        elif kind == zmq.EVENT_CONNECT_RETRIED:
+            # A retry is also scheduled after a failed handshake's disconnect (and the
+            # first connect may predate this monitor): two in a row without a TCP
+            # connection between them mean that nothing answers.
+            self._retries += 1
+            if self._retries >= 2:
+                self.problem = (f"cannot reach the robot at {self.where}: nothing answers "
+                                "(robot not running, wrong host or port, or a firewall)")
+        elif kind == zmq.EVENT_DISCONNECTED and self.problem == "":
+            self.problem = f"lost the connection to the robot at {self.where}"
+        if self.problem != before and self.problem:
+            log.warning("%s", self.problem)
+        elif self.problem != before:
+            log.info("connected to the robot at %s", self.where)
+
+    def close(self) -> None:
+        self._monitor.close(0)

@@ -1,0 +1,270 @@
+"""The command socket, owned and waited on by the control thread itself.
+
+Measured before this split (demo, 500 Hz): console send -> robot receive p99
+2.5-8.8 ms while raw pyzmq one-way was ~0.2 ms. A command sat in the network
+thread's poll until that thread got the GIL, then in the mailbox until the next
+control tick. Here the control thread waits for its next deadline *on the
+command socket* (``select`` on the socket's file descriptor releases the GIL, and
+libzmq's I/O thread has already decrypted and queued the message), so a command
+is taken, stamped, gated and counted the moment the loop wakes for it, and acted
+on in the next period. ``telesurgery.pacer.PhaseLock`` then moves the period
+grid so that the next period starts just after a command's expected arrival.
+
+The loop's rate never depends on commands: ``wait_until`` always returns at its
+deadline, with or without input, so a silent link is still judged every period
+(the watchdog trips on the command timeout).
+
+ZeroMQ sockets belong to one thread: create, use and close a ``CommandPort`` in
+the control thread. The context (and its authenticator, started by the network
+thread's ``RobotLink``) is shared and thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from robot_side.control import CommandSample
+from telesurgery.errors import SchemaError
+from telesurgery.ratelog import RateLimitedLog
+from transport.config import LinkConfig
+from transport.gate import CommandGate, Verdict
+from transport.keys import SURGEON_USER, ServerKeys
+from transport.link import COMMAND_RCVHWM, DRAIN_MAX
+from transport.linkstats import LinkStats
+from transport.schema import Command, decode
+from transport.sockets import bound_port, server_socket
+
+log = logging.getLogger(__name__)
+
+LATENCY_RING = 1 << 18
+"""One-way latencies kept for the run summary: over four minutes at 1 kHz."""
+MONITOR_EVERY_NS = 100_000_000
+FD_SETSIZE = 1024
+"""select() takes descriptors below this only; above it the wait falls back to poll()."""
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+class LatencyRing:
+    """Preallocated ring of microsecond figures; nothing is allocated per sample."""
+
+    def __init__(self, size: int = LATENCY_RING) -> None:
+        self._us = np.zeros(size, dtype=np.int64)
+        self.n = 0
+
+    def add(self, us: int) -> None:
+        self._us[self.n % len(self._us)] = us
+        self.n += 1
+
+    def percentiles(self) -> dict[str, float]:
+        """{n, p50_us, p99_us, p999_us, max_us} over what the ring holds; {n: 0} if empty."""
+        k = min(self.n, len(self._us))
+        if k == 0:
+            return {"n": 0}
+        data = self._us[:k]
+        p50, p99, p999 = np.percentile(data, [50, 99, 99.9])
+        return {"n": self.n, "p50_us": float(p50), "p99_us": float(p99),
+                "p999_us": float(p999), "max_us": float(data.max())}
+
+
+class CommandPort:
+    """The robot's command PULL socket, its gate and its link statistics."""
+
+    def __init__(self, ctx: zmq.Context[Any], cfg: LinkConfig, keys: ServerKeys, *,
+                 age_limit_ns: int, loss_window_ns: int) -> None:
+        self._sock: zmq.Socket[Any] = server_socket(
+            ctx, zmq.PULL, cfg.command_port, cfg.host, keys, "surgeon", cfg.max_message_bytes,
+            hwm=COMMAND_RCVHWM, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
+            heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+        self._fd = int(self._sock.getsockopt(zmq.FD))
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(
+            _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._next_monitor_ns = 0
+        self.port = bound_port(self._sock)
+        self.gate = CommandGate(age_limit_ns)
+        self.stats = LinkStats(loss_window_ns)
+        self.latency = LatencyRing()
+        """Console send -> robot receive of every arrival (mapped with the clock offset)."""
+        self.offset_ns: Callable[[], int | None] = lambda: None
+        """The console clock's offset, as the network thread's ClockSync knows it now."""
+        self.on_arrival: Callable[[int], None] | None = None
+        """Called with each arrival's receive time (the loop's phase lock)."""
+        self.on_fresh: Callable[[Command], None] | None = None
+        """Called with each command the gate accepts (video rate feedback)."""
+        self.sample: CommandSample | None = None
+        """The newest command the gate accepted as fresh, with its arrival time."""
+        self.counters: dict[str, int] = {"command_received": 0, "command_superseded": 0,
+                                         "command_schema_error": 0, "handshake_failed": 0,
+                                         "command_sessions": 0, "command_disconnects": 0}
+        self._log = RateLimitedLog(log)
+
+    def wait_until(self, until_ns: int) -> None:
+        """Take commands as they arrive until ``until_ns``; returns then, input or not."""
+        while True:
+            self.take()
+            left = until_ns - time.monotonic_ns()
+            if left <= 0:
+                return
+            # The descriptor is edge-triggered: only wait once EVENTS says the queue is
+            # empty, or an already queued message would sleep until the next edge.
+            if int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                continue
+            self._block(left)
+
+    def _block(self, left_ns: int) -> None:
+        """Sleep until the socket's descriptor signals or ``left_ns`` passed."""
+        if self._fd < FD_SETSIZE:
+            select.select([self._fd], [], [], left_ns / 1e9)  # microsecond timeout
+            return
+        # poll() counts whole milliseconds (rounded up): the last fraction is slept and
+        # what arrives meanwhile is taken at the deadline.
+        ms = left_ns // 1_000_000
+        if ms:
+            self._poll.poll(ms)
+        else:
+            time.sleep(left_ns / 1e9)
+
+    def take(self) -> None:
+        """Read what is queued (bounded), newest fresh command wins; never blocks."""
+        newest: Command | None = None
+        newest_ns = 0
+        offset = self.offset_ns()
+        for _ in range(DRAIN_MAX):
+            try:
+                frames: list[zmq.Frame] = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            recv_ns = time.monotonic_ns()
+            cmd = self._decode(frames)
+            if cmd is None:
+                continue
+            self.counters["command_received"] += 1
+            if self.on_arrival is not None:
+                self.on_arrival(recv_ns)
+            # Every arrival counts for loss and jitter, also those superseded.
+            self.stats.on_message(cmd.seq, cmd.t_send_ns, recv_ns, offset)
+            if offset is not None:
+                self.latency.add((recv_ns - (cmd.t_send_ns + offset)) // 1000)
+            if newest is not None:
+                self.counters["command_superseded"] += 1
+            newest, newest_ns = cmd, recv_ns
+        if newest is not None and self.gate.offer(newest, newest_ns, offset) is Verdict.FRESH:
+            self.sample = CommandSample(newest, newest_ns)
+            if self.on_fresh is not None:
+                self.on_fresh(newest)
+        now = time.monotonic_ns()
+        if now >= self._next_monitor_ns:
+            self._next_monitor_ns = now + MONITOR_EVERY_NS
+            self._drain_monitor()
+
+    def reset(self) -> None:
+        """A new session (the surgeon armed): the console's sequence restarts per run."""
+        self.gate.reset()
+        self.stats.reset()
+
+    def close(self) -> None:
+        self._monitor.close(0)
+        self._sock.close(0)
+
+    def __enter__(self) -> CommandPort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _decode(self, frames: list[zmq.Frame]) -> Command | None:
+        try:
+            if len(frames) != 1:
+                raise SchemaError("message", f"{len(frames)} parts, expected 1")
+            try:
+                user = str(frames[0].get("User-Id"))
+            except zmq.ZMQError:
+                user = ""
+            # The socket is in the surgeon domain, so this never fires while ZAP works;
+            # it is here so that a ZAP bug cannot let a command in.
+            if user != SURGEON_USER:
+                raise SchemaError("user", f"{user!r} may not command")
+            msg = decode(frames[0].buffer)
+            if not isinstance(msg, Command):
+                raise SchemaError("t", f"{msg.TYPE!r} not expected on command")
+        except SchemaError as err:
+            self.counters["command_schema_error"] += 1
+            self._log(logging.WARNING, "bad:command", "dropped bad command message: %s", err)
+            return None
+        return msg
+
+    def _drain_monitor(self) -> None:
+        while self._monitor.poll(0):
+            event = parse_monitor_message(self._monitor.recv_multipart())
+            kind = event["event"]
+            if kind & _HANDSHAKE_FAILED:
+                self.counters["handshake_failed"] += 1
+                self._log(logging.WARNING, "handshake:command",
+                          "no session for a peer on command: %s, code %s",
+                          zmq.Event(kind).name, event["value"])
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.counters["command_sessions"] += 1
+                self._log(logging.INFO, "session:command", "authenticated session on command")
+            else:
+                self.counters["command_disconnects"] += 1
+
+
+IO_THREAD_PRIORITY = 49
+"""SCHED_FIFO priority of libzmq's I/O thread: it decrypts every command, so just
+below the control loop (50) and above the network thread (45)."""
+
+
+def link_context(realtime: bool) -> zmq.Context[Any]:
+    """The robot's ZeroMQ context; its I/O thread at ``IO_THREAD_PRIORITY`` when ``realtime``.
+
+    libzmq's I/O thread takes its scheduling from these context options when it
+    starts (with the first socket), not from the thread that creates it; and it
+    aborts the process when it cannot apply them, so ask only where permitted
+    (``telesurgery.pacer.realtime_permitted``).
+    """
+    ctx: zmq.Context[Any] = zmq.Context()
+    if realtime:
+        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, IO_THREAD_PRIORITY)
+    return ctx
+
+
+class PathRecorder:
+    """Console sample -> serial frame written, once per command that moved the arm.
+
+    ``t_sample_ns`` is on the console's clock; it is mapped with the offset the
+    robot measured itself (ClockSync), never a time the console claims about us.
+    """
+
+    def __init__(self) -> None:
+        self.ring = LatencyRing()
+        self.console = LatencyRing(1 << 16)
+        """Its parts, to tell where the time goes: sample -> send on the console ..."""
+        self.robot = LatencyRing(1 << 16)
+        """... and receive -> frame written on the robot (the rest is the network)."""
+        self._last_seq: int | None = None
+        self.unmapped = 0
+
+    def record(self, cmd: Command, offset_ns: int | None, written_ns: int,
+               recv_ns: int | None = None) -> None:
+        if cmd.seq == self._last_seq or cmd.t_sample_ns is None:
+            return
+        self._last_seq = cmd.seq
+        if recv_ns is not None:
+            self.robot.add((written_ns - recv_ns) // 1000)
+        self.console.add((cmd.t_send_ns - cmd.t_sample_ns) // 1000)
+        if offset_ns is None:
+            self.unmapped += 1
+            return
+        self.ring.add((written_ns - (cmd.t_sample_ns + offset_ns)) // 1000)

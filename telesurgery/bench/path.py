@@ -1,0 +1,302 @@
+"""``telesurgery bench path``: console sample -> serial frame written, the whole command path.
+
+The simulated rig's real processes (firmware emulator on a pty, robot node,
+console replaying the scripted suturing motion; no fault proxy) run at 1 kHz
+for ``seconds``. Every command carries the time its master-device sample was
+taken; the robot stamps when the serial frame carrying that command's motion
+was written and keeps the difference (its run summary's ``"path"``).
+
+In the same run, alongside, so the same machine load falls on all three:
+
+* **raw pyzmq one-way**: a plain PUSH/PULL pair across two processes at the
+  same rate (no CurveZMQ, no schema, no control loop): the floor of any ZeroMQ
+  path here. The figure of merit is path p99 / raw p99.
+* **stall baseline**: a SCHED_FIFO process that only reads the clock in a loop
+  (sleeping ``STALL_INTERVAL_NS`` between reads, as cyclictest does, so that it
+  does not starve a core): its largest gaps are stalls of the machine itself
+  (SMIs, the hypervisor, other jobs' kernel work) that no code here can remove.
+
+One-way times use CLOCK_MONOTONIC, shared by every process on one machine (the
+robot maps the console's stamps with its own clock-sync offset, ~0 here). The
+last line printed is one JSON object; ``--out`` gets path.json and path.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from hil_tests.rig import RigOptions, SimRig
+from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
+from transport.schema import Command, decode_as, encode
+from transport.selftest import make_command, percentiles_us
+
+log = logging.getLogger(__name__)
+
+TAKES_OUT = True
+"""``telesurgery bench path --out DIR`` writes path.json and path.md there."""
+STALL_INTERVAL_NS = 250_000
+STALL_PRIORITY = 60
+"""Above the robot's control loop (50): it measures the machine, not our scheduling."""
+STALL_GAP_NS = 1_000_000
+RAW_SENDER_PRIORITY = 40
+RAW_RECEIVER_PRIORITY = 50
+"""The console's command thread and the robot's control thread run at these."""
+_STARTUP_S = 120.0
+_EXIT_GRACE_S = 60.0
+
+
+# ---------------------------------------------------------------- stall baseline
+def _stall_child(seconds: float, conn: Connection) -> None:
+    fifo = try_realtime(STALL_PRIORITY)
+    lower_timer_slack()
+    n = int(seconds * 1e9 / STALL_INTERVAL_NS) + 16
+    gaps = np.zeros(n, dtype=np.int64)
+    count = 0
+    start = prev = time.monotonic_ns()
+    end = start + int(seconds * 1e9)
+    deadline = start
+    while prev < end and count < n:
+        deadline += STALL_INTERVAL_NS
+        left = deadline - time.monotonic_ns()
+        if left > 0:
+            time.sleep(left / 1e9)
+        now = time.monotonic_ns()
+        gaps[count] = now - prev
+        count += 1
+        prev = now
+        if now > deadline + STALL_INTERVAL_NS:
+            deadline = now  # never a burst of back-to-back reads to catch up
+    g = gaps[:count]
+    top = np.sort(g)[-5:][::-1] / 1000.0
+    conn.send({
+        "stall_sched_fifo": fifo,
+        "stall_interval_us": STALL_INTERVAL_NS / 1000,
+        "stall_reads": int(count),
+        "stall_gap_p99_us": round(float(np.percentile(g, 99)) / 1000, 1) if count else None,
+        "stall_gap_max_us": round(float(g.max()) / 1000, 1) if count else None,
+        "stall_gaps_over_1ms": int(np.count_nonzero(g > STALL_GAP_NS)),
+        "stall_top_gaps_us": [round(float(x), 1) for x in top],
+    })
+
+
+# ---------------------------------------------------------------- raw pyzmq
+def _raw_receiver(seconds: float, conn: Connection) -> None:
+    try_realtime(RAW_RECEIVER_PRIORITY)
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock: zmq.Socket[Any] = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind("tcp://127.0.0.1:*")
+    conn.send(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    latencies: list[int] = []
+    end = time.monotonic_ns() + int((seconds + 10.0) * 1e9)
+    while time.monotonic_ns() < end:
+        if not sock.poll(100):
+            if conn.poll():  # the sender is done
+                break
+            continue
+        data = sock.recv()
+        recv_ns = time.monotonic_ns()
+        cmd: Command = decode_as(data, Command)
+        latencies.append(recv_ns - cmd.t_send_ns)
+    sock.close(0)
+    ctx.term()
+    conn.send(latencies)
+
+
+def _raw_sender(seconds: float, rate_hz: float, endpoint: str, conn: Connection) -> None:
+    try_realtime(RAW_SENDER_PRIORITY)
+    lower_timer_slack()
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock: zmq.Socket[Any] = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100)
+    sock.connect(endpoint)
+    time.sleep(0.2)  # the TCP connection; nothing sent before it is measured anyway
+    pacer = Pacer(int(1e9 / rate_hz))
+    sent = drops = 0
+    end = time.monotonic_ns() + int(seconds * 1e9)
+    pacer.restart()
+    while time.monotonic_ns() < end:
+        pacer.wait()
+        try:
+            sock.send(encode(make_command(sent)), zmq.NOBLOCK)
+            sent += 1
+        except zmq.Again:
+            drops += 1
+    sock.close(0)
+    ctx.term()
+    conn.send({"raw_sent": sent, "raw_send_drops": drops})
+
+
+class StallBaseline:
+    """The SCHED_FIFO clock reader, in its own process for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_stall_child, args=(seconds, child),
+                                 name="bench-stall", daemon=True)
+        self._proc.start()
+
+    def results(self, timeout_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = self._conn.recv() if self._conn.poll(timeout_s) else {}
+        self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(2.0)
+        return out
+
+
+class RawPair:
+    """The raw pyzmq PUSH/PULL pair, sender and receiver each in its own process."""
+
+    def __init__(self, seconds: float, rate_hz: float) -> None:
+        ctx = mp.get_context("spawn")
+        self._recv_conn, recv_child = ctx.Pipe()
+        self._send_conn, send_child = ctx.Pipe()
+        receiver = ctx.Process(target=_raw_receiver, args=(seconds, recv_child),
+                               name="bench-raw-recv", daemon=True)
+        receiver.start()
+        endpoint = self._recv_conn.recv()
+        sender = ctx.Process(target=_raw_sender, args=(seconds, rate_hz, endpoint, send_child),
+                             name="bench-raw-send", daemon=True)
+        sender.start()
+        self._procs = [receiver, sender]
+
+    def results(self, timeout_s: float) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._send_conn.poll(timeout_s):
+            out.update(self._send_conn.recv())
+        self._recv_conn.send("done")
+        if self._recv_conn.poll(timeout_s):
+            lat: list[int] = self._recv_conn.recv()
+            out.update({f"raw_{k}": round(v, 1) for k, v in percentiles_us(lat).items()})
+            out["raw_delivered"] = len(lat)
+        for p in self._procs:
+            p.join(5.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
+        return out
+
+
+# ---------------------------------------------------------------- the run
+def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
+        run_dir: Path | None = None) -> dict[str, Any]:
+    """The path, the raw pyzmq baseline and the stall baseline of one run."""
+    if run_dir is None:
+        with tempfile.TemporaryDirectory(prefix="telesurgery-path-") as tmp:
+            return run(seconds, rate_hz, video=video, run_dir=Path(tmp))
+    opts = RigOptions(run_dir=run_dir, console_seconds=seconds, rate_hz=rate_hz,
+                      headless=True, video=video, proxy=False)
+    t0 = time.monotonic()
+    with SimRig(opts) as rig:
+        rig.start()
+        stall = StallBaseline(seconds)
+        raw = RawPair(seconds, rate_hz)
+        deadline = time.monotonic() + seconds + _EXIT_GRACE_S
+        while rig.procs["console"].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        figures = {**raw.results(timeout_s=30.0), **stall.results(timeout_s=30.0)}
+        rig.stop()
+        robot = rig.summary("robot")
+    path = robot.get("path", {"n": 0})
+    result: dict[str, Any] = {
+        "rate_hz": rate_hz, "seconds": seconds, "video": video,
+        "path_n": path.get("n", 0),
+        **{f"path_{k}": round(path[k], 1) for k in ("p50_us", "p99_us", "p999_us", "max_us")
+           if k in path},
+        **{f"command_latency_{k}": round(v, 1)
+           for k, v in robot.get("command_latency", {}).items() if k != "n"},
+        **{f"{part}_{k}": round(v, 1)
+           for part, figs in robot.get("path_parts", {}).items()
+           for k, v in figs.items() if k in ("p50_us", "p99_us")},
+        **figures,
+        "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
+        "loop_overruns": robot.get("loop", {}).get("overruns"),
+        "loop_ticks": robot.get("loop", {}).get("ticks"),
+        "following_periods": robot.get("following_periods", 0),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    raw_p99 = result.get("raw_p99_us")
+    path_p99 = result.get("path_p99_us")
+    # None, not NaN, when a figure is missing: the JSON stays standard.
+    result["ratio_path_over_raw_p99"] = (
+        round(path_p99 / raw_p99, 2) if path_p99 and raw_p99 else None)
+    return result
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    rows = [("console sample -> serial frame written",
+             f"{r.get('path_p50_us')} / {r.get('path_p99_us')} / {r.get('path_p999_us')}",
+             f"{r.get('path_n')} commands"),
+            ("  of which console sample -> send",
+             f"{r.get('console_sample_to_send_p50_us')} / "
+             f"{r.get('console_sample_to_send_p99_us')} / -", ""),
+            ("  of which robot receive -> frame written",
+             f"{r.get('robot_receive_to_written_p50_us')} / "
+             f"{r.get('robot_receive_to_written_p99_us')} / -", "wait for the period + compute"),
+            ("console send -> robot receive",
+             f"{r.get('command_latency_p50_us')} / {r.get('command_latency_p99_us')} / "
+             f"{r.get('command_latency_p999_us')}", ""),
+            ("raw pyzmq one-way (PUSH/PULL, 2 processes)",
+             f"{r.get('raw_p50_us')} / {r.get('raw_p99_us')} / {r.get('raw_p999_us')}",
+             f"{r.get('raw_delivered')} messages"),
+            ("stall baseline gaps (SCHED_FIFO clock reader)",
+             f"p99 {r.get('stall_gap_p99_us')}, max {r.get('stall_gap_max_us')}",
+             f"{r.get('stall_gaps_over_1ms')} gaps > 1 ms")]
+    lines = ["| figure | p50 / p99 / p99.9 (us) | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.append(f"\npath p99 / raw pyzmq p99 = {r.get('ratio_path_over_raw_p99')}; "
+                 f"control loop period error p99 {r.get('loop_period_err_p99_us')} us, "
+                 f"overruns {r.get('loop_overruns')} of {r.get('loop_ticks')} ticks.\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="telesurgery bench path", description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the scripted surgery")
+    p.add_argument("--rate", type=float, default=1000.0, help="control and command rate (Hz)")
+    p.add_argument("--video", action="store_true", help="with the 720p30 video stream on")
+    p.add_argument("--run-dir", type=Path, help="keep logs, configs and summaries here")
+    p.add_argument("--out", type=Path, help="write path.json and path.md here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not (math.isfinite(args.seconds) and args.seconds > 0 and 20 <= args.rate <= 1000):
+        p.error("--seconds must be > 0 and --rate in [20, 1000]")
+    print(f"bench path: rig at {args.rate:g} Hz for {args.seconds:g} s, video "
+          f"{'on' if args.video else 'off'}, with raw pyzmq and the stall baseline alongside",
+          flush=True)
+    try:
+        r = run(args.seconds, args.rate, video=args.video, run_dir=args.run_dir)
+    except RuntimeError as err:  # the rig raises it when a part does not start
+        print(f"bench path FAILED: {err}")
+        return 1
+    table = _markdown(r)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "path.json").write_text(json.dumps(r, indent=2))
+        (args.out / "path.md").write_text(table)
+    print(json.dumps(r))
+    return 0 if r["path_n"] else 1
+
+
+if __name__ == "__main__":
+    from telesurgery.cli import setup_logging
+
+    setup_logging()
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""The command socket the control thread waits on: real CurveZMQ sockets, real clock.
+
+The control loop waits for each period *on this socket*; these tests hold it to
+what the loop relies on: it returns at its deadline whether or not a command
+came, and it takes, gates and counts commands as they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from robot_side.command_port import CommandPort, PathRecorder
+from transport.config import LinkConfig
+from transport.keys import ClientKeys, ServerKeys, init_keys
+from transport.link import ConsoleLink, RobotLink
+from transport.schema import Command, encode
+from transport.sockets import client_socket
+
+WAIT_S = 20.0
+
+
+def command(seq: int, t_send_ns: int | None = None) -> Command:
+    now = time.monotonic_ns()
+    return Command(seq=seq, t_send_ns=now if t_send_ns is None else t_send_ns,
+                   position=(0.3, 0.0, 0.2), orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0,
+                   clutch=False, operator_present=True, t_sample_ns=now - 50_000)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    init_keys(tmp_path / "keys", observers=["alice"])
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def port(keys: Path) -> Iterator[tuple[CommandPort, LinkConfig]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    cfg = LinkConfig(host="127.0.0.1", command_port=0, control_port=0, telemetry_port=0,
+                     video_port=0, keys_dir=keys)
+    server = ServerKeys.load(keys)
+    # The link (as the network thread runs it) starts the authenticator; no command socket.
+    with RobotLink(cfg, server, ctx, video=False, command=False) as link:
+        assert "command" not in link.endpoints
+        p = CommandPort(ctx, cfg, server, age_limit_ns=200_000_000, loss_window_ns=10**9)
+        p.offset_ns = lambda: 0  # one machine, one monotonic clock
+        try:
+            yield p, LinkConfig(host="127.0.0.1", command_port=p.port,
+                                **{f"{c}_port": n for c, n in link.endpoints.items()},
+                                keys_dir=keys)
+        finally:
+            p.close()
+    ctx.destroy(linger=0)
+
+
+def test_returns_at_its_deadline_with_no_command(port: tuple[CommandPort, LinkConfig]) -> None:
+    p, _ = port
+    for _ in range(5):
+        until = time.monotonic_ns() + 3_000_000
+        p.wait_until(until)
+        # Never before the deadline, and it came back (a wait on arrivals would hang here).
+        assert time.monotonic_ns() >= until
+    assert p.sample is None and p.counters["command_received"] == 0
+
+
+def test_takes_gates_and_counts_commands_as_they_arrive(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    p, cfg = port
+    arrivals: list[int] = []
+    p.on_arrival = arrivals.append
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        deadline = time.monotonic() + WAIT_S
+        seq = 0
+        while p.sample is None and time.monotonic() < deadline:
+            seq += 1
+            console.send_command(command(seq))
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is not None, "no command through the CURVE session"
+        first = p.sample.cmd.seq
+        assert console.send_command(command(first + 1))
+        end = time.monotonic() + WAIT_S
+        while p.sample.cmd.seq != first + 1 and time.monotonic() < end:
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample.cmd.seq == first + 1
+        # A replayed (older) command is taken but never becomes the sample.
+        assert console.send_command(command(first))
+        received = p.counters["command_received"]
+        end = time.monotonic() + WAIT_S
+        while p.counters["command_received"] == received and time.monotonic() < end:
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample.cmd.seq == first + 1
+        assert p.gate.counters["replay"] == 1
+    assert len(arrivals) == p.counters["command_received"] >= 3
+    assert p.latency.percentiles()["n"] == p.counters["command_received"]
+    # After arming (a new session), the console's restarted sequence is fresh again.
+    p.reset()
+    assert p.gate.last_seq is None
+
+
+def test_an_observer_key_never_commands(port: tuple[CommandPort, LinkConfig],
+                                        keys: Path) -> None:
+    p, cfg = port
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{cfg.command_port}",
+                         ClientKeys.load_observer(keys, "alice"), 65536)
+    try:
+        end = time.monotonic() + 2.0
+        seq = 0
+        while time.monotonic() < end:
+            seq += 1
+            with contextlib.suppress(zmq.Again):  # no session to send on: good
+                sock.send(encode(command(seq)), zmq.NOBLOCK)
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is None and p.counters["command_received"] == 0
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def test_path_is_recorded_once_per_command_with_the_robots_offset() -> None:
+    rec = PathRecorder()
+    cmd = command(7)
+    assert cmd.t_sample_ns is not None
+    rec.record(cmd, None, cmd.t_sample_ns + 1_000_000)
+    assert rec.unmapped == 1 and rec.ring.n == 0  # no clock offset yet: not measurable
+    rec.record(command(8), 0, time.monotonic_ns())
+    later = command(9)
+    assert later.t_sample_ns is not None
+    rec.record(later, 2_000, later.t_sample_ns + 2_000 + 700_000,
+               recv_ns=later.t_sample_ns + 2_000 + 400_000)
+    rec.record(later, 2_000, later.t_sample_ns + 2_000 + 900_000)  # same command: once
+    assert rec.ring.n == 2
+    assert rec.ring.percentiles()["max_us"] >= 700
+    assert rec.robot.percentiles()["max_us"] == 300  # receive -> written
+
+
+def test_libzmq_io_thread_takes_its_priority_from_the_context() -> None:
+    """Set by context options, not inherited: this (normal-priority) thread creates it."""
+    from robot_side.command_port import IO_THREAD_PRIORITY, link_context
+    from telesurgery.pacer import realtime_permitted
+
+    if not realtime_permitted(IO_THREAD_PRIORITY):
+        pytest.skip("SCHED_FIFO is not permitted here")
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    before = set(os.listdir("/proc/self/task"))
+    ctx = link_context(True)
+    sock = ctx.socket(zmq.PUSH)  # the I/O thread starts with the first socket
+    try:
+        io: list[int] = []
+        deadline = time.monotonic() + 5.0
+        while not io and time.monotonic() < deadline:  # it names itself once running
+            time.sleep(0.01)
+            new = set(os.listdir("/proc/self/task")) - before
+            io = [int(t) for t in new
+                  if Path(f"/proc/self/task/{t}/comm").read_text().startswith("ZMQbg/IO")]
+        assert io, "no libzmq I/O thread found"
+        assert all(os.sched_getscheduler(t) == os.SCHED_FIFO for t in io)
+        assert all(os.sched_getparam(t).sched_priority == IO_THREAD_PRIORITY for t in io)
+    finally:
+        sock.close(0)
+        ctx.term()
