@@ -215,6 +215,7 @@ class RobotNode:
             # Rate feedback goes from here straight to the video process.
             port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
             self.port = port
+            port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
             ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
             ros.start()

@@ -64,6 +64,14 @@ class ReloadResult:
         return f"{self.keys} authorised key(s){gone}"
 
 
+def session_key(frame: zmq.Frame) -> str | None:
+    """The z85 key of the session that sent ``frame`` (ZAP metadata), or None."""
+    try:
+        return str(frame.get(KEY_PROPERTY))
+    except zmq.ZMQError:  # no key attached: nobody vouched for this sender
+        return None
+
+
 def _metadata(props: dict[str, bytes]) -> bytes:
     """ZMTP metadata encoding (RFC 23): name length, name, value length, value."""
     out = b""

@@ -40,7 +40,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from telesurgery.errors import AuthError, LinkTimeout, SchemaError
-from transport.auth import KEY_PROPERTY, start_authenticator
+from transport.auth import session_key, start_authenticator
 from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig
 from transport.keys import SURGEON_USER, ClientKeys, ServerKeys
 from transport.schema import (
@@ -306,7 +306,7 @@ class RobotLink(_Link):
         if user != SURGEON_USER:
             raise SchemaError("user", f"{user!r} may not command")
         # A session whose key a reload revoked stays connected: refuse it per message.
-        if not self.auth.allows(_key_of(frame)):
+        if not self.auth.allows(session_key(frame)):
             raise SchemaError("user", "the key of this session was revoked")
         return user
 
@@ -344,13 +344,6 @@ class RobotLink(_Link):
             else:  # a failed handshake also ends in a disconnect; both are counted
                 self.counters[f"{name}_disconnects"] += 1
                 self._log(logging.INFO, f"disconnect:{name}", "a peer left %s (%s)", name, where)
-
-
-def _key_of(frame: zmq.Frame) -> str | None:
-    try:
-        return str(frame.get(KEY_PROPERTY))
-    except zmq.ZMQError:  # no key attached: nobody vouched for this sender
-        return None
 
 
 class ConsoleLink(_Link):
