@@ -153,6 +153,9 @@ class SimRig:
         self.opts = opts
         self.run = opts.run_dir
         self.run.mkdir(parents=True, exist_ok=True)
+        # The run folder holds the robot's e-stop socket and keys: the robot refuses a
+        # runtime folder other accounts can enter (robot_side.localsock).
+        self.run.chmod(0o700)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         ports = free_ports(8)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.localsock import default_runtime_dir
 from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
 from robot_side.supervision.config import PageConfig
@@ -17,9 +17,7 @@ from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
 from transport.config import LinkConfig
 
-
-def default_runtime_dir() -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "telesurgery"
+__all__ = ["RobotConfig", "default_runtime_dir", "load_robot_config"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,21 @@ class KinematicsConfig:
 @dataclass(frozen=True)
 class EstopConfig:
     socket: Path = field(default_factory=lambda: default_runtime_dir() / "estop.sock")
-    """Local-only Unix socket of ``telesurgery estop``; never reachable over the network."""
+    """Local-only Unix socket of ``telesurgery estop``; never reachable over the network.
+    Its folder must be the robot's uid's and 0700 (0750 with ``group``): see
+    robot_side.localsock. Default: /run/telesurgery (root), $XDG_RUNTIME_DIR/telesurgery."""
+    group: str | None = None
+    """Staff group whose members may use the socket (panel, estop) besides the robot's
+    own account and root; the socket is then 0660 and its folder 0750, group-owned."""
+    robot_user: str | None = None
+    """The account the robot node runs as, for the local tools: they trust only a server
+    of this uid (or root). Default: the tool's own uid."""
+
+    def __post_init__(self) -> None:
+        for key, name in (("estop.group", self.group), ("estop.robot_user", self.robot_user)):
+            check(name is None or (0 < len(name) <= 32 and name.replace("-", "_")
+                                   .replace(".", "_").isidentifier()),
+                  key, name, "must be a plain account or group name")
 
 
 @dataclass(frozen=True)

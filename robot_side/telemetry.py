@@ -26,7 +26,7 @@ def _joint_values(values: Sequence[float]) -> tuple[float, ...]:
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None) -> Telemetry:
+                   video_age_us: int | None, *, audit_head: str | None = None) -> Telemetry:
     s = link.stats
     return Telemetry(
         seq=seq, t_ns=r.t_ns, state=str(r.state), reason=str(r.reason)[:64],
@@ -40,4 +40,5 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         tracking_error_m=min(r.tracking_error_m, 1e3),
         measured_jv=_joint_values(r.measured_v),
         measured_jf=_joint_values(r.measured_effort),
+        audit_head=audit_head,
     )

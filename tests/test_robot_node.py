@@ -37,6 +37,7 @@ from operator_console.devices.base import DeviceConfig
 from operator_console.devices.scripted import ScriptedDevice
 from operator_console.session import ConsoleShared, SessionThread
 from operator_console.teleop import TeleopConfig, TeleopMapper
+from robot_side.estop import send
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q
 from robot_side.observe import ObserverClient
@@ -335,6 +336,89 @@ def test_console_clear_fault_refused_in_estop_while_following(node: Node,
     reset_node(node)
 
 
+# ------------------------------------------------------------------ one node per e-stop and log
+@pytest.mark.parametrize(("shared", "conflict"), [
+    ("estop.sock", "another robot node already serves the e-stop"),
+    ("audit", "being written by another process"),
+])
+def test_second_node_on_the_same_path_refuses_with_one_line(node: Node, tmp_path: Path,
+                                                            shared: str, conflict: str) -> None:
+    """Issue 12.1/19.2: a second node took over the first one's e-stop socket."""
+    cfg = robot_toml(tmp_path, node.keys, dict(zip(CHANNELS, free_ports(4), strict=True)),
+                     str(tmp_path / "no-tty"), domain=1, namespace="second")
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / shared), str(node.run / shared)))
+    done = cli("robot", "--config", str(cfg), "--seconds", "5", timeout_s=STARTUP_S)
+    out = done.stderr + done.stdout
+    assert done.returncode == 2, out
+    assert conflict in out and "refusing to start" in out
+    assert "Traceback" not in out and "robot node up" not in out
+    # The first node still has its on-site e-stop.
+    assert state_of(node).startswith("ok disabled")
+    assert (node.run / "estop.sock").exists()
+
+
+# ------------------------------------------------------------------ signals and key reload
+def state_of(node: Node) -> str:
+    """The node's state over its e-stop socket, in-process (no CLI start-up under load)."""
+    return send(node.run / "estop.sock", "status", "test")
+
+
+def audit_records(node: Node, kind: str) -> list[dict[str, Any]]:
+    return [dict(r.fields) for r in read_records(node.run / "audit" / "robot.audit")
+            if r.kind == kind]
+
+
+def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM, signal.SIGIO,
+                signal.SIGTSTP, signal.SIGRTMIN + 3):
+        os.kill(node.proc.pid, sig)
+    wait_until(lambda: {r["signal"] for r in audit_records(node, "signal")}
+               >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGIO", "SIGTSTP",
+                   "SIGRTMIN+3"}, 10.0, "the signal records")
+    assert node.proc.poll() is None
+    assert state_of(node).startswith("ok disabled")
+    assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))
+    # Issue 19.6: a clear without an e-stop says there is none.
+    assert send(node.run / "estop.sock", "clear", "test").startswith("ok no e-stop to clear")
+
+
+def test_sighup_revokes_a_removed_surgeon_key_and_the_arm_holds(node: Node,
+                                                                console: Console) -> None:
+    """Issue 12.7: a deleted surgeon key kept working until restart; SIGHUP killed the node."""
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    key = node.keys / "robot" / "authorized" / "surgeon" / "surgeon.key"
+    saved = key.read_bytes()
+    key.unlink()
+    try:
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_until(lambda: state_of(node) == "ok fault key_revoked", 10.0, "the revocation trip")
+        wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+        assert node.proc.poll() is None
+        console.stop()  # hand the control socket to this thread
+        with pytest.raises(LinkTimeout):  # the revoked session's requests are dropped
+            console.link.request("clear_fault", timeout_ms=1500)
+        assert state_of(node) == "ok fault key_revoked"
+        hup = [r for r in audit_records(node, "signal") if r["signal"] == "SIGHUP"]
+        assert hup and "revoked live sessions: surgeon" in str(hup[-1]["action"])
+        assert any(r["reason"] == "key_revoked" for r in audit_records(node, "transition"))
+    finally:
+        key.write_bytes(saved)
+        reloaded = cli("keys", "reload", "--socket", str(node.run / "estop.sock"),
+                       timeout_s=STARTUP_S)
+        assert reloaded.stdout.startswith("ok 1 authorised key(s)"), reloaded.stderr
+        # A fresh session: a connection the robot refused while the key was revoked does
+        # not come back by itself (libzmq stops reconnecting after a ZAP refusal).
+        fresh = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
+        try:
+            assert request(fresh, "clear_fault").ok
+            assert request(fresh, "disarm").ok
+        finally:
+            fresh.close()
+    reloads = [r for r in audit_records(node, "estop_request") if r["action"] == "reload-keys"]
+    assert reloads and reloads[-1]["source"] == "keys"
+
+
 # ------------------------------------------------------------------ observers
 def test_observer_feed_carries_telemetry_and_audited_events(node: Node) -> None:
     """The network thread builds telemetry from the loop's report and publishes it, with
@@ -402,4 +486,4 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     data = json.loads((node.run / "robot.json").read_text())
     assert data["final_state"] == "disabled"
     assert data["following_periods"] > 0
-    assert "signal 15: stopping; the arm holds" in node.log
+    assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"
