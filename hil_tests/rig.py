@@ -153,6 +153,9 @@ class SimRig:
         self.opts = opts
         self.run = opts.run_dir
         self.run.mkdir(parents=True, exist_ok=True)
+        # The run folder holds the robot's e-stop socket and keys: the robot refuses a
+        # runtime folder other accounts can enter (robot_side.localsock).
+        self.run.chmod(0o700)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         ports = free_ports(8)
@@ -202,6 +205,8 @@ class SimRig:
         sections: dict[str, dict[str, Any]] = {
             "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.robot_ports.items()}},
+            "page": {"port": 0},  # the supervision page, on an ephemeral port
+            "record": {"folder": self.run / "recordings"},
             "serial": {"port": serial_port},
             "control": {"rate_hz": self.opts.rate_hz,
                         "rotation_scale": self.opts.rotation_scale},

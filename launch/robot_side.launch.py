@@ -3,8 +3,10 @@
     ros2 launch launch/robot_side.launch.py [params_file:=<yaml>] [profile:=<toml>]
 
 Runs ``telesurgery robot --config <profile> --ros-backend rclpy`` with the
-namespace, domain and publish rate of the parameters file (default:
-params.yaml beside this file) as command-line overrides of the profile. For robots with a ROS 2 install only: this file imports ``launch`` and
+namespace, domain, publish rate and command side of the parameters file
+(default: params.yaml beside this file; params_command.yaml for the opt-in
+command side, see robot_side_command.launch.py) as command-line overrides of
+the profile. The robot node starts the ROS 2 bridge as its own child process. For robots with a ROS 2 install only: this file imports ``launch`` and
 ``launch_ros``, which come with ROS 2, so it is not importable (nor linted or
 type-checked) in the project's own environment; a test only compiles it.
 """
@@ -38,6 +40,7 @@ def _robot_process(context):
         "--ros-namespace", str(params["namespace"]),
         "--ros-domain-id", str(int(params["domain_id"])),
         "--ros-hz", str(float(params["ros_hz"])),
+        "--ros-command", "on" if params.get("command", False) else "off",
     ]
     return [
         LogInfo(msg="telesurgery robot: " + " ".join(cmd)),
@@ -52,9 +55,9 @@ def _robot_process(context):
     ]
 
 
-def generate_launch_description():
+def generate_launch_description(params="params.yaml"):
     return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=str(HERE / "params.yaml"),
+        DeclareLaunchArgument("params_file", default_value=str(HERE / params),
                               description="ROS 2 parameters file (profile, namespace, rates)"),
         DeclareLaunchArgument("profile", default_value="",
                               description="robot config profile (TOML); overrides params_file"),

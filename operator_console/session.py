@@ -86,6 +86,7 @@ class SessionThread(threading.Thread):
         self._next_attempt_ns = 0
         self._armed = False
         self._scale_sent = False
+        self._align_asked = False
 
     def stop(self) -> None:
         self._halt.set()
@@ -127,20 +128,27 @@ class SessionThread(threading.Thread):
             sh.telemetry = msg
             sh.telemetry_ns = recv_ns  # after the telemetry: a torn read overstates its age
             # A stop is a change away from following (or a latch). Telemetry queued while
-            # the engage request was in flight still says ready/hold and is not one.
+            # the engage request was in flight still says ready/hold and is not one; a
+            # trip before the first following telemetry arrives as a safety event.
             left = (prev is not None and prev.state == "following") or msg.state in (
                 "fault", "estop")
-            if (sh.engaged and left and msg.state != "following"
-                    and msg.reason not in SURGEON_HOLDS):
-                sh.trips.append({"t_ns": recv_ns, "state": msg.state, "reason": msg.reason})
-                log.warning("robot stopped following: %s (%s)", msg.state, msg.reason)
-                self._stopped(recv_ns, f"robot {msg.state}: {msg.reason}")
+            if sh.engaged and left and msg.state != "following":
+                self._robot_stopped(recv_ns, msg.state, msg.reason)
         elif isinstance(msg, SafetyEvent):
             sh.events.append(msg)
             log.info("safety event: %s -> %s (%s) %s", msg.state_from, msg.state_to,
                      msg.code, msg.detail)
+            if sh.engaged and msg.state_from == "following" and msg.state_to != "following":
+                self._robot_stopped(recv_ns, msg.state_to, msg.code)
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
+
+    def _robot_stopped(self, now: int, state: str, reason: str) -> None:
+        if reason in SURGEON_HOLDS:
+            return
+        self.shared.trips.append({"t_ns": now, "state": state, "reason": reason})
+        log.warning("robot stopped following: %s (%s)", state, reason)
+        self._stopped(now, f"robot {state}: {reason}")
 
     def _stopped(self, now: int, why: str) -> None:
         """Motion stopped (a trip, or the stale-picture lockout): only a deliberate
@@ -185,9 +193,15 @@ class SessionThread(threading.Thread):
             return
         out = sh.last_output
         instrument = tlm.measured_cp.orientation
-        if out is not None and quat_angle(out.quat, instrument) > ALIGNED_RAD:
-            sh.align_to = instrument  # engage at the next attempt, once aligned
+        if (not self._align_asked and out is not None
+                and quat_angle(out.quat, instrument) > ALIGNED_RAD):
+            # Align first; engage at the next attempt, soon: the robot judges the
+            # alignment with its own tolerance, the hand keeps moving meanwhile.
+            sh.align_to = instrument
+            self._align_asked = True
+            self._next_attempt_ns = now + 50_000_000
             return
+        self._align_asked = False
         self._engage()
 
     def _engage(self) -> None:

@@ -48,6 +48,7 @@ from zmq.utils.monitor import parse_monitor_message
 from robot_side.control import CommandSample, PendingRequest
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
+from transport.auth import session_key
 from transport.config import LinkConfig
 from transport.endpoint import COMMAND_RCVHWM, DRAIN_MAX
 from transport.gate import CommandGate, Verdict
@@ -116,6 +117,9 @@ class CommandPort:
         """The console clock's offset, as the network thread's ClockSync knows it now."""
         self.on_arrival: Callable[[int], None] | None = None
         """Called with each fresh command's receive time (the loop's phase lock)."""
+        self.key_allowed: Callable[[str | None], bool] = lambda key: True
+        """Whether a session's key (``transport.auth.session_key``) is still authorised:
+        the node sets the authenticator's ``allows``, so a revoked session is refused."""
         self.on_fresh: Callable[[Command], None] | None = None
         """Called with each command the gate accepts (video rate feedback)."""
         self.sample: CommandSample | None = None
@@ -239,6 +243,8 @@ class CommandPort:
             # it is here so that a ZAP bug cannot let a command in.
             if user != SURGEON_USER:
                 raise SchemaError("user", f"{user!r} may not command")
+            if not self.key_allowed(session_key(frames[0])):
+                raise SchemaError("user", "the key of this session was revoked")
             msg = decode(frames[0].buffer)
             if not isinstance(msg, Command):
                 raise SchemaError("t", f"{msg.TYPE!r} not expected on command")

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.localsock import default_runtime_dir
+from robot_side.recording.config import RecordConfig
+from robot_side.servos.config import ServosConfig
+from robot_side.supervision.config import PageConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
 from transport.config import LinkConfig
 
-
-def default_runtime_dir() -> Path:
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "telesurgery"
+__all__ = ["RobotConfig", "default_runtime_dir", "load_robot_config"]
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,40 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class RosConfig:
+    """The ROS 2 bridge process (robot_side.ros; docs/ros2.md)."""
+
     backend: Literal["auto", "dds", "rclpy", "none"] = "auto"
     namespace: str = "arm"
     domain_id: int = 0
+    interfaces: tuple[str, ...] = ()
+    """Network interfaces (names or addresses) DDS binds to; () = cyclonedds' default,
+    loopback only when the command side is on and no peers are given."""
+    peers: tuple[str, ...] = ()
+    """Unicast discovery peers; when given, multicast discovery is off."""
+    security_xml: Path | None = None
+    """A cyclonedds <Security> element (DDS Security); refused if this build lacks it."""
+    command: bool = False
+    """Opt-in command side: servo_cp, move_cp, state_command through the robot's link."""
+    command_key: str = "ros"
+    """The commander's key pair: <keys_dir>/<command_key>/ (``telesurgery keys add-ros``)."""
+    move_speed_m_s: float = 0.02
+    """move_cp: straight-line speed of the generated trajectory."""
+    command_hz: float = 500.0
+    """move_cp: rate of the generated stream (servo_cp is forwarded as it arrives)."""
 
     def __post_init__(self) -> None:
         check(0 <= self.domain_id <= 232, "ros.domain_id", self.domain_id, "must be 0..232")
         check(self.namespace.isidentifier(), "ros.namespace", self.namespace,
               "must be a plain ROS name")
+        check(all(isinstance(i, str) and i for i in self.interfaces), "ros.interfaces",
+              self.interfaces, "must be interface names or addresses")
+        check(all(isinstance(p, str) and p for p in self.peers), "ros.peers", self.peers,
+              "must be host names or addresses")
+        finite_positive("ros.move_speed_m_s", self.move_speed_m_s)
+        check(self.move_speed_m_s <= 0.25, "ros.move_speed_m_s", self.move_speed_m_s,
+              "must be <= 0.25 m/s")
+        finite_positive("ros.command_hz", self.command_hz)
+        check(self.command_hz <= 1000.0, "ros.command_hz", self.command_hz, "must be <= 1000")
 
 
 @dataclass(frozen=True)
@@ -76,7 +103,21 @@ class KinematicsConfig:
 @dataclass(frozen=True)
 class EstopConfig:
     socket: Path = field(default_factory=lambda: default_runtime_dir() / "estop.sock")
-    """Local-only Unix socket of ``telesurgery estop``; never reachable over the network."""
+    """Local-only Unix socket of ``telesurgery estop``; never reachable over the network.
+    Its folder must be the robot's uid's and 0700 (0750 with ``group``): see
+    robot_side.localsock. Default: /run/telesurgery (root), $XDG_RUNTIME_DIR/telesurgery."""
+    group: str | None = None
+    """Staff group whose members may use the socket (panel, estop) besides the robot's
+    own account and root; the socket is then 0660 and its folder 0750, group-owned."""
+    robot_user: str | None = None
+    """The account the robot node runs as, for the local tools: they trust only a server
+    of this uid (or root). Default: the tool's own uid."""
+
+    def __post_init__(self) -> None:
+        for key, name in (("estop.group", self.group), ("estop.robot_user", self.robot_user)):
+            check(name is None or (0 < len(name) <= 32 and name.replace("-", "_")
+                                   .replace(".", "_").isidentifier()),
+                  key, name, "must be a plain account or group name")
 
 
 @dataclass(frozen=True)
@@ -85,6 +126,14 @@ class ObserveConfig:
     """Local feed (robot_side.observe) for the ROS 2 bridge, the page and the recorder."""
     hz: float = 100.0
     """Telemetry rate on the feed; safety events are published as they are audited."""
+    video_socket: Path | None = None
+    """Local copy of the surgeon's H.264 access units (page, recorder); an XPUB: each
+    subscription asks the encoder for a keyframe, at most once per second. None:
+    ``video.sock`` beside ``socket``."""
+
+    @property
+    def video_path(self) -> Path:
+        return self.video_socket or self.socket.parent / "video.sock"
 
     def __post_init__(self) -> None:
         finite_positive("observe.hz", self.hz)
@@ -108,12 +157,16 @@ class RobotConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     serial: SerialConfig = field(default_factory=SerialConfig)
     manipulator: ManipulatorConfig = field(default_factory=ManipulatorConfig)
+    servos: ServosConfig = field(default_factory=ServosConfig)
+    """The smart-servo bus of the "dynamixel" and "feetech" manipulator backends."""
     control: ControlConfig = field(default_factory=ControlConfig)
     ros: RosConfig = field(default_factory=RosConfig)
     kinematics: KinematicsConfig = field(default_factory=KinematicsConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     estop: EstopConfig = field(default_factory=EstopConfig)
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    page: PageConfig = field(default_factory=PageConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

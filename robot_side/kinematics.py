@@ -105,11 +105,14 @@ class Kinematics:
         cls, path: Path | None = None, tip_frame: str = "tool_tip",
         home: Sequence[float] | None = None,
     ) -> Kinematics:
-        """Load a URDF; ``None`` is the shipped arm6 with its ``HOME_Q``."""
+        """Load a URDF; ``None`` is the shipped arm6 with its ``HOME_Q``.
+
+        The shipped file named by its path is the same arm: it gets ``HOME_Q`` too
+        (it used to get the zero pose, whose tip is outside the workspace)."""
         if path is None:
             path = DEFAULT_URDF
-            if home is None:
-                home = HOME_Q.tolist()
+        if home is None and path.is_file() and path.resolve() == DEFAULT_URDF.resolve():
+            home = HOME_Q.tolist()
         if not path.is_file():
             raise ConfigError(f"URDF not found: {path}")
         try:

@@ -147,6 +147,8 @@ class NetworkThread(threading.Thread):
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.telemetry_built = 0
+        self.audit_head: Callable[[], str | None] = lambda: None
+        """The audit chain head (``AuditLog.head``): the witness every telemetry carries."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -211,7 +213,8 @@ class NetworkThread(threading.Thread):
                 seq += 1
                 sample = mb.command
                 tlm = telemetry_from(seq, report, view, self.loop_jitter_us(),
-                                     sample.cmd.video_age_us if sample else None)
+                                     sample.cmd.video_age_us if sample else None,
+                                     audit_head=self.audit_head())
                 self.telemetry_built += 1
                 last_report = report
                 mb.telemetry = tlm

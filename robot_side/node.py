@@ -1,9 +1,10 @@
 """``telesurgery robot``: the process beside the patient.
 
 Threads: the control loop (this module, SCHED_FIFO where permitted), the
-network thread (robot_side.netio), the audit thread, the ROS 2 reporter, the
-video sender and the local e-stop socket. The control loop owns the serial
-port and every safety decision; the others only feed it or report from it.
+network thread (robot_side.netio), the audit thread and the local e-stop
+socket; child processes for video and the ROS 2 bridge (an observer of the
+local feed, robot_side.ros.process). The control loop owns the serial port and
+every safety decision; the others only feed it or report from it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import argparse
 import collections
 import json
 import logging
-import signal
 import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import zmq
@@ -26,19 +25,23 @@ import zmq
 from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
 from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
-from robot_side.control_io import ControlInputs, EstopEvent, TripRecord
+from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
+from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
-from robot_side.ros import open_bridge
+from robot_side.ros.process import RosProcess
+from robot_side.signals import SignalDesk
+from robot_side.supervision.process import start_onsite_observers
 from robot_side.video_process import VideoProcess
-from robot_side.workers import AuditThread, RosReporter, SerialReconnector
+from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
-from safety.states import Reason
+from safety.states import Reason, State
+from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
-from telesurgery.errors import AuthError, LinkError, ManipulatorError, TelesurgeryError
+from telesurgery.errors import LinkError, ManipulatorError, TelesurgeryError
 from telesurgery.helptext import plain_help
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
@@ -50,6 +53,7 @@ from telesurgery.pacer import (
     enter_realtime,
     realtime_permitted,
 )
+from transport.auth import Authenticator
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
@@ -79,11 +83,14 @@ class RobotNode:
         self.manipulator = make_manipulator(cfg)
         self.core = ControlCore(cfg, self.kin)
         self.pacer = Pacer(cfg.control.period_ns)
-        self._recent: collections.deque[str] = collections.deque(maxlen=8)
+        self._recent: collections.deque[Transition] = collections.deque(maxlen=8)
         self._last_report: StepReport | None = None
         self._last_link: LinkView | None = None
+        self._auth: Authenticator | None = None
+        self.signals: SignalDesk | None = None
         self.trips: list[TripRecord] = []
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
+        self._external_trip: ExternalTrip | None = None
         self._estop_pending: dict[int, EstopRequest] = {}
         self._estop_token = 0
         self.port: CommandPort | None = None
@@ -98,22 +105,46 @@ class RobotNode:
         return LinkView(LinkStats().snapshot(now), None, False)
 
     def panel_status(self) -> dict[str, Any]:
-        """What the on-site staff's panel shows; read from references the loop swaps."""
+        """What the on-site staff's panel shows; read from references the loop swaps.
+
+        Times are ages in seconds on this process's monotonic clock at the moment of
+        the answer (``report_age_s``: how old the control loop's last report is), so the
+        panel never compares clocks."""
         r, link = self._last_report, self._last_link
+        now = time.monotonic_ns()
         if r is None:
-            return {"state": "starting"}
+            return {"state": "starting", "report_age_s": 0.0, "events": []}
+        recent = list(self._recent)
         return {
             "state": str(r.state), "reason": str(r.reason), "estop": r.estop,
+            "report_age_s": round((now - r.t_ns) / 1e9, 3),
+            "since_s": round((now - recent[-1].t_ns) / 1e9, 3) if recent else None,
             "scale": round(r.scale, 3), "firmware_flags": r.firmware_flags,
             "tracking_error_mm": round(r.tracking_error_m * 1000, 2),
             "link_ok": r.health.ok, "link_detail": r.health.detail,
             "rtt_ms": None if link is None or link.rtt_ns is None else link.rtt_ns / 1e6,
             "loss": None if link is None else round(link.stats.loss, 4),
-            "events": list(self._recent),
+            "events": [{"ago_s": round((now - t.t_ns) / 1e9, 3), "from": str(t.state_from),
+                        "to": str(t.state_to), "reason": str(t.reason),
+                        "detail": t.detail[:120]} for t in recent],
         }
 
     def stop(self) -> None:
         self._halt.set()
+
+    def request_trip(self, reason: Reason, detail: str) -> None:
+        """From any thread (e.g. a revoked key's session dropped): the next period trips
+        to a latched FAULT and holds. One reference swap; the latest request wins."""
+        self._external_trip = ExternalTrip(reason, detail)
+
+    def reload_keys(self) -> str:
+        """Re-read the authorised keys (SIGHUP, ``keys reload``); any thread may call it.
+
+        A revoked surgeon session sets ``auth.revoked``; the control loop trips on it."""
+        auth = self._auth
+        if auth is None:
+            return "error: the link is not up yet; nothing to reload"
+        return "ok " + auth.reload().describe()
 
     def run(self, seconds: float | None = None) -> int:
         cfg = self.cfg
@@ -131,6 +162,16 @@ class RobotNode:
                 log.warning("config: %s", line)
             audit.append("start", {"config": json.dumps(to_dict(cfg))[:4000],
                                    "warnings": "\n".join(warnings)}, sync=True)
+            # First of all the local e-stop: a second node on the same path stops here,
+            # with one line, before it touches a port or the serial line.
+            estop = EstopServer(cfg.estop.socket, self.panel_status,
+                                group=group_id(cfg.estop.group), audit=audit.append,
+                                reload_keys=self.reload_keys)
+            estop.start()
+            stack.callback(estop.stop)
+            if self.signals is not None:
+                self.signals.attach_audit(audit.append)
+                stack.callback(self.signals.attach_audit, None)
             auditor = AuditThread(audit, self.mailbox)
             auditor.start()
             stack.callback(auditor.join, 2.0)
@@ -146,9 +187,11 @@ class RobotNode:
             stack.callback(reconnector.stop)
             runtime = cfg.observe.socket.parent
             runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
-            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir, control_dir=runtime)
+            video = VideoProcess(cfg.video, cfg.link, cfg.link.keys_dir, control_dir=runtime,
+                                 local_socket=cfg.observe.video_path)
             video.start()
             stack.callback(video.stop)
+            start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
             # One line to the video process per thread that talks to it (ZeroMQ
             # sockets are single-thread): keyframe requests from the network thread,
             # the surgeon's picture age from this one, each straight to the encoder.
@@ -160,6 +203,7 @@ class RobotNode:
                                 observe_path=cfg.observe.socket, observe_hz=cfg.observe.hz,
                                 ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
                                 video=video, keyframes=keyframes)
+            net.audit_head = lambda: audit.head
             net.start()
             stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)
@@ -168,6 +212,7 @@ class RobotNode:
             if net.error is not None or net.link is None:
                 log.error("link did not start: %s", net.error)
                 return 2
+            self._auth = net.link.auth
             # The command socket is the control thread's (this one): bound after the
             # network thread's link has started the authenticator it relies on.
             mb = self.mailbox
@@ -188,19 +233,26 @@ class RobotNode:
             # Rate feedback goes from here straight to the video process.
             port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
             self.port = port
-            bridge = open_bridge(cfg.ros.backend, cfg.ros.namespace, cfg.ros.domain_id)
-            ros = RosReporter(bridge, self.kin.joint_names, cfg.control.ros_hz)
-            ros.start()
-            stack.callback(ros.close)
-            estop = EstopServer(cfg.estop.socket, self.panel_status)
-            estop.start()
-            stack.callback(estop.stop)
+            port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             endpoints = {"command": port.port, **net.link.endpoints}
+            ros = None
+            if cfg.ros.backend != "none":
+                # Its own process, observing the feed: DDS never shares the loop's GIL.
+                # It gets the ports really bound (0 in the config binds a random one).
+                bound = replace(cfg.link, command_port=endpoints["command"],
+                                control_port=endpoints["control"],
+                                telemetry_port=endpoints["telemetry"])
+                ros = RosProcess(replace(cfg, link=bound))
+                ros.start()
+                stack.callback(ros.stop)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
-                     endpoints, cfg.control.rate_hz, cfg.ros.backend, video.describe())
-            self._loop(auditor, ros, estop, video, seconds)
-            audit.append("stop", {"trips": len(self.trips)}, sync=True)
-            self._write_summary(net, auditor, video)
+                     endpoints, cfg.control.rate_hz,
+                     "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
+                     video.describe())
+            self._loop(auditor, estop, video, seconds)
+            stopped_by = self.signals.stop_signal if self.signals is not None else None
+            audit.append("stop", {"trips": len(self.trips), "signal": stopped_by}, sync=True)
+            self._write_summary(net, auditor, video, ros)
         return 0
 
     # ------------------------------------------------------------ the control thread
@@ -237,7 +289,7 @@ class RobotNode:
             self.path.record(sample.cmd, self.mailbox.clock.offset_ns, written_ns,
                              sample.recv_ns)
 
-    def _loop(self, auditor: AuditThread, ros: RosReporter, estop: EstopServer,
+    def _loop(self, auditor: AuditThread, estop: EstopServer,
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         if enter_realtime(50, cfg.control.realtime):
@@ -246,12 +298,12 @@ class RobotNode:
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self._wait_period()
-            self._period(tick.actual_ns, auditor, ros, estop)
+            self._period(tick.actual_ns, auditor, estop)
         # Leaving the loop: the arm must be holding, whatever state we were in.
         self.core.supervisor.disarm(time.monotonic_ns())
-        self._period(time.monotonic_ns(), auditor, ros, estop)
+        self._period(time.monotonic_ns(), auditor, estop)
 
-    def _period(self, now_ns: int, auditor: AuditThread, ros: RosReporter,
+    def _period(self, now_ns: int, auditor: AuditThread,
                 estop: EstopServer) -> PeriodResult:
         """read -> update -> write, then the hand-offs (one reference swap, bounded deques).
 
@@ -259,10 +311,16 @@ class RobotNode:
         """
         mb = self.mailbox
         link = mb.link_view or self._empty_link
+        trip, self._external_trip = self._external_trip, None
+        revoked = self._revocation()
+        if revoked is not None:
+            if trip is not None:
+                self._external_trip = trip  # not lost: it trips in the next period
+            trip = revoked
         inputs = ControlInputs(command=mb.command, link=link,
                                requests=tuple(self._take_requests()),
-                               estop=self._estop_events(estop, ros),
-                               audit_ok=auditor.healthy)
+                               estop=self._estop_events(estop),
+                               audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
         if self.core.following_periods != following and result.written_ns is not None:
@@ -273,7 +331,7 @@ class RobotNode:
             auditor.submit(record)
         for t in out.transitions:
             auditor.submit(t)
-            self._recent.append(f"{t.state_from} -> {t.state_to}: {t.reason} {t.detail}")
+            self._recent.append(t)
         for token, answer in out.estop_replies:
             req = self._estop_pending.pop(token, None)
             if req is not None:
@@ -287,26 +345,43 @@ class RobotNode:
                 self.trips.append(result.trip)
         report = out.report
         mb.report = report
-        ros.latest = report
         self._last_report, self._last_link = report, link
         return result
 
-    def _estop_events(self, estop: EstopServer, ros: RosReporter) -> tuple[EstopEvent, ...]:
+    def _revocation(self) -> ExternalTrip | None:
+        """A reload revoked a live surgeon session: hold with an audited trip."""
+        auth = self._auth
+        if auth is None or not auth.revoked.is_set():
+            return None
+        auth.revoked.clear()
+        return ExternalTrip(Reason.KEY_REVOKED, "revoked: " + ", ".join(auth.revoked_users))
+
+    def _estop_events(self, estop: EstopServer) -> tuple[EstopEvent, ...]:
+        # The ROS 2 e-stop topic arrives here too: the bridge process presses this socket.
         events: list[EstopEvent] = []
-        if ros.estop_requested.is_set():
-            ros.estop_requested.clear()
-            events.append(EstopEvent("press", Reason.ESTOP_ROS))
+        sup = self.core.supervisor  # read in the control thread, right before the step
         while not estop.requests.empty():
             req: EstopRequest = estop.requests.get_nowait()
+            if req.action == "refused":
+                # A local tool refused a clear itself (wrong PIN...): the e-stop server
+                # audits it with who asked; the arm's state does not change.
+                req.answer = f"ok refusal recorded ({sup.state})"
+                req.done.set()
+                continue
+            if req.action == "clear" and sup.state is not State.ESTOP:
+                req.answer = f"ok no e-stop to clear (state {sup.state}, {sup.reason})"
+                req.done.set()
+                continue
             self._estop_token += 1
             self._estop_pending[self._estop_token] = req
             action = req.action if req.action in ("press", "clear") else "status"
-            events.append(EstopEvent(action, Reason.ESTOP_LOCAL,  # type: ignore[arg-type]
+            source = Reason.ESTOP_ROS if req.source == "ros" else Reason.ESTOP_LOCAL
+            events.append(EstopEvent(action, source,  # type: ignore[arg-type]
                                      self._estop_token))
         return tuple(events)
 
     def _write_summary(self, net: NetworkThread, auditor: AuditThread,
-                       video: VideoProcess) -> None:
+                       video: VideoProcess, ros: RosProcess | None) -> None:
         if self.summary_path is None:
             return
         stats = self.pacer.stats()
@@ -334,6 +409,7 @@ class RobotNode:
             "audit_records": auditor.persisted,
             "serial": dict(self.manipulator.counters),
             "video": video.summary(),
+            "ros": None if ros is None else ros.summary(),
             "final_state": str(self.core.supervisor.state),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
@@ -350,6 +426,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ros-namespace", help="override ros.namespace")
     p.add_argument("--ros-domain-id", type=int, help="override ros.domain_id")
     p.add_argument("--ros-hz", type=float, help="override control.ros_hz")
+    p.add_argument("--ros-command", choices=("on", "off"),
+                   help="override ros.command (the opt-in ROS 2 command side)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -360,17 +438,17 @@ def main(argv: list[str]) -> int:
         log.error("%s", err)
         return 2
 
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping; the arm holds", signum)
-        node.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    # Before anything opens: from here on no signal kills the node with the arm unheld.
+    node.signals = SignalDesk(node.stop, node.reload_keys)
+    node.signals.install()
+    node.signals.start()
     try:
         return node.run(args.seconds)
-    except AuthError as err:
+    except TelesurgeryError as err:  # keys, or a second node on the e-stop socket or log
         log.error("refusing to start: %s", err)
         return 2
+    finally:
+        node.signals.close()
 
 
 def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
@@ -382,6 +460,8 @@ def _override(cfg: RobotConfig, args: argparse.Namespace) -> RobotConfig:
         ros = replace(ros, namespace=args.ros_namespace)
     if args.ros_domain_id is not None:
         ros = replace(ros, domain_id=args.ros_domain_id)
+    if args.ros_command:
+        ros = replace(ros, command=args.ros_command == "on")
     control = cfg.control if args.ros_hz is None else replace(cfg.control, ros_hz=args.ros_hz)
     serial = cfg.serial if not args.serial_port else replace(cfg.serial, port=args.serial_port)
     return replace(cfg, ros=ros, control=control, serial=serial)

@@ -98,6 +98,11 @@ class ObserverClient:
         self.last_recv_ns = time.monotonic_ns()
         return msg
 
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """For a ``zmq.Poller`` that waits on this feed and other sockets at once."""
+        return self._sock
+
     def age_ns(self, now_ns: int) -> int | None:
         """How long since the last valid message; None if none ever came."""
         return None if self.last_recv_ns is None else now_ns - self.last_recv_ns

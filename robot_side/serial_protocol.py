@@ -29,6 +29,7 @@ from typing import ClassVar, Self, TypeAlias
 
 from telesurgery.crc import crc32c
 from telesurgery.errors import SchemaError
+from telesurgery.seqnum import u32_forward, u32_reached
 
 log = logging.getLogger(__name__)
 
@@ -472,8 +473,8 @@ class FrameDecoder:
         # A Hello restarts the peer's numbering, so it is never a gap.
         if expected is not None and msg.seq != expected and not isinstance(msg, Hello):
             self.counts["seq_gaps"] += 1
-            missing = (msg.seq - expected) % U32
-            if missing < U32 // 2:
+            missing = u32_forward(expected, msg.seq)
+            if u32_reached(msg.seq, expected):  # ahead, not a late or repeated frame
                 self.counts["frames_lost"] += missing
             log.debug("%s: sequence gap, expected %d got %d", self.name, expected, msg.seq)
         self._expected_seq = (msg.seq + 1) % U32

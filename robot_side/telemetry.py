@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from robot_side.control import LinkView, StepReport
 from transport.schema import (
     I64_MAX,
@@ -31,6 +33,7 @@ LATENCY_MIN_US = -(2**31)
 JOINT_BOUND = 1e6
 MAX_SCALE = 10.0
 MAX_TRACKING_M = 1e3
+AUDIT_HEAD_MAX = 48
 
 
 def _int(x: int | None, lo: int, hi: int) -> int:
@@ -65,8 +68,16 @@ def _pose(p: tuple[Sequence[float], Sequence[float]]) -> Pose:
     return Pose((pos[0], pos[1], pos[2]), quat)
 
 
+def _joint_values(values: Sequence[float]) -> tuple[float, ...]:
+    """Velocities or efforts as reported, clamped to what encodes; () if none or not finite."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) > MAX_JOINTS or not np.all(np.isfinite(array)):
+        return ()
+    return tuple(np.clip(array, -JOINT_BOUND, JOINT_BOUND).tolist())
+
+
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None) -> Telemetry:
+                   video_age_us: int | None, *, audit_head: str | None = None) -> Telemetry:
     s = link.stats
     state = str(r.state)
     return Telemetry(
@@ -83,4 +94,7 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         firmware_flags=int(r.firmware_flags) & U32,
         loop_jitter_us=_int(loop_jitter_us, 0, U32),
         tracking_error_m=_float(r.tracking_error_m, 0.0, MAX_TRACKING_M),
+        measured_jv=_joint_values(r.measured_v),
+        measured_jf=_joint_values(r.measured_effort),
+        audit_head=None if audit_head is None else audit_head[:AUDIT_HEAD_MAX],
     )

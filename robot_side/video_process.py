@@ -33,6 +33,7 @@ from typing import Any
 import zmq
 
 from robot_side.video.config import VideoConfig
+from robot_side.video.mirror import MirrorKeyframes, open_local_mirror
 from transport.config import LinkConfig
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ class VideoControl:
 
 class VideoProcess:
     def __init__(self, video: VideoConfig, link: LinkConfig, keys_dir: Path,
-                 outbox_size: int = OUTBOX_SIZE, control_dir: Path | None = None) -> None:
+                 outbox_size: int = OUTBOX_SIZE, control_dir: Path | None = None,
+                 *, local_socket: Path | None = None) -> None:
         ctx = mp.get_context("spawn")
         self._own_dir = control_dir is None
         folder = Path(tempfile.mkdtemp(prefix="ts-video-")) if control_dir is None else control_dir
@@ -93,7 +95,8 @@ class VideoProcess:
         self._proc = ctx.Process(
             target=_child_main, name="robot-video", daemon=True,
             args=(_ChildArgs(video, link, keys_dir, os.getpid(),
-                             logging.getLogger().getEffectiveLevel(), self.control_path),
+                             logging.getLogger().getEffectiveLevel(), self.control_path,
+                             local_socket),
                   self._inbox, self._outbox))
         self.encoder = "starting"
         self.error: str | None = None
@@ -178,6 +181,8 @@ class _ChildArgs:
     parent_pid: int
     log_level: int
     control_path: Path
+    local_socket: Path | None = None
+    """ipc XPUB copy of every access unit for the robot's own observers (page, recorder)."""
 
 
 def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
@@ -203,15 +208,17 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
             control.setsockopt(zmq.LINGER, 0)
             control.setsockopt(zmq.RCVHWM, CONTROL_HWM)
             control.bind(f"ipc://{args.control_path}")
+            mirror = open_local_mirror(ctx, args.local_socket)
             try:
                 choice = select_encoder(video)
                 outbox.put(("encoder", choice.describe()))
                 log.info("video encoder: %s", choice.describe())
-                sender = VideoSender(sock, H264Encoder(video, choice))
+                sender = VideoSender(sock, H264Encoder(video, choice), mirror=mirror)
                 source = open_source(video)
                 source.start()
                 try:
-                    _loop(source, sender, control, inbox, outbox, parent_pid=args.parent_pid)
+                    _loop(source, sender, control, inbox, outbox, parent_pid=args.parent_pid,
+                          mirror=mirror)
                 finally:
                     source.stop()
                     # Never block the exit on a parent that stopped reading (or died).
@@ -220,6 +227,8 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
             finally:
                 control.close(0)
                 sock.close(0)
+                if mirror is not None:
+                    mirror.close(0)
     except TelesurgeryError as err:
         log.error("video stopped: %s; the surgeon's picture will go stale and the arm "
                   "will hold", err)
@@ -249,10 +258,12 @@ def _take_control(control: zmq.Socket[Any], sender: Any) -> None:
 
 def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
           inbox: mp.Queue[tuple[str, Any]], outbox: mp.Queue[tuple[str, Any]], *,
-          parent_pid: int) -> None:
+          parent_pid: int, mirror: zmq.Socket[bytes] | None = None) -> None:
     last_id: int | None = None
     next_stats = time.monotonic_ns()
+    keyframes = MirrorKeyframes(mirror)
     while os.getppid() == parent_pid:  # a parent killed with SIGKILL leaves us orphaned
+        keyframes.poll(sender, time.monotonic_ns())
         while True:
             try:
                 kind, value = inbox.get_nowait()

@@ -1,6 +1,8 @@
-"""The robot node's helper threads: audit, ROS 2 reporter and video sender.
+"""The robot node's helper threads: audit and serial reconnect.
 
-Each keeps slow or blocking work (fsync, DDS, H.264) out of the control loop.
+Each keeps slow or blocking work (fsync, a serial handshake) out of the control
+loop; DDS and H.264 run in child processes (robot_side.ros.process,
+robot_side.video_process).
 """
 
 from __future__ import annotations
@@ -8,17 +10,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
-from robot_side.control import StepReport
 from robot_side.control_io import ControlAudit
 from robot_side.manipulator.base import Manipulator
 from robot_side.netio import Mailbox
-from robot_side.ros.interface import RosBridge
 from safety.audit import AuditLog
-from safety.states import crtk_state
 from safety.supervisor import Transition
-from telesurgery.errors import AuditError, TelesurgeryError
+from telesurgery.errors import AuditError
 from telesurgery.pacer import HELPER_PRIORITY, try_realtime
 from transport.schema import SafetyEvent
 
@@ -129,57 +127,3 @@ class SerialReconnector(threading.Thread):
         while not self._halt.wait(self.interval_s):
             if not self.driver.connected and self.driver.reconnect():
                 log.warning("serial port back; the arm holds until the surgeon re-engages")
-
-
-class RosReporter(threading.Thread):
-    """Publishes CRTK topics at a decimated rate and watches the e-stop topic."""
-
-    def __init__(self, bridge: RosBridge, joint_names: tuple[str, ...], rate_hz: float) -> None:
-        super().__init__(name="robot-ros", daemon=True)
-        self.bridge = bridge
-        self.joint_names = joint_names
-        self.period_s = 1.0 / rate_hz
-        self.latest: StepReport | None = None
-        self.estop_requested = threading.Event()
-        self._halt = threading.Event()
-        self.errors = 0
-
-    def stop(self) -> None:
-        self._halt.set()
-
-    def run(self) -> None:
-        last_diag = 0
-        while not self._halt.wait(self.period_s):
-            try:
-                if self.bridge.poll_estop():
-                    self.estop_requested.set()
-                r = self.latest
-                if r is None:
-                    continue
-                stamp = time.time_ns()  # wall-clock ok: ROS header stamps are wall time
-                self.bridge.publish_measured_js(self.joint_names, r.measured_q, r.measured_v,
-                                                r.measured_effort, stamp)
-                self.bridge.publish_measured_cp(*r.measured_cp, stamp)
-                self.bridge.publish_setpoint_cp(*r.setpoint_cp, stamp)
-                now = time.monotonic_ns()
-                if now - last_diag > 500_000_000:
-                    last_diag = now
-                    self._diagnostics(r, stamp)
-            except TelesurgeryError as err:
-                self.errors += 1
-                log.warning("ROS 2 publish failed: %s", err)
-
-    def _diagnostics(self, r: StepReport, stamp: int) -> None:
-        state = crtk_state(r.state)
-        self.bridge.publish_operating_state(state, True, r.state == "following", stamp)
-        level = 0 if r.state in ("ready", "following") else 1 if r.state == "hold" else 2
-        h = r.health
-        self.bridge.publish_diagnostics(level, "supervisor", f"{r.state}: {r.reason}", {
-            "state": str(r.state), "reason": str(r.reason), "link_ok": str(h.ok),
-            "link_detail": h.detail or "ok", "scale": f"{r.scale:.3f}",
-            "tracking_error_mm": f"{r.tracking_error_m * 1000:.2f}",
-        }, stamp)
-
-    def close(self) -> None:
-        self.stop()
-        self.bridge.close()

@@ -6,9 +6,19 @@ holding framed records::
     magic "\\x89TSA" | u32 LE payload length | payload (JSON) | u32 LE CRC-32C(magic..payload)
 
 The payload carries the record index, monotonic and wall timestamps, the kind, the
-fields and ``prev``: the SHA-256 of the previous record's frame, so the records form
-one hash chain across segments. The CRC says whether a record is intact by itself;
-the index and the chain say whether one is missing or out of order.
+fields and ``prev``: the HMAC-SHA256, under the robot's audit key, of the previous
+record's frame, so the records form one keyed chain across segments. The CRC says
+whether a record is intact by itself; the index and the chain say whether one is
+missing, out of order or forged: without the key nobody can append a record, delete
+one and rebuild the chain, or rewrite one (issue 12.8).
+
+The key is 32 random bytes in ``<path>.key`` (0600, the robot's uid), created at first
+start; ``verify`` needs it to check the chain. Dropping the *last* records leaves a
+shorter chain that is still valid, so the writer also exposes its head
+(``head``: ``"<next index - 1>:<first 16 hex of its link>"``) which the robot sends in
+every telemetry message (``Telemetry.audit_head``): whoever kept one (a console, a
+recording) is a witness, and ``verify(..., witness=...)`` says up to which record the
+log is proven and where the proof ends.
 
 The payload is ASCII-only JSON (``ensure_ascii``) and the magic starts with byte 0x89,
 so the magic can never occur inside a payload: after damage the verifier finds the
@@ -28,6 +38,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -40,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from safety.audit_key import create_key, key_path, load_key
 from safety.config import AuditConfig
 from telesurgery.crc import crc32c
 from telesurgery.errors import AuditError
@@ -52,11 +64,19 @@ _CRC = struct.Struct("<I")
 MAX_PAYLOAD = 64 * 1024
 GENESIS = "0" * 64
 """``prev`` of the very first record of a log."""
-
-Scalar = str | int | float | bool | None
+HEAD_HEX = 16
+"""Hex digits of the chain link the telemetry witness carries (64 bits)."""
+HEAD_RE = re.compile(rf"(\d+):([0-9a-f]{{{HEAD_HEX}}})")
 
 
 # --- records and their framing ------------------------------------------------------------
+
+
+def _link(key: bytes | None, frame: bytes) -> str:
+    """The chain link a record's frame gives the next record; "" without the key."""
+    return hmac.new(key, frame, hashlib.sha256).hexdigest() if key is not None else ""
+
+Scalar = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -68,7 +88,8 @@ class Record:
     fields: dict[str, Scalar]
     prev: str
     digest: str
-    """SHA-256 of this record's frame: the next record's ``prev``."""
+    """HMAC-SHA256 of this record's frame under the audit key: the next record's
+    ``prev``. Empty when the record was read without the key."""
     segment: Path
     offset: int
     size: int
@@ -79,7 +100,7 @@ def _frame(payload: bytes) -> bytes:
     return head + payload + _CRC.pack(crc32c(payload, crc32c(head)))
 
 
-def _parse_at(data: bytes, off: int, segment: Path) -> Record | str:
+def _parse_at(data: bytes, off: int, segment: Path, key: bytes | None) -> Record | str:
     """The record framed at ``data[off:]``, or why there is none."""
     if len(data) - off < _HEADER.size:
         return "incomplete record header"
@@ -98,7 +119,7 @@ def _parse_at(data: bytes, off: int, segment: Path) -> Record | str:
         obj = json.loads(data[off + _HEADER.size:end - _CRC.size])
         rec = Record(int(obj["index"]), int(obj["mono_ns"]), int(obj["wall_ns"]),
                      str(obj["kind"]), dict(obj["fields"]), str(obj["prev"]),
-                     hashlib.sha256(data[off:end]).hexdigest(), segment, off, end - off)
+                     _link(key, data[off:end]), segment, off, end - off)
     except (ValueError, KeyError, TypeError) as err:  # a valid CRC over a malformed payload
         return f"malformed payload: {err}"
     return rec
@@ -114,10 +135,10 @@ class _Damage:
     """Nothing intact follows and the bytes look like one interrupted write."""
 
 
-def _next_record(data: bytes, start: int, segment: Path) -> Record | None:
+def _next_record(data: bytes, start: int, segment: Path, key: bytes | None) -> Record | None:
     pos = data.find(MAGIC, start)
     while pos != -1:
-        item = _parse_at(data, pos, segment)
+        item = _parse_at(data, pos, segment, key)
         if isinstance(item, Record):
             return item
         pos = data.find(MAGIC, pos + 1)
@@ -134,29 +155,29 @@ def _looks_torn(tail: bytes) -> bool:
     return bool(magic == MAGIC and len(tail) < _HEADER.size + length + _CRC.size)
 
 
-def _scan(segment: Path) -> Iterator[Record | _Damage]:
+def _scan(segment: Path, key: bytes | None = None) -> Iterator[Record | _Damage]:
     """Every intact record of a segment in file order, and a ``_Damage`` per bad stretch."""
     data = segment.read_bytes()
     off = 0
     while off < len(data):
-        item = _parse_at(data, off, segment)
+        item = _parse_at(data, off, segment, key)
         if isinstance(item, Record):
             yield item
             off += item.size
             continue
-        resume = _next_record(data, off + 1, segment)
+        resume = _next_record(data, off + 1, segment, key)
         yield _Damage(off, item, resume, resume is None and _looks_torn(data[off:]))
         if resume is None:
             return
         off = resume.offset
 
 
-def _last_record(segment: Path) -> tuple[Record | None, bool]:
+def _last_record(segment: Path, key: bytes | None) -> tuple[Record | None, bool]:
     """The last intact record of a segment, and whether the segment ends with it."""
     data = segment.read_bytes()
     pos = len(data)
     while (pos := data.rfind(MAGIC, 0, pos)) != -1:
-        item = _parse_at(data, pos, segment)
+        item = _parse_at(data, pos, segment, key)
         if isinstance(item, Record):
             return item, item.offset + item.size == len(data)
     return None, not data
@@ -177,71 +198,14 @@ def segments(path: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def read_records(path: Path) -> Iterator[Record]:
-    """The intact records of a log (all segments) or of one segment file, in order."""
+def read_records(path: Path, key: bytes | None = None) -> Iterator[Record]:
+    """The intact records of a log (all segments) or of one segment file, in order.
+
+    With the audit ``key`` each record's ``digest`` (its chain link) is filled in."""
     for segment in segments(path):
-        for item in _scan(segment):
+        for item in _scan(segment, key):
             if isinstance(item, Record):
                 yield item
-
-
-# --- verification ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    ok: bool
-    records: int
-    """Intact, in-sequence records checked (up to the first error)."""
-    first_error: str | None
-    error_index: int | None
-    """The index of the record that is damaged, missing or out of place."""
-    error_offset: int | None
-    """Byte offset of the damage within its segment file (named in ``first_error``)."""
-    truncated_tail: bool
-    """A segment ends in a torn record from a crash; every complete record is intact."""
-
-
-def verify(path: Path) -> VerifyReport:
-    """Check every record's CRC, the index sequence and the hash chain across segments.
-
-    The first record found anchors the chain (older segments may have been rotated away).
-    """
-    files = segments(path)
-    if not files:
-        return VerifyReport(False, 0, f"no audit log at {path}", None, None, False)
-    count, torn = 0, False
-    expected: int | None = None
-    prev: str | None = None
-
-    def error(seg: Path, index: int | None, offset: int, why: str) -> VerifyReport:
-        where = f"record {index}" if index is not None else "first record"
-        return VerifyReport(False, count, f"{seg.name}: {where} at offset {offset}: {why}",
-                            index, offset, torn)
-
-    for seg in files:
-        for item in _scan(seg):
-            if isinstance(item, _Damage):
-                if item.torn:
-                    torn = True
-                    log.warning("%s: torn record at offset %d (crash during write)",
-                                seg.name, item.offset)
-                    continue
-                index = expected
-                if index is None and item.resume is not None:
-                    index = item.resume.index - 1
-                after = (f"; next intact record {item.resume.index} at offset "
-                         f"{item.resume.offset}" if item.resume else "")
-                return error(seg, index, item.offset, item.reason + after)
-            if expected is not None and item.index != expected:
-                return error(seg, expected, item.offset, f"found record {item.index} where "
-                             f"{expected} belongs: a record is missing or out of order")
-            if prev is not None and item.prev != prev:
-                return error(seg, item.index, item.offset,
-                             "hash chain broken: prev does not match the preceding record")
-            expected, prev = item.index + 1, item.digest
-            count += 1
-    return VerifyReport(True, count, None, None, None, torn)
 
 
 # --- the writer -------------------------------------------------------------------------------
@@ -268,10 +232,14 @@ class AuditLog:
         self._size = 0
         self._index = 0
         self._prev = GENESIS
+        self.head: str | None = None
+        """``"<index>:<link prefix>"`` of the last record written: the telemetry witness.
+        One reference, swapped after each append: any thread may read it."""
         if cfg.path.is_file():
             raise AuditError(f"{cfg.path} is a file; the log lives in {cfg.path}.NNNNNN")
         try:
             cfg.path.parent.mkdir(parents=True, exist_ok=True)
+            self._key = self._open_key()
             self._resume()
         except OSError as err:
             raise self._fail(f"cannot open audit log {cfg.path}: {err}") from err
@@ -319,7 +287,8 @@ class AuditLog:
                 raise self._fail(f"cannot write audit record {index} ({kind}): {err}") from err
             self._size += len(frame)
             self._index += 1
-            self._prev = hashlib.sha256(frame).hexdigest()
+            self._prev = _link(self._key, frame)
+            self.head = f"{index}:{self._prev[:HEAD_HEX]}"
             return index
 
     def close(self) -> None:
@@ -358,6 +327,17 @@ class AuditLog:
             log.error("audit record rejected: %s", bad)
             raise AuditError(bad)
 
+    def _open_key(self) -> bytes:
+        path = key_path(self._cfg.path)
+        if os.path.lexists(path):
+            return load_key(path, owner=True)
+        if segments(self._cfg.path):
+            log.warning("audit log %s has no key file: its earlier records cannot be "
+                        "proven; a new key starts here (better: a new audit path)",
+                        self._cfg.path)
+        log.info("audit log: new HMAC key at %s", path)
+        return create_key(path)
+
     def _segment_path(self, seq: int) -> Path:
         return self._cfg.path.with_name(f"{self._cfg.path.name}.{seq:06d}")
 
@@ -365,13 +345,14 @@ class AuditLog:
         existing = segments(self._cfg.path)
         seq = _seq_of(existing[-1]) if existing else 1
         for segment in reversed(existing):
-            last, ends_file = _last_record(segment)
+            last, ends_file = _last_record(segment, self._key)
             if segment == existing[-1] and not ends_file:
                 log.warning("%s does not end in an intact record; continuing in a new "
                             "segment (run `telesurgery audit verify`)", segment)
                 seq += 1
             if last is not None:
                 self._index, self._prev = last.index + 1, last.digest
+                self.head = f"{last.index}:{last.digest[:HEAD_HEX]}"
                 break
         self._open(seq)
         if self._size >= self._cfg.max_bytes:
@@ -385,7 +366,9 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             os.close(fd)
-            raise AuditError(f"{path} is being written by another process") from err
+            raise AuditError(f"{path} is being written by another process (another robot "
+                             "node on the same safety.audit.path?); stop it or give this "
+                             "node its own audit path") from err
         self._fd, self._seq, self._size = fd, seq, os.fstat(fd).st_size
         _fsync_dir(path.parent)  # the new segment's directory entry must survive a crash
         for old in segments(self._cfg.path)[:-self._cfg.keep_segments]:

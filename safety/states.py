@@ -62,6 +62,9 @@ class Reason(StrEnum):
     ESTOP_LOCAL = "estop_local"
     ESTOP_CLEARED = "estop_cleared"
     ESTOP_CLEAR_REFUSED = "estop_clear_refused"
+    # authentication
+    KEY_REVOKED = "key_revoked"
+    """A reload removed the key of a live surgeon session: latched, audited."""
     # latches and refusals
     FAULT_CLEARED = "fault_cleared"
     AUDIT_FAILURE = "audit_failure"

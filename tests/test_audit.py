@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -22,8 +24,9 @@ from safety.audit import (
     crc32c,
     read_records,
     segments,
-    verify,
 )
+from safety.audit_key import key_path, load_key
+from safety.audit_verify import parse_witness, verify
 from safety.config import AuditConfig
 from telesurgery.errors import AuditError
 
@@ -51,7 +54,7 @@ def test_round_trip(tmp_path):
         assert audit.append("trip", fields) == 0
         assert audit.append("telemetry", {"n": 1}, sync=False) == 1
         assert audit.append("engage", {}) == 2
-    records = list(read_records(cfg.path))
+    records = list(read_records(cfg.path, load_key(key_path(cfg.path))))
     assert [(r.index, r.kind) for r in records] == [(0, "trip"), (1, "telemetry"), (2, "engage")]
     assert records[0].fields == fields
     assert records[0].prev == GENESIS
@@ -79,7 +82,7 @@ def test_rotation_chains_across_segments_and_keeps_n(tmp_path):
     files = segments(cfg.path)
     assert len(files) > 3
     assert all(f.stat().st_size <= cfg.max_bytes for f in files)
-    records = list(read_records(cfg.path))
+    records = list(read_records(cfg.path, load_key(key_path(cfg.path))))
     assert [r.index for r in records] == list(range(120))
     first_of_second = next(r for r in records if r.segment == files[1])
     last_of_first = [r for r in records if r.segment == files[0]][-1]
@@ -228,7 +231,7 @@ def test_rewritten_record_with_valid_crc_breaks_the_hash_chain(ten):
     seg.write_bytes(data[:rec.offset] + frame + data[rec.offset + rec.size:])
     report = verify(seg)
     assert not report.ok and report.error_index == 6
-    assert "hash chain" in (report.first_error or "")
+    assert "keyed chain broken" in (report.first_error or "")
 
 
 def test_deleted_middle_segment_is_reported(tmp_path):
@@ -399,3 +402,157 @@ def _bench(directory: Path, n: int = 2000) -> None:
 
 if __name__ == "__main__":
     _bench(Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd())
+
+
+# --- the keyed chain and the witness (issue 12.8) ---------------------------------------------
+
+
+def _payload(data: bytes, rec) -> dict:
+    return json.loads(data[rec.offset + 8:rec.offset + rec.size - 4])
+
+
+def _reframe(obj: dict) -> bytes:
+    return _frame(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def test_key_file_is_private_and_refused_when_not(tmp_path):
+    cfg = config(tmp_path)
+    old = os.umask(0)
+    try:
+        write_log(cfg, 1)
+    finally:
+        os.umask(old)
+    key = key_path(cfg.path)
+    assert key.stat().st_mode & 0o777 == 0o600 and len(load_key(key)) == 32
+    before = key.read_bytes()
+    write_log(cfg, 1)  # a restart keeps the key
+    assert key.read_bytes() == before
+    key.chmod(0o644)
+    with pytest.raises(AuditError, match="readable by others"):
+        AuditLog(cfg)
+
+
+def test_forged_appended_record_is_detected_with_the_key(ten):
+    """Without the key a forger can only guess the link: SHA-256 of the frame, as before."""
+    seg, records = ten
+    data = seg.read_bytes()
+    last = records[-1]
+    forged = _payload(data, last)
+    forged.update(index=last.index + 1, kind="transition",
+                  fields={"reason": "estop_cleared"},
+                  prev=hashlib.sha256(data[last.offset:last.offset + last.size]).hexdigest())
+    seg.write_bytes(data + _reframe(forged))
+    report = verify(seg)
+    assert not report.ok and report.error_index == last.index + 1
+    assert "keyed chain broken" in (report.first_error or "")
+    unkeyed = verify(seg, find_key=False)  # CRC and sequence alone cannot tell
+    assert unkeyed.ok and "NOT proven" in unkeyed.proof()
+
+
+def test_deleted_record_with_the_chain_rebuilt_is_detected(ten):
+    seg, records = ten
+    data = seg.read_bytes()
+    # Drop record 4, renumber and re-link everything after it with a key of our own.
+    wrong_key = b"\x01" * 32
+    out = data[:records[4].offset]
+    prev = hmac.new(wrong_key, data[records[3].offset:records[3].offset + records[3].size],
+                    hashlib.sha256).hexdigest()
+    for rec in records[5:]:
+        obj = _payload(data, rec)
+        obj.update(index=rec.index - 1, prev=prev)
+        frame = _reframe(obj)
+        out += frame
+        prev = hmac.new(wrong_key, frame, hashlib.sha256).hexdigest()
+    seg.write_bytes(out)
+    report = verify(seg)
+    assert not report.ok and report.error_index == 4
+    assert "keyed chain broken" in (report.first_error or "")
+
+
+def test_dropped_last_record_is_detected_by_the_witness(tmp_path):
+    cfg = config(tmp_path)
+    with AuditLog(cfg) as audit:
+        for i in range(5):
+            audit.append("trip", {"n": i})
+        head = audit.head  # what telemetry carried after the fifth record
+    assert head is not None and head.startswith("4:")
+    seg = segments(cfg.path)[0]
+    records = list(read_records(seg))
+    seg.write_bytes(seg.read_bytes()[:records[-1].offset])  # drop the last record
+    assert verify(cfg.path).ok  # the key alone cannot tell a shorter log from a dropped tail
+    report = verify(cfg.path, witness=parse_witness(head))
+    assert not report.ok and "records 4..4 were dropped" in (report.first_error or "")
+
+
+def test_witness_says_which_records_are_proven_and_where_the_proof_ends(tmp_path, capsys):
+    cfg = config(tmp_path)
+    with AuditLog(cfg) as audit:
+        for i in range(3):
+            audit.append("trip", {"n": i})
+        seen = audit.head
+        for i in range(3):
+            audit.append("trip", {"n": i})
+    recording = tmp_path / "telemetry.txt"
+    recording.write_text(f"... audit_head={seen} ...\n")
+    assert audit_cli.main(["verify", str(cfg.path), "--witness", str(recording)]) == 0
+    out = capsys.readouterr().out
+    assert "records 0..5 proven by the key; up to record 2 also by the witness" in out
+    assert "records 3..5 rest on the key alone" in out
+    # A witness that does not match the record it names: the log was rewritten there.
+    bad = f"2:{'0' * 16}"
+    assert audit_cli.main(["verify", str(cfg.path), "--witness", bad]) == 1
+    assert "the log was rewritten from here" in capsys.readouterr().out
+
+
+def test_verify_on_a_missing_log_says_so(tmp_path, capsys):
+    assert audit_cli.main(["verify", str(tmp_path / "nothing.audit")]) == 1
+    assert "nothing to verify" in capsys.readouterr().out
+
+
+# --- 12.10(a): a safety record is on disk before it is reported ------------------------------
+
+
+def test_fsync_happens_before_a_safety_event_is_reported(tmp_path, monkeypatch):
+    """Trace the syscall order: write, fsync of that segment, and only then the report.
+
+    Fails when AuditThread appends with sync=False or AuditLog.append skips the fsync
+    (the crash test cannot tell synced from unsynced writes)."""
+    import collections
+
+    from robot_side.netio import Mailbox
+    from robot_side.workers import AuditThread
+    from safety.states import Reason, State
+    from safety.supervisor import Transition
+
+    order: list[tuple[str, int]] = []
+    real_fsync, real_write = os.fsync, os.write
+
+    def traced_fsync(fd: int) -> None:
+        real_fsync(fd)
+        order.append(("fsync", os.fstat(fd).st_size))
+
+    def traced_write(fd: int, data) -> int:
+        n = real_write(fd, data)
+        order.append(("write", os.fstat(fd).st_size))
+        return n
+
+    class Reported(collections.deque):
+        def append(self, event) -> None:  # the moment the event becomes visible
+            order.append(("report", event.seq))
+            super().append(event)
+
+    with AuditLog(config(tmp_path)) as audit:
+        mailbox = Mailbox()
+        mailbox.events = Reported(maxlen=16)
+        monkeypatch.setattr("safety.audit.os.fsync", traced_fsync)
+        monkeypatch.setattr("safety.audit.os.write", traced_write)
+        auditor = AuditThread(audit, mailbox)
+        auditor.start()
+        auditor.submit(Transition(1, State.FOLLOWING, State.HOLD, Reason.RTT_HIGH, "rtt"))
+        auditor.stop()
+        auditor.join(10)
+    report_at = order.index(("report", 0))
+    before = order[:report_at]
+    last_write = max(i for i, (what, _) in enumerate(before) if what == "write")
+    size_written = before[last_write][1]
+    assert ("fsync", size_written) in before[last_write:], order

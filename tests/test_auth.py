@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from telesurgery.errors import AuthError
-from transport.auth import start_authenticator
+from transport.auth import KEY_PROPERTY, start_authenticator
 from transport.keys import ClientKeys, ServerKeys, init_keys, install_public_key
 from transport.sockets import bound_port, client_socket, server_socket
 
@@ -156,3 +157,64 @@ def test_second_authenticator_in_one_context_is_refused(ctx: zmq.Context[Any],
                                                         keys: Path) -> None:
     with start_authenticator(ctx, ServerKeys.load(keys)), pytest.raises(AuthError):
         start_authenticator(ctx, ServerKeys.load(keys))
+
+
+def test_reload_revokes_a_live_surgeon_session_message_by_message(ctx: zmq.Context[Any],
+                                                                  keys: Path) -> None:
+    """Issue 12.7: a deleted surgeon key kept its session until restart."""
+    server_keys = ServerKeys.load(keys)
+    with start_authenticator(ctx, server_keys) as auth:
+        server = Server(ctx, server_keys, "surgeon")
+        assert server.push(ClientKeys.load_surgeon(keys))
+        frame = server.sock.recv(copy=False)
+        key = frame.get(KEY_PROPERTY)
+        assert key == ClientKeys.load_surgeon(keys).public.decode()
+        assert auth.allows(key) and not auth.revoked.is_set()
+
+        unrelated = auth.reload()  # nothing removed: nothing revoked
+        assert unrelated.revoked == () and auth.allows(key)
+
+        (keys / "robot/authorized/surgeon/surgeon.key").unlink()
+        result = auth.reload()
+        assert result.revoked == ("surgeon",) and "revoked live sessions" in result.describe()
+        assert auth.revoked.is_set()
+        assert not auth.allows(key)  # what RobotLink asks about every message
+        assert not server.push(ClientKeys.load_surgeon(keys), timeout_ms=500)  # no new one
+
+
+def test_robot_link_drops_messages_of_a_revoked_session(keys: Path) -> None:
+    from transport.config import LinkConfig
+    from transport.link import ConsoleLink, RobotLink
+    from transport.schema import Command
+
+    cfg = LinkConfig(host="127.0.0.1", keys_dir=keys, command_port=0, control_port=0,
+                     telemetry_port=0, video_port=0)
+    robot = RobotLink(cfg, ServerKeys.load(keys))
+    try:
+        ports = robot.endpoints
+        console_cfg = LinkConfig(host="127.0.0.1", keys_dir=keys,
+                                 command_port=ports["command"], control_port=ports["control"],
+                                 telemetry_port=ports["telemetry"], video_port=ports["video"])
+        console = ConsoleLink(console_cfg, ClientKeys.load_surgeon(keys))
+        try:
+            def send_and_poll(seq: int) -> list[object]:
+                """Send (again, while the session comes up) until the robot reads one."""
+                deadline = time.monotonic() + 5
+                got: list[object] = []
+                while not got and time.monotonic() < deadline:
+                    console.send_command(Command(
+                        seq=seq, t_send_ns=time.monotonic_ns(), position=(0.0, 0.0, 0.1),
+                        orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
+                        operator_present=True))
+                    got = [i.msg for i in robot.poll(100)]
+                return got
+
+            assert send_and_poll(1)
+            (keys / "robot/authorized/surgeon/surgeon.key").unlink()
+            robot.auth.reload()
+            assert send_and_poll(2) == []
+            assert robot.counters["command_schema_error"] >= 1
+        finally:
+            console.close()
+    finally:
+        robot.close()

@@ -168,3 +168,42 @@ def test_libzmq_io_thread_takes_its_priority_from_the_context() -> None:
     finally:
         sock.close(0)
         ctx.term()
+
+
+def test_a_revoked_session_commands_no_more(keys: Path) -> None:
+    """Issue 12.7: after a reload removed the surgeon key, the live session's commands
+    are refused one by one (fails without the port's ``key_allowed`` hook-up)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    cfg = LinkConfig(host="127.0.0.1", command_port=0, control_port=0, telemetry_port=0,
+                     video_port=0, keys_dir=keys)
+    server = ServerKeys.load(keys)
+    with RobotLink(cfg, server, ctx, video=False, command=False) as link:
+        p = CommandPort(ctx, cfg, server, age_limit_ns=200_000_000, loss_window_ns=10**9)
+        p.offset_ns = lambda: 0
+        p.key_allowed = link.auth.allows  # as RobotNode.run wires it
+        console_cfg = LinkConfig(host="127.0.0.1", command_port=p.port,
+                                 **{f"{c}_port": n for c, n in link.endpoints.items()},
+                                 keys_dir=keys)
+        try:
+            with ConsoleLink(console_cfg, ClientKeys.load_surgeon(keys)) as console:
+                deadline = time.monotonic() + WAIT_S
+                seq = 0
+                while p.sample is None and time.monotonic() < deadline:
+                    seq += 1
+                    console.send_command(command(seq))
+                    p.wait_until(time.monotonic_ns() + 5_000_000)
+                assert p.sample is not None, "no command through the CURVE session"
+                (keys / "robot" / "authorized" / "surgeon" / "surgeon.key").unlink()
+                assert link.auth.reload().revoked == ("surgeon",)
+                accepted = p.sample.cmd.seq
+                errors = p.counters["command_schema_error"]
+                end = time.monotonic() + 2.0
+                while time.monotonic() < end:
+                    seq += 1
+                    console.send_command(command(seq))
+                    p.wait_until(time.monotonic_ns() + 5_000_000)
+                assert p.sample.cmd.seq == accepted
+                assert p.counters["command_schema_error"] > errors
+        finally:
+            p.close()
+    ctx.destroy(linger=0)

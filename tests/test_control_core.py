@@ -21,7 +21,13 @@ import pytest
 
 from robot_side.config import ControlConfig, RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
-from robot_side.control_io import ControlInputs, ControlOutput, EstopEvent, TripRecord
+from robot_side.control_io import (
+    ControlInputs,
+    ControlOutput,
+    EstopEvent,
+    ExternalTrip,
+    TripRecord,
+)
 from robot_side.firmware_model import Mode, default_params
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator.base import Hold
@@ -544,3 +550,15 @@ def test_engage_needs_the_hand_aligned_with_the_instrument(rig: Harness) -> None
     assert rig.request("engage").ok
     rig.run(0.1)
     assert rig.core.supervisor.state is State.FOLLOWING
+
+
+def test_an_external_trip_holds_in_the_same_period(rig: Harness) -> None:
+    """A trip decided outside the loop (a revoked key's session): latched fault, hold now."""
+    rig.engage()
+    now = rig.now + PERIOD_NS
+    rig._clock[0] = now
+    out = rig.core.update(now, rig.arm.read(), ControlInputs(
+        CommandSample(rig.command(now), now), healthy_link(now),
+        trip=ExternalTrip(Reason.SERIAL_FAULT, "test: revoked")))
+    assert out.report.state is State.FAULT and out.frames == (Hold(brake=True),)
+    assert out.trip is not None and out.trip.detected_ns == now

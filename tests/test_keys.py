@@ -94,7 +94,7 @@ def test_robot_refuses_without_authorized_folder(tmp_path: Path,
 def test_robot_refuses_without_surgeon_key(tmp_path: Path) -> None:
     init_keys(tmp_path)
     (tmp_path / "robot/authorized/surgeon/surgeon.key").unlink()
-    with pytest.raises(AuthError, match="no surgeon public key"):
+    with pytest.raises(AuthError, match="no usable surgeon public key"):
         ServerKeys.load(tmp_path)
 
 
@@ -118,3 +118,43 @@ def test_show_lists_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["show", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "observer:alice" in out and "surgeon" in out and out.startswith("robot ")
+
+
+def test_modes_are_explicit_whatever_the_umask(tmp_path: Path) -> None:
+    """Issue 12.7: under umask 000 the folders were 0777 and public keys 0666."""
+    import os
+
+    root = tmp_path / "keys"
+    old = os.umask(0)
+    try:
+        assert main(["init", "--dir", str(root), "--observer", "alice"]) == 0
+        assert main(["add-observer", "--dir", str(root), "bob"]) == 0
+    finally:
+        os.umask(old)
+    for path in [root, *(p for p in root.rglob("*"))]:
+        if path.is_dir():
+            assert mode(path) == 0o700, path
+        elif path.name.endswith(".key_secret"):
+            assert mode(path) == 0o600, path
+        else:
+            assert mode(path) == 0o644, path
+    ServerKeys.load(root)
+
+
+def test_robot_refuses_an_empty_surgeon_key_file(tmp_path: Path) -> None:
+    init_keys(tmp_path)
+    surgeon_dir = tmp_path / "robot/authorized/surgeon"
+    (surgeon_dir / "surgeon.key").unlink()
+    (surgeon_dir / "surgeon.key").write_text("")
+    with pytest.raises(AuthError, match="no usable surgeon public key"):
+        ServerKeys.load(tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["robot", "robot/authorized", "robot/authorized/surgeon",
+                                    "robot/authorized/observers"])
+def test_robot_refuses_keys_folders_others_can_write(tmp_path: Path, folder: str) -> None:
+    """Anyone who can write there can authorise their own key."""
+    init_keys(tmp_path)
+    (tmp_path / folder).chmod(0o733)
+    with pytest.raises(AuthError, match="writable by other accounts"):
+        ServerKeys.load(tmp_path)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from robot_side.kinematics import HOME_Q, Kinematics, KinematicsError, bench_ik
+from robot_side.kinematics import DEFAULT_URDF, HOME_Q, Kinematics, KinematicsError, bench_ik
 from safety.config import MotionLimits
 from telesurgery.errors import ConfigError
 
@@ -37,6 +37,15 @@ def test_shipped_urdf_loads_with_realistic_limits(kin: Kinematics) -> None:
     assert np.all((kin.velocity >= 2.0) & (kin.velocity <= 3.0))
     assert np.all(kin.effort > 0)
     np.testing.assert_array_equal(kin.home, HOME_Q)
+
+
+def test_shipped_urdf_by_explicit_path_has_the_same_home(tmp_path: Path) -> None:
+    """``[kinematics] urdf = <the shipped file>`` once gave the zero pose as home."""
+    link = tmp_path / "arm6.urdf"
+    link.symlink_to(DEFAULT_URDF)
+    for path in (DEFAULT_URDF, Path(str(DEFAULT_URDF.parent / ".." / "description" /
+                                        "arm6.urdf")), link):
+        np.testing.assert_array_equal(Kinematics.from_urdf(path).home, HOME_Q)
 
 
 def test_home_is_near_workspace_centre_pointing_down(kin: Kinematics) -> None:

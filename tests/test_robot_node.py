@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cyclonedds.core import Policy, Qos
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
+from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
 from hil_tests.rig import _toml, free_ports, parse_trips
@@ -35,12 +37,13 @@ from operator_console.devices.base import DeviceConfig
 from operator_console.devices.scripted import ScriptedDevice
 from operator_console.session import ConsoleShared, SessionThread
 from operator_console.teleop import TeleopConfig, TeleopMapper
+from robot_side.estop import send
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q
 from robot_side.observe import ObserverClient
 from robot_side.ros import msgs
 from robot_side.ros.dds_backend import topic_qos
-from robot_side.ros.interface import ESTOP_TOPIC
+from robot_side.ros.topics import ESTOP_TOPIC
 from safety.audit import read_records
 from telesurgery.errors import LinkTimeout, SchemaError
 from transport.config import LinkConfig
@@ -82,6 +85,8 @@ def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, dom
     path.write_text(_toml({
         "link": {"host": "127.0.0.1", "keys_dir": keys,
                  **{f"{c}_port": p for c, p in ports.items()}},
+        "page": {"port": 0},
+        "record": {"folder": run / "recordings"},
         "serial": {"port": serial},
         "control": {"rate_hz": 200.0, "realtime": False, "ros_hz": 20.0},
         "ros": {"backend": "dds", "domain_id": domain, "namespace": namespace},
@@ -253,6 +258,11 @@ def test_no_network_path_clears_the_estop(node: Node) -> None:
         reset_node(node)
 
 
+ROS_ESTOP_STATUS = ("ok estop estop_ros", "ok estop estop_local")
+"""The bridge process presses the local e-stop socket; with a source tag on that
+socket the node can name it estop_ros."""
+
+
 def test_ros_estop_topic_stops_the_robot(node: Node) -> None:
     peer = DomainParticipant(node.domain)
     topic = Topic(peer, ESTOP_TOPIC.dds_name(node.namespace), msgs.Bool)
@@ -260,16 +270,49 @@ def test_ros_estop_topic_stops_the_robot(node: Node) -> None:
     try:
         def pressed() -> bool:
             writer.write(msgs.Bool(data=True))  # again until discovery has matched us
-            return node.status() == "ok estop estop_ros"
+            return node.status() in ROS_ESTOP_STATUS
 
         wait_until(pressed, 30.0, "the ROS 2 e-stop")
         wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
         # The topic can set the e-stop but never clear it.
         writer.write(msgs.Bool(data=False))
         time.sleep(0.5)
-        assert node.status() == "ok estop estop_ros"
+        assert node.status() in ROS_ESTOP_STATUS
+        assert "ros e-stop forwarded" in node.log
     finally:
         reset_node(node)
+
+
+def test_ros_bridge_is_its_own_process_publishing_what_the_arm_reports(node: Node) -> None:
+    """A default-QoS subscriber with ROS 2's own types gets measured_js from the bridge child."""
+    from ros_reference import Reference, ros_name
+
+    from robot_side.ros.topics import TOPICS
+
+    children = subprocess.run(["pgrep", "-P", str(node.proc.pid)], capture_output=True,
+                              text=True, check=False).stdout.split()
+    assert len(children) >= 2, "video and ROS bridge processes"
+    peer = DomainParticipant(node.domain)
+    spec = TOPICS["measured_js"]
+    ref = Reference()[ros_name(spec.msg_type.__idl_typename__)]
+    qos = Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000),
+              Policy.History.KeepLast(10), Policy.Durability.Volatile)
+    reader: DataReader[Any] = DataReader(
+        peer, Topic(peer, spec.dds_name(node.namespace), ref), qos)
+    samples: list[Any] = []
+
+    def enough() -> bool:
+        samples.extend(reader.take(N=100))
+        return len(samples) >= 20
+
+    wait_until(enough, 30.0, "measured_js from the node")
+    js = samples[-1]
+    assert list(js.position) == pytest.approx(node.emu.snapshot().positions, abs=1e-3)
+    # Velocity and effort as the firmware reports them (at rest: what the emulator holds).
+    snap = node.emu.snapshot()
+    assert len(js.velocity) == len(js.effort) == len(js.position) == 6
+    assert list(js.velocity) == pytest.approx(snap.velocities, abs=1e-3)
+    assert list(js.effort) == pytest.approx(snap.efforts, abs=1e-2)
 
 
 def test_console_clear_fault_refused_in_estop_while_following(node: Node,
@@ -305,7 +348,7 @@ def test_a_second_robot_on_the_same_ports_says_so_in_one_line(node: Node,
     # Whichever of its sockets it binds first is the one it names.
     assert any(f"127.0.0.1:{port} (link.{name}_port) is already in use" in out
                for name, port in node.ports.items()), out[-3000:]
-    assert node.status().startswith("ok "), "the first node is untouched"
+    assert state_of(node).startswith("ok "), "the first node is untouched"
 
 
 # ------------------------------------------------------------------ config warnings
@@ -316,6 +359,89 @@ def test_start_record_lists_limits_outside_the_recommended_band(node: Node) -> N
     warnings = str(start.fields["warnings"])
     assert "safety.watchdog.settle_ms = 100 ms is outside the recommended" in warnings
     assert "config: safety.watchdog.settle_ms = 100 ms" in node.log
+
+
+# ------------------------------------------------------------------ one node per e-stop and log
+@pytest.mark.parametrize(("shared", "conflict"), [
+    ("estop.sock", "another robot node already serves the e-stop"),
+    ("audit", "being written by another process"),
+])
+def test_second_node_on_the_same_path_refuses_with_one_line(node: Node, tmp_path: Path,
+                                                            shared: str, conflict: str) -> None:
+    """Issue 12.1/19.2: a second node took over the first one's e-stop socket."""
+    cfg = robot_toml(tmp_path, node.keys, dict(zip(CHANNELS, free_ports(4), strict=True)),
+                     str(tmp_path / "no-tty"), domain=1, namespace="second")
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / shared), str(node.run / shared)))
+    done = cli("robot", "--config", str(cfg), "--seconds", "5", timeout_s=STARTUP_S)
+    out = done.stderr + done.stdout
+    assert done.returncode == 2, out
+    assert conflict in out and "refusing to start" in out
+    assert "Traceback" not in out and "robot node up" not in out
+    # The first node still has its on-site e-stop.
+    assert state_of(node).startswith("ok disabled")
+    assert (node.run / "estop.sock").exists()
+
+
+# ------------------------------------------------------------------ signals and key reload
+def state_of(node: Node) -> str:
+    """The node's state over its e-stop socket, in-process (no CLI start-up under load)."""
+    return send(node.run / "estop.sock", "status", "test")
+
+
+def audit_records(node: Node, kind: str) -> list[dict[str, Any]]:
+    return [dict(r.fields) for r in read_records(node.run / "audit" / "robot.audit")
+            if r.kind == kind]
+
+
+def test_stray_signals_are_ignored_and_audited(node: Node) -> None:
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGALRM, signal.SIGIO,
+                signal.SIGTSTP, signal.SIGRTMIN + 3):
+        os.kill(node.proc.pid, sig)
+    wait_until(lambda: {r["signal"] for r in audit_records(node, "signal")}
+               >= {"SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGIO", "SIGTSTP",
+                   "SIGRTMIN+3"}, 10.0, "the signal records")
+    assert node.proc.poll() is None
+    assert state_of(node).startswith("ok disabled")
+    assert all(r["action"] == "ignored" for r in audit_records(node, "signal"))
+    # Issue 19.6: a clear without an e-stop says there is none.
+    assert send(node.run / "estop.sock", "clear", "test").startswith("ok no e-stop to clear")
+
+
+def test_sighup_revokes_a_removed_surgeon_key_and_the_arm_holds(node: Node,
+                                                                console: Console) -> None:
+    """Issue 12.7: a deleted surgeon key kept working until restart; SIGHUP killed the node."""
+    console.session.want_engage = True
+    wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+    key = node.keys / "robot" / "authorized" / "surgeon" / "surgeon.key"
+    saved = key.read_bytes()
+    key.unlink()
+    try:
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_until(lambda: state_of(node) == "ok fault key_revoked", 10.0, "the revocation trip")
+        wait_until(lambda: node.emu.snapshot().braked, 5.0, "the arm to brake")
+        assert node.proc.poll() is None
+        console.stop()  # hand the control socket to this thread
+        with pytest.raises(LinkTimeout):  # the revoked session's requests are dropped
+            console.link.request("clear_fault", timeout_ms=1500)
+        assert state_of(node) == "ok fault key_revoked"
+        hup = [r for r in audit_records(node, "signal") if r["signal"] == "SIGHUP"]
+        assert hup and "revoked live sessions: surgeon" in str(hup[-1]["action"])
+        assert any(r["reason"] == "key_revoked" for r in audit_records(node, "transition"))
+    finally:
+        key.write_bytes(saved)
+        reloaded = cli("keys", "reload", "--socket", str(node.run / "estop.sock"),
+                       timeout_s=STARTUP_S)
+        assert reloaded.stdout.startswith("ok 1 authorised key(s)"), reloaded.stderr
+        # A fresh session: a connection the robot refused while the key was revoked does
+        # not come back by itself (libzmq stops reconnecting after a ZAP refusal).
+        fresh = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
+        try:
+            assert request(fresh, "clear_fault").ok
+            assert request(fresh, "disarm").ok
+        finally:
+            fresh.close()
+    reloads = [r for r in audit_records(node, "estop_request") if r["action"] == "reload-keys"]
+    assert reloads and reloads[-1]["source"] == "keys"
 
 
 # ------------------------------------------------------------------ observers
@@ -385,4 +511,4 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     data = json.loads((node.run / "robot.json").read_text())
     assert data["final_state"] == "disabled"
     assert data["following_periods"] > 0
-    assert "signal 15: stopping; the arm holds" in node.log
+    assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"

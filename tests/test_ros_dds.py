@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 import pytest
 from cyclonedds._clayer import ddspy_take
-from cyclonedds.core import InstanceState, Policy, SampleState, ViewState
+from cyclonedds.core import InstanceState, Policy, Qos, SampleState, ViewState
 from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from ros_reference import Reference, idl_shape, ros_name
+from ros_reference import typestore as reference_typestore
 
 from robot_side.ros import BACKENDS, NullBridge, RosBridgeError, RosMessageError, msgs, open_bridge
 from robot_side.ros.dds_backend import DdsBridge, bench_publish, topic_qos
-from robot_side.ros.interface import ESTOP_TOPIC, TOPICS, TopicSpec
+from robot_side.ros.topics import ESTOP_TOPIC, SUBSCRIPTIONS, TOPICS, TopicSpec
 from telesurgery.errors import ConfigError, TelesurgeryError
 
 DEADLINE_S = 20.0
@@ -66,9 +67,14 @@ def bridge(domain: int, namespace: str) -> Iterator[DdsBridge]:
 
 @pytest.fixture(scope="module")
 def typestore() -> Any:
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    store.register(get_types_from_msg(msgs.OPERATING_STATE_MSG, "crtk_msgs/msg/OperatingState"))
-    return store
+    return reference_typestore()
+
+
+def ros_default_qos() -> Qos:
+    """What ``create_subscription(..., 10)`` asks for (rmw_qos_profile_default), as CDR v0."""
+    return Qos(Policy.Reliability.Reliable(max_blocking_time=100_000_000),
+               Policy.History.KeepLast(10), Policy.Durability.Volatile,
+               Policy.DataRepresentation(use_cdrv0_representation=True))
 
 
 def wait_for(condition: Callable[[], Any], what: str) -> Any:
@@ -83,7 +89,7 @@ def wait_for(condition: Callable[[], Any], what: str) -> Any:
 
 def reader_for(peer: DomainParticipant, spec: TopicSpec, namespace: str) -> DataReader[Any]:
     reader: DataReader[Any] = DataReader(
-        peer, Topic(peer, spec.dds_name(namespace), spec.msg_type), topic_qos(spec))
+        peer, Topic(peer, spec.dds_name(namespace), spec.msg_type), ros_default_qos())
     wait_for(reader.get_matched_publications, f"{spec.dds_name(namespace)} to match")
     return reader
 
@@ -123,15 +129,30 @@ def assert_wire(wire: bytes, expected: Any, typename: str, store: Any, reader: A
     assert endpoint.type_name == f"{pkg}::msg::dds_::{name}_"
 
 
-# ------------------------------------------------------------- the five topics
+# ------------------------------------------------------------------ ROS 2 types
+@pytest.mark.parametrize("struct", msgs.ALL_STRUCTS, ids=lambda s: s.__name__)
+def test_every_struct_has_ros2s_own_idl_types(struct) -> None:
+    """Field names, order and IDL types as ROS 2 defines them (rosbags' .msg store)."""
+    reference = Reference()[ros_name(struct.__idl_typename__)]
+    assert idl_shape(struct) == idl_shape(reference)
+
+
+def test_every_topic_uses_a_struct_that_was_compared() -> None:
+    for spec in [*TOPICS.values(), *SUBSCRIPTIONS.values()]:
+        assert spec.msg_type in msgs.ALL_STRUCTS, spec.name
+
+
+# ------------------------------------------------------------- wire bytes
 def test_measured_js_on_the_wire(bridge, peer, namespace, typestore) -> None:
     reader = reader_for(peer, TOPICS["measured_js"], namespace)
-    position = [0.1, -0.2, 0.3, 0.0, 1.5, -3.0]
+    # Not representable in float32: the positions must travel as float64 end to end.
+    position = [0.1, -0.2, 0.3, 1e-9, 1.5, -3.0000001]
+    effort = [0.0, 9.81, 4.5, 0.0, 0.25, 0.0]
     wire = receive(reader, lambda: bridge.publish_measured_js(
-        JOINTS, np.array(position), [0.0] * 6, [], STAMP_NS), "measured_js")
+        JOINTS, np.array(position), [0.0] * 6, effort, STAMP_NS), "measured_js")
     expected = typestore.types["sensor_msgs/msg/JointState"](
         header=ros_header(typestore, ""), name=JOINTS, position=np.array(position),
-        velocity=np.zeros(6), effort=np.array([], dtype=np.float64))
+        velocity=np.zeros(6), effort=np.array(effort))
     assert_wire(wire, expected, "sensor_msgs/msg/JointState", typestore, reader)
     endpoint = reader.get_matched_publication_data(reader.get_matched_publications()[0])
     assert endpoint.topic_name == f"rt/{namespace}/measured_js"
@@ -179,15 +200,15 @@ def test_diagnostics_on_the_wire(bridge, peer, namespace, typestore) -> None:
     assert endpoint.topic_name == "rt/diagnostics"
 
 
-def test_qos_is_sensor_data_for_high_rate_and_reliable_for_state(bridge, peer,
-                                                                 namespace) -> None:
-    for key, reliable in (("measured_js", False), ("operating_state", True)):
-        reader = reader_for(peer, TOPICS[key], namespace)
-        endpoint = reader.get_matched_publication_data(reader.get_matched_publications()[0])
-        policy = endpoint.qos[Policy.Reliability]
-        assert isinstance(policy, Policy.Reliability.Reliable) == reliable, (key, policy)
-        assert endpoint.qos[Policy.Durability] == Policy.Durability.Volatile
-        assert endpoint.qos[Policy.DataRepresentation].use_cdrv0_representation
+@pytest.mark.parametrize("key", sorted(TOPICS))
+def test_every_topic_is_offered_with_ros2_default_qos(bridge, peer, namespace, key) -> None:
+    """Reliable, keep last 10, volatile: a default ROS 2 subscription matches every topic."""
+    reader = reader_for(peer, TOPICS[key], namespace)
+    endpoint = reader.get_matched_publication_data(reader.get_matched_publications()[0])
+    assert isinstance(endpoint.qos[Policy.Reliability], Policy.Reliability.Reliable)
+    assert endpoint.qos[Policy.History] == Policy.History.KeepLast(10)
+    assert endpoint.qos[Policy.Durability] == Policy.Durability.Volatile
+    assert endpoint.qos[Policy.DataRepresentation].use_cdrv0_representation
 
 
 # --------------------------------------------------------------------- e-stop
@@ -225,7 +246,7 @@ def test_estop_from_another_process(bridge, domain, namespace) -> None:
         from cyclonedds.topic import Topic
         from robot_side.ros import msgs
         from robot_side.ros.dds_backend import topic_qos
-        from robot_side.ros.interface import ESTOP_TOPIC
+        from robot_side.ros.topics import ESTOP_TOPIC
         dp = DomainParticipant({domain})
         w = DataWriter(dp, Topic(dp, ESTOP_TOPIC.dds_name({namespace!r}), msgs.Bool),
                        topic_qos(ESTOP_TOPIC))
@@ -251,6 +272,11 @@ def test_estop_from_another_process(bridge, domain, namespace) -> None:
          "measured_js.position"),
         (lambda b: b.publish_measured_js(JOINTS, [0.0] * 6, [0.0] * 3, [], STAMP_NS),
          "measured_js.velocity"),
+        (lambda b: b.publish_twist("measured_cv", (0, 0, math.nan), (0, 0, 0), STAMP_NS),
+         "measured_cv.linear"),
+        (lambda b: b.publish_wrench("measured_cf", (0, 0, 0), (0, 0), STAMP_NS),
+         "measured_cf.torque"),
+        (lambda b: b.publish_matrix("jacobian", np.ones(6), "twist", "joint"), "jacobian"),
         (lambda b: b.publish_measured_cp((0.1, 0.2, math.inf), (1, 0, 0, 0), STAMP_NS),
          "measured_cp.position"),
         (lambda b: b.publish_setpoint_cp((0.1, 0.2, 0.3), (2, 0, 0, 0), STAMP_NS),
@@ -351,3 +377,84 @@ def test_params_file_is_a_ros2_parameters_file() -> None:
     assert node["profile"].endswith(".toml")
     assert open_bridge("none", node["namespace"]).namespace == node["namespace"]
     assert isinstance(node["domain_id"], int) and node["ros_hz"] > 0
+
+
+# -------------------------------------------------------------- DDS network config
+def test_network_config_xml_binds_interfaces_and_turns_multicast_off_with_peers() -> None:
+    from robot_side.ros.ddsconfig import config_xml, effective_interfaces
+
+    assert config_xml((), ()) is None
+    xml = config_xml(("lo", "10.0.0.5"), ("10.0.0.7",))
+    assert xml is not None
+    assert '<NetworkInterface name="lo"/>' in xml
+    assert '<NetworkInterface address="10.0.0.5"/>' in xml
+    assert "<AllowMulticast>false</AllowMulticast>" in xml and '<Peer Address="10.0.0.7"/>' in xml
+    # The command side left unconfigured stays on this machine.
+    assert effective_interfaces((), (), command=True) == ("lo",)
+    assert effective_interfaces((), (), command=False) == ()
+    assert effective_interfaces((), ("10.0.0.7",), command=True) == ()
+
+
+def test_a_bridge_bound_to_peers_is_found_by_a_peer_listing_it(domain) -> None:
+    """Unicast discovery only: both sides list each other (here: this machine).
+
+    Its own domain: cyclonedds configures a domain once per process, and this
+    module's other participants already use ``domain`` with the default config.
+    """
+    from robot_side.ros.ddsconfig import config_xml
+
+    domain = 201 + domain % 30
+    namespace = f"peers_{random.randrange(16**6):06x}"
+    peers = ("127.0.0.1",)
+    with open_bridge("dds", namespace, domain, interfaces=("lo",), peers=peers) as b:
+        assert isinstance(b, DdsBridge)
+        script = textwrap.dedent(f"""
+            import time
+            from cyclonedds.domain import Domain, DomainParticipant
+            from cyclonedds.pub import DataWriter
+            from cyclonedds.topic import Topic
+            from robot_side.ros import msgs
+            from robot_side.ros.dds_backend import topic_qos
+            from robot_side.ros.topics import ESTOP_TOPIC
+            dom = Domain({domain}, {config_xml(("lo",), peers)!r})
+            dp = DomainParticipant({domain})
+            w = DataWriter(dp, Topic(dp, ESTOP_TOPIC.dds_name({namespace!r}), msgs.Bool),
+                           topic_qos(ESTOP_TOPIC))
+            deadline = time.monotonic() + {DEADLINE_S}
+            while not w.get_matched_subscriptions() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            w.write(msgs.Bool(data=True))
+            w.wait_for_acks(int({DEADLINE_S} * 1e9))
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert wait_for(b.poll_estop, "the e-stop over unicast discovery")
+
+
+def test_security_config_is_refused_when_this_build_lacks_the_plugins(tmp_path) -> None:
+    from robot_side.ros.ddsconfig import security_available
+
+    sec = tmp_path / "security.xml"
+    sec.write_text("<Security><Authentication/></Security>")
+    if security_available():
+        pytest.skip("this cyclonedds has DDS Security plugins")
+    with pytest.raises(ConfigError, match="no DDS Security plugins"):
+        open_bridge("dds", "sec", 1, security_xml=sec)
+
+
+def test_command_launch_file_and_params_turn_the_command_side_on() -> None:
+    yaml = pytest.importorskip("ruamel.yaml")
+    source = (LAUNCH / "robot_side_command.launch.py").read_text()
+    compile(source, "robot_side_command.launch.py", "exec")
+    assert '"params_command.yaml"' in source
+    assert '"--ros-command"' in (LAUNCH / "robot_side.launch.py").read_text()
+    node = yaml.YAML(typ="safe").load((LAUNCH / "params_command.yaml").read_text())[
+        "telesurgery_robot"]["ros__parameters"]
+    assert node["command"] is True
+    from robot_side.config import RobotConfig
+    from telesurgery.config import load
+
+    cfg = load(RobotConfig, LAUNCH.parent / node["profile"])
+    assert cfg.ros.command and cfg.control.scale == 1.0
+    assert cfg.ros.interfaces == () and cfg.ros.peers == ()  # -> loopback only

@@ -38,6 +38,24 @@ def test_crc32c_known_vectors(data: bytes, crc: int) -> None:
     assert sp.crc32c(data) == crc
 
 
+def _crc32c_bitwise(data: bytes) -> int:
+    """The definition, one bit at a time: the reference the library is checked against."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+
+
+@given(st.binary(max_size=300), st.integers(0, 300))
+def test_crc32c_matches_the_bitwise_definition_and_continues(data: bytes, cut: int) -> None:
+    cut = min(cut, len(data))
+    assert sp.crc32c(data) == _crc32c_bitwise(data)
+    assert sp.crc32c(data[cut:], sp.crc32c(data[:cut])) == sp.crc32c(data)
+    assert sp.crc32c(memoryview(data)) == sp.crc32c(bytearray(data)) == sp.crc32c(data)
+
+
 # ---------------------------------------------------------------- COBS
 RUN_254 = bytes(range(1, 255))
 COBS_VECTORS = [  # Cheshire & Baker / Wikipedia examples

@@ -14,6 +14,13 @@ sent a message from the frame's ``User-Id`` property. Plaintext peers never
 reach this handler: the CURVE server rejects them at the handshake, which the
 link logs from its socket monitors.
 
+Every accepted session also carries its key (z85) as the ZAP metadata property
+``X-Key``, so the robot can ask ``allows(key)`` about each message: after a
+``reload()`` that removed a key, the live session of that key is refused message
+by message (a CURVE session cannot be re-authenticated in place), and
+``revoked`` is set so the robot node holds the arm with an audited trip
+(``Reason.KEY_REVOKED``).
+
 The handler runs in its own thread and owns its REP socket; ``reload()`` and
 ``stop()`` are called from the owner's thread and only swap a dict or set an
 event.
@@ -22,8 +29,10 @@ event.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -38,7 +47,38 @@ log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAINS = ("surgeon", "observer")
+KEY_PROPERTY = "X-Key"
+"""ZAP metadata property carrying the session's z85 public key (read with ``frame.get``)."""
 _STOP_POLL_MS = 50
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    keys: int
+    """Authorised keys after the reload (0: every new peer is refused)."""
+    revoked: tuple[str, ...]
+    """Users whose key had a session since start and is no longer authorised."""
+
+    def describe(self) -> str:
+        gone = f"; revoked live sessions: {', '.join(self.revoked)}" if self.revoked else ""
+        return f"{self.keys} authorised key(s){gone}"
+
+
+def session_key(frame: zmq.Frame) -> str | None:
+    """The z85 key of the session that sent ``frame`` (ZAP metadata), or None."""
+    try:
+        return str(frame.get(KEY_PROPERTY))
+    except zmq.ZMQError:  # no key attached: nobody vouched for this sender
+        return None
+
+
+def _metadata(props: dict[str, bytes]) -> bytes:
+    """ZMTP metadata encoding (RFC 23): name length, name, value length, value."""
+    out = b""
+    for name, value in props.items():
+        raw = name.encode("ascii")
+        out += bytes([len(raw)]) + raw + struct.pack(">I", len(value)) + value
+    return out
 
 
 class Authenticator:
@@ -47,6 +87,12 @@ class Authenticator:
     def __init__(self, ctx: zmq.Context[Any], keys: ServerKeys) -> None:
         self._keys = keys
         self._users = keys.authorized()
+        self._live: dict[bytes, str] = {}
+        """Keys accepted since start -> their user: a session may still be up."""
+        self._live_lock = threading.Lock()
+        self.revoked = threading.Event()
+        """Set when a reload removed the key of a surgeon session: hold the arm."""
+        self.revoked_users: tuple[str, ...] = ()
         self.counters: Counter[str] = Counter()
         """accepted, rejected and rejected:<reason>; written by the handler thread only."""
         self._stop = threading.Event()
@@ -65,10 +111,12 @@ class Authenticator:
                  sum(u == SURGEON_USER for u in self._users.values()),
                  sum(u != SURGEON_USER for u in self._users.values()))
 
-    def reload(self) -> None:
-        """Re-read the authorised-keys folders; affects new sessions only.
+    def reload(self) -> ReloadResult:
+        """Re-read the authorised-keys folders: new sessions at once, live ones per message.
 
-        If the folders are gone every new peer is refused (fail closed).
+        If the folders are gone every new peer is refused (fail closed). A key that had
+        a session and is no longer authorised is revoked: ``allows`` refuses its
+        messages from now on, and a surgeon's sets ``revoked``.
         """
         if self._keys.surgeon_dir.is_dir() and self._keys.observer_dir.is_dir():
             users = self._keys.authorized()
@@ -76,7 +124,25 @@ class Authenticator:
             log.error("authorised-keys folder missing on reload: refusing every new peer")
             users = {}
         self._users = users  # one reference swap: the handler sees the old or the new map
+        with self._live_lock:
+            gone = {k: u for k, u in self._live.items() if users.get(k) != u}
+            for key in gone:
+                del self._live[key]
+        revoked = tuple(sorted(set(gone.values())))
+        if revoked:
+            log.warning("keys revoked with a session since start: %s", ", ".join(revoked))
+            self.revoked_users = revoked
+            if SURGEON_USER in revoked:
+                self.revoked.set()
         log.info("authenticator reloaded: %d authorised key(s)", len(users))
+        return ReloadResult(len(users), revoked)
+
+    def allows(self, key: str | bytes | None, user: str = SURGEON_USER) -> bool:
+        """Whether a message from the session of ``key`` (its ``X-Key``) may still act."""
+        if key is None:
+            return False
+        raw = key.encode("ascii") if isinstance(key, str) else key
+        return self._users.get(raw) == user
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -119,8 +185,12 @@ class Authenticator:
             self._reply(request_id, b"400", why, "")
             return
         self.counters["accepted"] += 1
+        key = z85.encode(credentials[0])
+        with self._live_lock:
+            if key not in self._live and len(self._live) < 4096:
+                self._live[key] = user
         log.info("authenticated %s from %s on domain %r", user, peer, dom)
-        self._reply(request_id, b"200", "OK", user)
+        self._reply(request_id, b"200", "OK", user, _metadata({KEY_PROPERTY: key}))
 
     def _decide(self, version: bytes, domain: str, mechanism: bytes,
                 credentials: list[bytes]) -> tuple[str | None, str]:
@@ -139,8 +209,10 @@ class Authenticator:
             return None, f"{user} may not command"
         return user, "OK"
 
-    def _reply(self, request_id: bytes, code: bytes, text: str, user: str) -> None:
-        self._zap.send_multipart([b"1.0", request_id, code, text.encode(), user.encode(), b""])
+    def _reply(self, request_id: bytes, code: bytes, text: str, user: str,
+               metadata: bytes = b"") -> None:
+        self._zap.send_multipart([b"1.0", request_id, code, text.encode(), user.encode(),
+                                  metadata])
 
 
 def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> Authenticator:

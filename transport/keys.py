@@ -8,16 +8,24 @@ Layout under one root (``keys/`` by default)::
     console/surgeon.key_secret, console/surgeon.key  the surgeon console's pair
     console/robot.key                                the robot's public key (server check)
     observers/<name>/<name>.key_secret, robot.key    one folder per observer, handed over
+    ros/ros.key_secret, ros/robot.key                the ROS 2 commander (opt-in, add-ros)
 
 The role of a key is the folder its public half sits in on the robot; nothing
-in the key itself grants anything. Secret files are 0600 in 0700 folders and
-the robot refuses a secret that others can read.
+in the key itself grants anything. Modes are set explicitly, whatever the umask:
+every folder 0700, secret files 0600, public files 0644. The robot refuses a
+secret that others can read, an authorised-keys folder others can write (they
+could authorise themselves) and a folder without a usable surgeon key.
+
+``telesurgery keys reload`` asks the running robot (over its local e-stop socket,
+as SIGHUP does) to re-read the authorised keys: a removed key gets no new session,
+and a live session of a removed surgeon key is refused and the arm holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shutil
 import stat
@@ -55,17 +63,37 @@ def _check_name(name: str, observer: bool = True) -> None:
 
 
 def _private_dir(path: Path) -> Path:
+    """``path`` and every folder made on the way to it, 0700 whatever the umask."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    for folder in (path, *missing):
+        folder.chmod(0o700)
     return path
 
 
 def _create_pair(folder: Path, name: str) -> tuple[Path, Path]:
     """Create ``name.key`` and ``name.key_secret`` in ``folder`` (made 0700 first)."""
-    public, secret = zmq.auth.create_certificates(_private_dir(folder), name)
+    old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(_private_dir(folder), name)
+    finally:
+        os.umask(old)
     Path(secret).chmod(0o600)
     Path(public).chmod(0o644)
     return Path(public), Path(secret)
+
+
+def _install(src: Path, dst: Path) -> None:
+    """Copy a public key file; 0644 whatever the umask."""
+    shutil.copyfile(src, dst)
+    dst.chmod(0o644)
+
+
+def _check_not_writable_by_others(folder: Path) -> None:
+    mode = folder.stat().st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AuthError(f"{folder} is writable by other accounts (mode "
+                        f"{stat.S_IMODE(mode):04o}): anyone could authorise a key; chmod 700 it")
 
 
 def _load_secret(path: Path) -> tuple[bytes, bytes]:
@@ -103,12 +131,14 @@ def init_keys(root: Path, observers: Sequence[str] = (), force: bool = False) ->
                         "(telesurgery keys init --force starts over)")
     for sub in ("robot", "console", "observers"):
         shutil.rmtree(root / sub, ignore_errors=True)
+    _private_dir(root)
     robot_public, _ = _create_pair(_robot_dir(root), "robot")
     _private_dir(_authorized_dir(root, "surgeon"))
     _private_dir(_authorized_dir(root, "observer"))
+    _private_dir(root / "observers")
     surgeon_public, _ = _create_pair(root / "console", "surgeon")
-    shutil.copyfile(robot_public, root / "console" / "robot.key")
-    shutil.copyfile(surgeon_public, _authorized_dir(root, "surgeon") / "surgeon.key")
+    _install(robot_public, root / "console" / "robot.key")
+    _install(surgeon_public, _authorized_dir(root, "surgeon") / "surgeon.key")
     for name in observers:
         add_observer(root, name)
     log.info("created keys under %s (observers: %s)", root, list(observers) or "none")
@@ -123,8 +153,8 @@ def add_observer(root: Path, name: str) -> Path:
     if folder.exists():
         raise AuthError(f"observer {name!r} already exists at {folder}")
     public, _ = _create_pair(folder, name)
-    shutil.copyfile(robot_public, folder / "robot.key")
-    shutil.copyfile(public, _authorized_dir(root, "observer") / f"{name}.key")
+    _install(robot_public, folder / "robot.key")
+    _install(public, _authorized_dir(root, "observer") / f"{name}.key")
     log.info("observer %r created in %s and authorised", name, folder)
     return folder
 
@@ -142,10 +172,30 @@ def install_public_key(root: Path, pubfile: Path, role: str, name: str | None = 
     target = folder / f"{stem}.key"
     if target.exists():
         raise AuthError(f"{target} already exists")
-    shutil.copyfile(pubfile, target)
-    target.chmod(0o644)
+    _install(pubfile, target)
     log.info("installed %s as %s key %s", pubfile, role, target)
     return target
+
+
+def add_commander(root: Path, name: str = "ros") -> Path:
+    """Create the ROS 2 commander's pair in ``<name>/`` and authorise it as a surgeon key.
+
+    Opt-in (``telesurgery keys add-ros``): the robot's ``[ros] command`` side uses it
+    to connect to the link like a console, so it holds command only like one.
+    """
+    _check_name(name)
+    robot_public = _robot_dir(root) / "robot.key"
+    _load_public(robot_public)
+    folder = root / name
+    target = _authorized_dir(root, "surgeon") / f"{name}.key"
+    if folder.exists() or target.exists() or name in ("console", "observers"):
+        raise AuthError(f"commander {name!r} already exists ({folder} or {target})")
+    public, _ = _create_pair(folder, name)
+    shutil.copyfile(robot_public, folder / "robot.key")
+    shutil.copyfile(public, target)
+    target.chmod(0o644)
+    log.info("ROS commander %r created in %s and authorised as a surgeon key", name, folder)
+    return folder
 
 
 @dataclass(frozen=True)
@@ -168,12 +218,16 @@ class ServerKeys:
                 if not folder.is_dir():
                     raise AuthError(f"authorised-keys folder missing: {folder}; "
                                     "without it no peer can be verified")
-            if not any(surgeon_dir.glob("*.key")):
-                raise AuthError(f"no surgeon public key in {surgeon_dir}")
+            for folder in (_robot_dir(root), surgeon_dir.parent, surgeon_dir, observer_dir):
+                _check_not_writable_by_others(folder)
+            keys = cls(public, secret, surgeon_dir, observer_dir)
+            if SURGEON_USER not in keys.authorized().values():
+                raise AuthError(f"no usable surgeon public key in {surgeon_dir} "
+                                "(missing, empty or not a CurveZMQ public key)")
         except AuthError as err:
             log.error("robot keys unusable, refusing to start: %s", err)
             raise
-        return cls(public, secret, surgeon_dir, observer_dir)
+        return keys
 
     def authorized(self) -> dict[bytes, str]:
         """Map z85 public key -> ZAP user id ("surgeon" or "observer:<name>").
@@ -207,6 +261,14 @@ class ClientKeys:
         return cls(public, secret, _load_public(root / "console" / "robot.key"))
 
     @classmethod
+    def load_commander(cls, root: Path, name: str = "ros") -> ClientKeys:
+        """The ROS 2 commander's pair from ``<root>/<name>/`` (``add_commander``)."""
+        _check_name(name)
+        folder = root / name
+        public, secret = _load_secret(folder / f"{name}.key_secret")
+        return cls(public, secret, _load_public(folder / "robot.key"))
+
+    @classmethod
     def load_observer(cls, root: Path, name: str) -> ClientKeys:
         _check_name(name)
         folder = root / "observers" / name
@@ -226,18 +288,30 @@ def main(argv: list[str]) -> int:
     p_init.add_argument("--force", action="store_true", help="replace existing keys")
     p_obs = sub.add_parser("add-observer", parents=[common], help="create an observer pair")
     p_obs.add_argument("name")
+    p_ros = sub.add_parser("add-ros", parents=[common],
+                           help="create the ROS 2 commander's pair (surgeon role, opt-in)")
+    p_ros.add_argument("--name", default="ros", help="folder and key name (default: ros)")
     p_inst = sub.add_parser("install", parents=[common], help="authorise a public key file")
     p_inst.add_argument("pubfile", type=Path)
     p_inst.add_argument("--role", choices=("surgeon", "observer"), required=True)
     p_inst.add_argument("--name", help="name to install it under (default: file stem)")
     sub.add_parser("show", parents=[common], help="list the robot key and authorised keys")
+    p_reload = sub.add_parser("reload", help="make the running robot re-read the "
+                              "authorised keys (as SIGHUP does); revoked sessions are dropped")
+    p_reload.add_argument("--config", type=Path, help="robot config (for its local socket)")
+    p_reload.add_argument("--socket", type=Path, help="the robot's local e-stop socket")
+    p_reload.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.cmd == "reload":
+        return _reload(args.config, args.socket)
     try:
         if args.cmd == "init":
             init_keys(args.dir, args.observer, force=args.force)
             print(f"keys created under {args.dir}")
         elif args.cmd == "add-observer":
             print(f"observer keys in {add_observer(args.dir, args.name)}")
+        elif args.cmd == "add-ros":
+            print(f"ROS commander keys in {add_commander(args.dir, args.name)}")
         elif args.cmd == "install":
             print(f"installed {install_public_key(args.dir, args.pubfile, args.role, args.name)}")
         else:
@@ -249,3 +323,16 @@ def main(argv: list[str]) -> int:
         print(f"telesurgery keys: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reload(config: Path | None, socket_path: Path | None) -> int:
+    from robot_side.estop import client_target, send
+
+    try:
+        path, robot_uid = client_target(config, socket_path)
+        answer = send(path, "reload-keys", "keys", robot_uid=robot_uid)
+    except (OSError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"telesurgery keys reload: {err}", file=sys.stderr)
+        return 1
+    print(answer)
+    return 0 if answer.startswith("ok") else 1

@@ -38,7 +38,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from telesurgery.errors import SchemaError
-from transport.auth import start_authenticator
+from transport.auth import session_key, start_authenticator
 from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig
 from transport.endpoint import (
     ARRIVALS_MAX,
@@ -241,6 +241,9 @@ class RobotLink(_Link):
         # fires while ZAP works; it is here so that a ZAP bug cannot let a command in.
         if user != SURGEON_USER:
             raise SchemaError("user", f"{user!r} may not command")
+        # A session whose key a reload revoked stays connected: refuse it per message.
+        if not self.auth.allows(session_key(frame)):
+            raise SchemaError("user", "the key of this session was revoked")
         return user
 
     def _drain_commands(self) -> Inbound | None:

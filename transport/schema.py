@@ -264,6 +264,13 @@ class Telemetry(Message):
     firmware_flags: int = 0
     loop_jitter_us: int = 0
     tracking_error_m: float = 0.0
+    measured_jv: tuple[float, ...] = ()
+    """Joint velocities (rad/s or m/s) as the firmware reports them; empty if it does not."""
+    measured_jf: tuple[float, ...] = ()
+    """Joint efforts (N m or N) as the firmware reports them; empty if it does not."""
+    audit_head: str | None = None
+    """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
+    ``telesurgery audit verify --witness`` (safety.audit_verify)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +371,9 @@ Telemetry._SPEC = {
     "firmware_flags": _int(0, U32),
     "loop_jitter_us": _int(0, U32),
     "tracking_error_m": _float(0.0, 1e3),
+    "measured_jv": _joints,
+    "measured_jf": _joints,
+    "audit_head": _optional(_text(48)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,

@@ -21,6 +21,7 @@ DEVICES: dict[str, tuple[str, str]] = {
     "gamepad": ("operator_console.devices.gamepad", "GamepadDevice"),
     "spacemouse": ("operator_console.devices.spacemouse", "SpaceMouseDevice"),
     "haptic": ("operator_console.devices.haptic", "HapticDevice"),
+    "so101_leader": ("operator_console.devices.leader", "LeaderArmDevice"),
 }
 
 __all__ = ["DEVICES", "DeviceConfig", "InputDevice", "MasterSample", "create_device",

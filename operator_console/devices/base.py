@@ -74,6 +74,11 @@ class DeviceConfig:
     """Haptic device: vendor SDK backend name (``haptic.BACKENDS``)."""
     max_force_n: float = 3.0
     """Haptic device: force feedback is clamped to this magnitude."""
+    calibration: Path | None = None
+    """SO-101 leader arm: its calibration file (``telesurgery calibrate --arm so101``)."""
+    switches: str | None = None
+    """SO-101 leader arm: the terminal whose keys give presence (p) and clutch (space), e.g.
+    a USB foot pedal that types them; None = the console's own terminal."""
 
     def __post_init__(self) -> None:
         from operator_console.devices import DEVICES

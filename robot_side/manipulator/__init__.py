@@ -35,6 +35,8 @@ __all__ = ["BACKENDS", "FaultNote", "Frame", "Hold", "InvalidFrame", "JointSampl
 BACKENDS: dict[str, tuple[str, str]] = {
     "serial": ("robot_side.manipulator.serial", "SerialBackend"),
     "virtual": ("robot_side.manipulator.virtual", "VirtualManipulator"),
+    "dynamixel": ("robot_side.servos.dynamixel", "DynamixelArm"),
+    "feetech": ("robot_side.servos.feetech", "FeetechArm"),
 }
 
 

@@ -16,19 +16,21 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from robot_side.ros.interface import (
-    TOPICS,
     BridgeBase,
     NullBridge,
     RosBridge,
     RosBridgeError,
     RosMessageError,
 )
+from robot_side.ros.topics import SUBSCRIPTIONS, TOPICS
 
 __all__ = [
     "BACKENDS",
+    "SUBSCRIPTIONS",
     "TOPICS",
     "BridgeBase",
     "NullBridge",
@@ -58,15 +60,24 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def open_bridge(backend: str, namespace: str = "arm", domain_id: int = 0) -> RosBridge:
-    """Open the named backend; ``RosBridgeError`` naming it when it can not open."""
+def open_bridge(backend: str, namespace: str = "arm", domain_id: int = 0, *,
+                command: bool = False, interfaces: Sequence[str] = (),
+                peers: Sequence[str] = (), security_xml: Path | None = None) -> RosBridge:
+    """Open the named backend; ``RosBridgeError`` naming it when it can not open.
+
+    ``command``: also subscribe to the command topics (``state_command``,
+    ``servo_cp``, ``move_cp``). ``interfaces``/``peers``/``security_xml``: the
+    DDS network (``robot_side.ros.ddsconfig``).
+    """
     name = resolve_backend(backend)
     module_name, class_name = BACKENDS[name]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise RosBridgeError(f"ROS bridge backend {name!r} is not available: {err}") from err
-    factory: Callable[[str, int], RosBridge] = getattr(module, class_name)
-    bridge = factory(namespace, domain_id)
-    log.info("ros bridge: backend %r, namespace %r, domain %d", name, namespace, domain_id)
+    factory: Callable[..., RosBridge] = getattr(module, class_name)
+    bridge = factory(namespace, domain_id, command=command, interfaces=interfaces,
+                     peers=peers, security_xml=security_xml)
+    log.info("ros bridge: backend %r, namespace %r, domain %d, command side %s", name,
+             namespace, domain_id, "ON" if command else "off")
     return bridge

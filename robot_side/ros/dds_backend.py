@@ -6,13 +6,14 @@ serialized as classic CDR (XCDR1) — the representation pinned in every QoS
 here. With the structs of ``msgs`` this participant is seen by ``ros2 topic``
 and rclpy nodes on the same domain like any ROS 2 node.
 
-The e-stop subscription uses a listener so that a ``true`` latches the moment
-it arrives, whatever the robot node's poll rate and however many messages
+Every subscription uses a listener, so that an e-stop ``true`` latches the
+moment it arrives, whatever the bridge's poll rate and however many messages
 follow it: nothing can push an e-stop out of a history queue before it is seen.
 
 Reliable writers never block (``max_blocking_time=0``): a write that would
 wait for a slow reader fails instead, is counted in ``write_errors`` and raises
-``RosBridgeError``, so ROS can never stall the robot node's threads.
+``RosBridgeError``. The bridge runs in its own process (``robot_side.ros.process``),
+so even a stalled DDS could not delay the control loop.
 
 Cost measured on the dev machine (``bench_publish()``; tests/test_ros_dds.py
 prints it): one ``publish_measured_js`` for 6 joints, validation included, is
@@ -22,38 +23,36 @@ decimated rate costs under 0.5 % of a core.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cyclonedds.core import DDSException, Listener, Policy, Qos
-from cyclonedds.domain import DomainParticipant
+from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.idl import IdlStruct
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
-from robot_side.ros import msgs
-from robot_side.ros.interface import (
-    ESTOP_TOPIC,
-    TOPICS,
-    BridgeBase,
-    RosBridgeError,
-    TopicSpec,
-)
+from robot_side.ros.ddsconfig import check_security, config_xml, effective_interfaces
+from robot_side.ros.interface import BridgeBase, RosBridgeError
+from robot_side.ros.topics import SUBSCRIPTIONS, TOPICS, TopicSpec, subscriptions
 from telesurgery.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MAX_DOMAIN_ID = 232
 """Highest domain id with the standard RTPS port mapping (as in ROS 2)."""
-ESTOP_TAKE_BATCH = 32
+TAKE_BATCH = 32
 
 
 def topic_qos(spec: TopicSpec) -> Qos:
-    """The ROS 2 default QoS for ``spec``: sensor data or reliable, volatile, XCDR1."""
+    """The QoS of ``spec`` (ROS 2 default: reliable, keep last 10, volatile), XCDR1."""
     reliability = (Policy.Reliability.Reliable(max_blocking_time=0) if spec.reliable
                    else Policy.Reliability.BestEffort)
     return Qos(reliability, Policy.History.KeepLast(spec.depth), Policy.Durability.Volatile,
@@ -61,38 +60,52 @@ def topic_qos(spec: TopicSpec) -> Qos:
 
 
 class DdsBridge(BridgeBase):
-    """Publishes the robot's CRTK topics and listens to the e-stop on one DDS participant."""
+    """Publishes the robot's CRTK topics and listens to its subscriptions on one participant."""
 
     backend = "dds"
 
-    def __init__(self, namespace: str = "arm", domain_id: int = 0) -> None:
-        super().__init__(namespace)
+    def __init__(self, namespace: str = "arm", domain_id: int = 0, *, command: bool = False,
+                 interfaces: Sequence[str] = (), peers: Sequence[str] = (),
+                 security_xml: Path | None = None) -> None:
+        super().__init__(namespace, command)
         if not 0 <= domain_id <= MAX_DOMAIN_ID:
             raise ConfigError(f"ros domain_id = {domain_id}: must be in [0, {MAX_DOMAIN_ID}]")
+        check_security(security_xml)
         self.domain_id = domain_id
         self.write_errors = 0
+        self.interfaces = effective_interfaces(interfaces, peers, command)
+        xml = config_xml(self.interfaces, peers, security_xml)
+        self._readers: dict[str, DataReader[Any]] = {}
         try:
+            # A Domain with its own config must outlive its participant: kept here.
+            self._domain: Domain | None = None if xml is None else Domain(domain_id, xml)
             participant = DomainParticipant(domain_id)
             self._participant: DomainParticipant | None = participant
             self._writers: dict[str, DataWriter[Any]] = {
                 key: DataWriter(participant, self._topic(participant, spec), topic_qos(spec))
                 for key, spec in TOPICS.items()
             }
-            listener = Listener(  # type: ignore[no-untyped-call]  # cyclonedds leaves it untyped
-                on_data_available=self._on_data_available)
-            self._estop_reader: DataReader[Any] | None = DataReader(
-                participant, self._topic(participant, ESTOP_TOPIC), topic_qos(ESTOP_TOPIC),
-                listener=listener)
+            for key, spec in subscriptions(command).items():
+                listener = Listener(  # type: ignore[no-untyped-call]  # cyclonedds: untyped
+                    on_data_available=functools.partial(self._on_data_available, key))
+                self._readers[key] = DataReader(participant, self._topic(participant, spec),
+                                                topic_qos(spec), listener=listener)
         except DDSException as err:
             self.close()
             raise RosBridgeError(f"ROS bridge backend 'dds': could not open DDS domain "
                                  f"{domain_id}: {err}") from err
-        log.info("dds bridge: domain %d, publishing %s, e-stop on %s", domain_id,
+        log.info("dds bridge: domain %d, interfaces %s, peers %s, publishing %s, "
+                 "subscribed to %s", domain_id, list(self.interfaces) or "default",
+                 list(peers) or "multicast discovery",
                  [spec.dds_name(namespace) for spec in TOPICS.values()],
-                 ESTOP_TOPIC.dds_name(namespace))
+                 [spec.dds_name(namespace) for spec in subscriptions(command).values()])
 
     def _topic(self, participant: DomainParticipant, spec: TopicSpec) -> Topic[Any]:
         return Topic(participant, spec.dds_name(self.namespace), spec.msg_type)
+
+    def has_subscribers(self, topic: str) -> bool:
+        writer = self._writers.get(topic)
+        return writer is not None and bool(writer.get_matched_subscriptions())
 
     def _write(self, topic: str, msg: IdlStruct) -> None:
         writer = self._writers.get(topic)
@@ -102,34 +115,40 @@ class DdsBridge(BridgeBase):
             writer.write(msg)
         except DDSException as err:
             self.write_errors += 1
-            log.warning("dds bridge: write on %s failed (%d so far): %s",
-                        TOPICS[topic].dds_name(self.namespace), self.write_errors, err)
+            self.ratelog(logging.WARNING, f"write:{topic}",
+                         "dds bridge: write on %s failed (%d so far): %s",
+                         TOPICS[topic].dds_name(self.namespace), self.write_errors, err)
             raise RosBridgeError(f"ROS bridge backend 'dds': write on {topic} failed: "
                                  f"{err}") from err
 
-    def _on_data_available(self, reader: DataReader[Any]) -> None:
-        """DDS receive thread: drain every e-stop sample, latch any ``true``."""
+    def _on_data_available(self, key: str, reader: DataReader[Any]) -> None:
+        """DDS receive thread: drain every sample; the e-stop latches any ``true``."""
+        spec = SUBSCRIPTIONS[key]
         try:
-            while samples := reader.take(N=ESTOP_TAKE_BATCH):
+            while samples := reader.take(N=TAKE_BATCH):
                 for sample in samples:
-                    # Dispose/unregister notices carry no data; they are not e-stop messages.
-                    if isinstance(sample, msgs.Bool):
-                        self._on_estop(bool(sample.data))
+                    # Dispose/unregister notices carry no data; they are not messages.
+                    if isinstance(sample, spec.msg_type):
+                        self._received(key, sample)
         except DDSException as err:
-            # A failed take loses the samples it held: treat that as an e-stop, the safe side.
-            log.error("dds bridge: e-stop take failed, latching e-stop: %s", err)
-            self._on_estop(True)
+            if key == "estop":
+                # A failed take loses the samples it held: treat that as an e-stop.
+                log.error("dds bridge: e-stop take failed, latching e-stop: %s", err)
+                self._on_estop(True)
+            else:
+                self.ratelog(logging.WARNING, f"take:{key}", "dds bridge: take on %s "
+                             "failed; its messages are dropped: %s", key, err)
 
     def close(self) -> None:
         """Delete the participant and with it every reader and writer; idempotent."""
-        reader = getattr(self, "_estop_reader", None)
-        if reader is not None:
+        for reader in getattr(self, "_readers", {}).values():
             reader.set_listener(None)
-        self._estop_reader = None
+        self._readers = {}
         self._writers = {}
         # cyclonedds deletes an entity when its last Python reference goes; the
         # participant's deletion takes all its children in the C library with it.
         self._participant = None
+        self._domain = None
 
 
 def bench_publish(n: int = 2000, domain_id: int = 0, joints: int = 6) -> dict[str, float]:

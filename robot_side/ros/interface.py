@@ -1,42 +1,45 @@
-"""The small interface between the robot node and ROS 2, and what every backend shares.
+"""The small interface between the robot and ROS 2, and what every backend shares.
 
-``RosBridge`` is the contract the robot node calls. ``BridgeBase`` owns all the
-ROS semantics (python-can ``BusABC`` style template): it validates the values,
-builds the standard messages from ``msgs`` and latches the e-stop; a backend
-only implements ``_write(topic, msg)``, its e-stop subscription (calling
-``_on_estop``) and ``close()``.
+``RosBridge`` is the contract the bridge process calls. ``BridgeBase`` owns all
+the ROS semantics (python-can ``BusABC`` style template): it validates values,
+builds the standard messages from ``msgs``, latches the e-stop and keeps what
+the command topics deliver; a backend only implements ``_write(topic, msg)``,
+``has_subscribers(topic)``, its subscriptions (calling ``_received``) and
+``close()``.
 
-Topics use CRTK names under the namespace (``/<ns>/measured_js`` ...) and the
-ROS convention ``/diagnostics`` for the supervisor's status, whose name carries
-the namespace. High-rate topics use the ROS 2 sensor-data QoS (best effort,
-keep last 5); operating state, diagnostics and the e-stop are reliable
-(keep last 10), durability volatile for all.
+One topic table for every backend (``robot_side.ros.topics``). Header stamps
+are wall clock (ROS time), given by the caller; see docs/ros2.md for which moment.
 
 The e-stop topic can only *set* the e-stop: ``poll_estop()`` reports whether a
 ``data: true`` arrived since the last call. A ``false`` never clears anything;
 clearing is a local action on the robot side (safety invariant 4).
 
-Header stamps are wall-clock time, as ROS expects: the node passes
-``time.time_ns()`` and the bridge takes it as given.
+Everything that arrives on a subscription comes from any participant on the
+domain: it is counted, and logged through ``RateLimitedLog`` (a flood costs a
+bounded number of lines), and the command topics keep only a bounded number
+of messages each.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 from cyclonedds.idl import IdlStruct
 
 from robot_side.ros import msgs
+from robot_side.ros.topics import ESTOP_TOPIC, subscriptions
 from telesurgery.errors import ConfigError, TelesurgeryError
+from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,6 @@ MAX_JOINTS = 64
 MAX_TEXT = 1024
 MAX_KEY_VALUES = 64
 QUAT_NORM_TOL = 1e-3
-SENSOR_DEPTH = 5
-RELIABLE_DEPTH = 10
 _NAMESPACE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*")
 
 
@@ -62,41 +63,8 @@ class RosMessageError(TelesurgeryError, ValueError):
     """A value handed to the bridge can not become a valid ROS message; names the field."""
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    msg_type: type[IdlStruct]
-    reliable: bool
-    global_name: bool = False
-    """True: the topic is not under the namespace (``/diagnostics``)."""
-
-    def ros_name(self, namespace: str) -> str:
-        return f"/{self.name}" if self.global_name else f"/{namespace}/{self.name}"
-
-    def dds_name(self, namespace: str) -> str:
-        """The DDS topic name ROS 2 uses: ``rt`` + the ROS name."""
-        return "rt" + self.ros_name(namespace)
-
-    @property
-    def depth(self) -> int:
-        return RELIABLE_DEPTH if self.reliable else SENSOR_DEPTH
-
-
-TOPICS: dict[str, TopicSpec] = {
-    "measured_js": TopicSpec("measured_js", msgs.JointState, reliable=False),
-    "measured_cp": TopicSpec("measured_cp", msgs.PoseStamped, reliable=False),
-    "setpoint_cp": TopicSpec("setpoint_cp", msgs.PoseStamped, reliable=False),
-    "operating_state": TopicSpec("operating_state", msgs.OperatingState, reliable=True),
-    "diagnostics": TopicSpec("diagnostics", msgs.DiagnosticArray, reliable=True,
-                             global_name=True),
-}
-"""Published topics, by the key ``_write`` receives."""
-ESTOP_TOPIC = TopicSpec("estop", msgs.Bool, reliable=True)
-"""The one subscription: std_msgs/Bool, true sets the e-stop."""
-
-
 class RosBridge(Protocol):
-    """What the robot node calls.
+    """What the bridge process calls.
 
     Positions in metres, quaternions (w, x, y, z) like the rest of the project
     (the bridge reorders them for ROS), stamps wall-clock ns. Every publish
@@ -105,15 +73,25 @@ class RosBridge(Protocol):
     """
 
     namespace: str
+    command: bool
+    estop_event: threading.Event
+    command_event: threading.Event
+    received: collections.Counter[str]
+    published: int
 
-    def publish_measured_js(self, names: Sequence[str], position: Floats, velocity: Floats,
-                            effort: Floats, stamp_ns: int) -> None: ...
+    def publish_joint_state(self, topic: str, names: Sequence[str], position: Floats,
+                            velocity: Floats, effort: Floats, *, stamp_ns: int) -> None: ...
 
-    def publish_measured_cp(self, position: Floats, quat: Floats, stamp_ns: int,
-                            frame_id: str = "base") -> None: ...
+    def publish_pose(self, topic: str, position: Floats, quat: Floats, stamp_ns: int,
+                     frame_id: str = "base") -> None: ...
 
-    def publish_setpoint_cp(self, position: Floats, quat: Floats, stamp_ns: int,
-                            frame_id: str = "base") -> None: ...
+    def publish_twist(self, topic: str, linear: Floats, angular: Floats, stamp_ns: int,
+                      frame_id: str = "base") -> None: ...
+
+    def publish_wrench(self, topic: str, force: Floats, torque: Floats, stamp_ns: int,
+                       frame_id: str = "base") -> None: ...
+
+    def publish_matrix(self, topic: str, matrix: np.ndarray, rows: str, cols: str) -> None: ...
 
     def publish_operating_state(self, state: str, is_homed: bool, is_busy: bool,
                                 stamp_ns: int) -> None: ...
@@ -121,7 +99,11 @@ class RosBridge(Protocol):
     def publish_diagnostics(self, level: int, name: str, message: str,
                             values: Mapping[str, str], stamp_ns: int) -> None: ...
 
+    def has_subscribers(self, topic: str) -> bool: ...
+
     def poll_estop(self) -> bool: ...
+
+    def take(self, topic: str) -> list[tuple[Any, int]]: ...
 
     def close(self) -> None: ...
 
@@ -140,12 +122,13 @@ def check_namespace(namespace: str) -> str:
 
 
 class BridgeBase(ABC):
-    """Validation, message building and the e-stop latch, shared by every backend."""
+    """Validation, message building, the e-stop latch and the command inbox."""
 
     backend = "base"
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, command: bool = False) -> None:
         self.namespace = check_namespace(namespace)
+        self.command = command
         self.published = 0
         """Messages handed to the backend."""
         self.rejected = 0
@@ -154,35 +137,91 @@ class BridgeBase(ABC):
         """e-stop ``true`` messages received."""
         self.estop_ignored = 0
         """e-stop ``false`` messages received (they never clear anything)."""
-        self._estop_lock = threading.Lock()
+        self.received: collections.Counter[str] = collections.Counter()
+        """Messages received per subscription key (the e-stop included)."""
+        self.ratelog = RateLimitedLog(log)
+        """One line per second per kind at most for what other participants send."""
+        self._lock = threading.Lock()
         self._estop_pending = False
+        self.estop_event = threading.Event()
+        """Set with every e-stop ``true``: wakes the forwarder at once."""
+        self.command_event = threading.Event()
+        """Set with every message on a command subscription: wakes the commander."""
+        self._inbox: dict[str, collections.deque[tuple[Any, int]]] = {
+            key: collections.deque(maxlen=spec.keep) for key, spec in subscriptions(command).items()
+            if key != "estop"}
 
     # ----------------------------------------------------------- the contract
-    def publish_measured_js(self, names: Sequence[str], position: Floats, velocity: Floats,
-                            effort: Floats, stamp_ns: int) -> None:
+    def publish_joint_state(self, topic: str, names: Sequence[str], position: Floats,
+                            velocity: Floats, effort: Floats, *, stamp_ns: int) -> None:
         header = self._header(stamp_ns)
         if isinstance(names, str) or len(names) > MAX_JOINTS:
-            raise self._reject(f"measured_js.name: expected up to {MAX_JOINTS} joint names")
-        name_list = [self._text(f"measured_js.name[{i}]", n) for i, n in enumerate(names)]
+            raise self._reject(f"{topic}.name: expected up to {MAX_JOINTS} joint names")
+        name_list = [self._text(f"{topic}.name[{i}]", n) for i, n in enumerate(names)]
         n = len(name_list)
         msg = msgs.JointState(
             header=header, name=name_list,
-            position=self._floats("measured_js.position", position, (n,)),
+            position=self._floats(f"{topic}.position", position, (n,)),
             # ROS allows empty velocity/effort arrays for joints that do not report them.
-            velocity=self._floats("measured_js.velocity", velocity, (n, 0)),
-            effort=self._floats("measured_js.effort", effort, (n, 0)),
+            velocity=self._floats(f"{topic}.velocity", velocity, (n, 0)),
+            effort=self._floats(f"{topic}.effort", effort, (n, 0)),
         )
-        self._send("measured_js", msg)
+        self._send(topic, msg)
+
+    def publish_measured_js(self, names: Sequence[str], position: Floats, velocity: Floats,
+                            effort: Floats, stamp_ns: int) -> None:
+        self.publish_joint_state("measured_js", names, position, velocity, effort,
+                                 stamp_ns=stamp_ns)
+
+    def publish_pose(self, topic: str, position: Floats, quat: Floats, stamp_ns: int,
+                     frame_id: str = "base") -> None:
+        header = self._header(stamp_ns, self._text(f"{topic}.frame_id", frame_id))
+        x, y, z = self._floats(f"{topic}.position", position, (3,))
+        qw, qx, qy, qz = self._floats(f"{topic}.quat", quat, (4,))
+        norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+        if abs(norm - 1.0) > QUAT_NORM_TOL:
+            raise self._reject(f"{topic}.quat: norm {norm:.6f} is not 1 (w, x, y, z expected)")
+        pose = msgs.Pose(position=msgs.Point(x=x, y=y, z=z),
+                         orientation=msgs.Quaternion(x=qx, y=qy, z=qz, w=qw))
+        self._send(topic, msgs.PoseStamped(header=header, pose=pose))
 
     def publish_measured_cp(self, position: Floats, quat: Floats, stamp_ns: int,
                             frame_id: str = "base") -> None:
-        self._send("measured_cp", self._pose_stamped("measured_cp", position, quat, stamp_ns,
-                                                     frame_id))
+        self.publish_pose("measured_cp", position, quat, stamp_ns, frame_id)
 
     def publish_setpoint_cp(self, position: Floats, quat: Floats, stamp_ns: int,
                             frame_id: str = "base") -> None:
-        self._send("setpoint_cp", self._pose_stamped("setpoint_cp", position, quat, stamp_ns,
-                                                     frame_id))
+        self.publish_pose("setpoint_cp", position, quat, stamp_ns, frame_id)
+
+    def publish_twist(self, topic: str, linear: Floats, angular: Floats, stamp_ns: int,
+                      frame_id: str = "base") -> None:
+        header = self._header(stamp_ns, self._text(f"{topic}.frame_id", frame_id))
+        twist = msgs.Twist(linear=self._vector3(f"{topic}.linear", linear),
+                           angular=self._vector3(f"{topic}.angular", angular))
+        self._send(topic, msgs.TwistStamped(header=header, twist=twist))
+
+    def publish_wrench(self, topic: str, force: Floats, torque: Floats, stamp_ns: int,
+                       frame_id: str = "base") -> None:
+        header = self._header(stamp_ns, self._text(f"{topic}.frame_id", frame_id))
+        wrench = msgs.Wrench(force=self._vector3(f"{topic}.force", force),
+                             torque=self._vector3(f"{topic}.torque", torque))
+        self._send(topic, msgs.WrenchStamped(header=header, wrench=wrench))
+
+    def publish_matrix(self, topic: str, matrix: np.ndarray, rows: str, cols: str) -> None:
+        """A row-major ``Float64MultiArray`` with two labelled dimensions."""
+        try:
+            array = np.asarray(matrix, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise self._reject(f"{topic}: not numeric: {err}") from err
+        if array.ndim != 2 or array.size > MAX_JOINTS * 6:
+            raise self._reject(f"{topic}: expected a 2-D matrix, got shape {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise self._reject(f"{topic}: non-finite value")
+        n_rows, n_cols = array.shape
+        layout = msgs.MultiArrayLayout(dim=[
+            msgs.MultiArrayDimension(label=rows, size=n_rows, stride=n_rows * n_cols),
+            msgs.MultiArrayDimension(label=cols, size=n_cols, stride=n_cols)])
+        self._send(topic, msgs.Float64MultiArray(layout=layout, data=array.ravel().tolist()))
 
     def publish_operating_state(self, state: str, is_homed: bool, is_busy: bool,
                                 stamp_ns: int) -> None:
@@ -213,9 +252,24 @@ class BridgeBase(ABC):
 
     def poll_estop(self) -> bool:
         """True when an e-stop ``true`` arrived since the last call. Never cleared by a message."""
-        with self._estop_lock:
+        with self._lock:
             seen, self._estop_pending = self._estop_pending, False
         return seen
+
+    def take(self, topic: str) -> list[tuple[Any, int]]:
+        """What arrived on a command subscription since the last call (at most its
+        ``keep``), each with its CLOCK_MONOTONIC arrival time."""
+        box = self._inbox.get(topic)
+        if box is None:
+            return []
+        with self._lock:
+            items = list(box)
+            box.clear()
+        return items
+
+    @abstractmethod
+    def has_subscribers(self, topic: str) -> bool:
+        """Someone subscribes to ``TOPICS[topic]`` (topics published on request)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -233,18 +287,34 @@ class BridgeBase(ABC):
     def _write(self, topic: str, msg: IdlStruct) -> None:
         """Publish ``msg`` (a ``msgs`` struct) on ``TOPICS[topic]``."""
 
-    def _on_estop(self, data: bool) -> None:
-        """Called from the backend's receive thread for every e-stop message."""
-        if not data:
-            with self._estop_lock:
-                self.estop_ignored += 1
-            log.info("ros e-stop: 'false' received on %s; ignored (only sets, never clears)",
-                     ESTOP_TOPIC.ros_name(self.namespace))
+    def _received(self, key: str, msg: Any) -> None:
+        """Called from the backend's receive thread for every message on a subscription."""
+        self.received[key] += 1
+        if key == "estop":
+            self._on_estop(bool(getattr(msg, "data", False)))
             return
-        with self._estop_lock:
-            self._estop_pending = True
-            self.estop_messages += 1
-        log.warning("ros e-stop: 'true' received on %s", ESTOP_TOPIC.ros_name(self.namespace))
+        box = self._inbox.get(key)
+        if box is None:
+            return
+        with self._lock:
+            box.append((msg, time.monotonic_ns()))
+        self.command_event.set()
+
+    def _on_estop(self, data: bool) -> None:
+        topic = ESTOP_TOPIC.ros_name(self.namespace)
+        with self._lock:
+            if data:
+                self._estop_pending = True
+                self.estop_messages += 1
+            else:
+                self.estop_ignored += 1
+        if data:
+            self.estop_event.set()
+            self.ratelog(logging.WARNING, "estop-true", "ros e-stop: 'true' received on %s",
+                         topic)
+        else:
+            self.ratelog(logging.INFO, "estop-false", "ros e-stop: 'false' received on %s; "
+                         "ignored (only sets, never clears)", topic)
 
     # -------------------------------------------------------------- internals
     def _send(self, topic: str, msg: IdlStruct) -> None:
@@ -253,8 +323,9 @@ class BridgeBase(ABC):
 
     def _reject(self, why: str) -> RosMessageError:
         self.rejected += 1
-        log.warning("ros bridge (%s): rejected message (%d so far): %s", self.backend,
-                    self.rejected, why)
+        self.ratelog(logging.WARNING, f"reject:{why.split(':', maxsplit=1)[0]}",
+                     "ros bridge (%s): rejected message (%d so far): %s", self.backend,
+                     self.rejected, why)
         return RosMessageError(why)
 
     def _header(self, stamp_ns: int, frame_id: str = "") -> msgs.Header:
@@ -287,17 +358,9 @@ class BridgeBase(ABC):
         values: list[float] = array.tolist()
         return values
 
-    def _pose_stamped(self, topic: str, position: Floats, quat: Floats, stamp_ns: int,
-                      frame_id: str) -> msgs.PoseStamped:
-        header = self._header(stamp_ns, self._text(f"{topic}.frame_id", frame_id))
-        x, y, z = self._floats(f"{topic}.position", position, (3,))
-        qw, qx, qy, qz = self._floats(f"{topic}.quat", quat, (4,))
-        norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
-        if abs(norm - 1.0) > QUAT_NORM_TOL:
-            raise self._reject(f"{topic}.quat: norm {norm:.6f} is not 1 (w, x, y, z expected)")
-        pose = msgs.Pose(position=msgs.Point(x=x, y=y, z=z),
-                         orientation=msgs.Quaternion(x=qx, y=qy, z=qz, w=qw))
-        return msgs.PoseStamped(header=header, pose=pose)
+    def _vector3(self, field: str, value: Floats) -> msgs.Vector3:
+        x, y, z = self._floats(field, value, (3,))
+        return msgs.Vector3(x=x, y=y, z=z)
 
 
 class NullBridge(BridgeBase):
@@ -305,8 +368,12 @@ class NullBridge(BridgeBase):
 
     backend = "none"
 
-    def __init__(self, namespace: str = "arm", domain_id: int = 0) -> None:
-        super().__init__(namespace)
+    def __init__(self, namespace: str = "arm", domain_id: int = 0, *, command: bool = False,
+                 **_: Any) -> None:
+        super().__init__(namespace, command)
+
+    def has_subscribers(self, topic: str) -> bool:
+        return False
 
     def close(self) -> None:
         pass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cyclonedds.idl import IdlStruct
-from cyclonedds.idl.types import float64, int32, uint8, uint32
+from cyclonedds.idl.types import byte, float64, int32, uint32
 
 if TYPE_CHECKING:
     # For mypy a CDR sequence is the list it holds at run time; cyclonedds' own
@@ -73,6 +73,56 @@ class Quaternion(IdlStruct, typename="geometry_msgs::msg::dds_::Quaternion_"):
 
 
 @dataclass
+class Vector3(IdlStruct, typename="geometry_msgs::msg::dds_::Vector3_"):
+    x: float64 = 0.0
+    y: float64 = 0.0
+    z: float64 = 0.0
+
+
+@dataclass
+class Twist(IdlStruct, typename="geometry_msgs::msg::dds_::Twist_"):
+    linear: Vector3 = field(default_factory=Vector3)
+    angular: Vector3 = field(default_factory=Vector3)
+
+
+@dataclass
+class TwistStamped(IdlStruct, typename="geometry_msgs::msg::dds_::TwistStamped_"):
+    header: Header = field(default_factory=Header)
+    twist: Twist = field(default_factory=Twist)
+
+
+@dataclass
+class Wrench(IdlStruct, typename="geometry_msgs::msg::dds_::Wrench_"):
+    force: Vector3 = field(default_factory=Vector3)
+    torque: Vector3 = field(default_factory=Vector3)
+
+
+@dataclass
+class WrenchStamped(IdlStruct, typename="geometry_msgs::msg::dds_::WrenchStamped_"):
+    header: Header = field(default_factory=Header)
+    wrench: Wrench = field(default_factory=Wrench)
+
+
+@dataclass
+class MultiArrayDimension(IdlStruct, typename="std_msgs::msg::dds_::MultiArrayDimension_"):
+    label: str = ""
+    size: uint32 = 0
+    stride: uint32 = 0
+
+
+@dataclass
+class MultiArrayLayout(IdlStruct, typename="std_msgs::msg::dds_::MultiArrayLayout_"):
+    dim: sequence[MultiArrayDimension] = field(default_factory=list)
+    data_offset: uint32 = 0
+
+
+@dataclass
+class Float64MultiArray(IdlStruct, typename="std_msgs::msg::dds_::Float64MultiArray_"):
+    layout: MultiArrayLayout = field(default_factory=MultiArrayLayout)
+    data: sequence[float64] = field(default_factory=list)
+
+
+@dataclass
 class Pose(IdlStruct, typename="geometry_msgs::msg::dds_::Pose_"):
     position: Point = field(default_factory=Point)
     orientation: Quaternion = field(default_factory=Quaternion)
@@ -92,8 +142,9 @@ class KeyValue(IdlStruct, typename="diagnostic_msgs::msg::dds_::KeyValue_"):
 
 @dataclass
 class DiagnosticStatus(IdlStruct, typename="diagnostic_msgs::msg::dds_::DiagnosticStatus_"):
-    level: uint8 = 0
-    """ROS ``byte``: OK=0, WARN=1, ERROR=2, STALE=3."""
+    level: byte = 0
+    """ROS ``byte``, IDL ``octet`` (not ``uint8``: a type-checking peer refuses that match).
+    OK=0, WARN=1, ERROR=2, STALE=3."""
     name: str = ""
     message: str = ""
     hardware_id: str = ""
@@ -114,9 +165,33 @@ class OperatingState(IdlStruct, typename="crtk_msgs::msg::dds_::OperatingState_"
     is_busy: bool = False
 
 
+@dataclass
+class StringStamped(IdlStruct, typename="crtk_msgs::msg::dds_::StringStamped_"):
+    """CRTK ``state_command``: enable, disable, home, unhome, pause, resume."""
+
+    header: Header = field(default_factory=Header)
+    string: str = ""
+
+
 OPERATING_STATE_MSG = """\
 std_msgs/Header header
 string state
 bool is_homed
 bool is_busy
 """
+STRING_STAMPED_MSG = """\
+std_msgs/Header header
+string string
+"""
+CRTK_MSGS = {
+    "crtk_msgs/msg/OperatingState": OPERATING_STATE_MSG,
+    "crtk_msgs/msg/StringStamped": STRING_STAMPED_MSG,
+}
+"""The crtk_msgs definitions (not in the ROS 2 core type stores) by ROS type name."""
+
+ALL_STRUCTS: tuple[type[IdlStruct], ...] = (
+    Time, Header, Bool, JointState, Point, Quaternion, Vector3, Twist, TwistStamped, Wrench,
+    WrenchStamped, MultiArrayDimension, MultiArrayLayout, Float64MultiArray, Pose,
+    PoseStamped, KeyValue, DiagnosticStatus, DiagnosticArray, OperatingState, StringStamped,
+)
+"""Every struct here, for the test that compares them with ROS 2's own definitions."""

@@ -8,8 +8,14 @@ turns into a ``RosBridgeError`` naming the backend. Where rclpy is missing use
 the ``dds`` backend, which puts the same bytes on the same topics.
 
 Messages are built once, as the ``msgs`` structs, by ``BridgeBase``; here they
-are copied field by field into rclpy's classes, found from the ROS type name.
-The operating-state topic needs the ``crtk_msgs`` package in the ROS install.
+are copied field by field into rclpy's classes, found from the ROS type name,
+and received ones back into ``msgs`` structs (``from_ros``), so both backends
+share one topic table (``TOPICS``/``SUBSCRIPTIONS``) with the same QoS and hand
+the same objects to the bridge process. The operating-state and state-command
+topics need the ``crtk_msgs`` package in the ROS install.
+
+The DDS network settings (interfaces, peers) reach rmw_cyclonedds_cpp through
+``CYCLONEDDS_URI``, set before rclpy starts; another RMW ignores them (logged).
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import threading
+import typing
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import rclpy  # ImportError here is the "no ROS 2 install" signal open_bridge reports
@@ -26,7 +36,9 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from robot_side.ros.interface import ESTOP_TOPIC, TOPICS, BridgeBase, RosBridgeError, TopicSpec
+from robot_side.ros.ddsconfig import check_security, config_xml, effective_interfaces
+from robot_side.ros.interface import BridgeBase, RosBridgeError
+from robot_side.ros.topics import TOPICS, TopicSpec, subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,24 @@ def to_ros(value: Any, ros_cls: Any | None = None) -> Any:
     return msg
 
 
+def from_ros(msg: Any, idl_type: type[IdlStruct]) -> Any:
+    """Copy a received rclpy message (recursively) into its ``msgs`` struct."""
+    hints = typing.get_type_hints(idl_type)
+    values: dict[str, Any] = {}
+    struct: Any = idl_type  # every msgs struct is a dataclass
+    for f in dataclasses.fields(struct):
+        item = getattr(msg, f.name)
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, IdlStruct):
+            item = from_ros(item, hint)
+        elif isinstance(item, bytes):
+            item = item[0] if item else 0
+        elif not isinstance(item, str | bool | int | float):
+            item = list(item)
+        values[f.name] = item
+    return idl_type(**values)
+
+
 def qos_profile(spec: TopicSpec) -> QoSProfile:
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST, depth=spec.depth,
@@ -73,8 +103,17 @@ class RclpyBridge(BridgeBase):
 
     backend = "rclpy"
 
-    def __init__(self, namespace: str = "arm", domain_id: int = 0) -> None:
-        super().__init__(namespace)
+    def __init__(self, namespace: str = "arm", domain_id: int = 0, *, command: bool = False,
+                 interfaces: Sequence[str] = (), peers: Sequence[str] = (),
+                 security_xml: Path | None = None) -> None:
+        super().__init__(namespace, command)
+        check_security(security_xml)
+        xml = config_xml(effective_interfaces(interfaces, peers, command), peers, security_xml)
+        if xml is not None:
+            if os.environ.get("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp") != "rmw_cyclonedds_cpp":
+                log.warning("rclpy bridge: RMW %s ignores the [ros] interfaces/peers",
+                            os.environ["RMW_IMPLEMENTATION"])
+            os.environ["CYCLONEDDS_URI"] = xml  # read by rmw_cyclonedds_cpp at init
         self._context = Context()
         try:
             rclpy.init(context=self._context, domain_id=domain_id)
@@ -85,9 +124,10 @@ class RclpyBridge(BridgeBase):
                                                  qos_profile(spec))
                 for key, spec in TOPICS.items()
             }
-            self._node.create_subscription(
-                ros_type(ESTOP_TOPIC.msg_type), ESTOP_TOPIC.ros_name(namespace),
-                lambda msg: self._on_estop(bool(msg.data)), qos_profile(ESTOP_TOPIC))
+            for key, spec in subscriptions(command).items():
+                self._node.create_subscription(
+                    ros_type(spec.msg_type), spec.ros_name(namespace),
+                    self._callback(key, spec), qos_profile(spec))
         except RosBridgeError:
             self.close()
             raise
@@ -101,6 +141,16 @@ class RclpyBridge(BridgeBase):
         self._thread.start()
         log.info("rclpy bridge: node %s in namespace /%s, domain %d", NODE_NAME, namespace,
                  domain_id)
+
+    def _callback(self, key: str, spec: TopicSpec) -> Any:
+        def on_message(msg: Any) -> None:
+            self._received(key, from_ros(msg, spec.msg_type))
+
+        return on_message
+
+    def has_subscribers(self, topic: str) -> bool:
+        publisher = self._publishers.get(topic)
+        return publisher is not None and publisher.get_subscription_count() > 0
 
     def _spin(self) -> None:
         try:

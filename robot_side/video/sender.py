@@ -95,13 +95,16 @@ class SenderStats:
     keyframe_requests: int = 0
     encode_ns_total: int = 0
     last_encode_ns: int = 0
+    mirror_dropped: int = 0
 
 
 class VideoSender:
     def __init__(self, socket: zmq.Socket[bytes], encoder: H264Encoder,
                  controller: BitrateController | None = None, *,
-                 backpressure: bool = False) -> None:
+                 backpressure: bool = False, mirror: zmq.Socket[bytes] | None = None) -> None:
         self._socket = socket
+        self._mirror = mirror
+        """Local copy for the robot's own observers (page, recorder); never blocks."""
         self._encoder = encoder
         self._cfg = encoder.cfg
         self.controller = controller or BitrateController(
@@ -150,11 +153,21 @@ class VideoSender:
             return False
         # Once the first part is queued, ZeroMQ accepts the rest of the message.
         self._socket.send(encoded.payload, zmq.NOBLOCK, copy=False)
+        if self._mirror is not None:
+            self._send_mirror(self._mirror, schema.encode(header), encoded.payload)
         self._next_id += 1
         self.stats.sent += 1
         self.stats.bytes_sent += len(encoded.payload)
         self.stats.keyframes += encoded.keyframe
         return True
+
+    def _send_mirror(self, mirror: zmq.Socket[bytes], header: bytes, payload: bytes) -> None:
+        try:
+            mirror.send(header, zmq.NOBLOCK | zmq.SNDMORE)
+        except zmq.Again:
+            self.stats.mirror_dropped += 1
+            return
+        mirror.send(payload, zmq.NOBLOCK, copy=False)
 
     def _dropped(self, frame_id: int) -> None:
         self.stats.dropped_backpressure += 1

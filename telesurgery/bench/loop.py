@@ -154,6 +154,10 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    if any(a == "--arm" or a.startswith("--arm=") for a in argv):
+        from telesurgery.bench import servo  # a smart-servo bus instead of the virtual arm
+
+        return servo.main(argv)
     p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)

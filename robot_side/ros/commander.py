@@ -1,0 +1,319 @@
+"""The opt-in ROS 2 command side: a ROS program as one more surgeon-role link client.
+
+Off by default (``[ros] command = false``). When on, the bridge process runs
+this thread, which connects to the robot's own link exactly like a surgeon
+console, with its own key (``<keys_dir>/ros/``, ``telesurgery keys add-ros``).
+Nothing here moves the arm by itself: every command it sends passes the
+robot's command gate (age, sequence), watchdog (a ROS stream that stops is a
+command timeout), supervisor (engage, hold, latches, e-stop), Cartesian and
+joint limits, jump checks and audit, like any console's.
+
+CRTK topics it serves (``SUBSCRIPTIONS`` with ``command=True``):
+
+- ``state_command`` (crtk_msgs/StringStamped): ``enable`` -> clear_fault when in
+  fault, then arm; ``disable`` -> disarm; ``pause`` -> disengage; ``resume`` ->
+  stream the arm's measured pose as the master pose (the robot anchors there, so
+  poses map 1:1 in the base frame at scale 1), then engage; ``home`` -> nothing
+  to do (absolute encoders: always homed); ``unhome`` -> refused.
+- ``servo_cp`` (geometry_msgs/PoseStamped): each message becomes one command,
+  sent as it arrives and never repeated: when the ROS stream stops, commands stop
+  and the robot's command timeout holds the arm.
+- ``move_cp`` (geometry_msgs/PoseStamped): a straight line at ``move_speed_m_s``
+  (orientation interpolated over the same time) streamed at ``command_hz``;
+  at the goal the goal keeps being streamed (the commander holds it); a
+  ``servo_cp`` or ``pause`` ends it.
+
+Poses are master poses of the robot's one teleop mapping: the robot anchors them
+at engage and applies the surgeon's motion scale and the latency factor, so a
+ROS program drives exactly what a console drives.
+
+Messages from DDS are untrusted: non-finite or out-of-range poses and unknown
+state commands are counted, logged at most once a second per kind, and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from robot_side.config import RobotConfig
+from robot_side.kinematics import Kinematics
+from robot_side.ros import msgs
+from robot_side.ros.interface import RosBridge
+from telesurgery.errors import LinkTimeout, TelesurgeryError
+from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_relative
+from telesurgery.ratelog import RateLimitedLog
+from transport.keys import ClientKeys
+from transport.link import ConsoleLink
+from transport.schema import MAX_POSITION_M, QUAT_NORM_TOL, Command, ControlReply, Telemetry
+
+log = logging.getLogger(__name__)
+
+ANCHOR_COMMANDS = 5
+"""Hold-stream commands sent before ``engage``, so the robot anchors at a fresh one."""
+MAX_ANGULAR_SPEED = 0.5
+"""move_cp: rad/s of the generated orientation interpolation at most."""
+ENGAGE_RETRY_NS = 3_000_000_000
+"""resume: engage is retried this long while the robot says its link has not settled."""
+ENGAGE_RETRY_PERIOD_NS = 50_000_000
+REQUEST_RETRY_NS = 5_000_000_000
+"""A control request the link could not send yet is retried this long."""
+STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
+
+
+def ros_pose(msg: Any) -> tuple[Vec3, Quat] | None:
+    """Position and (w, x, y, z) of a PoseStamped; None when it is not a valid pose."""
+    try:
+        p, o = msg.pose.position, msg.pose.orientation
+        pos = (float(p.x), float(p.y), float(p.z))
+        quat = (float(o.w), float(o.x), float(o.y), float(o.z))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not all(math.isfinite(c) for c in (*pos, *quat)):
+        return None
+    if any(abs(c) > MAX_POSITION_M for c in pos):
+        return None
+    norm = math.sqrt(sum(c * c for c in quat))
+    if abs(norm - 1.0) > QUAT_NORM_TOL:
+        return None
+    return pos, (quat[0] / norm, quat[1] / norm, quat[2] / norm, quat[3] / norm)
+
+
+def sample_time(msg: Any, recv_ns: int) -> int:
+    """A servo_cp's publish time on this machine's monotonic clock, for the path figure.
+
+    The publisher's header stamp (wall clock) when it is plausible (not ahead of the
+    arrival, at most a second before it), else the arrival at the bridge. For
+    measurement only (``Command.t_sample_ns``): no bound of the robot rests on it.
+    """
+    try:
+        stamp = msg.header.stamp
+        wall_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    except (AttributeError, TypeError, ValueError):
+        return recv_ns
+    mono_ns = wall_ns - (time.time_ns() - time.monotonic_ns())  # wall-clock ok: ROS stamp
+    return mono_ns if recv_ns - 1_000_000_000 <= mono_ns <= recv_ns else recv_ns
+
+
+class Trajectory:
+    """move_cp: a straight line at a bounded speed, orientation interpolated alongside."""
+
+    def __init__(self, start: tuple[Vec3, Quat], goal: tuple[Vec3, Quat], speed_m_s: float,
+                 t0_ns: int) -> None:
+        self.start, self.goal = start, goal
+        distance = math.dist(start[0], goal[0])
+        self._angle, self._axis = quat_relative(start[1], goal[1])
+        duration_s = max(distance / speed_m_s, self._angle / MAX_ANGULAR_SPEED)
+        self.t0_ns = t0_ns
+        self.duration_ns = max(1, int(duration_s * 1e9))
+
+    def at(self, now_ns: int) -> tuple[Vec3, Quat]:
+        s = min(1.0, max(0.0, (now_ns - self.t0_ns) / self.duration_ns))
+        if s >= 1.0:
+            return self.goal
+        (x0, y0, z0), (x1, y1, z1) = self.start[0], self.goal[0]
+        pos = (x0 + s * (x1 - x0), y0 + s * (y1 - y0), z0 + s * (z1 - z0))
+        turn = quat_from_rotvec(tuple(c * s * self._angle for c in self._axis))  # type: ignore[arg-type]
+        return pos, quat_mul(self.start[1], turn)
+
+    def done(self, now_ns: int) -> bool:
+        return now_ns - self.t0_ns >= self.duration_ns
+
+
+def commander_link_config(cfg: RobotConfig) -> Any:
+    """The robot's link as a client on this machine sees it (a wildcard bind -> loopback)."""
+    host = "127.0.0.1" if cfg.link.host.strip() in WILDCARD_HOSTS else cfg.link.host
+    return replace(cfg.link, host=host)
+
+
+class RosCommander(threading.Thread):
+    """Turns the command topics into link commands and control requests."""
+
+    def __init__(self, cfg: RobotConfig, bridge: RosBridge, kin: Kinematics) -> None:
+        super().__init__(name="ros-commander", daemon=True)
+        self.cfg = cfg
+        self.bridge = bridge
+        self.kin = kin
+        self.keys = ClientKeys.load_commander(cfg.link.keys_dir, cfg.ros.command_key)
+        self._period_ns = int(1e9 / cfg.ros.command_hz)
+        self._halt = threading.Event()
+        self._ratelog = RateLimitedLog(log)
+        self._tlm: Telemetry | None = None
+        self._seq = 0
+        self._mode = "idle"
+        """idle (sends nothing), hold (streams ``_last``), move (streams the trajectory),
+        servo (forwards each servo_cp once)."""
+        self._last: tuple[Vec3, Quat] | None = None
+        self._move: Trajectory | None = None
+        self._engage_at: int | None = None
+        self._engage_until = 0
+        self.counters: dict[str, int] = {"commands_sent": 0, "servo_cp": 0, "move_cp": 0,
+                                         "state_command": 0, "rejected": 0,
+                                         "requests_failed": 0}
+
+    def stats(self) -> dict[str, Any]:
+        return {"commander": dict(self.counters), "commander_mode": self._mode}
+
+    def on_telemetry(self, tlm: Telemetry) -> None:
+        """From the bridge's feed loop: the robot's latest state (a reference swap)."""
+        self._tlm = tlm
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.bridge.command_event.set()
+
+    def run(self) -> None:
+        try:
+            with ConsoleLink(commander_link_config(self.cfg), self.keys) as link:
+                log.info("ROS commander connected to the robot's link as %r",
+                         self.cfg.ros.command_key)
+                self._loop(link)
+        except TelesurgeryError as err:
+            log.error("ROS commander stopped: %s", err)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, link: ConsoleLink) -> None:
+        next_stream = time.monotonic_ns()
+        while not self._halt.is_set():
+            wait_s = max(0.0, (next_stream - time.monotonic_ns()) / 1e9)
+            self.bridge.command_event.wait(min(wait_s, 0.01))
+            self.bridge.command_event.clear()
+            link.poll(0)  # answers the robot's pings: its RTT and clock offset need them
+            for msg, _ in self.bridge.take("state_command"):
+                self._state_command(link, msg)
+            self._servo(link)
+            self._move_cp()
+            now = time.monotonic_ns()
+            self._engage(link, now)
+            if now >= next_stream:
+                next_stream = now + self._period_ns
+                self._stream(link, now)
+
+    def _servo(self, link: ConsoleLink) -> None:
+        for msg, recv_ns in self.bridge.take("servo_cp"):
+            self.counters["servo_cp"] += 1
+            pose = self._checked("servo_cp", msg)
+            if pose is None:
+                continue
+            if self._mode not in ("hold", "move", "servo"):
+                self._ratelog(logging.WARNING, "servo-idle", "ROS servo_cp ignored: send "
+                              "state_command 'resume' first")
+                continue
+            self._mode, self._move, self._last = "servo", None, pose
+            self._send(link, pose, sample_time(msg, recv_ns))
+
+    def _move_cp(self) -> None:
+        for msg, _ in self.bridge.take("move_cp"):
+            self.counters["move_cp"] += 1
+            goal = self._checked("move_cp", msg)
+            if goal is None:
+                continue
+            if self._mode not in ("hold", "move", "servo") or self._last is None:
+                self._ratelog(logging.WARNING, "move-idle", "ROS move_cp ignored: send "
+                              "state_command 'resume' first")
+                continue
+            self._move = Trajectory(self._last, goal, self.cfg.ros.move_speed_m_s,
+                                    time.monotonic_ns())
+            self._mode = "move"
+
+    def _stream(self, link: ConsoleLink, now: int) -> None:
+        """hold and move stream at command_hz; servo sends only what arrives."""
+        if self._mode == "move" and self._move is not None:
+            self._last = self._move.at(now)
+            self._send(link, self._last)
+        elif self._mode == "hold" and self._last is not None:
+            self._send(link, self._last)
+
+    def _send(self, link: ConsoleLink, pose: tuple[Vec3, Quat],
+              t_sample_ns: int | None = None) -> None:
+        self._seq += 1
+        now = time.monotonic_ns()
+        cmd = Command(seq=self._seq, t_send_ns=now, position=pose[0], orientation=pose[1],
+                      grip=0.0, clutch=False, operator_present=True,
+                      t_sample_ns=now if t_sample_ns is None else t_sample_ns)
+        if link.send_command(cmd):
+            self.counters["commands_sent"] += 1
+
+    def _checked(self, topic: str, msg: Any) -> tuple[Vec3, Quat] | None:
+        pose = ros_pose(msg)
+        if pose is None:
+            self.counters["rejected"] += 1
+            self._ratelog(logging.WARNING, f"bad:{topic}", "ROS %s dropped: not a finite pose "
+                          "with a unit quaternion within %.0f m", topic, MAX_POSITION_M)
+        return pose
+
+    # -------------------------------------------------------- state commands
+    def _state_command(self, link: ConsoleLink, msg: Any) -> None:
+        self.counters["state_command"] += 1
+        what = getattr(msg, "string", None) if isinstance(msg, msgs.StringStamped) else None
+        if what not in STATE_COMMANDS:
+            self.counters["rejected"] += 1
+            self._ratelog(logging.WARNING, "bad:state_command", "ROS state_command %r "
+                          "dropped: not one of %s", str(what)[:32], sorted(STATE_COMMANDS))
+            return
+        log.info("ROS state_command %r", what)
+        state = self._tlm.state if self._tlm is not None else "unknown"
+        if what == "enable":
+            if state == "fault":
+                self._request(link, "clear_fault")
+            self._request(link, "arm")
+        elif what == "disable":
+            self._mode, self._move, self._engage_at = "idle", None, None
+            self._request(link, "disarm")
+        elif what == "pause":
+            self._mode, self._move, self._engage_at = "idle", None, None
+            self._request(link, "disengage")
+        elif what == "resume":
+            self._resume(link)
+        elif what == "unhome":
+            log.warning("ROS state_command 'unhome' refused: this arm has absolute encoders")
+
+    def _resume(self, link: ConsoleLink) -> None:
+        tlm = self._tlm
+        if tlm is None:
+            log.warning("ROS state_command 'resume' refused: no telemetry from the robot yet")
+            return
+        # Master pose = the arm's pose: the robot anchors the two together at engage.
+        self._last = (tlm.measured_cp.position, tlm.measured_cp.orientation)
+        self._mode, self._move = "hold", None
+        now = time.monotonic_ns()
+        # Engage once the hold stream has reached the robot and its link has settled;
+        # the loop keeps streaming between attempts.
+        self._engage_at = now + ANCHOR_COMMANDS * self._period_ns
+        self._engage_until = now + ENGAGE_RETRY_NS
+
+    def _engage(self, link: ConsoleLink, now: int) -> None:
+        if self._engage_at is None or now < self._engage_at:
+            return
+        reply = self._request(link, "engage", quiet_reason="not_settled")
+        if reply is not None and not reply.ok and reply.reason == "not_settled" \
+                and now < self._engage_until:
+            self._engage_at = now + ENGAGE_RETRY_PERIOD_NS
+            return
+        self._engage_at = None
+
+    def _request(self, link: ConsoleLink, op: str,
+                 quiet_reason: str | None = None) -> ControlReply | None:
+        deadline = time.monotonic_ns() + REQUEST_RETRY_NS
+        while True:
+            try:
+                reply = link.request(op)
+                break
+            except LinkTimeout as err:
+                # Not sent: the CurveZMQ session is still being set up (or the robot is
+                # restarting); a reply that timed out is not retried.
+                if "not sent" not in str(err) or time.monotonic_ns() > deadline:
+                    self.counters["requests_failed"] += 1
+                    log.warning("ROS commander: %s", err)
+                    return None
+                link.poll(100)
+        if not reply.ok and reply.reason != quiet_reason:
+            self.counters["requests_failed"] += 1
+            log.warning("ROS commander: %s refused: %s (%s) %s", op, reply.reason, reply.state,
+                        reply.detail)
+        return reply

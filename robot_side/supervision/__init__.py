@@ -1,0 +1,1 @@
+"""The on-site supervision page: its own process, observing the robot node."""
