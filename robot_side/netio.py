@@ -188,7 +188,10 @@ class NetworkThread(threading.Thread):
             now = time.monotonic_ns()
             due = min(next_ping, next_tlm, next_obs) - now
             for item in link.poll(max(0, min(POLL_MAX_MS, due // 1_000_000))):
-                self._dispatch(link, item.msg, item.recv_ns, item.peer)
+                self._dispatch(link, item.msg, item.recv_ns, item.peer, item.key)
+            if self.guard.end_if_revoked(link.auth.allows, time.monotonic_ns()):
+                link.bind_console(self.guard.ping_target)
+                mb.alerts.extend(self.guard.drain_alerts())
             now = time.monotonic_ns()
             if now >= next_ping:
                 link.send_ping(self.clock.make_ping(now))
@@ -232,10 +235,11 @@ class NetworkThread(threading.Thread):
         c = self.clock
         self.mailbox.clock = ClockView(c.offset_ns, c.rtt_ns, c.last_pong_ns, c.stale_after_ns)
 
-    def _dispatch(self, link: RobotLink, msg: object, recv_ns: int, peer: bytes) -> None:
+    def _dispatch(self, link: RobotLink, msg: object, recv_ns: int, peer: bytes,
+                  key: str | None = None) -> None:
         mb = self.mailbox
         if isinstance(msg, ControlRequest):
-            self._control_request(link, msg, recv_ns, peer)
+            self._control_request(link, msg, recv_ns, peer, key)
         elif isinstance(msg, Pong):
             if self.guard.pong_ok(peer, msg, recv_ns):
                 self.clock.on_pong(msg, recv_ns)
@@ -252,7 +256,7 @@ class NetworkThread(threading.Thread):
             mb.alerts.extend(self.guard.drain_alerts())
 
     def _control_request(self, link: RobotLink, req: ControlRequest, recv_ns: int,
-                         peer: bytes) -> None:
+                         peer: bytes, key: str | None) -> None:
         """Only the surgeon session's holder reaches the control loop (session_guard).
 
         A granted ``arm`` carries its new token to the control thread, which owns the
@@ -266,7 +270,8 @@ class NetworkThread(threading.Thread):
             log.warning("control request queue full; dropping %s", req.op)
             return
         pinged = self.guard.ping_target
-        adm = self.guard.admit(peer, req, recv_ns, lambda holder: self._gone(link, holder))
+        adm = self.guard.admit(peer, req, recv_ns, lambda holder: self._gone(link, holder),
+                               key=key, key_allowed=link.auth.allows)
         link.bind_console(self.guard.ping_target)
         if not adm.ok:
             tlm = mb.telemetry

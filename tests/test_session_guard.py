@@ -141,3 +141,38 @@ def test_a_remote_operation_refused_in_estop_is_an_audit_record() -> None:
     alerts = g.drain_alerts()
     assert [a.code for a in alerts] == ["refused_in_estop"]
     assert "clear_fault" in alerts[0].detail and alerts[0].level >= 30
+
+
+def test_a_revoked_holders_session_ends_at_the_next_request_of_another_console() -> None:
+    """Issue 12.7 with the session rule: a reload that revokes the holder's key drops its
+    live session (its messages are refused from then on, so it could never answer); the
+    next console gets in at once, not only after ``idle_ms``."""
+    g = guard()
+    authorised = {"key-a", "key-b"}
+    allowed = authorised.__contains__
+    adm = g.admit(A, req(1, "arm"), 0, alive, key="key-a", key_allowed=allowed)
+    assert adm.ok and adm.granted is not None
+    busy = g.admit(B, req(1, "clear_fault"), 1 * MS, alive, key="key-b", key_allowed=allowed)
+    assert not busy.ok and busy.reason == "session_busy"
+    authorised.discard("key-a")  # keys reload: A's key is gone, its connection is not
+    taken = g.admit(B, req(2, "clear_fault"), 2 * MS, alive, key="key-b", key_allowed=allowed)
+    assert taken.ok and g.token is None
+    alerts = [a for a in g.drain_alerts() if a.code == "session_takeover"]
+    assert alerts and "its key was revoked" in alerts[0].detail
+
+
+def test_a_revoked_holders_session_ends_at_once_and_restoring_the_key_does_not_revive_it(
+        ) -> None:
+    g = guard()
+    authorised = {"key-a"}
+    adm = g.admit(A, req(1, "arm"), 0, alive, key="key-a", key_allowed=authorised.__contains__)
+    assert adm.ok and adm.granted is not None
+    assert not g.end_if_revoked(authorised.__contains__, 1 * MS)
+    authorised.clear()  # a reload removed the key
+    assert g.end_if_revoked(authorised.__contains__, 2 * MS)
+    authorised.add("key-a")  # and a later reload put it back
+    assert g.token is None and g.ping_target is None
+    assert not g.end_if_revoked(authorised.__contains__, 3 * MS)
+    # The old session's token is worth nothing now; anyone may clear the fault and arm.
+    assert g.admit(B, req(1, "clear_fault", adm.granted), 4 * MS, alive).ok
+    assert "session_revoked" in [a.code for a in g.drain_alerts()]

@@ -46,6 +46,9 @@ class Inbound:
     """ROUTER identity on the robot's control socket, else b""."""
     user: str
     """ZAP user id: "surgeon", "observer:<name>"; "robot" on the console side."""
+    key: str | None = None
+    """The sender's session key (z85, ZAP metadata ``X-Key``) on the robot; None on a
+    console. The robot's session guard ends a session whose key a reload revoked."""
 
 
 class _Link:
@@ -74,6 +77,10 @@ class _Link:
         """Who sent ``frame``: the ZAP user id on the robot, the robot on a console."""
         return ROBOT_USER
 
+    def _key(self, frame: zmq.Frame) -> str | None:
+        """The sender's session key on the robot (ZAP metadata); None on a console."""
+        return None
+
     def _drain(self, sock: zmq.Socket[Any], channel: str, accept: tuple[type[Message], ...],
                routed: bool = False) -> list[Inbound]:
         """Read everything queued (bounded), validate it, answer pings; bad input is dropped.
@@ -101,7 +108,8 @@ class _Link:
             route = [frames[0].bytes] if routed else []
             if isinstance(msg, Ping):
                 self._pong(sock, msg, recv_ns, route)
-            out.append(Inbound(msg, recv_ns, route[0] if routed else b"", user))
+            out.append(Inbound(msg, recv_ns, route[0] if routed else b"", user,
+                               self._key(payload)))
         return out
 
     def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,

@@ -232,6 +232,9 @@ class RobotLink(_Link):
             self.auth.stop()
         super().close()
 
+    def _key(self, frame: zmq.Frame) -> str | None:
+        return session_key(frame)
+
     def _user(self, frame: zmq.Frame) -> str:
         try:
             user = str(frame.get("User-Id"))

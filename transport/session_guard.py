@@ -19,8 +19,9 @@ bound to that control connection (its ROUTER identity). From then on:
 **Takeover rule** (docs/architecture.md): a request without the token is
 admitted only when there is no session, or the holder is gone (then its
 session ends): its control connection was dropped (ZMTP heartbeat timeout or
-disconnect: the robot's ping to it fails) or it has answered no ping for
-``idle_ms``. Without a session, ``arm`` grants a new one. A gone or silent
+disconnect: the robot's ping to it fails), a key reload revoked its key (its
+messages are refused from then on, so it could never answer), or it has
+answered no ping for ``idle_ms``. Without a session, ``arm`` grants a new one. A gone or silent
 holder has tripped ``rtt_unknown`` long before, so the arm is never taken over
 in motion. Every grant, takeover and refusal is an audit record. A deliberate
 handoff between two live consoles (remote teaching) builds on this: the holder
@@ -71,6 +72,8 @@ class _Session:
     peer: bytes
     last_req_id: int
     last_seen_ns: int
+    key: str | None = None
+    """The holder's session key (z85), to end the session when a reload revokes it."""
 
 
 class SessionGuard:
@@ -81,6 +84,9 @@ class SessionGuard:
         self._token = token
         self._session: _Session | None = None
         self._unbound_peer: bytes | None = None
+        self._key: str | None = None
+        """The key of the request being admitted (``admit``)."""
+        self._key_allowed: Callable[[str], bool] = lambda key: True
         """Before any session: the console that last used the control channel (pinged)."""
         self._pending: dict[tuple[bytes, int], tuple[str, int | None]] = {}
         self._alerts: deque[AuditAlert] = deque(maxlen=64)
@@ -104,8 +110,13 @@ class SessionGuard:
 
     # ---------------------------------------------------------------- control requests
     def admit(self, peer: bytes, req: ControlRequest, now_ns: int,
-              peer_gone: Callable[[bytes], bool]) -> Admission:
-        """May this request reach the robot's control? Grants a session on ``arm``."""
+              peer_gone: Callable[[bytes], bool], *, key: str | None = None,
+              key_allowed: Callable[[str], bool] = lambda key: True) -> Admission:
+        """May this request reach the robot's control? Grants a session on ``arm``.
+
+        ``key``: the sender's session key; ``key_allowed``: whether a key is still
+        authorised (the authenticator's ``allows``)."""
+        self._key, self._key_allowed = key, key_allowed
         adm = self._admit(peer, req, now_ns, peer_gone)
         if adm.ok:
             if len(self._pending) >= MAX_PENDING:
@@ -147,16 +158,17 @@ class SessionGuard:
                 self._alert(now_ns, "session_moved",
                             "the holder reconnected: the session follows its token",
                             logging.INFO)
-                s.peer = peer
+                s.peer, s.key = peer, self._key
             s.last_req_id, s.last_seen_ns = req.req_id, now_ns
             return Admission(True)
         idle_ms = (now_ns - s.last_seen_ns) / 1e6
-        gone = peer_gone(s.peer)
+        revoked = s.key is not None and not self._key_allowed(s.key)
+        gone = revoked or peer_gone(s.peer)
         if gone or now_ns - s.last_seen_ns > self.idle_ns:
             # The takeover rule: the holder is gone, so its session ends and this
             # console is judged as if nobody held one (it may clear a fault, arm).
-            why = ("its connection was dropped" if gone
-                   else f"it answered nothing for {idle_ms:.0f} ms")
+            why = ("its key was revoked" if revoked else "its connection was dropped"
+                   if gone else f"it answered nothing for {idle_ms:.0f} ms")
             self._session = None
             self.counters["session_takeover"] += 1
             self._alert(now_ns, "session_takeover",
@@ -171,12 +183,26 @@ class SessionGuard:
     def _grant(self, peer: bytes, req: ControlRequest, now_ns: int, code: str, *,
                level: int, why: str) -> Admission:
         token = self._token()
-        self._session = _Session(token, peer, req.req_id, now_ns)
+        self._session = _Session(token, peer, req.req_id, now_ns, self._key)
         self._unbound_peer = None
         self.counters[code] += 1
         # Never the token itself in the audit: the log is readable by the staff.
         self._alert(now_ns, code, why, level, rate_limited=False)
         return Admission(True, granted=token)
+
+    def end_if_revoked(self, key_allowed: Callable[[str], bool], now_ns: int) -> bool:
+        """End the session at once if a key reload revoked its holder's key.
+
+        Asked by the network thread on every wake-up: a revocation is an event, and
+        restoring the key later must not bring the revoked session back."""
+        s = self._session
+        if s is None or s.key is None or key_allowed(s.key):
+            return False
+        self._session = None
+        self.counters["session_revoked"] += 1
+        self._alert(now_ns, "session_revoked",
+                    "the holder's key was revoked: its session ends", rate_limited=False)
+        return True
 
     # ---------------------------------------------------------------- replies and pongs
     def on_reply(self, peer: bytes, reply: ControlReply, now_ns: int) -> ControlReply:
