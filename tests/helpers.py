@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 
 def wait_until(pred: Callable[[], object], timeout_s: float = 5.0, what: str | None = None,
-               *, step_s: float = 0.01) -> bool:
+               *, step_s: float = 0.05) -> bool:
     """Poll ``pred`` every ``step_s`` until it is truthy or ``timeout_s`` has passed.
 
     Returns whether it became true (for ``assert wait_until(...)``); with ``what`` given, a
