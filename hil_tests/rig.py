@@ -107,7 +107,8 @@ def remote_requests(console_config: str, ops: list[str]) -> list[dict[str, Any]]
     return replies
 
 
-def _toml(sections: dict[str, dict[str, Any]]) -> str:
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    """``sections`` as a TOML document (the rig's and the tests' config files)."""
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -218,7 +219,7 @@ class SimRig:
         }
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
-        robot_cfg.write_text(_toml(sections))
+        robot_cfg.write_text(toml_text(sections))
         self._spawn("robot", ["robot", "--config", str(robot_cfg),
                               "--summary", str(self.run / "robot.json")], where="robot")
         self._wait_log("robot", "robot node up", 60)
@@ -239,7 +240,7 @@ class SimRig:
         """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
-        cfg.write_text(_toml({
+        cfg.write_text(toml_text({
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
             "loop": {"rate_hz": o.rate_hz},

@@ -8,7 +8,6 @@ end tests use TCP on random ports, one of them over the real CURVE-secured link.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,6 @@ W, H = 320, 240
 CFG = VideoConfig(width=W, height=H, bitrate_kbps=800, min_bitrate_kbps=200, encoder="libx264")
 SCENE = SyntheticScene(W, H, 30.0)
 _inproc_ids = iter(range(10**6))
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 def pub_sub(ctx: zmq.Context[Any], transport: str = "inproc",

@@ -20,11 +20,6 @@ DOWN = (0.0, 0.0, 1.0, 0.0)
 """Tool z along -z: a half turn about y, (w, x, y, z)."""
 
 
-@pytest.fixture(scope="module")
-def kin() -> Kinematics:
-    return Kinematics.from_urdf()
-
-
 def rotation(quat: tuple[float, float, float, float]) -> np.ndarray:
     w, x, y, z = quat
     return np.array(pin.Quaternion(w, x, y, z).toRotationMatrix())

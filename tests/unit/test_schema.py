@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from telesurgery.errors import SchemaError
 from transport import schema as s
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 
 SAMPLES: dict[str, s.Message] = {
     "cmd": s.Command(seq=42, t_send_ns=1_000_000_123, position=(0.1, -0.05, 0.2),

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from cyclonedds.domain import DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
+from helpers import wait_until
 
-from hil_tests.rig import _toml, free_ports, parse_trips
+from hil_tests.rig import free_ports, parse_trips, toml_text
 from operator_console.command_loop import CommandThread
 from operator_console.config import SessionConfig
 from operator_console.devices.base import DeviceConfig
@@ -65,15 +66,6 @@ CONSOLE_HZ = 100.0
 CHANNELS = ("command", "control", "telemetry", "video")
 
 
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    assert pred(), f"timed out after {timeout_s} s waiting for {what}"
-
-
 def cli(*argv: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "telesurgery.cli", *argv], text=True,
                           capture_output=True, timeout=timeout_s, check=False)
@@ -82,7 +74,7 @@ def cli(*argv: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]
 def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, domain: int,
                namespace: str) -> Path:
     path = run / "robot.toml"
-    path.write_text(_toml({
+    path.write_text(toml_text({
         "link": {"host": "127.0.0.1", "keys_dir": keys,
                  **{f"{c}_port": p for c, p in ports.items()}},
         "page": {"port": 0},

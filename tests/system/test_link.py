@@ -22,7 +22,7 @@ import zmq
 
 from telesurgery.errors import AuthError, ConfigError, LinkError, LinkTimeout, SchemaError
 from transport.config import LinkConfig
-from transport.keys import ClientKeys, ServerKeys, init_keys
+from transport.keys import ClientKeys, ServerKeys
 from transport.link import ConsoleLink, Inbound, RobotLink
 from transport.schema import (
     Command,
@@ -48,12 +48,6 @@ def command(seq: int) -> Command:
     return Command(seq=seq, t_send_ns=time.monotonic_ns(), position=(0.3, 0.0, 0.2),
                    orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
                    operator_present=True)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    init_keys(tmp_path, ["alice"])
-    return tmp_path
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Motion limits: every rule has a test that fails without it.
 
-Run ``python tests/test_limits.py`` for the per-call cost of each check.
+Run ``python tests/unit/test_limits.py`` for the per-call cost of each check.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from helpers import wait_until
 
 from robot_side import serial_protocol as sp
 from robot_side.driver import SerialConfig, SerialManipulator
@@ -33,15 +34,6 @@ not trip the watchdog in a test that is about something else."""
 SLACK_MS = 400.0
 """Scheduling slack on a loaded machine; the firmware's own figure is what gets reported."""
 GOAL = (0.5, -0.4, 0.3, 0.0, 0.2, -0.1)
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0, step_s: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step_s)
-    return pred()
 
 
 def stream(drv: SerialManipulator, targets: tuple[float, ...], seconds: float,

@@ -17,7 +17,7 @@ from robot_side.servos.emulator import ServoBusEmulator
 from robot_side.servos.feetech import FeetechArm
 from robot_side.servos.tables import FEETECH_STS
 
-DESCRIPTION = Path(__file__).resolve().parent.parent / "robot_side" / "description"
+DESCRIPTION = Path(__file__).resolve().parents[2] / "robot_side" / "description"
 TICK = FEETECH_STS.rad_per_tick
 
 

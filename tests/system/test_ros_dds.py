@@ -358,7 +358,7 @@ def test_none_backend_validates_and_publishes_nothing() -> None:
 
 
 # ---------------------------------------------------------------- ROS 2 launch
-LAUNCH = Path(__file__).resolve().parents[1] / "launch"
+LAUNCH = Path(__file__).resolve().parents[2] / "launch"
 
 
 def test_launch_file_is_valid_python_running_the_rclpy_backend() -> None:

@@ -73,7 +73,7 @@ def test_a_video_process_whose_node_was_killed_exits_by_itself(tmp_path: Path) -
     script.write_text(ORPHAN)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "keys")],
                          capture_output=True, text=True, timeout=60, check=False,
-                         cwd=Path(__file__).parents[1])
+                         cwd=Path(__file__).parents[2])
     pid = int(out.stdout.split()[0])
     gone = _gone(pid, 5.0)
     if not gone:

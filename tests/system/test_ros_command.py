@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,10 @@ from cyclonedds.core import Policy, Qos
 from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.topic import Topic
+from helpers import wait_until
 from ros_reference import Reference
 
-from hil_tests.rig import _toml, free_ports
+from hil_tests.rig import free_ports, toml_text
 from robot_side.firmware_sim import FirmwareEmulator
 from robot_side.kinematics import HOME_Q, Kinematics
 from robot_side.ros.ddsconfig import config_xml
@@ -40,15 +41,6 @@ from transport.keys import add_commander, init_keys
 STARTUP_S = 90.0
 CHANNELS = ("command", "control", "telemetry", "video")
 SERVO_HZ = 100.0
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    assert pred(), f"timed out after {timeout_s} s waiting for {what}"
 
 
 def ros_default_qos() -> Qos:
@@ -112,7 +104,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with FirmwareEmulator(link=run / "ttyTS0", watchdog_ms=60_000.0, rate_hz=500.0,
                           state_rate_hz=250.0, initial=HOME_Q.tolist()) as emu:
         cfg = run / "robot.toml"
-        cfg.write_text(_toml({
+        cfg.write_text(toml_text({
             "link": {"host": "127.0.0.1", "keys_dir": keys,
                      **{f"{c}_port": p for c, p in ports.items()}},
             "serial": {"port": emu.port_path},

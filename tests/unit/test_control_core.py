@@ -162,11 +162,6 @@ class Harness:
         return float(np.abs(self.joints() - before).max())
 
 
-@pytest.fixture(scope="module")
-def kin() -> Kinematics:
-    return Kinematics.from_urdf()
-
-
 def make_cfg(**motion: object) -> RobotConfig:
     return RobotConfig(
         control=ControlConfig(rate_hz=RATE_HZ, realtime=False, scale=1.0),

@@ -29,7 +29,7 @@ from robot_side.servos.dynamixel import DynamixelArm
 from robot_side.servos.emulator import ServoBusEmulator
 from robot_side.servos.feetech import FeetechArm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IDS = (1, 2, 3, 4)
 JOINTS = (1, 2, 3)
 ARMS: dict[str, type[ServoArm]] = {"dynamixel": DynamixelArm, "feetech": FeetechArm}

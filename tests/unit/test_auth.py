@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from telesurgery.errors import AuthError
 from transport.auth import KEY_PROPERTY, start_authenticator
-from transport.keys import ClientKeys, ServerKeys, init_keys, install_public_key
+from transport.keys import ClientKeys, ServerKeys, install_public_key
 from transport.sockets import bound_port, client_socket, server_socket
 
 WAIT_MS = 3000
 """Generous: the machine is shared. A refused session never comes up however long we wait."""
 HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Path:
-    init_keys(tmp_path, ["alice"])
-    return tmp_path
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[Any]]:
-    context: zmq.Context[Any] = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 class Server:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
-from hil_tests.rig import RigOptions, SimRig, _toml
+from hil_tests.rig import RigOptions, SimRig, toml_text
 from operator_console.devices.scripted import MotionTrack, generate_suturing, write_motion_csv
 
 pytestmark = pytest.mark.slow
@@ -45,17 +46,8 @@ class DeviceRig(SimRig):
         if name.startswith("console") and self.device_path is not None:
             cfg = Path(argv[argv.index("--config") + 1])
             with cfg.open("a") as fh:
-                fh.write(_toml({"device": {"path": self.device_path, "loop": False}}))
+                fh.write(toml_text({"device": {"path": self.device_path, "loop": False}}))
         super()._spawn(name, argv, where)
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    assert pred(), f"timed out after {timeout_s} s waiting for {what}"
 
 
 def joints(rig: SimRig) -> np.ndarray:

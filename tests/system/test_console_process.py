@@ -17,14 +17,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import wait_until
 
-from hil_tests.rig import RigOptions, SimRig, _toml, free_ports
+from hil_tests.rig import RigOptions, SimRig, free_ports, toml_text
 from transport.config import LinkConfig
 from transport.keys import ServerKeys, init_keys
 from transport.link import RobotLink
@@ -35,15 +36,6 @@ RATE_HZ = 250.0
 STILL_RAD = 1e-4
 
 
-def wait_until(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    assert pred(), f"timed out after {timeout_s} s waiting for {what}"
-
-
 def run_console(cfg: Path, seconds: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "telesurgery.cli", "console", "--config",
                            str(cfg), "--seconds", str(seconds), "--headless"],
@@ -52,7 +44,7 @@ def run_console(cfg: Path, seconds: float) -> subprocess.CompletedProcess[str]:
 
 def console_config(tmp_path: Path, keys: Path, ports: dict[str, int]) -> Path:
     cfg = tmp_path / "console.toml"
-    cfg.write_text(_toml({"link": {"host": "127.0.0.1", "keys_dir": keys,
+    cfg.write_text(toml_text({"link": {"host": "127.0.0.1", "keys_dir": keys,
                                    **{f"{c}_port": p for c, p in ports.items()}},
                           "display": {"status_view": False, "out_dir": tmp_path / "hud",
                                       "every_n": 1}}))

@@ -375,7 +375,7 @@ def test_cli_subprocess_reports_corruption(ten):
     assert "record index 3" in out.stdout
 
 
-# --- benchmark: python tests/test_audit.py [DIR] ---------------------------------------------
+# --- benchmark: python tests/system/test_audit.py [DIR] --------------------------------------
 
 
 def _bench(directory: Path, n: int = 2000) -> None:

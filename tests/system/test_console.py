@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.rig import _toml
+from hil_tests.rig import toml_text
 from operator_console.command_loop import CommandThread
 from operator_console.config import SessionConfig
 from operator_console.devices.base import DeviceConfig, InputDevice, MasterSample
@@ -57,7 +57,7 @@ def test_console_without_device_exits_naming_what_it_looked_for(
         pytest.skip("a 3D mouse is attached to this machine")
     init_keys(tmp_path / "keys")
     cfg = tmp_path / "console.toml"
-    cfg.write_text(_toml({"link": {"keys_dir": tmp_path / "keys"}, "device": {"kind": kind}}))
+    cfg.write_text(toml_text({"link": {"keys_dir": tmp_path / "keys"}, "device": {"kind": kind}}))
     done = subprocess.run([sys.executable, "-m", "telesurgery.cli", "console", "--config",
                            str(cfg), "--seconds", "5"], capture_output=True, text=True,
                           timeout=60, check=False)

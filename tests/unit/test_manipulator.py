@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 
 from robot_side.config import ManipulatorConfig, RobotConfig
 from robot_side.driver import SerialConfig
@@ -36,15 +37,6 @@ from telesurgery.seqnum import u32_reached
 
 N = 6
 HOME = (0.0, 0.3, 0.6, 0.0, 0.6, 0.0)
-
-
-def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
 
 
 @pytest.fixture
