@@ -79,7 +79,7 @@ def test_defaults_warn_about_nothing() -> None:
 
 
 def test_the_docs_list_every_range() -> None:
-    docs = (Path(__file__).parents[1] / "docs" / "hazards.md").read_text()
+    docs = (Path(__file__).parents[2] / "docs" / "hazards.md").read_text()
     for prefix, cls, name, limit in CASES:
         lo = f"{'(' if limit.lo_open else '['}{limit.lo:g}, {limit.hi:g}]"
         row = (f"| `{prefix}.{name}` | {getattr(cls(), name):g} | {lo} | "

@@ -37,7 +37,7 @@ machine loaded enough to starve a 300 ms heartbeat the holder's connection would
 and the takeover rule (rightly) let the second console in."""
 
 
-def wait_until(pred: Callable[[], bool], what: str, pump: Callable[[], object]) -> None:
+def pump_until(pred: Callable[[], bool], what: str, pump: Callable[[], object]) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         pump()
@@ -149,21 +149,21 @@ def test_the_gate_history_resets_only_on_arm(net: Net) -> None:
             link.send_command(command(newest))
             link.poll(1)  # answers the robot's pings: its clock offset makes commands fresh
 
-        wait_until(lambda: mb.command is not None and mb.command.cmd.seq > 1010,
+        pump_until(lambda: mb.command is not None and mb.command.cmd.seq > 1010,
                    "fresh commands", send)
         for op in ("engage", "set_scale", "disengage", "clear_fault", "disarm"):
             send()
-            wait_until(lambda: mb.command is not None and mb.command.cmd.seq == newest,
+            pump_until(lambda: mb.command is not None and mb.command.cmd.seq == newest,
                        "the newest command", lambda: link.poll(1))
             assert request(link, op).ok, op
             replays = intake_count(control, "replay")
             link.send_command(command(1005, x=0.5))  # older than anything accepted
-            wait_until(lambda r=replays: intake_count(control, "replay") == r + 1,  # type: ignore[misc]
+            pump_until(lambda r=replays: intake_count(control, "replay") == r + 1,  # type: ignore[misc]
                        f"the replay after {op}", lambda: link.poll(1))
             assert mb.command is not None and mb.command.cmd.seq == newest, op
         # Arm, and only arm, starts the history again.
         assert request(link, "arm").ok
-        wait_until(lambda: mb.command is not None and mb.command.cmd.seq < 100,
+        pump_until(lambda: mb.command is not None and mb.command.cmd.seq < 100,
                    "a new session's low seq to be fresh",
                    lambda: (link.send_command(command(7)), link.poll(1)))
 
@@ -178,14 +178,14 @@ def test_the_granted_token_is_in_force_before_the_reply_leaves(net: Net) -> None
         assert request(link, "arm").ok
         old = link.session
         seqs = iter(range(1, 10**6))
-        wait_until(lambda: mb.command is not None, "the first session's commands",
+        pump_until(lambda: mb.command is not None, "the first session's commands",
                    lambda: (link.send_command(command(next(seqs))), link.poll(1)))
         reply = request(link, "arm")  # a new run of the same console: a new token
         assert reply.ok and reply.session is not None and reply.session != old
         assert link.session == reply.session
         fresh = intake_count(control, "fresh")
         link.send_command(command(1))  # at once, once: a new run restarts its sequence
-        wait_until(lambda: mb.command is not None and mb.command.cmd.seq == 1,
+        pump_until(lambda: mb.command is not None and mb.command.cmd.seq == 1,
                    "the new session's first command", lambda: link.poll(1))
         assert mb.command is not None and mb.command.cmd.session == reply.session
         assert intake_count(control, "fresh") == fresh + 1
@@ -194,7 +194,7 @@ def test_the_granted_token_is_in_force_before_the_reply_leaves(net: Net) -> None
             link.session = stale_token
             link.send_command(command(10))
             link.session = reply.session
-            wait_until(lambda f=foreign: intake_count(control, "foreign") == f + 1,  # type: ignore[misc]
+            pump_until(lambda f=foreign: intake_count(control, "foreign") == f + 1,  # type: ignore[misc]
                        f"the command with token {stale_token} refused", lambda: link.poll(1))
             assert mb.command is not None and mb.command.cmd.seq == 1
         assert intake_count(control, "fresh") == fresh + 1
@@ -209,7 +209,7 @@ def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(net: Net)
         assert thread.link is not None
         holder = thread.link.console_peer
         seqs = iter(range(1, 10**6))
-        wait_until(lambda: mb.command is not None, "the holder's commands",
+        pump_until(lambda: mb.command is not None, "the holder's commands",
                    lambda: (legit.send_command(command(next(seqs))), legit.poll(1)))
         pongs = thread.clock.accepted
         for op in ("arm", "engage", "set_scale", "clear_fault", "disarm"):
