@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,6 +171,13 @@ class SimRig:
     def _spawn(self, name: str, argv: list[str], where: str | None = None) -> None:
         out = (self.run / f"{name}.log").open("wb")
         cmd = [sys.executable, "-m", "telesurgery.cli", *argv]
+        if shutil.which("setpriv"):
+            # A rig whose owner is killed outright (SIGKILL, a CI timeout) must not leave a
+            # robot node running at real-time priority: seen once, 22 min at 53 % of a
+            # core, slowing every later run. The kernel sends each child SIGTERM when the
+            # rig's process dies (the robot then holds the arm and writes its stop record).
+            # setpriv (util-linux) rather than a preexec_fn: fork-safe in a threaded parent.
+            cmd = ["setpriv", "--pdeathsig", "TERM", *cmd]
         root = os.geteuid() == 0
         if name == "firmware" and self.opts.firmware_fifo and root:
             cmd = ["chrt", "-f", str(self.opts.firmware_fifo), *cmd]
