@@ -66,15 +66,8 @@ class ConsoleLink(_Link):
         self._control: zmq.Socket[Any] | None = None
 
         def client(kind: int, port: int, max_msg: int, hwm: int, poll: bool) -> zmq.Socket[Any]:
-            # No heartbeat of our own on a SUB socket: libzmq 4.3.5 aborts the whole
-            # process ("Assertion failed: _input_stopped", stream_engine_base.cpp) when a
-            # SUB whose receive queue is full times out its heartbeat after a stall (seen
-            # in a demo; reproduced with plain pyzmq). The robot's PUB still pings and the
-            # SUB still answers, so the robot drops a dead console; the console judges the
-            # robot by the age of its telemetry and picture instead.
-            ivl = 0 if kind == zmq.SUB else cfg.heartbeat_ivl_ms
             sock = client_socket(self._ctx, kind, f"tcp://{cfg.host}:{port}", keys, max_msg,
-                                 hwm=hwm, heartbeat_ivl_ms=ivl,
+                                 hwm=hwm, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
                                  heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
