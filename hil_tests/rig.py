@@ -134,6 +134,8 @@ class RigOptions:
     video: bool = True
     reengage_after_s: float | None = 1.0
     ros_backend: str = "dds"
+    observers: bool = False
+    """Start the on-site supervision page and the session recorder with the robot."""
     hud_every_n: int = 0
     rotation_scale: float = 1.0
     netns: NetnsPair | None = None
@@ -214,8 +216,11 @@ class SimRig:
         sections: dict[str, dict[str, Any]] = {
             "link": {"host": "127.0.0.1", "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.robot_ports.items()}},
-            "page": {"port": 0},  # the supervision page, on an ephemeral port
-            "record": {"folder": self.run / "recordings"},
+            # The on-site page and the recorder are observers: off unless a test or the
+            # demo asks for them, so the safety scenarios measure the control path alone
+            # on a two-core machine (each costs a process beside the loop).
+            "page": {"port": 0, "enabled": self.opts.observers},
+            "record": {"folder": self.run / "recordings", "enabled": self.opts.observers},
             "serial": {"port": serial_port},
             "control": {"rate_hz": self.opts.rate_hz,
                         "rotation_scale": self.opts.rotation_scale},

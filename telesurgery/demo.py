@@ -164,7 +164,7 @@ def _progress(t: float, seconds: float, blackout_at: float, blackout_s: float,
 
 def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *,
              blackout_at: float, blackout_s: float) -> int:
-    opts = RigOptions(run_dir=run_dir, console_seconds=seconds, headless=headless,
+    opts = RigOptions(run_dir=run_dir, observers=True, console_seconds=seconds, headless=headless,
                       hud_every_n=60, reengage_after_s=1.0, rotation_scale=ROTATION_SCALE)
     print(f"telesurgery demo: {seconds:g} s of scripted suturing; link blackout of "
           f"{blackout_s:g} s at t={blackout_at:g} s; run folder {run_dir}", flush=True)

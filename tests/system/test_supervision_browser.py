@@ -65,7 +65,8 @@ class EventLog(threading.Thread):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
     run = tmp_path_factory.mktemp("page")
-    opts = RigOptions(run_dir=run, console_seconds=300.0, rate_hz=250.0, ros_backend="none",
+    opts = RigOptions(run_dir=run, observers=True, console_seconds=300.0, rate_hz=250.0,
+                      ros_backend="none",
                       reengage_after_s=1.0, rotation_scale=0.3,
                       robot_overrides={
                           "video": {"width": 320, "height": 240, "fps": 20.0},
