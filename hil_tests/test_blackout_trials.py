@@ -41,6 +41,7 @@ from hil_tests.scenarios import (
     FIRMWARE_FIFO,
     HOLD_SLACK_MS,
     PERIOD_MS,
+    RATE_HZ,
     RIG_NICE,
     ROTATION_SCALE,
 )
@@ -64,8 +65,8 @@ def trial_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
         rig = stack.enter_context(SimRig(RigOptions(
             run_dir=tmp_path_factory.mktemp("hil-trials"), console_seconds=3600.0,
             netns=pair, reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
-            robot_overrides=TRIAL_OVERRIDES, nice=RIG_NICE,
-                             firmware_fifo=FIRMWARE_FIFO)))
+            robot_overrides=TRIAL_OVERRIDES, nice=RIG_NICE, rate_hz=RATE_HZ,
+            firmware_fifo=FIRMWARE_FIFO)))
         rig.start()
         yield rig
 

@@ -37,6 +37,7 @@ from hil_tests.scenarios import (
     FIRMWARE_WATCHDOG_MS,
     HOLD_SLACK_MS,
     PERIOD_MS,
+    RATE_HZ,
     RIG_NICE,
     ROTATION_SCALE,
     TABLE,
@@ -357,7 +358,10 @@ def results(hil_report: HilReport) -> Iterator[Results]:
 
 
 def make_rig(run_dir: Path, netns: NetnsPair | None) -> SimRig:
+    # The ROS 2 bridge is an observer process (its own tests: tests/system/test_ros_*):
+    # off here, so the scenario table measures the control path at 1 kHz on two cores.
     return SimRig(RigOptions(run_dir=run_dir, console_seconds=3600.0, netns=netns,
+                             ros_backend="none", rate_hz=RATE_HZ,
                              reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
                              robot_overrides=SMALL_VIDEO, nice=RIG_NICE,
                              firmware_fifo=FIRMWARE_FIFO))
