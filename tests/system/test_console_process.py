@@ -146,7 +146,11 @@ def test_the_consoles_own_lockout_stops_motion_on_a_stale_picture(rig: SimRig) -
             # (which does not judge the picture here) ...
             assert first_stop == ("following", "ready", "disengaged"), first_stop
             assert "stale picture: disengaging" in console_log.read_text()
-            # ... and nothing moves on the stale picture, however long it lasts.
+            # ... and nothing moves on the stale picture, however long it lasts. As in the
+            # HIL table (hil_tests/test_scenarios.py::watch_still), a holding joint first
+            # decelerates at its max acceleration (40 rad/s^2: ~7 ms from 0.26 rad/s), and
+            # the state seen here may be ahead of the joints reported: judge after that.
+            time.sleep(0.1)
             assert motion_over(rig, 0.8) < STILL_RAD
             assert not following(rig)
             return
