@@ -13,6 +13,7 @@ from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
 from robot_side.supervision.config import PageConfig
 from robot_side.video.config import VideoConfig
+from robot_side.vitals.config import VitalsConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
 from transport.config import LinkConfig
@@ -167,6 +168,8 @@ class RobotConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     page: PageConfig = field(default_factory=PageConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    vitals: VitalsConfig = field(default_factory=VitalsConfig)
+    """The patient monitor (robot_side.vitals): off unless configured."""
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

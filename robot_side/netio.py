@@ -48,6 +48,7 @@ from transport.schema import (
     Pong,
     SafetyEvent,
     Telemetry,
+    Vitals,
 )
 from transport.session_guard import SessionGuard
 
@@ -103,6 +104,8 @@ class Mailbox:
         self.alerts: collections.deque[AuditAlert] = collections.deque(maxlen=256)
         """What the network thread found worth an audit record; the audit thread writes them."""
         self.telemetry: Telemetry | None = None
+        self.vitals: Vitals | None = None
+        """Vitals relay -> network thread: the newest patient-monitor snapshot."""
         self.dropped_requests = 0
 
     def take_requests(self) -> list[PendingRequest]:
@@ -184,6 +187,7 @@ class NetworkThread(threading.Thread):
         last_report: StepReport | None = None
         tlm: Telemetry | None = None
         seq = 0
+        vitals: Vitals | None = None
         while not self._halt.is_set():
             now = time.monotonic_ns()
             due = min(next_ping, next_tlm, next_obs) - now
@@ -207,6 +211,11 @@ class NetworkThread(threading.Thread):
                 link.publish_event(event)
                 if feed is not None:
                     feed.publish(event)
+            if mb.vitals is not vitals and mb.vitals is not None:
+                vitals = mb.vitals  # informational: relayed, never seen by the control loop
+                link.publish_vitals(vitals)
+                if feed is not None:
+                    feed.publish(vitals)
             if now < next_tlm and now < next_obs:
                 continue
             report, view = mb.report, mb.link_view

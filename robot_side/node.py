@@ -36,6 +36,7 @@ from robot_side.ros.process import RosProcess
 from robot_side.signals import SignalDesk
 from robot_side.supervision.process import start_onsite_observers
 from robot_side.video_process import VideoProcess
+from robot_side.vitals import start_vitals
 from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
 from safety.states import Reason, State
@@ -192,6 +193,8 @@ class RobotNode:
             video.start()
             stack.callback(video.stop)
             start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
+            # The patient monitor: its own process and a relay thread, never the loop.
+            start_vitals(stack, cfg, self.mailbox, ctx)
             # One line to the video process per thread that talks to it (ZeroMQ
             # sockets are single-thread): keyframe requests from the network thread,
             # the surgeon's picture age from this one, each straight to the encoder.

@@ -41,6 +41,7 @@ from transport.schema import (
     Pong,
     SafetyEvent,
     Telemetry,
+    Vitals,
     decode,
     encode,
 )
@@ -138,7 +139,8 @@ class ConsoleLink(_Link):
         if self._control is not None and self._control in ready:
             out.extend(self._drain_control(self._control, awaiting=None))
         if self._telemetry in ready:
-            out.extend(self._drain(self._telemetry, "telemetry", (Telemetry, SafetyEvent)))
+            out.extend(self._drain(self._telemetry, "telemetry", (Telemetry, SafetyEvent,
+                                                                   Vitals)))
         return out
 
     def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,

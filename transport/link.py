@@ -60,6 +60,7 @@ from transport.schema import (
     Pong,
     SafetyEvent,
     Telemetry,
+    Vitals,
     encode,
 )
 from transport.sockets import PortInUse, bound_port, server_socket
@@ -225,6 +226,9 @@ class RobotLink(_Link):
 
     def publish_event(self, e: SafetyEvent) -> None:
         self._send(self._telemetry, [encode(e)], "event")
+
+    def publish_vitals(self, v: Vitals) -> None:
+        self._send(self._telemetry, [encode(v)], "vitals")
 
     def close(self) -> None:
         self._monitors.clear()  # the monitor sockets are closed with the others

@@ -310,11 +310,79 @@ class KeyframeRequest(Message):
     reason: str
 
 
+VITAL_NAMES = frozenset({"hr", "spo2", "nibp_sys", "nibp_dia", "nibp_mean", "abp_sys",
+                         "abp_dia", "abp_mean", "rr", "etco2", "temp"})
+"""The vital signs a ``Vitals`` message may carry (robot_side.vitals.model has their units
+and physiological ranges)."""
+VITAL_STATUS = frozenset({"ok", "stale", "invalid"})
+ALARM_PRIORITIES = frozenset({"low", "medium", "high"})
+MAX_VITALS = 16
+MAX_ALARMS = 8
+MONITOR_STATES = frozenset({"ok", "gone", "none"})
+"""``ok``: the monitor is heard from; ``gone``: it was, and is silent or disconnected;
+``none``: no monitor was ever heard from."""
+
+
+@dataclass(frozen=True, slots=True)
+class VitalValue(Message):
+    """One vital sign; a nested value. Ages are measured by the robot's vitals process
+    (its own monotonic clock), never taken from the monitor's claimed timestamps."""
+
+    name: str
+    value: float
+    unit: str
+    age_ms: int
+    """Since the vitals process received this value."""
+    expected_ms: int
+    """How often the monitor should update it: older than this, it is stale."""
+    status: str = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class VitalAlarm(Message):
+    """One alarm of the patient monitor, passed through; a nested value."""
+
+    code: str
+    priority: str
+    text: str
+    age_ms: int
+    """Since the vitals process first saw this alarm active."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vitals(Message):
+    """Robot -> consoles and observers: the patient monitor's vitals and active alarms.
+
+    Informational only: vitals never move or stop the arm (docs/hazards.md)."""
+
+    TYPE: ClassVar[str] = "vit"
+    seq: int
+    t_ns: int
+    source: str
+    monitor: str
+    values: tuple[VitalValue, ...] = ()
+    alarms: tuple[VitalAlarm, ...] = ()
+    detail: str = ""
+
+
 def _nested(cls: type[Message]) -> Validator:
     def v(field: str, x: Any) -> Message:
         if not isinstance(x, dict):
             raise _fail(field, f"expected map, got {type(x).__name__}")
         return _build(cls, x, prefix=f"{field}.")
+
+    return v
+
+
+def _nested_list(cls: type[Message], n_max: int) -> Validator:
+    item = _nested(cls)
+
+    def v(field: str, x: Any) -> tuple[Message, ...]:
+        if not isinstance(x, list | tuple):
+            raise _fail(field, f"expected array, got {type(x).__name__}")
+        if len(x) > n_max:
+            raise _fail(field, f"expected at most {n_max} items, got {len(x)}")
+        return tuple(item(f"{field}[{i}]", e) for i, e in enumerate(x))
 
     return v
 
@@ -398,10 +466,34 @@ KeyframeRequest._SPEC = {
     "reason": _text(64),
 }
 
+VitalValue._SPEC = {
+    "name": _choice(VITAL_NAMES),
+    "value": _float(-1e4, 1e4),
+    "unit": _text(16),
+    "age_ms": _int(0, U32),
+    "expected_ms": _int(1, U32),
+    "status": _choice(VITAL_STATUS),
+}
+VitalAlarm._SPEC = {
+    "code": _text(32),
+    "priority": _choice(ALARM_PRIORITIES),
+    "text": _text(128),
+    "age_ms": _int(0, U32),
+}
+Vitals._SPEC = {
+    "seq": _seq,
+    "t_ns": _time_ns,
+    "source": _text(32),
+    "monitor": _choice(MONITOR_STATES),
+    "values": _nested_list(VitalValue, MAX_VITALS),
+    "alarms": _nested_list(VitalAlarm, MAX_ALARMS),
+    "detail": _text(),
+}
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest)
+                VideoFrameHeader, KeyframeRequest, Vitals)
 }
 
 
@@ -416,7 +508,7 @@ commands, control requests and pongs only when they carry it."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
-for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport):
+for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, VitalValue, VitalAlarm):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)
     _REQUIRED[_cls] = frozenset(

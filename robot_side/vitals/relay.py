@@ -1,0 +1,151 @@
+"""The robot node's side of the vitals: take, validate, audit alarms, hand to the network.
+
+A thread of the robot node (never the control thread) binds the vitals socket
+(ipc, in the 0700 runtime folder), validates every message as the wire schema's
+``Vitals``, and leaves the newest in ``Mailbox.vitals`` (one reference swap): the
+network thread relays it to the consoles on the telemetry PUB and to the local
+observers (page, recorder). A newly raised high-priority alarm, and a monitor
+that goes away, become audit records through ``Mailbox.alerts`` (the audit thread
+writes them); neither reaches the control loop: an alarm never moves or stops the
+arm by itself. A vitals process that falls silent is reported as ``monitor="gone"``
+with every value stale, so no display shows a stale vital as current.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from telesurgery.errors import SchemaError
+from telesurgery.ratelog import RateLimitedLog
+from transport.intake import AuditAlert
+from transport.schema import U32, Vitals, decode_as
+
+log = logging.getLogger(__name__)
+ratelog = RateLimitedLog(log)
+
+SILENT_AFTER_NS = 2_000_000_000
+"""The vitals process publishes at least every second; silent longer, it is gone."""
+AUDITED_PRIORITIES = frozenset({"high"})
+
+
+class VitalsMailbox(Protocol):
+    vitals: Vitals | None
+    alerts: Any  # collections.deque[AuditAlert]
+
+
+class AlarmAuditor:
+    """Which alarms and monitor changes deserve an audit record: once per raise."""
+
+    def __init__(self) -> None:
+        self._active: set[str] = set()
+        self._monitor = "none"
+
+    def review(self, msg: Vitals, now_ns: int) -> list[AuditAlert]:
+        out = []
+        active = {a.code for a in msg.alarms if a.priority in AUDITED_PRIORITIES}
+        for a in msg.alarms:
+            if a.code in active and a.code not in self._active:
+                out.append(AuditAlert(now_ns, "vitals_alarm",
+                                      f"{a.priority} {a.code}: {a.text} (from the patient "
+                                      "monitor; the arm is not stopped by it)",
+                                      logging.WARNING))
+        if msg.monitor == "ok" or not msg.alarms:
+            self._active = active  # while the monitor is gone, its alarms are not over
+        if msg.monitor != self._monitor and (msg.monitor == "gone" or self._monitor == "gone"):
+            out.append(AuditAlert(now_ns, "vitals_monitor",
+                                  f"patient monitor {self._monitor} -> {msg.monitor}"
+                                  + (f": {msg.detail}" if msg.detail else ""),
+                                  logging.WARNING if msg.monitor == "gone" else logging.INFO))
+        self._monitor = msg.monitor
+        return out
+
+
+def gone_from(last: Vitals, now_ns: int, recv_ns: int, why: str) -> Vitals:
+    """The last snapshot as the robot must now show it: monitor gone, every value stale,
+    ages grown by the time since it arrived (robot clock)."""
+    grown = (now_ns - recv_ns) // 1_000_000
+    values = tuple(dataclasses.replace(v, status="stale", age_ms=min(U32, v.age_ms + grown))
+                   for v in last.values)
+    alarms = tuple(dataclasses.replace(a, age_ms=min(U32, a.age_ms + grown))
+                   for a in last.alarms)
+    return dataclasses.replace(last, seq=last.seq, t_ns=now_ns, monitor="gone",
+                               values=values, alarms=alarms, detail=why)
+
+
+class VitalsRelay(threading.Thread):
+    def __init__(self, path: Path, mailbox: VitalsMailbox,
+                 ctx: zmq.Context[Any] | None = None) -> None:
+        super().__init__(name="robot-vitals-relay", daemon=True)
+        self.path = path
+        self.mailbox = mailbox
+        self._ctx = ctx or zmq.Context.instance()
+        self._halt = threading.Event()
+        self.auditor = AlarmAuditor()
+        self.counters: Counter[str] = Counter()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        sock: zmq.Socket[Any] = self._ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 16)
+        try:
+            self.path.unlink(missing_ok=True)  # a stale socket file of a previous run
+            sock.bind(f"ipc://{self.path}")
+        except (zmq.ZMQError, OSError) as err:
+            self.error = err
+            log.error("vitals socket %s: %s; no vitals this run", self.path, err)
+            sock.close(0)
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._loop(sock)
+        finally:
+            sock.close(0)
+
+    def _loop(self, sock: zmq.Socket[Any]) -> None:
+        last: Vitals | None = None
+        last_ns = 0
+        silent = False
+        while not self._halt.is_set():
+            now = time.monotonic_ns()
+            if sock.poll(100):
+                data = sock.recv()
+                now = time.monotonic_ns()
+                try:
+                    msg: Vitals = decode_as(data, Vitals)
+                except SchemaError as err:
+                    self.counters["invalid"] += 1
+                    ratelog(logging.WARNING, "vitals-invalid",
+                            "vitals: invalid message dropped (%s)", err)
+                    continue
+                self.counters["relayed"] += 1
+                last, last_ns, silent = msg, now, False
+                self._hand_over(msg, now)
+            elif last is not None and now - last_ns > SILENT_AFTER_NS and not silent:
+                silent = True
+                self.counters["silent"] += 1
+                log.warning("vitals process silent for %.1f s: NO MONITOR",
+                            (now - last_ns) / 1e9)
+                self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
+            elif silent and last is not None and now - self._handed_ns >= SILENT_AFTER_NS // 2:
+                self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
+
+    _handed_ns = 0
+
+    def _hand_over(self, msg: Vitals, now_ns: int) -> None:
+        self.mailbox.alerts.extend(self.auditor.review(msg, now_ns))
+        self.mailbox.vitals = msg
+        self._handed_ns = now_ns
