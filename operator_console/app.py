@@ -35,6 +35,7 @@ from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import Image
 from operator_console.video.receiver import VideoReceiver
 from operator_console.view import HudState, SurgeonView
+from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from telesurgery.helptext import plain_help
@@ -61,6 +62,7 @@ class ConsoleApp:
         self.receiver: VideoReceiver | None = None
         self.watch: ConnectionWatch | None = None
         self.last_hud: HudState | None = None
+        self.alarm_draws = AlarmDraws()
 
     def stop(self) -> None:
         self._halt.set()
@@ -149,6 +151,7 @@ class ConsoleApp:
                 last_shown_ns = now
                 canvas = frame.image.copy()
                 display.show(frame.image, replace(hud, video_age_ms=age_ms, fps=fps or None))
+                self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
@@ -159,6 +162,7 @@ class ConsoleApp:
             elif display is not None and now >= next_redraw:
                 # No new picture: the same one with today's HUD (ages grown, state re-judged).
                 display.show(canvas.copy(), hud)
+                self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
             sh.video_age_us = fresh.age_us(now)
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
@@ -183,6 +187,7 @@ class ConsoleApp:
             scale=sh.scale, video_age_ms=None if sh.video_age_us is None
             else sh.video_age_us / 1000, g2g_ms=g2g_ms, fps=fps or None,
             connection=connection)
+        hud = replace(hud, vitals=vitals_strip(sh.vitals, sh.vitals_ns, now))
         self.last_hud = hud
         return hud
 
@@ -203,6 +208,7 @@ class ConsoleApp:
             "engagements": self.shared.engagements,
             "events": [e.code for e in self.shared.events],
             "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
+            "vitals_alarms_drawn": self.alarm_draws.first_drawn,
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

@@ -28,7 +28,7 @@ from telesurgery.pacer import try_realtime
 from telesurgery.quat import Quat, quat_angle
 from transport.clocksync import ClockSync
 from transport.link import ConsoleLink
-from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
+from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry, Vitals
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class ConsoleShared:
     trips: list[dict[str, object]] = field(default_factory=list)
     message_ns: int = 0
     """When ``message`` was last set, so the displays can let a warning expire."""
+    vitals: Vitals | None = None
+    """The patient monitor's newest snapshot, relayed by the robot (display only)."""
+    vitals_ns: int | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "message":
@@ -140,6 +143,9 @@ class SessionThread(threading.Thread):
                      msg.code, msg.detail)
             if sh.engaged and msg.state_from == "following" and msg.state_to != "following":
                 self._robot_stopped(recv_ns, msg.state_to, msg.code)
+        elif isinstance(msg, Vitals):  # shown, never acted on
+            sh.vitals = msg
+            sh.vitals_ns = recv_ns
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from operator_console.vitals_view import VitalsStrip
 from operator_console.wording import describe, plain
 from safety.states import SURGEON_HOLDS
 from transport.schema import Telemetry
@@ -57,6 +58,8 @@ class HudState:
     last_stop_age_s: float | None = None
     connection: str = ""
     """What is wrong with the connection to the robot ("" when it is up)."""
+    vitals: VitalsStrip | None = None
+    """The patient monitor's strip (operator_console.vitals_view); None: no monitor."""
 
     @property
     def video_stale(self) -> bool:

@@ -84,7 +84,8 @@ class Display:
             record = {"file": name, "state": hud.shown_state,
                       "lines": [text for text, _ in hud_lines(hud)],
                       "banner": None if b is None else f"{b.title} | {b.detail}",
-                      "warnings": list(hud.warnings)}
+                      "warnings": list(hud.warnings),
+                      "vitals": None if hud.vitals is None else hud.vitals.lines()}
             with (self.out_dir / "hud.jsonl").open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 

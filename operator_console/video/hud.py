@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from operator_console.video.hud_vitals import draw_vitals
 from operator_console.view import Banner, HudState, age_text, banner
 
 __all__ = ["HudLayout", "HudState", "Image", "hud_layout", "hud_lines", "render_hud"]
@@ -156,6 +157,8 @@ def render_hud(image: Image, hud: HudState) -> Image:
             cv2.putText(image, f"! {text}", (wx0 + round(8 * s), top + (i + 1) * line_h
                         - round(8 * s)), FONT, font_scale, AMBER, thick, cv2.LINE_8)
 
+    if hud.vitals is not None:
+        draw_vitals(image, hud.vitals, x1)
     shown_banner = banner(hud)
     if shown_banner is not None:
         _draw_banner(image, lay, shown_banner)
