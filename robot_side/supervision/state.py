@@ -20,7 +20,7 @@ from typing import Any
 from robot_side.observe import ObserverClient
 from robot_side.supervision.words import firmware_words, reason_words, why
 from safety.states import SURGEON_HOLDS
-from transport.schema import SafetyEvent, Telemetry
+from transport.schema import SafetyEvent, Telemetry, Vitals
 
 EVENTS_KEPT = 30
 RECORDING_READ_NS = 1_000_000_000
@@ -70,6 +70,8 @@ class FeedState:
         self.state_since_ns: int | None = None
         """Robot-monotonic time of the newest state change seen (event or telemetry)."""
         self.messages = 0
+        self.vitals: Vitals | None = None
+        self.vitals_ns: int | None = None
         self.on_change: Callable[[], None] | None = None
         """Called (from the reader thread) when the state changes: the server pushes at
         once instead of at its next tick, so a stop reaches the page without waiting."""
@@ -105,6 +107,11 @@ class FeedState:
             self.messages += 1
         self._changed()
 
+    def on_vitals(self, msg: Vitals, now_ns: int) -> None:
+        with self._lock:
+            self.vitals, self.vitals_ns = msg, now_ns
+            self.messages += 1
+
     def history_rows(self) -> list[list[float | None]]:
         with self._lock:
             return list(self.history)
@@ -129,6 +136,7 @@ class FeedState:
             events = list(self.events)
             since = self.state_since_ns
             last_sample = self.history[-1] if self.history else None
+            vitals, vitals_ns = self.vitals, self.vitals_ns
         age_ns = None if t_ns is None else now_ns - t_ns
         out: dict[str, Any] = {
             "type": "state", "now_ms": now_ns / 1e6,
@@ -140,6 +148,7 @@ class FeedState:
                        for e in reversed(events)],
             "sample": last_sample, "recording": recording,
             "last_stop": _last_stop(events, now_ns),
+            "vitals": _vitals_json(vitals, vitals_ns, now_ns),
         }
         if tlm is None:
             return out
@@ -158,6 +167,19 @@ class FeedState:
             "measured_js": [round(q, 4) for q in tlm.measured_js],
         })
         return out
+
+
+def _vitals_json(msg: Vitals | None, recv_ns: int | None, now_ns: int) -> dict[str, Any] | None:
+    """The same strip the surgeon's HUD shows (stale marks, NO MONITOR, alarms)."""
+    from operator_console.vitals_view import vitals_strip
+
+    strip = vitals_strip(msg, recv_ns, now_ns)
+    if strip is None:
+        return None
+    return {"monitor_ok": strip.monitor_ok, "note": strip.note,
+            "cells": [{"label": c.label, "text": c.text, "stale": c.stale} for c in strip.cells],
+            "alarms": [{"code": a.code, "priority": a.priority, "text": a.text,
+                        "age_s": round(a.age_s, 1)} for a in strip.alarms]}
 
 
 class FeedReader(threading.Thread):
@@ -185,3 +207,5 @@ class FeedReader(threading.Thread):
                     self.state.on_telemetry(msg, now)
                 elif isinstance(msg, SafetyEvent):
                     self.state.on_event(msg, now)
+                elif isinstance(msg, Vitals):
+                    self.state.on_vitals(msg, now)

@@ -118,3 +118,17 @@ def test_alarm_first_draws_are_recorded_once_per_raise() -> None:
     draws.on_drawn(quiet, 4)
     draws.on_drawn(raised, 5)
     assert draws.first_drawn == [{"alarm": "B", "drawn_ns": 2}, {"alarm": "B", "drawn_ns": 5}]
+
+
+def test_the_supervision_page_shows_the_same_strip() -> None:
+    from robot_side.supervision.state import FeedState
+
+    state = FeedState(stale_after_ms=1000, history_s=60)
+    assert state.snapshot(T0)["vitals"] is None
+    state.on_vitals(snapshot(alarms=(VitalAlarm("HR_HIGH", "high", "Tachycardia", 0),)), T0)
+    shown = state.snapshot(T0 + 10 * MS)["vitals"]
+    assert shown["monitor_ok"] and shown["cells"][0] == {"label": "HR", "text": "72",
+                                                         "stale": False}
+    assert shown["alarms"][0]["priority"] == "high"
+    later = state.snapshot(T0 + int((VITALS_SILENT_MS + 1) * MS))["vitals"]
+    assert not later["monitor_ok"] and all(c["stale"] for c in later["cells"])

@@ -81,7 +81,32 @@ function render(s) {
     if (["hold", "fault", "estop"].includes(e.to)) li.className = "trip";
     return li;
   }));
+  renderVitals(s.vitals);
   drawPlots();
+}
+
+function renderVitals(v) {
+  // Decided on the robot side (operator_console.vitals_view): the page only shows it.
+  if (!v) { $("vitals-line").textContent = "no patient monitor"; $("vitals-alarms").replaceChildren(); return; }
+  const cells = v.cells.map((c) => {
+    const span = document.createElement("span");
+    span.textContent = `${c.label} ${c.text}${c.stale ? "?" : ""}`;
+    span.className = c.stale ? "vital stale-vital" : "vital";
+    if (c.stale) span.title = "not updated within its expected interval";
+    return span;
+  });
+  if (!v.monitor_ok) {
+    const no = document.createElement("span");
+    no.textContent = "NO MONITOR"; no.className = "vital alarm-high";
+    no.title = v.note; cells.unshift(no);
+  }
+  $("vitals-line").replaceChildren(...cells);
+  $("vitals-alarms").replaceChildren(...v.alarms.map((a) => {
+    const li = document.createElement("li");
+    li.textContent = `${a.priority.toUpperCase()}: ${a.text} (${a.age_s.toFixed(0)} s)`;
+    li.className = `alarm-${a.priority}`;
+    return li;
+  }));
 }
 
 function showState(state, why, cls, sinceNs) {
