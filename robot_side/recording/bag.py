@@ -10,6 +10,8 @@ Topics (standard types; the video type is Foxglove's):
   (transition with its reason)
 * ``/link/stats``: diagnostic_msgs/DiagnosticArray: RTT, one-way latency, jitter, loss,
   picture age, as the robot measures them
+* ``/patient/vitals``: diagnostic_msgs/DiagnosticArray, one per relayed Vitals: each
+  sign as ``value unit`` (``?`` when stale), each active alarm, the monitor's state
 * ``/video/compressed``: foxglove_msgs/CompressedVideo, one H.264 access unit per
   message (Annex B; SPS/PPS with every keyframe)
 
@@ -34,7 +36,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from robot_side.supervision.words import firmware_words, reason_words
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader
+from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, Vitals
 
 COMPRESSED_VIDEO = "foxglove_msgs/msg/CompressedVideo"
 COMPRESSED_VIDEO_MSG = """\
@@ -63,6 +65,7 @@ class SessionBag:
         "/supervisor/status": "diagnostic_msgs/msg/DiagnosticArray",
         "/supervisor/events": "diagnostic_msgs/msg/DiagnosticArray",
         "/link/stats": "diagnostic_msgs/msg/DiagnosticArray",
+        "/patient/vitals": "diagnostic_msgs/msg/DiagnosticArray",
         "/video/compressed": COMPRESSED_VIDEO,
     }
 
@@ -153,6 +156,17 @@ class SessionBag:
                 "code": evt.code, "why": reason_words(evt.code), "from": evt.state_from,
                 "to": evt.state_to, "detail": evt.detail, "seq": str(evt.seq),
                 "robot_t_ns": str(evt.t_ns)}))
+
+    def vitals(self, v: Vitals) -> None:
+        """The patient monitor's snapshot: ERROR level for a high alarm or no monitor."""
+        priorities = {a.priority for a in v.alarms}
+        level = 2 if v.monitor != "ok" or "high" in priorities else 1 if priorities else 0
+        values = {x.name: f"{x.value:g} {x.unit}{'' if x.status == 'ok' else ' ?'}"
+                  for x in v.values}
+        values.update({f"alarm {a.code}": f"{a.priority}: {a.text}" for a in v.alarms})
+        values["monitor"] = v.monitor
+        self._write("/patient/vitals", v.t_ns, self._diag(
+            v.t_ns, level, "patient_monitor", v.detail or v.source, values))
 
     def video(self, header: VideoFrameHeader, access_unit: bytes) -> None:
         t = header.capture_ns

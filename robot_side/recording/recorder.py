@@ -28,7 +28,7 @@ from robot_side.recording.bag import SessionBag
 from robot_side.recording.config import RecordConfig
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, decode
+from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, Vitals, decode
 
 log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
@@ -126,6 +126,8 @@ class Recorder:
             self.bag.telemetry(msg)
         elif isinstance(msg, SafetyEvent):
             self.bag.event(msg)
+        elif isinstance(msg, Vitals):
+            self.bag.vitals(msg)
 
     def _on_video(self) -> None:
         parts = self._video.recv_multipart()

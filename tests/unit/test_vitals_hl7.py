@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -229,3 +230,21 @@ def test_the_last_snapshot_of_a_silent_vitals_process_reads_gone_and_stale() -> 
     assert shown.monitor == "gone" and shown.detail == "vitals process silent"
     assert shown.values[0].status == "stale" and shown.values[0].age_ms == 3_100
     assert shown.alarms[0].age_ms == 3_100
+
+
+def test_the_recording_has_a_vitals_topic(tmp_path: Path) -> None:
+    from rosbags.highlevel import AnyReader
+
+    from robot_side.recording.bag import SessionBag, typestore
+
+    bag = SessionBag(tmp_path / "session", ("j1",))
+    bag.vitals(vitals(values=(VitalValue("hr", 138.0, "/min", 10, 5000),),
+                      alarms=(VitalAlarm("HR_HIGH", "high", "Tachycardia", 0),)))
+    bag.close()
+    with AnyReader([tmp_path / "session"], default_typestore=typestore()) as reader:
+        (msg,) = [reader.deserialize(raw, c.msgtype) for c, _, raw in reader.messages()
+                  if c.topic == "/patient/vitals"]
+    (status,) = msg.status
+    got = {kv.key: kv.value for kv in status.values}
+    assert status.level == 2 and got["hr"] == "138 /min"
+    assert got["alarm HR_HIGH"] == "high: Tachycardia" and got["monitor"] == "ok"
