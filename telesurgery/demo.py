@@ -27,6 +27,7 @@ from operator_console.video.display import screen_available
 from safety.audit import read_records
 from safety.config import MotionLimits, WatchdogLimits
 from safety.states import LINK_TRIPS
+from telesurgery.demo_vitals import ROBOT_OVERRIDES, alarm_latency, alarm_row, start_monitor
 from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
@@ -171,14 +172,16 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
              blackout_at: float, blackout_s: float) -> int:
     opts = RigOptions(run_dir=run_dir, observers=True, console_seconds=seconds, headless=headless,
                       hud_every_n=60, reengage_after_s=1.0, rotation_scale=ROTATION_SCALE,
-                      rate_hz=RATE_HZ)
+                      rate_hz=RATE_HZ, robot_overrides=dict(ROBOT_OVERRIDES))
     print(f"telesurgery demo: {seconds:g} s of scripted suturing; link blackout of "
           f"{blackout_s:g} s at t={blackout_at:g} s; run folder {run_dir}", flush=True)
     blackout_ns: int | None = None
     tty = sys.stdout.isatty()
     with SimRig(opts) as rig:
         rig.start()
-        print("  firmware emulator, robot node, fault proxy and console are up", flush=True)
+        rig.procs["monitor"] = start_monitor(run_dir, seconds)  # the patient (issue 17)
+        print("  firmware emulator, robot node, fault proxy, console and patient monitor "
+              "are up", flush=True)
         cpu = CpuSampler(rig)
         t0 = time.monotonic()
         next_note = 0.0
@@ -215,7 +218,11 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
                         "stale_picture_ms": STALE_PICTURE_MS, "latency_halt_ms": LATENCY_MS,
                         "path_goal_p99_us": PATH_GOAL_P99_US,
                         "tracking_error_mm": TRACKING_MM}
+    report["vitals_alarm_to_hud"] = alarm_latency(run_dir, console)
     failures = evaluate(report, timeout_ms=TIMEOUT_MS, period_ms=period_ms)
+    label, measured, bound, verdict = alarm_row(report)
+    if verdict != "ok":
+        failures.append(f"{label}: {measured} ({bound})")
     report["failures"] = failures
     report["run_dir"] = str(run_dir)
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +295,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(_row("glass-to-glass", f"p50 {r['g2g_p50_ms']} ms, p99 {r['g2g_p99_ms']} ms",
                f"stale picture {b.get('stale_picture_ms', STALE_PICTURE_MS):g} ms (disengage)",
                f"({r['frames_shown']} frames shown)"))
+    if "vitals_alarm_to_hud" in r:
+        print(_row(*alarm_row(r)))
     for t in r["trips"]:
         tag = "scripted" if t.get("scripted", True) else "UNEXPECTED"
         print(_row(f"trip ({tag})", t["reason"], "", t.get("when", "")))

@@ -148,10 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stable", type=float, default=Script.stable_s, help="seconds stable")
     p.add_argument("--desat", type=float, default=Script.desat_s,
                    help="seconds of desaturation")
+    p.add_argument("--repeat", type=float, help="replay the script with this period (s)")
     p.add_argument("--events", type=Path, help="JSON lines: each alarm onset and its time")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
-    script = Script(stable_s=args.stable, desat_s=args.desat)
+    script = Script(stable_s=args.stable, desat_s=args.desat, repeat_s=args.repeat)
     events = args.events.open("a") if args.events else None
     try:
         if args.sdc:

@@ -17,6 +17,9 @@ class Script:
     """SpO2 then falls from 98 % to 84 % over this long (alarm below 90 %)."""
     tachy_after_s: float = 2.0
     """After the desaturation, the heart rate jumps to 138/min (alarm above 120)."""
+    repeat_s: float | None = None
+    """Replay the script with this period (the patient recovers, then deteriorates
+    again): more alarm onsets for the demo's latency figure. None: play it once."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ def _lerp(a: float, b: float, f: float) -> float:
 
 
 def patient_at(t_s: float, script: Script = Script()) -> Reading:
+    if script.repeat_s is not None and script.repeat_s > 0:
+        t_s %= script.repeat_s
     desat_f = (t_s - script.stable_s) / script.desat_s
     spo2 = round(_lerp(98.0, 84.0, desat_f), 1)
     tachy_at = script.stable_s + script.desat_s + script.tachy_after_s
