@@ -136,6 +136,10 @@ def _target(args: argparse.Namespace) -> tuple[str, int]:
             time.sleep(0.2)
 
 
+def _stop(*_: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="telesurgery monitor-sim", description=plain_help(__doc__))
     mode = p.add_mutually_exclusive_group(required=True)
@@ -144,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="the robot's vitals.json: send HL7 to the port written there")
     mode.add_argument("--sdc", action="store_true", help="run an SDC provider")
     p.add_argument("--interface", default="127.0.0.1", help="SDC: address to bind")
+    p.add_argument("--epr", help="SDC: the provider's endpoint reference (a UUID)")
     p.add_argument("--seconds", type=float, default=3600.0)
     p.add_argument("--stable", type=float, default=Script.stable_s, help="seconds stable")
     p.add_argument("--desat", type=float, default=Script.desat_s,
@@ -158,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.sdc:
             from robot_side.vitals.sdc_sim import run_provider
 
-            run_provider(args.interface, args.seconds, script, events)
+            signal.signal(signal.SIGTERM, _stop)  # the provider ends its subscriptions
+
+            import uuid
+
+            epr = uuid.UUID(args.epr.removeprefix("urn:uuid:")) if args.epr else None
+            run_provider(args.interface, args.seconds, script, events, epr)
             return 0
         host, port = _target(args)
         log.info("monitor-sim: HL7 to %s:%d for %g s", host, port, args.seconds)

@@ -109,10 +109,10 @@ async def serve(cfg: VitalsConfig, paths: VitalsPaths, parent_pid: int | None,
             status["host"] = cfg.host
             stack.push_async_callback(listener.close)
         else:
-            from robot_side.vitals.sdc_source import SdcConsumer
+            from robot_side.vitals.sdc_source import SdcVitalsConsumer
 
             # sdc11073 runs its own threads; it hands every report to this loop.
-            consumer = SdcConsumer(book, cfg.sdc_interface, cfg.sdc_epr,
+            consumer = SdcVitalsConsumer(book, cfg.sdc_interface, cfg.sdc_epr,
                                    asyncio.get_running_loop(), on_change=pub.changed)
             await asyncio.to_thread(consumer.start)
             stack.push_async_callback(asyncio.to_thread, consumer.close)
