@@ -62,6 +62,12 @@ def status_renderable(s: HudState, limits: WatchdogLimits | None = None) -> Grou
     teleop = Text(f"teleop scale {s.scale:.3f}  clutch {'ON' if s.clutch else 'off'}  ")
     teleop.append(present)
     parts: list[Text] = [robot, link, teleop]
+    if s.vitals is not None:  # the patient monitor's strip (operator_console.vitals_view)
+        first, *alarms = s.vitals.lines()
+        parts.append(Text("vitals ", "red" if not s.vitals.monitor_ok else "").append(first))
+        styles = {"HIGH": "bold white on red", "MEDIUM": "yellow", "LOW": ""}
+        parts.extend(Text(f"       {a}", styles.get(a.split()[1].rstrip(":"), ""))
+                     for a in alarms)
     b = banner(s)
     if b is not None:
         parts.append(Text.assemble("       ", (f" {b.title} ", SEVERITY_STYLES[b.severity]),

@@ -98,6 +98,8 @@ class RobotNode:
         """The command socket; bound by ``run`` in the control thread."""
         self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
         self.path = PathRecorder()
+        self.vitals: Any = None
+        """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
 
     @property
     def _empty_link(self) -> LinkView:
@@ -194,7 +196,7 @@ class RobotNode:
             stack.callback(video.stop)
             start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
             # The patient monitor: its own process and a relay thread, never the loop.
-            start_vitals(stack, cfg, self.mailbox, ctx)
+            self.vitals = start_vitals(stack, cfg, self.mailbox, ctx)
             # One line to the video process per thread that talks to it (ZeroMQ
             # sockets are single-thread): keyframe requests from the network thread,
             # the surgeon's picture age from this one, each straight to the encoder.
@@ -414,6 +416,7 @@ class RobotNode:
             "video": video.summary(),
             "ros": None if ros is None else ros.summary(),
             "final_state": str(self.core.supervisor.state),
+            "vitals": None if self.vitals is None else dict(self.vitals.counters),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

@@ -132,3 +132,12 @@ def test_the_supervision_page_shows_the_same_strip() -> None:
     assert shown["alarms"][0]["priority"] == "high"
     later = state.snapshot(T0 + int((VITALS_SILENT_MS + 1) * MS))["vitals"]
     assert not later["monitor_ok"] and all(c["stale"] for c in later["cells"])
+
+
+def test_the_terminal_status_view_shows_the_strip_too() -> None:
+    from operator_console.status_view import format_status
+
+    strip = vitals_strip(snapshot(alarms=(VitalAlarm("HR_HIGH", "high", "Tachycardia", 0),)),
+                         T0, T0)
+    text = format_status(dataclasses.replace(FOLLOWING, vitals=strip), color=False)
+    assert "vitals HR 72  SpO2 98" in text and "ALARM HIGH: Tachycardia" in text

@@ -39,6 +39,10 @@ SAMPLES: dict[str, s.Message] = {
     "vid": s.VideoFrameHeader(frame_id=1000, capture_ns=123, send_ns=456, keyframe=True,
                               width=1280, height=720, payload_len=20_000),
     "kfr": s.KeyframeRequest(seq=2, last_frame_id=999, reason="decode_error"),
+    "vit": s.Vitals(seq=7, t_ns=5_000_000_000, source="hl7", monitor="ok",
+                    values=(s.VitalValue("hr", 138.0, "/min", 120, 5000),
+                            s.VitalValue("spo2", 86.5, "%", 6100, 5000, "stale")),
+                    alarms=(s.VitalAlarm("HR_HIGH", "high", "Tachycardia 138/min", 900),)),
 }
 
 
