@@ -172,12 +172,10 @@ class Hl7Listener:
     """The MLLP server: one task per gateway connection, all feeding one ``VitalsBook``."""
 
     def __init__(self, book: VitalsBook, host: str, port: int,
-                 on_change: Callable[[], None] = lambda: None,
-                 on_alarm: Callable[[str, int], None] = lambda code, ns: None) -> None:
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.book = book
         self.host, self.port = host, port
         self.on_change = on_change
-        self.on_alarm = on_alarm
         self._server: asyncio.Server | None = None
         self._connections = 0
 
@@ -220,8 +218,6 @@ class Hl7Listener:
                     ratelog(logging.WARNING, f"hl7-{outcome.ack_code}", "HL7 %s: %s",
                             outcome.ack_code, outcome.reason)
                     self.book.counters[f"nak_{outcome.ack_code}"] += 1
-                for code in outcome.raised:
-                    self.on_alarm(code, now)
                 self.on_change()
                 writer.write(ack_for(text, outcome))
                 await writer.drain()

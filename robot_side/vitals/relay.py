@@ -92,6 +92,7 @@ class VitalsRelay(threading.Thread):
         self.counters: Counter[str] = Counter()
         self.ready = threading.Event()
         self.error: BaseException | None = None
+        self._handed_ns = 0
 
     def stop(self) -> None:
         self._halt.set()
@@ -142,8 +143,6 @@ class VitalsRelay(threading.Thread):
                 self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
             elif silent and last is not None and now - self._handed_ns >= SILENT_AFTER_NS // 2:
                 self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
-
-    _handed_ns = 0
 
     def _hand_over(self, msg: Vitals, now_ns: int) -> None:
         self.mailbox.alerts.extend(self.auditor.review(msg, now_ns))
