@@ -58,6 +58,9 @@ def alarm_latency(run_dir: Path, console: dict[str, Any]) -> dict[str, Any]:
 def alarm_row(r: dict[str, Any]) -> tuple[str, str, str, str]:
     """(label, measured, bound, verdict) for the demo's report."""
     v = r.get("vitals_alarm_to_hud") or {}
+    if not v.get("onsets"):  # a run too short for the scripted patient's first alarm
+        return ("monitor alarm -> HUD", "no alarm in this run",
+                f"p99 <= {ALARM_GOAL_P99_MS:.0f} ms", "ok")
     if not v.get("n"):
         return ("monitor alarm -> HUD", f"none shown of {v.get('onsets', 0)} onsets",
                 f"p99 <= {ALARM_GOAL_P99_MS:.0f} ms", "FAILED")
