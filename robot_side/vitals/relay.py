@@ -34,6 +34,9 @@ ratelog = RateLimitedLog(log)
 SILENT_AFTER_NS = 2_000_000_000
 """The vitals process publishes at least every second; silent longer, it is gone."""
 AUDITED_PRIORITIES = frozenset({"high"})
+AUDIT_BURST = 6
+AUDIT_WINDOW_NS = 10_000_000_000
+"""At most this many vitals audit records per window (AlarmAuditor)."""
 
 
 class VitalsMailbox(Protocol):
@@ -42,13 +45,43 @@ class VitalsMailbox(Protocol):
 
 
 class AlarmAuditor:
-    """Which alarms and monitor changes deserve an audit record: once per raise."""
+    """Which alarms and monitor changes deserve an audit record: once per raise, and at
+    most ``AUDIT_BURST`` records per ``AUDIT_WINDOW_NS``.
+
+    The bound matters for the arm: the audit thread fsyncs each record and also writes
+    the supervisor's transitions; a monitor flapping an alarm (or a hostile one) must
+    not delay those. What the bound holds back is counted and said in the next record.
+    """
 
     def __init__(self) -> None:
         self._active: set[str] = set()
         self._monitor = "none"
+        self._window_start_ns: int | None = None
+        self._in_window = 0
+        self.suppressed = 0
 
     def review(self, msg: Vitals, now_ns: int) -> list[AuditAlert]:
+        return self._bounded(self._changes(msg, now_ns), now_ns)
+
+    def _bounded(self, alerts: list[AuditAlert], now_ns: int) -> list[AuditAlert]:
+        if not alerts:
+            return alerts
+        if self._window_start_ns is None or now_ns - self._window_start_ns >= AUDIT_WINDOW_NS:
+            self._window_start_ns, self._in_window = now_ns, 0
+        room = max(0, AUDIT_BURST - self._in_window)
+        kept, dropped = alerts[:room], len(alerts) - room
+        if dropped > 0:
+            self.suppressed += dropped
+            ratelog(logging.WARNING, "vitals-audit", "vitals: %d alarm changes not audited "
+                    "(more than %d in %.0f s)", dropped, AUDIT_BURST, AUDIT_WINDOW_NS / 1e9)
+        elif kept and self.suppressed:
+            kept[0] = dataclasses.replace(kept[0], detail=kept[0].detail[:200] + (
+                f" [{self.suppressed} earlier vitals changes not audited]"))
+            self.suppressed = 0
+        self._in_window += len(kept)
+        return kept
+
+    def _changes(self, msg: Vitals, now_ns: int) -> list[AuditAlert]:
         out = []
         active = {a.code for a in msg.alarms if a.priority in AUDITED_PRIORITIES}
         for a in msg.alarms:

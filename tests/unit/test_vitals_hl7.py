@@ -248,3 +248,20 @@ def test_the_recording_has_a_vitals_topic(tmp_path: Path) -> None:
     got = {kv.key: kv.value for kv in status.values}
     assert status.level == 2 and got["hr"] == "138 /min"
     assert got["alarm HR_HIGH"] == "high: Tachycardia" and got["monitor"] == "ok"
+
+
+def test_a_flapping_alarm_cannot_flood_the_audit_log() -> None:
+    """The audit thread also writes the supervisor's transitions: vitals records are
+    bounded so a flapping (or hostile) monitor cannot delay them."""
+    from robot_side.vitals.relay import AUDIT_BURST, AUDIT_WINDOW_NS
+
+    aud = AlarmAuditor()
+    high = VitalAlarm("HR_HIGH", "high", "Tachycardia", 0)
+    records = []
+    for i in range(200):  # raised and cleared 100 times within one second
+        records += aud.review(vitals(alarms=(high,) if i % 2 == 0 else ()), T0 + i * 5 * MS)
+    assert len(records) == AUDIT_BURST
+    assert aud.suppressed == 100 - AUDIT_BURST
+    later = T0 + AUDIT_WINDOW_NS + 2 * MS
+    (next_record,) = aud.review(vitals(alarms=(high,)), later)
+    assert f"[{100 - AUDIT_BURST} earlier vitals changes not audited]" in next_record.detail
