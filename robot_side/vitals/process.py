@@ -32,6 +32,8 @@ from transport.schema import encode
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 3.0
 PUSH_HWM = 4
+MIN_GAP_S = 0.05
+"""At most 20 snapshots a second, however fast the monitor (or a flood) sends."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Publisher:
                 await asyncio.wait_for(self._wake.wait(), self.period_ns / 1e9)
             self._wake.clear()
             self.send_now()
+            await asyncio.sleep(MIN_GAP_S)  # what arrives meanwhile goes in the next one
 
     def close(self) -> None:
         self._sock.close(0)

@@ -33,6 +33,9 @@ ratelog = RateLimitedLog(log)
 
 SILENT_AFTER_NS = 2_000_000_000
 """The vitals process publishes at least every second; silent longer, it is gone."""
+MIN_GAP_NS = 50_000_000
+"""At most 20 snapshots a second go to the network thread, whatever arrives: vitals must
+not take the link's or the network thread's time from telemetry and control replies."""
 AUDITED_PRIORITIES = frozenset({"high"})
 AUDIT_BURST = 6
 AUDIT_WINDOW_NS = 10_000_000_000
@@ -153,9 +156,15 @@ class VitalsRelay(threading.Thread):
         last: Vitals | None = None
         last_ns = 0
         silent = False
+        pending: Vitals | None = None
         while not self._halt.is_set():
             now = time.monotonic_ns()
-            if sock.poll(100):
+            if pending is not None and now - self._handed_ns >= MIN_GAP_NS:
+                self._hand_over(pending, now)
+                pending = None
+            wait_ms = 100 if pending is None else max(
+                1, (MIN_GAP_NS - (now - self._handed_ns)) // 1_000_000)
+            if sock.poll(wait_ms):
                 data = sock.recv()
                 now = time.monotonic_ns()
                 try:
@@ -165,9 +174,12 @@ class VitalsRelay(threading.Thread):
                     ratelog(logging.WARNING, "vitals-invalid",
                             "vitals: invalid message dropped (%s)", err)
                     continue
-                self.counters["relayed"] += 1
+                self.counters["received"] += 1
                 last, last_ns, silent = msg, now, False
-                self._hand_over(msg, now)
+                if now - self._handed_ns >= MIN_GAP_NS:
+                    self._hand_over(msg, now)
+                else:  # a flood is coalesced: the newest goes out when the gap is over
+                    pending = msg
             elif last is not None and now - last_ns > SILENT_AFTER_NS and not silent:
                 silent = True
                 self.counters["silent"] += 1
@@ -178,6 +190,7 @@ class VitalsRelay(threading.Thread):
                 self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
 
     def _hand_over(self, msg: Vitals, now_ns: int) -> None:
+        self.counters["relayed"] += 1
         self.mailbox.alerts.extend(self.auditor.review(msg, now_ns))
         self.mailbox.vitals = msg
         self._handed_ns = now_ns

@@ -168,3 +168,50 @@ def test_a_silent_vitals_process_reads_no_monitor_and_bad_input_is_dropped(
     finally:
         push.close(0)
         observer.close()
+
+
+class CountingMailbox:
+    """The relay's side of the robot's Mailbox, stamping each hand-over."""
+
+    def __init__(self) -> None:
+        import collections
+
+        self.alerts: collections.deque[Any] = collections.deque(maxlen=256)
+        self.handed: list[tuple[int, Vitals]] = []
+
+    @property
+    def vitals(self) -> Vitals | None:
+        return self.handed[-1][1] if self.handed else None
+
+    @vitals.setter
+    def vitals(self, msg: Vitals | None) -> None:
+        assert msg is not None
+        self.handed.append((time.monotonic_ns(), msg))
+
+
+def test_a_flood_of_vitals_is_coalesced_to_the_newest(tmp_path: Path) -> None:
+    from robot_side.vitals.relay import MIN_GAP_NS
+
+    mb = CountingMailbox()
+    ctx: zmq.Context[Any] = zmq.Context()
+    relay = VitalsRelay(tmp_path / "vitals.sock", mb, ctx)  # type: ignore[arg-type]
+    relay.start()
+    assert relay.ready.wait(5.0)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(f"ipc://{tmp_path}/vitals.sock")
+    try:
+        for seq in range(1, 301):
+            push.send(encode(Vitals(seq=seq, t_ns=0, source="hl7", monitor="ok")))
+        deadline = time.monotonic() + WAIT_S
+        while not (mb.handed and mb.handed[-1][1].seq == 300):
+            assert time.monotonic() < deadline, mb.handed[-1:]
+            time.sleep(0.01)
+        gaps = [b[0] - a[0] for a, b in zip(mb.handed, mb.handed[1:], strict=False)]
+        assert all(g >= MIN_GAP_NS for g in gaps), gaps
+        assert relay.counters["received"] > relay.counters["relayed"] == len(mb.handed)
+    finally:
+        relay.stop()
+        relay.join(5.0)
+        push.close(0)
+        ctx.destroy(linger=0)
