@@ -52,6 +52,8 @@ OBSERVATIONS: dict[str, str] = {
 PRIORITIES = {"PH": "high", "PM": "medium", "PL": "low", "HH": "high", "H": "medium",
               "LL": "high", "L": "medium", "A": "low"}
 ENDED = frozenset({"X", "D", "W"})
+MAX_CONNECTIONS = 8
+"""A gateway keeps one connection; more than this at once are refused (a leak or a flood)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,12 @@ class Hl7Listener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if self._connections >= MAX_CONNECTIONS:
+            self.book.counters["connections_refused"] += 1
+            ratelog(logging.WARNING, "hl7-max", "HL7: connection from %s refused (%d open)",
+                    peer, self._connections)
+            writer.close()
+            return
         self._connections += 1
         self.book.connected = True
         self.book.counters["connections"] += 1
