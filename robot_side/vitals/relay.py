@@ -128,7 +128,8 @@ class VitalsRelay(threading.Thread):
         self.counters: Counter[str] = Counter()
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self._handed_ns = 0
+        self.handed_ns = 0
+        """When the newest snapshot was handed to the network thread (this clock)."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -159,11 +160,11 @@ class VitalsRelay(threading.Thread):
         pending: Vitals | None = None
         while not self._halt.is_set():
             now = time.monotonic_ns()
-            if pending is not None and now - self._handed_ns >= MIN_GAP_NS:
+            if pending is not None and now - self.handed_ns >= MIN_GAP_NS:
                 self._hand_over(pending, now)
                 pending = None
             wait_ms = 100 if pending is None else max(
-                1, (MIN_GAP_NS - (now - self._handed_ns)) // 1_000_000)
+                1, (MIN_GAP_NS - (now - self.handed_ns)) // 1_000_000)
             if sock.poll(wait_ms):
                 data = sock.recv()
                 now = time.monotonic_ns()
@@ -176,7 +177,7 @@ class VitalsRelay(threading.Thread):
                     continue
                 self.counters["received"] += 1
                 last, last_ns, silent = msg, now, False
-                if now - self._handed_ns >= MIN_GAP_NS:
+                if now - self.handed_ns >= MIN_GAP_NS:
                     self._hand_over(msg, now)
                 else:  # a flood is coalesced: the newest goes out when the gap is over
                     pending = msg
@@ -186,11 +187,11 @@ class VitalsRelay(threading.Thread):
                 log.warning("vitals process silent for %.1f s: NO MONITOR",
                             (now - last_ns) / 1e9)
                 self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
-            elif silent and last is not None and now - self._handed_ns >= SILENT_AFTER_NS // 2:
+            elif silent and last is not None and now - self.handed_ns >= SILENT_AFTER_NS // 2:
                 self._hand_over(gone_from(last, now, last_ns, "vitals process silent"), now)
 
     def _hand_over(self, msg: Vitals, now_ns: int) -> None:
         self.counters["relayed"] += 1
+        self.handed_ns = now_ns
         self.mailbox.alerts.extend(self.auditor.review(msg, now_ns))
         self.mailbox.vitals = msg
-        self._handed_ns = now_ns
