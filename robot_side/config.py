@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.fanout.config import FanoutConfig
 from robot_side.localsock import default_runtime_dir
 from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
@@ -167,6 +168,8 @@ class RobotConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     page: PageConfig = field(default_factory=PageConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
+    """Observers at scale through Zenoh (robot_side.fanout); off by default."""
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

@@ -192,6 +192,12 @@ class RobotNode:
             video.start()
             stack.callback(video.stop)
             start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
+            if cfg.fanout.enabled:  # observers at scale, in a process of its own
+                from robot_side.fanout.process import FanoutProcess
+
+                fanout = FanoutProcess(cfg.fanout, cfg.observe.socket, cfg.observe.video_path)
+                fanout.start()
+                stack.callback(fanout.stop)
             # One line to the video process per thread that talks to it (ZeroMQ
             # sockets are single-thread): keyframe requests from the network thread,
             # the surgeon's picture age from this one, each straight to the encoder.

@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "export a recorded session's video with the HUD burnt in (--mp4)"),
     "audit": ("safety.audit_cli", "main", "audit log tools: verify, show"),
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
+    "fanout": ("robot_side.fanout.process", "main",
+               "publish the robot's state and video once into a Zenoh router"),
 }
 
 

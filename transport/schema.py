@@ -271,6 +271,9 @@ class Telemetry(Message):
     audit_head: str | None = None
     """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
     ``telesurgery audit verify --witness`` (safety.audit_verify)."""
+    observers: int | None = None
+    """Observers watching through the Zenoh fan-out (robot_side.fanout), stamped by the
+    fan-out process on the copy it publishes; None where nobody counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +377,7 @@ Telemetry._SPEC = {
     "measured_jv": _joints,
     "measured_jf": _joints,
     "audit_head": _optional(_text(48)),
+    "observers": _optional(_int(0, U32)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
@@ -406,7 +410,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
