@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
     "fanout": ("robot_side.fanout.process", "main",
                "publish the robot's state and video once into a Zenoh router"),
+    "watch": ("operator_console.watch", "main", "watch-only console through a Zenoh router"),
 }
 
 

@@ -23,6 +23,8 @@ import zmq
 from helpers import wait_until
 
 from operator_console.video.decoder import H264Decoder
+from operator_console.video.display import Display
+from operator_console.watch import watch
 from robot_side.fanout import keys
 from robot_side.fanout.config import FanoutConfig, FanoutTls
 from robot_side.fanout.process import serve
@@ -163,6 +165,14 @@ def test_two_watchers_get_state_and_video_through_the_router_and_are_counted(
                 assert s.w.bad_messages == 0
             b.w.close()
             wait_until(lambda: a.count() == 1, 10.0, "the count after a watcher left")
+            # The watch console: the console's decoder, display and HUD on this feed.
+            # A newcomer's join asks for a keyframe (granted within a second).
+            with Display(headless=True, out_dir=run_dir / "shots") as display, \
+                    Watcher.open(watcher_config((ep,)), ROBOT) as c:
+                assert watch(c, display, 2.5) > 0
+            assert display.last_hud is not None and display.last_hud.state == "following"
+            assert not display.last_hud.video_stale
+            assert "observer: watch only (2 watching)" in display.last_hud.warnings
         finally:
             a.w.close()
     finally:
