@@ -313,6 +313,25 @@ class KeyframeRequest(Message):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Stroke(Message):
+    """A telestration stroke: a polyline drawn on one video frame (normalised 0..1
+    image coordinates, x then y per point), shown for ``ttl_ms`` then faded out."""
+
+    TYPE: ClassVar[str] = "stk"
+    seq: int
+    frame_id: int
+    """The frame the stroke was drawn on: a HUD shows it on that picture and later."""
+    points: tuple[float, ...]
+    colour: int
+    """0xRRGGBB."""
+    ttl_ms: int
+    t_ns: int
+    """The drawer's monotonic clock at the draw: for its own latency figures only."""
+    author: str | None = None
+    """Set by the robot from the authenticated session (a claimed one is replaced)."""
+
+
 def _nested(cls: type[Message]) -> Validator:
     def v(field: str, x: Any) -> Message:
         if not isinstance(x, dict):
@@ -401,16 +420,36 @@ KeyframeRequest._SPEC = {
     "last_frame_id": _optional(_seq),
     "reason": _text(64),
 }
+MAX_STROKE_POINTS = 256
+_unit_floats = _floats(4, 2 * MAX_STROKE_POINTS, 0.0, 1.0)
+
+
+def _stroke_points(field: str, x: Any) -> tuple[float, ...]:
+    pts: tuple[float, ...] = _unit_floats(field, x)
+    if len(pts) % 2:
+        raise _fail(field, "odd number of coordinates: expected x, y pairs")
+    return pts
+
+
+Stroke._SPEC = {
+    "seq": _seq,
+    "frame_id": _seq,
+    "points": _stroke_points,
+    "colour": _int(0, 0xFFFFFF),
+    "ttl_ms": _int(100, 10_000),
+    "t_ns": _time_ns,
+    "author": _optional(_text(48)),
+}
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest)
+                VideoFrameHeader, KeyframeRequest, Stroke)
 }
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session", "observers"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers", "author"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
