@@ -39,6 +39,8 @@ SAMPLES: dict[str, s.Message] = {
     "vid": s.VideoFrameHeader(frame_id=1000, capture_ns=123, send_ns=456, keyframe=True,
                               width=1280, height=720, payload_len=20_000),
     "kfr": s.KeyframeRequest(seq=2, last_frame_id=999, reason="decode_error"),
+    "stk": s.Stroke(seq=3, frame_id=1234, points=(0.25, 0.5, 0.75, 0.5), colour=0xFFD000,
+                    ttl_ms=3000, t_ns=1_700_000_000_000_000_000, author="observer:alice"),
 }
 
 
