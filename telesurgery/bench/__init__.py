@@ -33,6 +33,7 @@ BENCHES: dict[str, str] = {
     "soak": "telesurgery.bench.soak",
     "path": "telesurgery.bench.path",
     "observers": "telesurgery.bench.observers",
+    "telestration": "telesurgery.bench.telestration",
 }
 IN_ALL = ("link", "dds", "loop", "video", "path")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
