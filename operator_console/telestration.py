@@ -121,7 +121,8 @@ class _Shown:
 class StrokeLayer:
     """The showing end: relayed strokes in, drawn on the right pictures."""
 
-    sock: zmq.Socket[Any]
+    sock: zmq.Socket[Any] | None
+    """The robot's relayed strokes; None where they come another way (``add``)."""
     strokes: deque[_Shown] = field(default_factory=lambda: deque(maxlen=MAX_SHOWN))
     bad_messages: int = 0
     latency_ns: list[int] = field(default_factory=list)
@@ -139,7 +140,7 @@ class StrokeLayer:
     def poll(self, now_ns: int) -> int:
         """Take every stroke that has arrived; returns how many."""
         n = 0
-        while True:
+        while self.sock is not None:
             try:
                 data = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -150,8 +151,13 @@ class StrokeLayer:
                 self.bad_messages += 1
                 self._ratelog(logging.WARNING, "bad-stroke", "telestration: %s", err)
                 continue
-            self.strokes.append(_Shown(stroke, now_ns))
+            self.add(stroke, now_ns)
             n += 1
+        return n
+
+    def add(self, stroke: Stroke, now_ns: int) -> None:
+        """A validated stroke that arrived now (a watcher gets them from the fan-out)."""
+        self.strokes.append(_Shown(stroke, now_ns))
 
     def render(self, image: Image, frame_id: int, now_ns: int) -> int:
         """Draw the live strokes that belong on ``frame_id``; returns how many were drawn."""
@@ -191,7 +197,8 @@ class StrokeLayer:
         return drawn
 
     def close(self) -> None:
-        self.sock.close(0)
+        if self.sock is not None:
+            self.sock.close(0)
 
 
 def strokes_of(layer: StrokeLayer) -> Iterator[Stroke]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import zenoh
 
+from operator_console.telestration import StrokeLayer
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display, screen_available
 from operator_console.video.hud import Image
@@ -42,6 +43,8 @@ def watch(w: Watcher, display: Display, seconds: float | None) -> int:
     tlm_ns: int | None = None
     synced = False
     last: Image | None = None
+    last_id = 0
+    strokes = StrokeLayer(None)  # the mentor's drawings, relayed by the robot
     last_pic_ns = last_show_ns = 0
     shown = 0
     end = None if seconds is None else time.monotonic() + seconds
@@ -49,6 +52,8 @@ def watch(w: Watcher, display: Display, seconds: float | None) -> int:
         for msg in w.state():
             if isinstance(msg, Telemetry):
                 tlm, tlm_ns = msg, w.last_state_ns
+        for stroke in w.strokes():
+            strokes.add(stroke, time.monotonic_ns())
         fresh = False
         for frame in w.frames():
             synced |= frame.header.keyframe
@@ -62,6 +67,7 @@ def watch(w: Watcher, display: Display, seconds: float | None) -> int:
                 continue
             if image is not None:
                 last, last_pic_ns, fresh = image, frame.recv_ns, True
+                last_id = frame.header.frame_id
         now = time.monotonic_ns()
         if last is not None and (fresh or now - last_show_ns > REDRAW_NS):
             count = None if tlm is None else tlm.observers
@@ -71,7 +77,9 @@ def watch(w: Watcher, display: Display, seconds: float | None) -> int:
                              message_ns=now, teleop_why="", clutch=False,
                              operator_present=False, scale=0.0 if tlm is None else tlm.scale,
                              video_age_ms=(now - last_pic_ns) / 1e6)
-            display.show(last.copy(), hud)
+            shot = last.copy()
+            strokes.render(shot, last_id, now)
+            display.show(shot, hud)
             last_show_ns = now
             shown += 1
             if display.last_key in (ord("q"), 27):

@@ -13,6 +13,7 @@ from robot_side.localsock import default_runtime_dir
 from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
 from robot_side.supervision.config import PageConfig
+from robot_side.telestration import TelestrationConfig
 from robot_side.video.config import VideoConfig
 from safety.config import SafetyConfig
 from telesurgery.config import check, finite_positive, load
@@ -170,6 +171,8 @@ class RobotConfig:
     record: RecordConfig = field(default_factory=RecordConfig)
     fanout: FanoutConfig = field(default_factory=FanoutConfig)
     """Observers at scale through Zenoh (robot_side.fanout); off by default."""
+    telestration: TelestrationConfig = field(default_factory=TelestrationConfig)
+    """Strokes from consoles with the draw right, relayed to all (robot_side.telestration)."""
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

@@ -219,6 +219,19 @@ class RobotNode:
                 log.error("link did not start: %s", net.error)
                 return 2
             self._auth = net.link.auth
+            if cfg.telestration.enabled:  # strokes: their own thread, never the loop's inputs
+                from robot_side.telestration import StrokeRelay
+
+                try:
+                    relay = StrokeRelay(ctx, cfg.telestration, host=cfg.link.host, keys=keys,
+                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir,
+                                        local_path=runtime / "strokes.sock")
+                except (TelesurgeryError, zmq.ZMQError) as err:  # optional: the arm holds on
+                    log.error("telestration not available: %s", err)
+                else:
+                    relay.start()
+                    stack.callback(relay.join, 2.0)
+                    stack.callback(relay.stop)
             # The command socket is the control thread's (this one): bound after the
             # network thread's link has started the authenticator it relies on.
             mb = self.mailbox

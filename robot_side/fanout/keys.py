@@ -24,6 +24,11 @@ def video(robot: str) -> str:
     return f"{PREFIX}/{robot_checked(robot)}/video"
 
 
+def strokes(robot: str) -> str:
+    """Telestration strokes the robot relayed (robot_side.telestration)."""
+    return f"{PREFIX}/{robot_checked(robot)}/strokes"
+
+
 def observers(robot: str) -> str:
     """Where each watcher declares its liveliness token (one chunk below: its id)."""
     return f"{PREFIX}/{robot_checked(robot)}/observers"

@@ -29,7 +29,8 @@ STOP_TIMEOUT_S = 3.0
 def serve(cfg: FanoutConfig, observe: Path, video: Path | None, parent_pid: int | None,
           stop: threading.Event | None = None) -> None:
     session = zenoh.open(fanout_config(cfg))
-    pub = FanoutPublisher(session, cfg.robot, observe, video)
+    pub = FanoutPublisher(session, cfg.robot, observe, video,
+                          strokes_path=observe.parent / "strokes.sock")
     thread = threading.Thread(target=pub.run, name="fanout", daemon=True)
     thread.start()
     log.info("fan-out: robot %r into Zenoh (%s %s)%s", cfg.robot,

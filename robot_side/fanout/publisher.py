@@ -28,7 +28,14 @@ from robot_side.fanout import keys
 from robot_side.observe import ObserverClient
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, decode_as, encode
+from transport.schema import (
+    SafetyEvent,
+    Stroke,
+    Telemetry,
+    VideoFrameHeader,
+    decode_as,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
@@ -40,16 +47,18 @@ class FanoutStats:
     events: int = 0
     video: int = 0
     bad_video: int = 0
+    strokes: int = 0
     observers: int = 0
     joins: int = 0
     leaves: int = 0
 
 
 class FanoutPublisher:
-    """Owns one Zenoh session (a router or a router's client) and the two local SUBs."""
+    """Owns one Zenoh session (a router or a router's client) and its local SUBs."""
 
     def __init__(self, session: zenoh.Session, robot: str, observe_path: Path,
-                 video_path: Path | None, ctx: zmq.Context[Any] | None = None) -> None:
+                 video_path: Path | None, *, ctx: zmq.Context[Any] | None = None,
+                 strokes_path: Path | None = None) -> None:
         self._session = session
         self._robot = robot
         self._ctx = ctx or zmq.Context.instance()
@@ -63,12 +72,20 @@ class FanoutPublisher:
             self._video.setsockopt(zmq.RCVHWM, 120)
             self._video.setsockopt(zmq.SUBSCRIBE, b"")
             self._video.connect(f"ipc://{video_path}")
+        self._strokes: zmq.Socket[bytes] | None = None
+        if strokes_path is not None:  # the telestration relay's local copy
+            self._strokes = self._ctx.socket(zmq.SUB)
+            self._strokes.setsockopt(zmq.LINGER, 0)
+            self._strokes.setsockopt(zmq.SUBSCRIBE, b"")
+            self._strokes.connect(f"ipc://{strokes_path}")
         drop = zenoh.CongestionControl.DROP
         self._pub_tlm = session.declare_publisher(keys.telemetry(robot), congestion_control=drop)
         self._pub_evt = session.declare_publisher(keys.events(robot),
                                                   congestion_control=zenoh.CongestionControl.BLOCK,
                                                   reliability=zenoh.Reliability.RELIABLE)
         self._pub_vid = session.declare_publisher(keys.video(robot), congestion_control=drop,
+                                                  express=True)
+        self._pub_stk = session.declare_publisher(keys.strokes(robot), congestion_control=drop,
                                                   express=True)
         self._watchers: set[str] = set()
         self._live = session.liveliness().declare_subscriber(
@@ -87,6 +104,8 @@ class FanoutPublisher:
         poller.register(self._feed.socket, zmq.POLLIN)
         if self._video is not None:
             poller.register(self._video, zmq.POLLIN)
+        if self._strokes is not None:
+            poller.register(self._strokes, zmq.POLLIN)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
             self._count_watchers()
@@ -94,6 +113,8 @@ class FanoutPublisher:
                 self._drain_feed()
             if self._video is not None and self._video in ready:
                 self._drain_video(self._video)
+            if self._strokes is not None and self._strokes in ready:
+                self._drain_strokes(self._strokes)
 
     def _count_watchers(self) -> None:
         joined = False
@@ -124,6 +145,20 @@ class FanoutPublisher:
                 self._pub_evt.put(encode(msg))
                 self.stats.events += 1
 
+    def _drain_strokes(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                decode_as(data, Stroke)
+            except SchemaError as err:
+                self._ratelog(logging.WARNING, "bad-stroke", "fan-out: bad stroke: %s", err)
+                continue
+            self._pub_stk.put(data)
+            self.stats.strokes += 1
+
     def _drain_video(self, sock: zmq.Socket[bytes]) -> None:
         while True:
             try:
@@ -146,9 +181,10 @@ class FanoutPublisher:
 
     def close(self) -> None:
         self._live.undeclare()  # type: ignore[no-untyped-call]
-        for pub in (self._pub_tlm, self._pub_evt, self._pub_vid):
+        for pub in (self._pub_tlm, self._pub_evt, self._pub_vid, self._pub_stk):
             pub.undeclare()  # type: ignore[no-untyped-call]
         self._feed.close()
-        if self._video is not None:
-            self._video.close(0)
+        for sock in (self._video, self._strokes):
+            if sock is not None:
+                sock.close(0)
 

@@ -19,7 +19,15 @@ import zenoh
 from robot_side.fanout import keys
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
-from transport.schema import Message, SafetyEvent, Telemetry, VideoFrameHeader, decode, decode_as
+from transport.schema import (
+    Message,
+    SafetyEvent,
+    Stroke,
+    Telemetry,
+    VideoFrameHeader,
+    decode,
+    decode_as,
+)
 
 log = logging.getLogger(__name__)
 STATE_QUEUE = 256
@@ -45,6 +53,8 @@ class Watcher:
             keys.events(robot), zenoh.handlers.RingChannel(STATE_QUEUE))
         self._vid = session.declare_subscriber(
             keys.video(robot), zenoh.handlers.RingChannel(VIDEO_QUEUE))
+        self._stk = session.declare_subscriber(
+            keys.strokes(robot), zenoh.handlers.RingChannel(STATE_QUEUE))
         self._token = session.liveliness().declare_token(
             keys.observer_token(robot, str(session.zid())))
 
@@ -72,6 +82,15 @@ class Watcher:
                 self.last_state_ns = time.monotonic_ns()
         return out
 
+    def strokes(self) -> list[Stroke]:
+        out: list[Stroke] = []
+        while (sample := self._stk.try_recv()) is not None:
+            try:
+                out.append(decode_as(sample.payload.to_bytes(), Stroke))
+            except SchemaError as err:
+                self._bad("stroke", err)
+        return out
+
     def frames(self) -> list[WatchedFrame]:
         out: list[WatchedFrame] = []
         while (sample := self._vid.try_recv()) is not None:
@@ -91,7 +110,7 @@ class Watcher:
 
     def close(self) -> None:
         self._token.undeclare()  # type: ignore[no-untyped-call]
-        for sub in (self._tlm, self._evt, self._vid):
+        for sub in (self._tlm, self._evt, self._vid, self._stk):
             sub.undeclare()  # type: ignore[no-untyped-call]
         self._session.close()  # type: ignore[no-untyped-call]
 

@@ -43,7 +43,8 @@ def _tls(conf: zenoh.Config, ca: Path, cert: Path | None, key: Path | None,
 def access_control(robot: str, observer_cns: tuple[str, ...], robot_cn: str) -> dict[str, Any]:
     """Zenoh ACL: who may do what on which key expressions of this robot."""
     prefix = f"{keys.PREFIX}/{robot}"
-    watch_keys = [keys.telemetry(robot), keys.events(robot), keys.video(robot)]
+    watch_keys = [keys.telemetry(robot), keys.events(robot), keys.video(robot),
+                  keys.strokes(robot)]
     rules: list[dict[str, Any]] = [
         {"id": "observer-in", "permission": "allow", "flows": ["ingress"],
          "messages": ["declare_subscriber"], "key_exprs": watch_keys},

@@ -22,6 +22,7 @@ import zenoh
 import zmq
 from helpers import wait_until
 
+from operator_console.telestration import make_stroke, scripted_circle
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display
 from operator_console.watch import watch
@@ -60,6 +61,8 @@ class FakeRobotOutputs(threading.Thread):
         super().__init__(daemon=True)
         self.feed = ObserverFeed(run_dir / "observe.sock", ctx)
         self.mirror = open_local_mirror(ctx, run_dir / "video.sock")
+        self.strokes = ctx.socket(zmq.PUB)  # the telestration relay's local copy
+        self.strokes.bind(f"ipc://{run_dir / 'strokes.sock'}")
         self._surgeon = ctx.socket(zmq.PUB)
         self._surgeon.bind(f"inproc://surgeon-{id(self)}")
         cfg = VideoConfig(width=W, height=H, fps=30.0, bitrate_kbps=800, encoder="libx264")
@@ -75,6 +78,8 @@ class FakeRobotOutputs(threading.Thread):
             now = time.monotonic_ns()
             self.feed.publish(telemetry(seq))
             if seq % 10 == 0:
+                self.strokes.send(encode(make_stroke(seq, seq, scripted_circle(), 0xFF0000,
+                                                     1000)))
                 self.feed.publish(SafetyEvent(seq=seq, t_ns=now, code="test", state_from="ready",
                                               state_to="ready"))
             self._keyframes.poll(self.sender, now)
@@ -88,6 +93,7 @@ class FakeRobotOutputs(threading.Thread):
         assert self.mirror is not None
         self.mirror.close(0)
         self._surgeon.close(0)
+        self.strokes.close(0)
 
 
 @pytest.fixture
@@ -121,6 +127,7 @@ class Seen:
         self.decoder = H264Decoder(threads=1)
         self.telemetry: list[Telemetry] = []
         self.events = 0
+        self.strokes = 0
         self.decoded: list[tuple[int, int | None]] = []
         self.synced = False
 
@@ -130,6 +137,7 @@ class Seen:
                 self.telemetry.append(m)
             else:
                 self.events += 1
+        self.strokes += len(self.w.strokes())
         for f in self.w.frames():
             self.synced |= f.header.keyframe  # a decoder starts at a keyframe
             if not self.synced:
@@ -158,8 +166,9 @@ def test_two_watchers_get_state_and_video_through_the_router_and_are_counted(
             # the picture is the frame the header names (the barcode in the image).
             wait_until(lambda: (a.pump(), b.pump(), len(a.decoded) >= 3
                                 and len(b.decoded) >= 3)[-1], 10.0, "decoded video")
-            wait_until(lambda: (a.pump(), b.pump(), a.events > 0 and b.events > 0)[-1], 10.0,
-                       "safety events")
+            wait_until(lambda: (a.pump(), b.pump(), a.events > 0 and b.events > 0
+                                and a.strokes > 0 and b.strokes > 0)[-1], 10.0,
+                       "safety events and telestration strokes")
             for s in (a, b):
                 assert all(fid == bar for fid, bar in s.decoded)
                 assert s.w.bad_messages == 0
