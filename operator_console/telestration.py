@@ -39,6 +39,16 @@ FADE_FRACTION = 0.3
 """The last part of a stroke's TTL over which it fades out."""
 
 
+@dataclass(frozen=True)
+class ConsoleTelestration:
+    """``[telestration]`` of the console config: the robot's stroke ports (None: off)."""
+
+    strokes_port: int | None = None
+    """Show the relayed strokes on this console's HUD (the robot's telestration.strokes_port)."""
+    draw_port: int | None = None
+    """Draw with the mouse on this console's window (needs the draw right on the robot)."""
+
+
 def _clamp01(v: float) -> float:
     return 0.0 if not math.isfinite(v) else min(1.0, max(0.0, v))
 
