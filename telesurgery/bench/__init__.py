@@ -35,7 +35,7 @@ BENCHES: dict[str, str] = {
     "observers": "telesurgery.bench.observers",
     "telestration": "telesurgery.bench.telestration",
 }
-IN_ALL = ("link", "dds", "loop", "video", "path")
+IN_ALL = ("link", "dds", "loop", "video", "path", "observers", "telestration")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
