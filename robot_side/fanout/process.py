@@ -24,13 +24,16 @@ from robot_side.fanout.zconf import fanout_config
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 3.0
+STATUS_FILE = "fanout.json"
+"""Beside the observer feed: {"observers": n, ..., "t_ns": monotonic} (page, tools)."""
 
 
 def serve(cfg: FanoutConfig, observe: Path, video: Path | None, parent_pid: int | None,
           stop: threading.Event | None = None) -> None:
     session = zenoh.open(fanout_config(cfg))
     pub = FanoutPublisher(session, cfg.robot, observe, video,
-                          strokes_path=observe.parent / "strokes.sock")
+                          strokes_path=observe.parent / "strokes.sock",
+                          status_path=observe.parent / STATUS_FILE)
     thread = threading.Thread(target=pub.run, name="fanout", daemon=True)
     thread.start()
     log.info("fan-out: robot %r into Zenoh (%s %s)%s", cfg.robot,

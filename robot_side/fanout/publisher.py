@@ -15,9 +15,13 @@ video process grants at most one per second) so the newcomer decodes at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from transport.schema import (
 
 log = logging.getLogger(__name__)
 POLL_MS = 50
+STATUS_PERIOD_NS = 1_000_000_000
 
 
 @dataclasses.dataclass
@@ -58,7 +63,7 @@ class FanoutPublisher:
 
     def __init__(self, session: zenoh.Session, robot: str, observe_path: Path,
                  video_path: Path | None, *, ctx: zmq.Context[Any] | None = None,
-                 strokes_path: Path | None = None) -> None:
+                 strokes_path: Path | None = None, status_path: Path | None = None) -> None:
         self._session = session
         self._robot = robot
         self._ctx = ctx or zmq.Context.instance()
@@ -91,6 +96,8 @@ class FanoutPublisher:
         self._live = session.liveliness().declare_subscriber(
             keys.observers(robot) + "/*", history=True)
         self._stop = threading.Event()
+        self._status_path = status_path
+        self._next_status_ns = 0
 
     @property
     def observers(self) -> int:
@@ -108,7 +115,9 @@ class FanoutPublisher:
             poller.register(self._strokes, zmq.POLLIN)
         while not self._stop.is_set():
             ready = dict(poller.poll(POLL_MS))
-            self._count_watchers()
+            if self._count_watchers() and self._status_path is not None:
+                self._next_status_ns = 0  # a join or a leave is written at once
+            self._write_status()
             if self._feed.socket in ready:
                 self._drain_feed()
             if self._video is not None and self._video in ready:
@@ -116,7 +125,9 @@ class FanoutPublisher:
             if self._strokes is not None and self._strokes in ready:
                 self._drain_strokes(self._strokes)
 
-    def _count_watchers(self) -> None:
+    def _count_watchers(self) -> bool:
+        """Take the liveliness changes; True when the count changed."""
+        before = len(self._watchers)
         joined = False
         while (sample := self._live.try_recv()) is not None:
             key = str(sample.key_expr)
@@ -134,6 +145,20 @@ class FanoutPublisher:
             # XPUB_VERBOSE on the mirror turns a resubscription into a keyframe wish.
             self._video.setsockopt(zmq.UNSUBSCRIBE, b"")
             self._video.setsockopt(zmq.SUBSCRIBE, b"")
+        return len(self._watchers) != before
+
+    def _write_status(self) -> None:
+        """``fanout.json`` beside the feed for local tools (the page): the count and the
+        totals, stamped with this machine's monotonic clock so a reader can age it."""
+        now = time.monotonic_ns()
+        if self._status_path is None or now < self._next_status_ns:
+            return
+        self._next_status_ns = now + STATUS_PERIOD_NS
+        body = {**dataclasses.asdict(self.stats), "t_ns": now}
+        tmp = self._status_path.with_name(self._status_path.name + ".new")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(body))
+            os.replace(tmp, self._status_path)
 
     def _drain_feed(self) -> None:
         while (msg := self._feed.recv(0)) is not None:

@@ -9,6 +9,7 @@ on a random free loopback port.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
@@ -28,7 +29,7 @@ from operator_console.video.display import Display
 from operator_console.watch import watch
 from robot_side.fanout import keys
 from robot_side.fanout.config import FanoutConfig, FanoutTls
-from robot_side.fanout.process import serve
+from robot_side.fanout.process import STATUS_FILE, FanoutProcess, serve
 from robot_side.fanout.watcher import Watcher
 from robot_side.fanout.zconf import fanout_config, watcher_config
 from robot_side.observe import ObserverFeed
@@ -188,6 +189,27 @@ def test_two_watchers_get_state_and_video_through_the_router_and_are_counted(
         stop.set()
         thread.join(5.0)
     assert not thread.is_alive()
+
+
+def test_the_robot_nodes_fanout_process_publishes_and_writes_its_count(
+        run_dir: Path, robot: FakeRobotOutputs) -> None:
+    """The child process the node starts (spawned, as in the node), not only its loop."""
+    ep = f"unixsock-stream/{run_dir}/z.sock"
+    proc = FanoutProcess(FanoutConfig(robot=ROBOT, listen=(ep,)), run_dir / "observe.sock",
+                         run_dir / "video.sock")
+    proc.start()
+    try:
+        wait_until((run_dir / "z.sock").exists, 20.0, "the router")
+        with Watcher.open(watcher_config((ep,)), ROBOT) as w:
+            seen = Seen(w)
+            wait_until(lambda: seen.count() == 1, 10.0, "counted on the telemetry")
+            status = run_dir / STATUS_FILE
+            wait_until(lambda: status.exists()
+                       and json.loads(status.read_text())["observers"] == 1, 5.0,
+                       "the count in fanout.json")
+    finally:
+        proc.stop()
+    assert proc.pid is not None
 
 
 def test_a_watcher_drops_what_does_not_validate(run_dir: Path) -> None:
