@@ -15,16 +15,19 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import zenoh
+import zmq
 
-from operator_console.telestration import StrokeLayer
+from operator_console.telestration import StrokeLayer, StrokePad
 from operator_console.video.decoder import H264Decoder
-from operator_console.video.display import Display, screen_available
+from operator_console.video.display import WINDOW, Display, screen_available
 from operator_console.video.hud import Image
 from operator_console.view import SurgeonView
 from robot_side.fanout.watcher import Watcher
 from robot_side.fanout.zconf import watcher_config
-from telesurgery.errors import VideoError
+from telesurgery.errors import TelesurgeryError, VideoError
+from transport.keys import ClientKeys
 from transport.schema import Telemetry
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,8 @@ STALE_MS = 250.0
 REDRAW_NS = 100_000_000
 
 
-def watch(w: Watcher, display: Display, seconds: float | None) -> int:
+def watch(w: Watcher, display: Display, seconds: float | None,
+          pad: StrokePad | None = None) -> int:
     """Show the robot's picture with the HUD until ``seconds`` pass (or the window's q).
 
     Without new pictures the last one is shown again with its growing age, so a
@@ -77,6 +81,9 @@ def watch(w: Watcher, display: Display, seconds: float | None) -> int:
                              message_ns=now, teleop_why="", clutch=False,
                              operator_present=False, scale=0.0 if tlm is None else tlm.scale,
                              video_age_ms=(now - last_pic_ns) / 1e6)
+            if pad is not None:  # a stroke drawn now is tied to the picture on screen now
+                pad.frame_id = last_id
+                pad.set_image_size(last.shape[1], last.shape[0])
             shot = last.copy()
             strokes.render(shot, last_id, now)
             display.show(shot, hud)
@@ -101,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="headless: write frames with the HUD here")
     ap.add_argument("--every", type=int, default=30, help="headless: every Nth frame")
     ap.add_argument("--seconds", type=float)
+    ap.add_argument("--draw", metavar="ENDPOINT",
+                    help="draw with the mouse: the robot's telestration draw socket "
+                         "(tcp://robot:47104); needs --keys and --name, and the draw right")
+    ap.add_argument("--keys", type=Path, help="the CurveZMQ keys folder (with --draw)")
+    ap.add_argument("--name", help="this observer's key name (with --draw)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     zenoh.init_log_from_env_or("error")
@@ -111,15 +123,25 @@ def main(argv: list[str] | None = None) -> int:
     except (zenoh.ZError, ValueError) as err:
         print(f"telesurgery watch: {err}", file=sys.stderr)
         return 2
+    pad = None
     try:
+        if args.draw:
+            if args.keys is None or args.name is None:
+                raise ValueError("--draw needs --keys and --name")
+            pad = StrokePad(zmq.Context.instance(), args.draw,
+                            ClientKeys.load_observer(args.keys, args.name))
         with Display(headless, args.out, args.every if args.out else 0) as display:
-            shown = watch(w, display, args.seconds)
+            if pad is not None and not headless:
+                cv2.setMouseCallback(WINDOW, pad.on_mouse)
+            shown = watch(w, display, args.seconds, pad)
         log.info("watch: %d pictures shown", shown)
     except KeyboardInterrupt:
         pass
-    except VideoError as err:
+    except (TelesurgeryError, ValueError) as err:
         print(f"telesurgery watch: {err}", file=sys.stderr)
         return 2
     finally:
+        if pad is not None:
+            pad.close()
         w.close()
     return 0
