@@ -39,7 +39,7 @@ from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
 from transport.auth import Authenticator, session_key
 from transport.keys import ServerKeys
-from transport.schema import MAX_MESSAGE_BYTES, Stroke, decode_as, encode
+from transport.schema import MAX_MESSAGE_BYTES, Message, Stroke, decode_as, encode
 from transport.sockets import bound_port, server_socket
 
 log = logging.getLogger(__name__)
@@ -100,20 +100,31 @@ class _Bucket:
         return True
 
 
-class StrokeRelay(threading.Thread):
-    """Owns its sockets; start(), then stop() and join()."""
+class KeyedRelay(threading.Thread):
+    """In on a CURVE PULL, checked (key, right, schema, rate), stamped with the sender's
+    user id, out on a CURVE PUB (and a local ipc PUB). Owns its sockets; start(), then
+    stop() and join(). The stroke relay and the intercom relay are two of these."""
 
-    def __init__(self, ctx: zmq.Context[Any], cfg: TelestrationConfig, *, host: str,
-                 keys: ServerKeys, auth: Authenticator, keys_dir: Path,
+    msg_type: type[Message] = Stroke
+    author_field = "author"
+    rights_file = RIGHTS_FILE
+    what = "stroke"
+
+    def __init__(self, ctx: zmq.Context[Any], ports: tuple[int, int], max_per_s: float, *,
+                 host: str, keys: ServerKeys, auth: Authenticator, keys_dir: Path,
                  local_path: Path | None = None) -> None:
-        super().__init__(name="telestration", daemon=True)
-        self.cfg = cfg
+        super().__init__(name=f"{self.what}-relay", daemon=True)
+        self.max_per_s = max_per_s
         self._auth = auth
-        self.rights = DrawRights(keys_dir / RIGHTS_FILE)
-        self._in = server_socket(ctx, zmq.PULL, cfg.draw_port, host, keys, "observer",
+        self.rights = DrawRights(keys_dir / self.rights_file)
+        self._in = server_socket(ctx, zmq.PULL, ports[0], host, keys, "observer",
                                  MAX_MESSAGE_BYTES)
-        self._out = server_socket(ctx, zmq.PUB, cfg.strokes_port, host, keys, "observer",
-                                  MAX_MESSAGE_BYTES)
+        try:
+            self._out = server_socket(ctx, zmq.PUB, ports[1], host, keys, "observer",
+                                      MAX_MESSAGE_BYTES)
+        except Exception:
+            self._in.close(0)
+            raise
         self._local: zmq.Socket[Any] | None = None
         if local_path is not None:
             self._local = ctx.socket(zmq.PUB)
@@ -124,8 +135,8 @@ class StrokeRelay(threading.Thread):
                 self._local.bind(f"ipc://{local_path}")
             finally:
                 os.umask(old)
-        self.draw_port = bound_port(self._in)
-        self.strokes_port = bound_port(self._out)
+        self.in_port = bound_port(self._in)
+        self.out_port = bound_port(self._out)
         self.relayed = 0
         self.refused: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
@@ -147,9 +158,8 @@ class StrokeRelay(threading.Thread):
 
     def _refuse(self, why: str, user: str, detail: str = "") -> None:
         self.refused[why] += 1
-        self._ratelog(logging.WARNING, why, "telestration: stroke from %s refused (%s%s), "
-                      "%d so far", user, why, f": {detail}" if detail else "",
-                      self.refused[why])
+        self._ratelog(logging.WARNING, why, "%s from %s refused (%s%s), %d so far", self.what,
+                      user, why, f": {detail}" if detail else "", self.refused[why])
 
     def _drain(self) -> None:
         while True:
@@ -168,20 +178,32 @@ class StrokeRelay(threading.Thread):
             self._refuse("key not authorised", user or "?")
             return
         if user not in self.rights.users():
-            self._refuse("no draw right", user)
+            self._refuse("no right", user)
             return
         try:
-            stroke: Stroke = decode_as(frame.bytes, Stroke)
+            msg = decode_as(frame.bytes, self.msg_type)
         except SchemaError as err:
             self._refuse("invalid", user, str(err))
             return
         now = time.monotonic_ns()
-        bucket = self._buckets.setdefault(user, _Bucket(self.cfg.max_per_s, now))
+        bucket = self._buckets.setdefault(user, _Bucket(self.max_per_s, now))
         if not bucket.take(now):
             self._refuse("rate", user)
             return
-        data = encode(dataclasses.replace(stroke, author=user))
+        data = encode(dataclasses.replace(msg, **{self.author_field: user}))
         self._out.send(data, zmq.NOBLOCK)
         if self._local is not None:
             self._local.send(data, zmq.NOBLOCK)
         self.relayed += 1
+
+
+class StrokeRelay(KeyedRelay):
+    """Telestration strokes; ``draw_port`` in, ``strokes_port`` out."""
+
+    def __init__(self, ctx: zmq.Context[Any], cfg: TelestrationConfig, *, host: str,
+                 keys: ServerKeys, auth: Authenticator, keys_dir: Path,
+                 local_path: Path | None = None) -> None:
+        super().__init__(ctx, (cfg.draw_port, cfg.strokes_port), cfg.max_per_s, host=host,
+                         keys=keys, auth=auth, keys_dir=keys_dir, local_path=local_path)
+        self.cfg = cfg
+        self.draw_port, self.strokes_port = self.in_port, self.out_port

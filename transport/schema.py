@@ -332,6 +332,19 @@ class Stroke(Message):
     """Set by the robot from the authenticated session (a claimed one is replaced)."""
 
 
+@dataclass(frozen=True, slots=True)
+class AudioPacket(Message):
+    """One Opus packet of the intercom (20 ms of 48 kHz mono speech)."""
+
+    TYPE: ClassVar[str] = "aud"
+    seq: int
+    t_ns: int
+    """The talker's monotonic clock when the frame was complete: its own latency figures only."""
+    payload: bytes
+    speaker: str | None = None
+    """Set by the robot from the authenticated session (a claimed one is replaced)."""
+
+
 def _nested(cls: type[Message]) -> Validator:
     def v(field: str, x: Any) -> Message:
         if not isinstance(x, dict):
@@ -420,6 +433,24 @@ KeyframeRequest._SPEC = {
     "last_frame_id": _optional(_seq),
     "reason": _text(64),
 }
+MAX_OPUS_PACKET = 1275
+"""RFC 6716: the largest Opus packet."""
+
+
+def _opus(field: str, x: Any) -> bytes:
+    if not isinstance(x, bytes):
+        raise _fail(field, f"expected bytes, got {type(x).__name__}")
+    if not 1 <= len(x) <= MAX_OPUS_PACKET:
+        raise _fail(field, f"expected 1..{MAX_OPUS_PACKET} bytes, got {len(x)}")
+    return x
+
+
+AudioPacket._SPEC = {
+    "seq": _seq,
+    "t_ns": _time_ns,
+    "payload": _opus,
+    "speaker": _optional(_text(48)),
+}
 MAX_STROKE_POINTS = 256
 _unit_floats = _floats(4, 2 * MAX_STROKE_POINTS, 0.0, 1.0)
 
@@ -444,12 +475,12 @@ Stroke._SPEC = {
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest, Stroke)
+                VideoFrameHeader, KeyframeRequest, Stroke, AudioPacket)
 }
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session", "observers", "author"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 

@@ -41,6 +41,8 @@ SAMPLES: dict[str, s.Message] = {
     "kfr": s.KeyframeRequest(seq=2, last_frame_id=999, reason="decode_error"),
     "stk": s.Stroke(seq=3, frame_id=1234, points=(0.25, 0.5, 0.75, 0.5), colour=0xFFD000,
                     ttl_ms=3000, t_ns=1_700_000_000_000_000_000, author="observer:alice"),
+    "aud": s.AudioPacket(seq=4, t_ns=1_700_000_000_000_000_000, payload=b"\xfc\xff\xfe",
+                         speaker="surgeon"),
 }
 
 

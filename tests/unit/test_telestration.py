@@ -114,7 +114,7 @@ def test_strokes_without_the_right_or_invalid_are_refused_and_the_relay_keeps_go
     alice = StrokePad(ctx, draw_ep, ClientKeys.load_observer(keydir, "alice"))
     try:
         wait_until(lambda: bob.draw(scripted_circle(), 3) is not None
-                   and relay.refused["no draw right"] > 0, 10.0, "bob refused")
+                   and relay.refused["no right"] > 0, 10.0, "bob refused")
         body = encode(make_stroke(1, 3, scripted_circle(), 0, 1000))
         wait_until(lambda: (raw.send(body.replace(b"\xa6points", b"\xa6pointz"),
                                      zmq.NOBLOCK) if raw.poll(0, zmq.POLLOUT) else None,
