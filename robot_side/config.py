@@ -9,6 +9,7 @@ from typing import Literal
 
 from robot_side.driver import SerialConfig
 from robot_side.fanout.config import FanoutConfig
+from robot_side.intercom import IntercomConfig
 from robot_side.localsock import default_runtime_dir
 from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
@@ -173,6 +174,8 @@ class RobotConfig:
     """Observers at scale through Zenoh (robot_side.fanout); off by default."""
     telestration: TelestrationConfig = field(default_factory=TelestrationConfig)
     """Strokes from consoles with the draw right, relayed to all (robot_side.telestration)."""
+    intercom: IntercomConfig = field(default_factory=IntercomConfig)
+    """Push-to-talk Opus between the consoles and the on-site staff (robot_side.intercom)."""
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

@@ -232,6 +232,18 @@ class RobotNode:
                     relay.start()
                     stack.callback(relay.join, 2.0)
                     stack.callback(relay.stop)
+            if cfg.intercom.enabled:  # audio: own thread and sockets, never the commands'
+                from robot_side.intercom import IntercomRelay
+
+                try:
+                    hub = IntercomRelay(ctx, cfg.intercom, host=cfg.link.host, keys=keys,
+                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir)
+                except (TelesurgeryError, zmq.ZMQError) as err:
+                    log.error("intercom not available: %s", err)
+                else:
+                    hub.start()
+                    stack.callback(hub.join, 2.0)
+                    stack.callback(hub.stop)
             # The command socket is the control thread's (this one): bound after the
             # network thread's link has started the authenticator it relies on.
             mb = self.mailbox
