@@ -34,8 +34,10 @@ BENCHES: dict[str, str] = {
     "path": "telesurgery.bench.path",
     "observers": "telesurgery.bench.observers",
     "telestration": "telesurgery.bench.telestration",
+    "intercom": "telesurgery.bench.intercom",
 }
-IN_ALL = ("link", "dds", "loop", "video", "path", "observers", "telestration")
+IN_ALL = ("link", "dds", "loop", "video", "path", "observers", "telestration",
+          "intercom")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
