@@ -138,3 +138,66 @@ def test_strokes_without_the_right_or_invalid_are_refused_and_the_relay_keeps_go
             s.close()
         raw.close(0)
         layer.close()
+
+
+def test_the_surgeon_consoles_hud_draws_the_mentors_strokes(tmp_path: Path,
+                                                            ctx: zmq.Context[Any]) -> None:
+    """The hook-up: the console's own video loop (ConsoleApp) shows relayed strokes."""
+    from operator_console.app import ConsoleApp
+    from operator_console.config import ConsoleConfig, DisplayConfig
+    from operator_console.telestration import ConsoleTelestration
+    from robot_side.video.capture import CapturedFrame
+    from robot_side.video.config import VideoConfig
+    from robot_side.video.encoder import H264Encoder, select_encoder
+    from robot_side.video.sender import VideoSender
+    from robot_side.video.synthetic import SyntheticScene
+    from transport.config import LinkConfig
+    from transport.link import ConsoleLink, RobotLink
+
+    keys = tmp_path / "keys"
+    init_keys(keys, ["mentor"])
+    (keys / RIGHTS_FILE).write_text("observer:mentor\n")
+    link_cfg = LinkConfig(host="127.0.0.1", keys_dir=keys, command_port=0, control_port=0,
+                          telemetry_port=0, video_port=0)
+    with RobotLink(link_cfg, ServerKeys.load(keys), ctx) as robot:
+        relay = StrokeRelay(ctx, TelestrationConfig(draw_port=0, strokes_port=0),
+                            host="127.0.0.1", keys=ServerKeys.load(keys), auth=robot.auth,
+                            keys_dir=keys)
+        relay.start()
+        ports = {f"{c}_port": p for c, p in robot.endpoints.items()}
+        out = tmp_path / "hud"
+        cfg = ConsoleConfig(link=LinkConfig(host="127.0.0.1", keys_dir=keys, **ports),
+                            display=DisplayConfig(headless=True, out_dir=out, every_n=1,
+                                                  status_view=False),
+                            telestration=ConsoleTelestration(strokes_port=relay.strokes_port))
+        app = ConsoleApp(cfg)
+        vcfg = VideoConfig(width=320, height=192, fps=30.0, bitrate_kbps=600, encoder="libx264")
+        sender = VideoSender(robot.video_socket, H264Encoder(vcfg, select_encoder(vcfg)))
+        scene = SyntheticScene(320, 192, 30.0)
+        pad = StrokePad(ctx, f"tcp://127.0.0.1:{relay.draw_port}",
+                        ClientKeys.load_observer(keys, "mentor"), colour=0xFF00FF)
+        try:
+            with ConsoleLink(cfg.link, ClientKeys.load_surgeon(keys)) as console:
+                import threading
+                loop = threading.Thread(target=app._video_loop, args=(console, 4.0))
+                loop.start()
+                for i in range(110):
+                    now = time.monotonic_ns()
+                    if i % 30 == 0:
+                        sender.request_keyframe("test")
+                    sender.send(CapturedFrame(i, now, scene.render(i, now)))
+                    if i > 30:
+                        pad.draw(scripted_circle(0.5, 0.5, 0.3), i)
+                    time.sleep(1 / 30)
+                loop.join(10.0)
+        finally:
+            pad.close()
+            relay.stop()
+            relay.join(2.0)
+        assert relay.relayed > 0
+    import cv2
+    shots = sorted(out.glob("frame_*.png"))
+    assert shots, "the console showed no pictures"
+    magenta = [int(((np.abs(cv2.imread(str(p)).astype(int) - (255, 0, 255)).sum(axis=2))
+                    < 60).sum()) for p in shots[-20:]]
+    assert max(magenta) > 100, "the mentor's stroke is not on the surgeon's HUD"
