@@ -310,3 +310,46 @@ def test_tls_router_admits_listed_observers_and_only_lets_them_watch(
     finally:
         stop.set()
         thread.join(5.0)
+
+
+def test_another_sites_router_relays_to_its_own_watchers_over_tls(
+        tmp_path: Path, run_dir: Path, robot: FakeRobotOutputs) -> None:
+    """Multi-site: site B's router connects to the robot's with its own certificate (a
+    name in ``observers``); site B's watchers connect to B only and are counted."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki, "router", "siteb")
+    ep = f"tls/localhost:{free_port()}"
+    cfg = FanoutConfig(robot=ROBOT, listen=(ep,), tls=FanoutTls(
+        ca=pki / "ca.pem", cert=pki / "router.pem", key=pki / "router.key",
+        observers=("siteb",)))
+    thread, stop = start_fanout(cfg, run_dir)
+    site_b = f"unixsock-stream/{tmp_path}/b.sock"
+    try:
+        time.sleep(1.0)
+        router_b = zenoh.open(site_router_config(site_b, ep, pki))
+        try:
+            with Watcher.open(watcher_config((site_b,)), ROBOT) as w:
+                seen = Seen(w)
+                wait_until(lambda: seen.count() == 1, 10.0, "site B's watcher counted")
+                wait_until(lambda: (seen.pump(), bool(seen.decoded))[-1], 10.0,
+                           "site B's watcher decodes the robot's video")
+        finally:
+            router_b.close()
+    finally:
+        stop.set()
+        thread.join(5.0)
+
+
+def site_router_config(listen: str, robot_router: str, pki: Path) -> zenoh.Config:
+    """What ``zenohd`` at another site is configured with (here as a Python router)."""
+    conf = zenoh.Config()
+    conf.insert_json5("mode", '"router"')
+    conf.insert_json5("listen/endpoints", json.dumps([listen]))
+    conf.insert_json5("connect/endpoints", json.dumps([robot_router]))
+    conf.insert_json5("scouting/multicast/enabled", "false")
+    conf.insert_json5("transport/link/tls", json.dumps({
+        "root_ca_certificate": str(pki / "ca.pem"), "enable_mtls": True,
+        "connect_certificate": str(pki / "siteb.pem"),
+        "connect_private_key": str(pki / "siteb.key")}))
+    return conf
