@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+import zmq
 
 from operator_console.command_loop import CommandThread
 from operator_console.config import ConsoleConfig
@@ -29,6 +30,7 @@ from operator_console.devices import open_device
 from operator_console.session import ConsoleShared, SessionThread
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
+from operator_console.telestration import StrokeLayer
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
@@ -131,6 +133,8 @@ class ConsoleApp:
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
+        strokes = self._strokes(link)
+        shown_id = 0
         canvas: Image = np.zeros(BLANK_SHAPE, np.uint8)
         """The newest picture without its HUD, for redraws between pictures."""
         next_redraw = 0
@@ -149,7 +153,10 @@ class ConsoleApp:
                     fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
                         1e9 / max(1, now - last_shown_ns))
                 last_shown_ns = now
-                canvas = frame.image.copy()
+                canvas, shown_id = frame.image.copy(), frame.frame_id
+                if strokes is not None:  # the mentor's drawings, under the HUD
+                    strokes.poll(now)
+                    strokes.render(frame.image, shown_id, now)
                 display.show(frame.image, replace(hud, video_age_ms=age_ms, fps=fps or None))
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
@@ -161,7 +168,11 @@ class ConsoleApp:
                     self.g2g_us.append(g2g)
             elif display is not None and now >= next_redraw:
                 # No new picture: the same one with today's HUD (ages grown, state re-judged).
-                display.show(canvas.copy(), hud)
+                redraw = canvas.copy()
+                if strokes is not None:
+                    strokes.poll(now)
+                    strokes.render(redraw, shown_id, now)
+                display.show(redraw, hud)
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
             sh.video_age_us = fresh.age_us(now)
@@ -172,8 +183,18 @@ class ConsoleApp:
                 status.update(hud, now)
         if display is not None:
             display.close()
+        if strokes is not None:
+            strokes.close()
         if status is not None:
             status.close()
+
+    def _strokes(self, link: ConsoleLink) -> StrokeLayer | None:
+        port = self.cfg.telestration.strokes_port
+        if port is None or not self.cfg.display.enabled:
+            return None
+        keys = ClientKeys.load_surgeon(self.cfg.link.keys_dir)
+        return StrokeLayer.connect(zmq.Context.instance(), f"tcp://{self.cfg.link.host}:{port}",
+                                   keys)
 
     def _hud(self, view: SurgeonView, now: int, g2g_ms: float | None, fps: float) -> HudState:
         """What both displays show now (the picture's age as of the newest picture)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from operator_console.devices.base import DeviceConfig
 from operator_console.teleop import TeleopConfig
+from operator_console.telestration import ConsoleTelestration
 from telesurgery.config import check, finite_positive
 from transport.config import LinkConfig
 
@@ -73,6 +74,8 @@ class ConsoleConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     display: DisplayConfig = field(default_factory=DisplayConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    telestration: ConsoleTelestration = field(default_factory=ConsoleTelestration)
+    """Strokes a mentor draws, shown on this HUD (operator_console.telestration)."""
 
     def __post_init__(self) -> None:
         # The tremor filter is designed for the rate it is called at: the command rate.

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 from robot_side.driver import SerialConfig
+from robot_side.fanout.config import FanoutConfig
+from robot_side.intercom import IntercomConfig
 from robot_side.localsock import default_runtime_dir
 from robot_side.recording.config import RecordConfig
 from robot_side.servos.config import ServosConfig
 from robot_side.supervision.config import PageConfig
+from robot_side.telestration import TelestrationConfig
 from robot_side.video.config import VideoConfig
 from robot_side.vitals.config import VitalsConfig
 from safety.config import SafetyConfig
@@ -168,6 +171,12 @@ class RobotConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     page: PageConfig = field(default_factory=PageConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
+    """Observers at scale through Zenoh (robot_side.fanout); off by default."""
+    telestration: TelestrationConfig = field(default_factory=TelestrationConfig)
+    """Strokes from consoles with the draw right, relayed to all (robot_side.telestration)."""
+    intercom: IntercomConfig = field(default_factory=IntercomConfig)
+    """Push-to-talk Opus between the consoles and the on-site staff (robot_side.intercom)."""
     vitals: VitalsConfig = field(default_factory=VitalsConfig)
     """The patient monitor (robot_side.vitals): off unless configured."""
 

@@ -195,6 +195,12 @@ class RobotNode:
             video.start()
             stack.callback(video.stop)
             start_onsite_observers(stack, cfg, self.kin.joint_names)  # page, recorder
+            if cfg.fanout.enabled:  # observers at scale, in a process of its own
+                from robot_side.fanout.process import FanoutProcess
+
+                fanout = FanoutProcess(cfg.fanout, cfg.observe.socket, cfg.observe.video_path)
+                fanout.start()
+                stack.callback(fanout.stop)
             # The patient monitor: its own process and a relay thread, never the loop.
             self.vitals = start_vitals(stack, cfg, self.mailbox, ctx)
             # One line to the video process per thread that talks to it (ZeroMQ
@@ -218,6 +224,31 @@ class RobotNode:
                 log.error("link did not start: %s", net.error)
                 return 2
             self._auth = net.link.auth
+            if cfg.telestration.enabled:  # strokes: their own thread, never the loop's inputs
+                from robot_side.telestration import StrokeRelay
+
+                try:
+                    relay = StrokeRelay(ctx, cfg.telestration, host=cfg.link.host, keys=keys,
+                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir,
+                                        local_path=runtime / "strokes.sock")
+                except (TelesurgeryError, zmq.ZMQError) as err:  # optional: the arm holds on
+                    log.error("telestration not available: %s", err)
+                else:
+                    relay.start()
+                    stack.callback(relay.join, 2.0)
+                    stack.callback(relay.stop)
+            if cfg.intercom.enabled:  # audio: own thread and sockets, never the commands'
+                from robot_side.intercom import IntercomRelay
+
+                try:
+                    hub = IntercomRelay(ctx, cfg.intercom, host=cfg.link.host, keys=keys,
+                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir)
+                except (TelesurgeryError, zmq.ZMQError) as err:
+                    log.error("intercom not available: %s", err)
+                else:
+                    hub.start()
+                    stack.callback(hub.join, 2.0)
+                    stack.callback(hub.stop)
             # The command socket is the control thread's (this one): bound after the
             # network thread's link has started the authenticator it relies on.
             mb = self.mailbox

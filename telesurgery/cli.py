@@ -36,6 +36,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
                "export a recorded session's video with the HUD burnt in (--mp4)"),
     "audit": ("safety.audit_cli", "main", "audit log tools: verify, show"),
     "faultproxy": ("hil_tests.faultproxy", "main", "ZMTP-aware network fault proxy (HIL rig)"),
+    "fanout": ("robot_side.fanout.process", "main",
+               "publish the robot's state and video once into a Zenoh router"),
+    "watch": ("operator_console.watch", "main", "watch-only console through a Zenoh router"),
     "monitor-sim": ("robot_side.vitals.monitor_sim", "main",
                     "simulated patient monitor (HL7 v2 / SDC) playing a scripted patient"),
 }

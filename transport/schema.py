@@ -271,6 +271,9 @@ class Telemetry(Message):
     audit_head: str | None = None
     """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
     ``telesurgery audit verify --witness`` (safety.audit_verify)."""
+    observers: int | None = None
+    """Observers watching through the Zenoh fan-out (robot_side.fanout), stamped by the
+    fan-out process on the copy it publishes; None where nobody counted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +311,38 @@ class KeyframeRequest(Message):
     seq: int
     last_frame_id: int | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stroke(Message):
+    """A telestration stroke: a polyline drawn on one video frame (normalised 0..1
+    image coordinates, x then y per point), shown for ``ttl_ms`` then faded out."""
+
+    TYPE: ClassVar[str] = "stk"
+    seq: int
+    frame_id: int
+    """The frame the stroke was drawn on: a HUD shows it on that picture and later."""
+    points: tuple[float, ...]
+    colour: int
+    """0xRRGGBB."""
+    ttl_ms: int
+    t_ns: int
+    """The drawer's monotonic clock at the draw: for its own latency figures only."""
+    author: str | None = None
+    """Set by the robot from the authenticated session (a claimed one is replaced)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPacket(Message):
+    """One Opus packet of the intercom (20 ms of 48 kHz mono speech)."""
+
+    TYPE: ClassVar[str] = "aud"
+    seq: int
+    t_ns: int
+    """The talker's monotonic clock when the frame was complete: its own latency figures only."""
+    payload: bytes
+    speaker: str | None = None
+    """Set by the robot from the authenticated session (a claimed one is replaced)."""
 
 
 VITAL_NAMES = frozenset({"hr", "spo2", "nibp_sys", "nibp_dia", "nibp_mean", "abp_sys",
@@ -442,6 +477,7 @@ Telemetry._SPEC = {
     "measured_jv": _joints,
     "measured_jf": _joints,
     "audit_head": _optional(_text(48)),
+    "observers": _optional(_int(0, U32)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
@@ -464,6 +500,44 @@ KeyframeRequest._SPEC = {
     "seq": _seq,
     "last_frame_id": _optional(_seq),
     "reason": _text(64),
+}
+MAX_OPUS_PACKET = 1275
+"""RFC 6716: the largest Opus packet."""
+
+
+def _opus(field: str, x: Any) -> bytes:
+    if not isinstance(x, bytes):
+        raise _fail(field, f"expected bytes, got {type(x).__name__}")
+    if not 1 <= len(x) <= MAX_OPUS_PACKET:
+        raise _fail(field, f"expected 1..{MAX_OPUS_PACKET} bytes, got {len(x)}")
+    return x
+
+
+AudioPacket._SPEC = {
+    "seq": _seq,
+    "t_ns": _time_ns,
+    "payload": _opus,
+    "speaker": _optional(_text(48)),
+}
+MAX_STROKE_POINTS = 256
+_unit_floats = _floats(4, 2 * MAX_STROKE_POINTS, 0.0, 1.0)
+
+
+def _stroke_points(field: str, x: Any) -> tuple[float, ...]:
+    pts: tuple[float, ...] = _unit_floats(field, x)
+    if len(pts) % 2:
+        raise _fail(field, "odd number of coordinates: expected x, y pairs")
+    return pts
+
+
+Stroke._SPEC = {
+    "seq": _seq,
+    "frame_id": _seq,
+    "points": _stroke_points,
+    "colour": _int(0, 0xFFFFFF),
+    "ttl_ms": _int(100, 10_000),
+    "t_ns": _time_ns,
+    "author": _optional(_text(48)),
 }
 
 VitalValue._SPEC = {
@@ -493,12 +567,12 @@ Vitals._SPEC = {
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest, Vitals)
+                VideoFrameHeader, KeyframeRequest, Stroke, AudioPacket, Vitals)
 }
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 

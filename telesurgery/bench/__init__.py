@@ -32,8 +32,12 @@ BENCHES: dict[str, str] = {
     "video": "telesurgery.bench.video",
     "soak": "telesurgery.bench.soak",
     "path": "telesurgery.bench.path",
+    "observers": "telesurgery.bench.observers",
+    "telestration": "telesurgery.bench.telestration",
+    "intercom": "telesurgery.bench.intercom",
 }
-IN_ALL = ("link", "dds", "loop", "video", "path")
+IN_ALL = ("link", "dds", "loop", "video", "path", "observers", "telestration",
+          "intercom")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""
 
 
