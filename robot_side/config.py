@@ -141,6 +141,21 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class JointTeleopConfig:
+    """Joint-space teleop (``Command.joints``, CRTK ``servo_jp``; robot_side.follow_joint)."""
+
+    engage_tolerance_rad: float = 0.15
+    """Engage in joint mode only when every master joint is within this of the follower's
+    (rad; m for a prismatic joint): the leader arm is put where the follower is first,
+    so leader and follower poses agree and no offset hides a joint limit."""
+
+    def __post_init__(self) -> None:
+        finite_positive("joint_teleop.engage_tolerance_rad", self.engage_tolerance_rad)
+        check(self.engage_tolerance_rad <= 0.5, "joint_teleop.engage_tolerance_rad",
+              self.engage_tolerance_rad, "must be <= 0.5 rad (about 30 degrees)")
+
+
+@dataclass(frozen=True)
 class ManipulatorConfig:
     backend: str = "serial"
     """A row of ``robot_side.manipulator.BACKENDS``: "serial" (firmware protocol on a tty,
@@ -167,6 +182,7 @@ class RobotConfig:
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     page: PageConfig = field(default_factory=PageConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    joint_teleop: JointTeleopConfig = field(default_factory=JointTeleopConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:
