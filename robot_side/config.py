@@ -77,6 +77,8 @@ class RosConfig:
     """move_cp: straight-line speed of the generated trajectory."""
     command_hz: float = 500.0
     """move_cp: rate of the generated stream (servo_cp is forwarded as it arrives)."""
+    move_joint_speed_rad_s: float = 0.3
+    """move_jp: speed of the fastest joint of the generated joint-space trajectory."""
 
     def __post_init__(self) -> None:
         check(0 <= self.domain_id <= 232, "ros.domain_id", self.domain_id, "must be 0..232")
@@ -91,6 +93,9 @@ class RosConfig:
               "must be <= 0.25 m/s")
         finite_positive("ros.command_hz", self.command_hz)
         check(self.command_hz <= 1000.0, "ros.command_hz", self.command_hz, "must be <= 1000")
+        finite_positive("ros.move_joint_speed_rad_s", self.move_joint_speed_rad_s)
+        check(self.move_joint_speed_rad_s <= 2.0, "ros.move_joint_speed_rad_s",
+              self.move_joint_speed_rad_s, "must be <= 2 rad/s")
 
 
 @dataclass(frozen=True)
