@@ -276,3 +276,29 @@ def test_joints_on_the_wire_round_trip_and_are_bounded() -> None:
     for bad in ((math.nan,), tuple(0.0 for _ in range(17)), (), (100.0,)):
         with pytest.raises(SchemaError):
             decode(encode(replace(cmd, joints=bad)))
+
+
+def test_a_clutch_in_joint_space_holds_and_resumes_with_the_offset(jrig: JointHarness) -> None:
+    """The leader travels 0.3 rad while clutched (past the jump bound and the engage
+    tolerance): the follower stays, and on release follows from where it is."""
+    q = [float(v) for v in jrig.joints()]
+    jrig.override = tuple(q)
+    jrig.engage()
+    jrig.master.clutch = True
+    assert jrig.step().reason is Reason.CLUTCH
+    for i in range(30):
+        jrig.override = (q[0], q[1] + 0.01 * (i + 1), *q[2:])
+        jrig.step()
+    assert jrig.still_while(0.1) < STILL_RAD
+    held = jrig.joints()
+    jrig.master.clutch = False
+    jrig.step()
+    for i in range(100):  # then the hand moves joint 1 back by 0.05 rad
+        jrig.override = (q[0], q[1] + 0.3 - 0.0005 * (i + 1), *q[2:])
+        r = jrig.step()
+        assert r.state is State.FOLLOWING, r.reason
+    jrig.run(0.3)
+    moved = jrig.joints() - held
+    assert moved[1] == pytest.approx(-0.05, abs=0.005)
+    assert float(np.abs(np.delete(moved, 1)).max()) < 1e-3
+    assert jrig.trips == []
