@@ -4,7 +4,8 @@ A ZeroMQ REP socket speaking one JSON object per request, like the firmware
 emulator's (``robot_side.firmware_sim``), so ``hil_tests.rig.SimRig.firmware`` drives
 either: ``{"state": true}`` -> every servo's position, goal, torque and watchdog;
 ``{"inject": {...}}`` -> ``ServoBusEmulator.inject`` (``{}`` clears); ``{"vanish": true}``
-/ ``{"reappear": true}`` -> the adapter unplugged / plugged in again. A test fixture,
+/ ``{"reappear": true}`` -> the adapter unplugged / plugged in again; ``{"move_by_hand":
+[id, rad]}`` -> a hand turns a torque-off joint (a leader arm). A test fixture,
 not a product interface: it binds only where the rig says (an ipc path in its run folder).
 """
 
@@ -51,6 +52,11 @@ def answer(emu: ServoBusEmulator, req: Any) -> dict[str, Any]:
         if req.get("reappear"):
             emu.reappear()
             return {"ok": True}
+        if "move_by_hand" in req:  # {"move_by_hand": [servo_id, rad]}: a torque-off joint
+            sid, rad = req["move_by_hand"]
+            if int(sid) not in emu.servos:
+                return {"ok": False, "error": f"no servo {sid}"}
+            return {"ok": emu.move_by_hand(int(sid), float(rad))}
     except (TypeError, ValueError) as err:
         return {"ok": False, "error": str(err)}
     return {"ok": False, "error": "unknown request"}

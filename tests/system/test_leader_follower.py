@@ -1,7 +1,8 @@
 """An SO-101 leader arm drives an SO-101 follower in joint space, all real processes.
 
-Two Feetech STS buses emulated on ptys (the leader's, torque off, moved "by hand";
-the follower's), a robot node (``telesurgery robot``, ``feetech`` backend, SO-101
+Two Feetech STS buses emulated on ptys (``telesurgery servo-sim`` processes: the
+leader's, torque off, moved "by hand" through its control socket; the follower's),
+a robot node (``telesurgery robot``, ``feetech`` backend, SO-101
 URDF) and a console (``telesurgery console``, ``so101_leader`` device, presence from
 a pty standing in for the foot pedal). Moving the leader's servos moves the
 follower's goal positions, joint for joint, and never past the follower's limits.
@@ -9,6 +10,7 @@ follower's goal positions, joint for joint, and never past the follower's limits
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,15 +19,16 @@ import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 from helpers import wait_until
 
 from hil_tests.rig import free_ports, toml_text
 from operator_console.devices.leader import URDF
 from robot_side.estop import send
 from robot_side.kinematics import Kinematics
-from robot_side.servos.emulator import ServoBusEmulator
 from transport.keys import init_keys
 
 pytestmark = pytest.mark.slow
@@ -39,10 +42,40 @@ CHANNELS = ("command", "control", "telemetry", "video")
 
 
 @dataclass
+class Servo:
+    position_rad: float
+    goal_rad: float
+    torque_on: bool
+
+
+class Bus:
+    """A ``servo-sim`` process's control socket (robot_side.servos.sim_control)."""
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+        self._sock = ctx.socket(zmq.REQ)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        self._sock.connect(endpoint)
+
+    def ask(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._sock.send_json(body)
+        reply: dict[str, Any] = self._sock.recv_json()  # type: ignore[assignment]
+        return reply
+
+    def snapshot(self, sid: int) -> Servo:
+        s = self.ask({"state": True})["state"]
+        i = s["ids"].index(sid)
+        return Servo(s["positions"][i], s["goals"][i], s["torque_on"][i])
+
+    def move_by_hand(self, sid: int, rad: float) -> bool:
+        return bool(self.ask({"move_by_hand": [sid, rad]})["ok"])
+
+
+@dataclass
 class Rig:
     run: Path
-    leader: ServoBusEmulator
-    follower: ServoBusEmulator
+    leader: Bus
+    follower: Bus
     procs: dict[str, subprocess.Popen[bytes]]
 
     def log(self, name: str) -> str:
@@ -75,12 +108,22 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     pedal, pedal_tty = os.openpty()
     tty.setraw(pedal_tty)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    with ServoBusEmulator("feetech", IDS, link=run / "ttyFOLLOWER", initial=START) as fol, \
-            ServoBusEmulator("feetech", IDS, link=run / "ttyLEADER", initial=START) as lead:
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        for name in ("follower", "leader"):
+            procs[name] = spawn(run, name, [
+                "servo-sim", "--family", "feetech", "--link", str(run / f"tty{name}"),
+                "--ids", ",".join(map(str, IDS)), "--initial", ",".join(map(str, START)),
+                "--control", f"ipc://{run}/{name}.ipc"])
+        rig = Rig(run, Bus(ctx, f"ipc://{run}/leader.ipc"),
+                  Bus(ctx, f"ipc://{run}/follower.ipc"), procs)
+        for name in ("follower", "leader"):
+            wait_until(lambda n=name: "servo-sim:" in rig.log(n), 30.0, f"the {name}'s bus")
+        fol_port, lead_port = run / "ttyfollower", run / "ttyleader"
         (run / "robot.toml").write_text(toml_text({
             "link": link,
             "manipulator": {"backend": "feetech"},
-            "servos": {"port": fol.port_path, "ids": list(IDS), "gripper_id": 6,
+            "servos": {"port": fol_port, "ids": list(IDS), "gripper_id": 6,
                        "latency_ms": 20.0, "max_rate_hz": 200.0,
                        "command_watchdog_ms": 1000.0, "brake": "hold"},
             "kinematics": {"urdf": URDF, "tip_frame": "tool_tip"},
@@ -100,16 +143,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         }))
         (run / "console.toml").write_text(toml_text({
             "link": link,
-            "device": {"kind": "so101_leader", "device": lead.port_path,
+            "device": {"kind": "so101_leader", "device": lead_port,
                        "switches": os.ttyname(pedal_tty)},
             "loop": {"rate_hz": RATE_HZ, "realtime": False},
             "teleop": {"rate_hz": RATE_HZ},
             "display": {"enabled": False, "status_view": False},
             "session": {"auto_engage": True, "reengage_after_s": 1.0, "scale": 1.0},
         }))
-        rig = Rig(run, lead, fol, procs)
         try:
-            procs["robot"] = spawn(run, "robot", ["robot", "--config", str(run / "robot.toml")])
+            procs["robot"] = spawn(run, "robot", ["robot", "--config", str(run / "robot.toml"),
+                                                  "--summary", str(run / "robot.json")])
             wait_until(lambda: "robot node up" in rig.log("robot")
                        or procs["robot"].poll() is not None, 90.0, "the robot node")
             assert procs["robot"].poll() is None, rig.log("robot")[-3000:]
@@ -132,6 +175,22 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                     proc.wait(5)
             os.close(pedal)
             os.close(pedal_tty)
+            print_path(run / "robot.json")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        ctx.destroy(linger=0)
+
+
+def print_path(summary: Path) -> None:
+    """Leader servo read -> follower bus frame written, as the robot measured it (a figure,
+    not an assertion): the console's joint-space path, beside the ROS one
+    (tests/system/test_ros_command.py)."""
+    if summary.exists():
+        data = json.loads(summary.read_text())
+        print(f"\nleader joint-space path (console sample -> follower frame written): "
+              f"{data.get('path', {})}")
 
 
 def drive_leader(rig: Rig, sid: int, target: float, timeout_s: float = 60.0) -> None:

@@ -36,6 +36,9 @@ def test_state_injection_and_bad_requests(tmp_path: Path) -> None:
                 assert not ask({"inject": {"noise": 2.0}})["ok"]
                 assert not ask([1, 2])["ok"]
                 assert not ask({"what": 1})["ok"]
+                assert ask({"move_by_hand": [2, 0.4]}) == {"ok": True}
+                assert abs(emu.snapshot(2).position_rad - 0.4) < 2e-3
+                assert not ask({"move_by_hand": [9, 0.4]})["ok"]
         finally:
             server.stop()
             ctx.term()
