@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import zmq
 
 from hil_tests.netns import NetnsPair
+from hil_tests.servo_rig import servo_sections, servo_sim_argv
 from transport.keys import init_keys
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,10 @@ class RigOptions:
     for a microcontroller, which no other job can starve."""
     proxy: bool = True
     """The fault proxy between console and robot; ``bench path`` measures without it."""
+    servo_family: str | None = None
+    """"dynamixel" or "feetech": the robot drives that smart-servo backend against
+    ``telesurgery servo-sim`` on the pty instead of the firmware emulator
+    (``hil_tests.servo_rig``; its control socket answers ``firmware()``)."""
 
 
 class SimRig:
@@ -206,7 +211,12 @@ class SimRig:
     def start(self) -> None:
         init_keys(self.run / "keys")
         serial_port = self.real_port or str(self.run / "ttyTS0")
-        if not self.real_port:
+        servo_family = self.opts.servo_family
+        if not self.real_port and servo_family is not None:
+            self._spawn("firmware", servo_sim_argv(servo_family, serial_port, self.run),
+                        where="robot")
+            self._wait_log("firmware", "servo-sim:", 15)
+        elif not self.real_port:
             self._spawn("firmware", ["firmware-sim", "--link", serial_port,
                                      "--control", f"ipc://{self.run}/fw.ipc",
                                      "--arm", "default"],
@@ -230,6 +240,8 @@ class SimRig:
             "estop": {"socket": self.run / "estop.sock"},
             "observe": {"socket": self.run / "observe.sock"},
         }
+        if servo_family is not None:
+            sections.update(servo_sections(servo_family, serial_port))
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
         robot_cfg.write_text(toml_text(sections))

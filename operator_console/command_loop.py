@@ -81,4 +81,5 @@ class CommandThread(threading.Thread):
                        position=position, orientation=quat,
                        grip=min(1.0, max(0.0, out.grip)) if present else 0.0,
                        clutch=out.clutch, operator_present=present,
-                       video_age_us=sh.video_age_us, t_sample_ns=sampled_ns)
+                       video_age_us=sh.video_age_us, t_sample_ns=sampled_ns,
+                       joints=out.joints)

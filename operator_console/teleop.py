@@ -66,6 +66,8 @@ class TeleopOutput:
     valid: bool
     why: str
     """Empty when usable; otherwise why the follower must hold, for the surgeon."""
+    joints: tuple[float, ...] | None = None
+    """A joint-space master's joints (the last good ones while holding); None: Cartesian."""
 
 
 def rotate(q: Quat, v: np.ndarray) -> np.ndarray:
@@ -91,6 +93,7 @@ class TeleopMapper:
         self._position: Vec3 = (0.0, 0.0, 0.0)
         self._quat: Quat = cfg.frame_rotation
         self._grip = 0.0
+        self._joints: tuple[float, ...] | None = None
         self._streaming = False
         self._why = "no sample yet"
 
@@ -115,6 +118,9 @@ class TeleopMapper:
         self._position = (float(p[0]), float(p[1]), float(p[2]))
         self._quat = quat_normalize(quat_mul(self.cfg.frame_rotation, sample.quat))
         self._grip = sample.grip
+        # Joints pass unfiltered and unregistered: they are the follower's own joints,
+        # and the robot bounds them (robot_side.follow_joint).
+        self._joints = sample.joints
         why = "clutch" if sample.clutch else ""
         return self._output(True, why, clutch=sample.clutch, present=True)
 
@@ -138,4 +144,5 @@ class TeleopMapper:
             log.log(logging.INFO if valid else logging.WARNING, "teleop: %s", why or "following")
             self._why = why
         return TeleopOutput(position=self._position, quat=self._quat, grip=self._grip,
-                            clutch=clutch, operator_present=present, valid=valid, why=why)
+                            clutch=clutch, operator_present=present, valid=valid, why=why,
+                            joints=self._joints)

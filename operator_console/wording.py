@@ -59,6 +59,8 @@ _REASONS: dict[str, Phrase] = {
                         "Move back, clutch, then re-engage."),
     "tracking_error": Phrase("Arm could not follow (blocked?): arm stopped.",
                              "Check the instrument; clear the fault."),
+    "joint_command": Phrase("Master's joints do not fit the arm: arm stopped.",
+                            "Check the master arm; clear the fault."),
     # manipulator and firmware
     "serial_fault": Phrase("Arm controller not answering: arm stopped.", CALL_STAFF),
     "firmware_fault": Phrase("Arm controller fault: arm stopped.", CALL_STAFF),

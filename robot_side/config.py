@@ -81,6 +81,8 @@ class RosConfig:
     """move_cp: straight-line speed of the generated trajectory."""
     command_hz: float = 500.0
     """move_cp: rate of the generated stream (servo_cp is forwarded as it arrives)."""
+    move_joint_speed_rad_s: float = 0.3
+    """move_jp: speed of the fastest joint of the generated joint-space trajectory."""
 
     def __post_init__(self) -> None:
         check(0 <= self.domain_id <= 232, "ros.domain_id", self.domain_id, "must be 0..232")
@@ -95,6 +97,9 @@ class RosConfig:
               "must be <= 0.25 m/s")
         finite_positive("ros.command_hz", self.command_hz)
         check(self.command_hz <= 1000.0, "ros.command_hz", self.command_hz, "must be <= 1000")
+        finite_positive("ros.move_joint_speed_rad_s", self.move_joint_speed_rad_s)
+        check(self.move_joint_speed_rad_s <= 2.0, "ros.move_joint_speed_rad_s",
+              self.move_joint_speed_rad_s, "must be <= 2 rad/s")
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,21 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class JointTeleopConfig:
+    """Joint-space teleop (``Command.joints``, CRTK ``servo_jp``; robot_side.follow_joint)."""
+
+    engage_tolerance_rad: float = 0.15
+    """Engage in joint mode only when every master joint is within this of the follower's
+    (rad; m for a prismatic joint): the leader arm is put where the follower is first,
+    so leader and follower poses agree and no offset hides a joint limit."""
+
+    def __post_init__(self) -> None:
+        finite_positive("joint_teleop.engage_tolerance_rad", self.engage_tolerance_rad)
+        check(self.engage_tolerance_rad <= 0.5, "joint_teleop.engage_tolerance_rad",
+              self.engage_tolerance_rad, "must be <= 0.5 rad (about 30 degrees)")
+
+
+@dataclass(frozen=True)
 class ManipulatorConfig:
     backend: str = "serial"
     """A row of ``robot_side.manipulator.BACKENDS``: "serial" (firmware protocol on a tty,
@@ -179,6 +199,7 @@ class RobotConfig:
     """Push-to-talk Opus between the consoles and the on-site staff (robot_side.intercom)."""
     vitals: VitalsConfig = field(default_factory=VitalsConfig)
     """The patient monitor (robot_side.vitals): off unless configured."""
+    joint_teleop: JointTeleopConfig = field(default_factory=JointTeleopConfig)
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

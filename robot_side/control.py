@@ -36,6 +36,7 @@ from robot_side.control_io import (
     TripRecord,
 )
 from robot_side.follow import Follower
+from robot_side.follow_joint import JointFollower
 from robot_side.kinematics import Kinematics
 from robot_side.manipulator.base import Frame, Hold, JointSample, Reading, Release, Targets
 from robot_side.serial_protocol import FwFlags
@@ -84,6 +85,7 @@ class ControlCore:
         self.supervisor = Supervisor(cfg.safety.watchdog, self.period_ns)
         self.watchdog = LinkWatchdog(cfg.safety.watchdog)
         self.follower = Follower(cfg, kin)
+        self.joint_follower = JointFollower(cfg, kin, self.follower)
         self.surgeon_scale = cfg.control.scale
         self.following_periods = 0
         self.max_tracking_error_m = 0.0
@@ -298,6 +300,8 @@ class ControlCore:
         tol = self.cfg.safety.motion.align_tolerance_rad
         aligned = tol is None or (f.cmd is not None and self.anchor.aligned(
             f.cmd.cmd.orientation, f.measured[1], tol))
+        if f.cmd is not None and f.cmd.cmd.joints is not None:  # joint mode: its own check
+            aligned = self.joint_follower.aligned(f.cmd.cmd, f.measured_q)
         ok, reason = self.supervisor.request_engage(f.now_ns, f.health, aligned=aligned)
         return ok, str(reason)
 
@@ -316,7 +320,8 @@ class ControlCore:
         if reanchor:
             # First period of motion (engage, clutch release): anchor at the follower
             # and release the arm's hold (it ignores targets until told to follow).
-            why = self.follower.resume(cmd, f.measured_q, f.measured)
+            why = (self.joint_follower.resume(cmd, f.measured_q)
+                   or self.follower.resume(cmd, f.measured_q, f.measured))
             if why is not None:
                 self._trip(now_ns, why, "cannot anchor at this pose")
                 return (), 0.0
@@ -324,7 +329,7 @@ class ControlCore:
                 self.resumes_ns.append(now_ns)
             self._release_pending = True
             frames = (Release(),)
-        step = self.follower.step(cmd, scale, f.measured)
+        step = self.joint_follower.step(cmd, scale, f.measured)
         if step.targets is None or step.fault is not None:
             self._trip(now_ns, step.fault or Reason.IK_FAILED, step.detail)
             return (), step.tracking_m

@@ -55,6 +55,7 @@ REASON_WORDS = {
     "nonfinite_setpoint": "invalid command", "setpoint_jump": "command jumped too far",
     "workspace": "outside the workspace", "joint_limit": "at a joint limit",
     "ik_failed": "position not reachable", "tracking_error": "arm not following its target",
+    "joint_command": "joint command does not fit the arm",
     "serial_fault": "arm connection lost", "firmware_fault": "arm controller fault",
     "firmware_watchdog": "arm controller braked on its own",
     "estop_button": "e-stop button pressed", "estop_ros": "e-stop from ROS",

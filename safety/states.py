@@ -52,6 +52,9 @@ class Reason(StrEnum):
     JOINT_LIMIT = "joint_limit"
     IK_FAILED = "ik_failed"
     TRACKING_ERROR = "tracking_error"
+    JOINT_COMMAND = "joint_command"
+    """Joint-space teleop: wrong joint count, or the command's mode (joint/Cartesian)
+    changed while following (robot_side.follow_joint)."""
     # manipulator and firmware
     SERIAL_FAULT = "serial_fault"
     FIRMWARE_FAULT = "firmware_fault"

@@ -33,6 +33,9 @@ MAX_POSITION_M = 10.0
 """Sanity bound in the schema; the workspace bound is the safety layer's job."""
 QUAT_NORM_TOL = 1e-3
 MAX_JOINTS = 16
+MAX_JOINT_VALUE = 4 * math.pi
+"""Sanity bound of a commanded joint (rad, or m for a prismatic one); the URDF limits
+are the safety layer's job."""
 MAX_TEXT = 256
 U32 = 2**32 - 1
 U64 = 2**64 - 1
@@ -182,6 +185,10 @@ class Command(Message):
     measures console sample -> serial frame written from it. For measurement only."""
     session: int | None = None
     """The surgeon session the robot granted in its ``arm`` reply; see ``OMITTED_WHEN_NONE``."""
+    joints: tuple[float, ...] | None = None
+    """Joint-space teleop (CRTK ``servo_jp``): the master's joint positions (rad or m) in
+    the follower's joint order; None = the Cartesian pose above is the master. Mode is
+    fixed per engagement (``robot_side.follow_joint``); see ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +448,7 @@ Command._SPEC = {
     "video_age_us": _optional(_int(0, U64)),
     "t_sample_ns": _optional(_time_ns),
     "session": _session,
+    "joints": _optional(_floats(1, MAX_JOINTS, -MAX_JOINT_VALUE, MAX_JOINT_VALUE)),
 }
 ControlRequest._SPEC = {
     "req_id": _int(0, U64),
@@ -572,13 +580,14 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker", "joints"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
 ``session`` is the surgeon session token (``transport.session_guard``): a random
 64-bit id the robot grants in the reply to ``arm``, after which it accepts
-commands, control requests and pongs only when they carry it."""
+commands, control requests and pongs only when they carry it. ``joints`` (a
+``Command``) is the joint-space master: absent in every Cartesian command."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]

@@ -38,6 +38,9 @@ class MasterSample:
     grip: float
     clutch: bool
     operator_present: bool
+    joints: tuple[float, ...] | None = None
+    """A joint-space master (a leader arm): its joints in the follower's order (rad);
+    the console then sends joint commands (``Command.joints``). None: Cartesian master."""
 
 
 def sample_problem(s: MasterSample) -> str | None:
@@ -51,6 +54,8 @@ def sample_problem(s: MasterSample) -> str | None:
         return f"orientation quaternion norm {norm:.6f} is not 1"
     if not (math.isfinite(s.grip) and 0.0 <= s.grip <= 1.0):
         return f"grip {s.grip} outside 0..1"
+    if s.joints is not None and not all(math.isfinite(v) for v in s.joints):
+        return f"non-finite joints {s.joints}"
     return None
 
 
@@ -79,6 +84,9 @@ class DeviceConfig:
     switches: str | None = None
     """SO-101 leader arm: the terminal whose keys give presence (p) and clutch (space), e.g.
     a USB foot pedal that types them; None = the console's own terminal."""
+    joint_space: bool = True
+    """SO-101 leader arm: drive the follower joint to joint (CRTK servo_jp; the follower
+    must be an SO-101 calibrated the same way); False: send the leader's pose (Cartesian)."""
 
     def __post_init__(self) -> None:
         from operator_console.devices import DEVICES

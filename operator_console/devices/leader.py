@@ -10,8 +10,14 @@ pose the console sends. The gripper servo is the grip channel (its trigger close
 (``device.switches``; a USB foot pedal that types them works), ``p`` toggling
 presence and space the clutch, as on the keyboard master.
 
-Joint-space teleoperation (leader joints -> follower joints, CRTK ``servo_jp``) is
-the next step; this device already gives the console the leader's pose.
+Joint space (``device.joint_space``, the default): the leader's calibrated joints go
+out as they are (``Command.joints``, CRTK ``servo_jp``), in the SO-101 URDF's joint
+order and directions, which the calibration file of each arm maps its ticks to; so a
+leader and a follower calibrated with ``telesurgery calibrate --arm so101`` agree joint
+for joint, whatever way each servo is mounted. The robot engages only when the leader
+is within ``[joint_teleop] engage_tolerance_rad`` of the follower on every joint: put
+the leader where the follower is first (the HUD names the refusal, ``not_aligned``).
+The pose is sent alongside for the HUD and the records; the robot follows the joints.
 """
 
 from __future__ import annotations
@@ -94,7 +100,9 @@ class LeaderArmDevice(InputDevice):
         return MasterSample(t_ns=now_ns, position=(float(position[0]), float(position[1]),
                                                    float(position[2])),
                             quat=quat, grip=1.0 - sample.grip, clutch=keys.clutch,
-                            operator_present=keys.operator_present)
+                            operator_present=keys.operator_present,
+                            joints=(tuple(float(q) for q in sample.positions)
+                                    if self.cfg.joint_space else None))
 
     def _close(self) -> None:
         self._switches.close()

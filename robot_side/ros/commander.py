@@ -22,6 +22,13 @@ CRTK topics it serves (``SUBSCRIPTIONS`` with ``command=True``):
   (orientation interpolated over the same time) streamed at ``command_hz``;
   at the goal the goal keeps being streamed (the commander holds it); a
   ``servo_cp`` or ``pause`` ends it.
+- ``servo_jp`` / ``move_jp`` (sensor_msgs/JointState, ``robot_side.ros.joint_command``):
+  the same in joint space (``Command.joints``; move_jp at ``move_joint_speed_rad_s``).
+  The robot fixes the space at engage, so the first joint command while following in
+  Cartesian space (or a Cartesian one while in joint space) re-engages in the other
+  space: disengage, hold-stream the arm's measured joints (or pose), engage; that
+  servo message is dropped (the stream goes on after the engage), a move goal is kept
+  and started once engaged.
 
 Poses are master poses of the robot's one teleop mapping: the robot anchors them
 at engage and applies the surgeon's motion scale and the latency factor, so a
@@ -44,6 +51,7 @@ from robot_side.config import RobotConfig
 from robot_side.kinematics import Kinematics
 from robot_side.ros import msgs
 from robot_side.ros.interface import RosBridge
+from robot_side.ros.joint_command import JointTrajectory, ros_joints
 from telesurgery.errors import LinkTimeout, TelesurgeryError
 from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_relative
 from telesurgery.ratelog import RateLimitedLog
@@ -150,11 +158,17 @@ class RosCommander(threading.Thread):
         servo (forwards each servo_cp once)."""
         self._last: tuple[Vec3, Quat] | None = None
         self._move: Trajectory | None = None
+        self._space = "cp"
+        """The space the robot follows in (fixed per engage): "cp" pose, "jp" joints."""
+        self._last_jp: tuple[float, ...] | None = None
+        self._move_jp: JointTrajectory | None = None
+        self._pending_jp: tuple[float, ...] | None = None
+        """A move_jp goal kept while re-engaging in joint space."""
         self._engage_at: int | None = None
         self._engage_until = 0
         self.counters: dict[str, int] = {"commands_sent": 0, "servo_cp": 0, "move_cp": 0,
-                                         "state_command": 0, "rejected": 0,
-                                         "requests_failed": 0}
+                                         "servo_jp": 0, "move_jp": 0, "state_command": 0,
+                                         "rejected": 0, "requests_failed": 0}
 
     def stats(self) -> dict[str, Any]:
         return {"commander": dict(self.counters), "commander_mode": self._mode}
@@ -187,7 +201,9 @@ class RosCommander(threading.Thread):
             for msg, _ in self.bridge.take("state_command"):
                 self._state_command(link, msg)
             self._servo(link)
-            self._move_cp()
+            self._move_cp(link)
+            self._servo_jp(link)
+            self._move_jp_goal(link)
             now = time.monotonic_ns()
             self._engage(link, now)
             if now >= next_stream:
@@ -204,10 +220,13 @@ class RosCommander(threading.Thread):
                 self._ratelog(logging.WARNING, "servo-idle", "ROS servo_cp ignored: send "
                               "state_command 'resume' first")
                 continue
+            if self._space != "cp":
+                self._switch(link, "cp")
+                continue
             self._mode, self._move, self._last = "servo", None, pose
             self._send(link, pose, sample_time(msg, recv_ns))
 
-    def _move_cp(self) -> None:
+    def _move_cp(self, link: ConsoleLink) -> None:
         for msg, _ in self.bridge.take("move_cp"):
             self.counters["move_cp"] += 1
             goal = self._checked("move_cp", msg)
@@ -217,12 +236,79 @@ class RosCommander(threading.Thread):
                 self._ratelog(logging.WARNING, "move-idle", "ROS move_cp ignored: send "
                               "state_command 'resume' first")
                 continue
+            if self._space != "cp":
+                self._switch(link, "cp")
+                if self._last is None:
+                    continue
             self._move = Trajectory(self._last, goal, self.cfg.ros.move_speed_m_s,
                                     time.monotonic_ns())
             self._mode = "move"
 
+    def _servo_jp(self, link: ConsoleLink) -> None:
+        for msg, recv_ns in self.bridge.take("servo_jp"):
+            self.counters["servo_jp"] += 1
+            q = self._checked_jp("servo_jp", msg)
+            if q is None:
+                continue
+            if self._mode not in ("hold", "move", "servo") or self._last is None:
+                self._ratelog(logging.WARNING, "servo-jp-idle", "ROS servo_jp ignored: send "
+                              "state_command 'resume' first")
+                continue
+            if self._space != "jp":
+                self._switch(link, "jp")
+                continue
+            self._mode, self._move_jp, self._last_jp = "servo", None, q
+            self._send(link, self._last, sample_time(msg, recv_ns), joints=q)
+
+    def _move_jp_goal(self, link: ConsoleLink) -> None:
+        for msg, _ in self.bridge.take("move_jp"):
+            self.counters["move_jp"] += 1
+            goal = self._checked_jp("move_jp", msg)
+            if goal is None:
+                continue
+            if self._mode not in ("hold", "move", "servo") or self._last is None:
+                self._ratelog(logging.WARNING, "move-jp-idle", "ROS move_jp ignored: send "
+                              "state_command 'resume' first")
+                continue
+            if self._space != "jp":
+                self._pending_jp = goal  # started once engaged in joint space
+                self._switch(link, "jp")
+                continue
+            self._start_move_jp(goal)
+
+    def _start_move_jp(self, goal: tuple[float, ...]) -> None:
+        if self._last_jp is None:
+            return
+        self._move_jp = JointTrajectory(self._last_jp, goal, self.cfg.ros.move_joint_speed_rad_s,
+                                        time.monotonic_ns())
+        self._mode = "move"
+
+    def _switch(self, link: ConsoleLink, space: str) -> None:
+        """Re-engage in the other space: the robot fixes the space at engage."""
+        log.info("ROS commander: re-engaging in %s space", "joint" if space == "jp"
+                 else "Cartesian")
+        self._space = space
+        self._request(link, "disengage")
+        self._resume(link)
+
+    def _checked_jp(self, topic: str, msg: Any) -> tuple[float, ...] | None:
+        q = ros_joints(msg, self.kin.joint_names)
+        if q is None:
+            self.counters["rejected"] += 1
+            self._ratelog(logging.WARNING, f"bad:{topic}", "ROS %s dropped: not %d finite "
+                          "positions (names, when given, exactly %s)", topic, self.kin.n,
+                          list(self.kin.joint_names))
+        return q
+
     def _stream(self, link: ConsoleLink, now: int) -> None:
         """hold and move stream at command_hz; servo sends only what arrives."""
+        if self._space == "jp":
+            if self._mode == "move" and self._move_jp is not None:
+                self._last_jp = self._move_jp.at(now)
+            if self._mode in ("move", "hold") and self._last is not None \
+                    and self._last_jp is not None:
+                self._send(link, self._last, joints=self._last_jp)
+            return
         if self._mode == "move" and self._move is not None:
             self._last = self._move.at(now)
             self._send(link, self._last)
@@ -230,12 +316,12 @@ class RosCommander(threading.Thread):
             self._send(link, self._last)
 
     def _send(self, link: ConsoleLink, pose: tuple[Vec3, Quat],
-              t_sample_ns: int | None = None) -> None:
+              t_sample_ns: int | None = None, joints: tuple[float, ...] | None = None) -> None:
         self._seq += 1
         now = time.monotonic_ns()
         cmd = Command(seq=self._seq, t_send_ns=now, position=pose[0], orientation=pose[1],
                       grip=0.0, clutch=False, operator_present=True,
-                      t_sample_ns=now if t_sample_ns is None else t_sample_ns)
+                      t_sample_ns=now if t_sample_ns is None else t_sample_ns, joints=joints)
         if link.send_command(cmd):
             self.counters["commands_sent"] += 1
 
@@ -263,15 +349,19 @@ class RosCommander(threading.Thread):
                 self._request(link, "clear_fault")
             self._request(link, "arm")
         elif what == "disable":
-            self._mode, self._move, self._engage_at = "idle", None, None
+            self._idle()
             self._request(link, "disarm")
         elif what == "pause":
-            self._mode, self._move, self._engage_at = "idle", None, None
+            self._idle()
             self._request(link, "disengage")
         elif what == "resume":
             self._resume(link)
         elif what == "unhome":
             log.warning("ROS state_command 'unhome' refused: this arm has absolute encoders")
+
+    def _idle(self) -> None:
+        self._mode, self._move, self._engage_at = "idle", None, None
+        self._move_jp = self._pending_jp = None
 
     def _resume(self, link: ConsoleLink) -> None:
         tlm = self._tlm
@@ -280,7 +370,14 @@ class RosCommander(threading.Thread):
             return
         # Master pose = the arm's pose: the robot anchors the two together at engage.
         self._last = (tlm.measured_cp.position, tlm.measured_cp.orientation)
-        self._mode, self._move = "hold", None
+        # Joint space: the master's joints are the arm's, so the engage check passes.
+        self._last_jp = (tuple(tlm.measured_js) if len(tlm.measured_js) == self.kin.n
+                         else None)
+        if self._space == "jp" and self._last_jp is None:
+            log.warning("ROS commander: no measured joints from the robot; staying in "
+                        "Cartesian space")
+            self._space = "cp"
+        self._mode, self._move, self._move_jp = "hold", None, None
         now = time.monotonic_ns()
         # Engage once the hold stream has reached the robot and its link has settled;
         # the loop keeps streaming between attempts.
@@ -296,6 +393,9 @@ class RosCommander(threading.Thread):
             self._engage_at = now + ENGAGE_RETRY_PERIOD_NS
             return
         self._engage_at = None
+        if reply is not None and reply.ok and self._pending_jp is not None:
+            self._start_move_jp(self._pending_jp)
+        self._pending_jp = None
 
     def _request(self, link: ConsoleLink, op: str,
                  quiet_reason: str | None = None) -> ControlReply | None:

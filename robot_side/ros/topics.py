@@ -59,6 +59,8 @@ SUBSCRIPTIONS: dict[str, TopicSpec] = {
     "state_command": TopicSpec("state_command", msgs.StringStamped, keep=8, command=True),
     "servo_cp": TopicSpec("servo_cp", msgs.PoseStamped, keep=1, command=True),
     "move_cp": TopicSpec("move_cp", msgs.PoseStamped, keep=1, command=True),
+    "servo_jp": TopicSpec("servo_jp", msgs.JointState, keep=1, command=True),
+    "move_jp": TopicSpec("move_jp", msgs.JointState, keep=1, command=True),
 }
 """Subscribed topics; the command ones exist only when ``ros.command`` is on."""
 

@@ -40,6 +40,7 @@ REASON_WORDS: dict[str, str] = {
     Reason.JOINT_LIMIT: "a joint reached its limit",
     Reason.IK_FAILED: "the arm cannot reach the commanded pose",
     Reason.TRACKING_ERROR: "the arm did not follow its commands closely enough",
+    Reason.JOINT_COMMAND: "a joint command that does not fit this arm was refused",
     Reason.SERIAL_FAULT: "the connection to the arm's controller failed",
     Reason.FIRMWARE_FAULT: "the arm's controller reported a fault",
     Reason.FIRMWARE_WATCHDOG: "the arm's controller stopped hearing from the robot computer",

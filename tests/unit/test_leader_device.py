@@ -64,6 +64,7 @@ def test_the_leader_pose_is_the_forward_kinematics_of_its_joints(leader) -> None
     emu.move_by_hand(6, -0.5)  # the trigger squeezed past the uncalibrated "closed" tick
     expected, quat = kin.fk(q)
     sample = read_until(dev, lambda s: np.allclose(s.position, expected, atol=2e-3))
+    assert sample.joints is not None and np.allclose(sample.joints, q, atol=2e-3)
     assert np.allclose(sample.quat, quat, atol=5e-3) or np.allclose(sample.quat,
                                                                     -np.array(quat), atol=5e-3)
     assert sample.grip == 1.0
