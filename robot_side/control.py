@@ -43,7 +43,7 @@ from safety.anchor import Anchor
 from safety.states import SURGEON_HOLDS, Reason, State
 from safety.supervisor import StepInputs, Supervisor
 from safety.watchdog import LinkHealth, LinkWatchdog
-from telesurgery.quat import Pose, as_pose
+from telesurgery.quat import Pose
 from telesurgery.ratelog import RateLimitedLog
 from telesurgery.seqnum import u32_reached
 from transport.schema import ControlReply
@@ -115,7 +115,7 @@ class ControlCore:
         sample, arm_ok = self._arm_state(now_ns, reading)
         measured_q = (np.asarray(sample.positions, dtype=float) if sample is not None
                       else self.follower.q_set)
-        measured = as_pose(*self.kin.fk(measured_q))
+        measured = self.kin.pose(measured_q)
         if inputs.trip is not None:
             self._trip(now_ns, inputs.trip.reason, inputs.trip.detail)
         if not inputs.audit_ok and not sup.latched:
@@ -156,8 +156,8 @@ class ControlCore:
         sample = f.sample
         return StepReport(
             t_ns=f.now_ns, state=sup.state, reason=sup.reason,
-            measured_q=tuple(float(x) for x in f.measured_q),
-            setpoint_q=tuple(float(x) for x in self.follower.q_set),
+            measured_q=tuple(f.measured_q.tolist()),
+            setpoint_q=tuple(self.follower.q_set.tolist()),
             measured_cp=f.measured, setpoint_cp=self.follower.setpoint_cp,
             scale=scale, health=f.health, estop=sup.state is State.ESTOP,
             firmware_flags=int(sample.flags) if sample is not None else 0,
