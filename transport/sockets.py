@@ -30,12 +30,34 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-def _common(sock: zmq.Socket[Any], max_msg: int, hwm: int, heartbeat_ivl_ms: int,
-            heartbeat_timeout_ms: int) -> None:
+RECEIVE_ONLY = frozenset({zmq.SUB, zmq.PULL})
+"""Socket types that only receive: no ZMTP heartbeat of their own (see ``_common``)."""
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTVL_S = 1
+KEEPALIVE_CNT = 3
+"""TCP keepalive of a receive-only socket: a dead host is dropped after ~4 s."""
+
+
+def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: PLR0917
+            heartbeat_ivl_ms: int, heartbeat_timeout_ms: int) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    if kind in RECEIVE_ONLY:
+        # libzmq 4.3.5 aborts the whole process ("Assertion failed: _input_stopped",
+        # zeromq/libzmq#3937 and #4767) when this side's heartbeat times out while its
+        # receive queue is full: the engine stopped reading (so it cannot see the
+        # peer's traffic), is replaced on reconnect, and a stale activation restarts
+        # input on the new one. A receive-only socket therefore sends no PINGs: the
+        # sending side's heartbeats still drop a dead or stalled receiver, a dead peer
+        # process closes TCP at once, TCP keepalive drops a dead host, and a peer that
+        # hangs is the application's to judge (command watchdog, telemetry age).
+        heartbeat_ivl_ms = 0
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
     sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_timeout_ms)
@@ -49,7 +71,7 @@ def server_socket(ctx: zmq.Context[Any], kind: int, port: int, host: str, keys: 
     """A bound CURVE server socket in ZAP ``domain``; ``port`` 0 binds a random port."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
@@ -80,7 +102,7 @@ def client_socket(ctx: zmq.Context[Any], kind: int, endpoint: str, keys: ClientK
     """A CURVE client socket connected to ``endpoint``, verifying the robot's public key."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
         sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)

@@ -15,7 +15,7 @@ import pinocchio as pin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import robot_side.kinematics as kinematics
+from robot_side import kinematics
 from robot_side.kinematics import Kinematics
 from safety.config import MotionLimits
 from safety.limits import JointLimiter
