@@ -3,7 +3,9 @@
 Every socket: CurveZMQ, LINGER 0 (closing never waits to flush stale
 commands), a maximum message size (a peer cannot make us allocate unbounded
 memory), bounded high-water marks, and ZMTP heartbeats so that a dead peer is
-noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes.
+noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes. Subscribers are
+the exception: they leave heartbeating to their publisher and use TCP keepalive
+(``_common`` says why: a libzmq abort).
 
 Server sockets additionally set ``ZAP_ENFORCE_DOMAIN``: without it libzmq
 lets a CURVE client in when no ZAP handler answers, i.e. a robot whose
@@ -30,8 +32,10 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-RECEIVE_ONLY = frozenset({zmq.SUB, zmq.PULL})
-"""Socket types that only receive: no ZMTP heartbeat of their own (see ``_common``)."""
+RECEIVE_ONLY = frozenset({zmq.SUB})
+"""Subscribers: no ZMTP heartbeat of their own (see ``_common``). Not the robot's command
+PULL: its heartbeat is how the robot counts a silent console (``command_disconnects``),
+and the control thread drains it every period, so its queue does not stay full."""
 KEEPALIVE_IDLE_S = 1
 KEEPALIVE_INTVL_S = 1
 KEEPALIVE_CNT = 3
@@ -49,10 +53,10 @@ def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: P
         # zeromq/libzmq#3937 and #4767) when this side's heartbeat times out while its
         # receive queue is full: the engine stopped reading (so it cannot see the
         # peer's traffic), is replaced on reconnect, and a stale activation restarts
-        # input on the new one. A receive-only socket therefore sends no PINGs: the
-        # sending side's heartbeats still drop a dead or stalled receiver, a dead peer
+        # input on the new one. A subscriber therefore sends no PINGs: the
+        # publisher's heartbeats still drop a dead or stalled subscriber, a dead peer
         # process closes TCP at once, TCP keepalive drops a dead host, and a peer that
-        # hangs is the application's to judge (command watchdog, telemetry age).
+        # hangs is the application's to judge (the console's telemetry age).
         heartbeat_ivl_ms = 0
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)

@@ -2,8 +2,8 @@
 
 libzmq aborts the whole process when a socket's own ZMTP heartbeat times out while its
 receive queue is full (zeromq/libzmq#3937, #4767). ``transport.sockets`` gives
-receive-only sockets no heartbeat of their own (the sender's still drops a dead
-receiver) and TCP keepalive instead. The stall runs in a child process: the bug is
+subscribers no heartbeat of their own (the publisher's still drops a dead
+subscriber) and TCP keepalive instead. The stall runs in a child process: the bug is
 an abort, which would take pytest with it (without the fix it aborts on every run here).
 """
 
@@ -75,7 +75,7 @@ def test_a_stalled_subscriber_with_a_full_queue_does_not_abort() -> None:
     assert int(words["before"]) > 0 and int(words["after"]) > 0, proc.stdout
 
 
-def test_receive_only_sockets_trade_zmtp_heartbeats_for_tcp_keepalive(keys: Path) -> None:
+def test_subscribers_trade_zmtp_heartbeats_for_tcp_keepalive(keys: Path) -> None:
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         surgeon = ClientKeys.load_surgeon(keys)
