@@ -81,7 +81,7 @@ def _step_toward(a: Vec3, b: Vec3, max_m: float) -> tuple[Vec3, bool]:
 
 
 def _finite(values: Sequence[float]) -> bool:
-    return all(math.isfinite(v) for v in values)
+    return all(map(math.isfinite, values))  # map: half the cost of a generator here
 
 
 # --- Cartesian setpoints ----------------------------------------------------------------
@@ -156,12 +156,13 @@ class CartesianLimiter:
         new_pos, stepped = _step_toward(last_pos, target, self._step_m)
         new_q, turned = _rotate_toward(last_q, q, self._step_rad)
         self._last = (new_pos, new_q)
+        if not (stepped or turned or not in_workspace):
+            return LimitResult(new_pos, new_q, False, None, ())
         reasons = tuple(name for name, hit in (
             ("step", stepped), ("rotation_step", turned), ("workspace", not in_workspace),
         ) if hit)
-        if reasons:
-            self.clamps += 1
-        return LimitResult(new_pos, new_q, bool(reasons), None, reasons)
+        self.clamps += 1
+        return LimitResult(new_pos, new_q, True, None, reasons)
 
     def _workspace(self, p: Sequence[float]) -> tuple[Vec3, bool]:
         """``p`` clamped into the workspace, and whether it was inside already."""
@@ -224,32 +225,34 @@ class JointLimiter:
         if len(q_target) != n or len(q_prev) != n:
             raise ValueError(f"expected {n} joints, got target {len(q_target)}, "
                              f"previous {len(q_prev)}")
-        prev = tuple(float(v) for v in q_prev)
+        prev = tuple(map(float, q_prev))
         if not (_finite(q_target) and _finite(prev)):
             return self._fault(Reason.NONFINITE_SETPOINT, prev,
                                f"q_target={tuple(q_target)} q_prev={prev}")
         out: list[float] = []
         at_limit = too_fast = False
-        for i in range(n):
-            lo, hi, p = self._lo[i], self._hi[i], prev[i]
-            t = min(max(q_target[i], lo), hi)
-            at_limit = at_limit or t != q_target[i]
+        # Comparisons rather than min()/max() calls: this loop runs every period.
+        for i, (lo, hi, jump, s, p, want) in enumerate(zip(
+                self._lo, self._hi, self._jump, self._step, prev, q_target,
+                strict=True)):
+            t = lo if want < lo else hi if want > hi else want
+            at_limit = at_limit or t != want
             # Measured from q_prev pulled into range, so a joint resting inside the margin
             # does not read as a jump when the first target pulls it back in.
-            if abs(t - min(max(p, lo), hi)) > self._jump[i]:
+            if abs(t - (lo if p < lo else hi if p > hi else p)) > jump:
                 return self._fault(Reason.SETPOINT_JUMP, prev,
                                    f"joint {i}: {p:.4f} -> {t:.4f} rad, bound "
-                                   f"{self._jump[i]:.4f}")
-            s = self._step[i]
+                                   f"{jump:.4f}")
             if abs(t - p) > s:
                 t = p + s if t > p else p - s
                 too_fast = True
             out.append(t)
-        reasons = tuple(name for name, hit in (("joint_limit", at_limit),
-                                               ("joint_velocity", too_fast)) if hit)
-        if reasons:
+        if at_limit or too_fast:
             self.clamps += 1
-        return JointResult(tuple(out), bool(reasons), None, reasons)
+            reasons = (("joint_limit",) if at_limit else ()) + (
+                ("joint_velocity",) if too_fast else ())
+            return JointResult(tuple(out), True, None, reasons)
+        return JointResult(tuple(out), False, None, ())
 
     def _fault(self, fault: Reason, prev: tuple[float, ...], detail: str) -> JointResult:
         self.faults += 1

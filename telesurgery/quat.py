@@ -25,7 +25,7 @@ def unit_or_none(q: Sequence[float]) -> Quat | None:
     """``q`` normalised, or None when it is not 4 finite numbers of norm 1 +- ``UNIT_TOL``."""
     if len(q) != 4:
         return None
-    w, x, y, z = (float(c) for c in q)
+    w, x, y, z = map(float, q)  # map, not a generator: three calls a control period
     norm = math.sqrt(w * w + x * x + y * y + z * z)
     if not math.isfinite(norm) or abs(norm - 1.0) > UNIT_TOL:
         return None

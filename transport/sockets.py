@@ -3,7 +3,9 @@
 Every socket: CurveZMQ, LINGER 0 (closing never waits to flush stale
 commands), a maximum message size (a peer cannot make us allocate unbounded
 memory), bounded high-water marks, and ZMTP heartbeats so that a dead peer is
-noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes.
+noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes. Subscribers are
+the exception: they leave heartbeating to their publisher and use TCP keepalive
+(``_common`` says why: a libzmq abort).
 
 Server sockets additionally set ``ZAP_ENFORCE_DOMAIN``: without it libzmq
 lets a CURVE client in when no ZAP handler answers, i.e. a robot whose
@@ -30,12 +32,36 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-def _common(sock: zmq.Socket[Any], max_msg: int, hwm: int, heartbeat_ivl_ms: int,
-            heartbeat_timeout_ms: int) -> None:
+RECEIVE_ONLY = frozenset({zmq.SUB})
+"""Subscribers: no ZMTP heartbeat of their own (see ``_common``). Not the robot's command
+PULL: its heartbeat is how the robot counts a silent console (``command_disconnects``),
+and the control thread drains it every period, so its queue does not stay full."""
+KEEPALIVE_IDLE_S = 1
+KEEPALIVE_INTVL_S = 1
+KEEPALIVE_CNT = 3
+"""TCP keepalive of a receive-only socket: a dead host is dropped after ~4 s."""
+
+
+def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: PLR0917
+            heartbeat_ivl_ms: int, heartbeat_timeout_ms: int) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, hwm)
+    if kind in RECEIVE_ONLY:
+        # libzmq 4.3.5 aborts the whole process ("Assertion failed: _input_stopped",
+        # zeromq/libzmq#3937 and #4767) when this side's heartbeat times out while its
+        # receive queue is full: the engine stopped reading (so it cannot see the
+        # peer's traffic), is replaced on reconnect, and a stale activation restarts
+        # input on the new one. A subscriber therefore sends no PINGs: the
+        # publisher's heartbeats still drop a dead or stalled subscriber, a dead peer
+        # process closes TCP at once, TCP keepalive drops a dead host, and a peer that
+        # hangs is the application's to judge (the console's telemetry age).
+        heartbeat_ivl_ms = 0
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
     sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ivl_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_timeout_ms)
@@ -49,7 +75,7 @@ def server_socket(ctx: zmq.Context[Any], kind: int, port: int, host: str, keys: 
     """A bound CURVE server socket in ZAP ``domain``; ``port`` 0 binds a random port."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
@@ -80,7 +106,7 @@ def client_socket(ctx: zmq.Context[Any], kind: int, endpoint: str, keys: ClientK
     """A CURVE client socket connected to ``endpoint``, verifying the robot's public key."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
         sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
