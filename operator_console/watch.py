@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -24,11 +25,12 @@ from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import WINDOW, Display, screen_available
 from operator_console.video.hud import Image
 from operator_console.view import SurgeonView
+from operator_console.vitals_view import vitals_strip
 from robot_side.fanout.watcher import Watcher
 from robot_side.fanout.zconf import watcher_config
 from telesurgery.errors import TelesurgeryError, VideoError
 from transport.keys import ClientKeys
-from transport.schema import Telemetry
+from transport.schema import Telemetry, Vitals
 
 log = logging.getLogger(__name__)
 STALE_MS = 250.0
@@ -50,12 +52,16 @@ def watch(w: Watcher, display: Display, seconds: float | None,
     last_id = 0
     strokes = StrokeLayer(None)  # the mentor's drawings, relayed by the robot
     last_pic_ns = last_show_ns = 0
+    vitals: Vitals | None = None
+    vitals_ns: int | None = None
     shown = 0
     end = None if seconds is None else time.monotonic() + seconds
     while end is None or time.monotonic() < end:
         for msg in w.state():
             if isinstance(msg, Telemetry):
                 tlm, tlm_ns = msg, w.last_state_ns
+            elif isinstance(msg, Vitals):
+                vitals, vitals_ns = msg, w.last_state_ns
         for stroke in w.strokes():
             strokes.add(stroke, time.monotonic_ns())
         fresh = False
@@ -81,6 +87,7 @@ def watch(w: Watcher, display: Display, seconds: float | None,
                              message_ns=now, teleop_why="", clutch=False,
                              operator_present=False, scale=0.0 if tlm is None else tlm.scale,
                              video_age_ms=(now - last_pic_ns) / 1e6)
+            hud = replace(hud, vitals=vitals_strip(vitals, vitals_ns, now))
             if pad is not None:  # a stroke drawn now is tied to the picture on screen now
                 pad.frame_id = last_id
                 pad.set_image_size(last.shape[1], last.shape[0])

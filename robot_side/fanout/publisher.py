@@ -37,6 +37,7 @@ from transport.schema import (
     Stroke,
     Telemetry,
     VideoFrameHeader,
+    Vitals,
     decode_as,
     encode,
 )
@@ -166,7 +167,8 @@ class FanoutPublisher:
                 stamped = dataclasses.replace(msg, observers=len(self._watchers))
                 self._pub_tlm.put(encode(stamped))
                 self.stats.telemetry += 1
-            elif isinstance(msg, SafetyEvent):
+            elif isinstance(msg, SafetyEvent | Vitals):
+                # Vitals ride the events key: low rate, and a watcher keeps every one.
                 self._pub_evt.put(encode(msg))
                 self.stats.events += 1
 

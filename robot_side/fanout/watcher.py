@@ -25,6 +25,7 @@ from transport.schema import (
     Stroke,
     Telemetry,
     VideoFrameHeader,
+    Vitals,
     decode,
     decode_as,
 )
@@ -67,13 +68,13 @@ class Watcher:
         self._ratelog(logging.WARNING, what, "watch: invalid %s from the router: %s", what, err)
 
     def state(self) -> list[Message]:
-        """Every telemetry and safety event received since the last call, oldest first."""
+        """Every telemetry, safety event and vitals snapshot received since the last call."""
         out: list[Message] = []
         for sub, what in ((self._evt, "event"), (self._tlm, "telemetry")):
             while (sample := sub.try_recv()) is not None:
                 try:
                     msg = decode(sample.payload.to_bytes())
-                    if not isinstance(msg, Telemetry | SafetyEvent):
+                    if not isinstance(msg, Telemetry | SafetyEvent | Vitals):
                         raise SchemaError("t", f"unexpected {msg.TYPE!r}")
                 except SchemaError as err:
                     self._bad(what, err)

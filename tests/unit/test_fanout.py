@@ -41,7 +41,16 @@ from robot_side.video.sender import VideoSender
 from robot_side.video.synthetic import SyntheticScene, read_frame_id
 from telesurgery.config import build
 from telesurgery.errors import ConfigError
-from transport.schema import LinkReport, Pose, SafetyEvent, Telemetry, encode
+from transport.schema import (
+    LinkReport,
+    Pose,
+    SafetyEvent,
+    Telemetry,
+    VitalAlarm,
+    Vitals,
+    VitalValue,
+    encode,
+)
 
 W, H = 320, 192
 ROBOT = "r1"
@@ -83,6 +92,10 @@ class FakeRobotOutputs(threading.Thread):
                                                      1000)))
                 self.feed.publish(SafetyEvent(seq=seq, t_ns=now, code="test", state_from="ready",
                                               state_to="ready"))
+                self.feed.publish(Vitals(  # the vitals relay's copy on the observer feed
+                    seq=seq, t_ns=now, source="hl7", monitor="ok",
+                    values=(VitalValue("hr", 138.0, "/min", 120, 5000),),
+                    alarms=(VitalAlarm("HR_HIGH", "high", "Tachycardia 138/min", 900),)))
             self._keyframes.poll(self.sender, now)
             self.sender.send(CapturedFrame(seq, now, self._scene.render(seq, now)))
             seq += 1
@@ -128,6 +141,7 @@ class Seen:
         self.decoder = H264Decoder(threads=1)
         self.telemetry: list[Telemetry] = []
         self.events = 0
+        self.vitals = 0
         self.strokes = 0
         self.decoded: list[tuple[int, int | None]] = []
         self.synced = False
@@ -136,6 +150,8 @@ class Seen:
         for m in self.w.state():
             if isinstance(m, Telemetry):
                 self.telemetry.append(m)
+            elif isinstance(m, Vitals):
+                self.vitals += 1
             else:
                 self.events += 1
         self.strokes += len(self.w.strokes())
@@ -168,8 +184,9 @@ def test_two_watchers_get_state_and_video_through_the_router_and_are_counted(
             wait_until(lambda: (a.pump(), b.pump(), len(a.decoded) >= 3
                                 and len(b.decoded) >= 3)[-1], 10.0, "decoded video")
             wait_until(lambda: (a.pump(), b.pump(), a.events > 0 and b.events > 0
-                                and a.strokes > 0 and b.strokes > 0)[-1], 10.0,
-                       "safety events and telestration strokes")
+                                and a.strokes > 0 and b.strokes > 0
+                                and a.vitals > 0 and b.vitals > 0)[-1], 10.0,
+                       "safety events, vitals and telestration strokes")
             for s in (a, b):
                 assert all(fid == bar for fid, bar in s.decoded)
                 assert s.w.bad_messages == 0
@@ -183,6 +200,10 @@ def test_two_watchers_get_state_and_video_through_the_router_and_are_counted(
             assert display.last_hud is not None and display.last_hud.state == "following"
             assert not display.last_hud.video_stale
             assert "observer: watch only (2 watching)" in display.last_hud.warnings
+            # The patient's vitals reach a remote watcher's HUD too.
+            strip = display.last_hud.vitals
+            assert strip is not None and strip.monitor_ok
+            assert [a.code for a in strip.alarms] == ["HR_HIGH"]
         finally:
             a.w.close()
     finally:
