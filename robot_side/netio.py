@@ -277,13 +277,13 @@ class NetworkThread(threading.Thread):
         adm = self.guard.admit(peer, req, recv_ns, lambda holder: self._gone(link, holder),
                                key=key, key_allowed=link.auth.allows)
         link.bind_console(self.guard.ping_target)
+        if adm.deferred:  # a command request: answered with the grant, or its end
+            return
         if not adm.ok:
             tlm = mb.telemetry
             link.reply(peer, ControlReply(req_id=req.req_id, ok=False,
                                           state=tlm.state if tlm else "disabled",
                                           reason=adm.reason))
-            return
-        if adm.deferred:  # a command request: answered with the grant, or its end
             return
         if self.guard.ping_target != pinged:
             # A new console's clock is not the last one's.

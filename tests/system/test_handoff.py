@@ -1,0 +1,310 @@
+"""Handoff between surgeon consoles on a real robot node (virtual arm), real CurveZMQ consoles.
+
+Every frame the control loop hands to the arm is recorded where it is written
+(``Manipulator.write`` of the virtual backend, wrapped: the real backend still
+gets every frame), so "nothing from the old console executes after the grant"
+is checked on what reached the arm, not on what the robot says about itself.
+The old console keeps waving its master after it lost command; the new one
+holds still and then moves: only the new one's motion may show in the frames.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from hil_tests.rig import free_ports, toml_text
+from robot_side.config import load_robot_config
+from robot_side.manipulator.base import Frame, Targets
+from robot_side.node import RobotNode
+from safety.audit import read_records
+from telesurgery.errors import LinkTimeout
+from transport.config import LinkConfig
+from transport.keys import ClientKeys, add_observer, add_surgeon, init_keys
+from transport.link import ConsoleLink
+from transport.schema import Command, ControlReply, ControlRequest, Telemetry, decode, encode
+from transport.sockets import client_socket
+
+WAIT_S = 15.0
+MOVED_RAD = 1e-3
+"""A joint target this far from the held pose is motion (the waves below are ~50x that)."""
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Surgeon(threading.Thread):
+    """One surgeon console: streams its master pose, runs requests in its own thread
+    (ZeroMQ sockets are single-thread), keeps the newest telemetry."""
+
+    def __init__(self, cfg: LinkConfig, keys: ClientKeys) -> None:
+        super().__init__(daemon=True)
+        self.link = ConsoleLink(cfg, keys)
+        self.wave = False
+        """False: the master holds still; True: it moves (a 2 cm, 1 Hz wave in x)."""
+        self.tlm: Telemetry | None = None
+        self._ops: queue.Queue[tuple[str, int | None, int,
+                                     concurrent.futures.Future[ControlReply | None]]]
+        self._ops = queue.Queue()
+        self._halt = threading.Event()
+        self._t0 = time.monotonic()
+
+    def ask(self, op: str, handoff: int | None = None,
+            timeout_ms: int = 2000) -> concurrent.futures.Future[ControlReply | None]:
+        done: concurrent.futures.Future[ControlReply | None] = concurrent.futures.Future()
+        self._ops.put((op, handoff, timeout_ms, done))
+        return done
+
+    def engage(self) -> None:
+        """Engage as a surgeon does: again until the robot agrees (link settled)."""
+        def engaged() -> bool:
+            reply = self.ask("engage").result(5.0)
+            return reply is not None and reply.ok
+        wait_for(engaged, "the engage")
+
+    def run(self) -> None:
+        seq = 0
+        try:
+            while not self._halt.is_set():
+                for item in self.link.poll(2):
+                    if isinstance(item.msg, Telemetry):
+                        self.tlm = item.msg
+                if self.tlm is not None:
+                    seq += 1
+                    now = time.monotonic_ns()
+                    x = 0.02 * math.sin(2 * math.pi * (time.monotonic() - self._t0)) \
+                        if self.wave else 0.0
+                    self.link.send_command(Command(
+                        seq=seq, t_send_ns=now, position=(x, 0.0, 0.0),
+                        orientation=self.tlm.measured_cp.orientation, grip=0.0, clutch=False,
+                        operator_present=True, t_sample_ns=now))
+                try:
+                    op, handoff, timeout_ms, done = self._ops.get_nowait()
+                except queue.Empty:
+                    continue
+                try:
+                    done.set_result(self.link.request(op, handoff=handoff,
+                                                      timeout_ms=timeout_ms))
+                except LinkTimeout:
+                    done.set_result(None)
+        finally:
+            self.link.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5.0)
+
+
+@dataclass
+class Rig:
+    node: RobotNode
+    keys: Path
+    audit: Path
+    link_cfg: LinkConfig
+    written: list[tuple[int, tuple[Frame, ...]]]
+
+    def surgeon(self, name: str | None = None) -> Surgeon:
+        s = Surgeon(self.link_cfg, ClientKeys.load_surgeon(self.keys, name))
+        s.start()
+        wait_for(lambda: s.tlm is not None, "telemetry")
+        return s
+
+    def targets_since(self, t_ns: int) -> list[tuple[int, tuple[float, ...]]]:
+        return [(t, f.q) for t, frames in list(self.written) if t >= t_ns
+                for f in frames if isinstance(f, Targets)]
+
+    def alerts(self) -> list[str]:
+        return [str(r.fields.get("code")) for r in read_records(self.audit)
+                if r.kind == "alert"]
+
+
+def spread(qs: Sequence[tuple[float, ...]]) -> float:
+    """The largest change of any joint target over ``qs``."""
+    if not qs:
+        return 0.0
+    return max(max(q[j] for q in qs) - min(q[j] for q in qs) for j in range(len(qs[0])))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    add_surgeon(keys, "bob")
+    add_surgeon(keys, "mentor", mentor=True)
+    add_observer(keys, "student")
+    ports = dict(zip(("command", "control", "telemetry", "video"), free_ports(4), strict=True))
+    conf = tmp_path / "robot.toml"
+    conf.write_text(toml_text({
+        "link": {"host": "127.0.0.1", "keys_dir": keys, "handoff_ms": 3000.0,
+                 **{f"{c}_port": p for c, p in ports.items()}},
+        "manipulator": {"backend": "virtual"},
+        "page": {"enabled": False},
+        "record": {"enabled": False},
+        "control": {"rate_hz": 200.0, "realtime": False},
+        "ros": {"backend": "none"},
+        "video": {"width": 160, "height": 120, "fps": 5.0, "encoder": "libx264"},
+        "safety.audit": {"path": tmp_path / "audit" / "robot.audit"},
+        "safety.watchdog": {"require_video": False, "settle_ms": 100.0},
+        "estop": {"socket": tmp_path / "estop.sock"},
+        "observe": {"socket": tmp_path / "observe.sock"},
+    }))
+    cfg = load_robot_config(conf)
+    node = RobotNode(cfg)
+    written: list[tuple[int, tuple[Frame, ...]]] = []
+    real_write = node.manipulator.write
+
+    def write(frames: Sequence[Frame]) -> int:
+        t = real_write(frames)
+        written.append((time.monotonic_ns(), tuple(frames)))
+        return t
+
+    node.manipulator.write = write  # type: ignore[method-assign]
+    runner = threading.Thread(target=node.run, daemon=True)
+    runner.start()
+    wait_for(lambda: node.port is not None, "the robot node")
+    link_cfg = LinkConfig(host="127.0.0.1", keys_dir=keys, control_timeout_ms=2000,
+                          **{f"{c}_port": p for c, p in ports.items()})
+    yield Rig(node, keys, cfg.safety.audit.path, link_cfg, written)
+    node.stop()
+    runner.join(10.0)
+
+
+def arm_and_engage(s: Surgeon) -> None:
+    reply = s.ask("arm").result(5.0)
+    assert reply is not None and reply.ok, reply
+    s.engage()
+
+
+def test_handoff_by_grant_old_console_never_moves_the_arm_again(rig: Rig) -> None:
+    alice, bob = rig.surgeon(), rig.surgeon("bob")
+    try:
+        arm_and_engage(alice)
+        alice.wave = True
+        wait_for(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
+                 "alice moving the arm")
+        assert alice.tlm is not None and alice.tlm.commander == "surgeon"
+        t_request = time.monotonic_ns()
+        asked = bob.ask("request_command", timeout_ms=5000)
+        wait_for(lambda: alice.tlm is not None and alice.tlm.handoff_from == "bob",
+                 "alice's HUD showing bob's request")
+        assert alice.tlm is not None and alice.tlm.handoff_id is not None
+        granted = alice.ask("grant", handoff=alice.tlm.handoff_id).result(5.0)
+        assert granted is not None and granted.ok, granted
+        t_grant = time.monotonic_ns()
+        got = asked.result(5.0)
+        assert got is not None and got.ok and got.session is not None, got
+        # Alice keeps waving; bob holds still: the arm must not move.
+        time.sleep(0.5)
+        assert rig.targets_since(t_grant) == [], "no motion between the grant and an engage"
+        refused = alice.ask("engage").result(5.0)
+        assert refused is not None and not refused.ok
+        bob.engage()
+        t_engaged = time.monotonic_ns()
+        time.sleep(0.5)
+        still = [q for _, q in rig.targets_since(t_engaged)]
+        assert still and spread(still) < MOVED_RAD, "alice's waving reached the arm"
+        bob.wave = True
+        t_move = time.monotonic_ns()
+        wait_for(lambda: spread([q for _, q in rig.targets_since(t_move)]) > MOVED_RAD,
+                 "bob moving the arm")
+        first = next(t for t, q in rig.targets_since(t_move)
+                     if spread([still[-1], q]) > MOVED_RAD)
+        print(f"handoff request -> new surgeon's first executed motion (test rig, "
+              f"engage as soon as the link settles): {(first - t_request) / 1e6:.0f} ms, "
+              f"of which grant -> engaged {(t_engaged - t_grant) / 1e6:.0f} ms")
+        assert bob.tlm is not None and bob.tlm.commander == "bob"
+        assert rig.node.port is not None
+        assert rig.node.port.intake.counters["foreign"] > 0, "alice's commands counted"
+        wait_for(lambda: {"handoff_requested", "handoff_granted"} <= set(rig.alerts()),
+                 "the handoff in the audit")
+    finally:
+        alice.stop()
+        bob.stop()
+
+
+def test_mentor_takes_over_in_motion_and_must_engage_itself(rig: Rig) -> None:
+    bob, mentor = rig.surgeon("bob"), rig.surgeon("mentor")
+    try:
+        arm_and_engage(bob)
+        bob.wave = True
+        wait_for(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
+                 "bob moving the arm")
+        taken = mentor.ask("takeover").result(5.0)
+        assert taken is not None and taken.ok and taken.session is not None, taken
+        t_taken = time.monotonic_ns()
+        time.sleep(0.4)
+        assert rig.targets_since(t_taken) == [], "the arm holds until the mentor engages"
+        mentor.engage()
+        t_engaged = time.monotonic_ns()
+        time.sleep(0.4)
+        assert spread([q for _, q in rig.targets_since(t_engaged)]) < MOVED_RAD
+        wait_for(lambda: "handoff_takeover" in rig.alerts(), "the takeover in the audit")
+    finally:
+        bob.stop()
+        mentor.stop()
+
+
+def test_plain_surgeon_takeover_and_observer_key_are_refused_and_audited(rig: Rig) -> None:
+    alice, bob = rig.surgeon(), rig.surgeon("bob")
+    try:
+        reply = alice.ask("arm").result(5.0)
+        assert reply is not None and reply.ok
+        refused = bob.ask("takeover").result(5.0)
+        assert refused is not None and not refused.ok and refused.reason == "not_mentor"
+        # An observer key on the control socket: refused at the handshake, audited.
+        observer = ConsoleLink(rig.link_cfg, ClientKeys.load_observer(rig.keys, "student"))
+        try:
+            with pytest.raises(LinkTimeout):
+                observer.request("request_command", timeout_ms=300)
+        finally:
+            observer.close()
+        wait_for(lambda: {"takeover_refused", "observer_command_refused"} <= set(rig.alerts()),
+                 "both refusals in the audit")
+        assert alice.tlm is not None and alice.tlm.commander == "surgeon"
+    finally:
+        alice.stop()
+        bob.stop()
+
+
+def test_a_flood_of_refused_requests_cannot_trip_the_audit(rig: Rig) -> None:
+    """The holder floods refused requests (engage with no command): the audit
+    aggregates them per peer instead of queueing one record each."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = client_socket(ctx, zmq.DEALER, f"tcp://127.0.0.1:{rig.link_cfg.control_port}",
+                         ClientKeys.load_surgeon(rig.keys), 16 * 1024, hwm=100_000)
+    try:
+        sock.send(encode(ControlRequest(req_id=1, op="arm")))
+        token = None
+        while token is None:
+            assert sock.poll(5000)
+            msg = decode(sock.recv())
+            if isinstance(msg, ControlReply) and msg.req_id == 1:
+                token = msg.session
+        for i in range(2, 20_000):
+            sock.send(encode(ControlRequest(req_id=i, op="engage", session=token)))
+        time.sleep(2.0)
+        wait_for(lambda: any("refused control requests" in str(r.fields.get("detail"))
+                             for r in read_records(rig.audit) if r.kind == "alert"),
+                 "the aggregated record")
+        states = [r.fields.get("reason") for r in read_records(rig.audit)
+                  if r.kind == "transition"]
+        assert "audit_failure" not in states
+    finally:
+        sock.close(0)
+        ctx.destroy(0)
