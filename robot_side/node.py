@@ -38,6 +38,7 @@ from robot_side.supervision.process import start_onsite_observers
 from robot_side.video_process import VideoProcess
 from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
+from safety.audit_limit import RefusalLimiter
 from safety.states import Reason, State
 from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
@@ -54,6 +55,7 @@ from telesurgery.pacer import (
     realtime_permitted,
 )
 from transport.auth import Authenticator
+from transport.intake import AuditAlert
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
@@ -97,6 +99,9 @@ class RobotNode:
         """The command socket; bound by ``run`` in the control thread."""
         self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
         self.path = PathRecorder()
+        self.refusals = RefusalLimiter()
+        """Refused control requests audited one by one, per peer and second (the rest
+        aggregated): a flood cannot fill the audit queue."""
 
     @property
     def _empty_link(self) -> LinkView:
@@ -328,7 +333,14 @@ class RobotNode:
         out = result.output
         mb.replies.extend(out.replies)
         for record in out.audit:  # before the transitions, whose fsync covers them
-            auditor.submit(record)
+            # A flood of refused requests is aggregated per peer, or it would fill
+            # the audit queue and trip the arm (safety.audit_limit).
+            if record.ok or self.refusals.allow(record.peer, now_ns):
+                auditor.submit(record)
+        if self.refusals.active:
+            for summary in self.refusals.due(now_ns):
+                mb.alerts.append(AuditAlert(now_ns, "control_refused_flood",
+                                            summary.describe()))
         for t in out.transitions:
             auditor.submit(t)
             self._recent.append(t)

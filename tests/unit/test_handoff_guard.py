@@ -31,7 +31,7 @@ def guard(handoff_ms: float = 5000.0) -> SessionGuard:
 
 
 def send(g: SessionGuard, peer: bytes, req_id: int, op: str, now_ns: int,
-         session: int | None = None, handoff: int | None = None) -> Admission:
+         *, session: int | None = None, handoff: int | None = None) -> Admission:
     return g.admit(peer, ControlRequest(req_id=req_id, op=op, session=session, handoff=handoff),
                    now_ns, alive, key=KEY[peer])
 
