@@ -26,7 +26,7 @@ from operator_console.command_loop import CommandThread
 from operator_console.config import ConsoleConfig
 from operator_console.connection import ConnectionWatch
 from operator_console.devices import open_device
-from operator_console.session import ConsoleShared, SessionThread
+from operator_console.session import HANDOFF_KEYS, ConsoleShared, SessionThread
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.video.decoder import H264Decoder
@@ -160,6 +160,9 @@ class ConsoleApp:
                 # No new picture: the same one with today's HUD (ages grown, state re-judged).
                 display.show(canvas.copy(), hud)
                 next_redraw = now + HUD_REDRAW_NS
+            if display is not None and (action := HANDOFF_KEYS.get(display.last_key & 0xFF)):
+                display.last_key = -1
+                sh.handoff_action = action  # G grants, R asks, T takes over (a mentor)
             sh.video_age_us = fresh.age_us(now)
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):

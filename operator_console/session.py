@@ -10,6 +10,15 @@ Engaging is one request: the robot anchors the master to the follower itself
 scripted surgeon aligns the hand with the instrument, as the dVRK aligns its
 master: a one-way request to the command thread, and the engage comes at the
 next attempt, once the registered orientation agrees.
+
+Handoff between surgeon consoles (``transport.session_guard``): the surgeon asks
+for command (``R`` in the video window), grants a pending request (``G``, the HUD
+says "Request from NAME - press G to grant") or, with a mentor key, takes over
+(``T``); each is one request here (``ConsoleShared.handoff_action``). A console
+that gets command never moves the arm by it: it engages like any engage, the
+robot re-anchoring to its master. A console whose command went to another
+(the telemetry's commander changed while it was engaged) stops and does not
+re-engage by itself.
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry
 
 log = logging.getLogger(__name__)
 
+REQUEST_WAIT_MS = 12_000
+"""How long a ``request_command`` waits for the grant: above the robot's
+``[link] handoff_ms`` (10 s), whose own timeout answers first."""
+HANDOFF_KEYS = {ord("G"): "grant", ord("g"): "grant", ord("R"): "request_command",
+                ord("r"): "request_command", ord("T"): "takeover", ord("t"): "takeover"}
+"""Keys in the video window (``Display.last_key``) -> the handoff request they make."""
 ALIGNED_RAD = 0.1
 """The console asks the hand to align when it is further than this from the instrument;
 well inside the robot's engage tolerance (``safety.motion.align_tolerance_rad``)."""
@@ -62,6 +77,8 @@ class ConsoleShared:
     trips: list[dict[str, object]] = field(default_factory=list)
     message_ns: int = 0
     """When ``message`` was last set, so the displays can let a warning expire."""
+    handoff_action: str | None = None
+    """A handoff the surgeon asked for (``HANDOFF_KEYS``): the session thread makes it."""
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "message":
@@ -91,9 +108,10 @@ class SessionThread(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
 
-    def request(self, op: str, value: float | None = None) -> bool:
+    def request(self, op: str, value: float | None = None, *, handoff: int | None = None,
+                timeout_ms: int | None = None) -> bool:
         try:
-            reply = self.link.request(op, value)
+            reply = self.link.request(op, value, timeout_ms=timeout_ms, handoff=handoff)
         except LinkTimeout as err:
             self.shared.message = f"{op}: no answer from the robot"
             log.warning("%s", err)
@@ -132,7 +150,12 @@ class SessionThread(threading.Thread):
             # trip before the first following telemetry arrives as a safety event.
             left = (prev is not None and prev.state == "following") or msg.state in (
                 "fault", "estop")
-            if sh.engaged and left and msg.state != "following":
+            if (sh.engaged and prev is not None and prev.commander is not None
+                    and msg.commander != prev.commander):
+                # Only the commander can be engaged: the command went to another.
+                self._stopped(recv_ns, f"command handed to {msg.commander or 'nobody'}")
+                self.want_engage = False
+            elif sh.engaged and left and msg.state != "following":
                 self._robot_stopped(recv_ns, msg.state, msg.reason)
         elif isinstance(msg, SafetyEvent):
             sh.events.append(msg)
@@ -166,6 +189,9 @@ class SessionThread(threading.Thread):
         tlm = sh.telemetry
         if tlm is None:
             return
+        action, sh.handoff_action = sh.handoff_action, None
+        if action is not None:
+            self._handoff(action, tlm)
         if sh.engaged and sh.video_stale:
             log.warning("stale picture: disengaging")
             self._stopped(now, "disengaged: the picture is stale")
@@ -203,6 +229,26 @@ class SessionThread(threading.Thread):
             return
         self._align_asked = False
         self._engage()
+
+    def _handoff(self, action: str, tlm: Telemetry) -> None:
+        """Ask for command, grant the pending request, or (a mentor) take over."""
+        sh = self.shared
+        if action == "grant":
+            if tlm.handoff_id is None:
+                sh.message = "grant: nobody asks for command"
+            elif self.request("grant", handoff=tlm.handoff_id):
+                sh.engaged = False  # the robot holds: the arm is the other surgeon's now
+                self.want_engage = False
+                sh.message = f"command granted to {tlm.handoff_from}"
+            return
+        sh.message = ("asking for command ..." if action == "request_command"
+                      else "taking over ...")
+        if self.request(action, timeout_ms=REQUEST_WAIT_MS if action == "request_command"
+                        else None):
+            # In command, armed, holding: engage deliberately (re-anchored to this master).
+            self._armed = True
+            sh.message = "in command: engage to move"
+            log.info("%s: in command now", action)
 
     def _engage(self) -> None:
         sh = self.shared

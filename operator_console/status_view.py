@@ -62,6 +62,8 @@ def status_renderable(s: HudState, limits: WatchdogLimits | None = None) -> Grou
     teleop = Text(f"teleop scale {s.scale:.3f}  clutch {'ON' if s.clutch else 'off'}  ")
     teleop.append(present)
     parts: list[Text] = [robot, link, teleop]
+    if s.handoff_line:
+        parts.append(Text(f"       {s.handoff_line}", "yellow" if s.handoff_from else ""))
     b = banner(s)
     if b is not None:
         parts.append(Text.assemble("       ", (f" {b.title} ", SEVERITY_STYLES[b.severity]),
