@@ -130,6 +130,11 @@ class Rig:
         return [(t, f.q) for t, frames in list(self.written) if t >= t_ns
                 for f in frames if isinstance(f, Targets)]
 
+    def first_motion(self, t_ns: int) -> int | None:
+        """When the first target after ``t_ns`` moved away from the first one since."""
+        targets = self.targets_since(t_ns)
+        return next((t for t, q in targets if spread([targets[0][1], q]) > MOVED_RAD), None)
+
     def alerts(self) -> list[str]:
         return [str(r.fields.get("code")) for r in read_records(self.audit)
                 if r.kind == "alert"]
@@ -221,11 +226,7 @@ def test_handoff_by_grant_old_console_never_moves_the_arm_again(rig: Rig) -> Non
         assert still and spread(still) < MOVED_RAD, "alice's waving reached the arm"
         bob.wave = True
         t_move = time.monotonic_ns()
-        wait_for(lambda: spread([q for _, q in rig.targets_since(t_move)]) > MOVED_RAD,
-                 "bob moving the arm")
-        first = next(t for t, q in rig.targets_since(t_move)
-                     if spread([still[-1], q]) > MOVED_RAD)
-        assert first > t_move
+        wait_for(lambda: rig.first_motion(t_move) is not None, "bob moving the arm")
         assert bob.tlm is not None and bob.tlm.commander == "bob"
         assert rig.node.port is not None
         assert rig.node.port.intake.counters["foreign"] > 0, "alice's commands counted"
@@ -256,10 +257,9 @@ def test_mentor_takes_over_in_motion_and_must_engage_itself(rig: Rig) -> None:
         mentor.engage()  # as soon as the robot agrees: the link to the mentor settled
         held = [t for t, _ in rig.targets_since(t_taken) if t < t_engage]
         assert held == [], "the arm moved between the takeover and the mentor's engage"
-        wait_for(lambda: spread([q for _, q in rig.targets_since(t_engage)]) > MOVED_RAD,
-                 "the mentor moving the arm")
-        moving = rig.targets_since(t_engage)
-        first = next(t for t, q in moving if spread([moving[0][1], q]) > MOVED_RAD)
+        wait_for(lambda: rig.first_motion(t_engage) is not None, "the mentor moving the arm")
+        first = rig.first_motion(t_engage)
+        assert first is not None
         print(f"handoff request -> new surgeon's first executed motion (mentor takeover, "
               f"virtual arm, 200 Hz): {(first - t_request) / 1e6:.0f} ms "
               f"(takeover reply {(t_taken - t_request) / 1e6:.0f} ms)")
