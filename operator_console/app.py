@@ -67,7 +67,7 @@ class ConsoleApp:
 
     def run(self, seconds: float | None) -> int:
         cfg = self.cfg
-        keys = ClientKeys.load_surgeon(cfg.link.keys_dir)
+        keys = ClientKeys.load_surgeon(cfg.link.keys_dir, cfg.session.surgeon)
         period_ns = int(1e9 / cfg.loop.rate_hz)
         with ExitStack() as stack:
             device = open_device(cfg.device)

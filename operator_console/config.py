@@ -56,6 +56,9 @@ class SessionConfig:
     """Arm and engage at start: the scripted surgeon's deliberate engage."""
     reengage_after_s: float | None = None
     """Scripted surgeon: re-engage this long after a trip. None: never by itself."""
+    surgeon: str | None = None
+    """Whose surgeon key this console holds (``telesurgery keys add-surgeon NAME``, in
+    ``<keys>/surgeons/NAME/``); None: the first surgeon's (``<keys>/console/``)."""
 
     def __post_init__(self) -> None:
         check(0 < self.scale <= 1.0, "session.scale", self.scale, "must be in (0, 1]")
