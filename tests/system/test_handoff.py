@@ -81,11 +81,15 @@ class Surgeon(threading.Thread):
 
     def following(self, pred: Callable[[], object], what: str) -> None:
         """Wait for ``pred`` while following; re-engage after a trip, as a surgeon does
-        (a loaded two-core machine can starve this stream into a command timeout)."""
+        (a loaded two-core machine can starve this stream into a command timeout, or
+        the loop into the firmware's watchdog). What is asserted holds either way."""
         def check() -> object:
             if pred():
                 return True
-            if self.tlm is not None and self.tlm.state in ("ready", "hold"):
+            state = None if self.tlm is None else self.tlm.state
+            if state == "fault":  # the virtual firmware's watchdog, a starved loop
+                self.ask("clear_fault").result(5.0)
+            elif state in ("ready", "hold"):
                 self.ask("engage").result(5.0)
             return False
         wait_for(check, lambda: f"{what} (robot {self.tlm.state if self.tlm else None}, "
