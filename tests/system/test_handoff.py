@@ -289,27 +289,40 @@ def test_mentor_takes_over_in_motion_and_must_engage_itself(rig: Rig) -> None:
 
 
 def test_plain_surgeon_takeover_and_observer_key_are_refused_and_audited(rig: Rig) -> None:
-    alice, bob = rig.surgeon(), rig.surgeon("bob")
+    alice, bob, mentor = rig.surgeon(), rig.surgeon("bob"), rig.surgeon("mentor")
     try:
         reply = alice.ask("arm").result(5.0)
         assert reply is not None and reply.ok
         refused = bob.ask("takeover").result(5.0)
         assert refused is not None and not refused.ok and refused.reason == "not_mentor"
+        # Two requests: the first waits, the second is refused at once (first wins).
+        first = bob.ask("request_command", timeout_ms=5000)
+        wait_for(lambda: alice.tlm is not None and alice.tlm.handoff_from == "bob",
+                 "bob's request pending")
+        second = mentor.ask("request_command").result(5.0)
+        assert second is not None and not second.ok and second.reason == "handoff_busy"
+        assert alice.tlm is not None
+        denied = alice.ask("deny", handoff=alice.tlm.handoff_id).result(5.0)
+        assert denied is not None and denied.ok
+        answer = first.result(5.0)
+        assert answer is not None and not answer.ok and answer.reason == "handoff_denied"
+        assert answer.session is None
         # An observer key on the control socket: refused at the handshake, audited.
         observer = ConsoleLink(rig.link_cfg, ClientKeys.load_observer(rig.keys, "student"))
         try:
             with pytest.raises(LinkTimeout):
                 observer.request("request_command", timeout_ms=300)
             # Open until the robot saw its handshake (a loaded machine may take a while).
-            wait_for(lambda: {"takeover_refused", "observer_command_refused"}
-                     <= set(rig.alerts()),
-                     lambda: f"both refusals in the audit (so far {rig.alerts()})")
+            wait_for(lambda: {"takeover_refused", "observer_command_refused", "handoff_refused",
+                              "handoff_denied"} <= set(rig.alerts()),
+                     lambda: f"the refusals in the audit (so far {rig.alerts()})")
         finally:
             observer.close()
         assert alice.tlm is not None and alice.tlm.commander == "surgeon"
     finally:
         alice.stop()
         bob.stop()
+        mentor.stop()
 
 
 def test_a_flood_of_refused_requests_cannot_trip_the_audit(rig: Rig) -> None:
