@@ -164,3 +164,18 @@ def test_refusals_are_rate_limited_in_the_audit() -> None:
         send(g, C, i + 1, "request_command", 20 * MS + i * 1000)
     assert codes(g) == ["handoff_refused"], "one record per second, the rest counted"
     assert g.counters["handoff_busy"] == 1000
+
+
+def test_a_grant_to_a_requester_whose_link_dropped_keeps_the_commander() -> None:
+    """A handoff during a link fault: the requester is gone when the grant comes; the
+    command stays where it is (never split, never to nobody)."""
+    g = guard()
+    old = armed(g)
+    send(g, B, 1, "request_command", 10 * MS)
+    assert g.request_pending is not None
+    rid = g.request_pending[1]
+    adm = g.admit(A, ControlRequest(req_id=2, op="grant", session=old, handoff=rid), 20 * MS,
+                  lambda peer: peer == B, key=KEY[A])
+    assert not adm.ok and adm.reason == "requester_gone"
+    assert g.token == old and g.commander == "alice" and g.request_pending is None
+    assert g.take_refusals() == [(B, 1, "handoff_requester_gone")]
