@@ -416,6 +416,7 @@ class RobotNode:
             "resumes_ns": self.core.resumes_ns,
             "gate": self.port.intake.counters if self.port else {},
             "session": dict(net.guard.counters),
+            "refused_requests_aggregated": self.refusals.suppressed_total,
             "link_counters": {**(dict(net.link.counters) if net.link else {}),
                               **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,
