@@ -102,6 +102,7 @@ class RobotNode:
         self.refusals = RefusalLimiter()
         """Refused control requests audited one by one, per peer and second (the rest
         aggregated): a flood cannot fill the audit queue."""
+        self.accepted = RefusalLimiter(burst=64, what="accepted")
 
     @property
     def _empty_link(self) -> LinkView:
@@ -335,12 +336,13 @@ class RobotNode:
         for record in out.audit:  # before the transitions, whose fsync covers them
             # A flood of refused requests is aggregated per peer, or it would fill
             # the audit queue and trip the arm (safety.audit_limit).
-            if record.ok or self.refusals.allow(record.peer, now_ns):
+            if (self.accepted if record.ok else self.refusals).allow(record.peer, now_ns):
                 auditor.submit(record)
-        if self.refusals.active:
-            for summary in self.refusals.due(now_ns):
-                mb.alerts.append(AuditAlert(now_ns, "control_refused_flood",
-                                            summary.describe()))
+        for limiter in (self.refusals, self.accepted):
+            if limiter.active:
+                for summary in limiter.due(now_ns):
+                    mb.alerts.append(AuditAlert(now_ns, f"control_{limiter.what}_flood",
+                                                summary.describe()))
         for t in out.transitions:
             auditor.submit(t)
             self._recent.append(t)
@@ -416,7 +418,8 @@ class RobotNode:
             "resumes_ns": self.core.resumes_ns,
             "gate": self.port.intake.counters if self.port else {},
             "session": dict(net.guard.counters),
-            "refused_requests_aggregated": self.refusals.suppressed_total,
+            "control_records_aggregated": {"refused": self.refusals.suppressed_total,
+                                           "accepted": self.accepted.suppressed_total},
             "link_counters": {**(dict(net.link.counters) if net.link else {}),
                               **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,

@@ -9,8 +9,10 @@ tripped the robot it was not even moving: a denial of service by audit.
 ``RefusalLimiter`` lets the first ``burst`` refused records of each peer per
 ``window`` through; the rest are counted, and when that peer's window ends one
 aggregate ("N refused requests from X in the last second") goes to the audit
-instead. Accepted operations are never limited: they change state and each one
-is evidence. At most ``max_peers`` peers are tracked at once; beyond that the
+instead. Accepted operations get their own, larger allowance (a flood of
+accepted ``set_scale`` or no-op ``disengage`` filled the queue the same way; every
+one that changes the supervisor's state is also a transition record, never
+limited). At most ``max_peers`` peers are tracked at once; beyond that the
 refusals of new peers share one bucket, so memory stays bounded too.
 
 Pure logic, clock passed in; the control thread asks it about each record.
@@ -39,18 +41,21 @@ class RefusalSummary:
     peer: bytes
     suppressed: int
     span_ns: int
+    what: str = "refused"
 
     def describe(self) -> str:
         who = "several peers" if self.peer == OVERFLOW_PEER else f"peer {self.peer.hex()[:16]}"
-        return (f"{self.suppressed} refused control requests from {who} in the last "
+        return (f"{self.suppressed} {self.what} control requests from {who} in the last "
                 f"{self.span_ns / 1e9:.1f} s (counted, not recorded one by one)")
 
 
 class RefusalLimiter:
     """Which refused-request records to audit one by one; see the module doc."""
 
-    def __init__(self, burst: int = 8, window_ns: int = WINDOW_NS, max_peers: int = 64) -> None:
+    def __init__(self, burst: int = 8, window_ns: int = WINDOW_NS, max_peers: int = 64,
+                 what: str = "refused") -> None:
         self.burst = burst
+        self.what = what
         self.window_ns = window_ns
         self.max_peers = max_peers
         self._windows: dict[bytes, _Window] = {}
@@ -83,5 +88,5 @@ class RefusalLimiter:
                 continue
             del self._windows[peer]
             if w.suppressed:
-                out.append(RefusalSummary(peer, w.suppressed, now_ns - w.start_ns))
+                out.append(RefusalSummary(peer, w.suppressed, now_ns - w.start_ns, self.what))
         return out
