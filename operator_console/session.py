@@ -104,6 +104,10 @@ class SessionThread(threading.Thread):
         self._armed = False
         self._scale_sent = False
         self._align_asked = False
+        self._takeover_at_ns: int | None = None if cfg.takeover_after_s is None else (
+            time.monotonic_ns() + int(cfg.takeover_after_s * 1e9))
+        """Scripted mentor: when to take command; None once taken (or never)."""
+        self.takeover_sent_ns: int | None = None
 
     def stop(self) -> None:
         self._halt.set()
@@ -190,6 +194,11 @@ class SessionThread(threading.Thread):
         if tlm is None:
             return
         action, sh.handoff_action = sh.handoff_action, None
+        if self._takeover_at_ns is not None:
+            if now < self._takeover_at_ns:
+                return  # a scripted mentor watches until its moment
+            self._takeover_at_ns, action = None, "takeover"
+            self.takeover_sent_ns = now
         if action is not None:
             self._handoff(action, tlm)
         if sh.engaged and sh.video_stale:
@@ -216,6 +225,8 @@ class SessionThread(threading.Thread):
             sh.message = "waiting for a fresh picture before engaging"
             return
         if tlm.state not in ("ready", "hold"):
+            if tlm.state == "following":  # telemetry from before a handoff's hold: soon again
+                self._next_attempt_ns = now + 20_000_000
             return
         out = sh.last_output
         instrument = tlm.measured_cp.orientation

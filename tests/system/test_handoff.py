@@ -13,6 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 import zmq
 
-from hil_tests.rig import free_ports, toml_text
+from hil_tests.rig import SIM_FRAME_ROTATION, free_ports, toml_text
 from robot_side.config import load_robot_config
 from robot_side.manipulator.base import Frame, Targets
 from robot_side.node import RobotNode
@@ -357,3 +359,52 @@ def test_a_flood_of_refused_requests_cannot_trip_the_audit(rig: Rig) -> None:
     finally:
         sock.close(0)
         ctx.destroy(0)
+
+
+def test_a_scripted_mentor_console_takes_over_mid_motion(rig: Rig, tmp_path: Path) -> None:
+    """The real console process (``telesurgery console``) with the mentor key and
+    ``[session] takeover_after_s``: it takes command while alice moves the arm, the arm
+    holds until its engage, then follows its scripted suturing. Prints the figure."""
+    alice = rig.surgeon()
+    try:
+        arm_and_engage(alice)
+        alice.wave = True
+        alice.following(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
+                        "alice moving the arm")
+        cfg = tmp_path / "mentor.toml"
+        ports = {f"{c}_port": getattr(rig.link_cfg, f"{c}_port")
+                 for c in ("command", "control", "telemetry", "video")}
+        cfg.write_text(toml_text({
+            "link": {"host": "127.0.0.1", "keys_dir": rig.keys, **ports},
+            "loop": {"rate_hz": 200.0},
+            "teleop": {"rate_hz": 200.0, "frame_rotation": list(SIM_FRAME_ROTATION)},
+            "display": {"enabled": False, "status_view": False},
+            "session": {"auto_engage": True, "surgeon": "mentor", "takeover_after_s": 1.0,
+                        "reengage_after_s": 0.2},
+        }))
+        done = subprocess.run(
+            [sys.executable, "-m", "telesurgery.cli", "console", "--config", str(cfg),
+             "--seconds", "8", "--headless", "--summary", str(tmp_path / "mentor.json")],
+            capture_output=True, text=True, timeout=90, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        records = list(read_records(rig.audit))
+        seen = [(r.kind, r.fields.get("code") or r.fields.get("to")) for r in records
+                if r.kind in ("alert", "transition")]
+        t_takeover = next((int(str(r.fields["t_ns"])) for r in records if r.kind == "alert"
+                           and r.fields.get("code") == "handoff_takeover"), None)
+        assert t_takeover is not None, (seen, done.stderr[-2000:])
+        t_engaged = next((int(str(r.fields["t_ns"])) for r in records
+                          if r.kind == "transition" and r.fields.get("to") == "following"
+                          and int(str(r.fields["t_ns"])) > t_takeover), None)
+        assert t_engaged is not None, (seen, done.stderr[-2000:])
+        held = [t for t, _ in rig.targets_since(t_takeover) if t < t_engaged]
+        assert held == [], "the arm moved between the takeover and the mentor's engage"
+        first = rig.first_motion(t_engaged)
+        assert first is not None, ("the mentor's scripted motion never reached the arm",
+                                   seen, len(rig.targets_since(t_engaged)),
+                                   spread([q for _, q in rig.targets_since(t_engaged)]))
+        print(f"handoff request -> new surgeon's first executed motion (scripted mentor "
+              f"console process, takeover in motion): {(first - t_takeover) / 1e6:.0f} ms "
+              f"(takeover -> engaged {(t_engaged - t_takeover) / 1e6:.0f} ms)")
+    finally:
+        alice.stop()
