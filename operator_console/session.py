@@ -108,6 +108,8 @@ class SessionThread(threading.Thread):
             time.monotonic_ns() + int(cfg.takeover_after_s * 1e9))
         """Scripted mentor: when to take command; None once taken (or never)."""
         self.takeover_sent_ns: int | None = None
+        self._eager_until_ns = 0
+        """Until then engage attempts come every 50 ms, not 500 (just got command)."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -212,7 +214,8 @@ class SessionThread(threading.Thread):
                 sh.scale = self.cfg.scale
         if not self.want_engage or sh.engaged or now < self._next_attempt_ns:
             return
-        self._next_attempt_ns = now + 500_000_000
+        # Just after getting command the link to the robot is settling: ask again soon.
+        self._next_attempt_ns = now + (50_000_000 if now < self._eager_until_ns else 500_000_000)
         # A fault first: the robot refuses "arm" while latched, so a console that
         # met a robot already in FAULT would otherwise ask to arm for ever.
         if tlm.state == "fault":
@@ -258,6 +261,7 @@ class SessionThread(threading.Thread):
                         else None):
             # In command, armed, holding: engage deliberately (re-anchored to this master).
             self._armed = True
+            self._eager_until_ns = time.monotonic_ns() + 2_000_000_000
             sh.message = "in command: engage to move"
             log.info("%s: in command now", action)
 
