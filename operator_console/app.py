@@ -27,7 +27,7 @@ from operator_console.command_loop import CommandThread
 from operator_console.config import ConsoleConfig
 from operator_console.connection import ConnectionWatch
 from operator_console.devices import open_device
-from operator_console.session import ConsoleShared, SessionThread
+from operator_console.session import HANDOFF_KEYS, ConsoleShared, SessionThread
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
@@ -71,7 +71,7 @@ class ConsoleApp:
 
     def run(self, seconds: float | None) -> int:
         cfg = self.cfg
-        keys = ClientKeys.load_surgeon(cfg.link.keys_dir)
+        keys = ClientKeys.load_surgeon(cfg.link.keys_dir, cfg.session.surgeon)
         period_ns = int(1e9 / cfg.loop.rate_hz)
         with ExitStack() as stack:
             device = open_device(cfg.device)
@@ -175,6 +175,9 @@ class ConsoleApp:
                 display.show(redraw, hud)
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
+            if display is not None and (action := HANDOFF_KEYS.get(display.last_key & 0xFF)):
+                display.last_key = -1
+                sh.handoff_action = action  # G grants, R asks, T takes over (a mentor)
             sh.video_age_us = fresh.age_us(now)
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):

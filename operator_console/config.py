@@ -57,12 +57,21 @@ class SessionConfig:
     """Arm and engage at start: the scripted surgeon's deliberate engage."""
     reengage_after_s: float | None = None
     """Scripted surgeon: re-engage this long after a trip. None: never by itself."""
+    surgeon: str | None = None
+    """Whose surgeon key this console holds (``telesurgery keys add-surgeon NAME``, in
+    ``<keys>/surgeons/NAME/``); None: the first surgeon's (``<keys>/console/``)."""
+    takeover_after_s: float | None = None
+    """Scripted mentor (a mentor key): take command this long after start, then engage
+    (``auto_engage``); until then neither arm nor engage. None: never by itself."""
 
     def __post_init__(self) -> None:
         check(0 < self.scale <= 1.0, "session.scale", self.scale, "must be in (0, 1]")
         if self.reengage_after_s is not None:
             check(self.reengage_after_s >= 0, "session.reengage_after_s",
                   self.reengage_after_s, "must be >= 0")
+        if self.takeover_after_s is not None:
+            check(self.takeover_after_s >= 0, "session.takeover_after_s",
+                  self.takeover_after_s, "must be >= 0")
 
 
 @dataclass(frozen=True)

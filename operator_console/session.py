@@ -10,6 +10,15 @@ Engaging is one request: the robot anchors the master to the follower itself
 scripted surgeon aligns the hand with the instrument, as the dVRK aligns its
 master: a one-way request to the command thread, and the engage comes at the
 next attempt, once the registered orientation agrees.
+
+Handoff between surgeon consoles (``transport.session_guard``): the surgeon asks
+for command (``R`` in the video window), grants a pending request (``G``, the HUD
+says "Request from NAME - press G to grant") or, with a mentor key, takes over
+(``T``); each is one request here (``ConsoleShared.handoff_action``). A console
+that gets command never moves the arm by it: it engages like any engage, the
+robot re-anchoring to its master. A console whose command went to another
+(the telemetry's commander changed while it was engaged) stops and does not
+re-engage by itself.
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry, Vita
 
 log = logging.getLogger(__name__)
 
+REQUEST_WAIT_MS = 12_000
+"""How long a ``request_command`` waits for the grant: above the robot's
+``[link] handoff_ms`` (10 s), whose own timeout answers first."""
+HANDOFF_KEYS = {ord("G"): "grant", ord("g"): "grant", ord("R"): "request_command",
+                ord("r"): "request_command", ord("T"): "takeover", ord("t"): "takeover"}
+"""Keys in the video window (``Display.last_key``) -> the handoff request they make."""
 ALIGNED_RAD = 0.1
 """The console asks the hand to align when it is further than this from the instrument;
 well inside the robot's engage tolerance (``safety.motion.align_tolerance_rad``)."""
@@ -65,6 +80,8 @@ class ConsoleShared:
     vitals: Vitals | None = None
     """The patient monitor's newest snapshot, relayed by the robot (display only)."""
     vitals_ns: int | None = None
+    handoff_action: str | None = None
+    """A handoff the surgeon asked for (``HANDOFF_KEYS``): the session thread makes it."""
 
     def __setattr__(self, name: str, value: object) -> None:
         if name == "message":
@@ -90,13 +107,20 @@ class SessionThread(threading.Thread):
         self._armed = False
         self._scale_sent = False
         self._align_asked = False
+        self._takeover_at_ns: int | None = None if cfg.takeover_after_s is None else (
+            time.monotonic_ns() + int(cfg.takeover_after_s * 1e9))
+        """Scripted mentor: when to take command; None once taken (or never)."""
+        self.takeover_sent_ns: int | None = None
+        self._eager_until_ns = 0
+        """Until then engage attempts come every 50 ms, not 500 (just got command)."""
 
     def stop(self) -> None:
         self._halt.set()
 
-    def request(self, op: str, value: float | None = None) -> bool:
+    def request(self, op: str, value: float | None = None, *, handoff: int | None = None,
+                timeout_ms: int | None = None) -> bool:
         try:
-            reply = self.link.request(op, value)
+            reply = self.link.request(op, value, timeout_ms=timeout_ms, handoff=handoff)
         except LinkTimeout as err:
             self.shared.message = f"{op}: no answer from the robot"
             log.warning("%s", err)
@@ -135,7 +159,12 @@ class SessionThread(threading.Thread):
             # trip before the first following telemetry arrives as a safety event.
             left = (prev is not None and prev.state == "following") or msg.state in (
                 "fault", "estop")
-            if sh.engaged and left and msg.state != "following":
+            if (sh.engaged and prev is not None and prev.commander is not None
+                    and msg.commander != prev.commander):
+                # Only the commander can be engaged: the command went to another.
+                self._stopped(recv_ns, f"command handed to {msg.commander or 'nobody'}")
+                self.want_engage = False
+            elif sh.engaged and left and msg.state != "following":
                 self._robot_stopped(recv_ns, msg.state, msg.reason)
         elif isinstance(msg, SafetyEvent):
             sh.events.append(msg)
@@ -172,6 +201,14 @@ class SessionThread(threading.Thread):
         tlm = sh.telemetry
         if tlm is None:
             return
+        action, sh.handoff_action = sh.handoff_action, None
+        if self._takeover_at_ns is not None:
+            if now < self._takeover_at_ns:
+                return  # a scripted mentor watches until its moment
+            self._takeover_at_ns, action = None, "takeover"
+            self.takeover_sent_ns = now
+        if action is not None:
+            self._handoff(action, tlm)
         if sh.engaged and sh.video_stale:
             log.warning("stale picture: disengaging")
             self._stopped(now, "disengaged: the picture is stale")
@@ -183,7 +220,8 @@ class SessionThread(threading.Thread):
                 sh.scale = self.cfg.scale
         if not self.want_engage or sh.engaged or now < self._next_attempt_ns:
             return
-        self._next_attempt_ns = now + 500_000_000
+        # Just after getting command the link to the robot is settling: ask again soon.
+        self._next_attempt_ns = now + (50_000_000 if now < self._eager_until_ns else 500_000_000)
         # A fault first: the robot refuses "arm" while latched, so a console that
         # met a robot already in FAULT would otherwise ask to arm for ever.
         if tlm.state == "fault":
@@ -196,6 +234,8 @@ class SessionThread(threading.Thread):
             sh.message = "waiting for a fresh picture before engaging"
             return
         if tlm.state not in ("ready", "hold"):
+            if tlm.state == "following":  # telemetry from before a handoff's hold: soon again
+                self._next_attempt_ns = now + 20_000_000
             return
         out = sh.last_output
         instrument = tlm.measured_cp.orientation
@@ -209,6 +249,27 @@ class SessionThread(threading.Thread):
             return
         self._align_asked = False
         self._engage()
+
+    def _handoff(self, action: str, tlm: Telemetry) -> None:
+        """Ask for command, grant the pending request, or (a mentor) take over."""
+        sh = self.shared
+        if action == "grant":
+            if tlm.handoff_id is None:
+                sh.message = "grant: nobody asks for command"
+            elif self.request("grant", handoff=tlm.handoff_id):
+                sh.engaged = False  # the robot holds: the arm is the other surgeon's now
+                self.want_engage = False
+                sh.message = f"command granted to {tlm.handoff_from}"
+            return
+        sh.message = ("asking for command ..." if action == "request_command"
+                      else "taking over ...")
+        if self.request(action, timeout_ms=REQUEST_WAIT_MS if action == "request_command"
+                        else None):
+            # In command, armed, holding: engage deliberately (re-anchored to this master).
+            self._armed = True
+            self._eager_until_ns = time.monotonic_ns() + 2_000_000_000
+            sh.message = "in command: engage to move"
+            log.info("%s: in command now", action)
 
     def _engage(self) -> None:
         sh = self.shared

@@ -68,6 +68,8 @@ def status_renderable(s: HudState, limits: WatchdogLimits | None = None) -> Grou
         styles = {"HIGH": "bold white on red", "MEDIUM": "yellow", "LOW": ""}
         parts.extend(Text(f"       {a}", styles.get(a.split()[1].rstrip(":"), ""))
                      for a in alarms)
+    if s.handoff_line:
+        parts.append(Text(f"       {s.handoff_line}", "yellow" if s.handoff_from else ""))
     b = banner(s)
     if b is not None:
         parts.append(Text.assemble("       ", (f" {b.title} ", SEVERITY_STYLES[b.severity]),

@@ -60,6 +60,19 @@ class HudState:
     """What is wrong with the connection to the robot ("" when it is up)."""
     vitals: VitalsStrip | None = None
     """The patient monitor's strip (operator_console.vitals_view); None: no monitor."""
+    commander: str = ""
+    """The surgeon in command as the robot says (its key's name); "" nobody or unknown."""
+    handoff_from: str = ""
+    """A surgeon asking the commander for command ("" none): the HUD says press G."""
+
+    @property
+    def handoff_line(self) -> str:
+        """Who is in command, or the pending request (the commander may grant it)."""
+        if self.robot_unknown:
+            return ""
+        if self.handoff_from:
+            return f"Request from {self.handoff_from} - press G to grant"
+        return f"In command: {self.commander}" if self.commander else ""
 
     @property
     def video_stale(self) -> bool:
@@ -185,5 +198,6 @@ class SurgeonView:
             unknown, state=tlm.state, reason=tlm.reason,
             rtt_ms=None if link.rtt_us is None else link.rtt_us / 1000,
             latency_ms=None if link.latency_us is None else link.latency_us / 1000,
-            loss=link.loss, jitter_ms=None if link.jitter_us is None else link.jitter_us / 1000)
+            loss=link.loss, jitter_ms=None if link.jitter_us is None else link.jitter_us / 1000,
+            commander=tlm.commander or "", handoff_from=tlm.handoff_from or "")
 

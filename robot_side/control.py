@@ -47,7 +47,7 @@ from safety.watchdog import LinkHealth, LinkWatchdog
 from telesurgery.quat import Pose
 from telesurgery.ratelog import RateLimitedLog
 from telesurgery.seqnum import u32_reached
-from transport.schema import ControlReply
+from transport.schema import HANDOFF_OPS, ControlReply
 
 __all__ = ["CommandSample", "ControlCore", "ControlInputs", "ControlOutput", "EstopEvent",
            "ExternalTrip", "LinkView", "PendingRequest", "StepReport", "TripDecision",
@@ -288,6 +288,11 @@ class ControlCore:
         elif op == "set_scale":
             ok, why = self._set_scale(value)
             detail = f"scale {self.surgeon_scale:.3f}"
+        elif op in HANDOFF_OPS:
+            # The commander changes (the network thread's SessionGuard decided who): the
+            # arm holds until the new one engages, re-anchored to its own master.
+            engaged = sup.state in (State.FOLLOWING, State.HOLD)
+            ok, why = sup.disengage(now_ns) if engaged and op != "deny" else (True, sup.reason)
         else:  # the schema admits no other op; refuse what a newer console may send
             ok, why = False, "unknown_op"
         reply = ControlReply(req_id=req.req.req_id, ok=ok, state=str(sup.state),

@@ -19,6 +19,7 @@ control loop never waits on the network.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -130,7 +131,7 @@ class NetworkThread(threading.Thread):
         self.keys = keys
         self.mailbox = mailbox
         self.ctx = ctx
-        self.guard = SessionGuard(cfg.session_idle_ms)
+        self.guard = SessionGuard(cfg.session_idle_ms, handoff_ms=cfg.handoff_ms)
         """One surgeon session at a time; its token reaches the control thread with the
         granted ``arm`` request (PendingRequest.granted), where commands are judged."""
         self._probed_ns = 0
@@ -163,6 +164,7 @@ class NetworkThread(threading.Thread):
             with RobotLink(self.cfg, self.keys, self.ctx, video=self.video is None,
                            command=False) as link:
                 self.link = link
+                self.guard.identify = link.auth.identity
                 feed = None if self.observe_path is None else ObserverFeed(
                     self.observe_path, self.ctx)
                 try:
@@ -196,6 +198,7 @@ class NetworkThread(threading.Thread):
             if self.guard.end_if_revoked(link.auth.allows, time.monotonic_ns()):
                 link.bind_console(self.guard.ping_target)
                 mb.alerts.extend(self.guard.drain_alerts())
+            self._handoff_housekeeping(link)
             now = time.monotonic_ns()
             if now >= next_ping:
                 link.send_ping(self.clock.make_ping(now))
@@ -227,6 +230,7 @@ class NetworkThread(threading.Thread):
                 tlm = telemetry_from(seq, report, view, self.loop_jitter_us(),
                                      sample.cmd.video_age_us if sample else None,
                                      audit_head=self.audit_head())
+                tlm = self._with_commander(tlm)
                 self.telemetry_built += 1
                 last_report = report
                 mb.telemetry = tlm
@@ -282,17 +286,46 @@ class NetworkThread(threading.Thread):
         adm = self.guard.admit(peer, req, recv_ns, lambda holder: self._gone(link, holder),
                                key=key, key_allowed=link.auth.allows)
         link.bind_console(self.guard.ping_target)
+        if adm.deferred:  # a command request: answered with the grant, or its end
+            return
         if not adm.ok:
             tlm = mb.telemetry
             link.reply(peer, ControlReply(req_id=req.req_id, ok=False,
                                           state=tlm.state if tlm else "disabled",
                                           reason=adm.reason))
             return
-        if adm.granted is not None and peer != pinged:
+        if self.guard.ping_target != pinged:
             # A new console's clock is not the last one's.
             self.clock = ClockSync()
             self._publish_clock()
+        if adm.handoff is not None:
+            # The grantee's request first: the control thread starts its command
+            # session (the old token refused from here on) and holds the arm.
+            mb.requests.append(PendingRequest(*adm.handoff))
         mb.requests.append(PendingRequest(peer, req, recv_ns, adm.granted))
+
+    def _handoff_housekeeping(self, link: RobotLink) -> None:
+        """Time out a pending command request; answer those that ended ungranted."""
+        self.guard.expire(time.monotonic_ns())
+        for peer, req_id, reason in self.guard.take_refusals():
+            tlm = self.mailbox.telemetry
+            link.reply(peer, ControlReply(req_id=req_id, ok=False,
+                                          state=tlm.state if tlm else "disabled",
+                                          reason=reason))
+        if self.guard.has_alerts:
+            self.mailbox.alerts.extend(self.guard.drain_alerts())
+        while link.auth.alerts:  # observers that asked for command
+            self.mailbox.alerts.append(link.auth.alerts.popleft())
+
+    def _with_commander(self, tlm: Telemetry) -> Telemetry:
+        """Who is in command and who asks for it (``SessionGuard``), for every HUD."""
+        pending = self.guard.request_pending
+        commander = self.guard.commander
+        if commander is None and pending is None:
+            return tlm
+        return dataclasses.replace(tlm, commander=commander,
+                                   handoff_from=pending[0] if pending else None,
+                                   handoff_id=pending[1] if pending else None)
 
     def _gone(self, link: RobotLink, holder: bytes) -> bool:
         """Is the session holder's connection gone? Probed with a ping (pinned to it):

@@ -39,6 +39,7 @@ from robot_side.video_process import VideoProcess
 from robot_side.vitals import start_vitals
 from robot_side.workers import AuditThread, SerialReconnector
 from safety.audit import AuditLog
+from safety.audit_limit import RefusalLimiter
 from safety.states import Reason, State
 from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
@@ -55,6 +56,7 @@ from telesurgery.pacer import (
     realtime_permitted,
 )
 from transport.auth import Authenticator
+from transport.intake import AuditAlert
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
 
@@ -100,6 +102,10 @@ class RobotNode:
         self.path = PathRecorder()
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
+        self.refusals = RefusalLimiter()
+        """Refused control requests audited one by one, per peer and second (the rest
+        aggregated): a flood cannot fill the audit queue."""
+        self.accepted = RefusalLimiter(burst=64, what="accepted")
 
     @property
     def _empty_link(self) -> LinkView:
@@ -364,7 +370,15 @@ class RobotNode:
         out = result.output
         mb.replies.extend(out.replies)
         for record in out.audit:  # before the transitions, whose fsync covers them
-            auditor.submit(record)
+            # A flood of refused requests is aggregated per peer, or it would fill
+            # the audit queue and trip the arm (safety.audit_limit).
+            if (self.accepted if record.ok else self.refusals).allow(record.peer, now_ns):
+                auditor.submit(record)
+        for limiter in (self.refusals, self.accepted):
+            if limiter.active:
+                for summary in limiter.due(now_ns):
+                    mb.alerts.append(AuditAlert(now_ns, f"control_{limiter.what}_flood",
+                                                summary.describe()))
         for t in out.transitions:
             auditor.submit(t)
             self._recent.append(t)
@@ -440,6 +454,8 @@ class RobotNode:
             "resumes_ns": self.core.resumes_ns,
             "gate": self.port.intake.counters if self.port else {},
             "session": dict(net.guard.counters),
+            "control_records_aggregated": {"refused": self.refusals.suppressed_total,
+                                           "accepted": self.accepted.suppressed_total},
             "link_counters": {**(dict(net.link.counters) if net.link else {}),
                               **(self.port.counters if self.port else {})},
             "audit_records": auditor.persisted,

@@ -14,6 +14,12 @@ sent a message from the frame's ``User-Id`` property. Plaintext peers never
 reach this handler: the CURVE server rejects them at the handshake, which the
 link logs from its socket monitors.
 
+A surgeon key also has an identity (``transport.keys.Identity``: its name and
+whether a mentor), asked with ``identity(key)``: the handoff between surgeon
+consoles names who is in command by it. An observer key that tries the surgeon
+domain (it asked for command) is refused at the handshake and leaves an audit
+alert (``alerts``, at most one per observer per second, the rest counted in it).
+
 Every accepted session also carries its key (z85) as the ZAP metadata property
 ``X-Key``, so the robot can ask ``allows(key)`` about each message: after a
 ``reload()`` that removed a key, the live session of that key is refused message
@@ -31,7 +37,8 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -40,7 +47,8 @@ import zmq
 from zmq.utils import z85
 
 from telesurgery.errors import AuthError
-from transport.keys import SURGEON_USER, ServerKeys
+from transport.intake import AuditAlert
+from transport.keys import OBSERVER_PREFIX, SURGEON_USER, Identity, ServerKeys
 from transport.sockets import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,7 @@ DOMAINS = ("surgeon", "observer")
 KEY_PROPERTY = "X-Key"
 """ZAP metadata property carrying the session's z85 public key (read with ``frame.get``)."""
 _STOP_POLL_MS = 50
+OBSERVER_ALERT_INTERVAL_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,12 @@ class Authenticator:
     def __init__(self, ctx: zmq.Context[Any], keys: ServerKeys) -> None:
         self._keys = keys
         self._users = keys.authorized()
+        self._identities = keys.identities()
+        self.alerts: deque[AuditAlert] = deque(maxlen=64)
+        """Observers that asked for command (refused at the handshake): the robot's
+        network thread moves them to the audit. Appended by the handler thread only."""
+        self._observer_next_ns: dict[str, int] = {}
+        self._observer_skipped: Counter[str] = Counter()
         self._live: dict[bytes, str] = {}
         """Keys accepted since start -> their user: a session may still be up."""
         self._live_lock = threading.Lock()
@@ -124,6 +139,7 @@ class Authenticator:
             log.error("authorised-keys folder missing on reload: refusing every new peer")
             users = {}
         self._users = users  # one reference swap: the handler sees the old or the new map
+        self._identities = self._keys.identities() if users else {}
         with self._live_lock:
             gone = {k: u for k, u in self._live.items() if users.get(k) != u}
             for key in gone:
@@ -143,6 +159,13 @@ class Authenticator:
             return False
         raw = key.encode("ascii") if isinstance(key, str) else key
         return self._users.get(raw) == user
+
+    def identity(self, key: str | bytes | None) -> Identity | None:
+        """The name and mentor flag of an authorised surgeon key (its ``X-Key``)."""
+        if key is None:
+            return None
+        raw = key.encode("ascii") if isinstance(key, str) else key
+        return self._identities.get(raw)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -178,6 +201,8 @@ class Authenticator:
         dom = domain.decode(errors="replace")
         user, why = self._decide(version, dom, mechanism, credentials)
         if user is None:
+            if why.startswith(OBSERVER_PREFIX):
+                self._observer_asked(why.split(" ")[0])
             self.counters["rejected"] += 1
             self.counters[f"rejected:{why}"] += 1
             self._throttled(logging.WARNING, f"reject:{why}",
@@ -191,6 +216,20 @@ class Authenticator:
                 self._live[key] = user
         log.info("authenticated %s from %s on domain %r", user, peer, dom)
         self._reply(request_id, b"200", "OK", user, _metadata({KEY_PROPERTY: key}))
+
+    def _observer_asked(self, user: str) -> None:
+        """An observer key on the command or control socket: an attempt to take command."""
+        self.counters["observer_command_refused"] += 1
+        now = time.monotonic_ns()
+        if now < self._observer_next_ns.get(user, now):
+            self._observer_skipped[user] += 1
+            return
+        self._observer_next_ns[user] = now + OBSERVER_ALERT_INTERVAL_NS
+        skipped = self._observer_skipped.pop(user, 0)
+        more = f" ({skipped} more since the last record)" if skipped else ""
+        self.alerts.append(AuditAlert(now, "observer_command_refused",
+                                      f"{user} asked for command: refused at the handshake"
+                                      + more))
 
     def _decide(self, version: bytes, domain: str, mechanism: bytes,
                 credentials: list[bytes]) -> tuple[str | None, str]:

@@ -28,6 +28,8 @@ LINK_LIMITS: dict[str, Limit] = {
                             "the console's command rate bounds how far a sequence may jump"),
     "session_idle_ms": Limit(500, 60_000, 1000, 10_000, "ms",
                              "a surgeon session silent this long may be taken over"),
+    "handoff_ms": Limit(500, 120_000, 3000, 30_000, "ms",
+                        "a command request waits this long for the commander's grant"),
 }
 """Range and recommended band of the link's timing limits."""
 
@@ -54,6 +56,9 @@ class LinkConfig:
     session_idle_ms: float = 3000.0
     """Robot: a surgeon session whose console answered no ping for this long may be
     taken over by another console's ``arm`` (``transport.session_guard``)."""
+    handoff_ms: float = 10_000.0
+    """Robot: how long a surgeon's command request waits for the commander's grant, and
+    the oldest a grant may be on the robot's clock (``transport.session_guard``)."""
 
     def __post_init__(self) -> None:
         check(bool(self.host.strip()), "link.host", self.host, "must not be empty")

@@ -100,12 +100,16 @@ class ConsoleLink(_Link):
         return True
 
     def request(self, op: str, value: float | None = None,
-                timeout_ms: int | None = None) -> ControlReply:
-        """Send a control request and wait for its reply, or raise ``LinkTimeout``."""
+                timeout_ms: int | None = None, handoff: int | None = None) -> ControlReply:
+        """Send a control request and wait for its reply, or raise ``LinkTimeout``.
+
+        ``handoff``: the command request a ``grant``/``deny`` answers. A
+        ``request_command`` is answered only when granted or ended: wait long."""
         control = self._surgeon(self._control)
         self._req_id += 1
         req_id = self._req_id
-        payload = encode(ControlRequest(req_id=req_id, op=op, value=value, session=self.session))
+        payload = encode(ControlRequest(req_id=req_id, op=op, value=value, session=self.session,
+                                        handoff=handoff))
         decode(payload)  # validate here: a bad op is the caller's SchemaError, not a timeout
         timeout = self._timeout_ms if timeout_ms is None else timeout_ms
         if not self._send(control, [payload], "request"):

@@ -8,10 +8,15 @@ Layout under one root (``keys/`` by default)::
     console/surgeon.key_secret, console/surgeon.key  the surgeon console's pair
     console/robot.key                                the robot's public key (server check)
     observers/<name>/<name>.key_secret, robot.key    one folder per observer, handed over
+    surgeons/<name>/<name>.key_secret, robot.key     one folder per further surgeon (add-surgeon)
+    robot/authorized/surgeon/<name>.mentor           marks surgeon <name> a mentor (may take over)
     ros/ros.key_secret, ros/robot.key                the ROS 2 commander (opt-in, add-ros)
 
 The role of a key is the folder its public half sits in on the robot; nothing
-in the key itself grants anything. Modes are set explicitly, whatever the umask:
+in the key itself grants anything. A surgeon key's file name is its identity (the
+name the HUDs show as "In command: NAME"; the first surgeon's is ``surgeon``), and
+an empty ``<name>.mentor`` file beside it lets that surgeon take command without a
+grant (``transport.session_guard``, the handoff rule). Modes are set explicitly, whatever the umask:
 every folder 0700, secret files 0600, public files 0644. The robot refuses a
 secret that others can read, an authorised-keys folder others can write (they
 could authorise themselves) and a folder without a usable surgeon key.
@@ -45,6 +50,15 @@ SURGEON_USER = "surgeon"
 OBSERVER_PREFIX = "observer:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 _RESERVED = frozenset({"robot", "surgeon"})
+MENTOR_SUFFIX = ".mentor"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who holds a surgeon key: its name (the key file's stem) and whether a mentor."""
+
+    name: str
+    mentor: bool = False
 
 
 def _robot_dir(root: Path) -> Path:
@@ -129,7 +143,7 @@ def init_keys(root: Path, observers: Sequence[str] = (), force: bool = False) ->
     if _robot_dir(root).exists() and not force:
         raise AuthError(f"{_robot_dir(root)} already exists; refusing to replace keys "
                         "(telesurgery keys init --force starts over)")
-    for sub in ("robot", "console", "observers"):
+    for sub in ("robot", "console", "observers", "surgeons"):
         shutil.rmtree(root / sub, ignore_errors=True)
     _private_dir(root)
     robot_public, _ = _create_pair(_robot_dir(root), "robot")
@@ -175,6 +189,31 @@ def install_public_key(root: Path, pubfile: Path, role: str, name: str | None = 
     _install(pubfile, target)
     log.info("installed %s as %s key %s", pubfile, role, target)
     return target
+
+
+def add_surgeon(root: Path, name: str, mentor: bool = False) -> Path:
+    """Create a further surgeon's pair in ``surgeons/<name>/`` and authorise it.
+
+    ``mentor``: the robot lets this surgeon take command without a grant (an
+    empty ``<name>.mentor`` beside its public key; delete it to withdraw).
+    """
+    _check_name(name)
+    robot_public = _robot_dir(root) / "robot.key"
+    _load_public(robot_public)
+    folder = root / "surgeons" / name
+    target = _authorized_dir(root, "surgeon") / f"{name}.key"
+    if folder.exists() or target.exists():
+        raise AuthError(f"surgeon {name!r} already exists ({folder} or {target})")
+    public, _ = _create_pair(folder, name)
+    _install(robot_public, folder / "robot.key")
+    _install(public, target)
+    if mentor:
+        marker = target.with_suffix(MENTOR_SUFFIX)
+        marker.touch()
+        marker.chmod(0o644)
+    log.info("surgeon %r created in %s and authorised%s", name, folder,
+             " as a mentor" if mentor else "")
+    return folder
 
 
 def add_commander(root: Path, name: str = "ros") -> Path:
@@ -229,6 +268,18 @@ class ServerKeys:
             raise
         return keys
 
+    def identities(self) -> dict[bytes, Identity]:
+        """Map z85 surgeon public key -> its identity (name, mentor flag); read fresh."""
+        out: dict[bytes, Identity] = {}
+        for path in sorted(self.surgeon_dir.glob("*.key")):
+            try:
+                key = _load_public(path)
+            except AuthError:
+                continue  # authorized() already said so
+            stem = path.name.removesuffix(".key")
+            out[key] = Identity(stem, path.with_suffix(MENTOR_SUFFIX).is_file())
+        return out
+
     def authorized(self) -> dict[bytes, str]:
         """Map z85 public key -> ZAP user id ("surgeon" or "observer:<name>").
 
@@ -256,9 +307,15 @@ class ClientKeys:
     server_public: bytes
 
     @classmethod
-    def load_surgeon(cls, root: Path) -> ClientKeys:
-        public, secret = _load_secret(root / "console" / "surgeon.key_secret")
-        return cls(public, secret, _load_public(root / "console" / "robot.key"))
+    def load_surgeon(cls, root: Path, name: str | None = None) -> ClientKeys:
+        """The first surgeon's pair (``console/``), or surgeon ``name``'s (``add_surgeon``)."""
+        if name is None or name == SURGEON_USER:
+            public, secret = _load_secret(root / "console" / "surgeon.key_secret")
+            return cls(public, secret, _load_public(root / "console" / "robot.key"))
+        _check_name(name)
+        folder = root / "surgeons" / name
+        public, secret = _load_secret(folder / f"{name}.key_secret")
+        return cls(public, secret, _load_public(folder / "robot.key"))
 
     @classmethod
     def load_commander(cls, root: Path, name: str = "ros") -> ClientKeys:
@@ -288,6 +345,11 @@ def main(argv: list[str]) -> int:
     p_init.add_argument("--force", action="store_true", help="replace existing keys")
     p_obs = sub.add_parser("add-observer", parents=[common], help="create an observer pair")
     p_obs.add_argument("name")
+    p_sur = sub.add_parser("add-surgeon", parents=[common],
+                           help="create a further surgeon's pair (one in command at a time)")
+    p_sur.add_argument("name")
+    p_sur.add_argument("--mentor", action="store_true",
+                       help="may take command without a grant (emergency takeover)")
     p_ros = sub.add_parser("add-ros", parents=[common],
                            help="create the ROS 2 commander's pair (surgeon role, opt-in)")
     p_ros.add_argument("--name", default="ros", help="folder and key name (default: ros)")
@@ -310,6 +372,8 @@ def main(argv: list[str]) -> int:
             print(f"keys created under {args.dir}")
         elif args.cmd == "add-observer":
             print(f"observer keys in {add_observer(args.dir, args.name)}")
+        elif args.cmd == "add-surgeon":
+            print(f"surgeon keys in {add_surgeon(args.dir, args.name, args.mentor)}")
         elif args.cmd == "add-ros":
             print(f"ROS commander keys in {add_commander(args.dir, args.name)}")
         elif args.cmd == "install":
@@ -317,8 +381,12 @@ def main(argv: list[str]) -> int:
         else:
             keys = ServerKeys.load(args.dir)
             print(f"robot {keys.public.decode()}")
+            names = keys.identities()
             for public, user in sorted(keys.authorized().items(), key=lambda kv: kv[1]):
-                print(f"{user:<24} {public.decode()}")
+                who = names.get(public)
+                label = user if who is None else (
+                    f"{user}:{who.name}" + (" (mentor)" if who.mentor else ""))
+                print(f"{label:<32} {public.decode()}")
     except AuthError as err:
         print(f"telesurgery keys: {err}", file=sys.stderr)
         return 1

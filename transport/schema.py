@@ -147,7 +147,11 @@ _joints = _floats(0, MAX_JOINTS, -1e6, 1e6)
 
 # ---------------------------------------------------------------- messages
 SUPERVISOR_STATES = frozenset({"disabled", "ready", "following", "hold", "fault", "estop"})
-CONTROL_OPS = frozenset({"arm", "disarm", "engage", "disengage", "clear_fault", "set_scale"})
+HANDOFF_OPS = frozenset({"request_command", "grant", "deny", "takeover"})
+"""Changing the commander (``transport.session_guard``): a surgeon not in command asks,
+the one in command grants or denies naming the request (``handoff``), a mentor takes over."""
+CONTROL_OPS = frozenset({"arm", "disarm", "engage", "disengage", "clear_fault", "set_scale"}
+                        | HANDOFF_OPS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,9 @@ class ControlRequest(Message):
     value: float | None = None
     session: int | None = None
     """The session this request belongs to; None only before the console holds one."""
+    handoff: int | None = None
+    """``grant``/``deny``: the id of the pending command request (telemetry's
+    ``handoff_id``); a grant naming any other request is refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +288,12 @@ class Telemetry(Message):
     observers: int | None = None
     """Observers watching through the Zenoh fan-out (robot_side.fanout), stamped by the
     fan-out process on the copy it publishes; None where nobody counted."""
+    commander: str | None = None
+    """The name of the surgeon key in command (``transport.keys.Identity``); None: nobody."""
+    handoff_from: str | None = None
+    """A pending command request: who asks (its surgeon name) ..."""
+    handoff_id: int | None = None
+    """... and its id, which the commander's ``grant`` must name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,6 +468,7 @@ ControlRequest._SPEC = {
     "op": _choice(CONTROL_OPS),
     "value": _optional(_float(-1e6, 1e6)),
     "session": _session,
+    "handoff": _session,
 }
 ControlReply._SPEC = {
     "req_id": _int(0, U64),
@@ -486,6 +500,9 @@ Telemetry._SPEC = {
     "measured_jf": _joints,
     "audit_head": _optional(_text(48)),
     "observers": _optional(_int(0, U32)),
+    "commander": _optional(_text(32)),
+    "handoff_from": _optional(_text(32)),
+    "handoff_id": _session,
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
@@ -580,14 +597,17 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker", "joints"})
+OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker", "joints",
+                               "handoff", "commander", "handoff_from", "handoff_id"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
 ``session`` is the surgeon session token (``transport.session_guard``): a random
 64-bit id the robot grants in the reply to ``arm``, after which it accepts
 commands, control requests and pongs only when they carry it. ``joints`` (a
-``Command``) is the joint-space master: absent in every Cartesian command."""
+``Command``) is the joint-space master: absent in every Cartesian command.
+``handoff``, ``commander``, ``handoff_from`` and ``handoff_id`` belong to the
+handoff between surgeon consoles (transport.handoff)."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]

@@ -23,9 +23,23 @@ disconnect: the robot's ping to it fails), a key reload revoked its key (its
 messages are refused from then on, so it could never answer), or it has
 answered no ping for ``idle_ms``. Without a session, ``arm`` grants a new one. A gone or silent
 holder has tripped ``rtt_unknown`` long before, so the arm is never taken over
-in motion. Every grant, takeover and refusal is an audit record. A deliberate
-handoff between two live consoles (remote teaching) builds on this: the holder
-(or a configured mentor) grants, never a timeout.
+in motion. Every grant, takeover and refusal is an audit record.
+
+**Handoff** between two live surgeon consoles (remote teaching; ``HANDOFF_OPS``):
+a surgeon not in command sends ``request_command``; its reply waits (deferred)
+while the request is pending: one at a time, a second requester is refused
+(``handoff_busy``: first wins). The holder's telemetry shows it (``handoff_from``,
+``handoff_id``); the holder answers ``grant`` or ``deny`` naming that id, with its
+token and a fresh request id. A grant older than ``handoff_ms`` on the robot's
+clock is stale, one naming a closed or unknown request is refused. A **mentor**
+key (``transport.keys.Identity``) may send ``takeover`` instead: no grant needed.
+On a grant or takeover the session moves at once to the new console with a new
+token (the old token is refused from here on), and the new holder's request goes
+to the control thread with that token, which starts the command session with it
+and holds the arm before the reply carrying the token leaves; the new console
+must engage (re-anchoring to its own master) before anything moves. A pending
+request that is not answered within ``handoff_ms`` times out. Each step is an
+audit record; refusals are rate-limited per kind like every refusal here.
 
 Pure logic with time passed in; the network thread asks it about each message.
 """
@@ -34,14 +48,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from telesurgery.ratelog import RateLimitedLog
+from transport.handoff import (
+    Admission,
+    HandoffRules,
+    PendingHandoff,
+    Session,
+    new_token,
+)
 from transport.intake import AuditAlert
-from transport.schema import U64, ControlReply, ControlRequest, Ping, Pong
+from transport.keys import Identity
+from transport.schema import HANDOFF_OPS, ControlReply, ControlRequest, Ping, Pong
 
 log = logging.getLogger(__name__)
 
@@ -51,38 +71,23 @@ ALERT_INTERVAL_NS = 1_000_000_000
 """At most one audit record per kind of refusal per second; the rest are counted."""
 MAX_PENDING = 256
 
-
-def new_token() -> int:
-    """A random, non-zero 64-bit session id (the schema's range is 1..2**64-1)."""
-    return secrets.randbelow(U64) + 1
+__all__ = ["Admission", "SessionGuard", "new_token"]
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    ok: bool
-    reason: str = ""
-    """Why it was refused (the reply's reason); empty when admitted."""
-    granted: int | None = None
-    """The new session token, when this admitted ``arm`` starts a session."""
-
-
-@dataclass(slots=True)
-class _Session:
-    token: int
-    peer: bytes
-    last_req_id: int
-    last_seen_ns: int
-    key: str | None = None
-    """The holder's session key (z85), to end the session when a reload revokes it."""
-
-
-class SessionGuard:
+class SessionGuard(HandoffRules):
     """Admits control requests and pongs of the one surgeon session; see the module doc."""
 
-    def __init__(self, idle_ms: float = 3000.0, token: Callable[[], int] = new_token) -> None:
+    def __init__(self, idle_ms: float = 3000.0, token: Callable[[], int] = new_token,
+                 handoff_ms: float = 10_000.0) -> None:
         self.idle_ns = int(idle_ms * 1e6)
+        self.handoff_ns = int(handoff_ms * 1e6)
+        self.identify: Callable[[str | None], Identity | None] = lambda key: None
+        """Name and mentor flag of a surgeon key (the authenticator's ``identity``)."""
+        self._request: PendingHandoff | None = None
+        self._closed: dict[int, str] = {}
+        self._outbox: deque[tuple[bytes, int, str]] = deque(maxlen=16)
         self._token = token
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._unbound_peer: bytes | None = None
         self._key: str | None = None
         """The key of the request being admitted (``admit``)."""
@@ -117,7 +122,13 @@ class SessionGuard:
         ``key``: the sender's session key; ``key_allowed``: whether a key is still
         authorised (the authenticator's ``allows``)."""
         self._key, self._key_allowed = key, key_allowed
-        adm = self._admit(peer, req, now_ns, peer_gone)
+        self.expire(now_ns)
+        if req.op in HANDOFF_OPS:
+            adm = self._handoff(peer, req, now_ns, peer_gone)
+        else:
+            adm = self._admit(peer, req, now_ns, peer_gone)
+        if adm.deferred:
+            return adm
         if adm.ok:
             if len(self._pending) >= MAX_PENDING:
                 self._pending.pop(next(iter(self._pending)))
@@ -183,7 +194,7 @@ class SessionGuard:
     def _grant(self, peer: bytes, req: ControlRequest, now_ns: int, code: str, *,
                level: int, why: str) -> Admission:
         token = self._token()
-        self._session = _Session(token, peer, req.req_id, now_ns, self._key)
+        self._session = Session(token, peer, req.req_id, now_ns, self._key, self._who())
         self._unbound_peer = None
         self.counters[code] += 1
         # Never the token itself in the audit: the log is readable by the staff.

@@ -122,6 +122,8 @@ def hud_lines(hud: HudState) -> list[tuple[str, Colour]]:
         (f"scale {hud.scale:.2f}   clutch {'ON' if hud.clutch else 'off'}   operator "
          f"{'present' if hud.operator_present else 'ABSENT'}",
          WHITE if hud.operator_present else AMBER),
+        # Who is in command (or who asks) outranks the encoder's name on the last line.
+        (hud.handoff_line[:52], AMBER if hud.handoff_from else WHITE) if hud.handoff_line else
         (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
          GREY),
     ]
