@@ -271,6 +271,9 @@ class Telemetry(Message):
     audit_head: str | None = None
     """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
     ``telesurgery audit verify --witness`` (safety.audit_verify)."""
+    paths: tuple[PathReport, ...] | None = None
+    """With two or more network paths: each path's health as the robot measures it
+    (``transport.paths``); see ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +311,18 @@ class KeyframeRequest(Message):
     seq: int
     last_frame_id: int | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathReport(Message):
+    """One network path's health as the robot sees it; a nested value (dual path)."""
+
+    name: str
+    live: bool
+    rtt_us: int | None = None
+    latency_us: int | None = None
+    jitter_us: int | None = None
+    loss: float = 0.0
 
 
 def _nested(cls: type[Message]) -> Validator:
@@ -398,6 +413,26 @@ KeyframeRequest._SPEC = {
     "reason": _text(64),
 }
 
+PathReport._SPEC = {
+    "name": _text(8),
+    "live": _bool,
+    "rtt_us": _optional(_int(0, U32)),
+    "latency_us": _optional(_int(-(2**31), U32)),
+    "jitter_us": _optional(_int(0, U32)),
+    "loss": _float(0.0, 1.0),
+}
+MAX_PATHS = 8
+
+
+def _path_reports(field: str, x: Any) -> tuple[Message, ...]:
+    if not isinstance(x, list | tuple) or len(x) > MAX_PATHS:
+        raise _fail(field, f"expected a list of at most {MAX_PATHS} paths")
+    item = _nested(PathReport)
+    return tuple(item(f"{field}[{i}]", v) for i, v in enumerate(x))
+
+
+Telemetry._SPEC = {**Telemetry._SPEC, "paths": _optional(_path_reports)}
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
@@ -406,17 +441,18 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session"})
+OMITTED_WHEN_NONE = frozenset({"session", "paths"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
 ``session`` is the surgeon session token (``transport.session_guard``): a random
 64-bit id the robot grants in the reply to ``arm``, after which it accepts
-commands, control requests and pongs only when they carry it."""
+commands, control requests and pongs only when they carry it. ``paths`` is the
+per-path health in telemetry, with two or more network paths (``transport.paths``)."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
-for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport):
+for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, PathReport):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)
     _REQUIRED[_cls] = frozenset(

@@ -50,6 +50,8 @@ OPEN_WITHOUT_SESSION = frozenset({"arm", "disarm", "disengage", "clear_fault", "
 ALERT_INTERVAL_NS = 1_000_000_000
 """At most one audit record per kind of refusal per second; the rest are counted."""
 MAX_PENDING = 256
+MAX_PEERS = 8
+"""Connections kept per session: its network paths plus a few reconnects' worth."""
 
 
 def new_token() -> int:
@@ -74,6 +76,18 @@ class _Session:
     last_seen_ns: int
     key: str | None = None
     """The holder's session key (z85), to end the session when a reload revokes it."""
+    peers: dict[bytes, None] = dataclasses.field(default_factory=dict)
+    """Every connection that proved the token (one per network path, and a reconnect's
+    new one), in order; ``peer`` is the newest. Dual path: the robot pings each."""
+
+    def join(self, peer: bytes) -> bool:
+        """Add a connection of the holder; True if it is new. Bounded: the oldest goes."""
+        new = peer not in self.peers
+        if new and len(self.peers) >= MAX_PEERS:
+            self.peers.pop(next(iter(self.peers)))
+        self.peers[peer] = None
+        self.peer = peer
+        return new
 
 
 class SessionGuard:
@@ -105,8 +119,24 @@ class SessionGuard:
         """Whom the robot pings: the holder; before any session, the last console heard."""
         return self._unbound_peer if self._session is None else self._session.peer
 
+    @property
+    def ping_targets(self) -> list[bytes]:
+        """Every connection of the holder (one per network path), newest last."""
+        if self._session is None:
+            return [] if self._unbound_peer is None else [self._unbound_peer]
+        return list(self._session.peers)
+
+    def forget(self, peer: bytes) -> None:
+        """A connection of the holder is gone (a failed ping); the session stays while
+        another path of it is left."""
+        s = self._session
+        if s is not None and len(s.peers) > 1 and s.peers.pop(peer, 0) is None \
+                and s.peer == peer:
+            s.peer = next(reversed(s.peers))
+
     def is_holder(self, peer: bytes) -> bool:
-        return self.ping_target == peer
+        s = self._session
+        return self.ping_target == peer or (s is not None and peer in s.peers)
 
     # ---------------------------------------------------------------- control requests
     def admit(self, peer: bytes, req: ControlRequest, now_ns: int,
@@ -141,7 +171,7 @@ class SessionGuard:
             self._alert(now_ns, "no_session", f"{req.op} refused: nobody holds a session")
             return Admission(False, "no_session")
         has_token = req.session is not None and req.session == s.token
-        if has_token or peer == s.peer:
+        if has_token or peer in s.peers:
             if req.req_id <= s.last_req_id:
                 self._alert(now_ns, "request_replayed",
                             f"{req.op} with request id {req.req_id} refused: ids up to "
@@ -154,16 +184,16 @@ class SessionGuard:
                 self._alert(now_ns, "session_token_mismatch",
                             f"{req.op} without the session's token refused")
                 return Admission(False, "session_token_mismatch")
-            if peer != s.peer:
+            if s.join(peer):
                 self._alert(now_ns, "session_moved",
                             "the holder reconnected: the session follows its token",
                             logging.INFO)
-                s.peer, s.key = peer, self._key
+                s.key = self._key
             s.last_req_id, s.last_seen_ns = req.req_id, now_ns
             return Admission(True)
         idle_ms = (now_ns - s.last_seen_ns) / 1e6
         revoked = s.key is not None and not self._key_allowed(s.key)
-        gone = revoked or peer_gone(s.peer)
+        gone = revoked or all(peer_gone(p) for p in s.peers)
         if gone or now_ns - s.last_seen_ns > self.idle_ns:
             # The takeover rule: the holder is gone, so its session ends and this
             # console is judged as if nobody held one (it may clear a fault, arm).
@@ -183,7 +213,7 @@ class SessionGuard:
     def _grant(self, peer: bytes, req: ControlRequest, now_ns: int, code: str, *,
                level: int, why: str) -> Admission:
         token = self._token()
-        self._session = _Session(token, peer, req.req_id, now_ns, self._key)
+        self._session = _Session(token, peer, req.req_id, now_ns, self._key, {peer: None})
         self._unbound_peer = None
         self.counters[code] += 1
         # Never the token itself in the audit: the log is readable by the staff.
@@ -222,11 +252,10 @@ class SessionGuard:
         s = self._session
         if s is None or ping.session is None or ping.session != s.token:
             return
-        if peer != s.peer:
+        if s.join(peer):  # a reconnect, or the holder's connection on another path
             self._alert(now_ns, "session_moved",
-                        "the holder reconnected: the session follows its token",
-                        logging.INFO)
-            s.peer = peer
+                        "a new connection of the holder (reconnected, or another network "
+                        "path): the session follows its token", logging.INFO)
 
     def pong_ok(self, peer: bytes, pong: Pong, now_ns: int) -> bool:
         """Only the holder's pongs, with its token, measure the link."""
@@ -234,7 +263,7 @@ class SessionGuard:
         if s is None:
             ok = peer == self._unbound_peer
         else:
-            ok = peer == s.peer and pong.session == s.token
+            ok = peer in s.peers and pong.session == s.token
             if ok:
                 s.last_seen_ns = now_ns
         if not ok:
