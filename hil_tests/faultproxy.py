@@ -416,6 +416,8 @@ def main(argv: list[str]) -> int:
                         help="ZeroMQ REP endpoint for JSON commands (ipc:// or loopback tcp://)")
     parser.add_argument("--blackout-mode", choices=BLACKOUT_MODES, default="drop")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--source", metavar="ADDR", default=None,
+                        help="address the relayed connections leave from (a path's own)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -430,7 +432,8 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed) as proxies:
+    with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed,
+                  source=args.source) as proxies:
         for name, port in proxies.ports.items():
             print(f"faultproxy ready {name} port {port}", flush=True)
         if control:

@@ -115,6 +115,10 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
             return "true" if v else "false"
         if isinstance(v, str | Path):
             return json.dumps(str(v))
+        if isinstance(v, dict):  # an inline table
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         return repr(v)
 
     out = []
@@ -148,6 +152,17 @@ class RigOptions:
     for a microcontroller, which no other job can starve."""
     proxy: bool = True
     """The fault proxy between console and robot; ``bench path`` measures without it."""
+    dual_path: bool = False
+    """Two network paths on loopback, each through its own fault proxy (``proxy`` for
+    path A, ``proxy_b`` for B; see ``DUAL_PATHS``). Not with ``netns``."""
+
+
+DUAL_PATHS = (
+    # name, robot binds, proxy leaves from (the robot names the path by it), proxy listens
+    ("A", "127.0.0.2", "127.0.0.4", "127.0.0.6"),
+    ("B", "127.0.0.3", "127.0.0.5", "127.0.0.7"),
+)
+"""The dual-path rig's loopback addresses: console -> proxy -> robot, one set per path."""
 
 
 class SimRig:
@@ -230,6 +245,9 @@ class SimRig:
             "estop": {"socket": self.run / "estop.sock"},
             "observe": {"socket": self.run / "observe.sock"},
         }
+        if self.opts.dual_path:
+            sections["link"]["paths"] = [{"name": n, "robot": r, "console": src}
+                                         for n, r, src, _ in DUAL_PATHS]
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
         robot_cfg.write_text(toml_text(sections))
@@ -238,6 +256,16 @@ class SimRig:
         self._wait_log("robot", "robot node up", 60)
         if not self.opts.proxy:
             self.proxy_ports = dict(self.robot_ports)  # the console talks to the robot
+            self.start_console()
+            return
+        if self.opts.dual_path:
+            for n, robot, src, listen_on in DUAL_PATHS:
+                name = "proxy" if n == "A" else f"proxy_{n.lower()}"
+                routes = [f"{c}@{listen_on}:{self.proxy_ports[c]}={robot}:{p}"
+                          for c, p in self.robot_ports.items()]
+                self._spawn(name, ["faultproxy", *[a for r in routes for a in ("--listen", r)],
+                                   "--source", src, "--control", f"ipc://{self.run}/{name}.ipc"])
+                self._wait_log(name, "faultproxy ready", 15)
             self.start_console()
             return
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
@@ -253,9 +281,11 @@ class SimRig:
         """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
+        paths = [{"name": n, "robot": listen_on} for n, _, _, listen_on in DUAL_PATHS]
         cfg.write_text(toml_text({
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
-                     **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
+                     **{f"{c}_port": p for c, p in self.proxy_ports.items()},
+                     "paths": paths if o.dual_path else None},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
@@ -278,7 +308,7 @@ class SimRig:
 
     def stop(self) -> None:
         """Stop everything: console and robot politely first (they write summaries)."""
-        for name in ("console", "robot", "proxy", "firmware"):
+        for name in ("console", "robot", "proxy", "proxy_b", "firmware"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
@@ -310,6 +340,10 @@ class SimRig:
 
     def proxy(self, body: dict[str, Any]) -> Any:
         return self._request(f"ipc://{self.run}/proxy.ipc", body)
+
+    def proxy_b(self, body: dict[str, Any]) -> Any:
+        """Path B's fault proxy (``RigOptions.dual_path``)."""
+        return self._request(f"ipc://{self.run}/proxy_b.ipc", body)
 
     def firmware(self, body: dict[str, Any]) -> Any:
         if self.real_port:

@@ -16,12 +16,19 @@ video port) and turns its events into one sentence for the surgeon:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from transport.console_link import ConsoleLink
+from transport.paths import choose_video_path
+
 log = logging.getLogger(__name__)
+
+PATH_LIVE_NS = 100_000_000
+"""A path that brought nothing (pings at ``ping_hz``, telemetry) for this long is down."""
+PATH_CHECK_NS = 20_000_000
 
 _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
            | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -84,3 +91,36 @@ class ConnectionWatch:
 
     def close(self) -> None:
         self._monitor.close(0)
+
+
+class _KeyframeNeeder(Protocol):
+    keyframe_needed: bool
+
+
+class VideoPathSwitch:
+    """Dual path: video by the best live path; a switch asks for a keyframe at once.
+
+    Called from the video loop (its thread owns the video socket). The new
+    connection starts mid-GOP, so the receiver is told to wait for a keyframe,
+    which makes it request one (``VideoReceiver.take_keyframe_request``)."""
+
+    def __init__(self, link: ConsoleLink, receiver: _KeyframeNeeder | None) -> None:
+        self.link = link
+        self.receiver = receiver
+        self.switches = 0
+        self._next_ns = 0
+
+    def poll(self, now_ns: int) -> bool:
+        """Switch if another path is now better; True when it switched."""
+        if len(self.link.paths) < 2 or now_ns < self._next_ns:
+            return False
+        self._next_ns = now_ns + PATH_CHECK_NS
+        best = choose_video_path(self.link.path_health(now_ns, PATH_LIVE_NS),
+                                 self.link.video_path)
+        if best == self.link.video_path:
+            return False
+        self.link.switch_video(best)
+        self.switches += 1
+        if self.receiver is not None:
+            self.receiver.keyframe_needed = True
+        return True

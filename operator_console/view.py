@@ -57,6 +57,8 @@ class HudState:
     last_stop_age_s: float | None = None
     connection: str = ""
     """What is wrong with the connection to the robot ("" when it is up)."""
+    paths: str = ""
+    """Dual path: each path's health as the robot measured it, "A ok 1.2 ms / B down"."""
 
     @property
     def video_stale(self) -> bool:

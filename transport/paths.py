@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from transport.intake import AuditAlert
 from transport.linkstats import LinkStats
@@ -52,8 +53,22 @@ class PathView:
     """Fraction of the sequence numbers missing on this path over the window."""
 
 
-def describe(paths: Sequence[PathView]) -> str:
-    """The compact HUD line: "A ok 1.2 ms / B down"."""
+class _PathLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def live(self) -> bool: ...
+    @property
+    def rtt_us(self) -> int | None: ...
+    @property
+    def latency_us(self) -> int | None: ...
+    @property
+    def loss(self) -> float: ...
+
+
+def describe(paths: Sequence[_PathLike]) -> str:
+    """The compact HUD line: "A ok 1.2 ms / B down" (a ``PathView`` or the telemetry's
+    ``PathReport``: one-way latency where known, else the round trip)."""
     parts = []
     for p in paths:
         ms = p.latency_us if p.latency_us is not None else p.rtt_us
@@ -141,3 +156,28 @@ class PathHealth:
 
     def _stats_window(self) -> int:
         return next(iter(self._stats.values())).window_ns if self._stats else 1_000_000_000
+
+
+SWITCH_MARGIN_US = 1000
+"""A live video path is left for a faster one only when that one is this much faster
+(and 20 % faster): two paths of nearly equal latency must not make the picture flap."""
+
+
+def choose_video_path(paths: Sequence[PathView], current: int) -> int:
+    """Which path video should come by: the current one while it is live and not clearly
+    slower than another; else the live path with the lowest round trip (unknown last).
+    No live path: stay (nothing better to switch to)."""
+    live = [i for i, p in enumerate(paths) if p.live]
+    if not live:
+        return current
+
+    def rtt(i: int) -> float:
+        r = paths[i].rtt_us
+        return float("inf") if r is None else float(r)
+
+    best = min(live, key=rtt)
+    if current in live:
+        here = rtt(current)
+        if rtt(best) + SWITCH_MARGIN_US >= here or rtt(best) >= 0.8 * here:
+            return current
+    return best

@@ -121,9 +121,18 @@ def hud_lines(hud: HudState) -> list[tuple[str, Colour]]:
         (f"scale {hud.scale:.2f}   clutch {'ON' if hud.clutch else 'off'}   operator "
          f"{'present' if hud.operator_present else 'ABSENT'}",
          WHITE if hud.operator_present else AMBER),
-        (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
-         GREY),
+        _last_line(hud),
     ]
+
+
+def _last_line(hud: HudState) -> tuple[str, Colour]:
+    """Encoder and frame rate; with two network paths, the paths instead (more urgent)."""
+    if hud.paths:
+        if hud.robot_unknown:
+            return "paths --", RED
+        return hud.paths[:52], AMBER if "down" in hud.paths else WHITE
+    return (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
+            GREY)
 
 
 def render_hud(image: Image, hud: HudState) -> Image:
