@@ -158,9 +158,10 @@ class PathHealth:
         return next(iter(self._stats.values())).window_ns if self._stats else 1_000_000_000
 
 
-SWITCH_MARGIN_US = 1000
+SWITCH_MARGIN_US = 10_000
 """A live video path is left for a faster one only when that one is this much faster
-(and 20 % faster): two paths of nearly equal latency must not make the picture flap."""
+(and twice as fast): every switch costs a keyframe and a short gap, so two paths of
+similar latency (and a noisy round trip) must not make the picture flap."""
 
 
 def choose_video_path(paths: Sequence[PathView], current: int) -> int:
@@ -178,6 +179,7 @@ def choose_video_path(paths: Sequence[PathView], current: int) -> int:
     best = min(live, key=rtt)
     if current in live:
         here = rtt(current)
-        if rtt(best) + SWITCH_MARGIN_US >= here or rtt(best) >= 0.8 * here:
+        if paths[current].rtt_us is None or rtt(best) + SWITCH_MARGIN_US >= here \
+                or rtt(best) >= 0.5 * here:
             return current
     return best
