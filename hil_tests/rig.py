@@ -153,8 +153,10 @@ class RigOptions:
     proxy: bool = True
     """The fault proxy between console and robot; ``bench path`` measures without it."""
     dual_path: bool = False
-    """Two network paths on loopback, each through its own fault proxy (``proxy`` for
-    path A, ``proxy_b`` for B; see ``DUAL_PATHS``). Not with ``netns``."""
+    """Two network paths, each through its own fault proxy (``proxy`` for path A,
+    ``proxy_b`` for B; see ``DUAL_PATHS``). On loopback; with ``netns`` (made with
+    ``NetnsPair(paths=2)``) each path is its own veth pair between the namespaces and
+    the proxies listen on the robot's veth addresses."""
 
 
 DUAL_PATHS = (
@@ -162,7 +164,9 @@ DUAL_PATHS = (
     ("A", "127.0.0.2", "127.0.0.4", "127.0.0.6"),
     ("B", "127.0.0.3", "127.0.0.5", "127.0.0.7"),
 )
-"""The dual-path rig's loopback addresses: console -> proxy -> robot, one set per path."""
+"""The dual-path rig's loopback addresses: console -> proxy -> robot, one set per path
+(in namespaces, the robot's namespace has them on its own lo; the proxies listen on the
+veth addresses instead)."""
 
 
 class SimRig:
@@ -259,13 +263,14 @@ class SimRig:
             self.start_console()
             return
         if self.opts.dual_path:
-            for n, robot, src, listen_on in DUAL_PATHS:
+            for n, robot, src, listen_on in self._dual_paths():
                 name = "proxy" if n == "A" else f"proxy_{n.lower()}"
                 routes = [f"{c}@{listen_on}:{self.proxy_ports[c]}={robot}:{p}"
                           for c, p in self.robot_ports.items()]
                 self._spawn(name, ["faultproxy", *[a for r in routes for a in ("--listen", r)],
-                                   "--source", src, "--control", f"ipc://{self.run}/{name}.ipc"])
-                self._wait_log(name, "faultproxy ready", 15)
+                                   "--source", src, "--control", f"ipc://{self.run}/{name}.ipc"],
+                            where="robot")
+                self._wait_log(name, "faultproxy ready", 30)
             self.start_console()
             return
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
@@ -281,7 +286,7 @@ class SimRig:
         """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
-        paths = [{"name": n, "robot": listen_on} for n, _, _, listen_on in DUAL_PATHS]
+        paths = [{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
         cfg.write_text(toml_text({
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()},
@@ -296,6 +301,16 @@ class SimRig:
         }))
         self._spawn(name, ["console", "--config", str(cfg), "--seconds", str(o.console_seconds),
                            "--summary", str(self.run / f"{name}.json")], where="console")
+
+    def _dual_paths(self) -> list[tuple[str, str, str, str]]:
+        """``DUAL_PATHS``, the proxies listening on the veth addresses in namespaces."""
+        ns = self.opts.netns
+        if ns is None:
+            return list(DUAL_PATHS)
+        if len(ns.path_ips) < len(DUAL_PATHS):
+            raise RuntimeError("the dual-path rig in namespaces needs NetnsPair(paths=2)")
+        return [(n, robot, src, ns.path_ips[i][1])
+                for i, (n, robot, src, _) in enumerate(DUAL_PATHS)]
 
     def wait(self, name: str, timeout_s: float) -> int:
         return self.procs[name].wait(timeout_s)
