@@ -127,7 +127,10 @@ class ConsoleApp:
         receiver = VideoReceiver(link.video_socket, H264Decoder()) if cfg.enabled else None
         status = StatusView(sys.stderr) if headless and cfg.status_view else None
         self.receiver = receiver
-        video_path = VideoPathSwitch(link, receiver)  # dual path: the best path's video
+        # Dual path: video by one path, moved (with a keyframe request) when it fails.
+        video_path = VideoPathSwitch(
+            link, None if receiver is None else lambda: receiver.stats.received,
+            lambda: setattr(receiver, "keyframe_needed", True))
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
