@@ -8,6 +8,8 @@ Every assertion is on sequence numbers and counters, never on timing.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,12 +21,14 @@ import zmq
 
 from hil_tests.faultproxy import ProxySet
 from robot_side.command_port import CommandPort
+from robot_side.netio import Mailbox, NetworkThread
+from telesurgery.errors import LinkTimeout
 from transport.config import LinkConfig, LinkPath
 from transport.console_link import ConsoleLink
 from transport.gate import Verdict
 from transport.keys import ClientKeys, ServerKeys, init_keys
 from transport.link import RobotLink
-from transport.schema import Command, Ping
+from transport.schema import Command, ControlReply, Ping
 
 PERIOD_NS = 2_000_000
 """500 Hz, the demo's and the HIL table's command rate."""
@@ -169,3 +173,74 @@ def test_the_console_pings_and_hears_the_robot_on_every_path(rig: Rig) -> None:
                 addrs.add(item.addr)
     # Two connections of one console, told apart by the path's own address.
     assert len(got) == 2 and addrs == {"127.0.0.4", "127.0.0.5"}
+
+
+def test_the_robots_clock_survives_the_session_holders_path_going_dark(tmp_path: Path) -> None:
+    """The network thread pings every connection of the session: with the path it pinged
+    first blacked out, pongs keep coming by the other, so the clock never goes stale
+    (stale: ``rtt_unknown``, a trip, in the node)."""
+    init_keys(tmp_path / "keys")
+    keys = tmp_path / "keys"
+    cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0,
+                     keys_dir=keys, paths=ROBOT)
+    mb = Mailbox()
+    net = NetworkThread(cfg, ServerKeys.load(keys), mb, telemetry_hz=50.0)
+    stop = threading.Event()
+    control = threading.Thread(target=answer_requests, args=(mb, stop), daemon=True)
+    net.start()
+    control.start()
+    try:
+        assert net.ready.wait(10.0) and net.link is not None
+        ports = {"command": 1, **net.link.endpoints}  # no command socket here
+        proxies = {
+            robot.name: ProxySet({ch: ((console.robot, n), (robot.robot, n))
+                                  for ch, n in ports.items() if ch != "command"},
+                                 source=robot.console).start()
+            for robot, console in zip(ROBOT, CONSOLE, strict=True)}
+        ccfg = LinkConfig(**{f"{ch}_port": n for ch, n in ports.items()}, paths=CONSOLE)
+        with ConsoleLink(ccfg, ClientKeys.load_surgeon(keys)) as console:
+            arm_on_every_path(console, mb)
+            # Black out the path the robot pinged first (the session's first connection).
+            first = net.guard.ping_targets[0]
+            dark = "A" if net._peer_path.get(first) == "A" else "B"
+            proxies[dark].blackout(None)
+            t0 = time.monotonic_ns()
+            stale = 0
+            while time.monotonic_ns() - t0 < 1_000_000_000:
+                console.poll(5)
+                clock = mb.clock
+                stale += not clock.fresh(time.monotonic_ns())
+            proxies[dark].end_blackout()
+            assert stale == 0
+        for p in proxies.values():
+            p.stop()
+    finally:
+        stop.set()
+        net.stop()
+        net.join(5.0)
+
+
+def answer_requests(mb: Mailbox, stop: threading.Event) -> None:
+    """Stands in for the robot's control thread (not under test here): accepts each request."""
+    while not stop.wait(0.002):
+        for r in mb.take_requests():
+            mb.replies.append((r.peer, ControlReply(req_id=r.req.req_id, ok=True,
+                                                    state="ready", reason="")))
+
+
+def arm_on_every_path(console: ConsoleLink, mb: Mailbox) -> None:
+    """Arm, then ping until both paths have a round trip and the robot's clock is fresh."""
+    deadline = time.monotonic() + WAIT_S
+    while console.session is None and time.monotonic() < deadline:
+        with contextlib.suppress(LinkTimeout):
+            console.request("arm", timeout_ms=500)
+    assert console.session is not None
+    seq = 0
+    while time.monotonic() < deadline:
+        seq += 1
+        console.send_ping(Ping(seq=seq, t1_ns=time.monotonic_ns()))
+        console.poll(20)
+        if len([v for v in console.path_health(time.monotonic_ns(), 10**9)
+                if v.rtt_us is not None]) == 2 and mb.clock.fresh(time.monotonic_ns()):
+            return
+    raise TimeoutError("no round trip on both paths")
