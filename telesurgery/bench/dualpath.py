@@ -10,7 +10,8 @@ One process, real CurveZMQ sockets on loopback, the robot's real ``CommandPort``
    receive of the first fresh copy, one clock) and the process's CPU time per
    block as a percentage of one core (console and robot sides together, libzmq's
    I/O threads included).
-2. **Failover trials**: two paths, each through its own fault proxy; in each trial
+2. **Failover trials**: two paths, each through its own fault proxy (a process of its
+   own, ``telesurgery faultproxy``, so its relaying does not share this one's GIL); in each trial
    one path (A and B in turn) is blacked out for ``BLACKOUT_S`` in the middle of a
    command stream. Per trial: commands sent and executed fresh (missed = the
    difference), the largest gap between fresh arrivals, and whether that gap
@@ -22,8 +23,9 @@ The last line printed is a single JSON object.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,8 +36,8 @@ from typing import Any
 
 import zmq
 
-from hil_tests.faultproxy import ProxySet
 from robot_side.command_port import CommandPort
+from telesurgery.errors import LinkError
 from transport.config import LinkConfig, LinkPath
 from transport.console_link import ConsoleLink
 from transport.gate import Verdict
@@ -163,13 +165,54 @@ def cost(stack: ExitStack, keys: Path, seconds: float, rate_hz: float) -> dict[s
     return out
 
 
+class ProxyProcess:
+    """One path's fault proxy as its own process, driven over its IPC control socket."""
+
+    def __init__(self, stack: ExitStack, run: Path, name: str, routes: list[str],
+                 source: str) -> None:
+        self.endpoint = f"ipc://{run}/proxy-{name}.ipc"
+        argv = [sys.executable, "-m", "telesurgery.cli", "faultproxy", "--source", source,
+                "--control", self.endpoint, *[a for r in routes for a in ("--listen", r)]]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        stack.callback(self._stop)
+        assert self.proc.stdout is not None
+        ready = 0
+        for line in self.proc.stdout:
+            ready += line.startswith("faultproxy ready")
+            if ready == len(routes):
+                break
+        if ready < len(routes):
+            raise LinkError(f"fault proxy {name} did not start")
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.req: zmq.Socket[Any] = self.ctx.socket(zmq.REQ)
+        self.req.setsockopt(zmq.LINGER, 0)
+        self.req.setsockopt(zmq.RCVTIMEO, 5000)
+        self.req.connect(self.endpoint)
+
+    def ask(self, body: dict[str, Any]) -> None:
+        self.req.send_json(body)
+        if not self.req.recv_json().get("ok"):  # type: ignore[union-attr]
+            raise LinkError(f"fault proxy refused {body}")
+
+    def _stop(self) -> None:
+        if hasattr(self, "req"):
+            self.req.close(0)
+            self.ctx.term()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[str, Any]:
     robot = Robot(stack, keys, PROXIED_ROBOT)
     proxies = {}
     for r, c in zip(PROXIED_ROBOT, PROXIED_CONSOLE, strict=True):
-        routes = {ch: ((c.robot, n), (r.robot, n)) for ch, n in robot.ports.items()}
-        proxies[r.name] = ProxySet(routes, source=r.console).start()
-        stack.callback(proxies[r.name].stop)
+        routes = [f"{ch}@{c.robot}:{n}={r.robot}:{n}" for ch, n in robot.ports.items()]
+        proxies[r.name] = ProxyProcess(stack, keys, r.name, routes, r.console)
     console = console_for(stack, keys, robot.ports, PROXIED_CONSOLE)
     seq = warm_up(robot, console, 2)
     results: list[dict[str, Any]] = []
@@ -182,10 +225,10 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
             console.send_command(make_command(s))
 
         seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
-        proxies[path].blackout(BLACKOUT_S)
+        proxies[path].ask({"blackout": BLACKOUT_S})
         seq = stream(send, BLACKOUT_S, rate_hz, seq)
         seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
-        proxies[path].end_blackout()
+        proxies[path].ask({"end_blackout": True})
         time.sleep(0.02)
         arrivals = list(robot.arrivals)
         gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=0)
@@ -201,7 +244,6 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
 
 
 def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
-    logging.getLogger("hil_tests").setLevel(logging.WARNING)  # a line per blackout otherwise
     with tempfile.TemporaryDirectory(prefix="telesurgery-bench-") as tmp, ExitStack() as stack:
         keys = Path(tmp)
         init_keys(keys)
