@@ -244,3 +244,13 @@ def arm_on_every_path(console: ConsoleLink, mb: Mailbox) -> None:
                 if v.rtt_us is not None]) == 2 and mb.clock.fresh(time.monotonic_ns()):
             return
     raise TimeoutError("no round trip on both paths")
+
+
+@pytest.mark.slow
+def test_link_bench_with_two_paths_reports_cost_and_failover() -> None:
+    from telesurgery.bench.dualpath import run
+    r = run(seconds=0.5, rate_hz=200.0, trials=2)
+    one, two = r["cost"]["one"], r["cost"]["two"]
+    assert one["n"] > 0 and two["n"] > 0 and two["duplicates"] > 0 == one["duplicates"]
+    assert r["failover"]["trials"] == 2 and r["failover"]["period_ms"] == 5.0
+    assert 0 <= r["failover"]["trials_without_miss"] <= 2
