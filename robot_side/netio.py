@@ -263,6 +263,10 @@ class NetworkThread(threading.Thread):
                                 latency_us=v.latency_us, jitter_us=v.jitter_us, loss=v.loss)
                      for v in views)
 
+    def path_of(self, peer: bytes) -> str | None:
+        """The network path a connection of the session came by (from its pongs)."""
+        return self._peer_path.get(peer)
+
     def path_rtt_us(self) -> dict[str, int]:
         """Round trip per path name, as the robot measured it (pongs by path)."""
         return dict(self._path_rtt_us)
