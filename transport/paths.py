@@ -13,7 +13,8 @@ claim in the message): one ``LinkStats`` per path (latency, jitter, loss) and
 its last arrival. A path is live while copies arrive within ``live_ns``. When
 fewer than two are left while commands still flow, that is a **warning, not a
 hold**: one ``AuditAlert`` ("redundancy_lost", naming the silent paths), and
-"redundancy_restored" when a second path is back. Both paths silent is the
+"redundancy_restored" once two paths stayed live for ``restore_ns`` (a flapping
+path is no redundancy, and must not write an audit record every 100 ms). Both paths silent is the
 watchdog's command timeout, as with one path.
 
 Only copies of the current session that the intake judged FRESH, DUPLICATE or
@@ -35,6 +36,8 @@ from transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
 
+RESTORE_NS = 1_000_000_000
+"""Redundancy counts as restored only after two paths stayed live this long."""
 UNKNOWN_PATH = "?"
 """A copy from an address no configured path names (counted under this name)."""
 
@@ -51,6 +54,8 @@ class PathView:
     jitter_us: int | None = None
     loss: float = 0.0
     """Fraction of the sequence numbers missing on this path over the window."""
+    lost: int = 0
+    """Sequence numbers missing on this path since the session began (robot side)."""
 
 
 class _PathLike(Protocol):
@@ -85,11 +90,14 @@ def describe(paths: Sequence[_PathLike]) -> str:
 class PathHealth:
     """Per-path statistics of the command copies and the redundancy verdict."""
 
-    def __init__(self, names: Sequence[str], *, window_ns: int, live_ns: int) -> None:
+    def __init__(self, names: Sequence[str], *, window_ns: int, live_ns: int,
+                 restore_ns: int = RESTORE_NS) -> None:
         if live_ns <= 0:
             raise ValueError(f"live_ns = {live_ns}: must be > 0")
         self.names = tuple(names)
         self.live_ns = live_ns
+        self.restore_ns = restore_ns
+        self._restoring_ns: int | None = None
         self._stats = {n: LinkStats(window_ns) for n in self.names}
         self._last_ns: dict[str, int] = {}
         self._redundant: bool | None = None
@@ -114,6 +122,7 @@ class PathHealth:
         self._last_ns.clear()
         self._redundant = None
         self._first_ns = None
+        self._restoring_ns = None
 
     def live(self, now_ns: int) -> list[str]:
         return [n for n in self.names
@@ -132,6 +141,14 @@ class PathHealth:
             self._first_ns = now_ns
         if self._redundant is None and not redundant and now_ns - self._first_ns < self.live_ns:
             return None  # the first copies: the other path may not have delivered yet
+        if self._redundant is False and redundant:
+            # Back only once two paths stayed live for ``restore_ns``: a flapping path is
+            # no redundancy, and each change is an audit record.
+            if self._restoring_ns is None:
+                self._restoring_ns = now_ns
+            if now_ns - self._restoring_ns < self.restore_ns:
+                return None
+        self._restoring_ns = None
         before, self._redundant = self._redundant, redundant
         if before == redundant or (before is None and redundant):
             return None
@@ -151,7 +168,7 @@ class PathHealth:
         for name in self.names:
             snap = self._stats[name].snapshot(now_ns)
             out.append(PathView(name, name in live, (rtt_us or {}).get(name),
-                                snap.latency_us, snap.jitter_us, snap.loss))
+                                snap.latency_us, snap.jitter_us, snap.loss, snap.lost))
         return out
 
     def _stats_window(self) -> int:

@@ -50,13 +50,16 @@ def test_down_to_one_path_is_one_warning_and_back_is_one_record() -> None:
     views = {v.name: v for v in h.views(t)}
     assert not views["A"].live and views["B"].live
     assert describe(h.views(t)).startswith("A down / B ok")
-    for seq in range(150, 160):
+    for seq in range(150, 900):  # 1.5 s of both; a flap in the middle
         t = seq * 2 * MS
-        feed(h, "A", seq, t)
+        if not 300 <= seq < 340:
+            feed(h, "A", seq, t)
         feed(h, "B", seq, t)
         if (a := h.check(t)) is not None:
             alerts.append(a)
+    # Restored once, a second after the flap; no record per flap while lost.
     assert [a.code for a in alerts] == ["redundancy_lost", "redundancy_restored"]
+    assert alerts[1].t_ns >= 340 * 2 * MS + h.restore_ns
 
 
 def test_both_paths_silent_is_no_redundancy_alert_that_is_the_watchdogs() -> None:
