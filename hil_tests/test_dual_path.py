@@ -27,7 +27,15 @@ import pytest
 
 from hil_tests.netns import NetnsPair, netns_available
 from hil_tests.rig import RigOptions, SimRig, poll
-from hil_tests.scenarios import CI_SLACK_MS, COMMAND_TIMEOUT_MS, PERIOD_MS, RATE_HZ
+from hil_tests.scenarios import (
+    CI_SLACK_MS,
+    COMMAND_TIMEOUT_MS,
+    FIRMWARE_FIFO,
+    PERIOD_MS,
+    RATE_HZ,
+    RIG_NICE,
+    ROTATION_SCALE,
+)
 from transport.config import DSCP_AF41, DSCP_EF
 
 CAPTURE = """
@@ -68,8 +76,10 @@ def rig(tmp_path: Path) -> Iterator[SimRig]:
         pair = stack.enter_context(NetnsPair(paths=2)) if netns_available()[0] else None
         opts = RigOptions(run_dir=tmp_path / "rig", console_seconds=3600.0,
                           ros_backend="none", rate_hz=RATE_HZ, reengage_after_s=0.3,
-                          robot_overrides=SMALL_VIDEO, dual_path=True, netns=pair)
-        r = stack.enter_context(SimRig(opts))
+                          rotation_scale=ROTATION_SCALE, robot_overrides=SMALL_VIDEO,
+                          nice=RIG_NICE, firmware_fifo=FIRMWARE_FIFO, dual_path=True,
+                          netns=pair)
+        r = stack.enter_context(SimRig(opts))  # as the scenario table's rig (make_rig)
         r.start()
         yield r
 
