@@ -92,8 +92,12 @@ class FaultProxy:
     """
 
     def __init__(self, listen: Addr, target: Addr, name: str = "", *,
-                 blackout_mode: BlackoutMode = "drop", seed: int | None = None) -> None:
+                 blackout_mode: BlackoutMode = "drop", seed: int | None = None,
+                 source: str | None = None) -> None:
+        """``source``: the address relayed connections leave from (the robot names a
+        network path by it, dual path); None: the kernel's choice."""
         self.listen_addr = listen
+        self.source = source
         self.target = target
         self.name = name or f"{listen[0]}:{listen[1]}->{target[0]}:{target[1]}"
         self.blackout_mode = _check_mode(blackout_mode)
@@ -143,7 +147,7 @@ class FaultProxy:
         self._listener = listener
         self._relay = Relay(listener, self._wake_r, self.target, self,
                             rng=random.Random(self._rng.getrandbits(64)),
-                            label=f"fault proxy {self.name}")
+                            label=f"fault proxy {self.name}", source=self.source)
         self._thread = threading.Thread(target=self._run, name=f"faultproxy-{self.name}",
                                         daemon=True)
         self._thread.start()
@@ -257,11 +261,12 @@ class ProxySet:
     """Several named proxies (command, control, telemetry, video) driven as one link."""
 
     def __init__(self, routes: Mapping[str, tuple[Addr, Addr]], *,
-                 blackout_mode: BlackoutMode = "drop", seed: int | None = None) -> None:
+                 blackout_mode: BlackoutMode = "drop", seed: int | None = None,
+                 source: str | None = None) -> None:
         rng = random.Random(seed)
         self.proxies = {
             name: FaultProxy(listen, target, name, blackout_mode=blackout_mode,
-                             seed=rng.getrandbits(64))
+                             seed=rng.getrandbits(64), source=source)
             for name, (listen, target) in routes.items()
         }
 
@@ -411,6 +416,8 @@ def main(argv: list[str]) -> int:
                         help="ZeroMQ REP endpoint for JSON commands (ipc:// or loopback tcp://)")
     parser.add_argument("--blackout-mode", choices=BLACKOUT_MODES, default="drop")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--source", metavar="ADDR", default=None,
+                        help="address the relayed connections leave from (a path's own)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -425,7 +432,8 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed) as proxies:
+    with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed,
+                  source=args.source) as proxies:
         for name, port in proxies.ports.items():
             print(f"faultproxy ready {name} port {port}", flush=True)
         if control:

@@ -98,9 +98,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 class NetnsPair:
-    """Two namespaces ("console", "robot") on a point-to-point veth /30."""
+    """Two namespaces ("console", "robot") on a point-to-point veth /30 (``paths`` of them:
+    path i on 10.(231+i).k.0/30, each its own veth pair, for the dual-path rig)."""
 
-    def __init__(self) -> None:
+    def __init__(self, paths: int = 1) -> None:
         n = next(_counter)
         pid = os.getpid()
         self.console_ns = f"ts-con-{pid}-{n}"
@@ -111,6 +112,12 @@ class NetnsPair:
         k = (pid + n) % 250 + 1
         self.console_ip = f"{SUBNET}.{k}.1"
         self.robot_ip = f"{SUBNET}.{k}.2"
+        major = int(SUBNET.split(".")[1])
+        self.path_devs = [(self.console_dev, self.robot_dev)] + [
+            (f"tsc{token}{i}", f"tsr{token}{i}") for i in range(1, paths)]
+        self.path_ips = [(self.console_ip, self.robot_ip)] + [
+            (f"10.{major + i}.{k}.1", f"10.{major + i}.{k}.2") for i in range(1, paths)]
+        """(console, robot) device and address of each path; path 0 is the one above."""
         self._procs: list[subprocess.Popen[Any]] = []
         self._created = False
 
@@ -127,13 +134,13 @@ class NetnsPair:
         try:
             _ip("netns", "add", self.console_ns)
             _ip("netns", "add", self.robot_ns)
-            _ip("link", "add", self.console_dev, "type", "veth", "peer", "name", self.robot_dev)
-            for ns, dev, ip in ((self.console_ns, self.console_dev, self.console_ip),
-                                (self.robot_ns, self.robot_dev, self.robot_ip)):
-                _ip("link", "set", dev, "netns", ns)
-                _ip("-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
-                _ip("-n", ns, "link", "set", "lo", "up")
-                _ip("-n", ns, "link", "set", dev, "up")
+            for (cdev, rdev), (cip, rip) in zip(self.path_devs, self.path_ips, strict=True):
+                _ip("link", "add", cdev, "type", "veth", "peer", "name", rdev)
+                for ns, dev, ip in ((self.console_ns, cdev, cip), (self.robot_ns, rdev, rip)):
+                    _ip("link", "set", dev, "netns", ns)
+                    _ip("-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
+                    _ip("-n", ns, "link", "set", "lo", "up")
+                    _ip("-n", ns, "link", "set", dev, "up")
         except (LinkError, OSError, subprocess.TimeoutExpired):
             self.cleanup()
             raise
@@ -206,5 +213,6 @@ class NetnsPair:
                 if result.returncode != 0:
                     log.error("could not delete namespace %s: %s", ns, result.stderr.strip())
         # A veth created before the move into a namespace would survive in the host.
-        _ip("link", "del", self.console_dev, check=False)
+        for cdev, _ in self.path_devs:
+            _ip("link", "del", cdev, check=False)
         self._created = False

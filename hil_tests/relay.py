@@ -355,8 +355,11 @@ class Relay:
     """Runs in the proxy's thread until ``stopping`` is set; owns every connection."""
 
     def __init__(self, listener: socket.socket, wake: socket.socket, target: tuple[str, int],
-                 policy: RelayPolicy, *, rng: random.Random, label: str) -> None:
+                 policy: RelayPolicy, *, rng: random.Random, label: str,
+                 source: str | None = None) -> None:
         self.listener = listener
+        self.source = source
+        """Address the relayed connections leave from (a path's own, dual path)."""
         self.wake = wake
         self.target = target
         self.policy = policy
@@ -416,6 +419,8 @@ class Relay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = _Connection(self.policy, client, server, self.rng, self.label)
         try:
+            if self.source is not None:
+                server.bind((self.source, 0))
             err = server.connect_ex(self.target)
         except OSError as exc:  # an unresolvable target name
             err = exc.errno or errno.EHOSTUNREACH

@@ -116,6 +116,10 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
             return "true" if v else "false"
         if isinstance(v, str | Path):
             return json.dumps(str(v))
+        if isinstance(v, dict):  # an inline table
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
         return repr(v)
 
     out = []
@@ -153,6 +157,21 @@ class RigOptions:
     """"dynamixel" or "feetech": the robot drives that smart-servo backend against
     ``telesurgery servo-sim`` on the pty instead of the firmware emulator
     (``hil_tests.servo_rig``; its control socket answers ``firmware()``)."""
+    dual_path: bool = False
+    """Two network paths, each through its own fault proxy (``proxy`` for path A,
+    ``proxy_b`` for B; see ``DUAL_PATHS``). On loopback; with ``netns`` (made with
+    ``NetnsPair(paths=2)``) each path is its own veth pair between the namespaces and
+    the proxies listen on the robot's veth addresses."""
+
+
+DUAL_PATHS = (
+    # name, robot binds, proxy leaves from (the robot names the path by it), proxy listens
+    ("A", "127.0.0.2", "127.0.0.4", "127.0.0.6"),
+    ("B", "127.0.0.3", "127.0.0.5", "127.0.0.7"),
+)
+"""The dual-path rig's loopback addresses: console -> proxy -> robot, one set per path
+(in namespaces, the robot's namespace has them on its own lo; the proxies listen on the
+veth addresses instead)."""
 
 
 class SimRig:
@@ -242,6 +261,9 @@ class SimRig:
         }
         if servo_family is not None:
             sections.update(servo_sections(servo_family, serial_port))
+        if self.opts.dual_path:
+            sections["link"]["paths"] = [{"name": n, "robot": r, "console": src}
+                                         for n, r, src, _ in DUAL_PATHS]
         for key, body in self.opts.robot_overrides.items():
             sections.setdefault(key, {}).update(body)
         robot_cfg.write_text(toml_text(sections))
@@ -250,6 +272,17 @@ class SimRig:
         self._wait_log("robot", "robot node up", 60)
         if not self.opts.proxy:
             self.proxy_ports = dict(self.robot_ports)  # the console talks to the robot
+            self.start_console()
+            return
+        if self.opts.dual_path:
+            for n, robot, src, listen_on in self._dual_paths():
+                name = "proxy" if n == "A" else f"proxy_{n.lower()}"
+                routes = [f"{c}@{listen_on}:{self.proxy_ports[c]}={robot}:{p}"
+                          for c, p in self.robot_ports.items()]
+                self._spawn(name, ["faultproxy", *[a for r in routes for a in ("--listen", r)],
+                                   "--source", src, "--control", f"ipc://{self.run}/{name}.ipc"],
+                            where="robot")
+                self._wait_log(name, "faultproxy ready", 30)
             self.start_console()
             return
         routes = [f"{c}@{self.robot_host}:{self.proxy_ports[c]}=127.0.0.1:{p}"
@@ -265,9 +298,11 @@ class SimRig:
         """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
+        paths = [{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
         cfg.write_text(toml_text({
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
-                     **{f"{c}_port": p for c, p in self.proxy_ports.items()}},
+                     **{f"{c}_port": p for c, p in self.proxy_ports.items()},
+                     "paths": paths if o.dual_path else None},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
@@ -278,6 +313,16 @@ class SimRig:
         }))
         self._spawn(name, ["console", "--config", str(cfg), "--seconds", str(o.console_seconds),
                            "--summary", str(self.run / f"{name}.json")], where="console")
+
+    def _dual_paths(self) -> list[tuple[str, str, str, str]]:
+        """``DUAL_PATHS``, the proxies listening on the veth addresses in namespaces."""
+        ns = self.opts.netns
+        if ns is None:
+            return list(DUAL_PATHS)
+        if len(ns.path_ips) < len(DUAL_PATHS):
+            raise RuntimeError("the dual-path rig in namespaces needs NetnsPair(paths=2)")
+        return [(n, robot, src, ns.path_ips[i][1])
+                for i, (n, robot, src, _) in enumerate(DUAL_PATHS)]
 
     def wait(self, name: str, timeout_s: float) -> int:
         return self.procs[name].wait(timeout_s)
@@ -290,7 +335,7 @@ class SimRig:
 
     def stop(self) -> None:
         """Stop everything: console and robot politely first (they write summaries)."""
-        for name in ("console", "robot", "proxy", "firmware"):
+        for name in ("console", "robot", "proxy", "proxy_b", "firmware"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
                 continue
@@ -322,6 +367,10 @@ class SimRig:
 
     def proxy(self, body: dict[str, Any]) -> Any:
         return self._request(f"ipc://{self.run}/proxy.ipc", body)
+
+    def proxy_b(self, body: dict[str, Any]) -> Any:
+        """Path B's fault proxy (``RigOptions.dual_path``)."""
+        return self._request(f"ipc://{self.run}/proxy_b.ipc", body)
 
     def firmware(self, body: dict[str, Any]) -> Any:
         if self.real_port:

@@ -25,7 +25,7 @@ import zmq
 
 from operator_console.command_loop import CommandThread
 from operator_console.config import ConsoleConfig
-from operator_console.connection import ConnectionWatch
+from operator_console.connection import ConnectionWatch, VideoPathSwitch
 from operator_console.devices import open_device
 from operator_console.session import HANDOFF_KEYS, ConsoleShared, SessionThread
 from operator_console.status_view import StatusView
@@ -43,6 +43,7 @@ from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from telesurgery.helptext import plain_help
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
+from transport.paths import describe as describe_paths
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,10 @@ class ConsoleApp:
         receiver = VideoReceiver(link.video_socket, H264Decoder()) if cfg.enabled else None
         status = StatusView(sys.stderr) if headless and cfg.status_view else None
         self.receiver = receiver
+        # Dual path: video by one path, moved (with a keyframe request) when it fails.
+        video_path = VideoPathSwitch(
+            link, None if receiver is None else lambda: receiver.stats.received,
+            lambda: setattr(receiver, "keyframe_needed", True))
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
@@ -143,6 +148,8 @@ class ConsoleApp:
             if receiver is None:
                 self._halt.wait(0.02)
             now = time.monotonic_ns()
+            if receiver is not None:
+                video_path.poll(now)
             if receiver is not None and sh.offset_ns is not None:
                 receiver.offset_ns = sh.offset_ns
             hud = self._hud(view, now, g2g_ms, fps)
@@ -212,6 +219,8 @@ class ConsoleApp:
             else sh.video_age_us / 1000, g2g_ms=g2g_ms, fps=fps or None,
             connection=connection)
         hud = replace(hud, vitals=vitals_strip(sh.vitals, sh.vitals_ns, now))
+        if sh.telemetry is not None and sh.telemetry.paths:  # dual path: "A ok 1.2 ms / B down"
+            hud = replace(hud, paths=describe_paths(sh.telemetry.paths))
         self.last_hud = hud
         return hud
 

@@ -16,12 +16,26 @@ video port) and turns its events into one sentence for the surgeon:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from transport.console_link import ConsoleLink
+from transport.paths import choose_video_path
+
 log = logging.getLogger(__name__)
+
+PATH_LIVE_NS = 150_000_000
+"""A path that brought nothing (pings at ``ping_hz``, telemetry) for this long is down."""
+VIDEO_SILENT_NS = 120_000_000
+"""No video message for this long (about four frame intervals): the video path failed."""
+SWITCH_HOLDOFF_NS = 400_000_000
+"""After a switch the new path gets this long to bring a keyframe before another."""
+PREFER_CHECK_NS = 1_000_000_000
+"""How often a flowing video path is compared with the others' round trips."""
 
 _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
            | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -84,3 +98,55 @@ class ConnectionWatch:
 
     def close(self) -> None:
         self._monitor.close(0)
+
+
+class VideoPathSwitch:
+    """Dual path: video by one path, moved when its video stops or another is clearly faster.
+
+    Called from the video loop (its thread owns the video socket). The trigger for a
+    failover is the picture itself (no video message for ``VIDEO_SILENT_NS``) while
+    another path is live; a flowing path is left only for a clearly faster one
+    (``choose_video_path``), at most once a second. The new connection starts
+    mid-GOP, so the receiver is told to wait for a keyframe, which makes it request
+    one (``VideoReceiver.take_keyframe_request``)."""
+
+    def __init__(self, link: ConsoleLink, received: Callable[[], int] | None,
+                 on_switch: Callable[[], None] = lambda: None) -> None:
+        self.link = link
+        self._received = received
+        self._on_switch = on_switch
+        self.switches = 0
+        self._count = -1
+        self._video_ns: int | None = None
+        self._switched_ns: int | None = None
+        self._prefer_ns = 0
+
+    def poll(self, now_ns: int) -> bool:
+        """Switch if the video path failed or another is now clearly better; True if so."""
+        link = self.link
+        if len(link.paths) < 2 or self._received is None:
+            return False
+        count = self._received()
+        if count != self._count:
+            self._count, self._video_ns = count, now_ns
+        if self._switched_ns is not None and now_ns - self._switched_ns < SWITCH_HOLDOFF_NS:
+            return False
+        health = link.path_health(now_ns, PATH_LIVE_NS)
+        here = link.video_path
+        silent = self._video_ns is None or now_ns - self._video_ns > VIDEO_SILENT_NS
+        if silent and (count > 0 or not health[here].live):
+            others = [replace(p, live=p.live and i != here) for i, p in enumerate(health)]
+            best = choose_video_path(others, here)
+            return best != here and self._switch(best, now_ns)
+        if silent or now_ns < self._prefer_ns:
+            return False
+        self._prefer_ns = now_ns + PREFER_CHECK_NS
+        best = choose_video_path(health, here)
+        return best != here and self._switch(best, now_ns)
+
+    def _switch(self, index: int, now_ns: int) -> bool:
+        self.link.switch_video(index)
+        self.switches += 1
+        self._switched_ns = self._video_ns = now_ns
+        self._on_switch()
+        return True

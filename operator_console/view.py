@@ -73,6 +73,8 @@ class HudState:
         if self.handoff_from:
             return f"Request from {self.handoff_from} - press G to grant"
         return f"In command: {self.commander}" if self.commander else ""
+    paths: str = ""
+    """Dual path: each path's health as the robot measured it, "A ok 1.2 ms / B down"."""
 
     @property
     def video_stale(self) -> bool:

@@ -49,12 +49,13 @@ from robot_side.control import CommandSample, PendingRequest
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
 from transport.auth import session_key
-from transport.config import LinkConfig
+from transport.config import LinkConfig, tos_byte
 from transport.endpoint import COMMAND_RCVHWM, DRAIN_MAX
 from transport.gate import CommandGate, Verdict
 from transport.intake import AuditAlert, CommandIntake
 from transport.keys import SURGEON_USER, ServerKeys
 from transport.linkstats import LinkStats
+from transport.paths import UNKNOWN_PATH, PathHealth, PathView
 from transport.schema import Command, decode
 from transport.sockets import bound_port, server_socket
 
@@ -65,6 +66,8 @@ LATENCY_RING = 1 << 18
 MONITOR_EVERY_NS = 100_000_000
 FD_SETSIZE = 1024
 """select() takes descriptors below this only; above it the wait falls back to poll()."""
+COPY_OF_SESSION = frozenset({Verdict.FRESH, Verdict.DUPLICATE, Verdict.REPLAY})
+"""Verdicts of a copy of this session's command: evidence about the path it came by."""
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -97,10 +100,13 @@ class CommandPort:
     def __init__(self, ctx: zmq.Context[Any], cfg: LinkConfig, keys: ServerKeys, *,
                  age_limit_ns: int, loss_window_ns: int,
                  alerts: deque[AuditAlert] | None = None) -> None:
+        # One socket bound on every network path: one select, the first copy wins.
+        first, *more = (p.robot for p in cfg.path_list)
         self._sock: zmq.Socket[Any] = server_socket(
-            ctx, zmq.PULL, cfg.command_port, cfg.host, keys, "surgeon", cfg.max_message_bytes,
+            ctx, zmq.PULL, cfg.command_port, first, keys, "surgeon", cfg.max_message_bytes,
             hwm=COMMAND_RCVHWM, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-            heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+            heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+            tos=tos_byte(cfg.dscp_command), more_hosts=tuple(more))
         self._fd = int(self._sock.getsockopt(zmq.FD))
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
@@ -128,6 +134,16 @@ class CommandPort:
                                          "command_schema_error": 0, "handshake_failed": 0,
                                          "command_sessions": 0, "command_disconnects": 0}
         self._log = RateLimitedLog(log)
+        self.paths: PathHealth | None = None
+        """Per-path health and the redundancy warning, with two or more paths."""
+        self._path_names: dict[str, str] = {}
+        self.path_views: tuple[PathView, ...] = ()
+        """The paths as judged at the last check (every ``MONITOR_EVERY_NS``): one
+        reference, swapped, so the network thread reads it for telemetry."""
+        if cfg.dual:
+            self.paths = PathHealth([p.name for p in cfg.paths], window_ns=loss_window_ns,
+                                    live_ns=int(cfg.path_live_ms * 1e6))
+            self._path_names = {p.console: p.name for p in cfg.paths if p.console}
 
     @property
     def gate(self) -> CommandGate:
@@ -183,7 +199,11 @@ class CommandPort:
             if cmd is None:
                 continue
             self.counters["command_received"] += 1
-            if intake.offer(cmd, recv_ns, offset) is not Verdict.FRESH:
+            verdict = intake.offer(cmd, recv_ns, offset)
+            if self.paths is not None and verdict in COPY_OF_SESSION:
+                self.paths.on_copy(self._path_of(frames[0]), cmd.seq, cmd.t_send_ns,
+                                   recv_ns, offset)
+            if verdict is not Verdict.FRESH:
                 continue
             if self.on_arrival is not None:
                 self.on_arrival(recv_ns)
@@ -202,6 +222,18 @@ class CommandPort:
         if now >= self._next_monitor_ns:
             self._next_monitor_ns = now + MONITOR_EVERY_NS
             self._drain_monitor()
+            if self.paths is not None:
+                if (alert := self.paths.check(now)) is not None:
+                    self.alerts.append(alert)
+                self.path_views = tuple(self.paths.views(now))
+
+    def _path_of(self, frame: zmq.Frame) -> str:
+        """The path a copy came by: the sender's address as our kernel saw it."""
+        try:
+            addr = str(frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return UNKNOWN_PATH
+        return self._path_names.get(addr, UNKNOWN_PATH)
 
     def on_requests(self, requests: Iterable[PendingRequest]) -> None:
         """Start the command session of every ``arm`` the network thread granted.
@@ -220,6 +252,8 @@ class CommandPort:
         is no longer one to act on."""
         self.intake.reset(session)
         self.sample = None
+        if self.paths is not None:
+            self.paths.reset()
 
     def close(self) -> None:
         self._monitor.close(0)

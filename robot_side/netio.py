@@ -40,11 +40,13 @@ from transport.config import LinkConfig
 from transport.intake import AuditAlert
 from transport.keys import ServerKeys
 from transport.link import RobotLink
+from transport.paths import PathView
 from transport.schema import (
     Command,
     ControlReply,
     ControlRequest,
     KeyframeRequest,
+    PathReport,
     Ping,
     Pong,
     SafetyEvent,
@@ -151,6 +153,12 @@ class NetworkThread(threading.Thread):
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.telemetry_built = 0
+        self._path_names = {p.console: p.name for p in cfg.paths if p.console}
+        self._path_rtt_us: dict[str, int] = {}
+        self._peer_path: dict[bytes, str] = {}
+        self.path_views: Callable[[], tuple[PathView, ...]] = tuple
+        """Per-path health the control thread's ``CommandPort`` judged (dual path); the
+        node hooks it up. Its RTT figures are this thread's (``path_rtt_us``)."""
         self.audit_head: Callable[[], str | None] = lambda: None
         """The audit chain head (``AuditLog.head``): the witness every telemetry carries."""
 
@@ -195,13 +203,15 @@ class NetworkThread(threading.Thread):
             due = min(next_ping, next_tlm, next_obs) - now
             for item in link.poll(max(0, min(POLL_MAX_MS, due // 1_000_000))):
                 self._dispatch(link, item.msg, item.recv_ns, item.peer, item.key)
+                if item.addr and isinstance(item.msg, Pong):
+                    self._on_path_pong(item.peer, item.addr, item.msg, item.recv_ns)
             if self.guard.end_if_revoked(link.auth.allows, time.monotonic_ns()):
                 link.bind_console(self.guard.ping_target)
                 mb.alerts.extend(self.guard.drain_alerts())
             self._handoff_housekeeping(link)
             now = time.monotonic_ns()
             if now >= next_ping:
-                link.send_ping(self.clock.make_ping(now))
+                self._ping(link, now)
                 next_ping = now + self._ping_period_ns
                 if self.video is not None:
                     # Its reports queue up until read: unread, the queue fills, new
@@ -231,6 +241,8 @@ class NetworkThread(threading.Thread):
                                      sample.cmd.video_age_us if sample else None,
                                      audit_head=self.audit_head())
                 tlm = self._with_commander(tlm)
+                if views := self.path_views():
+                    tlm = dataclasses.replace(tlm, paths=self._path_reports(views))
                 self.telemetry_built += 1
                 last_report = report
                 mb.telemetry = tlm
@@ -243,6 +255,42 @@ class NetworkThread(threading.Thread):
                 if feed is not None:
                     feed.publish(tlm)
                 next_obs = now + self._obs_period_ns
+
+    def _ping(self, link: RobotLink, now: int) -> None:
+        """Ping the console; with several paths, each of the holder's connections (one
+        per path), so the clock offset survives a dead path and each path has an RTT."""
+        targets = self.guard.ping_targets
+        if len(targets) <= 1:
+            link.send_ping(self.clock.make_ping(now))
+            return
+        for peer in targets:
+            if not link.send_ping_to(peer, self.clock.make_ping(now)) and link.peer_gone(peer):
+                self.guard.forget(peer)
+                self._peer_path.pop(peer, None)
+        link.bind_console(self.guard.ping_target)
+
+    def _path_reports(self, views: tuple[PathView, ...]) -> tuple[PathReport, ...]:
+        rtt = self._path_rtt_us
+        return tuple(PathReport(name=v.name, live=v.live, rtt_us=rtt.get(v.name),
+                                latency_us=v.latency_us, jitter_us=v.jitter_us, loss=v.loss)
+                     for v in views)
+
+    def path_of(self, peer: bytes) -> str | None:
+        """The network path a connection of the session came by (from its pongs)."""
+        return self._peer_path.get(peer)
+
+    def path_rtt_us(self) -> dict[str, int]:
+        """Round trip per path name, as the robot measured it (pongs by path)."""
+        return dict(self._path_rtt_us)
+
+    def _on_path_pong(self, peer: bytes, addr: str, pong: Pong, recv_ns: int) -> None:
+        name = self._path_names.get(addr)
+        if name is None:
+            return
+        rtt = (recv_ns - pong.t1_ns) - (pong.t3_ns - pong.t2_ns)
+        if rtt >= 0:
+            self._path_rtt_us[name] = rtt // 1000
+        self._peer_path[peer] = name
 
     def _publish_clock(self) -> None:
         c = self.clock

@@ -276,6 +276,7 @@ class RobotNode:
             port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
             self.port = port
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
+            net.path_views = lambda: port.path_views  # dual path: health into telemetry
             endpoints = {"command": port.port, **net.link.endpoints}
             ros = None
             if cfg.ros.backend != "none":

@@ -33,6 +33,38 @@ LINK_LIMITS: dict[str, Limit] = {
 }
 """Range and recommended band of the link's timing limits."""
 
+DSCP_EF = 46
+"""Expedited Forwarding (RFC 3246): commands, control, pings, telemetry."""
+DSCP_AF41 = 34
+"""Assured Forwarding class 4 (RFC 2597): interactive video."""
+DSCP_CS1 = 8
+"""Class selector 1, lower effort: bulk transfers (recordings, exports)."""
+MAX_PATHS = 4
+
+
+def tos_byte(dscp: int) -> int:
+    """The IP TOS byte (``zmq.TOS``) for a DSCP code point, ECN bits left 0."""
+    return dscp << 2
+
+
+@dataclass(frozen=True)
+class LinkPath:
+    """One network path between the console and the robot (e.g. fibre, or 5G).
+
+    The robot binds every channel on ``robot`` and the console connects there;
+    ``console`` is the console's own address on this path: the console sends from
+    it (ZeroMQ's ``tcp://source;destination``), and the robot names each arrival's
+    path by it. Empty: any source address (the kernel's choice)."""
+
+    name: str
+    robot: str
+    console: str = ""
+
+    def __post_init__(self) -> None:
+        check(0 < len(self.name) <= 8 and self.name.isalnum(), "link.paths.name", self.name,
+              "must be 1-8 letters or digits")
+        check(bool(self.robot.strip()), "link.paths.robot", self.robot, "must not be empty")
+
 
 @dataclass(frozen=True)
 class LinkConfig:
@@ -59,6 +91,19 @@ class LinkConfig:
     handoff_ms: float = 10_000.0
     """Robot: how long a surgeon's command request waits for the commander's grant, and
     the oldest a grant may be on the robot's clock (``transport.session_guard``)."""
+    paths: tuple[LinkPath, ...] = ()
+    """Two or more network paths (``[[link.paths]]``): every command, control message
+    and telemetry travels on each, the robot executes the first fresh copy. Empty:
+    one path, "A", on ``host`` (the default, unchanged)."""
+    path_live_ms: float = 50.0
+    """Robot, with several paths: a path that delivered no command copy for this long
+    is down; down to one live path is an audited warning (never a hold)."""
+    dscp_command: int = DSCP_EF
+    """DSCP marking of the command, control and telemetry connections (IP TOS = DSCP << 2);
+    0 leaves them unmarked."""
+    dscp_video: int = DSCP_AF41
+    dscp_bulk: int = DSCP_CS1
+    """For bulk transfers off the control path (recordings, exports)."""
 
     def __post_init__(self) -> None:
         check(bool(self.host.strip()), "link.host", self.host, "must not be empty")
@@ -74,6 +119,28 @@ class LinkConfig:
         check_limits(self, "link", LINK_LIMITS)
         check(self.heartbeat_timeout_ms > self.heartbeat_ivl_ms, "link.heartbeat_timeout_ms",
               self.heartbeat_timeout_ms, "must be above heartbeat_ivl_ms")
+        check(5.0 <= self.path_live_ms <= 5000.0, "link.path_live_ms", self.path_live_ms,
+              "must be in 5..5000 ms")
+        for name in ("dscp_command", "dscp_video", "dscp_bulk"):
+            check(0 <= getattr(self, name) <= 63, f"link.{name}", getattr(self, name),
+                  "must be a DSCP code point in 0..63")
+        check(len(self.paths) <= MAX_PATHS, "link.paths", len(self.paths),
+              f"at most {MAX_PATHS} paths")
+        names = [p.name for p in self.paths]
+        check(len(names) == len(set(names)), "link.paths", names, "path names must differ")
+        robots = [p.robot for p in self.paths]
+        check(len(robots) == len(set(robots)), "link.paths", robots,
+              "each path needs its own robot address")
+
+    @property
+    def path_list(self) -> tuple[LinkPath, ...]:
+        """The paths in use: the configured ones, or the one default path on ``host``."""
+        return self.paths or (LinkPath("A", self.host),)
+
+    @property
+    def dual(self) -> bool:
+        """More than one path: per-path health and redundancy warnings are on."""
+        return len(self.paths) > 1
 
     def warnings(self) -> list[str]:
         """Limits inside their range but outside the recommended band, one line each."""

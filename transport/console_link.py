@@ -5,13 +5,23 @@ It keeps the surgeon session's token the robot granted in its ``arm`` reply and
 stamps it on every command, control request, ping and pong it sends
 (``transport.session_guard``).
 
+With two or more network paths (``LinkConfig.paths``) the console holds one
+CurveZMQ session per path and channel: every command goes out on every path (the
+robot executes the first fresh copy), pings and their answers on every path (so
+the robot's clock sync and the session's liveness survive a dead path), telemetry
+is taken from every path and each message kept once; a control request goes on
+the path that last heard from the robot (a request must not run twice), and
+video comes by one path (``video_path``). Per-path health the console measures
+itself is in ``path_health()``.
+
 Threading: as in ``transport.link``, each socket is used by one thread only (the
-console's command thread the command socket, its session thread the control and
+console's command thread the command sockets, its session thread the control and
 telemetry sockets); ``session`` is one reference read by both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -21,7 +31,7 @@ from typing import Any
 import zmq
 
 from telesurgery.errors import AuthError, LinkTimeout
-from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig
+from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig, LinkPath, tos_byte
 from transport.endpoint import (
     BUFFERED_MAX,
     COMMAND_SNDHWM,
@@ -32,6 +42,7 @@ from transport.endpoint import (
     _Link,
 )
 from transport.keys import ClientKeys
+from transport.paths import PathView
 from transport.schema import (
     Command,
     ControlReply,
@@ -49,6 +60,15 @@ from transport.sockets import client_socket
 
 log = logging.getLogger(__name__)
 
+SEEN_MAX = 256
+"""Telemetry and events remembered to keep one copy of each (dual path)."""
+
+
+def endpoint(path: LinkPath, port: int) -> str:
+    """The robot's endpoint on ``path``, sent from the console's address on it if given."""
+    source = f"{path.console}:0;" if path.console else ""
+    return f"tcp://{source}{path.robot}:{port}"
+
 
 class ConsoleLink(_Link):
     """The console's client sockets; an observer gets only telemetry and video."""
@@ -63,41 +83,84 @@ class ConsoleLink(_Link):
         """The surgeon session the robot granted in its last ``arm`` reply; every
         command, request and pong carries it (``transport.session_guard``)."""
         self._buffered: deque[Inbound] = deque(maxlen=BUFFERED_MAX)
-        self._command: zmq.Socket[Any] | None = None
-        self._control: zmq.Socket[Any] | None = None
+        self.paths = cfg.path_list
+        self._commands: list[zmq.Socket[Any]] = []
+        self._controls: list[zmq.Socket[Any]] = []
+        self._telemetries: list[zmq.Socket[Any]] = []
+        self._heard_ns = [0] * len(self.paths)
+        """When each path last brought anything from the robot (console clock)."""
+        self._rtt_ns: list[int | None] = [None] * len(self.paths)
+        self._seen: deque[tuple[str, int]] = deque(maxlen=SEEN_MAX)
+        self._video_port = cfg.video_port
+        self.video_path = 0
+        """Index of the path video comes by (``switch_video``)."""
 
-        def client(kind: int, port: int, max_msg: int, hwm: int, poll: bool) -> zmq.Socket[Any]:
-            sock = client_socket(self._ctx, kind, f"tcp://{cfg.host}:{port}", keys, max_msg,
+        def client(kind: int, path: LinkPath, port: int, *, max_msg: int, hwm: int,
+                   poll: bool, dscp: int = cfg.dscp_command) -> zmq.Socket[Any]:
+            sock = client_socket(self._ctx, kind, endpoint(path, port), keys, max_msg,
                                  hwm=hwm, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                                 heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+                                 heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+                                 tos=tos_byte(dscp))
             if kind == zmq.SUB:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             return self._add(sock, poll)
 
         try:
-            self._telemetry = client(zmq.SUB, cfg.telemetry_port, cfg.max_message_bytes,
-                                     TELEMETRY_HWM, True)
-            self.video_socket = client(zmq.SUB, cfg.video_port, VIDEO_MAX_MESSAGE_BYTES,
-                                       VIDEO_HWM, False)
+            for path in self.paths:
+                self._telemetries.append(client(
+                    zmq.SUB, path, cfg.telemetry_port, max_msg=cfg.max_message_bytes,
+                    hwm=TELEMETRY_HWM, poll=True))
+            self.video_socket = client(zmq.SUB, self.paths[0], cfg.video_port,
+                                       max_msg=VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
+                                       poll=False, dscp=cfg.dscp_video)
             if not observer:
-                self._command = client(zmq.PUSH, cfg.command_port, cfg.max_message_bytes,
-                                       COMMAND_SNDHWM, False)
-                self._control = client(zmq.DEALER, cfg.control_port, cfg.max_message_bytes,
-                                       CONTROL_HWM, True)
+                for path in self.paths:
+                    self._commands.append(client(
+                        zmq.PUSH, path, cfg.command_port, max_msg=cfg.max_message_bytes,
+                        hwm=COMMAND_SNDHWM, poll=False))
+                    self._controls.append(client(
+                        zmq.DEALER, path, cfg.control_port, max_msg=cfg.max_message_bytes,
+                        hwm=CONTROL_HWM, poll=True))
         except BaseException:
             self.close()
             raise
+        self._telemetry = self._telemetries[0]
+        self._command = self._commands[0] if self._commands else None
+        self._path_of = {s: i for group in (self._controls, self._telemetries)
+                         for i, s in enumerate(group)}
+
+    @property
+    def _control(self) -> zmq.Socket[Any] | None:
+        """The control socket of the path that last heard from the robot."""
+        if not self._controls:
+            return None
+        if len(self._controls) == 1:
+            return self._controls[0]
+        return self._controls[max(range(len(self._controls)), key=self._heard_ns.__getitem__)]
 
     def send_command(self, cmd: Command) -> bool:
-        """Send without blocking; False (and counted) when the link cannot take it now."""
+        """Send without blocking, on every path; False (and counted) when no path took it."""
         if cmd.session != self.session:
             cmd = dataclasses.replace(cmd, session=self.session)
-        try:
-            self._surgeon(self._command).send(encode(cmd), zmq.NOBLOCK)
-        except zmq.Again:
+        first = self._surgeon(self._command)
+        if len(self._commands) == 1:
+            try:
+                first.send(encode(cmd), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["command_send_drops"] += 1
+                return False
+            return True
+        payload = encode(cmd)
+        sent = False
+        for i, sock in enumerate(self._commands):
+            try:
+                sock.send(payload, zmq.NOBLOCK)
+                sent = True
+            except zmq.Again:  # this path is down or backed up: the others carry it
+                self.counters[f"command_send_drops_{self.paths[i].name}"] += 1
+        if not sent:
             self.counters["command_send_drops"] += 1
-            return False
-        return True
+        return sent
 
     def request(self, op: str, value: float | None = None,
                 timeout_ms: int | None = None, handoff: int | None = None) -> ControlReply:
@@ -131,20 +194,67 @@ class ConsoleLink(_Link):
         return self._send(self._surgeon(self._control), [encode(req)], "keyframe_request")
 
     def send_ping(self, ping: Ping) -> bool:
+        """Ping the robot on every path: each pong measures its own path (``path_health``),
+        the first one the caller's clock sync; and the robot learns each path is this
+        session's (``transport.session_guard``)."""
         if ping.session != self.session:
             ping = dataclasses.replace(ping, session=self.session)
-        return self._send(self._surgeon(self._control), [encode(ping)], "ping")
+        self._surgeon(self._control)
+        payload = encode(ping)
+        sent = [self._send(sock, [payload], "ping") for sock in self._controls]
+        return any(sent)
 
     def poll(self, timeout_ms: int) -> list[Inbound]:
         """Telemetry, safety events, pings (already answered) and pongs that arrived."""
         out = list(self._buffered)
         self._buffered.clear()
         ready = dict(self._poller.poll(0 if out else timeout_ms))
-        if self._control is not None and self._control in ready:
-            out.extend(self._drain_control(self._control, awaiting=None))
-        if self._telemetry in ready:
-            out.extend(self._drain(self._telemetry, "telemetry", (Telemetry, SafetyEvent,
-                                                                   Vitals)))
+        for sock in self._controls:
+            if sock in ready:
+                out.extend(self._drain_control(sock, awaiting=None))
+        for sock in self._telemetries:
+            if sock in ready:
+                items = self._drain(sock, "telemetry", (Telemetry, SafetyEvent, Vitals))
+                out.extend(self._first_copies(sock, items) if self._dual else items)
+        return out
+
+    @property
+    def _dual(self) -> bool:
+        return len(self.paths) > 1
+
+    def path_health(self, now_ns: int, live_ns: int) -> list[PathView]:
+        """Each path as this console sees it: heard from within ``live_ns``, its RTT."""
+        return [PathView(p.name, now_ns - heard <= live_ns if heard else False,
+                         None if rtt is None else rtt // 1000)
+                for p, heard, rtt in zip(self.paths, self._heard_ns, self._rtt_ns, strict=True)]
+
+    def switch_video(self, index: int) -> None:
+        """Take video by path ``index`` from now on (the video thread calls this: it owns
+        the socket); the caller asks for a keyframe, the new connection starts mid-GOP."""
+        if index == self.video_path or not 0 <= index < len(self.paths):
+            return
+        old = endpoint(self.paths[self.video_path], self._video_port)
+        with contextlib.suppress(zmq.ZMQError):  # an endpoint already gone
+            self.video_socket.disconnect(old)
+        self.video_socket.connect(endpoint(self.paths[index], self._video_port))
+        log.info("video now by path %s (was %s)", self.paths[index].name,
+                 self.paths[self.video_path].name)
+        self.video_path = index
+        self.counters["video_path_switches"] += 1
+
+    def _first_copies(self, sock: zmq.Socket[Any], items: list[Inbound]) -> list[Inbound]:
+        """Telemetry and events from every path, each kept once (by type and seq)."""
+        out = []
+        self._heard_ns[self._path_of[sock]] = time.monotonic_ns()
+        for item in items:
+            msg = item.msg
+            mark = (msg.TYPE, msg.seq) if isinstance(msg, Telemetry | SafetyEvent) else None
+            if mark is not None and mark in self._seen:
+                self.counters["telemetry_duplicates"] += 1
+                continue
+            if mark is not None:
+                self._seen.append(mark)
+            out.append(item)
         return out
 
     def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,
@@ -165,8 +275,15 @@ class ConsoleLink(_Link):
         the caller was told so; acting on it now would be acting on old news.
         """
         out: list[Inbound] = []
-        for item in self._drain(control, "control", (ControlReply, Ping, Pong)):
+        path = self._path_of.get(control, 0)
+        items = self._drain(control, "control", (ControlReply, Ping, Pong))
+        if items:
+            self._heard_ns[path] = items[-1].recv_ns
+        for item in items:
             msg = item.msg
+            if isinstance(msg, Pong):
+                # This path's own round trip, less the robot's turnaround.
+                self._rtt_ns[path] = (item.recv_ns - msg.t1_ns) - (msg.t3_ns - msg.t2_ns)
             if isinstance(msg, ControlReply) and msg.req_id != awaiting:
                 self.counters["late_reply"] += 1
                 log.info("dropped a late reply to control request %d", msg.req_id)

@@ -49,6 +49,9 @@ class Inbound:
     key: str | None = None
     """The sender's session key (z85, ZAP metadata ``X-Key``) on the robot; None on a
     console. The robot's session guard ends a session whose key a reload revoked."""
+    addr: str = ""
+    """The sender's IP address as the robot's kernel saw it (ZeroMQ ``Peer-Address``),
+    with two or more network paths configured: which path it came by. Else ""."""
 
 
 class _Link:
@@ -81,6 +84,10 @@ class _Link:
         """The sender's session key on the robot (ZAP metadata); None on a console."""
         return None
 
+    def _addr(self, frame: zmq.Frame) -> str:
+        """The sender's address on the robot with several paths; "" otherwise."""
+        return ""
+
     def _drain(self, sock: zmq.Socket[Any], channel: str, accept: tuple[type[Message], ...],
                routed: bool = False) -> list[Inbound]:
         """Read everything queued (bounded), validate it, answer pings; bad input is dropped.
@@ -109,7 +116,7 @@ class _Link:
             if isinstance(msg, Ping):
                 self._pong(sock, msg, recv_ns, route)
             out.append(Inbound(msg, recv_ns, route[0] if routed else b"", user,
-                               self._key(payload)))
+                               self._key(payload), self._addr(payload)))
         return out
 
     def _pong(self, sock: zmq.Socket[Any], ping: Ping, recv_ns: int,

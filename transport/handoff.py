@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transport.keys import Identity
 from transport.schema import U64, ControlRequest
@@ -52,6 +52,10 @@ class PendingHandoff:
     who: Identity
 
 
+MAX_PEERS = 8
+"""Connections kept per session: its network paths plus a few reconnects' worth."""
+
+
 @dataclass(slots=True)
 class Session:
     token: int
@@ -61,6 +65,21 @@ class Session:
     key: str | None = None
     """The holder's session key (z85), to end the session when a reload revokes it."""
     who: Identity = ANONYMOUS
+    peers: dict[bytes, None] = field(default_factory=dict)
+    """Every connection that proved the token (one per network path, and a reconnect's
+    new one), in order; ``peer`` is the newest. Dual path: the robot pings each."""
+
+    def __post_init__(self) -> None:
+        self.peers.setdefault(self.peer, None)
+
+    def join(self, peer: bytes) -> bool:
+        """Add a connection of the holder; True if it is new. Bounded: the oldest goes."""
+        new = peer not in self.peers
+        if new and len(self.peers) >= MAX_PEERS:
+            self.peers.pop(next(iter(self.peers)))
+        self.peers[peer] = None
+        self.peer = peer
+        return new
 
 
 class HandoffRules:

@@ -39,7 +39,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from telesurgery.errors import SchemaError
 from transport.auth import session_key, start_authenticator
-from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig
+from transport.config import VIDEO_MAX_MESSAGE_BYTES, LinkConfig, tos_byte
 from transport.endpoint import (
     ARRIVALS_MAX,
     COMMAND_RCVHWM,
@@ -96,11 +96,13 @@ def video_server_socket(ctx: zmq.Context[Any], cfg: LinkConfig,
     Same options as ``RobotLink``'s own video socket; the caller's context must
     run an authenticator (``start_authenticator``), which this socket requires.
     """
+    first, *more = (p.robot for p in cfg.path_list)
     try:
-        return server_socket(ctx, zmq.PUB, cfg.video_port, cfg.host, keys, "observer",
+        return server_socket(ctx, zmq.PUB, cfg.video_port, first, keys, "observer",
                              VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
                              heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                             heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+                             heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+                             tos=tos_byte(cfg.dscp_video), more_hosts=tuple(more))
     except PortInUse as err:
         raise PortInUse(err.host, err.port, "link.video_port") from None
 
@@ -119,16 +121,21 @@ class RobotLink(_Link):
         self._pinned = False
         self._gone: deque[bytes] = deque(maxlen=64)
         self._monitors: dict[zmq.Socket[Any], str] = {}
+        self._dual = cfg.dual
+        # Every channel is bound on every path's address, on the same port.
+        first, *more = (p.robot for p in cfg.path_list)
         try:
             self.auth = start_authenticator(self._ctx, keys)
 
             def server(name: str, kind: int, port: int, domain: Literal["surgeon", "observer"],
-                       *, hwm: int, max_msg: int = cfg.max_message_bytes) -> zmq.Socket[Any]:
+                       *, hwm: int, max_msg: int = cfg.max_message_bytes,
+                       dscp: int = cfg.dscp_command) -> zmq.Socket[Any]:
                 try:
-                    sock = server_socket(self._ctx, kind, port, cfg.host, keys, domain,
+                    sock = server_socket(self._ctx, kind, port, first, keys, domain,
                                          max_msg, hwm=hwm,
                                          heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
-                                         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms)
+                                         heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
+                                         tos=tos_byte(dscp), more_hosts=tuple(more))
                 except PortInUse as err:
                     raise PortInUse(err.host, err.port, f"link.{name}_port") from None
                 self._add(sock, poll=kind in (zmq.PULL, zmq.ROUTER))
@@ -148,7 +155,8 @@ class RobotLink(_Link):
             self.video_socket: zmq.Socket[Any] | None = None
             if video:
                 self.video_socket = server("video", zmq.PUB, cfg.video_port, "observer",
-                                           hwm=VIDEO_HWM, max_msg=VIDEO_MAX_MESSAGE_BYTES)
+                                           hwm=VIDEO_HWM, max_msg=VIDEO_MAX_MESSAGE_BYTES,
+                                           dscp=cfg.dscp_video)
         except BaseException:
             self.close()
             raise
@@ -158,7 +166,7 @@ class RobotLink(_Link):
         if self.video_socket is not None:
             named.append(("video", self.video_socket))
         self.endpoints = {name: bound_port(sock) for name, sock in named}
-        log.info("robot link listening on %s %s", cfg.host, self.endpoints)
+        log.info("robot link listening on %s %s", [first, *more], self.endpoints)
 
     @property
     def console_peer(self) -> bytes | None:
@@ -209,6 +217,10 @@ class RobotLink(_Link):
             return False
         return self._send_to(self._console, ping, "ping")
 
+    def send_ping_to(self, peer: bytes, ping: Ping) -> bool:
+        """Ping one of the session holder's connections (one per network path)."""
+        return self._send_to(peer, ping, "ping")
+
     def _send_to(self, peer: bytes, msg: ControlReply | Ping, what: str) -> bool:
         try:
             self._control.send_multipart([peer, encode(msg)], zmq.NOBLOCK)
@@ -238,6 +250,14 @@ class RobotLink(_Link):
 
     def _key(self, frame: zmq.Frame) -> str | None:
         return session_key(frame)
+
+    def _addr(self, frame: zmq.Frame) -> str:
+        if not self._dual:
+            return ""
+        try:
+            return str(frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return ""
 
     def _user(self, frame: zmq.Frame) -> str:
         try:

@@ -294,6 +294,9 @@ class Telemetry(Message):
     """A pending command request: who asks (its surgeon name) ..."""
     handoff_id: int | None = None
     """... and its id, which the commander's ``grant`` must name."""
+    paths: tuple[PathReport, ...] | None = None
+    """With two or more network paths: each path's health as the robot measures it
+    (``transport.paths``); see ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +421,18 @@ class Vitals(Message):
     values: tuple[VitalValue, ...] = ()
     alarms: tuple[VitalAlarm, ...] = ()
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PathReport(Message):
+    """One network path's health as the robot sees it; a nested value (dual path)."""
+
+    name: str
+    live: bool
+    rtt_us: int | None = None
+    latency_us: int | None = None
+    jitter_us: int | None = None
+    loss: float = 0.0
 
 
 def _nested(cls: type[Message]) -> Validator:
@@ -589,6 +604,26 @@ Vitals._SPEC = {
     "detail": _text(),
 }
 
+PathReport._SPEC = {
+    "name": _text(8),
+    "live": _bool,
+    "rtt_us": _optional(_int(0, U32)),
+    "latency_us": _optional(_int(-(2**31), U32)),
+    "jitter_us": _optional(_int(0, U32)),
+    "loss": _float(0.0, 1.0),
+}
+MAX_PATHS = 8
+
+
+def _path_reports(field: str, x: Any) -> tuple[Message, ...]:
+    if not isinstance(x, list | tuple) or len(x) > MAX_PATHS:
+        raise _fail(field, f"expected a list of at most {MAX_PATHS} paths")
+    item = _nested(PathReport)
+    return tuple(item(f"{field}[{i}]", v) for i, v in enumerate(x))
+
+
+Telemetry._SPEC = {**Telemetry._SPEC, "paths": _optional(_path_reports)}
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
@@ -598,7 +633,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 # ---------------------------------------------------------------- codec
 OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker", "joints",
-                               "handoff", "commander", "handoff_from", "handoff_id"})
+                               "handoff", "commander", "handoff_from", "handoff_id",
+                               "paths"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
@@ -607,11 +643,12 @@ them has the bytes it always had (the golden files) and decodes the same.
 commands, control requests and pongs only when they carry it. ``joints`` (a
 ``Command``) is the joint-space master: absent in every Cartesian command.
 ``handoff``, ``commander``, ``handoff_from`` and ``handoff_id`` belong to the
-handoff between surgeon consoles (transport.handoff)."""
+handoff between surgeon consoles (transport.handoff). ``paths`` is the per-path
+health in telemetry, with two or more network paths (``transport.paths``)."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
-for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, VitalValue, VitalAlarm):
+for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, VitalValue, VitalAlarm, PathReport):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)
     _REQUIRED[_cls] = frozenset(

@@ -110,8 +110,24 @@ class SessionGuard(HandoffRules):
         """Whom the robot pings: the holder; before any session, the last console heard."""
         return self._unbound_peer if self._session is None else self._session.peer
 
+    @property
+    def ping_targets(self) -> list[bytes]:
+        """Every connection of the holder (one per network path), newest last."""
+        if self._session is None:
+            return [] if self._unbound_peer is None else [self._unbound_peer]
+        return list(self._session.peers)
+
+    def forget(self, peer: bytes) -> None:
+        """A connection of the holder is gone (a failed ping); the session stays while
+        another path of it is left."""
+        s = self._session
+        if s is not None and len(s.peers) > 1 and s.peers.pop(peer, 0) is None \
+                and s.peer == peer:
+            s.peer = next(reversed(s.peers))
+
     def is_holder(self, peer: bytes) -> bool:
-        return self.ping_target == peer
+        s = self._session
+        return self.ping_target == peer or (s is not None and peer in s.peers)
 
     # ---------------------------------------------------------------- control requests
     def admit(self, peer: bytes, req: ControlRequest, now_ns: int,
@@ -152,7 +168,7 @@ class SessionGuard(HandoffRules):
             self._alert(now_ns, "no_session", f"{req.op} refused: nobody holds a session")
             return Admission(False, "no_session")
         has_token = req.session is not None and req.session == s.token
-        if has_token or peer == s.peer:
+        if has_token or peer in s.peers:
             if req.req_id <= s.last_req_id:
                 self._alert(now_ns, "request_replayed",
                             f"{req.op} with request id {req.req_id} refused: ids up to "
@@ -165,16 +181,16 @@ class SessionGuard(HandoffRules):
                 self._alert(now_ns, "session_token_mismatch",
                             f"{req.op} without the session's token refused")
                 return Admission(False, "session_token_mismatch")
-            if peer != s.peer:
+            if s.join(peer):
                 self._alert(now_ns, "session_moved",
                             "the holder reconnected: the session follows its token",
                             logging.INFO)
-                s.peer, s.key = peer, self._key
+                s.key = self._key
             s.last_req_id, s.last_seen_ns = req.req_id, now_ns
             return Admission(True)
         idle_ms = (now_ns - s.last_seen_ns) / 1e6
         revoked = s.key is not None and not self._key_allowed(s.key)
-        gone = revoked or peer_gone(s.peer)
+        gone = revoked or all(peer_gone(p) for p in s.peers)
         if gone or now_ns - s.last_seen_ns > self.idle_ns:
             # The takeover rule: the holder is gone, so its session ends and this
             # console is judged as if nobody held one (it may clear a fault, arm).
@@ -233,11 +249,10 @@ class SessionGuard(HandoffRules):
         s = self._session
         if s is None or ping.session is None or ping.session != s.token:
             return
-        if peer != s.peer:
+        if s.join(peer):  # a reconnect, or the holder's connection on another path
             self._alert(now_ns, "session_moved",
-                        "the holder reconnected: the session follows its token",
-                        logging.INFO)
-            s.peer = peer
+                        "a new connection of the holder (reconnected, or another network "
+                        "path): the session follows its token", logging.INFO)
 
     def pong_ok(self, peer: bytes, pong: Pong, now_ns: int) -> bool:
         """Only the holder's pongs, with its token, measure the link."""
@@ -245,7 +260,7 @@ class SessionGuard(HandoffRules):
         if s is None:
             ok = peer == self._unbound_peer
         else:
-            ok = peer == s.peer and pong.session == s.token
+            ok = peer in s.peers and pong.session == s.token
             if ok:
                 s.last_seen_ns = now_ns
         if not ok:

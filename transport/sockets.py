@@ -43,7 +43,9 @@ KEEPALIVE_CNT = 3
 
 
 def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: PLR0917
-            heartbeat_ivl_ms: int, heartbeat_timeout_ms: int) -> None:
+            heartbeat_ivl_ms: int, heartbeat_timeout_ms: int, tos: int = 0) -> None:
+    if tos:  # before bind/connect: libzmq applies it to each connection it makes
+        sock.setsockopt(zmq.TOS, tos)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
     sock.setsockopt(zmq.SNDHWM, hwm)
@@ -71,16 +73,23 @@ def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: P
 def server_socket(ctx: zmq.Context[Any], kind: int, port: int, host: str, keys: ServerKeys,  # noqa: PLR0917
                   domain: Literal["surgeon", "observer"], max_msg: int, *,
                   hwm: int = DEFAULT_HWM, heartbeat_ivl_ms: int = 100,
-                  heartbeat_timeout_ms: int = 300) -> zmq.Socket[Any]:
-    """A bound CURVE server socket in ZAP ``domain``; ``port`` 0 binds a random port."""
+                  heartbeat_timeout_ms: int = 300, tos: int = 0,
+                  more_hosts: tuple[str, ...] = ()) -> zmq.Socket[Any]:
+    """A bound CURVE server socket in ZAP ``domain``; ``port`` 0 binds a random port.
+
+    ``tos``: the IP TOS byte of its connections (DSCP << 2). ``more_hosts``: further
+    addresses (other network paths) bound on the same port as the first."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms, tos)
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.bind(f"tcp://{host}:{port or '*'}")
+        for more in more_hosts:
+            host, port = more, port or bound_port(sock)
+            sock.bind(f"tcp://{host}:{port}")
     except zmq.ZMQError as err:
         sock.close(0)
         if err.errno == zmq.EADDRINUSE:
@@ -102,11 +111,11 @@ class PortInUse(LinkError):
 
 def client_socket(ctx: zmq.Context[Any], kind: int, endpoint: str, keys: ClientKeys,
                   max_msg: int, *, hwm: int = DEFAULT_HWM, heartbeat_ivl_ms: int = 100,
-                  heartbeat_timeout_ms: int = 300) -> zmq.Socket[Any]:
+                  heartbeat_timeout_ms: int = 300, tos: int = 0) -> zmq.Socket[Any]:
     """A CURVE client socket connected to ``endpoint``, verifying the robot's public key."""
     sock: zmq.Socket[Any] = ctx.socket(kind)
     try:
-        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms)
+        _common(sock, kind, max_msg, hwm, heartbeat_ivl_ms, heartbeat_timeout_ms, tos)
         sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)

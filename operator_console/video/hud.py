@@ -122,11 +122,23 @@ def hud_lines(hud: HudState) -> list[tuple[str, Colour]]:
         (f"scale {hud.scale:.2f}   clutch {'ON' if hud.clutch else 'off'}   operator "
          f"{'present' if hud.operator_present else 'ABSENT'}",
          WHITE if hud.operator_present else AMBER),
-        # Who is in command (or who asks) outranks the encoder's name on the last line.
-        (hud.handoff_line[:52], AMBER if hud.handoff_from else WHITE) if hud.handoff_line else
-        (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
-         GREY),
+        _last_line(hud),
     ]
+
+
+def _last_line(hud: HudState) -> tuple[str, Colour]:
+    """The most urgent of: a command request waiting for this surgeon's grant, the network
+    paths (dual path), who is in command, the encoder and frame rate."""
+    if hud.handoff_from and hud.handoff_line:
+        return hud.handoff_line[:52], AMBER
+    if hud.paths:
+        if hud.robot_unknown:
+            return "paths --", RED
+        return hud.paths[:52], AMBER if "down" in hud.paths else WHITE
+    if hud.handoff_line:
+        return hud.handoff_line[:52], WHITE
+    return (f"{hud.encoder or 'video'}   {'--' if hud.fps is None else f'{hud.fps:.1f}'} fps",
+            GREY)
 
 
 def render_hud(image: Image, hud: HudState) -> Image:

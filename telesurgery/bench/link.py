@@ -11,10 +11,14 @@ schedule, so a busy machine loads both alike; each gets ``seconds`` in total.
 One-way latency is receive time minus the send stamp in the message, both
 CLOCK_MONOTONIC. CPU is each process's CPU time over the blocks of a path, as
 a percentage of one core. The last line printed is a single JSON object.
+
+``--paths 2 [--trials N]``: two network paths vs one in the same run, and N
+failover trials with one path blacked out (``telesurgery.bench.dualpath``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -116,6 +120,9 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
+    paths, trials, argv = _dual_args(argv)
+    if paths > 1:
+        return dual_main(argv, trials)
     args = path_bench_args("telesurgery bench link", __doc__, argv)
     lower_timer_slack()
     print(f"bench link: secured CurveZMQ vs raw PUSH/PULL, {args.rate:.0f} Hz, "
@@ -133,6 +140,37 @@ def main(argv: list[str]) -> int:
               f"rx {r[prefix + 'cpu_receiver_pct']:.1f}%")
     verdict = "within" if r["ratio_p99"] <= RATIO_P99_LIMIT else "ABOVE"
     print(f"  p99 ratio {r['ratio_p99']:.2f} ({verdict} the {RATIO_P99_LIMIT}x target)")
+    print(json.dumps(r))
+    return 0
+
+
+def _dual_args(argv: list[str]) -> tuple[int, int, list[str]]:
+    """``--paths N`` (1 or 2) and ``--trials N`` (failover trials, dual path only)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--paths", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--trials", type=int, default=100)
+    known, rest = parser.parse_known_args(argv)
+    if known.trials < 0:
+        parser.error("--trials must be >= 0")
+    return known.paths, known.trials, rest
+
+
+def dual_main(argv: list[str], trials: int) -> int:
+    """Two paths vs one in the same run, then failover trials (``bench.dualpath``)."""
+    # Imported here: only this mode needs the fault proxies.
+    from telesurgery.bench import dualpath
+
+    args = path_bench_args("telesurgery bench link --paths 2", dualpath.__doc__, argv)
+    lower_timer_slack()
+    print(f"bench link --paths 2: one path vs two, {args.rate:.0f} Hz, {args.seconds:.0f} s "
+          f"each in {dualpath.BLOCK_S} s blocks; then {trials} failover trials ...", flush=True)
+    try:
+        r = dualpath.run(args.seconds, args.rate, trials)
+    except (LinkError, TimeoutError) as err:
+        print(f"bench link FAILED: {err}")
+        return 1
+    for line in dualpath.report(r):
+        print(line)
     print(json.dumps(r))
     return 0
 

@@ -1,0 +1,269 @@
+"""``telesurgery bench link --paths 2``: the cost of two network paths, and failover trials.
+
+One process, real CurveZMQ sockets on loopback, the robot's real ``CommandPort``
+(one socket bound on every path's address, each command judged by the intake):
+
+1. **Cost**, one path vs two in the same run: two console/robot pairs, one with a
+   single path (127.0.0.1), one with two (127.0.0.8 -> 127.0.0.2, 127.0.0.9 -> 127.0.0.3); commands
+   alternate between them in half-second blocks at ``rate`` so a busy machine
+   loads both alike. Printed: one-way command latency (send stamp to the robot's
+   receive of the first fresh copy, one clock) and the process's CPU time per
+   block as a percentage of one core (console and robot sides together, libzmq's
+   I/O threads included).
+2. **Failover trials**: two paths, each through its own fault proxy (a process of its
+   own, ``telesurgery faultproxy``, so its relaying does not share this one's GIL); in each trial
+   one path (A and B in turn) is blacked out for ``BLACKOUT_S`` in the middle of a
+   command stream. Per trial: commands sent and executed fresh (missed = the
+   difference), the largest gap between fresh arrivals, and whether that gap
+   exceeded the command timeout (a trip). Goal: 0 missed, 0 trips in every trial.
+
+The last line printed is a single JSON object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from robot_side.command_port import CommandPort
+from telesurgery.errors import LinkError
+from transport.config import LinkConfig, LinkPath
+from transport.console_link import ConsoleLink
+from transport.gate import Verdict
+from transport.keys import ClientKeys, ServerKeys, init_keys
+from transport.link import RobotLink
+from transport.schema import Command
+
+BLOCK_S = 0.5
+BLACKOUT_S = 0.2
+TRIAL_S = 0.6
+COMMAND_TIMEOUT_NS = 50_000_000
+"""The safety config's default command timeout: a longer gap is a trip."""
+DIRECT = (LinkPath("A", "127.0.0.2", "127.0.0.8"), LinkPath("B", "127.0.0.3", "127.0.0.9"))
+"""Both ends name the same paths: the console sends from .8/.9 (``tcp://src;dst``)."""
+PROXIED_ROBOT = (LinkPath("A", "127.0.0.2", "127.0.0.4"), LinkPath("B", "127.0.0.3", "127.0.0.5"))
+PROXIED_CONSOLE = (LinkPath("A", "127.0.0.6"), LinkPath("B", "127.0.0.7"))
+
+
+def make_command(seq: int) -> Command:
+    return Command(seq=seq, t_send_ns=time.monotonic_ns(), position=(0.3, 0.0, 0.2),
+                   orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
+                   operator_present=True)
+
+
+class Robot:
+    """A robot's link and command port; the port lives in its own thread, as in the node."""
+
+    def __init__(self, stack: ExitStack, keys: Path, paths: tuple[LinkPath, ...]) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        stack.callback(self.ctx.destroy, 0)
+        self.cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0,
+                              keys_dir=keys, paths=paths)
+        server = ServerKeys.load(keys)
+        self.link = stack.enter_context(RobotLink(self.cfg, server, self.ctx, video=False,
+                                                  command=False))
+        self.arrivals: list[int] = []
+        self.port_no = 0
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self.port: CommandPort | None = None
+        self._thread = threading.Thread(target=self._run, args=(server,), daemon=True)
+        self._thread.start()
+        stack.callback(self._thread.join, 2.0)
+        stack.callback(self._stop.set)
+        self._ready.wait(10.0)
+
+    def _run(self, server: ServerKeys) -> None:
+        with CommandPort(self.ctx, self.cfg, server, age_limit_ns=200_000_000,
+                         loss_window_ns=10**9) as port:
+            port.offset_ns = lambda: 0  # one machine, one monotonic clock
+            port.on_arrival = self.arrivals.append
+            self.port, self.port_no = port, port.port
+            self._ready.set()
+            while not self._stop.is_set():
+                port.wait_until(time.monotonic_ns() + 1_000_000)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"command": self.port_no, **self.link.endpoints}
+
+    def fresh(self) -> int:
+        return 0 if self.port is None else self.port.intake.counters[Verdict.FRESH.value]
+
+
+def console_for(stack: ExitStack, keys: Path, ports: dict[str, int],
+                paths: tuple[LinkPath, ...] = ()) -> ConsoleLink:
+    cfg = LinkConfig(command_port=ports["command"], control_port=ports["control"],
+                     telemetry_port=ports["telemetry"], video_port=ports.get("video", 0),
+                     paths=paths)
+    return stack.enter_context(ConsoleLink(cfg, ClientKeys.load_surgeon(keys)))
+
+
+def stream(send: Callable[[int], object], seconds: float, rate_hz: float, seq: int) -> int:
+    """Send at ``rate_hz`` on absolute deadlines for ``seconds``; returns the last seq."""
+    period = int(1e9 / rate_hz)
+    t = time.monotonic_ns()
+    end = t + int(seconds * 1e9)
+    while t < end:
+        seq += 1
+        send(seq)
+        t += period
+        left = t - time.monotonic_ns()
+        if left > 0:
+            time.sleep(left / 1e9)
+    return seq
+
+
+def warm_up(robot: Robot, console: ConsoleLink, want_paths: int) -> int:
+    seq = 0
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        seq = stream(lambda s: console.send_command(make_command(s)), 0.05, 500.0, seq)
+        port = robot.port
+        live = 1 if port is None or port.paths is None else len(
+            port.paths.live(time.monotonic_ns()))
+        if robot.fresh() and live >= want_paths:
+            return seq
+    raise TimeoutError("the paths did not come up")
+
+
+def cost(stack: ExitStack, keys: Path, seconds: float, rate_hz: float) -> dict[str, Any]:
+    one, two = Robot(stack, keys, ()), Robot(stack, keys, DIRECT)
+    c1 = console_for(stack, keys, one.ports)
+    c2 = console_for(stack, keys, two.ports, DIRECT)
+    seqs = {"one": warm_up(one, c1, 1), "two": warm_up(two, c2, 2)}
+    for r in (one, two):
+        assert r.port is not None
+        r.port.latency.n = 0
+    cpu = {"one": 0, "two": 0}
+    for _ in range(max(1, round(seconds / BLOCK_S))):
+        for name, console in (("one", c1), ("two", c2)):
+            t0 = time.process_time_ns()
+            seqs[name] = stream(lambda s, c=console: c.send_command(make_command(s)),  # type: ignore[misc]
+                                BLOCK_S, rate_hz, seqs[name])
+            cpu[name] += time.process_time_ns() - t0
+    time.sleep(0.1)
+    active_ns = max(1, round(seconds / BLOCK_S)) * BLOCK_S * 1e9
+    out: dict[str, Any] = {}
+    for name, robot in (("one", one), ("two", two)):
+        assert robot.port is not None
+        out[name] = {**robot.port.latency.percentiles(),
+                     "cpu_pct": 100.0 * cpu[name] / active_ns,
+                     "duplicates": robot.port.intake.counters[Verdict.DUPLICATE.value]
+                     + robot.port.intake.counters[Verdict.REPLAY.value]}
+    return out
+
+
+class ProxyProcess:
+    """One path's fault proxy as its own process, driven over its IPC control socket."""
+
+    def __init__(self, stack: ExitStack, run: Path, name: str, routes: list[str],
+                 source: str) -> None:
+        self.endpoint = f"ipc://{run}/proxy-{name}.ipc"
+        argv = [sys.executable, "-m", "telesurgery.cli", "faultproxy", "--source", source,
+                "--control", self.endpoint, *[a for r in routes for a in ("--listen", r)]]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        stack.callback(self._stop)
+        assert self.proc.stdout is not None
+        ready = 0
+        for line in self.proc.stdout:
+            ready += line.startswith("faultproxy ready")
+            if ready == len(routes):
+                break
+        if ready < len(routes):
+            raise LinkError(f"fault proxy {name} did not start")
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.req: zmq.Socket[Any] = self.ctx.socket(zmq.REQ)
+        self.req.setsockopt(zmq.LINGER, 0)
+        self.req.setsockopt(zmq.RCVTIMEO, 5000)
+        self.req.connect(self.endpoint)
+
+    def ask(self, body: dict[str, Any]) -> None:
+        self.req.send_json(body)
+        if not self.req.recv_json().get("ok"):  # type: ignore[union-attr]
+            raise LinkError(f"fault proxy refused {body}")
+
+    def _stop(self) -> None:
+        if hasattr(self, "req"):
+            self.req.close(0)
+            self.ctx.term()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[str, Any]:
+    robot = Robot(stack, keys, PROXIED_ROBOT)
+    proxies = {}
+    for r, c in zip(PROXIED_ROBOT, PROXIED_CONSOLE, strict=True):
+        routes = [f"{ch}@{c.robot}:{n}={r.robot}:{n}" for ch, n in robot.ports.items()]
+        proxies[r.name] = ProxyProcess(stack, keys, r.name, routes, r.console)
+    console = console_for(stack, keys, robot.ports, PROXIED_CONSOLE)
+    seq = warm_up(robot, console, 2)
+    results: list[dict[str, Any]] = []
+    for i in range(trials):
+        path = "AB"[i % 2]
+        fresh0, seq0 = robot.fresh(), seq
+        robot.arrivals.clear()
+
+        def send(s: int) -> None:
+            console.send_command(make_command(s))
+
+        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
+        proxies[path].ask({"blackout": BLACKOUT_S})
+        seq = stream(send, BLACKOUT_S, rate_hz, seq)
+        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
+        proxies[path].ask({"end_blackout": True})
+        time.sleep(0.02)
+        arrivals = list(robot.arrivals)
+        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=0)
+        results.append({"path": path, "sent": seq - seq0, "fresh": robot.fresh() - fresh0,
+                        "max_gap_ms": gap / 1e6, "trip": gap > COMMAND_TIMEOUT_NS})
+    missed = [r["sent"] - r["fresh"] for r in results]
+    return {"trials": trials, "rate_hz": rate_hz,
+            "trials_without_miss": sum(1 for m in missed if m <= 0),
+            "missed_total": sum(max(0, m) for m in missed),
+            "trips": sum(1 for r in results if r["trip"]),
+            "max_gap_ms": max((r["max_gap_ms"] for r in results), default=0.0),
+            "period_ms": 1e3 / rate_hz}
+
+
+def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="telesurgery-bench-") as tmp, ExitStack() as stack:
+        keys = Path(tmp)
+        init_keys(keys)
+        result = {"cost": cost(stack, keys, seconds, rate_hz),
+                  "failover": failover(stack, keys, trials, min(rate_hz, 500.0)) if trials
+                  else None, "cpus": os.cpu_count()}
+    return result
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in ("one", "two"):
+        c = r["cost"][name]
+        label = "two paths" if name == "two" else "one path "
+        lines.append(f"  {label}: p50 {c.get('p50_us', 0):7.1f} us"
+                     f"  p99 {c.get('p99_us', 0):7.1f} us  max {c.get('max_us', 0):8.1f} us"
+                     f"  cpu {c['cpu_pct']:5.1f}% of a core  copies dropped {c['duplicates']}")
+    f = r["failover"]
+    if f is not None:
+        lines.append(f"  failover: {f['trials_without_miss']}/{f['trials']} trials without a "
+                     f"missed command, {f['missed_total']} missed, {f['trips']} trips, "
+                     f"largest gap {f['max_gap_ms']:.2f} ms (period {f['period_ms']:.1f} ms)")
+    return lines
