@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest, StepReport
-from robot_side.observe import ObserverFeed
+from robot_side.observe import CommandRing, ObserverFeed
 from robot_side.telemetry import telemetry_from
 from telesurgery.errors import LinkError
 from telesurgery.pacer import try_realtime
@@ -104,6 +104,8 @@ class Mailbox:
         """What the network thread found worth an audit record; the audit thread writes them."""
         self.telemetry: Telemetry | None = None
         self.dropped_requests = 0
+        self.received = CommandRing()
+        """Control thread -> network thread: accepted commands, for the observer feed."""
 
     def take_requests(self) -> list[PendingRequest]:
         out = []
@@ -149,6 +151,9 @@ class NetworkThread(threading.Thread):
         self.telemetry_built = 0
         self.audit_head: Callable[[], str | None] = lambda: None
         """The audit chain head (``AuditLog.head``): the witness every telemetry carries."""
+        self.recording: Callable[[], str | None] = lambda: None
+        """The recorder's health (``robot_side.recording.health``), read here, never by
+        the control thread; every telemetry carries it."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -207,6 +212,9 @@ class NetworkThread(threading.Thread):
                 link.publish_event(event)
                 if feed is not None:
                     feed.publish(event)
+            if now >= next_obs and feed is not None:
+                for batch in mb.received.batches():  # commands as received, batched
+                    feed.publish(batch)
             if now < next_tlm and now < next_obs:
                 continue
             report, view = mb.report, mb.link_view
@@ -217,7 +225,8 @@ class NetworkThread(threading.Thread):
                 sample = mb.command
                 tlm = telemetry_from(seq, report, view, self.loop_jitter_us(),
                                      sample.cmd.video_age_us if sample else None,
-                                     audit_head=self.audit_head())
+                                     audit_head=self.audit_head(),
+                                     recording=self.recording())
                 self.telemetry_built += 1
                 last_report = report
                 mb.telemetry = tlm

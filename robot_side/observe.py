@@ -7,6 +7,12 @@ the session recorder are separate processes that subscribe; none of them can
 slow the control loop (a PUB socket drops for a slow subscriber at its high-water
 mark) and none of them can send anything back on this socket.
 
+The surgeon's commands as received reach the feed too, without costing the control
+loop: the control thread appends each accepted command (a reference, with its robot
+receive time) to a ``CommandRing``; the network thread takes them from there and
+publishes them in ``CommandBatch`` messages. Nothing is encoded per command in the
+control thread, and a ring that nobody empties overwrites its oldest, counting them.
+
 Access is by file permissions: the socket lives in the robot's 0700 runtime
 folder, so only the robot's own account (and root) can connect. Messages are
 the wire schema's (``transport.schema``), one frame each, so an observer
@@ -15,15 +21,26 @@ validates exactly what a console validates.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from robot_side.control_io import CommandSample
 from telesurgery.errors import SchemaError
-from transport.schema import Message, decode, encode
+from transport.schema import (
+    COMMAND_BATCH_MAX,
+    CommandBatch,
+    Message,
+    ReceivedCommand,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +50,49 @@ PUB_HWM = 1000
 
 def endpoint(path: Path) -> str:
     return f"ipc://{path}"
+
+
+COMMAND_RING = 4096
+"""Commands the ring holds for the network thread: 4 s at 1 kHz."""
+
+
+class CommandRing:
+    """Control thread -> network thread: commands as received, for the observer feed.
+
+    ``add`` is the control thread's whole share (one bounded-deque append and a length
+    check, both atomic under the GIL); ``batches`` runs in the network thread.
+    """
+
+    def __init__(self, maxlen: int = COMMAND_RING) -> None:
+        self._ring: collections.deque[CommandSample] = collections.deque(maxlen=maxlen)
+        self.lost = 0
+        """Commands overwritten before the network thread took them (never decreases)."""
+        self.published = 0
+        self._seq = 0
+
+    def add(self, sample: CommandSample | None) -> None:
+        if sample is None:
+            return
+        if len(self._ring) == self._ring.maxlen:
+            self.lost += 1
+        self._ring.append(sample)
+
+    def batches(self) -> Iterator[CommandBatch]:
+        """What is waiting, oldest first, in batches of at most ``COMMAND_BATCH_MAX``."""
+        ring = self._ring
+        while ring:
+            taken: list[ReceivedCommand] = []
+            while ring and len(taken) < COMMAND_BATCH_MAX:
+                s = ring.popleft()
+                # The session token is a credential: it stays out of every record.
+                taken.append(ReceivedCommand(s.recv_ns, dataclasses.replace(s.cmd,
+                                                                            session=None)))
+            self._seq += 1
+            self.published += len(taken)
+            yield CommandBatch(seq=self._seq, commands=tuple(taken), lost=self.lost)
+
+    def __len__(self) -> int:
+        return len(self._ring)
 
 
 class ObserverFeed:

@@ -271,6 +271,10 @@ class Telemetry(Message):
     audit_head: str | None = None
     """The robot's audit chain head, ``"<index>:<16 hex>"``: a witness for
     ``telesurgery audit verify --witness`` (safety.audit_verify)."""
+    recording: str | None = None
+    """The session recorder's health as the robot node last read it: ``"ok"``, or why it
+    is not recording (``"stopped: disk nearly full ..."``); None where recording is off.
+    See ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +312,34 @@ class KeyframeRequest(Message):
     seq: int
     last_frame_id: int | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedCommand(Message):
+    """A command the robot's gate accepted, with the robot's own receive time; nested."""
+
+    recv_ns: int
+    """Robot CLOCK_MONOTONIC when the control thread took it off the socket."""
+    cmd: Command
+
+
+COMMAND_BATCH_MAX = 48
+"""Commands per CommandBatch: well under MAX_MESSAGE_BYTES at the largest encoding."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandBatch(Message):
+    """Robot -> local observers (the recorder): commands as received, in arrival order.
+
+    Never on the link: the network thread batches what the control thread appended
+    to a ring, so the control loop encodes nothing per command. ``lost`` counts the
+    commands the ring overwrote before they could be published (since the start).
+    """
+
+    TYPE: ClassVar[str] = "cmds"
+    seq: int
+    commands: tuple[ReceivedCommand, ...]
+    lost: int = 0
 
 
 def _nested(cls: type[Message]) -> Validator:
@@ -374,6 +406,7 @@ Telemetry._SPEC = {
     "measured_jv": _joints,
     "measured_jf": _joints,
     "audit_head": _optional(_text(48)),
+    "recording": _optional(_text(128)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
@@ -398,25 +431,48 @@ KeyframeRequest._SPEC = {
     "reason": _text(64),
 }
 
+
+def _nested_list(cls: type[Message], n_max: int) -> Validator:
+    item = _nested(cls)
+
+    def v(field: str, x: Any) -> tuple[Message, ...]:
+        if not isinstance(x, list | tuple):
+            raise _fail(field, f"expected array, got {type(x).__name__}")
+        if len(x) > n_max:
+            raise _fail(field, f"more than {n_max} items ({len(x)})")
+        return tuple(item(f"{field}[{i}]", e) for i, e in enumerate(x))
+
+    return v
+
+
+ReceivedCommand._SPEC = {"recv_ns": _time_ns, "cmd": _nested(Command)}
+CommandBatch._SPEC = {
+    "seq": _seq,
+    "commands": _nested_list(ReceivedCommand, COMMAND_BATCH_MAX),
+    "lost": _int(0, U64),
+}
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest)
+                VideoFrameHeader, KeyframeRequest, CommandBatch)
 }
 
 
 # ---------------------------------------------------------------- codec
-OMITTED_WHEN_NONE = frozenset({"session"})
+OMITTED_WHEN_NONE = frozenset({"session", "recording"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
 ``session`` is the surgeon session token (``transport.session_guard``): a random
 64-bit id the robot grants in the reply to ``arm``, after which it accepts
-commands, control requests and pongs only when they carry it."""
+commands, control requests and pongs only when they carry it.
+
+``recording`` (Telemetry) is the session recorder's health (``robot_side.recording``)."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
-for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport):
+for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, ReceivedCommand):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)
     _REQUIRED[_cls] = frozenset(

@@ -12,15 +12,22 @@ Topics (standard types; the video type is Foxglove's):
   picture age, as the robot measures them
 * ``/video/compressed``: foxglove_msgs/CompressedVideo, one H.264 access unit per
   message (Annex B; SPS/PPS with every keyframe)
+* ``/console/master_cp``: geometry_msgs/PoseStamped, the surgeon's master pose of every
+  command the robot accepted, as received (before the robot's scaling and anchoring),
+  stamped with the robot's receive time
+* ``/console/buttons``: sensor_msgs/Joy with the same stamp: ``axes = [grip]``,
+  ``buttons = [clutch, operator_present]``
+* ``/console/commands``: diagnostic_msgs/DiagnosticArray, one per batch the robot
+  published: sequence numbers, commands lost before recording, the picture age the
+  console reported
 
 One timeline: every stamp (log time and header) is the robot's CLOCK_MONOTONIC time
 of the sample (telemetry ``t_ns``, event ``t_ns``, frame ``capture_ns``) plus one
 offset taken at the start, so Foxglove shows dates and intervals stay exact. The
 offset is in the bag's metadata.
 
-The surgeon's commands as received are not on the observer feed (the control
-process publishes telemetry and events only): the setpoints recorded are what the
-robot commanded after its limits.
+The setpoints (``/arm/setpoint_*``) are what the robot commanded after its limits; the
+commands as received (``/console/*``) are what the surgeon asked for.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from robot_side.supervision.words import firmware_words, reason_words
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader
+from transport.schema import CommandBatch, SafetyEvent, Telemetry, VideoFrameHeader
 
 COMPRESSED_VIDEO = "foxglove_msgs/msg/CompressedVideo"
 COMPRESSED_VIDEO_MSG = """\
@@ -64,6 +71,9 @@ class SessionBag:
         "/supervisor/events": "diagnostic_msgs/msg/DiagnosticArray",
         "/link/stats": "diagnostic_msgs/msg/DiagnosticArray",
         "/video/compressed": COMPRESSED_VIDEO,
+        "/console/master_cp": "geometry_msgs/msg/PoseStamped",
+        "/console/buttons": "sensor_msgs/msg/Joy",
+        "/console/commands": "diagnostic_msgs/msg/DiagnosticArray",
     }
 
     def __init__(self, path: Path, joint_names: tuple[str, ...]) -> None:
@@ -80,10 +90,12 @@ class SessionBag:
         self._writer.set_custom_data(
             "telesurgery.timeline", "stamp = robot CLOCK_MONOTONIC + clock_offset_ns")
         self._writer.set_custom_data(
-            "telesurgery.commands", "not recorded: the observer feed carries the robot's "
-            "setpoints after limits, not the surgeon's commands as received")
+            "telesurgery.commands", "/console/master_cp + /console/buttons: every command "
+            "the robot accepted as fresh (the newest of a burst), stamped on arrival")
         self.messages = 0
         self.video_frames = 0
+        self.commands = 0
+        self.commands_lost = 0
 
     # ------------------------------------------------------------ helpers
     def _stamp(self, mono_ns: int) -> Any:
@@ -161,6 +173,32 @@ class SessionBag:
                                         format="h264")
         self._write("/video/compressed", t, msg)
         self.video_frames += 1
+
+    def commands_received(self, batch: CommandBatch) -> None:
+        t = self._t
+        pose, joy = t["geometry_msgs/msg/PoseStamped"], t["sensor_msgs/msg/Joy"]
+        for rc in batch.commands:
+            c, when = rc.cmd, rc.recv_ns
+            w, x, y, z = c.orientation
+            self._write("/console/master_cp", when, pose(
+                header=self._header(when, "master"), pose=t["geometry_msgs/msg/Pose"](
+                    position=t["geometry_msgs/msg/Point"](*c.position),
+                    orientation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))))
+            self._write("/console/buttons", when, joy(
+                header=self._header(when, "master"),
+                axes=np.array([c.grip], dtype=np.float32),
+                buttons=np.array([int(c.clutch), int(c.operator_present)], dtype=np.int32)))
+        if not batch.commands:
+            return
+        first, last = batch.commands[0], batch.commands[-1]
+        self.commands += len(batch.commands)
+        self.commands_lost = batch.lost
+        self._write("/console/commands", last.recv_ns, self._diag(
+            last.recv_ns, 1 if batch.lost else 0, "commands", "as received", {
+                "count": str(len(batch.commands)), "first_seq": str(first.cmd.seq),
+                "last_seq": str(last.cmd.seq), "lost_before_recording": str(batch.lost),
+                "video_age_us": str(last.cmd.video_age_us),
+                "console_t_send_ns": str(last.cmd.t_send_ns), "robot_t_ns": str(last.recv_ns)}))
 
     def close(self) -> None:
         self._writer.close()

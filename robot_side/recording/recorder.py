@@ -28,7 +28,7 @@ from robot_side.recording.bag import SessionBag
 from robot_side.recording.config import RecordConfig
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, decode
+from transport.schema import CommandBatch, SafetyEvent, Telemetry, VideoFrameHeader, decode
 
 log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
@@ -87,7 +87,7 @@ class Recorder:
         self._feed = ObserverClient(paths.observe, self._ctx)
         self._next_check = 0
         self._next_status = 0
-        self._counts = {"messages": 0, "video_frames": 0}
+        self._counts = {"messages": 0, "video_frames": 0, "commands": 0, "commands_lost": 0}
         log.info("recording this session to %s", self.session)
 
     # ------------------------------------------------------------ loop
@@ -126,6 +126,8 @@ class Recorder:
             self.bag.telemetry(msg)
         elif isinstance(msg, SafetyEvent):
             self.bag.event(msg)
+        elif isinstance(msg, CommandBatch):
+            self.bag.commands_received(msg)
 
     def _on_video(self) -> None:
         parts = self._video.recv_multipart()
@@ -183,7 +185,9 @@ class Recorder:
         self._next_status = now + CHECK_PERIOD_NS
         if self.bag is not None:
             self._counts = {"messages": self.bag.messages,
-                            "video_frames": self.bag.video_frames}
+                            "video_frames": self.bag.video_frames,
+                            "commands": self.bag.commands,
+                            "commands_lost": self.bag.commands_lost}
         body = {"state": self.state, "why": self.why, "path": str(self.session),
                 **self._counts, "t_ns": now}
         tmp = self.paths.status.with_name(self.paths.status.name + ".new")

@@ -52,6 +52,7 @@ from transport.keys import ClientKeys, init_keys
 from transport.link import ConsoleLink
 from transport.schema import (
     CONTROL_OPS,
+    CommandBatch,
     ControlReply,
     ControlRequest,
     SafetyEvent,
@@ -458,6 +459,25 @@ def test_observer_feed_carries_telemetry_and_audited_events(node: Node) -> None:
             assert event is not None and event.code == "estop_local"
         finally:
             reset_node(node)
+
+
+def test_commands_as_received_reach_the_observer_feed(node: Node, console: Console) -> None:
+    """The control thread rings every command it accepts (a reference append); the
+    network thread publishes them in batches for the recorder (observe.CommandRing)."""
+    with ObserverClient(node.run / "observe.sock") as feed:
+        console.session.want_engage = True
+        wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+        seqs: list[int] = []
+        deadline = time.monotonic() + 20.0
+        while len(seqs) < 200 and time.monotonic() < deadline:
+            msg = feed.recv(100)
+            if isinstance(msg, CommandBatch):
+                assert all(rc.cmd.session is None for rc in msg.commands), "token recorded"
+                seqs += [rc.cmd.seq for rc in msg.commands]
+    console.stop()
+    assert request(console.link, "disarm").ok
+    assert len(seqs) >= 200, f"{len(seqs)} commands as received on the feed"
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
 # ------------------------------------------------------------------ the period's wait

@@ -39,6 +39,11 @@ SAMPLES: dict[str, s.Message] = {
     "vid": s.VideoFrameHeader(frame_id=1000, capture_ns=123, send_ns=456, keyframe=True,
                               width=1280, height=720, payload_len=20_000),
     "kfr": s.KeyframeRequest(seq=2, last_frame_id=999, reason="decode_error"),
+    "cmds": s.CommandBatch(seq=5, lost=1, commands=(s.ReceivedCommand(
+        recv_ns=1_000_400_000, cmd=s.Command(
+            seq=42, t_send_ns=1_000_000_123, position=(0.1, -0.05, 0.2),
+            orientation=(1.0, 0.0, 0.0, 0.0), grip=0.25, clutch=False,
+            operator_present=True, video_age_us=33_000)),)),
 }
 
 
