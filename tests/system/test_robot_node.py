@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +152,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 class Console:
     """The real console threads, without video (the node runs with require_video off)."""
 
-    def __init__(self, node: Node, auto_engage: bool) -> None:
+    def __init__(self, node: Node, auto_engage: bool, device: DeviceConfig | None = None,
+                 teleop: TeleopConfig | None = None) -> None:
         period_ns = int(1e9 / CONSOLE_HZ)
         self.link = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
         self.shared = ConsoleShared(video_stale=False)
-        self.device = ScriptedDevice(DeviceConfig())
+        self.device = ScriptedDevice(device or DeviceConfig())
         self.device.open()
-        mapper = TeleopMapper(TeleopConfig(rate_hz=CONSOLE_HZ))
+        mapper = TeleopMapper(teleop or TeleopConfig(rate_hz=CONSOLE_HZ))
         self.session = SessionThread(self.link, SessionConfig(auto_engage=auto_engage),
                                      self.shared, period_ns)
         self.commands = CommandThread(self.link, self.device, mapper, self.shared,
@@ -478,6 +479,63 @@ def test_commands_as_received_reach_the_observer_feed(node: Node, console: Conso
     assert request(console.link, "disarm").ok
     assert len(seqs) >= 200, f"{len(seqs)} commands as received on the feed"
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_a_recorded_session_drives_a_console_again(node: Node, tmp_path: Path) -> None:
+    """Record a scripted session from the node's feed, play its master motion into a
+    console's scripted device as ``telesurgery replay --drive`` does, record that run:
+    every master pose of the re-run lies on the recorded path, and it covers it."""
+    import numpy as np
+
+    from operator_console.config import ConsoleConfig
+    from operator_console.devices.scripted import load_motion
+    from robot_side.recording.config import RecordConfig
+    from robot_side.recording.drive import drive_config
+    from robot_side.recording.recorder import RecorderPaths, RecorderProcess
+
+    def session(name: str, console: Console, seconds: float) -> Path:
+        folder = tmp_path / name
+        paths = RecorderPaths(observe=node.run / "observe.sock", video=None,
+                              status=tmp_path / f"{name}.json")
+        rec = RecorderProcess(RecordConfig(folder=folder, min_free_mb=1.0, video=False),
+                              paths, tuple(f"j{i}" for i in range(6)))
+        rec.start()
+        try:
+            wait_until(paths.status.exists, 60.0, "the recorder to start")
+            console.session.want_engage = True
+            wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
+            # The commands are recorded as received, whatever the arm does with them
+            # (on this shared machine the emulated arm may trip on tracking).
+            time.sleep(seconds)
+            console.stop()
+            for _ in range(3):  # a trip meanwhile latches: clear it, then disarm
+                request(console.link, "clear_fault")
+                if request(console.link, "disarm").ok:
+                    break
+        finally:
+            console.close()
+            rec.stop()
+        (bag,) = folder.iterdir()
+        return bag
+
+    first = session("first", Console(node, auto_engage=False), 3.0)
+    recorded = load_motion(first)
+    cfg = drive_config(ConsoleConfig(), first)
+    again = session("again", Console(node, auto_engage=False, device=cfg.device,
+                                     teleop=replace(cfg.teleop, rate_hz=CONSOLE_HZ)), 2.0)
+    rerun = load_motion(again)
+    assert len(recorded.t) > 100 and len(rerun.t) > 50
+    # Distance of every re-run position to the recorded path (its polyline).
+    a, b = recorded.position[:-1], recorded.position[1:]
+    ab = b - a
+    worst = 0.0
+    for p in rerun.position[rerun.present]:
+        s = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(
+            np.einsum("ij,ij->i", ab, ab), 1e-18), 0.0, 1.0)
+        worst = max(worst, float(np.min(np.linalg.norm(a + ab * s[:, None] - p, axis=1))))
+    assert worst < 1e-6, f"a re-run pose is {worst * 1e3:.3f} mm off the recorded path"
+    travelled = float(np.sum(np.linalg.norm(np.diff(rerun.position, axis=0), axis=1)))
+    assert travelled > 0.01, f"the re-run moved {travelled * 1e3:.1f} mm only"
 
 
 # ------------------------------------------------------------------ the period's wait
