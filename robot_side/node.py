@@ -32,6 +32,7 @@ from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
+from robot_side.recording.health import RecordingHealth, recording_status_path
 from robot_side.ros.process import RosProcess
 from robot_side.signals import SignalDesk
 from robot_side.supervision.process import start_onsite_observers
@@ -205,6 +206,8 @@ class RobotNode:
                                 ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
                                 video=video, keyframes=keyframes)
             net.audit_head = lambda: audit.head
+            if cfg.record.enabled:  # the recorder's health, read by the network thread
+                net.recording = RecordingHealth(recording_status_path(cfg))
             net.start()
             stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)

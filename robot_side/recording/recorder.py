@@ -4,7 +4,10 @@ It subscribes to the observer feed (telemetry, audited safety events) and to the
 video mirror (every H.264 access unit), and writes one rosbag2/MCAP folder per
 robot-node run. A disk that fills, a folder that vanishes or any write error stops
 the recording with an alarm (an ERROR line and the status file the supervision page
-shows); the robot is not told to do anything: safety does not depend on a recording.
+shows and the node's network thread puts into telemetry for the surgeon's HUD,
+``robot_side.recording.health``); the robot is not told to do anything: safety does
+not depend on a recording. The feed carries telemetry, audited safety events and the
+surgeon's commands as received (``CommandBatch``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import zmq
 from robot_side.observe import ObserverClient
 from robot_side.recording.bag import SessionBag
 from robot_side.recording.config import RecordConfig
+from robot_side.recording.health import recording_status_path
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
 from transport.schema import CommandBatch, SafetyEvent, Telemetry, VideoFrameHeader, decode
@@ -54,11 +58,6 @@ class RecorderPaths:
         return cls(observe=robot_cfg.observe.socket,
                    video=robot_cfg.observe.video_path if robot_cfg.record.video else None,
                    status=recording_status_path(robot_cfg))
-
-
-def recording_status_path(robot_cfg: Any) -> Path:
-    path: Path = robot_cfg.estop.socket.parent / "recording.json"
-    return path
 
 
 class Recorder:
@@ -100,6 +99,7 @@ class Recorder:
             events = dict(poller.poll(100))
             if self.bag is None:
                 self._drain(events)
+                self._write_status()  # still alive, still stopped: the alarm stays current
                 continue
             try:
                 if self._feed.socket in events:
@@ -228,7 +228,8 @@ def _child_main(cfg: RecordConfig, paths: RecorderPaths, joint_names: tuple[str,
     except Exception as err:  # a recording that cannot start never stops the robot
         log.error("RECORDING NOT STARTED: %s", err)
         with contextlib.suppress(OSError):
-            paths.status.write_text(json.dumps({"state": "failed", "why": str(err)}))
+            paths.status.write_text(json.dumps({"state": "failed", "why": str(err),
+                                                "t_ns": time.monotonic_ns()}))
         return
     try:
         rec.run(lambda: not stop["now"] and os.getppid() == parent_pid)

@@ -567,6 +567,38 @@ def test_silent_link_still_trips_on_command_timeout(node: Node, console: Console
     assert node.status().startswith("ok disabled")
 
 
+# ------------------------------------- the recording alarm (late: it stops the recorder)
+def test_a_vanished_recording_folder_reaches_the_hud_and_the_arm_carries_on(
+        node: Node, console: Console) -> None:
+    """The recorder's health travels in telemetry (read by the network thread from the
+    recorder's status file): the surgeon's HUD says NOT RECORDING; the loop goes on."""
+    import shutil
+
+    from operator_console.view import SurgeonView
+
+    def recording() -> str | None:
+        tlm = console.shared.telemetry
+        return None if tlm is None else tlm.recording
+
+    wait_until(lambda: recording() == "ok", 60.0, "telemetry to say the session records")
+    before = console.shared.telemetry
+    assert before is not None
+    shutil.rmtree(node.run / "recordings")
+    wait_until(lambda: (recording() or "").startswith("stopped:"), 20.0,
+               "telemetry to carry the recording alarm")
+    assert "gone" in (recording() or ""), recording()
+    tlm, at = console.shared.telemetry, console.shared.telemetry_ns
+    assert tlm is not None and at is not None
+    hud = SurgeonView(stale_ms=250.0).build(
+        tlm=tlm, tlm_recv_ns=at, now_ns=at, message="", message_ns=0, teleop_why="",
+        clutch=False, operator_present=True, scale=0.2, video_age_ms=None)
+    assert hud.warnings and hud.warnings[0].startswith("NOT RECORDING: recording folder gone")
+    # Safety untouched: the loop still runs and answers, its state unchanged by this.
+    assert tlm.seq > before.seq and tlm.state == before.state
+    assert node.status().startswith(f"ok {before.state}")
+    assert node.proc.poll() is None
+
+
 # ------------------------------------------------------------------ shutdown (last: ends the node)
 def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
                                                            console: Console) -> None:
