@@ -37,6 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -51,6 +59,15 @@ uint8[] data
 string format
 """
 TRIP_STATES = frozenset({"hold", "fault", "estop"})
+BAG_VERSION = 8
+"""rosbag2 metadata version 8 (Jazzy's): every field ``ros2 bag`` reads from Humble on
+(``files``, ``custom_data``, ``type_description_hash``, ``ros_distro``) with the QoS
+profiles as a YAML *string*, as rosbag2's ``yaml.hpp`` decodes them up to version 8.
+Version 9 stores them as a YAML sequence, which Humble's and Jazzy's ``ros2 bag`` cannot
+convert to a string and refuse."""
+OFFERED_QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE,
+                  QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+"""rclcpp's default publisher profile: what ``ros2 bag play`` offers each topic again."""
 
 
 def typestore() -> Any:
@@ -82,9 +99,10 @@ class SessionBag:
         self.offset_ns = time.time_ns() - time.monotonic_ns()  # wall-clock ok: one mapping
         self.store = typestore()
         self._t = self.store.types
-        self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
-        self._conn = {topic: self._writer.add_connection(topic, msgtype, typestore=self.store)
+        self._conn = {topic: self._writer.add_connection(topic, msgtype, typestore=self.store,
+                                                         offered_qos_profiles=[OFFERED_QOS])
                       for topic, msgtype in self.TOPICS.items()}
         self._writer.set_custom_data("telesurgery.clock_offset_ns", str(self.offset_ns))
         self._writer.set_custom_data(
