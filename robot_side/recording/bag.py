@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from rosbags.interfaces import (
@@ -59,7 +59,7 @@ uint8[] data
 string format
 """
 TRIP_STATES = frozenset({"hold", "fault", "estop"})
-BAG_VERSION = 8
+BAG_VERSION: Final = 8
 """rosbag2 metadata version 8 (Jazzy's): every field ``ros2 bag`` reads from Humble on
 (``files``, ``custom_data``, ``type_description_hash``, ``ros_distro``) with the QoS
 profiles as a YAML *string*, as rosbag2's ``yaml.hpp`` decodes them up to version 8.
