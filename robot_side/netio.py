@@ -214,7 +214,7 @@ class NetworkThread(threading.Thread):
                     feed.publish(event)
             if now >= next_obs and feed is not None:
                 for batch in mb.received.batches():  # commands as received, batched
-                    feed.publish(batch)
+                    feed.publish_encoded(batch)
             if now < next_tlm and now < next_obs:
                 continue
             report, view = mb.report, mb.link_view

@@ -75,6 +75,8 @@ class Recorder:
         self.bad_video = 0
         self._video_started = False
         self.skipped_before_keyframe = 0
+        self.video_gaps = 0
+        self._last_frame_id: int | None = None
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._video: Any = None
         if paths.video is not None:
@@ -147,6 +149,11 @@ class Recorder:
             self.skipped_before_keyframe += 1  # undecodable without the keyframe: not kept
             return
         self._video_started = True
+        if self._last_frame_id is not None and header.frame_id > self._last_frame_id + 1:
+            # Frames the mirror never gave us (its high-water mark, a stall here): the
+            # file's gaps, counted so the recording cost is measured, not assumed.
+            self.video_gaps += header.frame_id - self._last_frame_id - 1
+        self._last_frame_id = header.frame_id
         if self.bag is not None:
             self.bag.video(header, parts[1])
 
@@ -187,7 +194,8 @@ class Recorder:
             self._counts = {"messages": self.bag.messages,
                             "video_frames": self.bag.video_frames,
                             "commands": self.bag.commands,
-                            "commands_lost": self.bag.commands_lost}
+                            "commands_lost": self.bag.commands_lost,
+                            "video_frames_missing": self.video_gaps}
         body = {"state": self.state, "why": self.why, "path": str(self.session),
                 **self._counts, "t_ns": now}
         tmp = self.paths.status.with_name(self.paths.status.name + ".new")

@@ -32,6 +32,7 @@ BENCHES: dict[str, str] = {
     "video": "telesurgery.bench.video",
     "soak": "telesurgery.bench.soak",
     "path": "telesurgery.bench.path",
+    "record": "telesurgery.bench.record",
 }
 IN_ALL = ("link", "dds", "loop", "video", "path")
 """What ``all`` runs: the soak's default length is ten minutes of its own."""

@@ -493,7 +493,13 @@ def test_a_recorded_session_drives_a_console_again(node: Node, tmp_path: Path) -
     from robot_side.recording.drive import drive_config
     from robot_side.recording.recorder import RecorderPaths, RecorderProcess
 
-    def session(name: str, console: Console, seconds: float) -> Path:
+    def recorded_commands(status: Path) -> int:
+        try:
+            return int(json.loads(status.read_text()).get("commands", 0))
+        except (OSError, ValueError):
+            return 0  # between the recorder's write and rename
+
+    def session(name: str, console: Console, commands: int) -> Path:
         folder = tmp_path / name
         paths = RecorderPaths(observe=node.run / "observe.sock", video=None,
                               status=tmp_path / f"{name}.json")
@@ -503,10 +509,10 @@ def test_a_recorded_session_drives_a_console_again(node: Node, tmp_path: Path) -
         try:
             wait_until(paths.status.exists, 60.0, "the recorder to start")
             console.session.want_engage = True
-            wait_until(lambda: console.state() == "following", 30.0, "the console to engage")
-            # The commands are recorded as received, whatever the arm does with them
-            # (on this shared machine the emulated arm may trip on tracking).
-            time.sleep(seconds)
+            # Every command the robot accepts as fresh is recorded, whatever the arm does
+            # with it: wait for enough of them (a loaded machine refuses some as stale).
+            wait_until(lambda: recorded_commands(paths.status) >= commands, 90.0,
+                       f"{commands} commands recorded")
             console.stop()
             for _ in range(3):  # a trip meanwhile latches: clear it, then disarm
                 request(console.link, "clear_fault")
@@ -518,11 +524,11 @@ def test_a_recorded_session_drives_a_console_again(node: Node, tmp_path: Path) -
         (bag,) = folder.iterdir()
         return bag
 
-    first = session("first", Console(node, auto_engage=False), 3.0)
+    first = session("first", Console(node, auto_engage=False), 300)
     recorded = load_motion(first)
     cfg = drive_config(ConsoleConfig(), first)
     again = session("again", Console(node, auto_engage=False, device=cfg.device,
-                                     teleop=replace(cfg.teleop, rate_hz=CONSOLE_HZ)), 2.0)
+                                     teleop=replace(cfg.teleop, rate_hz=CONSOLE_HZ)), 150)
     rerun = load_motion(again)
     assert len(recorded.t) > 100 and len(rerun.t) > 50
     # Distance of every re-run position to the recorded path (its polyline).

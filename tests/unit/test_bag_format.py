@@ -25,6 +25,7 @@ from transport.schema import (
     SafetyEvent,
     Telemetry,
     VideoFrameHeader,
+    decode,
 )
 
 # (ruamel.yaml: the YAML library rosbags itself reads metadata with)
@@ -46,7 +47,7 @@ def _session(folder: Path) -> Path:
                                    orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
                                    operator_present=True), now + 2))
     for batch in ring.batches():
-        bag.commands_received(batch)
+        bag.commands_received(decode(batch))
     bag.video(VideoFrameHeader(frame_id=1, capture_ns=now + 3, send_ns=now + 3, keyframe=True,
                                width=16, height=16, payload_len=5), b"\x00\x00\x00\x01\x65")
     bag.close()

@@ -13,7 +13,7 @@ from robot_side.observe import CommandRing
 from robot_side.recording.bag import SessionBag
 from robot_side.recording.playback import main_replay
 from telesurgery.errors import DeviceError
-from transport.schema import Command
+from transport.schema import Command, decode
 
 
 def _session(folder: Path, n: int) -> Path:
@@ -26,7 +26,7 @@ def _session(folder: Path, n: int) -> Path:
             clutch=i >= n // 2, operator_present=True), 5_000_000_000 + i * 1_000_000))
     bag = SessionBag(folder, ("j1",))
     for batch in ring.batches():
-        bag.commands_received(batch)
+        bag.commands_received(decode(batch))
     bag.close()
     return folder
 
