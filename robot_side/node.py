@@ -234,13 +234,14 @@ class RobotNode:
             port.offset_ns = lambda: mb.clock.offset_ns
             port.on_arrival = lambda recv_ns: self.phase.on_arrival(
                 recv_ns, self.pacer.next_deadline_ns())
-            received = mb.received
+            received = mb.received if cfg.record.enabled else None
 
             def on_fresh(cmd: Command) -> None:
                 # Rate feedback goes from here straight to the video process; the command
                 # as received goes to the recorder's ring (a reference append, no encode).
                 ages.report_video_age(cmd.video_age_us)
-                received.add(port.sample)
+                if received is not None:
+                    received.add(port.sample)
 
             port.on_fresh = on_fresh
             self.port = port
