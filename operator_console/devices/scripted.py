@@ -242,6 +242,12 @@ class ScriptedDevice(InputDevice):
         self._align = quat
         return True
 
+    def restart(self) -> None:
+        """Start the motion over at the next read (e.g. once the console holds a session)."""
+        self._t0_ns = None
+        self._cycle = 0
+        self._ended = False
+
     def _open(self) -> None:
         if self._given is not None:
             self._given.validate("scripted track")

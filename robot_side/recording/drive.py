@@ -8,6 +8,10 @@ registered and tremor-filtered: the driving console turns its own registration a
 tremor filter off so they reach the robot as recorded. The robot applies its scale
 and anchoring again, as it did in the session. At the end of the recording the
 scripted surgeon lets go of the master (operator absent: the arm holds).
+
+The recording starts with the first command the robot accepted (after ``arm``); the
+replay starts when the console starts reading its device, before it holds a session, so
+the time arming takes (well under a second on a healthy rig) is cut from the start.
 """
 
 from __future__ import annotations

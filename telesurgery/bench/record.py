@@ -20,6 +20,7 @@ printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -83,15 +84,33 @@ def hook_cost(calls: int = HOOK_CALLS) -> dict[str, Any]:
             "network_per_batch_of_10": _percentiles(np.array(per_batch))}
 
 
+RECORDER_START_S = 120.0
+"""A spawned recorder imports rosbags and PyAV first: seconds on a loaded machine."""
+
+
 def _rig_run(run_dir: Path, seconds: float, record: bool) -> dict[str, Any]:
     from hil_tests.rig import RigOptions, SimRig
     from telesurgery.demo import ROTATION_SCALE
+
+    class RecordingRig(SimRig):
+        """The console starts once the recorder records: the whole surgery is in the file."""
+
+        def start_console(self, name: str = "console",
+                          session: dict[str, Any] | None = None) -> None:
+            status = self.run / "recording.json"
+            deadline = time.monotonic() + RECORDER_START_S
+            while record and time.monotonic() < deadline:
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(status.read_text()).get("state") == "recording":
+                        break
+                time.sleep(0.1)
+            super().start_console(name, session)
 
     overrides: dict[str, dict[str, Any]] = {"page": {"enabled": False},
                                             "record": {"enabled": record}}
     opts = RigOptions(run_dir=run_dir, console_seconds=seconds, headless=True,
                       rotation_scale=ROTATION_SCALE, robot_overrides=overrides)
-    with SimRig(opts) as rig:
+    with RecordingRig(opts) as rig:
         rig.start()
         deadline = time.monotonic() + seconds + _EXIT_GRACE_S
         while rig.procs["console"].poll() is None and time.monotonic() < deadline:
