@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
 
 READ_PERIOD_NS = 500_000_000
-STALE_NS = 5_000_000_000
-"""The recorder writes every second: five seconds without a status is a dead recorder."""
+STALE_NS = 10_000_000_000
+"""The recorder writes every second: ten seconds without a status is a dead or hung
+recorder (five were seen on a machine at load 37 while it caught up)."""
 START_GRACE_NS = 30_000_000_000
 """A spawned recorder imports rosbags and opens its bag before its first status."""
 OK = "ok"
