@@ -57,7 +57,6 @@ from telesurgery.pacer import (
 from transport.auth import Authenticator
 from transport.keys import ServerKeys
 from transport.linkstats import LinkStats
-from transport.schema import Command
 
 log = logging.getLogger(__name__)
 
@@ -234,16 +233,10 @@ class RobotNode:
             port.offset_ns = lambda: mb.clock.offset_ns
             port.on_arrival = lambda recv_ns: self.phase.on_arrival(
                 recv_ns, self.pacer.next_deadline_ns())
-            received = mb.received if cfg.record.enabled else None
-
-            def on_fresh(cmd: Command) -> None:
-                # Rate feedback goes from here straight to the video process; the command
-                # as received goes to the recorder's ring (a reference append, no encode).
-                ages.report_video_age(cmd.video_age_us)
-                if received is not None:
-                    received.add(port.sample)
-
-            port.on_fresh = on_fresh
+            # Rate feedback goes from here straight to the video process.
+            port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
+            if cfg.record.enabled:  # every accepted command to the recorder's ring (no encode)
+                port.on_accepted = mb.received.add
             self.port = port
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             endpoints = {"command": port.port, **net.link.endpoints}

@@ -8,8 +8,8 @@ slow the control loop (a PUB socket drops for a slow subscriber at its high-wate
 mark) and none of them can send anything back on this socket.
 
 The surgeon's commands as received reach the feed too, without costing the control
-loop: the control thread appends each accepted command (a reference, with its robot
-receive time) to a ``CommandRing``; the network thread takes them from there and
+loop: the control thread appends each command its gate accepts (a reference, with its
+robot receive time) to a ``CommandRing``; the network thread takes them from there and
 publishes them in ``CommandBatch`` messages (``publish_encoded``). Nothing is encoded
 per command in the control thread, and a ring that nobody empties overwrites its oldest,
 counting them.
@@ -32,11 +32,11 @@ from typing import Any
 import msgpack
 import zmq
 
-from robot_side.control_io import CommandSample
 from telesurgery.errors import SchemaError
 from transport.schema import (
     COMMAND_BATCH_MAX,
     VERSION,
+    Command,
     CommandBatch,
     Message,
     decode,
@@ -53,13 +53,12 @@ def endpoint(path: Path) -> str:
     return f"ipc://{path}"
 
 
-def encode_command_batch(seq: int, samples: list[CommandSample], lost: int) -> bytes:
+def encode_command_batch(seq: int, samples: list[tuple[Command, int]], lost: int) -> bytes:
     """The bytes ``encode(CommandBatch(...))`` gives, without the session token (a
     credential stays out of every record), at a fraction of the generic encoder's cost."""
     commands = []
-    for s in samples:
-        c = s.cmd
-        commands.append({"recv_ns": s.recv_ns, "cmd": {
+    for c, recv_ns in samples:
+        commands.append({"recv_ns": recv_ns, "cmd": {
             "seq": c.seq, "t_send_ns": c.t_send_ns, "position": list(c.position),
             "orientation": list(c.orientation), "grip": c.grip, "clutch": c.clutch,
             "operator_present": c.operator_present, "video_age_us": c.video_age_us,
@@ -81,18 +80,18 @@ class CommandRing:
     """
 
     def __init__(self, maxlen: int = COMMAND_RING) -> None:
-        self._ring: collections.deque[CommandSample] = collections.deque(maxlen=maxlen)
+        self._ring: collections.deque[tuple[Command, int]] = collections.deque(maxlen=maxlen)
         self.lost = 0
         """Commands overwritten before the network thread took them (never decreases)."""
         self.published = 0
         self._seq = 0
 
-    def add(self, sample: CommandSample | None) -> None:
-        if sample is None:
-            return
+    def add(self, cmd: Command, recv_ns: int) -> None:
+        """Every command the gate accepts, with its robot receive time (``CommandPort``'s
+        ``on_accepted``): also those a newer one in the same drain supersedes."""
         if len(self._ring) == self._ring.maxlen:
             self.lost += 1
-        self._ring.append(sample)
+        self._ring.append((cmd, recv_ns))
 
     def batches(self) -> Iterator[bytes]:
         """What is waiting, oldest first: encoded ``CommandBatch`` messages of at most
@@ -104,7 +103,7 @@ class CommandRing:
         """
         ring = self._ring
         while ring:
-            taken: list[CommandSample] = []
+            taken: list[tuple[Command, int]] = []
             while ring and len(taken) < COMMAND_BATCH_MAX:
                 taken.append(ring.popleft())
             self._seq += 1

@@ -109,7 +109,7 @@ class SessionBag:
             "telesurgery.timeline", "stamp = robot CLOCK_MONOTONIC + clock_offset_ns")
         self._writer.set_custom_data(
             "telesurgery.commands", "/console/master_cp + /console/buttons: every command "
-            "the robot accepted as fresh (the newest of a burst), stamped on arrival")
+            "the robot's gate accepted as fresh, stamped on arrival")
         self.messages = 0
         self.video_frames = 0
         self.commands = 0

@@ -48,13 +48,12 @@ def _percentiles(ns: np.ndarray) -> dict[str, float]:
 def hook_cost(calls: int = HOOK_CALLS) -> dict[str, Any]:
     """Per-command cost in the control thread (ring append) and per batch in the network
     thread (build, encode, publish), timed in blocks of 100 calls to see below the clock."""
-    from robot_side.control_io import CommandSample
     from robot_side.observe import CommandRing, ObserverFeed
     from transport.schema import Command
 
-    sample = CommandSample(Command(seq=1, t_send_ns=0, position=(0.1, 0.0, 0.2),
-                                   orientation=(1.0, 0.0, 0.0, 0.0), grip=0.5, clutch=False,
-                                   operator_present=True, video_age_us=30_000), 0)
+    cmd = Command(seq=1, t_send_ns=0, position=(0.1, 0.0, 0.2),
+                  orientation=(1.0, 0.0, 0.0, 0.0), grip=0.5, clutch=False,
+                  operator_present=True, video_age_us=30_000)
     ring = CommandRing(maxlen=calls + 1)
     block = 100
     base, added = [], []
@@ -64,7 +63,7 @@ def hook_cost(calls: int = HOOK_CALLS) -> dict[str, Any]:
             pass  # the loop alone: what the hook costs is the difference
         t1 = time.perf_counter_ns()
         for _ in range(block):
-            ring.add(sample)
+            ring.add(cmd, 0)
         t2 = time.perf_counter_ns()
         base.append((t1 - t0) / block)
         added.append((t2 - t1) / block)
@@ -75,7 +74,7 @@ def hook_cost(calls: int = HOOK_CALLS) -> dict[str, Any]:
         per_batch = []
         for _ in range(2000):
             for _ in range(10):  # 10 ms of commands at 1 kHz: one observer period
-                ring.add(sample)
+                ring.add(cmd, 0)
             t0 = time.perf_counter_ns()
             for batch in ring.batches():
                 feed.publish_encoded(batch)

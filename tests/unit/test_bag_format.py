@@ -15,7 +15,6 @@ from typing import Any
 from rosbags.rosbag2 import Reader
 from ruamel.yaml import YAML
 
-from robot_side.control_io import CommandSample
 from robot_side.observe import CommandRing
 from robot_side.recording.bag import BAG_VERSION, SessionBag
 from transport.schema import (
@@ -43,9 +42,9 @@ def _session(folder: Path) -> Path:
     bag.event(SafetyEvent(seq=1, t_ns=now + 1, code="command_timeout",
                           state_from="following", state_to="hold"))
     ring = CommandRing()
-    ring.add(CommandSample(Command(seq=1, t_send_ns=0, position=(0.0, 0.0, 0.1),
-                                   orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
-                                   operator_present=True), now + 2))
+    ring.add(Command(seq=1, t_send_ns=0, position=(0.0, 0.0, 0.1),
+                     orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0, clutch=False,
+                     operator_present=True), now + 2)
     for batch in ring.batches():
         bag.commands_received(decode(batch))
     bag.video(VideoFrameHeader(frame_id=1, capture_ns=now + 3, send_ns=now + 3, keyframe=True,

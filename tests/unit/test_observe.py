@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from robot_side.control_io import CommandSample
 from robot_side.observe import CommandRing, ObserverClient, ObserverFeed
 from transport.schema import (
     COMMAND_BATCH_MAX,
@@ -53,24 +52,23 @@ def test_invalid_message_is_counted_not_raised(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ commands as received
-def _sample(i: int, recv_ns: int) -> CommandSample:
-    return CommandSample(Command(seq=i, t_send_ns=recv_ns - 500, position=(0.001 * i, 0.0, 0.0),
-                                 orientation=(1.0, 0.0, 0.0, 0.0), grip=0.5, clutch=False,
-                                 operator_present=True, session=0xDEADBEEF), recv_ns)
+def _sample(i: int, recv_ns: int) -> tuple[Command, int]:
+    return Command(seq=i, t_send_ns=recv_ns - 500, position=(0.001 * i, 0.0, 0.0),
+                   orientation=(1.0, 0.0, 0.0, 0.0), grip=0.5, clutch=False,
+                   operator_present=True, session=0xDEADBEEF), recv_ns
 
 
 def _encoded(n: int) -> list[bytes]:
     ring = CommandRing()
     for i in range(n):
-        ring.add(_sample(i, 1_000 + i))
+        ring.add(*_sample(i, 1_000 + i))
     return list(ring.batches())
 
 
 def test_command_ring_batches_in_order_and_keeps_the_token_out() -> None:
     ring = CommandRing()
     for i in range(100):
-        ring.add(_sample(i, 1_000 + i))
-    ring.add(None)  # no fresh command: nothing to record
+        ring.add(*_sample(i, 1_000 + i))
     batches: list[CommandBatch] = [decode_as(b, CommandBatch) for b in ring.batches()]
     assert [len(b.commands) for b in batches] == [COMMAND_BATCH_MAX, COMMAND_BATCH_MAX, 4]
     got = [rc for b in batches for rc in b.commands]
@@ -85,7 +83,7 @@ def test_command_ring_batches_in_order_and_keeps_the_token_out() -> None:
 def test_a_ring_nobody_empties_overwrites_its_oldest_and_counts_them() -> None:
     ring = CommandRing(maxlen=10)
     for i in range(25):
-        ring.add(_sample(i, i))
+        ring.add(*_sample(i, i))
     (raw,) = list(ring.batches())
     batch = decode_as(raw, CommandBatch)
     assert [rc.cmd.seq for rc in batch.commands] == list(range(15, 25))
@@ -101,7 +99,7 @@ def test_command_batches_cross_the_feed(tmp_path: Path) -> None:
         seq = 0
         while not got and time.monotonic() < deadline:
             seq += 1
-            ring.add(_sample(seq, seq))
+            ring.add(*_sample(seq, seq))
             for batch in ring.batches():  # PUB drops until the subscription has propagated
                 feed.publish_encoded(batch)
             msg = client.recv(50)

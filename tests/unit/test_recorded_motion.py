@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from operator_console.devices.scripted import load_motion
-from robot_side.control_io import CommandSample
 from robot_side.observe import CommandRing
 from robot_side.recording.bag import SessionBag
 from robot_side.recording.playback import main_replay
@@ -20,10 +19,10 @@ def _session(folder: Path, n: int) -> Path:
     ring = CommandRing()
     for i in range(n):
         a = 0.01 * i
-        ring.add(CommandSample(Command(
+        ring.add(Command(
             seq=i, t_send_ns=0, position=(0.01 * math.sin(a), 0.0, 0.001 * i),
             orientation=(math.cos(a / 2), math.sin(a / 2), 0.0, 0.0), grip=0.5,
-            clutch=i >= n // 2, operator_present=True), 5_000_000_000 + i * 1_000_000))
+            clutch=i >= n // 2, operator_present=True), 5_000_000_000 + i * 1_000_000)
     bag = SessionBag(folder, ("j1",))
     for batch in ring.batches():
         bag.commands_received(decode(batch))
