@@ -131,6 +131,18 @@ def banner(hud: HudState) -> Banner | None:
     return None
 
 
+def recording_alarm(recording: str | None) -> str | None:
+    """The HUD line for the robot's session recorder, None while it records (or is off).
+
+    Shown first among the warnings, only with fresh telemetry (a stale one says nothing
+    current), until the recorder records again: the session is not being kept."""
+    if recording is None or recording in ("ok", "starting"):
+        return None
+    why = recording.removeprefix("stopped:").strip() or recording
+    # ASCII only: the HUD's Hershey fonts draw nothing else.
+    return "NOT RECORDING: " + why.encode("ascii", "replace").decode("ascii")
+
+
 class StopMemory:
     """The cause of the last stop the surgeon did not ask for, kept until the next engage.
 
@@ -196,8 +208,10 @@ class SurgeonView:
             # Never the last state: no state, no link figures, only their age.
             return unknown
         link = tlm.link
+        alarm = recording_alarm(tlm.recording)
         return replace(
             unknown, state=tlm.state, reason=tlm.reason,
+            warnings=unknown.warnings if alarm is None else (alarm, *unknown.warnings),
             rtt_ms=None if link.rtt_us is None else link.rtt_us / 1000,
             latency_ms=None if link.latency_us is None else link.latency_us / 1000,
             loss=link.loss, jitter_ms=None if link.jitter_us is None else link.jitter_us / 1000,

@@ -128,6 +128,9 @@ class CommandPort:
         the node sets the authenticator's ``allows``, so a revoked session is refused."""
         self.on_fresh: Callable[[Command], None] | None = None
         """Called with each command the gate accepts (video rate feedback)."""
+        self.on_accepted: Callable[[Command, int], None] | None = None
+        """Called with every command the gate accepts and its receive time, also those a
+        newer one in the same drain supersedes: the recorder's ring (observe.CommandRing)."""
         self.sample: CommandSample | None = None
         """The newest command the gate accepted as fresh, with its arrival time."""
         self.counters: dict[str, int] = {"command_received": 0, "command_superseded": 0,
@@ -207,6 +210,8 @@ class CommandPort:
                 continue
             if self.on_arrival is not None:
                 self.on_arrival(recv_ns)
+            if self.on_accepted is not None:
+                self.on_accepted(cmd, recv_ns)
             if offset is not None:
                 self.latency.add((recv_ns - (cmd.t_send_ns + offset)) // 1000)
             if newest is not None:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest, StepReport
-from robot_side.observe import ObserverFeed
+from robot_side.observe import CommandRing, ObserverFeed
 from robot_side.telemetry import telemetry_from
 from telesurgery.errors import LinkError
 from telesurgery.pacer import try_realtime
@@ -110,6 +110,8 @@ class Mailbox:
         self.vitals: Vitals | None = None
         """Vitals relay -> network thread: the newest patient-monitor snapshot."""
         self.dropped_requests = 0
+        self.received = CommandRing()
+        """Control thread -> network thread: accepted commands, for the observer feed."""
 
     def take_requests(self) -> list[PendingRequest]:
         out = []
@@ -161,6 +163,9 @@ class NetworkThread(threading.Thread):
         node hooks it up. Its RTT figures are this thread's (``path_rtt_us``)."""
         self.audit_head: Callable[[], str | None] = lambda: None
         """The audit chain head (``AuditLog.head``): the witness every telemetry carries."""
+        self.recording: Callable[[], str | None] = lambda: None
+        """The recorder's health (``robot_side.recording.health``), read here, never by
+        the control thread; every telemetry carries it."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -229,6 +234,9 @@ class NetworkThread(threading.Thread):
                 link.publish_vitals(vitals)
                 if feed is not None:
                     feed.publish(vitals)
+            if now >= next_obs and feed is not None:
+                for batch in mb.received.batches():  # commands as received, batched
+                    feed.publish_encoded(batch)
             if now < next_tlm and now < next_obs:
                 continue
             report, view = mb.report, mb.link_view
@@ -239,7 +247,8 @@ class NetworkThread(threading.Thread):
                 sample = mb.command
                 tlm = telemetry_from(seq, report, view, self.loop_jitter_us(),
                                      sample.cmd.video_age_us if sample else None,
-                                     audit_head=self.audit_head())
+                                     audit_head=self.audit_head(),
+                                     recording=self.recording())
                 tlm = self._with_commander(tlm)
                 if views := self.path_views():
                     tlm = dataclasses.replace(tlm, paths=self._path_reports(views))

@@ -32,6 +32,7 @@ from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
+from robot_side.recording.health import RecordingHealth, recording_status_path
 from robot_side.ros.process import RosProcess
 from robot_side.signals import SignalDesk
 from robot_side.supervision.process import start_onsite_observers
@@ -221,6 +222,8 @@ class RobotNode:
                                 ctx=ctx, loop_jitter_us=self.pacer.recent_jitter_us,
                                 video=video, keyframes=keyframes)
             net.audit_head = lambda: audit.head
+            if cfg.record.enabled:  # the recorder's health, read by the network thread
+                net.recording = RecordingHealth(recording_status_path(cfg))
             net.start()
             stack.callback(keyframes.close)  # after the network thread has ended
             stack.callback(net.join, 2.0)
@@ -274,6 +277,8 @@ class RobotNode:
                 recv_ns, self.pacer.next_deadline_ns())
             # Rate feedback goes from here straight to the video process.
             port.on_fresh = lambda cmd: ages.report_video_age(cmd.video_age_us)
+            if cfg.record.enabled:  # every accepted command to the recorder's ring (no encode)
+                port.on_accepted = mb.received.add
             self.port = port
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             net.path_views = lambda: port.path_views  # dual path: health into telemetry

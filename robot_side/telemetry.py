@@ -34,6 +34,7 @@ JOINT_BOUND = 1e6
 MAX_SCALE = 10.0
 MAX_TRACKING_M = 1e3
 AUDIT_HEAD_MAX = 48
+RECORDING_MAX = 128
 
 
 def _int(x: int | None, lo: int, hi: int) -> int:
@@ -77,7 +78,8 @@ def _joint_values(values: Sequence[float]) -> tuple[float, ...]:
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
-                   video_age_us: int | None, *, audit_head: str | None = None) -> Telemetry:
+                   video_age_us: int | None, *, audit_head: str | None = None,
+                   recording: str | None = None) -> Telemetry:
     s = link.stats
     state = str(r.state)
     return Telemetry(
@@ -97,4 +99,5 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         measured_jv=_joint_values(r.measured_v),
         measured_jf=_joint_values(r.measured_effort),
         audit_head=None if audit_head is None else audit_head[:AUDIT_HEAD_MAX],
+        recording=None if recording is None else recording[:RECORDING_MAX],
     )

@@ -297,6 +297,10 @@ class Telemetry(Message):
     paths: tuple[PathReport, ...] | None = None
     """With two or more network paths: each path's health as the robot measures it
     (``transport.paths``); see ``OMITTED_WHEN_NONE``."""
+    recording: str | None = None
+    """The session recorder's health as the robot node last read it: ``"ok"``, or why it
+    is not recording (``"stopped: disk nearly full ..."``); None where recording is off.
+    See ``OMITTED_WHEN_NONE``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,6 +439,34 @@ class PathReport(Message):
     loss: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedCommand(Message):
+    """A command the robot's gate accepted, with the robot's own receive time; nested."""
+
+    recv_ns: int
+    """Robot CLOCK_MONOTONIC when the control thread took it off the socket."""
+    cmd: Command
+
+
+COMMAND_BATCH_MAX = 48
+"""Commands per CommandBatch: well under MAX_MESSAGE_BYTES at the largest encoding."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandBatch(Message):
+    """Robot -> local observers (the recorder): commands as received, in arrival order.
+
+    Never on the link: the network thread batches what the control thread appended
+    to a ring, so the control loop encodes nothing per command. ``lost`` counts the
+    commands the ring overwrote before they could be published (since the start).
+    """
+
+    TYPE: ClassVar[str] = "cmds"
+    seq: int
+    commands: tuple[ReceivedCommand, ...]
+    lost: int = 0
+
+
 def _nested(cls: type[Message]) -> Validator:
     def v(field: str, x: Any) -> Message:
         if not isinstance(x, dict):
@@ -518,6 +550,7 @@ Telemetry._SPEC = {
     "commander": _optional(_text(32)),
     "handoff_from": _optional(_text(32)),
     "handoff_id": _session,
+    "recording": _optional(_text(128)),
 }
 SafetyEvent._SPEC = {
     "seq": _seq,
@@ -615,26 +648,27 @@ PathReport._SPEC = {
 MAX_PATHS = 8
 
 
-def _path_reports(field: str, x: Any) -> tuple[Message, ...]:
-    if not isinstance(x, list | tuple) or len(x) > MAX_PATHS:
-        raise _fail(field, f"expected a list of at most {MAX_PATHS} paths")
-    item = _nested(PathReport)
-    return tuple(item(f"{field}[{i}]", v) for i, v in enumerate(x))
+Telemetry._SPEC = {**Telemetry._SPEC, "paths": _optional(_nested_list(PathReport, MAX_PATHS))}
 
 
-Telemetry._SPEC = {**Telemetry._SPEC, "paths": _optional(_path_reports)}
+ReceivedCommand._SPEC = {"recv_ns": _time_ns, "cmd": _nested(Command)}
+CommandBatch._SPEC = {
+    "seq": _seq,
+    "commands": _nested_list(ReceivedCommand, COMMAND_BATCH_MAX),
+    "lost": _int(0, U64),
+}
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Command, ControlRequest, ControlReply, Ping, Pong, Telemetry, SafetyEvent,
-                VideoFrameHeader, KeyframeRequest, Stroke, AudioPacket, Vitals)
+                VideoFrameHeader, KeyframeRequest, Stroke, AudioPacket, Vitals, CommandBatch)
 }
 
 
 # ---------------------------------------------------------------- codec
 OMITTED_WHEN_NONE = frozenset({"session", "observers", "author", "speaker", "joints",
                                "handoff", "commander", "handoff_from", "handoff_id",
-                               "paths"})
+                               "paths", "recording"})
 """Fields added after version 1 shipped: left out while unset, so a message without
 them has the bytes it always had (the golden files) and decodes the same.
 
@@ -644,11 +678,13 @@ commands, control requests and pongs only when they carry it. ``joints`` (a
 ``Command``) is the joint-space master: absent in every Cartesian command.
 ``handoff``, ``commander``, ``handoff_from`` and ``handoff_id`` belong to the
 handoff between surgeon consoles (transport.handoff). ``paths`` is the per-path
-health in telemetry, with two or more network paths (``transport.paths``)."""
+health in telemetry, with two or more network paths (``transport.paths``).
+``recording`` (Telemetry) is the session recorder's health (``robot_side.recording``)."""
 _FIELD_NAMES: dict[type[Message], tuple[str, ...]] = {}
 _REQUIRED: dict[type[Message], frozenset[str]] = {}
 _cls: type[Message]
-for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, VitalValue, VitalAlarm, PathReport):
+for _cls in (*MESSAGE_TYPES.values(), Pose, LinkReport, VitalValue, VitalAlarm, PathReport,
+             ReceivedCommand):
     _fields = dataclasses.fields(_cls)
     _FIELD_NAMES[_cls] = tuple(f.name for f in _fields)
     _REQUIRED[_cls] = frozenset(

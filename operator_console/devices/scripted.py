@@ -1,5 +1,8 @@
 """A scripted master: replays a recorded or generated motion file, interpolating.
 
+A recorded session's folder plays too: the surgeon's master motion as the robot
+received it (``operator_console.devices.recorded``).
+
 Like python-can's virtual bus, this is a real registered device used by tests,
 demos and the HIL rig, not a mock. Files are CSV (header ``MOTION_COLUMNS``) or
 JSON (``{"samples": [{"t": s, "position": [..], "quat": [w, x, y, z], "grip": g,
@@ -75,7 +78,12 @@ class MotionTrack:
 
 # ------------------------------------------------------------------ files
 def load_motion(path: Path) -> MotionTrack:
-    """Load and validate a CSV or JSON motion file."""
+    """Load and validate a CSV or JSON motion file, or a recorded session's master motion
+    (a rosbag2 folder: ``operator_console.devices.recorded``)."""
+    if path.is_dir():
+        from operator_console.devices.recorded import load_session_motion
+
+        return load_session_motion(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -233,6 +241,12 @@ class ScriptedDevice(InputDevice):
         at the next read: a right-multiplied offset keeps the recorded motion's axes)."""
         self._align = quat
         return True
+
+    def restart(self) -> None:
+        """Start the motion over at the next read (e.g. once the console holds a session)."""
+        self._t0_ns = None
+        self._cycle = 0
+        self._ended = False
 
     def _open(self) -> None:
         if self._given is not None:

@@ -14,29 +14,44 @@ Topics (standard types; the video type is Foxglove's):
   sign as ``value unit`` (``?`` when stale), each active alarm, the monitor's state
 * ``/video/compressed``: foxglove_msgs/CompressedVideo, one H.264 access unit per
   message (Annex B; SPS/PPS with every keyframe)
+* ``/console/master_cp``: geometry_msgs/PoseStamped, the surgeon's master pose of every
+  command the robot accepted, as received (before the robot's scaling and anchoring),
+  stamped with the robot's receive time
+* ``/console/buttons``: sensor_msgs/Joy with the same stamp: ``axes = [grip]``,
+  ``buttons = [clutch, operator_present]``
+* ``/console/commands``: diagnostic_msgs/DiagnosticArray, one per batch the robot
+  published: sequence numbers, commands lost before recording, the picture age the
+  console reported
 
 One timeline: every stamp (log time and header) is the robot's CLOCK_MONOTONIC time
 of the sample (telemetry ``t_ns``, event ``t_ns``, frame ``capture_ns``) plus one
 offset taken at the start, so Foxglove shows dates and intervals stay exact. The
 offset is in the bag's metadata.
 
-The surgeon's commands as received are not on the observer feed (the control
-process publishes telemetry and events only): the setpoints recorded are what the
-robot commanded after its limits.
+The setpoints (``/arm/setpoint_*``) are what the robot commanded after its limits; the
+commands as received (``/console/*``) are what the surgeon asked for.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from robot_side.supervision.words import firmware_words, reason_words
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, Vitals
+from transport.schema import CommandBatch, SafetyEvent, Telemetry, VideoFrameHeader, Vitals
 
 COMPRESSED_VIDEO = "foxglove_msgs/msg/CompressedVideo"
 COMPRESSED_VIDEO_MSG = """\
@@ -46,6 +61,15 @@ uint8[] data
 string format
 """
 TRIP_STATES = frozenset({"hold", "fault", "estop"})
+BAG_VERSION: Final = 8
+"""rosbag2 metadata version 8 (Jazzy's): every field ``ros2 bag`` reads from Humble on
+(``files``, ``custom_data``, ``type_description_hash``, ``ros_distro``) with the QoS
+profiles as a YAML *string*, as rosbag2's ``yaml.hpp`` decodes them up to version 8.
+Version 9 stores them as a YAML sequence, which Humble's and Jazzy's ``ros2 bag`` cannot
+convert to a string and refuse."""
+OFFERED_QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE,
+                  QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+"""rclcpp's default publisher profile: what ``ros2 bag play`` offers each topic again."""
 
 
 def typestore() -> Any:
@@ -67,6 +91,9 @@ class SessionBag:
         "/link/stats": "diagnostic_msgs/msg/DiagnosticArray",
         "/patient/vitals": "diagnostic_msgs/msg/DiagnosticArray",
         "/video/compressed": COMPRESSED_VIDEO,
+        "/console/master_cp": "geometry_msgs/msg/PoseStamped",
+        "/console/buttons": "sensor_msgs/msg/Joy",
+        "/console/commands": "diagnostic_msgs/msg/DiagnosticArray",
     }
 
     def __init__(self, path: Path, joint_names: tuple[str, ...]) -> None:
@@ -75,18 +102,21 @@ class SessionBag:
         self.offset_ns = time.time_ns() - time.monotonic_ns()  # wall-clock ok: one mapping
         self.store = typestore()
         self._t = self.store.types
-        self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
-        self._conn = {topic: self._writer.add_connection(topic, msgtype, typestore=self.store)
+        self._conn = {topic: self._writer.add_connection(topic, msgtype, typestore=self.store,
+                                                         offered_qos_profiles=[OFFERED_QOS])
                       for topic, msgtype in self.TOPICS.items()}
         self._writer.set_custom_data("telesurgery.clock_offset_ns", str(self.offset_ns))
         self._writer.set_custom_data(
             "telesurgery.timeline", "stamp = robot CLOCK_MONOTONIC + clock_offset_ns")
         self._writer.set_custom_data(
-            "telesurgery.commands", "not recorded: the observer feed carries the robot's "
-            "setpoints after limits, not the surgeon's commands as received")
+            "telesurgery.commands", "/console/master_cp + /console/buttons: every command "
+            "the robot's gate accepted as fresh, stamped on arrival")
         self.messages = 0
         self.video_frames = 0
+        self.commands = 0
+        self.commands_lost = 0
 
     # ------------------------------------------------------------ helpers
     def _stamp(self, mono_ns: int) -> Any:
@@ -175,6 +205,32 @@ class SessionBag:
                                         format="h264")
         self._write("/video/compressed", t, msg)
         self.video_frames += 1
+
+    def commands_received(self, batch: CommandBatch) -> None:
+        t = self._t
+        pose, joy = t["geometry_msgs/msg/PoseStamped"], t["sensor_msgs/msg/Joy"]
+        for rc in batch.commands:
+            c, when = rc.cmd, rc.recv_ns
+            w, x, y, z = c.orientation
+            self._write("/console/master_cp", when, pose(
+                header=self._header(when, "master"), pose=t["geometry_msgs/msg/Pose"](
+                    position=t["geometry_msgs/msg/Point"](*c.position),
+                    orientation=t["geometry_msgs/msg/Quaternion"](x=x, y=y, z=z, w=w))))
+            self._write("/console/buttons", when, joy(
+                header=self._header(when, "master"),
+                axes=np.array([c.grip], dtype=np.float32),
+                buttons=np.array([int(c.clutch), int(c.operator_present)], dtype=np.int32)))
+        if not batch.commands:
+            return
+        first, last = batch.commands[0], batch.commands[-1]
+        self.commands += len(batch.commands)
+        self.commands_lost = batch.lost
+        self._write("/console/commands", last.recv_ns, self._diag(
+            last.recv_ns, 1 if batch.lost else 0, "commands", "as received", {
+                "count": str(len(batch.commands)), "first_seq": str(first.cmd.seq),
+                "last_seq": str(last.cmd.seq), "lost_before_recording": str(batch.lost),
+                "video_age_us": str(last.cmd.video_age_us),
+                "console_t_send_ns": str(last.cmd.t_send_ns), "robot_t_ns": str(last.recv_ns)}))
 
     def close(self) -> None:
         self._writer.close()

@@ -6,8 +6,8 @@ recorded frame: ``replay`` shows it at the recorded pace (a window with a screen
 PNGs with ``--out`` without one) and prints the timeline of safety events;
 ``export --mp4`` writes the video with the HUD burnt in.
 
-The master motion cannot be fed back into the scripted input device: the surgeon's
-commands as received are not in the recording (see ``robot_side.recording.bag``).
+``replay --drive`` instead runs a console whose scripted device plays the recorded
+master motion (``robot_side.recording.drive``): the session re-run on a robot.
 """
 
 from __future__ import annotations
@@ -158,11 +158,20 @@ def main_replay(argv: list[str]) -> int:
     p.add_argument("session", type=Path, help="the session's rosbag2 folder")
     p.add_argument("--speed", type=float, default=1.0, help="playback speed (default 1)")
     p.add_argument("--out", type=Path, help="write every HUD frame as PNG here (no window)")
+    p.add_argument("--drive", action="store_true",
+                   help="run a console whose master is the recorded surgeon's motion")
+    p.add_argument("--config", type=Path,
+                   help="with --drive: the console config TOML (default: simulated rig)")
+    p.add_argument("--seconds", type=float,
+                   help="with --drive: stop after this long (default: the recording's length)")
+    p.add_argument("--headless", action="store_true", help="with --drive: no window")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.speed > 0:
         sys.stderr.write("telesurgery replay: --speed must be > 0\n")
         return 2
+    if args.drive:
+        return _drive(args)
     try:
         n = replay(args.session, args.speed, args.out)
     except (OSError, av.FFmpegError, ValueError) as err:
@@ -170,3 +179,14 @@ def main_replay(argv: list[str]) -> int:
         return 1
     sys.stdout.write(f"{n} frames replayed\n")
     return 0 if n else 1
+
+
+def _drive(args: argparse.Namespace) -> int:
+    from robot_side.recording.drive import drive
+    from telesurgery.errors import TelesurgeryError
+
+    try:
+        return drive(args.session, args.config, args.seconds, args.headless)
+    except (TelesurgeryError, OSError) as err:
+        sys.stderr.write(f"telesurgery replay: {err}\n")
+        return 2

@@ -4,7 +4,10 @@ It subscribes to the observer feed (telemetry, audited safety events) and to the
 video mirror (every H.264 access unit), and writes one rosbag2/MCAP folder per
 robot-node run. A disk that fills, a folder that vanishes or any write error stops
 the recording with an alarm (an ERROR line and the status file the supervision page
-shows); the robot is not told to do anything: safety does not depend on a recording.
+shows and the node's network thread puts into telemetry for the surgeon's HUD,
+``robot_side.recording.health``); the robot is not told to do anything: safety does
+not depend on a recording. The feed carries telemetry, audited safety events and the
+surgeon's commands as received (``CommandBatch``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ import zmq
 from robot_side.observe import ObserverClient
 from robot_side.recording.bag import SessionBag
 from robot_side.recording.config import RecordConfig
+from robot_side.recording.health import recording_status_path
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
-from transport.schema import SafetyEvent, Telemetry, VideoFrameHeader, Vitals, decode
+from transport.schema import (
+    CommandBatch,
+    SafetyEvent,
+    Telemetry,
+    VideoFrameHeader,
+    Vitals,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
@@ -56,11 +67,6 @@ class RecorderPaths:
                    status=recording_status_path(robot_cfg))
 
 
-def recording_status_path(robot_cfg: Any) -> Path:
-    path: Path = robot_cfg.estop.socket.parent / "recording.json"
-    return path
-
-
 class Recorder:
     def __init__(self, cfg: RecordConfig, paths: RecorderPaths,
                  joint_names: tuple[str, ...]) -> None:
@@ -76,6 +82,8 @@ class Recorder:
         self.bad_video = 0
         self._video_started = False
         self.skipped_before_keyframe = 0
+        self.video_gaps = 0
+        self._last_frame_id: int | None = None
         self._ctx: zmq.Context[Any] = zmq.Context()
         self._video: Any = None
         if paths.video is not None:
@@ -87,7 +95,7 @@ class Recorder:
         self._feed = ObserverClient(paths.observe, self._ctx)
         self._next_check = 0
         self._next_status = 0
-        self._counts = {"messages": 0, "video_frames": 0}
+        self._counts = {"messages": 0, "video_frames": 0, "commands": 0, "commands_lost": 0}
         log.info("recording this session to %s", self.session)
 
     # ------------------------------------------------------------ loop
@@ -100,6 +108,7 @@ class Recorder:
             events = dict(poller.poll(100))
             if self.bag is None:
                 self._drain(events)
+                self._write_status()  # still alive, still stopped: the alarm stays current
                 continue
             try:
                 if self._feed.socket in events:
@@ -128,6 +137,8 @@ class Recorder:
             self.bag.event(msg)
         elif isinstance(msg, Vitals):
             self.bag.vitals(msg)
+        elif isinstance(msg, CommandBatch):
+            self.bag.commands_received(msg)
 
     def _on_video(self) -> None:
         parts = self._video.recv_multipart()
@@ -147,6 +158,11 @@ class Recorder:
             self.skipped_before_keyframe += 1  # undecodable without the keyframe: not kept
             return
         self._video_started = True
+        if self._last_frame_id is not None and header.frame_id > self._last_frame_id + 1:
+            # Frames the mirror never gave us (its high-water mark, a stall here): the
+            # file's gaps, counted so the recording cost is measured, not assumed.
+            self.video_gaps += header.frame_id - self._last_frame_id - 1
+        self._last_frame_id = header.frame_id
         if self.bag is not None:
             self.bag.video(header, parts[1])
 
@@ -185,7 +201,10 @@ class Recorder:
         self._next_status = now + CHECK_PERIOD_NS
         if self.bag is not None:
             self._counts = {"messages": self.bag.messages,
-                            "video_frames": self.bag.video_frames}
+                            "video_frames": self.bag.video_frames,
+                            "commands": self.bag.commands,
+                            "commands_lost": self.bag.commands_lost,
+                            "video_frames_missing": self.video_gaps}
         body = {"state": self.state, "why": self.why, "path": str(self.session),
                 **self._counts, "t_ns": now}
         tmp = self.paths.status.with_name(self.paths.status.name + ".new")
@@ -226,7 +245,8 @@ def _child_main(cfg: RecordConfig, paths: RecorderPaths, joint_names: tuple[str,
     except Exception as err:  # a recording that cannot start never stops the robot
         log.error("RECORDING NOT STARTED: %s", err)
         with contextlib.suppress(OSError):
-            paths.status.write_text(json.dumps({"state": "failed", "why": str(err)}))
+            paths.status.write_text(json.dumps({"state": "failed", "why": str(err),
+                                                "t_ns": time.monotonic_ns()}))
         return
     try:
         rec.run(lambda: not stop["now"] and os.getppid() == parent_pid)

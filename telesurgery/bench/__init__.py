@@ -3,7 +3,8 @@
 ``telesurgery bench link|loop|video|dds|path`` runs one; ``telesurgery bench`` (or
 ``all``) runs them all in this process's lifetime so every ratio compares
 figures measured on the same machine in the same run. ``telesurgery bench
-soak`` (a 10-minute healthy run of the whole rig) runs only when named.
+soak`` (a 10-minute healthy run of the whole rig) and ``telesurgery bench record``
+(the rig twice, recording off then on) run only when named.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ BENCHES: dict[str, str] = {
     "observers": "telesurgery.bench.observers",
     "telestration": "telesurgery.bench.telestration",
     "intercom": "telesurgery.bench.intercom",
+    "record": "telesurgery.bench.record",
 }
 IN_ALL = ("link", "dds", "loop", "video", "path", "observers", "telestration",
           "intercom")
-"""What ``all`` runs: the soak's default length is ten minutes of its own."""
+"""What ``all`` runs: the soak's default length is ten minutes of its own; ``record``
+runs the whole rig twice."""
 
 
 def _markdown(results: dict[str, dict[str, Any]]) -> str:

@@ -4,6 +4,7 @@ process, the bag read back by independent readers (rosbags, the mcap package, Py
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
@@ -22,7 +23,15 @@ from robot_side.video.config import VideoConfig
 from robot_side.video_process import VideoProcess
 from transport.config import LinkConfig
 from transport.keys import init_keys
-from transport.schema import LinkReport, Pose, SafetyEvent, Telemetry
+from transport.schema import (
+    Command,
+    CommandBatch,
+    LinkReport,
+    Pose,
+    ReceivedCommand,
+    SafetyEvent,
+    Telemetry,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +47,16 @@ def telemetry(seq: int, state: str) -> Telemetry:
                                                          jitter_us=40, loss=0.0,
                                                          video_age_us=60_000),
                      scale=0.2, estop=False, firmware_flags=1 << 8)
+
+
+def master(seq: int) -> Command:
+    """The scripted surgeon's hand: a slow circle with a wrist roll, clutching now and then."""
+    a = seq * 0.002
+    return Command(seq=seq, t_send_ns=time.monotonic_ns(),
+                   position=(0.05 * math.cos(a), 0.05 * math.sin(a), 0.001 * (seq % 100)),
+                   orientation=(math.cos(a / 2), math.sin(a / 2), 0.0, 0.0),
+                   grip=(seq % 1000) / 1000, clutch=(seq // 500) % 2 == 1,
+                   operator_present=True, session=0x5EC12E7)
 
 
 class Robot:
@@ -63,6 +82,11 @@ class Robot:
             seq += 1
             state = "following" if (seq // 100) % 2 == 0 else "hold"
             self.feed.publish(telemetry(seq, state))
+            # Ten commands as received per telemetry: 1 kHz, batched as the node does.
+            now = time.monotonic_ns()
+            self.feed.publish(CommandBatch(seq=seq, commands=tuple(
+                ReceivedCommand(now - (9 - i) * 1_000_000, master(seq * 10 + i))
+                for i in range(10))))
             if seq % 100 == 0:
                 evt = SafetyEvent(seq=seq // 100, t_ns=time.monotonic_ns(),
                                   code="command_timeout" if state == "hold" else "engaged",
@@ -125,6 +149,7 @@ def test_a_session_reads_back_in_standard_types(tmp_path: Path, robot: Robot) ->
         stamps: list[int] = []
         states: list[str] = []
         keyframes_with_sps = keyframes = 0
+        masters: list[tuple[int, Any]] = []
         for conn, t, raw in reader.messages():
             counts[conn.topic] = counts.get(conn.topic, 0) + 1
             msg = reader.deserialize(raw, conn.msgtype)
@@ -145,6 +170,8 @@ def test_a_session_reads_back_in_standard_types(tmp_path: Path, robot: Robot) ->
                 assert tuple(msg.name) == JOINTS and len(msg.position) == 6
             elif conn.topic == "/supervisor/events":
                 states.append(msg.status[0].values[3].value)
+            elif conn.topic == "/console/master_cp":
+                masters.append((t, msg))
         decoded += len(codec.decode(None))  # flush
     print(f"recorded: {counts}")
     assert counts["/arm/measured_js"] > 50 and counts["/link/stats"] > 50
@@ -152,6 +179,14 @@ def test_a_session_reads_back_in_standard_types(tmp_path: Path, robot: Robot) ->
     assert frames >= 20, "the video process answers a subscription with a keyframe"
     assert keyframes >= 1 and keyframes_with_sps == keyframes
     assert decoded == frames, f"decoded {decoded} of {frames} recorded frames"
+    # Commands as received: every one, in order, on the robot's receive time.
+    assert topics["/console/master_cp"] == "geometry_msgs/msg/PoseStamped"
+    assert topics["/console/buttons"] == "sensor_msgs/msg/Joy"
+    assert counts["/console/master_cp"] == counts["/console/buttons"] > 500
+    times = [t for t, _ in masters]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    t, first = masters[0]
+    assert first.header.stamp.sec * 10**9 + first.header.stamp.nanosec == t
 
 
 def _nal_headers(data: bytes) -> list[int]:
@@ -204,3 +239,35 @@ def test_export_and_replay_read_a_session_back(tmp_path: Path, robot: Robot) -> 
     assert n >= 20 and decoded == n
     shown = replay(session, speed=100.0, out_dir=tmp_path / "replay")
     assert shown == n and len(list((tmp_path / "replay").glob("*.png"))) == n
+
+
+def test_the_master_motion_plays_again_in_the_scripted_device(tmp_path: Path,
+                                                              robot: Robot) -> None:
+    """``telesurgery replay SESSION --drive``: the recorded hand, in time, on a console's
+    scripted device; every pose it gives at a recorded instant is the recorded one."""
+    from rosbags.highlevel import AnyReader
+
+    from operator_console.devices import DeviceConfig, open_device
+    from robot_side.recording.bag import typestore
+
+    record(tmp_path, RecordConfig(folder=tmp_path / "rec", min_free_mb=1.0, video=False), 1.5)
+    (session,) = (tmp_path / "rec").iterdir()
+    with AnyReader([session], default_typestore=typestore()) as reader:
+        conns = [c for c in reader.connections if c.topic == "/console/master_cp"]
+        recorded = [(t, reader.deserialize(raw, c.msgtype).pose)
+                    for c, t, raw in reader.messages(connections=conns)]
+    assert len(recorded) > 100
+    device = open_device(DeviceConfig(kind="scripted", path=session, loop=False))
+    try:
+        t0 = recorded[0][0]
+        base = 10**12  # the console's own clock: any origin
+        for t, pose in recorded:
+            s = device.read(base + (t - t0))
+            p, o = pose.position, pose.orientation
+            assert s.position == pytest.approx((p.x, p.y, p.z), abs=1e-9)
+            assert s.quat == pytest.approx((o.w, o.x, o.y, o.z), abs=1e-6)
+            assert s.operator_present
+        after = device.read(base + (recorded[-1][0] - t0) + 10**9)
+        assert not after.operator_present  # the recording is over: the hand lets go
+    finally:
+        device.close()

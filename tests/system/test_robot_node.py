@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from transport.keys import ClientKeys, init_keys
 from transport.link import ConsoleLink
 from transport.schema import (
     CONTROL_OPS,
+    CommandBatch,
     ControlReply,
     ControlRequest,
     SafetyEvent,
@@ -151,13 +152,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 class Console:
     """The real console threads, without video (the node runs with require_video off)."""
 
-    def __init__(self, node: Node, auto_engage: bool) -> None:
+    def __init__(self, node: Node, auto_engage: bool, device: DeviceConfig | None = None,
+                 teleop: TeleopConfig | None = None) -> None:
         period_ns = int(1e9 / CONSOLE_HZ)
         self.link = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(node.keys))
         self.shared = ConsoleShared(video_stale=False)
-        self.device = ScriptedDevice(DeviceConfig())
+        self.device = ScriptedDevice(device or DeviceConfig())
         self.device.open()
-        mapper = TeleopMapper(TeleopConfig(rate_hz=CONSOLE_HZ))
+        mapper = TeleopMapper(teleop or TeleopConfig(rate_hz=CONSOLE_HZ))
         self.session = SessionThread(self.link, SessionConfig(auto_engage=auto_engage),
                                      self.shared, period_ns)
         self.commands = CommandThread(self.link, self.device, mapper, self.shared,
@@ -460,6 +462,102 @@ def test_observer_feed_carries_telemetry_and_audited_events(node: Node) -> None:
             reset_node(node)
 
 
+def test_commands_as_received_reach_the_observer_feed(node: Node, console: Console) -> None:
+    """The control thread rings every command it accepts (a reference append); the
+    network thread publishes them in batches for the recorder (observe.CommandRing)."""
+    with ObserverClient(node.run / "observe.sock") as feed:
+        console.session.want_engage = True
+        # Recorded once the console holds the session, whatever the arm does with them.
+        wait_until(lambda: console.link.session is not None, 60.0,
+                   "the console to hold the surgeon session")
+        seqs: list[int] = []
+        deadline = time.monotonic() + 20.0
+        while len(seqs) < 200 and time.monotonic() < deadline:
+            msg = feed.recv(100)
+            if isinstance(msg, CommandBatch):
+                assert all(rc.cmd.session is None for rc in msg.commands), "token recorded"
+                seqs += [rc.cmd.seq for rc in msg.commands]
+    console.stop()
+    for _ in range(3):  # a trip meanwhile latches (a loaded machine): clear it, then disarm
+        request(console.link, "clear_fault")
+        if request(console.link, "disarm").ok:
+            break
+    assert len(seqs) >= 200, f"{len(seqs)} commands as received on the feed"
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+@pytest.mark.timeout(300)  # two recorder processes to start: slow on a loaded machine
+def test_a_recorded_session_drives_a_console_again(node: Node, tmp_path: Path) -> None:
+    """Record a scripted session from the node's feed, play its master motion into a
+    console's scripted device as ``telesurgery replay --drive`` does, record that run:
+    every master pose of the re-run lies on the recorded path, and it covers it."""
+    import numpy as np
+
+    from operator_console.config import ConsoleConfig
+    from operator_console.devices.scripted import load_motion
+    from robot_side.recording.config import RecordConfig
+    from robot_side.recording.drive import drive_config
+    from robot_side.recording.recorder import RecorderPaths, RecorderProcess
+
+    def recorded_commands(status: Path) -> int:
+        try:
+            return int(json.loads(status.read_text()).get("commands", 0))
+        except (OSError, ValueError):
+            return 0  # between the recorder's write and rename
+
+    def session(name: str, console: Console, commands: int) -> Path:
+        folder = tmp_path / name
+        paths = RecorderPaths(observe=node.run / "observe.sock", video=None,
+                              status=tmp_path / f"{name}.json")
+        rec = RecorderProcess(RecordConfig(folder=folder, min_free_mb=1.0, video=False),
+                              paths, tuple(f"j{i}" for i in range(6)))
+        rec.start()
+        try:
+            wait_until(paths.status.exists, 60.0, "the recorder to start")
+            console.session.want_engage = True
+            wait_until(lambda: console.link.session is not None, 60.0,
+                       "the console to hold the surgeon session")
+            # The recorded motion starts with the first accepted command: so does its
+            # replay (arming took seconds here on a loaded machine, and the device's
+            # clock starts when the console does).
+            console.device.restart()
+            # Every command the robot accepts as fresh is recorded, whatever the arm does
+            # with it: wait for enough of them (a loaded machine refuses some as stale).
+            wait_until(lambda: recorded_commands(paths.status) >= commands, 90.0,
+                       f"{commands} commands recorded")
+            console.stop()
+            for _ in range(3):  # a trip meanwhile latches: clear it, then disarm
+                request(console.link, "clear_fault")
+                if request(console.link, "disarm").ok:
+                    break
+        finally:
+            console.close()
+            rec.stop()
+        (bag,) = folder.iterdir()
+        return bag
+
+    first = session("first", Console(node, auto_engage=False), 400)
+    recorded = load_motion(first)
+    cfg = drive_config(ConsoleConfig(), first)
+    again = session("again", Console(node, auto_engage=False, device=cfg.device,
+                                     teleop=replace(cfg.teleop, rate_hz=CONSOLE_HZ)), 150)
+    rerun = load_motion(again)
+    assert len(recorded.t) > 100 and len(rerun.t) > 50
+    # Distance of every re-run position to the recorded path (its polyline).
+    a, b = recorded.position[:-1], recorded.position[1:]
+    ab = b - a
+    worst = 0.0
+    for p in rerun.position[rerun.present]:
+        s = np.clip(np.einsum("ij,ij->i", p - a, ab) / np.maximum(
+            np.einsum("ij,ij->i", ab, ab), 1e-18), 0.0, 1.0)
+        worst = max(worst, float(np.min(np.linalg.norm(a + ab * s[:, None] - p, axis=1))))
+    assert worst < 1e-6, f"a re-run pose is {worst * 1e3:.3f} mm off the recorded path"
+    moving = rerun.position[rerun.present]
+    assert len(moving) > 50, f"{len(moving)} re-run commands with the hand on the master"
+    travelled = float(np.sum(np.linalg.norm(np.diff(moving, axis=0), axis=1)))
+    assert travelled > 0.01, f"the re-run moved {travelled * 1e3:.1f} mm only"
+
+
 # ------------------------------------------------------------------ the period's wait
 def test_silent_link_still_trips_on_command_timeout(node: Node, console: Console) -> None:
     """The control thread waits for each period on the command socket: with no command
@@ -487,6 +585,37 @@ def test_silent_link_still_trips_on_command_timeout(node: Node, console: Console
         if request(console.link, "disarm").ok:
             break
     assert node.status().startswith("ok disabled")
+
+
+# ------------------------------------- the recording alarm (late: it stops the recorder)
+def test_a_vanished_recording_folder_reaches_the_hud_and_the_arm_carries_on(
+        node: Node, console: Console) -> None:
+    """The recorder's health travels in telemetry (read by the network thread from the
+    recorder's status file): the surgeon's HUD says NOT RECORDING; the loop goes on."""
+    import shutil
+
+    from operator_console.view import SurgeonView
+
+    def recording() -> str | None:
+        tlm = console.shared.telemetry
+        return None if tlm is None else tlm.recording
+
+    wait_until(lambda: recording() == "ok", 60.0, "telemetry to say the session records")
+    before = console.shared.telemetry
+    assert before is not None
+    shutil.rmtree(node.run / "recordings")
+    wait_until(lambda: "folder gone" in (recording() or ""), 30.0,
+               "telemetry to carry the recording alarm")
+    tlm, at = console.shared.telemetry, console.shared.telemetry_ns
+    assert tlm is not None and at is not None
+    hud = SurgeonView(stale_ms=250.0).build(
+        tlm=tlm, tlm_recv_ns=at, now_ns=at, message="", message_ns=0, teleop_why="",
+        clutch=False, operator_present=True, scale=0.2, video_age_ms=None)
+    assert hud.warnings and hud.warnings[0].startswith("NOT RECORDING: recording folder gone")
+    # Safety untouched: the loop still runs and answers, its state unchanged by this.
+    assert tlm.seq > before.seq and tlm.state == before.state
+    assert node.status().startswith(f"ok {before.state}")
+    assert node.proc.poll() is None
 
 
 # ------------------------------------------------------------------ shutdown (last: ends the node)

@@ -47,6 +47,11 @@ SAMPLES: dict[str, s.Message] = {
                     values=(s.VitalValue("hr", 138.0, "/min", 120, 5000),
                             s.VitalValue("spo2", 86.5, "%", 6100, 5000, "stale")),
                     alarms=(s.VitalAlarm("HR_HIGH", "high", "Tachycardia 138/min", 900),)),
+    "cmds": s.CommandBatch(seq=5, lost=1, commands=(s.ReceivedCommand(
+        recv_ns=1_000_400_000, cmd=s.Command(
+            seq=42, t_send_ns=1_000_000_123, position=(0.1, -0.05, 0.2),
+            orientation=(1.0, 0.0, 0.0, 0.0), grip=0.25, clutch=False,
+            operator_present=True, video_age_us=33_000)),)),
 }
 
 
