@@ -62,7 +62,8 @@ def encode_command_batch(seq: int, samples: list[tuple[Command, int]], lost: int
             "seq": c.seq, "t_send_ns": c.t_send_ns, "position": list(c.position),
             "orientation": list(c.orientation), "grip": c.grip, "clutch": c.clutch,
             "operator_present": c.operator_present, "video_age_us": c.video_age_us,
-            "t_sample_ns": c.t_sample_ns, "session": None}})
+            "t_sample_ns": c.t_sample_ns, "session": None,
+            "joints": None if c.joints is None else list(c.joints)}})
     data: bytes = msgpack.packb({"v": VERSION, "t": CommandBatch.TYPE, "seq": seq,
                                  "commands": commands, "lost": lost}, use_bin_type=True)
     return data

@@ -53,9 +53,11 @@ def test_invalid_message_is_counted_not_raised(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ commands as received
 def _sample(i: int, recv_ns: int) -> tuple[Command, int]:
+    # Every third command is a joint-space master's: its joints are recorded too.
     return Command(seq=i, t_send_ns=recv_ns - 500, position=(0.001 * i, 0.0, 0.0),
                    orientation=(1.0, 0.0, 0.0, 0.0), grip=0.5, clutch=False,
-                   operator_present=True, session=0xDEADBEEF), recv_ns
+                   operator_present=True, session=0xDEADBEEF,
+                   joints=(0.01 * i, -0.2, 0.3) if i % 3 == 0 else None), recv_ns
 
 
 def _encoded(n: int) -> list[bytes]:
@@ -75,6 +77,7 @@ def test_command_ring_batches_in_order_and_keeps_the_token_out() -> None:
     assert [rc.cmd.seq for rc in got] == list(range(100))
     assert [rc.recv_ns for rc in got] == [1_000 + i for i in range(100)]
     assert all(rc.cmd.session is None for rc in got), "a credential never reaches a record"
+    assert [rc.cmd.joints is not None for rc in got] == [i % 3 == 0 for i in range(100)]
     # The fast encoder gives the schema's own bytes (what a generic encode would).
     assert all(encode(b) == raw for b, raw in zip(batches, _encoded(100), strict=True))
     assert len(ring) == 0 and ring.lost == 0 and ring.published == 100
