@@ -298,11 +298,12 @@ class SimRig:
         """Start a console; ``session`` overrides keys of its [session] section."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
-        paths = [{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
+        paths = ([{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
+                 if o.dual_path else None)
         cfg.write_text(toml_text({
             "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
                      **{f"{c}_port": p for c, p in self.proxy_ports.items()},
-                     "paths": paths if o.dual_path else None},
+                     "paths": paths},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
