@@ -157,6 +157,10 @@ class RigOptions:
     """"dynamixel" or "feetech": the robot drives that smart-servo backend against
     ``telesurgery servo-sim`` on the pty instead of the firmware emulator
     (``hil_tests.servo_rig``; its control socket answers ``firmware()``)."""
+    scripted_hand_waits: bool = False
+    """The scripted surgeon's hand waits while the console is not engaged
+    (``DeviceConfig.wait_while_held``): the scenario table stops and re-engages ~40
+    times in one session, and without it the wrist's roll walks into its joint limit."""
     dual_path: bool = False
     """Two network paths, each through its own fault proxy (``proxy`` for path A,
     ``proxy_b`` for B; see ``DUAL_PATHS``). On loopback; with ``netns`` (made with
@@ -306,6 +310,7 @@ class SimRig:
                      "paths": paths},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
+            "device": {"wait_while_held": o.scripted_hand_waits},
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},

@@ -364,7 +364,7 @@ def make_rig(run_dir: Path, netns: NetnsPair | None) -> SimRig:
                              ros_backend="none", rate_hz=RATE_HZ,
                              reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
                              robot_overrides=SMALL_VIDEO, nice=RIG_NICE,
-                             firmware_fifo=FIRMWARE_FIFO))
+                             firmware_fifo=FIRMWARE_FIFO, scripted_hand_waits=True))
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,7 @@ class CommandThread(threading.Thread):
         now = time.monotonic_ns()
         sampled_ns: int | None = None
         try:
+            self.device.engaged(sh.engaged, now)
             sample = self.device.read(now)
             sampled_ns = sample.t_ns  # the robot measures sample -> frame written from it
             out = self.mapper.update(sample)

@@ -87,6 +87,12 @@ class DeviceConfig:
     joint_space: bool = True
     """SO-101 leader arm: drive the follower joint to joint (CRTK servo_jp; the follower
     must be an SO-101 calibrated the same way); False: send the leader's pose (Cartesian)."""
+    wait_while_held: bool = False
+    """Scripted device: the scripted surgeon's hand waits while the console is not engaged
+    (the motion's timeline pauses), as a surgeon's hand does when the robot stops. A rig
+    that stops and re-engages many times in one session sets it: otherwise each stop
+    lands at another point of the wrist's roll and the follower's orientation walks
+    until a wrist joint reaches its limit (ik_failed)."""
 
     def __post_init__(self) -> None:
         from operator_console.devices import DEVICES
@@ -162,6 +168,10 @@ class InputDevice(ABC):
         """Turn the hand to ``quat`` (console frame) before engaging, as a motorized master
         does; False: this device cannot, the surgeon aligns by hand."""
         return False
+
+    def engaged(self, engaged: bool, now_ns: int) -> None:
+        """Whether the console is engaged now (the command thread tells every period);
+        a live device has nothing to do with it, a scripted hand may wait."""
 
     def close(self) -> None:
         if self.is_open:

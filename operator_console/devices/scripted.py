@@ -234,6 +234,7 @@ class ScriptedDevice(InputDevice):
         self._cycle = 0
         self._ended = False
         self._align: tuple[float, float, float, float] | None = None
+        self._waiting_since_ns: int | None = None
         self._grip_offset: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
 
     def align_to(self, quat: tuple[float, float, float, float]) -> bool:
@@ -241,6 +242,17 @@ class ScriptedDevice(InputDevice):
         at the next read: a right-multiplied offset keeps the recorded motion's axes)."""
         self._align = quat
         return True
+
+    def engaged(self, engaged: bool, now_ns: int) -> None:
+        """With ``wait_while_held``: the timeline stops while not engaged and goes on
+        from the same point at the next engage (the hand waited)."""
+        if not self.cfg.wait_while_held or self._t0_ns is None:
+            return
+        if not engaged and self._waiting_since_ns is None:
+            self._waiting_since_ns = now_ns
+        elif engaged and self._waiting_since_ns is not None:
+            self._t0_ns += now_ns - self._waiting_since_ns
+            self._waiting_since_ns = None
 
     def restart(self) -> None:
         """Start the motion over at the next read (e.g. once the console holds a session)."""
@@ -264,7 +276,8 @@ class ScriptedDevice(InputDevice):
             raise DeviceError("scripted: no motion loaded")
         if self._t0_ns is None:
             self._t0_ns = now_ns
-        t = (now_ns - self._t0_ns) / 1e9
+        at_ns = now_ns if self._waiting_since_ns is None else self._waiting_since_ns
+        t = (at_ns - self._t0_ns) / 1e9  # waiting: the hand stays where it was
         present, wrapped = True, False
         if self.cfg.loop:
             cycle = int(t // tr.duration_s)

@@ -169,6 +169,44 @@ def test_bad_device_sends_operator_absent_and_says_why(
         assert device.invalid_samples > 0
 
 
+def test_the_command_thread_tells_the_scripted_hand_when_it_may_move(
+        links: tuple[RobotLink, ConsoleLink]) -> None:
+    """Hook-up of ``wait_while_held`` (the HIL table's scripted surgeon): while the
+    console is not engaged the commands carry one unchanging pose; engaged, it moves."""
+    robot, console = links
+    device = ScriptedDevice(DeviceConfig(wait_while_held=True))
+    device.open()
+    shared = ConsoleShared(video_stale=False)
+    thread = CommandThread(console, device, TeleopMapper(TeleopConfig(rate_hz=RATE_HZ)),
+                           shared, period_ns=int(1e9 / RATE_HZ), realtime=False)
+    shared.engaged = True
+    thread.start()
+
+    def travel_m(seconds: float) -> float:
+        """The largest distance between two commanded positions over ``seconds``."""
+        seen: list[tuple[float, ...]] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            seen.extend(tuple(i.msg.position) for i in robot.poll(20)
+                        if isinstance(i.msg, Command) and i.msg.operator_present)
+        lo = [min(p[k] for p in seen) for k in range(3)]
+        hi = [max(p[k] for p in seen) for k in range(3)]
+        return math.dist(lo, hi)
+
+    try:
+        assert travel_m(0.5) > 1e-3, "engaged: the scripted hand moves"
+        shared.engaged = False
+        # The commands in flight, then the tremor filter settling on the still hand.
+        deadline = time.monotonic() + 10.0
+        while travel_m(0.5) >= 2e-5:
+            assert time.monotonic() < deadline, "not engaged: the hand waits where it was"
+        shared.engaged = True
+        assert travel_m(0.5) > 1e-3, "engaged again: it goes on"
+    finally:
+        thread.stop()
+        thread.join(5.0)
+
+
 # ------------------------------------------------------------------ the scripted surgeon
 def test_session_clears_a_fault_it_finds_before_arming(
         links: tuple[RobotLink, ConsoleLink]) -> None:

@@ -49,10 +49,13 @@ def test_children_inherit_only_when_asked() -> None:
 def test_an_overrun_is_counted_and_never_caught_up_in_a_burst() -> None:
     pacer = Pacer(1_000_000)
     pacer.wait()
+    # The first wait may itself be late when the machine preempted this test between
+    # building the pacer and waiting; only the deliberate stall below is judged.
+    before = pacer.overruns
     time.sleep(0.005)  # the step overran by several periods
     late = pacer.wait()
     assert late.skipped >= 3
-    assert pacer.overruns == 1
+    assert pacer.overruns == before + 1, "one stall is one overrun, however many periods"
     nxt = pacer.wait()
     # A fresh grid: the next deadline is one period on, not the missed ones back to back.
     assert nxt.expected_ns - late.expected_ns == 1_000_000

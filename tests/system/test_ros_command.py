@@ -195,7 +195,14 @@ def engage(rig: Rig) -> None:
     """enable until ready, then resume until engaged (a starved emulator can refuse one)."""
     deadline = time.monotonic() + 60.0
     while time.monotonic() < deadline:
-        if not rig.status().startswith("ok ready"):
+        status = rig.status()
+        if status.startswith(("ok following", "ok hold")):
+            # Left engaged (or holding after a trip) by the test before: disengage first,
+            # since an enable while engaged re-arms the session and trips the arm to hold.
+            rig.state_command("pause")
+            time.sleep(0.5)
+            continue
+        if not status.startswith("ok ready"):
             rig.state_command("enable")
             time.sleep(0.5)
             continue

@@ -89,6 +89,36 @@ def test_scripted_loops_with_a_clutch_at_the_seam(tmp_path: Path) -> None:
         assert not dev.read(2600 * MS).clutch
 
 
+@pytest.mark.parametrize("waits", [True, False])
+def test_a_scripted_hand_that_waits_while_held_goes_on_from_where_it_stopped(
+        tmp_path: Path, waits: bool) -> None:
+    """The HIL table's scripted surgeon: while the console is not engaged the motion's
+    timeline stops, so a re-engage goes on from the same pose (no orientation walk)."""
+    cfg = DeviceConfig(path=_csv(tmp_path / "m.csv", ROWS), loop=True, wait_while_held=waits)
+    with open_device(cfg) as dev:
+        dev.engaged(True, 0)
+        dev.read(0)
+        dev.engaged(True, 400 * MS)
+        at_stop = dev.read(400 * MS)
+        dev.engaged(False, 400 * MS)  # the robot stopped: the hand waits
+        waited = dev.read(1400 * MS)
+        dev.engaged(True, 1400 * MS)
+        resumed = dev.read(1500 * MS)
+    if waits:
+        assert waited.position == at_stop.position and waited.quat == at_stop.quat
+        assert waited.t_ns == 1400 * MS  # the sample's own time stays the real one
+        assert resumed.position == dev_pose_at(cfg, 500 * MS)
+    else:
+        assert waited.position == dev_pose_at(cfg, 1400 * MS)
+
+
+def dev_pose_at(cfg: DeviceConfig, t_ns: int) -> tuple[float, float, float]:
+    """The scripted position ``t_ns`` into the motion (a fresh device)."""
+    with open_device(DeviceConfig(path=cfg.path, loop=True)) as dev:
+        dev.read(0)
+        return dev.read(t_ns).position
+
+
 @pytest.mark.parametrize(("rows", "why"), [
     ([ROWS[0], [1.0, math.nan, 0, 0, 1, 0, 0, 0, 0, 0, 1]], "sample 1: non-finite"),
     ([ROWS[0], [0.0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]], "sample 1: time not increasing"),
