@@ -172,6 +172,7 @@ class InputDevice(ABC):
     def engaged(self, engaged: bool, now_ns: int) -> None:
         """Whether the console is engaged now (the command thread tells every period);
         a live device has nothing to do with it, a scripted hand may wait."""
+        del engaged, now_ns  # a hand on a real master moves as it likes
 
     def close(self) -> None:
         if self.is_open:
