@@ -310,7 +310,8 @@ class SimRig:
                      "paths": paths},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
-            "device": {"wait_while_held": o.scripted_hand_waits},
+            # Only when asked: a test may append its own [device] section.
+            **({"device": {"wait_while_held": True}} if o.scripted_hand_waits else {}),
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
                         "every_n": o.hud_every_n},

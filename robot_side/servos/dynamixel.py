@@ -156,7 +156,10 @@ class DynamixelArm(ServoArm):
             writer.addParam(sid, list(f.encode(value)))
         try:
             result = writer.txPacket()
-        except (serial.SerialException, OSError, TypeError, AttributeError) as err:
+        except (serial.SerialException, OSError, termios.error, TypeError,
+                AttributeError) as err:  # termios.error: a port unplugged under tcflush
+            if self._port is not None:
+                self._port.is_using = False
             raise ManipulatorError(f"dynamixel {self.port}: {err}") from err
         except (IndexError, ValueError) as err:
             if self._port is not None:

@@ -112,6 +112,8 @@ class ServoBusEmulator:
         self._link = Path(link)
         self._fd: int | None = None
         self._slave_fd: int | None = None
+        self._line_gen = 0
+        """Bumped at every unplug and plug-in: the reader tells a closed line by it."""
         self._open_line()
 
     # ------------------------------------------------------------ the line
@@ -125,6 +127,7 @@ class ServoBusEmulator:
         tty.setraw(master)
         os.set_blocking(master, False)
         self._fd, self._slave_fd = master, slave
+        self._line_gen += 1
         tmp = self._link.with_name(f".{self._link.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -139,6 +142,7 @@ class ServoBusEmulator:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._fd = self._slave_fd = None
+        self._line_gen += 1
         with contextlib.suppress(FileNotFoundError):
             self._link.unlink()
 
@@ -229,7 +233,7 @@ class ServoBusEmulator:
     # ------------------------------------------------------------ serving
     def _run(self) -> None:
         while not self._halt.is_set():
-            fd = self._fd
+            fd, gen = self._fd, self._line_gen
             if fd is None:  # unplugged: the servos keep running, nobody hears them
                 time.sleep(POLL_S)
                 continue
@@ -241,8 +245,10 @@ class ServoBusEmulator:
             except OSError as err:
                 if self._halt.is_set():
                     return
-                if self._fd != fd:
-                    continue  # unplugged (or replugged) under the read
+                if self._line_gen != gen:
+                    # Unplugged (or replugged) under the read. Not ``self._fd != fd``: a
+                    # replug's new pty often gets the same descriptor number back.
+                    continue
                 log.error("servo bus emulator: read failed: %s", err)
                 return
             now = time.monotonic_ns()

@@ -137,7 +137,10 @@ class FeetechArm(ServoArm):
             writer.addParam(sid, list(f.encode(value)))
         try:
             result = writer.txPacket()
-        except (serial.SerialException, OSError, TypeError, AttributeError) as err:
+        except (serial.SerialException, OSError, termios.error, TypeError,
+                AttributeError) as err:  # termios.error: a port unplugged under tcflush
+            if self._port is not None:
+                self._port.is_using = False
             raise ManipulatorError(f"feetech {self.port}: {err}") from err
         except (IndexError, ValueError) as err:
             if self._port is not None:
