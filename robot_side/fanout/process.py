@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -18,12 +17,12 @@ from pathlib import Path
 
 import zenoh
 
+from robot_side.childproc import ChildProcess
 from robot_side.fanout.config import FanoutConfig
 from robot_side.fanout.publisher import FanoutPublisher
 from robot_side.fanout.zconf import fanout_config
 
 log = logging.getLogger(__name__)
-STOP_TIMEOUT_S = 3.0
 STATUS_FILE = "fanout.json"
 """Beside the observer feed: {"observers": n, ..., "t_ns": monotonic} (page, tools)."""
 
@@ -67,29 +66,11 @@ def _child_main(cfg: FanoutConfig, observe: Path, video: Path | None, parent_pid
         log.error("fan-out not available: %s", err)
 
 
-class FanoutProcess:
-    """Start/stop handle the robot node keeps; the child never touches the node."""
+class FanoutProcess(ChildProcess):
+    """The Zenoh fan-out's process."""
 
     def __init__(self, cfg: FanoutConfig, observe: Path, video: Path | None) -> None:
-        ctx = mp.get_context("spawn")
-        self._proc = ctx.Process(target=_child_main, name="robot-fanout", daemon=True,
-                                 args=(cfg, observe, video, os.getpid(),
-                                       logging.getLogger().getEffectiveLevel()))
-
-    def start(self) -> None:
-        self._proc.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(STOP_TIMEOUT_S)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(1.0)
+        super().__init__(_child_main, "robot-fanout", cfg, observe, video)
 
 
 def main(argv: list[str] | None = None) -> int:

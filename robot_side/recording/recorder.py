@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import signal
@@ -26,6 +25,7 @@ from typing import Any
 
 import zmq
 
+from robot_side.childproc import ChildProcess
 from robot_side.observe import ObserverClient
 from robot_side.recording.bag import SessionBag
 from robot_side.recording.config import RecordConfig
@@ -254,23 +254,12 @@ def _child_main(cfg: RecordConfig, paths: RecorderPaths, joint_names: tuple[str,
         rec.close()
 
 
-class RecorderProcess:
+class RecorderProcess(ChildProcess):
+    """The recorder's process: on SIGTERM it closes the bag (metadata.yaml) and exits; a
+    recorder killed after the wait leaves a bag without its metadata."""
+
     def __init__(self, cfg: RecordConfig, paths: RecorderPaths,
                  joint_names: tuple[str, ...]) -> None:
-        ctx = mp.get_context("spawn")
-        self._proc = ctx.Process(target=_child_main, name="robot-recorder", daemon=True,
-                                 args=(cfg, paths, joint_names, os.getpid(),
-                                       logging.getLogger().getEffectiveLevel()))
+        super().__init__(_child_main, "robot-recorder", cfg, paths, joint_names,
+                         stop_timeout_s=10.0)
 
-    def start(self) -> None:
-        self._proc.start()
-
-    def stop(self) -> None:
-        """SIGTERM: the child closes the bag (metadata.yaml) and exits."""
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(10.0)
-        if self._proc.is_alive():
-            log.warning("recorder did not stop; killing it (the bag may lack its metadata)")
-            self._proc.kill()
-            self._proc.join(1.0)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import getpass
 import logging
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -21,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robot_side.childproc import ChildProcess
 from robot_side.supervision.config import PageConfig
 from robot_side.supervision.credentials import PinCheck, load_or_create_token, set_pin
 from robot_side.supervision.state import FeedReader, FeedState
 from telesurgery.errors import TelesurgeryError
 
 log = logging.getLogger(__name__)
-STOP_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -94,29 +93,11 @@ def _child_main(cfg: PageConfig, paths: PagePaths, parent_pid: int, log_level: i
         log.error("supervision page not available: %s", err)
 
 
-class PageProcess:
-    """Start/stop handle the robot node keeps; the child never touches the node."""
+class PageProcess(ChildProcess):
+    """The on-site page's process."""
 
     def __init__(self, cfg: PageConfig, paths: PagePaths) -> None:
-        ctx = mp.get_context("spawn")
-        self._proc = ctx.Process(target=_child_main, name="robot-page", daemon=True,
-                                 args=(cfg, paths, os.getpid(),
-                                       logging.getLogger().getEffectiveLevel()))
-
-    def start(self) -> None:
-        self._proc.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(STOP_TIMEOUT_S)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(1.0)
+        super().__init__(_child_main, "robot-page", cfg, paths)
 
 
 def start_onsite_observers(stack: contextlib.ExitStack[bool | None], robot_cfg: Any,

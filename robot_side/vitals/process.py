@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import signal
 import time
@@ -24,13 +23,13 @@ from typing import Any
 
 import zmq
 
+from robot_side.childproc import ChildProcess
 from robot_side.vitals.config import VitalsConfig
 from robot_side.vitals.model import VitalsBook
 from telesurgery.errors import TelesurgeryError
 from transport.schema import encode
 
 log = logging.getLogger(__name__)
-STOP_TIMEOUT_S = 3.0
 PUSH_HWM = 4
 MIN_GAP_S = 0.05
 """At most 20 snapshots a second, however fast the monitor (or a flood) sends."""
@@ -146,29 +145,9 @@ def _child_main(cfg: VitalsConfig, paths: VitalsPaths, parent_pid: int, log_leve
         log.error("vitals not available: %s", err)
 
 
-class VitalsProcess:
-    """Start/stop handle the robot node keeps; the child never touches the node."""
+class VitalsProcess(ChildProcess):
+    """The patient-monitor source's process."""
 
     def __init__(self, cfg: VitalsConfig, paths: VitalsPaths) -> None:
-        ctx = mp.get_context("spawn")
-        self._proc = ctx.Process(target=_child_main, name="robot-vitals", daemon=True,
-                                 args=(cfg, paths, os.getpid(),
-                                       logging.getLogger().getEffectiveLevel()))
+        super().__init__(_child_main, "robot-vitals", cfg, paths)
 
-    def start(self) -> None:
-        self._proc.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    def alive(self) -> bool:
-        return self._proc.is_alive()
-
-    def stop(self) -> None:
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(STOP_TIMEOUT_S)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(1.0)
