@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from hil_tests.rig import SimRig
 
 
 def wait_until(pred: Callable[[], object], timeout_s: float = 5.0, what: str | None = None,
@@ -26,3 +32,21 @@ def wait_until(pred: Callable[[], object], timeout_s: float = 5.0, what: str | N
     if what is not None:
         assert ok, f"timed out after {timeout_s} s waiting for {what}"
     return ok
+
+
+# ------------------------------------------------------------- against a running rig
+def joints(rig: SimRig) -> np.ndarray:
+    """The emulated arm's joint positions, from the firmware emulator's control socket."""
+    state: dict[str, Any] = rig.firmware({"state": True})["state"]
+    return np.array(state["positions"])
+
+
+def motion_over(rig: SimRig, seconds: float) -> float:
+    """The largest joint motion (rad) over ``seconds``."""
+    before = joints(rig)
+    time.sleep(seconds)
+    return float(np.abs(joints(rig) - before).max())
+
+
+def following(rig: SimRig) -> bool:
+    return rig.state()[0] == "following"

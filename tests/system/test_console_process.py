@@ -21,9 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import following, motion_over, wait_until
 
 from hil_tests.rig import RigOptions, SimRig, free_ports, toml_text
 from transport.config import LinkConfig
@@ -90,21 +89,6 @@ def test_console_with_other_keys_says_the_handshake_failed(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ against the rig
-def joints(rig: SimRig) -> np.ndarray:
-    state: dict[str, Any] = rig.firmware({"state": True})["state"]
-    return np.array(state["positions"])
-
-
-def motion_over(rig: SimRig, seconds: float) -> float:
-    before = joints(rig)
-    time.sleep(seconds)
-    return float(np.abs(joints(rig) - before).max())
-
-
-def following(rig: SimRig) -> bool:
-    return rig.state()[0] == "following"
-
-
 def hud_records(rig: SimRig) -> list[dict[str, Any]]:
     path = rig.run / "hud" / "hud.jsonl"
     if not path.exists():

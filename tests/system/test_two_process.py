@@ -14,11 +14,9 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from helpers import wait_until
+from helpers import following, motion_over, wait_until
 
 from hil_tests.rig import RigOptions, SimRig, toml_text
 from operator_console.devices.scripted import MotionTrack, generate_suturing, write_motion_csv
@@ -48,21 +46,6 @@ class DeviceRig(SimRig):
             with cfg.open("a") as fh:
                 fh.write(toml_text({"device": {"path": self.device_path, "loop": False}}))
         super()._spawn(name, argv, where)
-
-
-def joints(rig: SimRig) -> np.ndarray:
-    state: dict[str, Any] = rig.firmware({"state": True})["state"]
-    return np.array(state["positions"])
-
-
-def motion_over(rig: SimRig, seconds: float) -> float:
-    before = joints(rig)
-    time.sleep(seconds)
-    return float(np.abs(joints(rig) - before).max())
-
-
-def following(rig: SimRig) -> bool:
-    return rig.state()[0] == "following"
 
 
 @pytest.fixture(scope="module")
