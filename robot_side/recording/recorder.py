@@ -189,8 +189,11 @@ class Recorder:
         log.error("RECORDING STOPPED: %s; %s keeps what was written so far; the robot "
                   "is not affected", why, self.session)
         bag, self.bag = self.bag, None
-        with contextlib.suppress(Exception):
+        try:
             bag.close()
+        except Exception as err:  # the folder may be gone or full: say so, keep failing safe
+            log.warning("recording: closing %s after the failure also failed: %s",
+                        self.session, err)
         self.state, self.why = "failed", why
         self._write_status(force=True)
 
