@@ -57,7 +57,12 @@ class CommandThread(threading.Thread):
         sh = self.shared
         align, sh.align_to = sh.align_to, None  # the session's one-way request
         if align is not None and not self.mapper.align(self.device, align):
-            sh.message = "turn your hand to the instrument's orientation to engage"
+            # A leader arm engages on its joints (robot_side/follow_joint.py), not on the
+            # hand's orientation.
+            last = sh.last_output
+            sh.message = ("move the leader arm to the robot arm's pose to engage"
+                          if last is not None and last.joints is not None
+                          else "turn your hand to the instrument's orientation to engage")
         now = time.monotonic_ns()
         sampled_ns: int | None = None
         try:

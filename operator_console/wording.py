@@ -78,7 +78,8 @@ _REASONS: dict[str, Phrase] = {
                              "Clear the fault when the link is green."),
     "not_settled": Phrase("Arm still settling.", "Wait a moment, then engage."),
     "not_aligned": Phrase("Hand and instrument not aligned.",
-                          "Match the instrument's orientation, then engage."),
+                          "Match the instrument's orientation (a leader arm: the robot "
+                          "arm's pose), then engage."),
     "not_armed": Phrase("Robot not armed.", "Arm first."),
     "latched": Phrase("A stop is latched.", "Clear it first."),
 }
