@@ -300,6 +300,9 @@ class RobotNode:
             self._loop(auditor, estop, video, seconds)
             stopped_by = self.signals.stop_signal if self.signals is not None else None
             audit.append("stop", {"trips": len(self.trips), "signal": stopped_by}, sync=True)
+            # Stopped first, the video process reports its final counters: a summary taken
+            # from its last once-a-second report counted up to 30 frames too few.
+            video.stop()
             self._write_summary(net, auditor, video, ros)
         return 0
 

@@ -101,6 +101,7 @@ class VideoProcess:
         self.encoder = "starting"
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
+        self._stopped = False
         self.dropped_requests = 0
         self._last_age_ns = 0
 
@@ -159,6 +160,10 @@ class VideoProcess:
                 "dropped_requests": self.dropped_requests}
 
     def stop(self) -> None:
+        """Stop the encoder process and take its final counters; a second call is a no-op."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._put(("stop", None))
         deadline = time.monotonic_ns() + STOP_TIMEOUT_NS
         while self._proc.is_alive() and time.monotonic_ns() < deadline:
