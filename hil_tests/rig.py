@@ -305,16 +305,20 @@ class SimRig:
     def start_console(self, name: str = "console",
                       session: dict[str, Any] | None = None, *,
                       display: dict[str, Any] | None = None,
-                      seconds: float | None = None) -> None:
+                      seconds: float | None = None, direct: bool = False) -> None:
         """Start a console; ``session`` and ``display`` override keys of those sections,
-        ``seconds`` the rig's ``console_seconds``."""
+        ``seconds`` the rig's ``console_seconds``. ``direct``: on the robot's side, straight
+        to its ports, not through the fault proxy (a mentor reaching the robot by another
+        path while the first console's is blacked out)."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
         paths = ([{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
-                 if o.dual_path else None)
+                 if o.dual_path and not direct else None)
+        ports = self.robot_ports if direct else self.proxy_ports
         cfg.write_text(toml_text({
-            "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
-                     **{f"{c}_port": p for c, p in self.proxy_ports.items()},
+            "link": {"host": "127.0.0.1" if direct else self.robot_host,
+                     "keys_dir": self.run / "keys",
+                     **{f"{c}_port": p for c, p in ports.items()},
                      "paths": paths},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
@@ -328,7 +332,8 @@ class SimRig:
         }))
         self._spawn(name, ["console", "--config", str(cfg),
                            "--seconds", str(o.console_seconds if seconds is None else seconds),
-                           "--summary", str(self.run / f"{name}.json")], where="console")
+                           "--summary", str(self.run / f"{name}.json")],
+                    where="robot" if direct else "console")
 
     def _dual_paths(self) -> list[tuple[str, str, str, str]]:
         """``DUAL_PATHS``, the proxies listening on the veth addresses in namespaces."""

@@ -161,6 +161,35 @@ def _no_reengage(rig: SimRig, sc: Scenario) -> Clear:
     return clear
 
 
+MENTOR_SESSION = {"surgeon": "mentor", "takeover_after_s": 1.0, "reengage_after_s": 0.3}
+FOREIGN_ALERT = "audited alert: command_foreign_session"
+
+
+def _handoff_fault(rig: SimRig, sc: Scenario) -> Clear:
+    """The console's link goes black; a mentor console on another path (the robot's
+    side, not through the proxy) takes over and engages; then the link returns."""
+    n0 = len(rig.transitions())
+    assert rig.proxy({"blackout": sc.params["seconds"]})["ok"]
+    rig.start_console("mentor", session=MENTOR_SESSION, direct=True)
+
+    def clear() -> None:
+        poll("the mentor's takeover", 30.0, lambda: "handoff_takeover" in rig.robot_log())
+        # After the blackout's stop, following again only by the mentor's engage: the old
+        # console's link is still black.
+        poll("the mentor's engage", 30.0, lambda: any(
+            to == "following" and why == "engaged" for _, to, why in rig.transitions()[n0:]))
+        refused = rig.robot_log().count(FOREIGN_ALERT)
+        assert rig.proxy({"end_blackout": True})["ok"]
+        poll("the old console's commands refused as foreign", 15.0,
+             lambda: rig.robot_log().count(FOREIGN_ALERT) > refused)
+        n = len(rig.transitions())
+        time.sleep(1.0)
+        stops = [t for t in rig.transitions()[n:] if t[0] == "following" and t[2] != "clutch"]
+        assert not stops, f"the mentor lost the arm when the old console came back: {stops}"
+        assert rig.state()[0] in ("following", "hold"), rig.state()
+    return clear
+
+
 def _kill_robot(rig: SimRig, sc: Scenario) -> Clear:
     rig.kill("robot")
     return lambda: None
@@ -170,7 +199,7 @@ ACTIONS: dict[str, Callable[[SimRig, Scenario], Clear]] = {
     "soak": lambda rig, sc: lambda: None, "proxy": _proxy, "blackout": _blackout,
     "bandwidth": _bandwidth, "serial": _serial, "serial_vanish": _serial_vanish,
     "estop": _estop, "kill_console": _kill_console, "no_reengage": _no_reengage,
-    "kill_robot": _kill_robot,
+    "kill_robot": _kill_robot, "handoff_fault": _handoff_fault,
 }
 
 
@@ -364,7 +393,8 @@ def make_rig(run_dir: Path, netns: NetnsPair | None) -> SimRig:
                              ros_backend="none", rate_hz=RATE_HZ,
                              reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
                              robot_overrides=SMALL_VIDEO, nice=RIG_NICE,
-                             firmware_fifo=FIRMWARE_FIFO, scripted_hand_waits=True))
+                             firmware_fifo=FIRMWARE_FIFO, scripted_hand_waits=True,
+                             mentor=True))
 
 
 @pytest.fixture(scope="module")
