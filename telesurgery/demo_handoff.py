@@ -69,23 +69,37 @@ def handoff_from_audit(audit: Path, robot: dict[str, Any]) -> dict[str, Any]:
     records = list(read_records(audit))
     t_takeover = next((_t(r) for r in records if r.kind == "alert"
                        and r.fields.get("code") == "handoff_takeover"), None)
-    if t_takeover is None:
+    controls = [r for r in records if r.kind == "control"]
+    taken = next((r for r in controls if r.fields.get("op") == "takeover"
+                  and r.fields.get("ok")), None)
+    if t_takeover is None or taken is None:
         return {"took_over": False}
+    # Consoles by the connection the robot's control socket saw (never a claim): the
+    # mentor's is the takeover's; the old console's, those accepted before it.
+    mentor_peer = taken.fields.get("peer")
+    old_peers = {r.fields.get("peer") for r in controls
+                 if r.fields.get("ok") and _t(r) < _t(taken)} - {mentor_peer}
     transitions = [r for r in records if r.kind == "transition" and _t(r) >= t_takeover]
-    # The control thread acts on the takeover in its next period: out of following.
-    t_held = next((_t(r) for r in transitions if r.fields.get("from") == "following"), None)
+    # The control thread acts on the takeover in its next period (the takeover's control
+    # record): out of following then, or the arm was already held (the hold is that period).
+    hold = next((r for r in transitions if r.fields.get("from") == "following"
+                 and _t(r) <= _t(taken)), None)
+    t_held = _t(hold) if hold is not None else _t(taken)
+    held_reason = (str(hold.fields.get("reason")) if hold is not None
+                   else f"already held: {taken.fields.get('state')}")
+    after = t_held
     t_engaged = next((_t(r) for r in transitions if r.fields.get("to") == "following"
-                      and (t_held is None or _t(r) > t_held)), None)
+                      and _t(r) > after), None)
     # The robot's own stamp of each re-anchored period (engage): the mentor's first
     # period of motion, the Release and first targets written to the serial port.
-    first_motion = next((t for t in robot.get("resumes_ns", [])
-                         if t_held is not None and t > t_held), None)
-    # Between the hold and the mentor's engage the arm follows nobody: no period in
-    # following means no frame of targets written. Any transition to following in that
-    # window other than the mentor's engage would be the old console moving the arm.
-    engages_between = [r for r in transitions if r.fields.get("to") == "following"
-                       and t_held is not None and t_engaged is not None
-                       and t_held <= _t(r) < t_engaged]
+    first_motion = next((t for t in robot.get("resumes_ns", []) if t > after), None)
+    # Every stretch of following after the hold begins with an accepted engage; one by
+    # the old console's connection would be its frames reaching the arm again.
+    old_engages = [r for r in controls if r.fields.get("op") == "engage"
+                   and r.fields.get("ok") and _t(r) > after
+                   and r.fields.get("peer") in old_peers]
+    old_accepted = [r for r in controls if r.fields.get("ok") and _t(r) >= _t(taken)
+                    and r.fields.get("peer") in old_peers]
     gate = robot.get("gate") or {}
 
     def ms(a: int | None, b: int | None) -> float | None:
@@ -99,9 +113,9 @@ def handoff_from_audit(audit: Path, robot: dict[str, Any]) -> dict[str, Any]:
         "takeover_to_held_ms": ms(t_takeover, t_held),
         "takeover_to_engaged_ms": ms(t_takeover, t_engaged),
         "takeover_to_first_motion_ms": ms(t_takeover, first_motion),
-        "held_reason": next((str(r.fields.get("reason")) for r in transitions
-                             if _t(r) == t_held), None),
-        "old_console_engages_after_takeover": len(engages_between),
+        "held_reason": held_reason,
+        "old_console_engages_after_takeover": len(old_engages),
+        "old_console_accepted_after_takeover": len(old_accepted),
         "foreign_commands_refused": int(gate.get("foreign", 0)),
         "t_takeover_ns": t_takeover,
     }
@@ -121,9 +135,10 @@ def evaluate_handoff(h: dict[str, Any], period_ms: float) -> list[str]:
     if first is None or first > FIRST_MOTION_BOUND_MS:
         failures.append(f"takeover -> the mentor's first executed motion {first} ms "
                         f"(bound {FIRST_MOTION_BOUND_MS:g} ms)")
-    if h["old_console_engages_after_takeover"]:
-        failures.append("the arm followed again between the takeover's hold and the "
-                        "mentor's engage")
+    if h["old_console_engages_after_takeover"] or h["old_console_accepted_after_takeover"]:
+        failures.append(f"the old console engaged {h['old_console_engages_after_takeover']} "
+                        f"times ({h['old_console_accepted_after_takeover']} accepted "
+                        "requests) after the takeover")
     if h["foreign_commands_refused"] == 0:
         failures.append("no command of the old console was refused as foreign after the "
                         "takeover (it streams until its end)")
@@ -137,7 +152,7 @@ def handoff_rows(h: dict[str, Any], period_ms: float) -> list[tuple[str, str, st
     held = h["takeover_to_held_ms"]
     first = h["takeover_to_first_motion_ms"]
     return [
-        ("mentor takeover", h.get("detail", "")[:28], "", ""),
+        ("mentor takeover", "without a grant", "(the robot's audit)", h.get("detail", "")),
         ("  -> held", f"{held} ms ({h.get('held_reason')})",
          f"control thread's next period ({period_ms:g} ms)", "ok" if held is not None else
          "FAILED"),
@@ -145,9 +160,10 @@ def handoff_rows(h: dict[str, Any], period_ms: float) -> list[tuple[str, str, st
          "(re-anchored to its master)", ""),
         ("  -> first motion", f"{first} ms", f"<= {FIRST_MOTION_BOUND_MS:g} ms (issue 15)",
          "ok" if first is not None and first <= FIRST_MOTION_BOUND_MS else "FAILED"),
-        ("  old console frames", f"{h['old_console_engages_after_takeover']} after takeover",
-         "0 (its commands refused as foreign)",
-         f"ok ({h['foreign_commands_refused']} foreign)"
-         if not h["old_console_engages_after_takeover"] and h["foreign_commands_refused"]
-         else "FAILED"),
+        ("  old console frames", f"{h['old_console_engages_after_takeover']} engages, "
+         f"{h['foreign_commands_refused']} foreign",
+         "0 engages; its commands refused", "ok" if not (
+             h["old_console_engages_after_takeover"]
+             or h["old_console_accepted_after_takeover"])
+         and h["foreign_commands_refused"] else "FAILED"),
     ]
