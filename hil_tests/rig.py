@@ -33,7 +33,7 @@ import zmq
 
 from hil_tests.netns import NetnsPair
 from hil_tests.servo_rig import servo_sections, servo_sim_argv
-from transport.keys import init_keys
+from transport.keys import add_surgeon, init_keys
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,9 @@ class RigOptions:
     ``proxy_b`` for B; see ``DUAL_PATHS``). On loopback; with ``netns`` (made with
     ``NetnsPair(paths=2)``) each path is its own veth pair between the namespaces and
     the proxies listen on the robot's veth addresses."""
+    mentor: bool = False
+    """Also make a second surgeon key, ``mentor``, with the mentor flag (may take command
+    without a grant): ``start_console("mentor", session={"surgeon": "mentor", ...})``."""
 
 
 DUAL_PATHS = (
@@ -233,6 +236,8 @@ class SimRig:
 
     def start(self) -> None:
         init_keys(self.run / "keys")
+        if self.opts.mentor:
+            add_surgeon(self.run / "keys", "mentor", mentor=True)
         serial_port = self.real_port or str(self.run / "ttyTS0")
         servo_family = self.opts.servo_family
         if not self.real_port and servo_family is not None:
@@ -298,15 +303,22 @@ class SimRig:
         self.start_console()
 
     def start_console(self, name: str = "console",
-                      session: dict[str, Any] | None = None) -> None:
-        """Start a console; ``session`` overrides keys of its [session] section."""
+                      session: dict[str, Any] | None = None, *,
+                      display: dict[str, Any] | None = None,
+                      seconds: float | None = None, direct: bool = False) -> None:
+        """Start a console; ``session`` and ``display`` override keys of those sections,
+        ``seconds`` the rig's ``console_seconds``. ``direct``: on the robot's side, straight
+        to its ports, not through the fault proxy (a mentor reaching the robot by another
+        path while the first console's is blacked out)."""
         o = self.opts
         cfg = self.run / f"{name}.toml"
         paths = ([{"name": n, "robot": listen_on} for n, _, _, listen_on in self._dual_paths()]
-                 if o.dual_path else None)
+                 if o.dual_path and not direct else None)
+        ports = self.robot_ports if direct else self.proxy_ports
         cfg.write_text(toml_text({
-            "link": {"host": self.robot_host, "keys_dir": self.run / "keys",
-                     **{f"{c}_port": p for c, p in self.proxy_ports.items()},
+            "link": {"host": "127.0.0.1" if direct else self.robot_host,
+                     "keys_dir": self.run / "keys",
+                     **{f"{c}_port": p for c, p in ports.items()},
                      "paths": paths},
             "loop": {"rate_hz": o.rate_hz},
             "teleop": {"rate_hz": o.rate_hz, "frame_rotation": list(SIM_FRAME_ROTATION)},
@@ -314,12 +326,14 @@ class SimRig:
             **({"device": {"wait_while_held": True}} if o.scripted_hand_waits else {}),
             "display": {"enabled": o.video, "headless": o.headless, "status_view": False,
                         "out_dir": self.run / "hud" if o.hud_every_n else None,
-                        "every_n": o.hud_every_n},
+                        "every_n": o.hud_every_n, **(display or {})},
             "session": {"auto_engage": True, "reengage_after_s": o.reengage_after_s,
                         **(session or {})},
         }))
-        self._spawn(name, ["console", "--config", str(cfg), "--seconds", str(o.console_seconds),
-                           "--summary", str(self.run / f"{name}.json")], where="console")
+        self._spawn(name, ["console", "--config", str(cfg),
+                           "--seconds", str(o.console_seconds if seconds is None else seconds),
+                           "--summary", str(self.run / f"{name}.json")],
+                    where="robot" if direct else "console")
 
     def _dual_paths(self) -> list[tuple[str, str, str, str]]:
         """``DUAL_PATHS``, the proxies listening on the veth addresses in namespaces."""

@@ -56,7 +56,7 @@ from safety.states import SURGEON_HOLDS
 Outcome = Literal["hold", "fault", "estop", "hold_or_none", "no_trip", "braked"]
 BoundFrom = Literal["last_command", "fault_start", "none"]
 Kind = Literal["soak", "proxy", "blackout", "bandwidth", "serial", "serial_vanish", "estop",
-               "kill_console", "no_reengage", "kill_robot"]
+               "kill_console", "no_reengage", "kill_robot", "handoff_fault"]
 
 RATE_HZ = 500.0
 """The scenario table's control rate. The node's default is 1 kHz, but on the two-core
@@ -229,6 +229,12 @@ TABLE: tuple[Scenario, ...] = (
              "no_reengage", "hold", _CT, COMMAND_TIMEOUT_MS + PERIOD_MS, "last_command", 3.0,
              _frozen(seconds=0.3),
              why="the link heals but the arm stays stopped: no resume without re-engage"),
+    Scenario("handoff_in_blackout", "the console's link blacked out; a mentor on another path "
+             "takes over, engages; then the link returns", "handoff_fault", "hold", _CT,
+             COMMAND_TIMEOUT_MS + PERIOD_MS, "last_command", 1.0, _frozen(seconds=30.0),
+             why="the arm holds for the blackout and stays held until the mentor's engage "
+                 "(re-anchored); the old console's commands when its link returns carry "
+                 "the revoked token: refused as foreign (audited), the mentor keeps command"),
     Scenario("robot_sigkill", "robot node SIGKILLed while following", "kill_robot", "braked",
              frozenset(), FIRMWARE_WATCHDOG_MS + 1.0, "fault_start", 0.5, emulator_only=True,
              why="firmware watchdog (100 ms) + one firmware tick (1 ms) brakes the arm"),

@@ -161,6 +161,40 @@ def _no_reengage(rig: SimRig, sc: Scenario) -> Clear:
     return clear
 
 
+MENTOR_SESSION = {"surgeon": "mentor", "takeover_after_s": 1.0, "reengage_after_s": 0.3}
+FOREIGN = "command refused: not from the current surgeon session"
+"""The robot's rate-limited line for refused foreign commands (one a second, with the
+count of the rest); its audit alert is once per session, and the mentor's own commands
+sent before it learnt its token already used that one."""
+SESSION_MOVES = ("session_granted", "handoff_takeover", "handoff_granted")
+
+
+def _handoff_fault(rig: SimRig, sc: Scenario) -> Clear:
+    """The console's link goes black; a mentor console on another path (the robot's
+    side, not through the proxy) takes over and engages; then the link returns."""
+    n0 = len(rig.transitions())
+    assert rig.proxy({"blackout": sc.params["seconds"]})["ok"]
+    rig.start_console("mentor", session=MENTOR_SESSION, direct=True)
+
+    def moves() -> int:
+        log = rig.robot_log()
+        return sum(log.count(f"audited alert: {code}") for code in SESSION_MOVES)
+
+    def clear() -> None:
+        poll("the mentor's takeover", 30.0, lambda: "handoff_takeover" in rig.robot_log())
+        # After the blackout's stop, following again only by the mentor's engage: the old
+        # console's link is still black.
+        poll("the mentor's engage", 30.0, lambda: any(
+            to == "following" and why == "engaged" for _, to, why in rig.transitions()[n0:]))
+        refused, moved = rig.robot_log().count(FOREIGN), moves()
+        assert rig.proxy({"end_blackout": True})["ok"]
+        poll("the old console's commands refused as foreign", 15.0,
+             lambda: rig.robot_log().count(FOREIGN) > refused)
+        time.sleep(1.0)  # the old console streams and asks: command stays with the mentor
+        assert moves() == moved, "the session moved when the old console came back"
+    return clear
+
+
 def _kill_robot(rig: SimRig, sc: Scenario) -> Clear:
     rig.kill("robot")
     return lambda: None
@@ -170,7 +204,7 @@ ACTIONS: dict[str, Callable[[SimRig, Scenario], Clear]] = {
     "soak": lambda rig, sc: lambda: None, "proxy": _proxy, "blackout": _blackout,
     "bandwidth": _bandwidth, "serial": _serial, "serial_vanish": _serial_vanish,
     "estop": _estop, "kill_console": _kill_console, "no_reengage": _no_reengage,
-    "kill_robot": _kill_robot,
+    "kill_robot": _kill_robot, "handoff_fault": _handoff_fault,
 }
 
 
@@ -364,7 +398,8 @@ def make_rig(run_dir: Path, netns: NetnsPair | None) -> SimRig:
                              ros_backend="none", rate_hz=RATE_HZ,
                              reengage_after_s=REENGAGE_AFTER_S, rotation_scale=ROTATION_SCALE,
                              robot_overrides=SMALL_VIDEO, nice=RIG_NICE,
-                             firmware_fifo=FIRMWARE_FIFO, scripted_hand_waits=True))
+                             firmware_fifo=FIRMWARE_FIFO, scripted_hand_waits=True,
+                             mentor=True))
 
 
 @pytest.fixture(scope="module")

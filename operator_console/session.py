@@ -14,7 +14,10 @@ next attempt, once the registered orientation agrees.
 Handoff between surgeon consoles (``transport.session_guard``): the surgeon asks
 for command (``R`` in the video window), grants a pending request (``G``, the HUD
 says "Request from NAME - press G to grant") or, with a mentor key, takes over
-(``T``); each is one request here (``ConsoleShared.handoff_action``). A console
+(``T``); each is one request here (``ConsoleShared.handoff_action``). A
+``request_command`` waits for its grant for seconds: it is sent without blocking
+(``ConsoleLink.send_request``) and its reply taken from the poll with the
+telemetry, so the HUD stays live while it waits. A console
 that gets command never moves the arm by it: it engages like any engage, the
 robot re-anchoring to its master. A console whose command went to another
 (the telemetry's commander changed while it was engaged) stops and does not
@@ -37,7 +40,7 @@ from telesurgery.pacer import try_realtime
 from telesurgery.quat import Quat, quat_angle
 from transport.clocksync import ClockSync
 from transport.link import ConsoleLink
-from transport.schema import KeyframeRequest, Pong, SafetyEvent, Telemetry, Vitals
+from transport.schema import ControlReply, KeyframeRequest, Pong, SafetyEvent, Telemetry, Vitals
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ class SessionThread(threading.Thread):
         self.takeover_sent_ns: int | None = None
         self._eager_until_ns = 0
         """Until then engage attempts come every 50 ms, not 500 (just got command)."""
+        self._waiting: tuple[int, str, int] | None = None
+        """A handoff request in flight without blocking: (request id, op, deadline ns)."""
 
     def stop(self) -> None:
         self._halt.set()
@@ -144,6 +149,12 @@ class SessionThread(threading.Thread):
                 next_ping = now + self.PING_PERIOD_NS
             sh = self.shared
             sh.offset_ns, sh.rtt_ns = self.clock.offset_ns, self.clock.rtt_ns
+            if self._waiting is not None and now > self._waiting[2]:
+                req_id, op, _ = self._waiting
+                self._waiting = None
+                self.link.forget_request(req_id)
+                sh.message = f"{op}: no answer from the robot"
+                log.warning("%s: no answer within %d ms", op, REQUEST_WAIT_MS)
             while sh.keyframe_requests and sh.telemetry is not None:
                 self.link.send_keyframe_request(sh.keyframe_requests.popleft())
             self._surgeon(now)
@@ -177,6 +188,15 @@ class SessionThread(threading.Thread):
             sh.vitals_ns = recv_ns
         elif isinstance(msg, Pong):
             self.clock.on_pong(msg, recv_ns)
+        elif isinstance(msg, ControlReply) and self._waiting is not None \
+                and msg.req_id == self._waiting[0]:
+            op = self._waiting[1]
+            self._waiting = None
+            if msg.ok:
+                self._in_command(op)
+            else:
+                sh.message = f"{op} refused: {msg.reason}"
+                log.info("robot refused %s: %s (%s)", op, msg.reason, msg.state)
 
     def _robot_stopped(self, now: int, state: str, reason: str) -> None:
         if reason in SURGEON_HOLDS:
@@ -214,7 +234,9 @@ class SessionThread(threading.Thread):
             self._stopped(now, "disengaged: the picture is stale")
             self.request("disengage")
             return
-        if not self._scale_sent:
+        me = self.cfg.surgeon or "surgeon"
+        if not self._scale_sent and tlm.commander in (None, me):
+            # Not while another surgeon is in command: refused (session_busy) every pass.
             self._scale_sent = self.request("set_scale", self.cfg.scale)
             if self._scale_sent:
                 sh.scale = self.cfg.scale
@@ -261,15 +283,29 @@ class SessionThread(threading.Thread):
                 self.want_engage = False
                 sh.message = f"command granted to {tlm.handoff_from}"
             return
-        sh.message = ("asking for command ..." if action == "request_command"
-                      else "taking over ...")
-        if self.request(action, timeout_ms=REQUEST_WAIT_MS if action == "request_command"
-                        else None):
-            # In command, armed, holding: engage deliberately (re-anchored to this master).
-            self._armed = True
-            self._eager_until_ns = time.monotonic_ns() + 2_000_000_000
-            sh.message = "in command: engage to move"
-            log.info("%s: in command now", action)
+        if action == "request_command":
+            if self._waiting is not None:
+                sh.message = "a command request is already waiting"
+                return
+            sh.message = "asking for command ..."
+            try:  # answered from the poll, with the telemetry: the HUD stays live
+                req_id = self.link.send_request(action)
+            except LinkTimeout as err:
+                sh.message = f"{action}: no answer from the robot"
+                log.warning("%s", err)
+                return
+            self._waiting = (req_id, action, time.monotonic_ns() + REQUEST_WAIT_MS * 1_000_000)
+            return
+        sh.message = "taking over ..."
+        if self.request(action):
+            self._in_command(action)
+
+    def _in_command(self, action: str) -> None:
+        """In command, armed, holding: engage deliberately (re-anchored to this master)."""
+        self._armed = True
+        self._eager_until_ns = time.monotonic_ns() + 2_000_000_000
+        self.shared.message = "in command: engage to move"
+        log.info("%s: in command now", action)
 
     def _engage(self) -> None:
         sh = self.shared

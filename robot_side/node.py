@@ -239,7 +239,8 @@ class RobotNode:
                 try:
                     relay = StrokeRelay(ctx, cfg.telestration, host=cfg.link.host, keys=keys,
                                         auth=net.link.auth, keys_dir=cfg.link.keys_dir,
-                                        local_path=runtime / "strokes.sock")
+                                        local_path=runtime / "strokes.sock",
+                                        alerts=self.mailbox.alerts)  # refusals audited
                 except (TelesurgeryError, zmq.ZMQError) as err:  # optional: the arm holds on
                     log.error("telestration not available: %s", err)
                 else:

@@ -16,8 +16,12 @@ checked before it is relayed:
 
 The relayed copy carries ``author`` = that user id (a claimed one is replaced).
 The same bytes go to a local ipc PUB (``strokes.sock`` in the runtime folder)
-that the Zenoh fan-out republishes to watchers. Refusals are counted and logged
-at a limited rate; the thread keeps running.
+that the Zenoh fan-out republishes to watchers. Refusals are counted, logged
+at a limited rate and audited (``<what>_refused`` alerts, through the node's
+``Mailbox.alerts`` to the audit thread): the first ``AUDIT_BURST`` of each author
+per second one by one, the rest as one ``<what>_refused_flood`` record per author
+and second (``safety.audit_limit``, as refused control requests), so a flood of
+strokes cannot fill the audit and trip the arm. The thread keeps running.
 """
 
 from __future__ import annotations
@@ -27,17 +31,19 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from safety.audit_limit import OVERFLOW_PEER, RefusalLimiter, RefusalSummary
 from telesurgery.config import check
 from telesurgery.errors import SchemaError
 from telesurgery.ratelog import RateLimitedLog
 from transport.auth import Authenticator, session_key
+from transport.intake import AuditAlert
 from transport.keys import ServerKeys
 from transport.schema import MAX_MESSAGE_BYTES, Message, Stroke, decode_as, encode
 from transport.sockets import bound_port, server_socket
@@ -45,6 +51,8 @@ from transport.sockets import bound_port, server_socket
 log = logging.getLogger(__name__)
 POLL_MS = 100
 RIGHTS_FILE = "draw_rights"
+AUDIT_BURST = 8
+"""Refusals of one author audited one by one per second; the rest in one aggregate."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,12 @@ class KeyedRelay(threading.Thread):
 
     def __init__(self, ctx: zmq.Context[Any], ports: tuple[int, int], max_per_s: float, *,
                  host: str, keys: ServerKeys, auth: Authenticator, keys_dir: Path,
-                 local_path: Path | None = None) -> None:
+                 local_path: Path | None = None,
+                 alerts: deque[AuditAlert] | None = None) -> None:
         super().__init__(name=f"{self.what}-relay", daemon=True)
+        self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
+        """Where refusals go to be audited (the node passes ``Mailbox.alerts``)."""
+        self._audit_limit = RefusalLimiter(burst=AUDIT_BURST)
         self.max_per_s = max_per_s
         self._auth = auth
         self.rights = DrawRights(keys_dir / self.rights_file)
@@ -151,6 +163,9 @@ class KeyedRelay(threading.Thread):
             while not self._halt.is_set():
                 if self._in.poll(POLL_MS):
                     self._drain()
+                if self._audit_limit.active:
+                    for summary in self._audit_limit.due(time.monotonic_ns()):
+                        self._audit_flood(summary)
         finally:
             for sock in (self._in, self._out, self._local):
                 if sock is not None:
@@ -160,6 +175,19 @@ class KeyedRelay(threading.Thread):
         self.refused[why] += 1
         self._ratelog(logging.WARNING, why, "%s from %s refused (%s%s), %d so far", self.what,
                       user, why, f": {detail}" if detail else "", self.refused[why])
+        # The author's user id is the ZAP one, never a claim; "?" when there was none.
+        now = time.monotonic_ns()
+        if self._audit_limit.allow(user.encode(), now):
+            self.alerts.append(AuditAlert(
+                now, f"{self.what}_refused",
+                f"{self.what} from {user} refused ({why}{': ' + detail if detail else ''})"[:256]))
+
+    def _audit_flood(self, s: RefusalSummary) -> None:
+        who = "several authors" if s.peer == OVERFLOW_PEER else s.peer.decode(errors="replace")
+        self.alerts.append(AuditAlert(
+            time.monotonic_ns(), f"{self.what}_refused_flood",
+            f"{s.suppressed} more {self.what}s from {who} refused in the last "
+            f"{s.span_ns / 1e9:.1f} s (counted, not recorded one by one)"))
 
     def _drain(self) -> None:
         while True:
@@ -202,8 +230,10 @@ class StrokeRelay(KeyedRelay):
 
     def __init__(self, ctx: zmq.Context[Any], cfg: TelestrationConfig, *, host: str,
                  keys: ServerKeys, auth: Authenticator, keys_dir: Path,
-                 local_path: Path | None = None) -> None:
+                 local_path: Path | None = None,
+                 alerts: deque[AuditAlert] | None = None) -> None:
         super().__init__(ctx, (cfg.draw_port, cfg.strokes_port), cfg.max_per_s, host=host,
-                         keys=keys, auth=auth, keys_dir=keys_dir, local_path=local_path)
+                         keys=keys, auth=auth, keys_dir=keys_dir, local_path=local_path,
+                         alerts=alerts)
         self.cfg = cfg
         self.draw_port, self.strokes_port = self.in_port, self.out_port

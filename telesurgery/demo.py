@@ -4,8 +4,10 @@ The firmware emulator on a pseudo-terminal, the robot node (DDS backend on),
 the fault proxy and the console driven by the scripted suturing motion, each a
 real process. Part-way through, the link blacks out: the watchdog must halt the
 arm within its bound, and the scripted surgeon re-engages deliberately once the
-picture is back. The run ends with a readable report and a JSON file; the exit
-code is non-zero when any safety expectation failed.
+picture is back. Then a mentor's console (a second surgeon key with the mentor
+flag) takes command: the arm holds, the mentor engages and moves it. The run ends
+with a readable report and a JSON file; the exit code is non-zero when any safety
+expectation failed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ from operator_console.video.display import screen_available
 from safety.audit import read_records
 from safety.config import MotionLimits, WatchdogLimits
 from safety.states import LINK_TRIPS
+from telesurgery.demo_handoff import (
+    MENTOR,
+    MENTOR_DISPLAY,
+    TAKEOVER_AFTER_S,
+    evaluate_handoff,
+    finish_mentor,
+    handoff_from_audit,
+    handoff_rows,
+    mentor_start_s,
+)
 from telesurgery.demo_vitals import ROBOT_OVERRIDES, alarm_latency, alarm_row, start_monitor
 from telesurgery.helptext import plain_help
 
@@ -158,13 +170,16 @@ def evaluate(report: dict[str, Any], timeout_ms: float, period_ms: float) -> lis
 
 
 def _progress(t: float, seconds: float, blackout_at: float, blackout_s: float,
-              done: bool) -> str:
+              done: bool, *, mentor_at: float) -> str:
     if not done:
         nxt = f"next: link blackout of {blackout_s:g} s at t={blackout_at:g} s"
     elif t < blackout_at + blackout_s:
         nxt = "link blacked out now"
+    elif t < mentor_at:
+        nxt = (f"the surgeon re-engages by itself; next: the mentor's console at "
+               f"t={mentor_at:g} s")
     else:
-        nxt = "nothing more injected; the surgeon re-engages by itself"
+        nxt = f"the mentor takes over {TAKEOVER_AFTER_S:g} s after its console is up"
     return f"  t={t:5.1f} s of {seconds:g} s ({max(0.0, seconds - t):4.1f} s left); {nxt}"
 
 
@@ -172,7 +187,8 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
              blackout_at: float, blackout_s: float) -> int:
     opts = RigOptions(run_dir=run_dir, observers=True, console_seconds=seconds, headless=headless,
                       hud_every_n=60, reengage_after_s=1.0, rotation_scale=ROTATION_SCALE,
-                      rate_hz=RATE_HZ, robot_overrides=dict(ROBOT_OVERRIDES))
+                      rate_hz=RATE_HZ, robot_overrides=dict(ROBOT_OVERRIDES), mentor=True)
+    mentor_at = mentor_start_s(blackout_at, blackout_s)
     print(f"telesurgery demo: {seconds:g} s of scripted suturing; link blackout of "
           f"{blackout_s:g} s at t={blackout_at:g} s; run folder {run_dir}", flush=True)
     blackout_ns: int | None = None
@@ -192,15 +208,24 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
                 rig.proxy({"blackout": blackout_s})
                 print(f"{chr(13) if tty else ''}  t={t:4.1f} s: link blackout for "
                       f"{blackout_s:g} s{' ' * 30}", flush=True)
+            if MENTOR not in rig.procs and t >= mentor_at:
+                rig.start_console(MENTOR, {"surgeon": MENTOR, "takeover_after_s":
+                                           TAKEOVER_AFTER_S, "reengage_after_s": 0.2},
+                                  display=MENTOR_DISPLAY, seconds=max(1.0, seconds - t))
+                print(f"{chr(13) if tty else ''}  t={t:4.1f} s: the mentor's console starts "
+                      f"(takes over {TAKEOVER_AFTER_S:g} s after it is up){' ' * 10}",
+                      flush=True)
             if t >= next_note:
                 cpu.sample()
-                line = _progress(t, seconds, blackout_at, blackout_s, blackout_ns is not None)
+                line = _progress(t, seconds, blackout_at, blackout_s, blackout_ns is not None,
+                                 mentor_at=mentor_at)
                 print(f"\r{line}   " if tty else line, end="" if tty else "\n", flush=True)
                 next_note = t + (1.0 if tty else 5.0)
             time.sleep(0.02)
         if tty:
             print(flush=True)
         cpu.sample()
+        mentor_code = finish_mentor(rig)
         # The fault proxy's own added latency, where this rig can measure it.
         added: dict[str, Any] = getattr(rig, "proxy_added_latency", dict)()
         rig.stop()
@@ -219,7 +244,12 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
                         "path_goal_p99_us": PATH_GOAL_P99_US,
                         "tracking_error_mm": TRACKING_MM}
     report["vitals_alarm_to_hud"] = alarm_latency(run_dir, console)
+    report["handoff"] = handoff_from_audit(run_dir / "audit" / "robot.audit", robot)
+    report["mentor_exit_code"] = mentor_code
     failures = evaluate(report, timeout_ms=TIMEOUT_MS, period_ms=period_ms)
+    failures += evaluate_handoff(report["handoff"], period_ms)
+    if mentor_code not in (0, None):
+        failures.append(f"the mentor's console exited with code {mentor_code}")
     label, measured, bound, verdict = alarm_row(report)
     if verdict != "ok":
         failures.append(f"{label}: {measured} ({bound})")
@@ -297,6 +327,9 @@ def print_report(r: dict[str, Any]) -> None:
                f"({r['frames_shown']} frames shown)"))
     if "vitals_alarm_to_hud" in r:
         print(_row(*alarm_row(r)))
+    if "handoff" in r:
+        for row in handoff_rows(r["handoff"], b.get("period_ms", 0.0)):
+            print(_row(*row))
     for t in r["trips"]:
         tag = "scripted" if t.get("scripted", True) else "UNEXPECTED"
         print(_row(f"trip ({tag})", t["reason"], "", t.get("when", "")))

@@ -79,6 +79,8 @@ class ConsoleLink(_Link):
         self.observer = observer
         self._timeout_ms = cfg.control_timeout_ms
         self._req_id = 0
+        self._open_requests: set[int] = set()
+        """Requests sent with ``send_request``: their replies come out of ``poll()``."""
         self.session: int | None = None
         """The surgeon session the robot granted in its last ``arm`` reply; every
         command, request and pong carries it (``transport.session_guard``)."""
@@ -190,6 +192,27 @@ class ConsoleLink(_Link):
         raise LinkTimeout(f"no reply to control request {op!r} (req_id {req_id}) "
                           f"within {timeout} ms")
 
+    def send_request(self, op: str, value: float | None = None,
+                     handoff: int | None = None) -> int:
+        """Send a control request without waiting (a ``request_command`` may wait seconds
+        for its grant, and the caller's telemetry must keep flowing meanwhile): its
+        ``ControlReply`` comes out of ``poll()``; the caller times it out and then calls
+        ``forget_request``. Returns the request id; raises ``LinkTimeout`` if not sent."""
+        control = self._surgeon(self._control)
+        self._req_id += 1
+        req_id = self._req_id
+        payload = encode(ControlRequest(req_id=req_id, op=op, value=value, session=self.session,
+                                        handoff=handoff))
+        decode(payload)
+        if not self._send(control, [payload], "request"):
+            raise LinkTimeout(f"control request {op!r}: link down, not sent")
+        self._open_requests.add(req_id)
+        return req_id
+
+    def forget_request(self, req_id: int) -> None:
+        """The caller gave up on ``req_id``: a reply that still comes is late (dropped)."""
+        self._open_requests.discard(req_id)
+
     def send_keyframe_request(self, req: KeyframeRequest) -> bool:
         return self._send(self._surgeon(self._control), [encode(req)], "keyframe_request")
 
@@ -284,6 +307,12 @@ class ConsoleLink(_Link):
             if isinstance(msg, Pong):
                 # This path's own round trip, less the robot's turnaround.
                 self._rtt_ns[path] = (item.recv_ns - msg.t1_ns) - (msg.t3_ns - msg.t2_ns)
+            if isinstance(msg, ControlReply) and msg.req_id in self._open_requests:
+                self._open_requests.discard(msg.req_id)  # a send_request's: to the poller
+                if msg.session is not None:
+                    self.session = msg.session
+                out.append(item)
+                continue
             if isinstance(msg, ControlReply) and msg.req_id != awaiting:
                 self.counters["late_reply"] += 1
                 log.info("dropped a late reply to control request %d", msg.req_id)

@@ -398,12 +398,16 @@ def test_a_scripted_mentor_console_takes_over_mid_motion(rig: Rig, tmp_path: Pat
                           and int(str(r.fields["t_ns"])) > t_takeover), None)
         assert t_engaged is not None, (seen, done.stderr[-2000:])
         # The network thread stamps the takeover when it admits it; the control thread
-        # acts on it in its next period (the hold: a transition out of following). Alice
-        # is in command until then, so her last frames may still be written.
+        # acts on it in its next period (its control record; the hold: a transition out
+        # of following in that period). Alice is in command until then, so her last
+        # frames may still be written. A loaded machine may have tripped alice's stream
+        # before: the arm is then already held, and the takeover's period is the reference.
+        t_taken = next(int(str(r.fields["t_ns"])) for r in records if r.kind == "control"
+                       and r.fields.get("op") == "takeover" and r.fields.get("ok"))
         t_held = next((int(str(r.fields["t_ns"])) for r in records
                        if r.kind == "transition" and r.fields.get("from") in ("following", "hold")
-                       and int(str(r.fields["t_ns"])) >= t_takeover), None)
-        assert t_held is not None and t_held < t_engaged, (seen, t_held, t_engaged)
+                       and t_takeover <= int(str(r.fields["t_ns"])) <= t_taken), t_taken)
+        assert t_held < t_engaged, (seen, t_held, t_engaged)
         held = [t for t, _ in rig.targets_since(t_held) if t < t_engaged]
         assert held == [], "the arm moved between the takeover and the mentor's engage"
         first = rig.first_motion(t_engaged)
@@ -414,4 +418,50 @@ def test_a_scripted_mentor_console_takes_over_mid_motion(rig: Rig, tmp_path: Pat
               f"console process, takeover in motion): {(first - t_takeover) / 1e6:.0f} ms "
               f"(takeover -> engaged {(t_engaged - t_takeover) / 1e6:.0f} ms)")
     finally:
+        alice.stop()
+
+
+def test_a_waiting_command_request_keeps_the_requesters_hud_live(rig: Rig) -> None:
+    """The console's own session thread asks for command: while its request waits for
+    the grant, telemetry keeps reaching its shared state (the HUD), and the grant, when
+    it comes, is taken from the same poll."""
+    from operator_console.config import SessionConfig
+    from operator_console.session import ConsoleShared, SessionThread
+
+    alice = rig.surgeon()
+    link = ConsoleLink(rig.link_cfg, ClientKeys.load_surgeon(rig.keys, "bob"))
+    shared = ConsoleShared()
+    bob = SessionThread(link, SessionConfig(auto_engage=False, surgeon="bob"), shared,
+                        5_000_000)
+    bob.start()
+    try:
+        reply = alice.ask("arm").result(5.0)
+        assert reply is not None and reply.ok, reply
+        wait_for(lambda: shared.telemetry is not None, "bob's telemetry")
+        shared.handoff_action = "request_command"
+        wait_for(lambda: alice.tlm is not None and alice.tlm.handoff_from == "bob",
+                 "alice's HUD showing bob's request")
+        assert alice.tlm is not None
+        handoff = alice.tlm.handoff_id
+        # Half a second of waiting (the robot's handoff_ms is 3 s): bob's telemetry keeps
+        # arriving (50 Hz); a blocked session thread would let none through.
+        stamps = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            stamps.append(shared.telemetry_ns)
+            time.sleep(0.05)
+        assert shared.message == "asking for command ...", shared.message
+        assert len(set(stamps)) >= 4, f"bob's telemetry stalled while the request waited: " \
+                                      f"{len(set(stamps))} distinct arrivals in 0.5 s"
+        granted = alice.ask("grant", handoff=handoff).result(5.0)
+        assert granted is not None and granted.ok, granted
+        wait_for(lambda: shared.message == "in command: engage to move",
+                 lambda: f"bob in command (HUD says {shared.message!r})")
+        assert link.session is not None
+        wait_for(lambda: shared.telemetry is not None and shared.telemetry.commander == "bob",
+                 "the telemetry naming bob the commander")
+    finally:
+        bob.stop()
+        bob.join(5.0)
+        link.close()
         alice.stop()
