@@ -40,6 +40,8 @@ class PagePaths:
     """0600 file with the page's full URL, token included (the staff's bookmark)."""
     recording: Path | None = None
     """The recorder's status file: a stopped recording is an alarm on the page."""
+    fanout: Path | None = None
+    """The fan-out's status file (``fanout.json``): how many observers watch."""
 
     @classmethod
     def from_robot(cls, robot_cfg: object) -> PagePaths:
@@ -54,14 +56,16 @@ class PagePaths:
                    token=page.token_file or run_dir / "page.token",
                    pin=page.pin_file or robot_cfg.link.keys_dir / "onsite.pin",
                    url=run_dir / "page.url",
-                   recording=run_dir / "recording.json" if robot_cfg.record.enabled else None)
+                   recording=run_dir / "recording.json" if robot_cfg.record.enabled else None,
+                   fanout=robot_cfg.observe.socket.parent / "fanout.json")
 
 
 async def serve(cfg: PageConfig, paths: PagePaths, parent_pid: int | None) -> None:
     from robot_side.supervision.server import PageServer
 
     token = load_or_create_token(paths.token)
-    feed = FeedState(cfg.stale_after_ms, cfg.history_s, recording_status=paths.recording)
+    feed = FeedState(cfg.stale_after_ms, cfg.history_s, recording_status=paths.recording,
+                     fanout_status=paths.fanout)
     reader = FeedReader(paths.observe, feed)
     reader.start()
     server = PageServer(cfg, feed, paths.estop, token=token, pins=PinCheck(paths.pin),

@@ -11,6 +11,7 @@ transition time to the DOM change. Screenshots go to the test's run folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -127,7 +128,15 @@ def test_page_shows_the_robots_live_state(rig: SimRig, page: Any, events: EventL
     assert page.is_hidden("#nodata")
     poll("the surgeon's picture", 20.0, lambda: page.evaluate("window.__page.frames") > 3)
     poll("link figures", 10.0, lambda: page.inner_text("#rtt").endswith("ms"))
+    # The observer count: as the fan-out writes it beside the feed, live; unknown once
+    # its status goes stale (the fan-out itself is tested in tests/unit/test_fanout.py).
+    assert page.inner_text("#observers").startswith("unknown")
+    status = rig.run / "fanout.json"
+    status.write_text(json.dumps({"observers": 2, "who": ["alice", "anonymous"],
+                                  "t_ns": time.monotonic_ns()}))
+    poll("the observer count", 5.0, lambda: page.inner_text("#observers") == "2: alice, anonymous")
     shot(rig, page, "1-following")
+    poll("the stale count", 8.0, lambda: page.inner_text("#observers").startswith("unknown"))
 
 
 def test_state_changes_on_a_scripted_blackout(rig: SimRig, page: Any) -> None:
