@@ -211,8 +211,9 @@ async def serve_intercom(ws: Any, intercom: PageIntercom | None,
 
     why = "the robot's intercom is off" if intercom is None else intercom.allowed()
     await ws.send_json({"type": "intercom", "allowed": why is None, "why": why or ""})
-    if intercom is None:
-        await ws.close()
+    if intercom is None:  # stay open: the page shows why, without reconnecting in a loop
+        async for _msg in ws:
+            pass
         return
     client = PageClient()
     intercom.clients.add(client)
