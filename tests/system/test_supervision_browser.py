@@ -23,14 +23,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from hil_tests.rig import RigOptions, SimRig, free_ports, poll
 from operator_console.intercom import FRAME, FRAME_NS, RATE, IntercomClient
-from robot_side.intercom import RIGHTS_FILE
+from robot_side.intercom import ONSITE_SOCKET, RIGHTS_FILE
 from robot_side.observe import ObserverClient
 from robot_side.supervision.credentials import set_pin
+from safety.audit import read_records
 from transport.keys import ClientKeys
-from transport.schema import AudioPacket, SafetyEvent
+from transport.schema import AudioPacket, SafetyEvent, encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -252,6 +254,16 @@ def test_the_staffs_voice_reaches_the_console_and_the_consoles_the_page(
     getUserMedia, the page server's Opus, the robot's hub, to a surgeon console; and the
     console's tone back to the page. Mouth-to-ear page -> console measured (G.114)."""
     keys = rig.run / "keys"
+    # Before the right exists, a packet on the hub's on-site socket is refused and that
+    # refusal is in the robot's audit log (the node hands the hub its alert queue).
+    onsite = ctx.socket(zmq.PUSH)
+    onsite.setsockopt(zmq.LINGER, 0)
+    onsite.connect(f"ipc://{rig.run / ONSITE_SOCKET}")
+    onsite.send(encode(AudioPacket(seq=1, t_ns=1, payload=b"\xf8\xff\xfe")))
+    onsite.close(0)
+    poll("the refusal in the robot's audit", 10.0, lambda: any(
+        r.fields.get("code") == "intercom_refused"
+        for r in read_records(rig.run / "audit" / "robot.audit")))
     (keys / RIGHTS_FILE).write_text("surgeon\nonsite\n")  # the staff may talk
     ports = rig.opts.robot_overrides["intercom"]
     ear = Ear()
