@@ -257,10 +257,9 @@ def test_the_staffs_voice_reaches_the_console_and_the_consoles_the_page(
     # Before the right exists, a packet on the hub's on-site socket is refused and that
     # refusal is in the robot's audit log (the node hands the hub its alert queue).
     onsite = ctx.socket(zmq.PUSH)
-    onsite.setsockopt(zmq.LINGER, 0)
     onsite.connect(f"ipc://{rig.run / ONSITE_SOCKET}")
     onsite.send(encode(AudioPacket(seq=1, t_ns=1, payload=b"\xf8\xff\xfe")))
-    onsite.close(0)
+    onsite.close(5000)  # linger: the packet leaves before the socket goes
     poll("the refusal in the robot's audit", 10.0, lambda: any(
         r.fields.get("code") == "intercom_refused"
         for r in read_records(rig.run / "audit" / "robot.audit")))
