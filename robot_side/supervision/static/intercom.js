@@ -83,7 +83,7 @@
     if (Math.sqrt(sq / Math.max(1, pcm.length)) > 0.01) ic.heardLoud++;
     $("intercom-heard").textContent = `${speaker} speaking`;
     if (!ctx || ctx.state !== "running") {  // browsers play nothing before the page is touched
-      $("intercom-heard").textContent = `${speaker} speaking - touch the page to hear`; return;
+      $("intercom-heard").textContent = `${speaker} speaking - touch this box to hear`; return;
     }
     const b = ctx.createBuffer(1, f.length, RATE);
     b.copyToChannel(f, 0);
@@ -108,8 +108,9 @@
     status(on ? "TALKING to the surgeon" : "ready: hold to talk", on ? "good" : "");
   }
 
-  // Any touch of the page unlocks playback (the browser's autoplay rule).
-  document.addEventListener("pointerdown", () => { audio().then((c) => c.resume()).catch(() => {}); });
+  // A touch of the intercom box unlocks playback (the browser's autoplay rule). Only of
+  // this box: starting the audio device must never come near the e-stop button's click.
+  $("intercom").addEventListener("pointerdown", () => { audio().then((c) => c.resume()).catch(() => {}); });
   const btn = $("talk");
   btn.addEventListener("pointerdown", (ev) => { ev.preventDefault(); talk(true); });
   for (const e of ["pointerup", "pointerleave", "pointercancel"]) btn.addEventListener(e, () => talk(false));
