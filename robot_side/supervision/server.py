@@ -19,18 +19,20 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from robot_side import estop
 from robot_side.supervision.config import PageConfig
 from robot_side.supervision.credentials import PinCheck
-from robot_side.supervision.intercom import PageIntercom, serve_intercom
 from robot_side.supervision.state import FeedState
 from robot_side.supervision.video import PictureClient, PictureRelay
 from telesurgery.errors import TelesurgeryError
 from telesurgery.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:  # the intercom (PyAV, Opus) is loaded only when the robot has one
+    from robot_side.supervision.intercom import PageIntercom
 
 log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
@@ -219,6 +221,14 @@ class PageServer:
             return refused
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=5.0)
         await ws.prepare(request)
+        if self.intercom is None:  # the page says why; nothing of the intercom is loaded
+            await ws.send_json({"type": "intercom", "allowed": False,
+                                "why": "the robot's intercom is off"})
+            async for _msg in ws:
+                pass
+            return ws
+        from robot_side.supervision.intercom import serve_intercom  # loaded with PageIntercom
+
         await serve_intercom(ws, self.intercom, self._bad)
         return ws
 
