@@ -28,6 +28,7 @@ from operator_console.config import ConsoleConfig
 from operator_console.connection import ConnectionWatch, VideoPathSwitch
 from operator_console.devices import open_device
 from operator_console.session import HANDOFF_KEYS, ConsoleShared, SessionThread
+from operator_console.sound import SoundIntercom, start_intercom
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
@@ -41,7 +42,7 @@ from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from telesurgery.helptext import plain_help
-from transport.keys import ClientKeys
+from transport.keys import SURGEON_USER, ClientKeys
 from transport.link import ConsoleLink
 from transport.paths import describe as describe_paths
 
@@ -66,6 +67,7 @@ class ConsoleApp:
         self.watch: ConnectionWatch | None = None
         self.last_hud: HudState | None = None
         self.alarm_draws = AlarmDraws()
+        self.intercom: SoundIntercom | None = None
 
     def stop(self) -> None:
         self._halt.set()
@@ -86,6 +88,11 @@ class ConsoleApp:
                 t.start()
                 stack.callback(t.join, 2.0)
                 stack.callback(t.stop)
+            # Audio: own sockets, threads and bounded queues, never the commands' (off
+            # without a sound device: one notice, the console runs on).
+            self.intercom = start_intercom(cfg.intercom, cfg.link.host, keys, SURGEON_USER)
+            if self.intercom is not None:
+                stack.callback(self.intercom.close)
             self.watch = ConnectionWatch(link.video_socket,
                                          f"{cfg.link.host}:{cfg.link.video_port}")
             stack.callback(self.watch.close)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from operator_console.devices.base import DeviceConfig
+from operator_console.sound import ConsoleIntercom
 from operator_console.teleop import TeleopConfig
 from operator_console.telestration import ConsoleTelestration
 from telesurgery.config import check, finite_positive
@@ -85,6 +86,8 @@ class ConsoleConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     telestration: ConsoleTelestration = field(default_factory=ConsoleTelestration)
     """Strokes a mentor draws, shown on this HUD (operator_console.telestration)."""
+    intercom: ConsoleIntercom = field(default_factory=ConsoleIntercom)
+    """Talk with the mentor, the other consoles and the on-site staff (operator_console.sound)."""
 
     def __post_init__(self) -> None:
         # The tremor filter is designed for the rate it is called at: the command rate.

@@ -119,14 +119,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="draw with the mouse: the robot's telestration draw socket "
                          "(tcp://robot:47104); needs --keys and --name, and the draw right")
     ap.add_argument("--keys", type=Path, help="the CurveZMQ keys folder (with --draw)")
-    ap.add_argument("--name", help="this observer's key name (with --draw)")
+    ap.add_argument("--name", help="this observer's key name (with --draw; also the name "
+                                   "the robot's supervision page lists among the watchers)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     zenoh.init_log_from_env_or("error")
     headless = args.headless or not screen_available()
     try:
         w = Watcher.open(watcher_config(tuple(args.connect), args.ca, args.cert, args.key),
-                         args.robot)
+                         args.robot, args.name)
     except (zenoh.ZError, ValueError) as err:
         print(f"telesurgery watch: {err}", file=sys.stderr)
         return 2

@@ -252,7 +252,8 @@ class RobotNode:
 
                 try:
                     hub = IntercomRelay(ctx, cfg.intercom, host=cfg.link.host, keys=keys,
-                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir)
+                                        auth=net.link.auth, keys_dir=cfg.link.keys_dir,
+                                        runtime=runtime, alerts=self.mailbox.alerts)
                 except (TelesurgeryError, zmq.ZMQError) as err:
                     log.error("intercom not available: %s", err)
                 else:

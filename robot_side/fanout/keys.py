@@ -34,5 +34,20 @@ def observers(robot: str) -> str:
     return f"{PREFIX}/{robot_checked(robot)}/observers"
 
 
+def watcher_id(zid: str, name: str | None) -> str:
+    """One key chunk: ``<name>.<zid>`` (a name of letters, digits, ``_`` and ``-``, at
+    most 32) or the bare session id; the fan-out lists the names on the page."""
+    if not name:
+        return zid
+    clean = "".join(c for c in name if c.isascii() and (c.isalnum() or c in "_-"))[:32]
+    return f"{clean}.{zid}" if clean else zid
+
+
+def watcher_name(chunk: str) -> str:
+    """The name part of a watcher id; ``anonymous`` when it declared none."""
+    name, dot, _zid = chunk.rpartition(".")
+    return name if dot and name else "anonymous"
+
+
 def observer_token(robot: str, watcher_id: str) -> str:
     return f"{observers(robot)}/{watcher_id}"

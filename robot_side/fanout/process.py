@@ -24,7 +24,8 @@ from robot_side.fanout.zconf import fanout_config
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "fanout.json"
-"""Beside the observer feed: {"observers": n, ..., "t_ns": monotonic} (page, tools)."""
+"""Beside the observer feed: {"observers": n, "who": [names], ..., "t_ns": monotonic}
+(page, tools)."""
 
 
 def serve(cfg: FanoutConfig, observe: Path, video: Path | None, parent_pid: int | None,

@@ -155,7 +155,8 @@ class FanoutPublisher:
         if self._status_path is None or now < self._next_status_ns:
             return
         self._next_status_ns = now + STATUS_PERIOD_NS
-        body = {**dataclasses.asdict(self.stats), "t_ns": now}
+        who = sorted(keys.watcher_name(k.rsplit("/", 1)[-1]) for k in self._watchers)
+        body = {**dataclasses.asdict(self.stats), "who": who, "t_ns": now}
         tmp = self._status_path.with_name(self._status_path.name + ".new")
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(body))

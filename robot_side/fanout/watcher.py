@@ -43,7 +43,7 @@ class WatchedFrame:
 
 
 class Watcher:
-    def __init__(self, session: zenoh.Session, robot: str) -> None:
+    def __init__(self, session: zenoh.Session, robot: str, name: str | None = None) -> None:
         self._session = session
         self._ratelog = RateLimitedLog(log)
         self.bad_messages = 0
@@ -57,11 +57,12 @@ class Watcher:
         self._stk = session.declare_subscriber(
             keys.strokes(robot), zenoh.handlers.RingChannel(STATE_QUEUE))
         self._token = session.liveliness().declare_token(
-            keys.observer_token(robot, str(session.zid())))
+            keys.observer_token(robot, keys.watcher_id(str(session.zid()), name)))
 
     @classmethod
-    def open(cls, conf: zenoh.Config, robot: str) -> Watcher:
-        return cls(zenoh.open(conf), robot)
+    def open(cls, conf: zenoh.Config, robot: str, name: str | None = None) -> Watcher:
+        """``name``: who watches, as the page lists it (its key's name, say)."""
+        return cls(zenoh.open(conf), robot, name)
 
     def _bad(self, what: str, err: SchemaError) -> None:
         self.bad_messages += 1

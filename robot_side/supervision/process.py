@@ -40,6 +40,11 @@ class PagePaths:
     """0600 file with the page's full URL, token included (the staff's bookmark)."""
     recording: Path | None = None
     """The recorder's status file: a stopped recording is an alarm on the page."""
+    fanout: Path | None = None
+    """The fan-out's status file (``fanout.json``): how many observers watch."""
+    intercom: tuple[Path, Path, Path] | None = None
+    """The robot intercom's local talk and listen sockets and its rights file (None: the
+    robot has no intercom; the page's talk button says so)."""
 
     @classmethod
     def from_robot(cls, robot_cfg: object) -> PagePaths:
@@ -54,18 +59,37 @@ class PagePaths:
                    token=page.token_file or run_dir / "page.token",
                    pin=page.pin_file or robot_cfg.link.keys_dir / "onsite.pin",
                    url=run_dir / "page.url",
-                   recording=run_dir / "recording.json" if robot_cfg.record.enabled else None)
+                   recording=run_dir / "recording.json" if robot_cfg.record.enabled else None,
+                   fanout=robot_cfg.observe.socket.parent / "fanout.json",
+                   intercom=_intercom_paths(robot_cfg))
+
+
+def _intercom_paths(robot_cfg: Any) -> tuple[Path, Path, Path] | None:
+    from robot_side.intercom import LOCAL_SOCKET, ONSITE_SOCKET, RIGHTS_FILE
+
+    if not robot_cfg.intercom.enabled:
+        return None
+    # The node binds both beside the observer feed (its runtime folder).
+    runtime = robot_cfg.observe.socket.parent
+    return (runtime / ONSITE_SOCKET, runtime / LOCAL_SOCKET,
+            robot_cfg.link.keys_dir / RIGHTS_FILE)
 
 
 async def serve(cfg: PageConfig, paths: PagePaths, parent_pid: int | None) -> None:
     from robot_side.supervision.server import PageServer
 
     token = load_or_create_token(paths.token)
-    feed = FeedState(cfg.stale_after_ms, cfg.history_s, recording_status=paths.recording)
+    feed = FeedState(cfg.stale_after_ms, cfg.history_s, recording_status=paths.recording,
+                     fanout_status=paths.fanout)
     reader = FeedReader(paths.observe, feed)
     reader.start()
+    intercom = None
+    if paths.intercom is not None:
+        from robot_side.supervision.intercom import PageIntercom
+
+        intercom = PageIntercom(*paths.intercom)
     server = PageServer(cfg, feed, paths.estop, token=token, pins=PinCheck(paths.pin),
-                        video_path=paths.video)
+                        video_path=paths.video, intercom=intercom)
     try:
         url = await server.start()
         paths.url.unlink(missing_ok=True)

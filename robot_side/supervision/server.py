@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -30,6 +30,9 @@ from robot_side.supervision.state import FeedState
 from robot_side.supervision.video import PictureClient, PictureRelay
 from telesurgery.errors import TelesurgeryError
 from telesurgery.ratelog import RateLimitedLog
+
+if TYPE_CHECKING:  # the intercom (PyAV, Opus) is loaded only when the robot has one
+    from robot_side.supervision.intercom import PageIntercom
 
 log = logging.getLogger(__name__)
 ratelog = RateLimitedLog(log)
@@ -56,7 +59,8 @@ def _send(path: Path, action: str, detail: str) -> str:
 
 class PageServer:
     def __init__(self, cfg: PageConfig, feed: FeedState, estop_path: Path, *, token: str,
-                 pins: PinCheck, video_path: Path | None) -> None:
+                 pins: PinCheck, video_path: Path | None,
+                 intercom: PageIntercom | None = None) -> None:
         self.cfg = cfg
         self.feed = feed
         self.estop_path = estop_path
@@ -64,6 +68,8 @@ class PageServer:
         self.pins = pins
         self.counters: Counter[str] = Counter()
         self.relay = PictureRelay(video_path) if video_path is not None else None
+        self.intercom = intercom
+        """The on-site staff's push-to-talk (``/intercom``); None: the robot has none."""
         self.origins: set[str] = set(cfg.allowed_origins)
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -76,6 +82,7 @@ class PageServer:
         app = web.Application()
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._ws)
+        app.router.add_get("/intercom", self._intercom)
         app.router.add_static("/static/", STATIC)
         return app
 
@@ -93,6 +100,8 @@ class PageServer:
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run()))
         loop = asyncio.get_running_loop()
+        if self.intercom is not None:
+            self.intercom.start(loop)
 
         def on_change() -> None:
             with contextlib.suppress(RuntimeError):  # the loop closed while we shut down
@@ -115,6 +124,8 @@ class PageServer:
             await self._runner.cleanup()
         if self.relay is not None:
             self.relay.close()
+        if self.intercom is not None:
+            self.intercom.close()
 
     # ------------------------------------------------------------ handlers
     async def _index(self, request: web.Request) -> web.StreamResponse:
@@ -128,7 +139,8 @@ class PageServer:
                 request.remote, why)
         return web.Response(status=403, text=f"refused: {why}\n")
 
-    async def _ws(self, request: web.Request) -> web.StreamResponse:
+    def _admit(self, request: web.Request) -> web.Response | None:
+        """The handshake rules of every WebSocket of the page: its Origin, its token."""
         origin = request.headers.get("Origin", "")
         if origin not in self.origins:
             return self._refuse("refused_origin", f"origin {origin[:80]!r} not allowed",
@@ -136,6 +148,12 @@ class PageServer:
         token = request.query.get("token", "")
         if not hmac.compare_digest(token.encode(), self._token.encode()):
             return self._refuse("refused_token", "wrong or missing access token", request)
+        return None
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
         ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=5.0)
         await ws.prepare(request)
         self.clients += 1
@@ -196,6 +214,23 @@ class PageServer:
                 await ws.send_bytes(data)
             except ConnectionError:
                 return
+
+    async def _intercom(self, request: web.Request) -> web.StreamResponse:
+        refused = self._admit(request)
+        if refused is not None:
+            return refused
+        ws = web.WebSocketResponse(max_msg_size=MAX_WS_MESSAGE, heartbeat=5.0)
+        await ws.prepare(request)
+        if self.intercom is None:  # the page says why; nothing of the intercom is loaded
+            await ws.send_json({"type": "intercom", "allowed": False,
+                                "why": "the robot's intercom is off"})
+            async for _msg in ws:
+                pass
+            return ws
+        from robot_side.supervision.intercom import serve_intercom  # loaded with PageIntercom
+
+        await serve_intercom(ws, self.intercom, self._bad)
+        return ws
 
     # ------------------------------------------------------------ requests
     def _bad(self, why: str) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from transport.schema import SafetyEvent, Telemetry, Vitals
 
 EVENTS_KEPT = 30
 RECORDING_READ_NS = 1_000_000_000
+FANOUT_STALE_NS = 3_000_000_000
+"""The fan-out rewrites its status every second: three missed, and the count is unknown."""
 STOP_STATES = frozenset({"hold", "fault", "estop"})
 HISTORY_HZ = 10.0
 """Plot samples per second: a minute at 10 Hz is 600 points per figure."""
@@ -55,8 +57,12 @@ class FeedState:
     """The newest robot state; written by the reader thread, read by the server."""
 
     def __init__(self, stale_after_ms: float, history_s: float,
-                 recording_status: Path | None = None) -> None:
+                 recording_status: Path | None = None,
+                 fanout_status: Path | None = None) -> None:
         self.stale_after_ns = int(stale_after_ms * 1e6)
+        self._fanout_path = fanout_status
+        self._fanout: dict[str, Any] = {"count": None, "why": "no fan-out status"}
+        self._fanout_read_ns: int | None = None
         self._recording_path = recording_status
         self._recording: dict[str, Any] | None = None
         self._recording_read_ns = 0
@@ -129,8 +135,32 @@ class FeedState:
                 self._recording = {"state": "unknown", "why": "no status from the recorder"}
         return self._recording
 
+    def observers(self, now_ns: int) -> dict[str, Any]:
+        """How many watch through the fan-out, and who: ``count`` None when unknown (no
+        fan-out, no status file, or one older than ``FANOUT_STALE_NS``)."""
+        if self._fanout_path is None:
+            return {"count": None, "why": "no fan-out configured"}
+        if self._fanout_read_ns is not None and now_ns - self._fanout_read_ns < RECORDING_READ_NS:
+            return self._fanout
+        self._fanout_read_ns = now_ns
+        try:
+            body = json.loads(self._fanout_path.read_text())
+            count, t_ns, who = body["observers"], body["t_ns"], body.get("who", [])
+            if not (isinstance(count, int) and isinstance(t_ns, int) and isinstance(who, list)):
+                raise ValueError("unexpected fields")
+        except (OSError, ValueError, KeyError, TypeError):
+            self._fanout = {"count": None, "why": "the fan-out is not running"}
+            return self._fanout
+        age = now_ns - t_ns  # the fan-out's monotonic clock is this machine's
+        if not 0 <= age <= FANOUT_STALE_NS:
+            self._fanout = {"count": None, "why": f"fan-out status {age / 1e9:.0f} s old"}
+        else:
+            self._fanout = {"count": count, "who": [str(w)[:40] for w in who[:50]]}
+        return self._fanout
+
     def snapshot(self, now_ns: int) -> dict[str, Any]:
         recording = self.recording(now_ns)
+        observers = self.observers(now_ns)
         with self._lock:
             tlm, t_ns = self.telemetry, self.telemetry_ns
             events = list(self.events)
@@ -148,7 +178,7 @@ class FeedState:
                        for e in reversed(events)],
             "sample": last_sample, "recording": recording,
             "last_stop": _last_stop(events, now_ns),
-            "vitals": _vitals_json(vitals, vitals_ns, now_ns),
+            "vitals": _vitals_json(vitals, vitals_ns, now_ns), "observers": observers,
         }
         if tlm is None:
             return out

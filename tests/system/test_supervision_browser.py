@@ -11,6 +11,7 @@ transition time to the DOM change. Screenshots go to the test's run folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,18 +23,27 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
-from hil_tests.rig import RigOptions, SimRig, poll
+from hil_tests.rig import RigOptions, SimRig, free_ports, poll
+from operator_console.intercom import FRAME, FRAME_NS, RATE, IntercomClient
+from robot_side.intercom import ONSITE_SOCKET, RIGHTS_FILE
 from robot_side.observe import ObserverClient
 from robot_side.supervision.credentials import set_pin
-from transport.schema import SafetyEvent
+from safety.audit import read_records
+from transport.keys import ClientKeys
+from transport.schema import AudioPacket, SafetyEvent, encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+                 "--disable-sync", "--no-first-run",
+                 # Chromium's own fake microphone (a beep each second) and no prompt: the
+                 # page's intercom captures real audio through getUserMedia.
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required"]
 PIN = "2468"
 STILL_RAD = 1e-4
 LAG_CYCLES = 20
@@ -65,11 +75,14 @@ class EventLog(threading.Thread):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
     run = tmp_path_factory.mktemp("page")
+    talk, listen = free_ports(2)
     opts = RigOptions(run_dir=run, observers=True, console_seconds=300.0, rate_hz=250.0,
                       ros_backend="none",
                       reengage_after_s=1.0, rotation_scale=0.3,
                       robot_overrides={
                           "video": {"width": 320, "height": 240, "fps": 20.0},
+                          "intercom": {"enabled": True, "talk_port": talk,
+                                       "listen_port": listen},
                           "observe": {"socket": run / "observe.sock"}})
     r = SimRig(opts)
     with r:
@@ -127,7 +140,15 @@ def test_page_shows_the_robots_live_state(rig: SimRig, page: Any, events: EventL
     assert page.is_hidden("#nodata")
     poll("the surgeon's picture", 20.0, lambda: page.evaluate("window.__page.frames") > 3)
     poll("link figures", 10.0, lambda: page.inner_text("#rtt").endswith("ms"))
+    # The observer count: as the fan-out writes it beside the feed, live; unknown once
+    # its status goes stale (the fan-out itself is tested in tests/unit/test_fanout.py).
+    assert page.inner_text("#observers").startswith("unknown")
+    status = rig.run / "fanout.json"
+    status.write_text(json.dumps({"observers": 2, "who": ["alice", "anonymous"],
+                                  "t_ns": time.monotonic_ns()}))
+    poll("the observer count", 5.0, lambda: page.inner_text("#observers") == "2: alice, anonymous")
     shot(rig, page, "1-following")
+    poll("the stale count", 8.0, lambda: page.inner_text("#observers").startswith("unknown"))
 
 
 def test_state_changes_on_a_scripted_blackout(rig: SimRig, page: Any) -> None:
@@ -208,6 +229,79 @@ def test_page_lag_behind_the_robot(rig: SimRig, page: Any, events: EventLog) -> 
           f"p50 {np.percentile(lag, 50):.1f} ms, p99 {np.percentile(lag, 99):.1f} ms, "
           f"max {lag.max():.1f} ms (goal p99 <= 100 ms; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+
+class Ear:
+    """The surgeon console's loudspeaker: every frame it would play, by speaker."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, np.ndarray]] = []
+
+    def __call__(self, speaker: str, _pkt: AudioPacket, pcm: np.ndarray, _at: int) -> None:
+        self.heard.append((speaker, pcm))
+
+    def frames(self, speaker: str) -> list[np.ndarray]:
+        return [pcm for s, pcm in list(self.heard) if s == speaker]
+
+
+def rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+
+
+def test_the_staffs_voice_reaches_the_console_and_the_consoles_the_page(
+        rig: SimRig, page: Any, ctx: Any) -> None:
+    """Push-to-talk on the page: Chromium's fake microphone (a beep each second) through
+    getUserMedia, the page server's Opus, the robot's hub, to a surgeon console; and the
+    console's tone back to the page. Mouth-to-ear page -> console measured (G.114)."""
+    keys = rig.run / "keys"
+    # Before the right exists, a packet on the hub's on-site socket is refused and that
+    # refusal is in the robot's audit log (the node hands the hub its alert queue).
+    onsite = ctx.socket(zmq.PUSH)
+    onsite.connect(f"ipc://{rig.run / ONSITE_SOCKET}")
+    onsite.send(encode(AudioPacket(seq=1, t_ns=1, payload=b"\xf8\xff\xfe")))
+    onsite.close(5000)  # linger: the packet leaves before the socket goes
+    poll("the refusal in the robot's audit", 10.0, lambda: any(
+        r.fields.get("code") == "intercom_refused"
+        for r in read_records(rig.run / "audit" / "robot.audit")))
+    (keys / RIGHTS_FILE).write_text("surgeon\nonsite\n")  # the staff may talk
+    ports = rig.opts.robot_overrides["intercom"]
+    ear = Ear()
+    console = IntercomClient(ctx, f"tcp://127.0.0.1:{ports['talk_port']}",
+                             f"tcp://127.0.0.1:{ports['listen_port']}",
+                             keys=ClientKeys.load_surgeon(keys), me="surgeon", sink=ear)
+    try:
+        poll("the page allowed to talk", 20.0,
+             lambda: page.evaluate("window.__intercom.allowed"))
+        page.dispatch_event("#talk", "pointerdown")
+        poll("two seconds of the staff's voice at the console", 30.0,
+             lambda: len(ear.frames("onsite")) >= 100)
+        page.dispatch_event("#talk", "pointerup")
+        staff = ear.frames("onsite")
+        m2e_ms = np.array(console.mouth_to_ear_ns[:len(staff)]) / 1e6
+        loud = sum(rms(pcm) > 300 for pcm in staff)
+        assert loud >= 2, f"only silence from the page ({len(staff)} frames)"
+        assert page.evaluate("window.__intercom.refusals") == []
+        # The console talks: a 440 Hz tone, in real time, push-to-talk.
+        tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(FRAME * 50) / RATE)).astype(np.int16)
+        console.talk(True)
+        t = time.monotonic_ns()
+        for i in range(50):
+            t += FRAME_NS
+            time.sleep(max(0.0, (t - time.monotonic_ns()) / 1e9))
+            console.feed(tone[i * FRAME:(i + 1) * FRAME], t)
+        console.talk(False)
+        poll("the console's voice on the page", 10.0,
+             lambda: page.evaluate("window.__intercom.heardLoud") >= 25)
+        ic = page.evaluate("window.__intercom")
+        assert set(ic["speakers"]) == {"surgeon"}  # never the staff's own voice back
+        shot(rig, page, "4b-intercom")
+    finally:
+        console.close()
+    print(f"intercom page -> console: {len(staff)} frames ({loud} with the beep), "
+          f"mouth-to-ear p50 {np.percentile(m2e_ms, 50):.1f} ms, p99 "
+          f"{np.percentile(m2e_ms, 99):.1f} ms, max {m2e_ms.max():.1f} ms (goal p99 <= 150 ms, "
+          f"ITU-T G.114; from the page's audio graph, with the console's 40 ms playout); "
+          f"console -> page {ic['heard']} frames; load average {os.getloadavg()[0]:.1f}")
 
 
 def test_no_data_when_the_robot_is_killed(rig: SimRig, page: Any) -> None:

@@ -221,13 +221,15 @@ def test_the_robot_nodes_fanout_process_publishes_and_writes_its_count(
     proc.start()
     try:
         wait_until((run_dir / "z.sock").exists, 20.0, "the router")
-        with Watcher.open(watcher_config((ep,)), ROBOT) as w:
+        with Watcher.open(watcher_config((ep,)), ROBOT, name="alice/../*") as w:
             seen = Seen(w)
             wait_until(lambda: seen.count() == 1, 10.0, "counted on the telemetry")
             status = run_dir / STATUS_FILE
             wait_until(lambda: status.exists()
                        and json.loads(status.read_text())["observers"] == 1, 5.0,
                        "the count in fanout.json")
+            # Who, for the page: the declared name, cleaned into one key chunk.
+            assert json.loads(status.read_text())["who"] == ["alice"]
     finally:
         proc.stop()
     assert proc.pid is not None

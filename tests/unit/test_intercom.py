@@ -18,10 +18,20 @@ from helpers import wait_until
 
 from operator_console.intercom import FRAME, FRAME_NS, IntercomClient
 from operator_console.speech import envelope, speech_pcm, tools_missing
-from robot_side.intercom import RIGHTS_FILE, IntercomConfig, IntercomRelay
+from robot_side.intercom import (
+    AUDIT_BURST,
+    RIGHTS_FILE,
+    IntercomConfig,
+    IntercomRelay,
+)
+from robot_side.netio import Mailbox
+from robot_side.workers import AuditThread
+from safety.audit import AuditLog, read_records
+from safety.config import AuditConfig
 from transport.auth import start_authenticator
 from transport.keys import ClientKeys, ServerKeys, init_keys
-from transport.schema import AudioPacket
+from transport.schema import MAX_MESSAGE_BYTES, AudioPacket, encode
+from transport.sockets import client_socket
 
 pytestmark = pytest.mark.skipif(bool(tools_missing()),
                                 reason=f"needs {tools_missing()} (apt-get install espeak-ng sox)")
@@ -37,12 +47,19 @@ class Ear:
 
 
 @pytest.fixture
-def hub(tmp_path: Path, ctx: zmq.Context[Any]) -> Iterator[tuple[IntercomRelay, Path]]:
+def mailbox() -> Mailbox:
+    return Mailbox()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, ctx: zmq.Context[Any],
+        mailbox: Mailbox) -> Iterator[tuple[IntercomRelay, Path]]:
     init_keys(tmp_path, ["alice", "bob"])
     (tmp_path / RIGHTS_FILE).write_text("surgeon\nobserver:alice\n")
     auth = start_authenticator(ctx, ServerKeys.load(tmp_path))
     relay = IntercomRelay(ctx, IntercomConfig(talk_port=0, listen_port=0), host="127.0.0.1",
-                          keys=ServerKeys.load(tmp_path), auth=auth, keys_dir=tmp_path)
+                          keys=ServerKeys.load(tmp_path), auth=auth, keys_dir=tmp_path,
+                          runtime=tmp_path, alerts=mailbox.alerts)
     relay.start()
     yield relay, tmp_path
     relay.stop()
@@ -103,3 +120,53 @@ def test_push_to_talk_speech_reaches_the_surgeon_never_the_talker_and_not_withou
     finally:
         for c in (surgeon, alice, bob):
             c.close()
+
+
+def _refused_in_audit(path: Path) -> tuple[int, int]:
+    """(refusals recorded one by one, refusals in aggregates) in the audit log."""
+    single = aggregated = 0
+    for rec in read_records(path):
+        code, detail = rec.fields.get("code"), str(rec.fields.get("detail"))
+        if code == "intercom_refused":
+            single += 1
+        elif code == "intercom_refused_flood":
+            aggregated += int(detail.split(maxsplit=1)[0])
+    return single, aggregated
+
+
+def test_a_refused_flood_trips_nothing_and_is_audited_in_aggregate(
+        hub: tuple[IntercomRelay, Path], ctx: zmq.Context[Any], mailbox: Mailbox,
+        tmp_path: Path) -> None:
+    relay, keydir = hub
+    audit = AuditLog(AuditConfig(path=tmp_path / "audit" / "robot.audit"))
+    auditor = AuditThread(audit, mailbox)
+    auditor.start()
+    ep = f"tcp://127.0.0.1:{relay.talk_port}"
+    bob = client_socket(ctx, zmq.PUSH, ep, ClientKeys.load_observer(keydir, "bob"),
+                        MAX_MESSAGE_BYTES, hwm=10_000)
+    alice = client_socket(ctx, zmq.PUSH, ep, ClientKeys.load_observer(keydir, "alice"),
+                          MAX_MESSAGE_BYTES, hwm=10_000)
+    n = 1500
+    try:
+        pkt = encode(AudioPacket(seq=1, t_ns=1, payload=b"\xf8\xff\xfe"))
+        for i in range(n):
+            bob.send(pkt)  # no right to talk
+            alice.send(b"\x00" * (i % 40 + 1))  # may talk, but garbage
+        wait_until(lambda: relay.refused["no right"] + relay.refused["invalid"] >= 2 * n,
+                   20.0, "every packet judged")
+        # Every refusal is in the audit: a few one by one, the rest in per-second sums.
+        wait_until(lambda: not relay.audit_limit.active and not mailbox.alerts, 5.0,
+                   "the windows closed and the alerts written")
+    finally:
+        bob.close(0)
+        alice.close(0)
+        auditor.stop()
+        auditor.join(5.0)
+        audit.close()
+    assert auditor.healthy and audit.healthy  # nothing tripped
+    single, aggregated = _refused_in_audit(tmp_path / "audit" / "robot.audit")
+    assert single + aggregated == 2 * n
+    windows = 2 * 20  # two speakers, at most the seconds the flood lasted
+    assert single <= AUDIT_BURST * windows and relay.audited <= (AUDIT_BURST + 1) * windows
+    print(f"intercom flood: {2 * n} refused packets, {relay.audited} audit records "
+          f"({single} one by one, {aggregated} in aggregates)")

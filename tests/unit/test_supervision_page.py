@@ -243,3 +243,22 @@ def test_transition_time_comes_from_the_robot(tmp_path: Path) -> None:
     state.on_event(SafetyEvent(seq=2, t_ns=123_999, code="disengaged", state_from="hold",
                                state_to="ready"), 5)
     assert state.snapshot(6)["last_stop"]["code"] == "command_timeout"
+
+
+def test_observer_count_from_the_fanout_status_unknown_when_absent_stale_or_garbled(
+        tmp_path: Path) -> None:
+    status = tmp_path / "fanout.json"
+    state = FeedState(stale_after_ms=1000, history_s=60, fanout_status=status)
+    s = 1_000_000_000
+    assert state.observers(10 * s)["count"] is None  # the fan-out never ran
+    status.write_text(json.dumps({"observers": 2, "who": ["alice", "anonymous"],
+                                  "t_ns": 10 * s}))
+    assert state.observers(10 * s + 1)["count"] is None  # read at most once a second
+    now = 11 * s + 1
+    assert state.snapshot(now)["observers"] == {"count": 2, "who": ["alice", "anonymous"]}
+    assert state.observers(15 * s)["count"] is None  # stale: the fan-out stopped writing
+    status.write_text(json.dumps({"observers": 2, "t_ns": 30 * s}))  # in the future
+    assert state.observers(17 * s)["count"] is None
+    status.write_text("{garbled")
+    assert state.observers(19 * s)["count"] is None
+    assert FeedState(1000, 60).snapshot(0)["observers"]["count"] is None

@@ -82,6 +82,10 @@ function render(s) {
     return li;
   }));
   renderVitals(s.vitals);
+  const obs = s.observers;
+  page.observers = obs;
+  $("observers").textContent = !obs || obs.count === null ? `unknown (${obs ? obs.why : "no status"})`
+    : obs.count === 0 ? "none" : `${obs.count}: ${obs.who.join(", ")}`;
   drawPlots();
 }
 
