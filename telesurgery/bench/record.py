@@ -95,7 +95,7 @@ def _rig_run(run_dir: Path, seconds: float, record: bool) -> dict[str, Any]:
         """The console starts once the recorder records: the whole surgery is in the file."""
 
         def start_console(self, name: str = "console",
-                          session: dict[str, Any] | None = None) -> None:
+                          session: dict[str, Any] | None = None, **kw: Any) -> None:
             status = self.run / "recording.json"
             deadline = time.monotonic() + RECORDER_START_S
             while record and time.monotonic() < deadline:
@@ -103,7 +103,7 @@ def _rig_run(run_dir: Path, seconds: float, record: bool) -> dict[str, Any]:
                     if json.loads(status.read_text()).get("state") == "recording":
                         break
                 time.sleep(0.1)
-            super().start_console(name, session)
+            super().start_console(name, session, **kw)
 
     overrides: dict[str, dict[str, Any]] = {"page": {"enabled": False},
                                             "record": {"enabled": record}}
