@@ -36,6 +36,12 @@ RECEIVE_ONLY = frozenset({zmq.SUB})
 """Subscribers: no ZMTP heartbeat of their own (see ``_common``). Not the robot's command
 PULL: its heartbeat is how the robot counts a silent console (``command_disconnects``),
 and the control thread drains it every period, so its queue does not stay full."""
+DEALER_RCVHWM = 100_000
+"""The console's control DEALER keeps its heartbeat (a dead robot is dropped and
+redialled) but gets a receive queue it cannot fill: the same libzmq abort (see
+``_common``) hit a console whose session thread stalled for 5 s under load (100
+queued pings at 20 Hz). Its traffic is pings and replies (~100 B at ~20/s), so this
+bound is ~80 min of stall and a few MB, not a limit a healthy console meets."""
 KEEPALIVE_IDLE_S = 1
 KEEPALIVE_INTVL_S = 1
 KEEPALIVE_CNT = 3
@@ -49,7 +55,7 @@ def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: P
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
     sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, DEALER_RCVHWM if kind == zmq.DEALER else hwm)
     if kind in RECEIVE_ONLY:
         # libzmq 4.3.5 aborts the whole process ("Assertion failed: _input_stopped",
         # zeromq/libzmq#3937 and #4767) when this side's heartbeat times out while its

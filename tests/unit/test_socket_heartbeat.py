@@ -3,7 +3,8 @@
 libzmq aborts the whole process when a socket's own ZMTP heartbeat times out while its
 receive queue is full (zeromq/libzmq#3937, #4767). ``transport.sockets`` gives
 subscribers no heartbeat of their own (the publisher's still drops a dead
-subscriber) and TCP keepalive instead. The stall runs in a child process: the bug is
+subscriber) and TCP keepalive instead, and the console's control DEALER (which keeps its
+heartbeat) a receive queue a stall cannot fill. The stall runs in a child process: the bug is
 an abort, which would take pytest with it (without the fix it aborts on every run here).
 """
 
@@ -15,6 +16,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from transport.keys import ClientKeys
@@ -65,9 +67,56 @@ STALLED_SUBSCRIBER = textwrap.dedent("""
 """)
 
 
-def test_a_stalled_subscriber_with_a_full_queue_does_not_abort() -> None:
+STALLED_DEALER = textwrap.dedent("""
+    import threading, time
+    import zmq
+    from transport.sockets import _common
+
+    # The console's control DEALER (its own heartbeat kept) and the robot's ROUTER
+    # sending to it faster than a stalled console thread reads (pings and replies).
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    _common(router, zmq.ROUTER, 1 << 20, 100, 100, 300)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    _common(dealer, zmq.DEALER, 1 << 20, 100, 100, 300)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send(b"hello")
+    peer = router.recv_multipart()[0]
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            try:
+                router.send_multipart([peer, b"x" * 2000], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            time.sleep(0.0002)
+
+    def receive(seconds):
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            if dealer.poll(50):
+                dealer.recv()
+                n += 1
+        return n
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    before = receive(1.0)
+    time.sleep(1.5)  # the console thread stalls: 5 heartbeat timeouts long
+    after = receive(1.5)
+    stop.set()
+    t.join()
+    print(f"ok before={before} after={after}", flush=True)
+""")
+
+
+@pytest.mark.parametrize("script", [STALLED_SUBSCRIBER, STALLED_DEALER],
+                         ids=["subscriber", "console_dealer"])
+def test_a_stalled_receiver_with_a_full_queue_does_not_abort(script: str) -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", STALLED_SUBSCRIBER],
+    proc = subprocess.run([sys.executable, "-c", script],
                           capture_output=True, text=True, timeout=60, cwd=root, check=False)
     assert "Assertion failed" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 0, proc.stderr[-2000:]
