@@ -347,7 +347,10 @@ class RosCommander(threading.Thread):
         if what == "enable":
             if state == "fault":
                 self._request(link, "clear_fault")
-            self._request(link, "arm")
+            reply = self._request(link, "arm")
+            if reply is not None and reply.ok and reply.reason == "already_armed":
+                log.info("ROS enable: already armed (%s); the session and the motion go on",
+                         reply.state)
         elif what == "disable":
             self._idle()
             self._request(link, "disarm")

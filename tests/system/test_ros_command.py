@@ -300,6 +300,28 @@ def test_bad_ros_input_is_dropped_counted_and_the_commander_keeps_running(rig: R
     engage(rig)  # still serving
 
 
+def test_enable_twice_while_following_is_a_no_op_not_a_trip(rig: Rig) -> None:
+    """A ROS user's repeated ``enable`` (arm) while the arm follows: the robot answers
+    "already_armed" and keeps the session and its command intake, so nothing trips
+    (before, the holder's arm renewed the token, restarted the intake and held the arm)."""
+    for _attempt in range(ATTEMPTS):
+        engage(rig)
+        n_trips, n_answers = len(trips(rig)), rig.log.count("ROS enable: already armed")
+        rig.state_command("enable")
+        time.sleep(0.2)
+        rig.state_command("enable")
+        wait_until(lambda n=n_answers: rig.log.count("ROS enable: already armed") >= n + 2, 10.0,
+                   "the robot to answer both arms")
+        time.sleep(0.5)  # the commander's hold stream goes on at command_hz
+        new = [t["reason"] for t in trips(rig)[n_trips:]]
+        if "serial_fault" in new:
+            continue  # a starved emulator: not conclusive
+        assert not new, f"a repeated enable tripped the arm: {new}"
+        assert rig.status().startswith("ok following"), rig.status()
+        return
+    pytest.fail(f"no conclusive attempt in {ATTEMPTS}: {[t['reason'] for t in trips(rig)]}")
+
+
 # Last in this module: it leaves the commander in joint space.
 def test_servo_jp_moves_the_arm_joint_for_joint_then_stops_and_it_holds(rig: Rig) -> None:
     """CRTK servo_jp from an independent participant (ROS 2's own JointState): the first
