@@ -215,7 +215,7 @@ def engage(rig: Rig) -> None:
         status = rig.status()
         if status.startswith(("ok following", "ok hold")):
             # Left engaged (or holding after a trip) by the test before: disengage first,
-            # since an enable while engaged re-arms the session and trips the arm to hold.
+            # so each test starts from its own engage (a repeated enable is a no-op).
             rig.state_command("pause")
             time.sleep(0.5)
             continue
