@@ -25,6 +25,9 @@ SENDER_PRIORITY = 40
 TAKE_COMMAND_S = 45.0
 CIRCLE_RADIUS_M = 0.003
 CIRCLE_PERIOD_S = 4.0
+CHECK_EVERY_NS = 50_000_000
+REENGAGE_AFTER_NS = 1_000_000_000
+"""As the scripted console's ``reengage_after_s``: resume this long after a trip."""
 
 
 def _child(domain_id: int, namespace: str, seconds: float, rate_hz: float,
@@ -55,7 +58,7 @@ def _child(domain_id: int, namespace: str, seconds: float, rate_hz: float,
 
     state_w, servo_w = writer("state_command"), writer("servo_cp")
     pose_r, state_r = reader("measured_cp"), reader("operating_state")
-    out: dict[str, Any] = {"ros_sent": 0, "ros_take_command_s": None}
+    out: dict[str, Any] = {"ros_sent": 0, "ros_take_command_s": None, "ros_reengaged": 0}
     pose: Any = None
     busy = False
 
@@ -105,8 +108,22 @@ def _child(domain_id: int, namespace: str, seconds: float, rate_hz: float,
     start = time.monotonic_ns()
     end = start + int(seconds * 1e9)
     pacer.restart()
+    next_check, idle_since = start, None
     while time.monotonic_ns() < end:
         pacer.wait()
+        now = time.monotonic_ns()
+        if now >= next_check:
+            next_check = now + CHECK_EVERY_NS
+            read()
+            idle_since = None if busy else (idle_since or now)
+            if idle_since is not None and now - idle_since >= REENGAGE_AFTER_NS:
+                # Tripped (load: a command timeout, a starved emulator): enable and resume
+                # as the scripted console re-engages, and restart the circle where the arm
+                # holds (no jump).
+                out["ros_reengaged"] += 1
+                command("enable")  # clears a latched fault (a starved emulator); else a no-op
+                command("resume")
+                idle_since, centre, start = None, pose.pose, now
         phase = 2 * math.pi * (time.monotonic_ns() - start) / 1e9 / CIRCLE_PERIOD_S
         # A circle that starts at the centre: no jump at the first message.
         dx = CIRCLE_RADIUS_M * (math.cos(phase) - 1.0)
