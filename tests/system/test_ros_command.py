@@ -327,14 +327,19 @@ def test_enable_twice_while_following_is_a_no_op_not_a_trip(rig: Rig) -> None:
         rig.state_command("enable")
         time.sleep(0.2)
         rig.state_command("enable")
-        wait_until(lambda n=n_answers: rig.log.count("ROS enable: already armed") >= n + 2, 10.0,
-                   "the robot to answer both arms")
+        until = time.monotonic() + 10.0
+        while rig.log.count("ROS enable: already armed") < n_answers + 2 \
+                and time.monotonic() < until:
+            time.sleep(0.05)
+        if rig.log.count("ROS enable: already armed") < n_answers + 2:
+            continue  # an answer lost to the load (a request timed out): judged again
         time.sleep(0.5)  # the commander's hold stream goes on at command_hz
+        status = rig.status()
         new = [t["reason"] for t in trips(rig)[n_trips:]]
-        if "serial_fault" in new:
+        if "serial_fault" in new or "serial_fault" in status:
             continue  # a starved emulator: not conclusive
         assert not new, f"a repeated enable tripped the arm: {new}"
-        assert rig.status().startswith("ok following"), rig.status()
+        assert status.startswith("ok following"), status
         return
     pytest.fail(f"no conclusive attempt in {ATTEMPTS}: {[t['reason'] for t in trips(rig)]}")
 
@@ -458,6 +463,7 @@ def test_handoff_between_a_console_and_the_ros_commander_both_ways(rig: Rig) -> 
         assert refused is not None and not refused.ok and refused.reason == "session_busy"
         for _attempt in range(ATTEMPTS):
             engaged = rig.log.count(ENGAGED)
+            rig.state_command("enable")  # clears a fault a starved emulator caused; else no-op
             rig.state_command("resume")
             wait_until(lambda n=engaged: rig.log.count(ENGAGED) > n, 15.0, "the ROS engage")
             n_trips = len(trips(rig))
