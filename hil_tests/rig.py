@@ -33,7 +33,7 @@ import zmq
 
 from hil_tests.netns import NetnsPair
 from hil_tests.servo_rig import servo_sections, servo_sim_argv
-from transport.keys import add_surgeon, init_keys
+from transport.keys import add_commander, add_surgeon, init_keys
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ class RigOptions:
     """The scripted surgeon's hand waits while the console is not engaged
     (``DeviceConfig.wait_while_held``): the scenario table stops and re-engages ~40
     times in one session, and without it the wrist's roll walks into its joint limit."""
+    ros_commander: bool = False
+    """Create the ROS 2 commander's key (``keys add-ros``) before the robot starts."""
     dual_path: bool = False
     """Two network paths, each through its own fault proxy (``proxy`` for path A,
     ``proxy_b`` for B; see ``DUAL_PATHS``). On loopback; with ``netns`` (made with
@@ -238,6 +240,8 @@ class SimRig:
         init_keys(self.run / "keys")
         if self.opts.mentor:
             add_surgeon(self.run / "keys", "mentor", mentor=True)
+        if self.opts.ros_commander:  # ``[ros] command`` needs its key before the robot starts
+            add_commander(self.run / "keys")
         serial_port = self.real_port or str(self.run / "ttyTS0")
         servo_family = self.opts.servo_family
         if not self.real_port and servo_family is not None:

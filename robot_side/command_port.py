@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 LATENCY_RING = 1 << 18
 """One-way latencies kept for the run summary: over four minutes at 1 kHz."""
+MAX_PATH_SESSIONS = 32
+"""Command sessions whose path figures are kept apart (``PathRecorder.by_session``)."""
 MONITOR_EVERY_NS = 100_000_000
 FD_SETSIZE = 1024
 """select() takes descriptors below this only; above it the wait falls back to poll()."""
@@ -83,15 +85,17 @@ class LatencyRing:
         self._us[self.n % len(self._us)] = us
         self.n += 1
 
-    def percentiles(self) -> dict[str, float]:
-        """{n, p50_us, p99_us, p999_us, max_us} over what the ring holds; {n: 0} if empty."""
+    def percentiles(self, where: np.ndarray | None = None) -> dict[str, float]:
+        """{n, p50_us, p99_us, p999_us, max_us} over what the ring holds; {n: 0} if empty.
+
+        ``where``: a boolean mask over the ring's slots, to take a part of it."""
         k = min(self.n, len(self._us))
-        if k == 0:
+        data = self._us[:k] if where is None else self._us[:k][where[:k]]
+        if len(data) == 0:
             return {"n": 0}
-        data = self._us[:k]
         p50, p99, p999 = np.percentile(data, [50, 99, 99.9])
-        return {"n": self.n, "p50_us": float(p50), "p99_us": float(p99),
-                "p999_us": float(p999), "max_us": float(data.max())}
+        return {"n": self.n if where is None else len(data), "p50_us": float(p50),
+                "p99_us": float(p99), "p999_us": float(p999), "max_us": float(data.max())}
 
 
 class CommandPort:
@@ -344,6 +348,15 @@ class PathRecorder:
         """... and receive -> frame written on the robot (the rest is the network)."""
         self._last_seq: int | None = None
         self.unmapped = 0
+        self._session_of = np.zeros(LATENCY_RING, dtype=np.int8)
+        """Per slot of ``ring``: the index of the session (in ``_sessions``) it belongs to."""
+        self._sessions: dict[int | None, int] = {}
+
+    def by_session(self) -> list[dict[str, float]]:
+        """The path's figures per command session (surgeon console, ROS commander, ...),
+        in the order the sessions first moved the arm (``bench path --ros``)."""
+        return [self.ring.percentiles(self._session_of == i)
+                for i in self._sessions.values()]
 
     def record(self, cmd: Command, offset_ns: int | None, written_ns: int,
                recv_ns: int | None = None) -> None:
@@ -356,4 +369,10 @@ class PathRecorder:
         if offset_ns is None:
             self.unmapped += 1
             return
+        index = self._sessions.get(cmd.session)
+        if index is None:  # at most MAX_PATH_SESSIONS; later ones count as the last
+            index = min(len(self._sessions), MAX_PATH_SESSIONS - 1)
+            if len(self._sessions) < MAX_PATH_SESSIONS:
+                self._sessions[cmd.session] = index
+        self._session_of[self.ring.n % len(self._session_of)] = index
         self.ring.add((written_ns - (cmd.t_sample_ns + offset_ns)) // 1000)

@@ -276,7 +276,9 @@ class ControlCore:
         detail = ""
         why: str
         if op == "arm":
+            was_armed = sup.state is not State.DISABLED
             ok, why = sup.arm(now_ns)
+            why = "already_armed" if ok and was_armed else why  # a no-op: nothing restarts
         elif op == "disarm":
             ok, why = sup.disarm(now_ns)
         elif op == "engage":

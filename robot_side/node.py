@@ -453,6 +453,7 @@ class RobotNode:
             "link": asdict(snap),
             "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
             "path": self.path.ring.percentiles(),
+            "path_sessions": self.path.by_session(),
             "path_parts": {"console_sample_to_send": self.path.console.percentiles(),
                            "robot_receive_to_written": self.path.robot.percentiles()},
             "phase_lock": {"lead_us": self.phase.lead_ns // 1000,

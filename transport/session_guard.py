@@ -174,7 +174,7 @@ class SessionGuard(HandoffRules):
                             f"{req.op} with request id {req.req_id} refused: ids up to "
                             f"{s.last_req_id} are used in this session")
                 return Admission(False, "request_replayed")
-            if req.op == "arm":  # a new run of the same console: a fresh token
+            if req.op == "arm" and not has_token:  # a new run of the same console
                 return self._grant(peer, req, now_ns, "session_renewed",
                                    level=logging.INFO, why="re-armed by the holder")
             if not has_token:
@@ -187,6 +187,13 @@ class SessionGuard(HandoffRules):
                             logging.INFO)
                 s.key = self._key
             s.last_req_id, s.last_seen_ns = req.req_id, now_ns
+            if req.op == "arm":
+                # The holder's own run arming again (a ROS "enable" sent twice): no new
+                # token, so the command intake and the motion go on; the robot answers
+                # "already_armed".
+                self.counters["already_armed"] += 1
+                self._alert(now_ns, "already_armed", "arm from the holder with its token: "
+                            "the session and its command intake are kept", logging.INFO)
             return Admission(True)
         idle_ms = (now_ns - s.last_seen_ns) / 1e6
         revoked = s.key is not None and not self._key_allowed(s.key)

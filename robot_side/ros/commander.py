@@ -50,6 +50,7 @@ from typing import Any
 from robot_side.config import RobotConfig
 from robot_side.kinematics import Kinematics
 from robot_side.ros import msgs
+from robot_side.ros.handoff import HANDOFF_COMMANDS, RosHandoff
 from robot_side.ros.interface import RosBridge
 from robot_side.ros.joint_command import JointTrajectory, ros_joints
 from telesurgery.errors import LinkTimeout, TelesurgeryError
@@ -70,7 +71,9 @@ ENGAGE_RETRY_NS = 3_000_000_000
 ENGAGE_RETRY_PERIOD_NS = 50_000_000
 REQUEST_RETRY_NS = 5_000_000_000
 """A control request the link could not send yet is retried this long."""
-STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume"})
+STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume",
+                            *HANDOFF_COMMANDS})
+"""CRTK's (dVRK's) state commands, and the handoff's (``robot_side.ros.handoff``)."""
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
 
 
@@ -166,12 +169,14 @@ class RosCommander(threading.Thread):
         """A move_jp goal kept while re-engaging in joint space."""
         self._engage_at: int | None = None
         self._engage_until = 0
+        self.handoff = RosHandoff(bridge, cfg.ros.command_key)
         self.counters: dict[str, int] = {"commands_sent": 0, "servo_cp": 0, "move_cp": 0,
                                          "servo_jp": 0, "move_jp": 0, "state_command": 0,
                                          "rejected": 0, "requests_failed": 0}
 
     def stats(self) -> dict[str, Any]:
-        return {"commander": dict(self.counters), "commander_mode": self._mode}
+        return {"commander": {**self.counters, **self.handoff.counters},
+                "commander_mode": self._mode}
 
     def on_telemetry(self, tlm: Telemetry) -> None:
         """From the bridge's feed loop: the robot's latest state (a reference swap)."""
@@ -197,7 +202,12 @@ class RosCommander(threading.Thread):
             wait_s = max(0.0, (next_stream - time.monotonic_ns()) / 1e9)
             self.bridge.command_event.wait(min(wait_s, 0.01))
             self.bridge.command_event.clear()
-            link.poll(0)  # answers the robot's pings: its RTT and clock offset need them
+            # Answers the robot's pings (its RTT and clock offset need them); the
+            # telemetry says who is in command and who asks for it.
+            now = time.monotonic_ns()
+            for item in link.poll(0):
+                self.handoff.on_link(item.msg, now)
+            self.handoff.publish(now)
             for msg, _ in self.bridge.take("state_command"):
                 self._state_command(link, msg)
             self._servo(link)
@@ -343,11 +353,22 @@ class RosCommander(threading.Thread):
                           "dropped: not one of %s", str(what)[:32], sorted(STATE_COMMANDS))
             return
         log.info("ROS state_command %r", what)
+        if what in HANDOFF_COMMANDS:
+            # When command changes hands the robot holds the arm: stream nothing until a
+            # resume (a request's wait blocks this loop, so stop streaming before it).
+            if what in ("request_command", "takeover") and not self.handoff.in_command:
+                self._idle()
+            if self.handoff.act(link, what):
+                self._idle()
+            return
         state = self._tlm.state if self._tlm is not None else "unknown"
         if what == "enable":
             if state == "fault":
                 self._request(link, "clear_fault")
-            self._request(link, "arm")
+            reply = self._request(link, "arm")
+            if reply is not None and reply.ok and reply.reason == "already_armed":
+                log.info("ROS enable: already armed (%s); the session and the motion go on",
+                         reply.state)
         elif what == "disable":
             self._idle()
             self._request(link, "disarm")

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import random
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ import numpy as np
 import zmq
 
 from hil_tests.rig import RigOptions, SimRig
+from telesurgery.bench.ros_segment import RosSegment
 from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
 from transport.schema import Command, decode_as, encode
 from transport.selftest import make_command, percentiles_us
@@ -195,14 +197,22 @@ class RawPair:
 
 # ---------------------------------------------------------------- the run
 def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
-        run_dir: Path | None = None) -> dict[str, Any]:
-    """The path, the raw pyzmq baseline and the stall baseline of one run."""
+        run_dir: Path | None = None, ros: bool = False) -> dict[str, Any]:
+    """The path, the raw pyzmq baseline and the stall baseline of one run; with ``ros``
+    the ROS 2 command path in the same run, after the console's segment."""
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="telesurgery-path-") as tmp:
-            return run(seconds, rate_hz, video=video, run_dir=Path(tmp))
+            return run(seconds, rate_hz, video=video, run_dir=Path(tmp), ros=ros)
+    domain, namespace = random.randint(1, 200), f"bench_{random.randrange(16**6):06x}"
+    overrides = {"ros": {"command": True, "domain_id": domain, "namespace": namespace,
+                         "backend": "dds"}} if ros else {}
     opts = RigOptions(run_dir=run_dir, console_seconds=seconds, rate_hz=rate_hz,
-                      headless=True, video=video, proxy=False)
+                      headless=True, video=video, proxy=False, ros_commander=ros,
+                      robot_overrides=overrides)
     t0 = time.monotonic()
+    ros_figures: dict[str, Any] = {}
+    # The ROS program starts first: its imports and DDS discovery cost nothing measured.
+    ros_side = RosSegment(domain, namespace, seconds, rate_hz) if ros else None
     with SimRig(opts) as rig:
         rig.start()
         stall = StallBaseline(seconds)
@@ -211,9 +221,36 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
         while rig.procs["console"].poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         figures = {**raw.results(timeout_s=30.0), **stall.results(timeout_s=30.0)}
+        if ros_side is not None:
+            # The console has gone: the ROS program takes command by the takeover rule
+            # (enable = arm once the holder is gone), resumes, and streams servo_cp.
+            ros_figures.update({"ros_raw_p50_us": None, "ros_raw_p99_us": None,
+                                "ros_raw_delivered": 0})
+            # The bridge process (DDS, kinematics) may still be starting on a busy machine.
+            until = time.monotonic() + _STARTUP_S
+            while "ROS commander connected" not in rig.robot_log() \
+                    and time.monotonic() < until:
+                time.sleep(0.5)
+            if ros_side.go():
+                raw_ros = RawPair(seconds, rate_hz)
+                ros_figures.update({f"ros_{k}": v
+                                    for k, v in raw_ros.results(timeout_s=seconds + 30).items()})
+            ros_figures.update(ros_side.results(timeout_s=seconds + 30.0))
         rig.stop()
         robot = rig.summary("robot")
     path = robot.get("path", {"n": 0})
+    if ros:
+        # One ring, kept apart per command session: the console's first, the ROS
+        # commander's last.
+        sessions = robot.get("path_sessions", [])
+        path = sessions[0] if sessions else {"n": 0}
+        ros_path = sessions[-1] if len(sessions) >= 2 else {"n": 0}
+        ros_figures["ros_path_n"] = ros_path.get("n", 0)
+        ros_figures.update({f"ros_path_{k}": round(ros_path[k], 1)
+                            for k in ("p50_us", "p99_us", "p999_us", "max_us") if k in ros_path})
+        rp99, rraw = ros_figures.get("ros_path_p99_us"), ros_figures.get("ros_raw_p99_us")
+        ros_figures["ratio_ros_path_over_raw_p99"] = (
+            round(rp99 / rraw, 2) if rp99 and rraw else None)
     result: dict[str, Any] = {
         "rate_hz": rate_hz, "seconds": seconds, "video": video,
         "path_n": path.get("n", 0),
@@ -230,6 +267,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
         "loop_ticks": robot.get("loop", {}).get("ticks"),
         "following_periods": robot.get("following_periods", 0),
         "wall_s": round(time.monotonic() - t0, 1),
+        **ros_figures,
     }
     raw_p99 = result.get("raw_p99_us")
     path_p99 = result.get("path_p99_us")
@@ -258,11 +296,26 @@ def _markdown(r: dict[str, Any]) -> str:
             ("stall baseline gaps (SCHED_FIFO clock reader)",
              f"p99 {r.get('stall_gap_p99_us')}, max {r.get('stall_gap_max_us')}",
              f"{r.get('stall_gaps_over_1ms')} gaps > 1 ms")]
+    if "ros_path_n" in r:
+        rows[5:5] = [
+            ("ROS servo_cp publish stamp -> serial frame written",
+             f"{r.get('ros_path_p50_us')} / {r.get('ros_path_p99_us')} / "
+             f"{r.get('ros_path_p999_us')}",
+             f"{r.get('ros_path_n')} commands, {r.get('ros_sent')} sent, same run after "
+             "the console's segment"),
+            ("raw pyzmq one-way during the ROS segment",
+             f"{r.get('ros_raw_p50_us')} / {r.get('ros_raw_p99_us')} / "
+             f"{r.get('ros_raw_p999_us')}", f"{r.get('ros_raw_delivered')} messages")]
     lines = ["| figure | p50 / p99 / p99.9 (us) | note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append(f"\npath p99 / raw pyzmq p99 = {r.get('ratio_path_over_raw_p99')}; "
                  f"control loop period error p99 {r.get('loop_period_err_p99_us')} us, "
-                 f"overruns {r.get('loop_overruns')} of {r.get('loop_ticks')} ticks.\n")
+                 f"overruns {r.get('loop_overruns')} of {r.get('loop_ticks')} ticks.")
+    if "ros_path_n" in r:
+        lines.append(f"ROS path p99 / raw pyzmq p99 (its segment) = "
+                     f"{r.get('ratio_ros_path_over_raw_p99')}"
+                     + (f"; ROS error: {r['ros_error']}" if r.get("ros_error") else ""))
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -271,6 +324,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="length of the scripted surgery")
     p.add_argument("--rate", type=float, default=1000.0, help="control and command rate (Hz)")
     p.add_argument("--video", action="store_true", help="with the 720p30 video stream on")
+    p.add_argument("--ros", action="store_true",
+                   help="then the ROS 2 command path in the same run: an independent DDS "
+                   "participant takes command and streams servo_cp at the same rate")
     p.add_argument("--run-dir", type=Path, help="keep logs, configs and summaries here")
     p.add_argument("--out", type=Path, help="write path.json and path.md here")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -281,7 +337,8 @@ def main(argv: list[str]) -> int:
           f"{'on' if args.video else 'off'}, with raw pyzmq and the stall baseline alongside",
           flush=True)
     try:
-        r = run(args.seconds, args.rate, video=args.video, run_dir=args.run_dir)
+        r = run(args.seconds, args.rate, video=args.video, run_dir=args.run_dir,
+                ros=args.ros)
     except RuntimeError as err:  # the rig raises it when a part does not start
         print(f"bench path FAILED: {err}")
         return 1
@@ -292,7 +349,7 @@ def main(argv: list[str]) -> int:
         (args.out / "path.json").write_text(json.dumps(r, indent=2))
         (args.out / "path.md").write_text(table)
     print(json.dumps(r))
-    return 0 if r["path_n"] else 1
+    return 0 if r["path_n"] and (not args.ros or r.get("ros_path_n")) else 1
 
 
 if __name__ == "__main__":

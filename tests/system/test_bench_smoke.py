@@ -50,23 +50,36 @@ PATH_KEYS = ("path_n", "command_latency_p50_us", "command_latency_p99_us",
              "ratio_path_over_raw_p99", "loop_period_err_p99_us", "loop_overruns")
 
 
+ROS_PATH_KEYS = ("ros_path_n", "ros_sent", "ros_take_command_s", "ros_raw_p50_us",
+                 "ros_raw_p99_us", "ros_raw_delivered", "ratio_ros_path_over_raw_p99")
+
+
 @pytest.mark.slow
 def test_bench_path_prints_every_figure(tmp_path: Path) -> None:
     """The real rig (firmware emulator, robot node, console) with raw pyzmq and the stall
-    baseline alongside; only the shape of what it prints and writes is checked."""
+    baseline alongside, then (``--ros``, same run) an independent DDS participant that
+    takes command and streams servo_cp; only the shape of what it prints and writes is
+    checked."""
     proc = subprocess.run(
-        [sys.executable, "-m", "telesurgery.cli", "bench", "path", "--seconds", "4",
+        [sys.executable, "-m", "telesurgery.cli", "bench", "path", "--seconds", "4", "--ros",
          "--out", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300, check=False)
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    missing = [k for k in PATH_KEYS if k not in figures]
+    missing = [k for k in (*PATH_KEYS, *ROS_PATH_KEYS) if k not in figures]
     assert not missing, f"missing figures: {missing}\n{proc.stdout[-2000:]}"
     assert figures["raw_delivered"] > 0 and figures["stall_gap_max_us"] > 0
     if figures["path_n"]:  # the scripted surgeon engaged within the short run
         assert all(k in figures for k in ("path_p50_us", "path_p99_us", "path_p999_us"))
+    # The ROS program took command (the console was gone) and moved the arm.
+    assert figures["ros_sent"] > 0 and figures["ros_raw_delivered"] > 0, figures
+    assert figures["ros_path_n"] > 0, figures
+    assert 0 < figures["ros_path_p50_us"] <= figures["ros_path_p99_us"]
+    assert figures["ratio_ros_path_over_raw_p99"] > 0
     assert proc.returncode == (0 if figures["path_n"] else 1)
     assert json.loads((tmp_path / "out" / "path.json").read_text()) == figures
-    assert "console sample -> serial frame written" in (tmp_path / "out" / "path.md").read_text()
+    table = (tmp_path / "out" / "path.md").read_text()
+    assert "console sample -> serial frame written" in table
+    assert "ROS servo_cp publish stamp -> serial frame written" in table
 
 
 def test_soak_is_named_only_never_in_all() -> None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,19 @@ def test_path_is_recorded_once_per_command_with_the_robots_offset() -> None:
     assert rec.ring.n == 2
     assert rec.ring.percentiles()["max_us"] >= 700
     assert rec.robot.percentiles()["max_us"] == 300  # receive -> written
+
+
+def test_path_figures_are_kept_apart_per_command_session() -> None:
+    """``bench path --ros``: the console's session and the ROS commander's, one ring."""
+    rec = PathRecorder()
+    for seq, (session, us) in enumerate([(11, 100), (11, 200), (22, 5000), (22, 7000),
+                                         (22, 9000)], 1):
+        cmd = replace(command(seq), session=session, t_sample_ns=1_000_000_000)
+        rec.record(cmd, 0, 1_000_000_000 + us * 1000)
+    first, second = rec.by_session()
+    assert first["n"] == 2 and first["max_us"] == 200
+    assert second["n"] == 3 and second["p50_us"] == 7000 and second["max_us"] == 9000
+    assert rec.ring.percentiles()["n"] == 5
 
 
 def test_libzmq_io_thread_takes_its_priority_from_the_context() -> None:

@@ -74,13 +74,31 @@ def test_request_ids_are_single_use_per_session() -> None:
 def test_an_old_sessions_request_is_refused_after_a_re_arm() -> None:
     g = guard()
     old = armed(g)
-    adm = g.admit(A, req(5, "arm", old), 1 * MS, alive)
+    adm = g.admit(A, req(5, "arm"), 1 * MS, alive)  # a new run of the console: no token
     assert adm.ok and adm.granted not in (None, old)
     # Another connection replaying the old session's engage (a newer id, too).
     assert not g.admit(B, req(6, "engage", old), 2 * MS, alive).ok
     # The holder's own connection without the token: only arm renews.
     refused = g.admit(A, req(7, "engage", None), 3 * MS, alive)
     assert not refused.ok and refused.reason == "session_token_mismatch"
+
+
+def test_the_holders_repeated_arm_with_its_token_keeps_the_session() -> None:
+    """An ``enable`` sent twice (ROS) must not renew the token: a new token restarts
+    the robot's command intake and the arm trips to hold in the middle of following."""
+    g = guard()
+    token = armed(g)
+    g.drain_alerts()
+    adm = g.admit(A, req(2, "arm", token), 1 * MS, alive)
+    assert adm.ok and adm.granted is None, "no new session: nothing restarts"
+    assert g.token == token
+    assert g.on_reply(A, ControlReply(req_id=2, ok=True, state="following",
+                                      reason="already_armed"), 1 * MS).session is None
+    assert g.counters["already_armed"] == 1
+    assert [a.code for a in g.drain_alerts()] == ["already_armed"]
+    # Still single-use ids, and still only the holder.
+    assert g.admit(A, req(2, "arm", token), 2 * MS, alive).reason == "request_replayed"
+    assert g.admit(B, req(3, "arm"), 2 * MS, alive).reason == "session_busy"
 
 
 def test_takeover_only_when_the_holder_is_gone_or_silent() -> None:
