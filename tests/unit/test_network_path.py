@@ -161,8 +161,17 @@ def test_the_gate_history_resets_only_on_arm(net: Net) -> None:
             pump_until(lambda r=replays: intake_count(control, "replay") == r + 1,  # type: ignore[misc]
                        f"the replay after {op}", lambda: link.poll(1))
             assert mb.command is not None and mb.command.cmd.seq == newest, op
-        # Arm, and only arm, starts the history again.
+        # An arm with the session's token (a ROS "enable" sent twice) keeps the session
+        # and its history: the old seq is still a replay.
         assert request(link, "arm").ok
+        replays = intake_count(control, "replay")
+        link.send_command(command(1005, x=0.5))
+        pump_until(lambda: intake_count(control, "replay") == replays + 1,
+                   "the replay after a repeated arm", lambda: link.poll(1))
+        # Arm from a new run of the console (no token yet), and only that, starts the
+        # history again.
+        link.session = None
+        assert request(link, "arm").ok and link.session is not None
         pump_until(lambda: mb.command is not None and mb.command.cmd.seq < 100,
                    "a new session's low seq to be fresh",
                    lambda: (link.send_command(command(7)), link.poll(1)))
@@ -180,7 +189,8 @@ def test_the_granted_token_is_in_force_before_the_reply_leaves(net: Net) -> None
         seqs = iter(range(1, 10**6))
         pump_until(lambda: mb.command is not None, "the first session's commands",
                    lambda: (link.send_command(command(next(seqs))), link.poll(1)))
-        reply = request(link, "arm")  # a new run of the same console: a new token
+        link.session = None  # a new run of the same console (no token yet): a new token
+        reply = request(link, "arm")
         assert reply.ok and reply.session is not None and reply.session != old
         assert link.session == reply.session
         fresh = intake_count(control, "fresh")
