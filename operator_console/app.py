@@ -169,6 +169,7 @@ class ConsoleApp:
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
+                video_path.on_displayed(shown)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
                 if len(self.g2g_us) < 1_000_000:

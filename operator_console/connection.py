@@ -120,6 +120,20 @@ class VideoPathSwitch:
         self._video_ns: int | None = None
         self._switched_ns: int | None = None
         self._prefer_ns = 0
+        self._shown_ns: int | None = None
+        self._gap_from_ns: int | None = None
+        self.picture_gaps_ms: list[float] = []
+        """Per switch: the last picture shown before it to the first shown after it."""
+
+    def on_displayed(self, now_ns: int) -> None:
+        """A picture was shown (the video loop calls this): closes a switch's picture gap,
+        logged as "video path switch: picture gap N ms" (the HIL row reads it)."""
+        if self._gap_from_ns is not None:
+            gap_ms = (now_ns - self._gap_from_ns) / 1e6
+            self.picture_gaps_ms.append(gap_ms)
+            log.info("video path switch: picture gap %.1f ms", gap_ms)
+            self._gap_from_ns = None
+        self._shown_ns = now_ns
 
     def poll(self, now_ns: int) -> bool:
         """Switch if the video path failed or another is now clearly better; True if so."""
@@ -147,6 +161,8 @@ class VideoPathSwitch:
     def _switch(self, index: int, now_ns: int) -> bool:
         self.link.switch_video(index)
         self.switches += 1
+        if self._gap_from_ns is None:  # a second switch before a picture: the same gap
+            self._gap_from_ns = self._shown_ns
         self._switched_ns = self._video_ns = now_ns
         self._on_switch()
         return True
