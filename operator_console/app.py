@@ -134,7 +134,7 @@ class ConsoleApp:
         # Dual path: video by one path, moved (with a keyframe request) when it fails.
         video_path = VideoPathSwitch(
             link, None if receiver is None else lambda: receiver.stats.received,
-            lambda: setattr(receiver, "keyframe_needed", True))
+            receiver.on_path_switch if receiver is not None else lambda: None)
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
