@@ -33,12 +33,13 @@ PATH_LIVE_NS = 150_000_000
 VIDEO_SILENT_NS = 120_000_000
 """No video message for this long (about four frame intervals): the video path failed,
 whatever the path's other traffic says (the video channel alone may have failed)."""
-PATH_QUIET_NS = 60_000_000
-"""The video's path brought nothing else either (telemetry comes at 50 Hz on every path)
-for this long while another path did: the path is gone, switch after ``FAST_SILENT_FRAMES``
+PATH_QUIET_NS = 45_000_000
+"""The video's path brought nothing else either for this long (telemetry comes at 50 Hz
+on every path: two missed and more) while another path did: the path is gone, switch
+after ``FAST_SILENT_FRAMES``
 frame intervals of silence instead of waiting ``VIDEO_SILENT_NS`` (an encoder that is
 merely late does not stop the path's telemetry, so it does not move the video)."""
-FAST_SILENT_FRAMES = 2.0
+FAST_SILENT_FRAMES = 1.5
 """Frame intervals without a picture before a quiet path's video moves (the goal: a
 picture gap of at most two frame intervals and one keyframe)."""
 SWITCH_HOLDOFF_NS = 400_000_000
