@@ -161,6 +161,12 @@ def drain(obs: ObserverClient) -> list[Message]:
     return out
 
 
+def link_trips(rig: SimRig, since: int) -> list[dict[str, Any]]:
+    """Trips since ``since`` but those a starved emulator causes on a loaded machine
+    (``NOT_THE_LINK``: the serial side, not the network; the commands keep flowing)."""
+    return [t for t in rig.trips()[since:] if t["reason"] not in NOT_THE_LINK]
+
+
 def alerts(rig: SimRig, code: str) -> list[str]:
     """The robot's audited alerts of ``code`` so far (one log line per audit record)."""
     return re.findall(rf"audited alert: {code}: (.*)", rig.robot_log())
@@ -193,7 +199,7 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
     for _ in range(FLAPS):
         path_faults(rig, "A", {"blackout": FLAP_S / 2})
         time.sleep(FLAP_S)
-    assert rig.trips()[n_trips:] == [], "a trip with one path flapping"
+    assert link_trips(rig, n_trips) == [], "a trip with one path flapping"
     poll("redundancy restored after the flapping", 5.0,
          lambda: len(alerts(rig, "redundancy_restored")) > n_restored)
     lost = alerts(rig, "redundancy_lost")[n_lost:]
@@ -221,7 +227,7 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
     product = loss["A"] * loss["B"]
     print(f"loss bursts: path A {loss['A']:.2%}, B {loss['B']:.2%}, product {product:.3%}, "
           f"combined at the robot {combined:.3%} (mean of {len(samples)} 1 s windows)")
-    assert rig.trips()[n_trips:] == [], "a trip with both paths lossy"
+    assert link_trips(rig, n_trips) == [], "a trip with both paths lossy"
     assert min(loss.values()) > 0.01, loss  # the faults were on
     assert combined <= 0.2 * min(loss.values()), (combined, loss)
 
@@ -239,7 +245,7 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
           f"commands executed at {tlm.link.latency_us} us one way; video by path B")
     assert tlm.link.latency_us is not None and by["A"].latency_us is not None
     assert by["A"].latency_us > 0.7 * SLOW_MS * 1000 > tlm.link.latency_us
-    assert rig.trips()[n_trips:] == [], "a trip with one slow path"
+    assert link_trips(rig, n_trips) == [], "a trip with one slow path"
     for which in "AB":
         path_faults(rig, which, {"faults": {}})
 
@@ -255,7 +261,10 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
           f"(frame interval {interval_ms:.1f} ms; all switches: "
           f"{', '.join(f'{g:.0f}' for g in picture_gaps(rig))} ms)")
     time.sleep(1.2)
-    assert rig.trips()[n_trips:] == [], "a trip with the video's path blacked out"
+    others = [t["reason"] for t in rig.trips()[n_trips:] if t["reason"] in NOT_THE_LINK]
+    if others:
+        print(f"(not the link: {len(others)} {others[0]} trips of a starved emulator)")
+    assert link_trips(rig, n_trips) == [], "a trip with the video's path blacked out"
     obs.close()
 
 
