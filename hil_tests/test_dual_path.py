@@ -72,6 +72,9 @@ BLACKOUT_S = 1.0
 ATTEMPTS = 3
 NOT_THE_LINK = frozenset({"serial_fault"})
 """Trips a starved firmware emulator causes on a loaded machine: interference, retried."""
+NOT_THE_COMMANDS = NOT_THE_LINK | {"video_stale"}
+"""Trips the loss-burst row's faults (on commands only) cannot cause: a console whose
+picture starved on a loaded machine, or the emulator."""
 SMALL_VIDEO = {"video": {"width": 640, "height": 360}}
 VIDEO_FPS = VideoConfig().fps
 
@@ -161,6 +164,37 @@ def drain(obs: ObserverClient) -> list[Message]:
     return out
 
 
+def loss_bursts(rig: SimRig, obs: ObserverClient) -> tuple[float, dict[str, float], float]:
+    """``BURST_S`` of independent loss bursts on both paths' commands: the combined loss
+    the robot measured (mean of its 1 s windows), each path's (its proxy's count), and
+    the median latency skew between the paths (ms)."""
+    for which in "AB":
+        path_faults(rig, which, {"reset_stats": True})
+        path_faults(rig, which, {"faults": {"upstream": BURSTS}, "only": ["command"]})
+    start = time.monotonic()
+    samples: list[Telemetry] = []
+    while time.monotonic() - start < BURST_S:
+        time.sleep(0.1)
+        fresh = [m for m in drain(obs) if isinstance(m, Telemetry)]
+        if time.monotonic() - start > 1.0:  # the robot's loss window is one second
+            samples += fresh
+    loss = {w: command_loss(rig, w) for w in "AB"}
+    for which in "AB":
+        path_faults(rig, which, {"faults": {}})
+    combined = sum(t.link.loss for t in samples) / max(1, len(samples))
+    product = loss["A"] * loss["B"]
+    # A copy fills the other path's gap only if it comes before that path's next command
+    # (the gate never goes back): the paths' latency skew, printed, must stay under a period.
+    skew = [abs(p[0].latency_us - p[1].latency_us) for t in samples if t.paths
+            and len(p := t.paths) == 2 and p[0].latency_us is not None
+            and p[1].latency_us is not None]
+    skew_ms = sorted(skew)[len(skew) // 2] / 1000 if skew else float("nan")
+    print(f"loss bursts: path A {loss['A']:.2%}, B {loss['B']:.2%}, product {product:.3%}, "
+          f"combined at the robot {combined:.3%} (mean of {len(samples)} 1 s windows; "
+          f"path latency skew median {skew_ms:.2f} ms, period {PERIOD_MS:.1f} ms)")
+    return combined, loss, skew_ms
+
+
 def link_trips(rig: SimRig, since: int) -> list[dict[str, Any]]:
     """Trips since ``since`` but those a starved emulator causes on a loaded machine
     (``NOT_THE_LINK``: the serial side, not the network; the commands keep flowing)."""
@@ -209,27 +243,22 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
 
     # Both paths with independent 5 % loss bursts (commands): the robot loses only the
     # sequence numbers both paths lost, about the product of the two.
-    for which in "AB":
-        path_faults(rig, which, {"reset_stats": True})
-        path_faults(rig, which, {"faults": {"upstream": BURSTS}, "only": ["command"]})
-    start = time.monotonic()
-    samples: list[Telemetry] = []
-    while time.monotonic() - start < BURST_S:
-        time.sleep(0.1)
-        if time.monotonic() - start > 1.0:  # the robot's loss window is one second
-            samples += [m for m in drain(obs) if isinstance(m, Telemetry)]
-        else:
-            drain(obs)
-    loss = {w: command_loss(rig, w) for w in "AB"}
-    for which in "AB":
-        path_faults(rig, which, {"faults": {}})
-    combined = sum(t.link.loss for t in samples) / max(1, len(samples))
-    product = loss["A"] * loss["B"]
-    print(f"loss bursts: path A {loss['A']:.2%}, B {loss['B']:.2%}, product {product:.3%}, "
-          f"combined at the robot {combined:.3%} (mean of {len(samples)} 1 s windows)")
-    assert link_trips(rig, n_trips) == [], "a trip with both paths lossy"
-    assert min(loss.values()) > 0.01, loss  # the faults were on
-    assert combined <= 0.2 * min(loss.values()), (combined, loss)
+    for attempt in range(1, ATTEMPTS + 1):
+        n_row = len(rig.trips())
+        combined, loss, skew_ms = loss_bursts(rig, obs)
+        interfered = [t["reason"] for t in rig.trips()[n_row:]]
+        skewed = not skew_ms <= PERIOD_MS  # a path process starved: copies not comparable
+        if attempt < ATTEMPTS and ((interfered and set(interfered) <= NOT_THE_COMMANDS)
+                                   or skewed):
+            # The console, the emulator or a proxy starved on a loaded machine: stalls make
+            # both copies of a command late together, which no second path can help.
+            print(f"(interference: trips {interfered}, skew {skew_ms:.1f} ms; the row again)")
+            rig.wait_following()
+            continue
+        assert link_trips(rig, n_trips) == [], "a trip with both paths lossy"
+        assert min(loss.values()) > 0.01, loss  # the faults were on
+        assert combined <= 0.2 * min(loss.values()), (combined, loss, skew_ms)
+        break
 
     # Asymmetric latency: A slow, B fast. Commands arrive by the fast path (the robot's
     # one-way latency is B's), and the video moves to it (it began on A).
