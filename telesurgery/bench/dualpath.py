@@ -257,17 +257,33 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
     def send(s: int) -> None:
         console.send_command(make_command(s))
 
+    last_sent = [seq]
+
+    def send_marked(s: int) -> None:
+        send(s)
+        last_sent[0] = s
+
     for i in range(trials):
         path = "AB"[i % 2]
         fresh0, seq0 = robot.fresh(), seq
         robot.arrivals.clear()
-        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
-        proxies[path].ask({"blackout": BLACKOUT_S})
-        begin = seq  # the proxy drops from here on (its reply came first)
-        seq = stream(send, BLACKOUT_S, rate_hz, seq)
-        proxies[path].ask({"end_blackout": True})
-        end = seq
-        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
+        marks: dict[str, int] = {}
+
+        def drive(proxy: ProxyProcess, marks: dict[str, int] = marks) -> None:
+            # Its own thread: the fault proxy's round trip must not delay the stream (it
+            # did: the first command after each request was a millisecond late).
+            time.sleep((TRIAL_S - BLACKOUT_S) / 2)
+            proxy.ask({"blackout": BLACKOUT_S})
+            marks["begin"] = last_sent[0]  # the proxy drops from here on
+            time.sleep(BLACKOUT_S)
+            proxy.ask({"end_blackout": True})
+            marks["end"] = last_sent[0]
+
+        driver = threading.Thread(target=drive, args=(proxies[path],), daemon=True)
+        driver.start()
+        seq = stream(send_marked, TRIAL_S, rate_hz, seq)
+        driver.join(5.0)
+        begin, end = marks.get("begin", seq), marks.get("end", seq)
         time.sleep(0.02)
         trial_gaps = classify_gaps(list(robot.arrivals), begin, end)
         for k, v in trial_gaps.items():
