@@ -444,7 +444,12 @@ class SimRig:
         poll("the arm to follow the surgeon", timeout_s, steady)
 
     def robot_log(self) -> str:
-        return (self.run / "robot.log").read_text(errors="replace")
+        return self.log("robot")
+
+    def log(self, name: str) -> str:
+        """What process ``name`` (robot, console, proxy, ...) wrote so far."""
+        path = self.run / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def trips(self) -> list[dict[str, Any]]:
         """Every trip the robot logged so far (``TripRecord`` fields, monotonic ns)."""

@@ -141,7 +141,7 @@ class ConsoleApp:
         # Dual path: video by one path, moved (with a keyframe request) when it fails.
         video_path = VideoPathSwitch(
             link, None if receiver is None else lambda: receiver.stats.received,
-            lambda: setattr(receiver, "keyframe_needed", True))
+            receiver.on_path_switch if receiver is not None else lambda: None)
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None
@@ -176,6 +176,7 @@ class ConsoleApp:
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
+                video_path.on_displayed(shown)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
                 if len(self.g2g_us) < 1_000_000:

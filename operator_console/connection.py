@@ -31,7 +31,17 @@ log = logging.getLogger(__name__)
 PATH_LIVE_NS = 150_000_000
 """A path that brought nothing (pings at ``ping_hz``, telemetry) for this long is down."""
 VIDEO_SILENT_NS = 120_000_000
-"""No video message for this long (about four frame intervals): the video path failed."""
+"""No video message for this long (about four frame intervals): the video path failed,
+whatever the path's other traffic says (the video channel alone may have failed)."""
+PATH_QUIET_NS = 45_000_000
+"""The video's path brought nothing else either for this long (telemetry comes at 50 Hz
+on every path: two missed and more) while another path did: the path is gone, switch
+after ``FAST_SILENT_FRAMES``
+frame intervals of silence instead of waiting ``VIDEO_SILENT_NS`` (an encoder that is
+merely late does not stop the path's telemetry, so it does not move the video)."""
+FAST_SILENT_FRAMES = 1.5
+"""Frame intervals without a picture before a quiet path's video moves (the goal: a
+picture gap of at most two frame intervals and one keyframe)."""
 SWITCH_HOLDOFF_NS = 400_000_000
 """After a switch the new path gets this long to bring a keyframe before another."""
 PREFER_CHECK_NS = 1_000_000_000
@@ -120,6 +130,22 @@ class VideoPathSwitch:
         self._video_ns: int | None = None
         self._switched_ns: int | None = None
         self._prefer_ns = 0
+        self._shown_ns: int | None = None
+        self._interval_ns: float | None = None
+        """The frame interval as received (moving average)."""
+        self._gap_from_ns: int | None = None
+        self.picture_gaps_ms: list[float] = []
+        """Per switch: the last picture shown before it to the first shown after it."""
+
+    def on_displayed(self, now_ns: int) -> None:
+        """A picture was shown (the video loop calls this): closes a switch's picture gap,
+        logged as "video path switch: picture gap N ms" (the HIL row reads it)."""
+        if self._gap_from_ns is not None:
+            gap_ms = (now_ns - self._gap_from_ns) / 1e6
+            self.picture_gaps_ms.append(gap_ms)
+            log.info("video path switch: picture gap %.1f ms", gap_ms)
+            self._gap_from_ns = None
+        self._shown_ns = now_ns
 
     def poll(self, now_ns: int) -> bool:
         """Switch if the video path failed or another is now clearly better; True if so."""
@@ -128,12 +154,18 @@ class VideoPathSwitch:
             return False
         count = self._received()
         if count != self._count:
+            if self._video_ns is not None and self._count >= 0 and count == self._count + 1:
+                dt = now_ns - self._video_ns
+                self._interval_ns = dt if self._interval_ns is None else (
+                    0.9 * self._interval_ns + 0.1 * dt)
             self._count, self._video_ns = count, now_ns
         if self._switched_ns is not None and now_ns - self._switched_ns < SWITCH_HOLDOFF_NS:
             return False
         health = link.path_health(now_ns, PATH_LIVE_NS)
         here = link.video_path
         silent = self._video_ns is None or now_ns - self._video_ns > VIDEO_SILENT_NS
+        if not silent and self._path_gone(now_ns, here):
+            silent = True
         if silent and (count > 0 or not health[here].live):
             others = [replace(p, live=p.live and i != here) for i, p in enumerate(health)]
             best = choose_video_path(others, here)
@@ -144,9 +176,21 @@ class VideoPathSwitch:
         best = choose_video_path(health, here)
         return best != here and self._switch(best, now_ns)
 
+    def _path_gone(self, now_ns: int, here: int) -> bool:
+        """Video silent for ``FAST_SILENT_FRAMES`` intervals and its path quiet while
+        another path is heard from: the path failed, not the encoder."""
+        if self._video_ns is None or self._interval_ns is None:
+            return False
+        if now_ns - self._video_ns <= FAST_SILENT_FRAMES * self._interval_ns:
+            return False
+        quiet = self.link.path_health(now_ns, PATH_QUIET_NS)
+        return not quiet[here].live and any(p.live for i, p in enumerate(quiet) if i != here)
+
     def _switch(self, index: int, now_ns: int) -> bool:
         self.link.switch_video(index)
         self.switches += 1
+        if self._gap_from_ns is None:  # a second switch before a picture: the same gap
+            self._gap_from_ns = self._shown_ns
         self._switched_ns = self._video_ns = now_ns
         self._on_switch()
         return True

@@ -37,8 +37,6 @@ DSCP_EF = 46
 """Expedited Forwarding (RFC 3246): commands, control, pings, telemetry."""
 DSCP_AF41 = 34
 """Assured Forwarding class 4 (RFC 2597): interactive video."""
-DSCP_CS1 = 8
-"""Class selector 1, lower effort: bulk transfers (recordings, exports)."""
 MAX_PATHS = 4
 
 
@@ -102,8 +100,9 @@ class LinkConfig:
     """DSCP marking of the command, control and telemetry connections (IP TOS = DSCP << 2);
     0 leaves them unmarked."""
     dscp_video: int = DSCP_AF41
-    dscp_bulk: int = DSCP_CS1
-    """For bulk transfers off the control path (recordings, exports)."""
+    # No bulk marking (CS1): nothing bulk leaves the robot on this link. Recordings stay
+    # on the robot's disk (no copy-off endpoint), and the observers' fan-out is Zenoh's
+    # own transport, configured in [fanout], not a socket of this link.
 
     def __post_init__(self) -> None:
         check(bool(self.host.strip()), "link.host", self.host, "must not be empty")
@@ -121,7 +120,7 @@ class LinkConfig:
               self.heartbeat_timeout_ms, "must be above heartbeat_ivl_ms")
         check(5.0 <= self.path_live_ms <= 5000.0, "link.path_live_ms", self.path_live_ms,
               "must be in 5..5000 ms")
-        for name in ("dscp_command", "dscp_video", "dscp_bulk"):
+        for name in ("dscp_command", "dscp_video"):
             check(0 <= getattr(self, name) <= 63, f"link.{name}", getattr(self, name),
                   "must be a DSCP code point in 0..63")
         check(len(self.paths) <= MAX_PATHS, "link.paths", len(self.paths),

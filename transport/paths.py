@@ -103,6 +103,10 @@ class PathHealth:
         self._redundant: bool | None = None
         """Two or more paths live at the last ``check``; None before any copy."""
         self._first_ns: int | None = None
+        self._dropouts: set[str] = set()
+        """Paths that were down and back since the last ``check`` (``on_copy``)."""
+        self._run_from_ns: dict[str, int] = {}
+        """Since when each path has delivered without a break over ``live_ns``."""
         self.lost_count = 0
 
     def on_copy(self, name: str, seq: int, t_send_ns: int, recv_ns: int,
@@ -113,13 +117,30 @@ class PathHealth:
             name = UNKNOWN_PATH
             stats = self._stats.setdefault(name, LinkStats(self._stats_window()))
         stats.on_message(seq, t_send_ns, recv_ns, offset_ns)
+        last = self._last_ns.get(name)
+        if last is None or recv_ns - last > self.live_ns:
+            if last is not None and self._other_delivered(name, last, recv_ns):
+                # Silent past the live bound while another path kept delivering: down and
+                # back between two checks (a 100 ms flap seen by a check every 100 ms could
+                # fall between them every time). The next check counts it.
+                self._dropouts.add(name)
+            self._run_from_ns[name] = recv_ns
         self._last_ns[name] = recv_ns
+
+    def _other_delivered(self, name: str, silent_from: int, now_ns: int) -> bool:
+        """Another path delivered without a break from before ``name`` went silent until now
+        (not merely came back with it, as after both were down)."""
+        return any(self._run_from_ns.get(n, now_ns) <= silent_from + self.live_ns
+                   and now_ns - t <= self.live_ns
+                   for n, t in self._last_ns.items() if n != name)
 
     def reset(self) -> None:
         """A new session: its sequence numbers start again on every path."""
         for stats in self._stats.values():
             stats.reset()
         self._last_ns.clear()
+        self._dropouts.clear()
+        self._run_from_ns.clear()
         self._redundant = None
         self._first_ns = None
         self._restoring_ns = None
@@ -133,10 +154,11 @@ class PathHealth:
 
         Silence on every path is not news here: that is the watchdog's trip, and
         nothing to warn about before the first copy or after a session ends."""
+        dropped, self._dropouts = self._dropouts & set(self.names), set()
         live = self.live(now_ns)
         if not live:
             return None
-        redundant = len(live) >= 2
+        redundant = len(set(live) - dropped) >= 2
         if self._first_ns is None:
             self._first_ns = now_ns
         if self._redundant is None and not redundant and now_ns - self._first_ns < self.live_ns:
@@ -156,9 +178,10 @@ class PathHealth:
             return AuditAlert(now_ns, "redundancy_restored",
                               f"paths live again: {', '.join(live)}", logging.INFO)
         self.lost_count += 1
-        silent = [n for n in self.names if n not in live]
+        silent = [n for n in self.names if n not in live or n in dropped]
+        left = [n for n in live if n not in dropped] or live
         return AuditAlert(now_ns, "redundancy_lost",
-                          f"down to one network path ({live[0]}); silent for over "
+                          f"down to one network path ({left[0]}); silent for over "
                           f"{self.live_ns / 1e6:.0f} ms: {', '.join(silent)}. No hold: "
                           "commands still arrive, but one more failure trips")
 

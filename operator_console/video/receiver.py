@@ -89,9 +89,19 @@ class VideoReceiver:
         self._need_reason = "start"
         self._last_request_ns: int | None = None
         self._request_seq = 0
+        self._ask_on_next_frame = False
         self.stats = ReceiverStats()
 
     # -- public interface
+    def on_path_switch(self) -> None:
+        """Video now comes by another path (dual path): ask for a keyframe now, and once
+        more with the first frame by the new path. The first request may reach the robot
+        before the new connection subscribed, and its keyframe is then published to no
+        one; waiting the retry interval for the next cost a 300 ms picture gap (HIL)."""
+        self._need_keyframe("path switch")
+        self._last_request_ns = None
+        self._ask_on_next_frame = True
+
     def poll(self, timeout_ms: int = 0) -> DecodedFrame | None:
         """Wait up to ``timeout_ms`` for video; return the newest new picture, if any."""
         if not self._socket.poll(timeout_ms, zmq.POLLIN):
@@ -187,6 +197,9 @@ class VideoReceiver:
                 recv_ns: int) -> DecodedFrame | None:
         if self.keyframe_needed and not header.keyframe:
             self.stats.skipped += 1
+            if self._ask_on_next_frame:  # the new path delivers: a keyframe will too
+                self._ask_on_next_frame = False
+                self._last_request_ns = None
             return None
         try:
             image = self._decoder.decode(payload)
@@ -199,6 +212,7 @@ class VideoReceiver:
             return None
         if header.keyframe:
             self.keyframe_needed = False
+            self._ask_on_next_frame = False
         self.stats.decoded += 1
         return DecodedFrame(header.frame_id, header.capture_ns, recv_ns, time.monotonic_ns(),
                             image, header.keyframe, self.offset_ns)

@@ -190,13 +190,22 @@ class FeedState:
             "state_age_s": None if since is None else round((tlm.t_ns - since) / 1e9, 1),
             "link": {"rtt_ms": _ms(lk.rtt_us), "latency_ms": _ms(lk.latency_us),
                      "jitter_ms": _ms(lk.jitter_us), "loss_pct": round(lk.loss * 100, 2),
-                     "video_age_ms": _ms(lk.video_age_us)},
+                     "video_age_ms": _ms(lk.video_age_us), "paths": _paths_json(tlm)},
             "firmware": {"flags": tlm.firmware_flags, "words": flags, "bad": flags_bad},
             "tracking_error_mm": round(tlm.tracking_error_m * 1000, 2),
             "scale": round(tlm.scale, 3), "loop_jitter_us": tlm.loop_jitter_us,
             "measured_js": [round(q, 4) for q in tlm.measured_js],
         })
         return out
+
+
+def _paths_json(tlm: Telemetry) -> list[dict[str, Any]] | None:
+    """Dual path: each path as the robot measures it (the page's paths.js panel)."""
+    if not tlm.paths:
+        return None
+    return [{"name": p.name, "live": p.live, "rtt_ms": _ms(p.rtt_us),
+             "latency_ms": _ms(p.latency_us), "jitter_ms": _ms(p.jitter_us),
+             "loss_pct": round(p.loss * 100, 2)} for p in tlm.paths]
 
 
 def _vitals_json(msg: Vitals | None, recv_ns: int | None, now_ns: int) -> dict[str, Any] | None:

@@ -14,8 +14,26 @@ One process, real CurveZMQ sockets on loopback, the robot's real ``CommandPort``
    own, ``telesurgery faultproxy``, so its relaying does not share this one's GIL); in each trial
    one path (A and B in turn) is blacked out for ``BLACKOUT_S`` in the middle of a
    command stream. Per trial: commands sent and executed fresh (missed = the
-   difference), the largest gap between fresh arrivals, and whether that gap
-   exceeded the command timeout (a trip). Goal: 0 missed, 0 trips in every trial.
+   difference), the gaps between fresh arrivals, and whether one exceeded the
+   command timeout (a trip). Goal: 0 missed, 0 trips in every trial, and no gap
+   the link lengthened by more than one period (hitless).
+
+Gaps are printed as distributions (p50/p99/max) in three groups: *at the switch*
+(the first fresh command after a blackout began or ended: where a failover would
+show), *one path down* (during the blackout) and *both up*, each also with the
+*link's share* of the gap (the gap less the console's own send interval, which is
+the second command's one-way latency less the first's): a gap the console made by
+sending late is no failover gap. On a loaded machine every group shows the same
+stalls; the failover's own cost is the switch group's excess over the others.
+
+Run as the system runs: the robot's command thread at SCHED_FIFO 50 with the GIL
+switch interval of the node (``pacer.enter_realtime``) and its libzmq I/O thread
+at 49 (``command_port.link_context``), the console's sender at 40 as its command
+loop, and the fault proxies (stand-ins for switches and cables, which no other job
+can starve) at ``PROXY_FIFO``, where permitted. Measured before (all at normal
+priority, the default 5 ms switch interval, load 2 on two cores): a no-blackout
+control run had the same 3-15 ms gaps as the failover trials, with both paths'
+copies of a command late together: the bench's own scheduling, not the failover.
 
 The last line printed is a single JSON object.
 """
@@ -24,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,10 +53,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
-from robot_side.command_port import CommandPort
+from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, link_context
 from telesurgery.errors import LinkError
+from telesurgery.pacer import enter_realtime, realtime_permitted, try_realtime
 from transport.config import LinkConfig, LinkPath
 from transport.console_link import ConsoleLink
 from transport.gate import Verdict
@@ -54,6 +75,14 @@ DIRECT = (LinkPath("A", "127.0.0.2", "127.0.0.8"), LinkPath("B", "127.0.0.3", "1
 """Both ends name the same paths: the console sends from .8/.9 (``tcp://src;dst``)."""
 PROXIED_ROBOT = (LinkPath("A", "127.0.0.2", "127.0.0.4"), LinkPath("B", "127.0.0.3", "127.0.0.5"))
 PROXIED_CONSOLE = (LinkPath("A", "127.0.0.6"), LinkPath("B", "127.0.0.7"))
+ROBOT_FIFO = 50
+"""The robot's control thread's priority in the node."""
+CONSOLE_FIFO = 40
+"""The console's command loop's priority (``operator_console.command_loop``)."""
+PROXY_FIFO = 45
+"""The fault proxies stand in for the network: above the console, below the robot."""
+SWITCH_WINDOW = 1
+"""Fresh commands counted as "at the switch" after each blackout edge."""
 
 
 def make_command(seq: int) -> Command:
@@ -66,14 +95,16 @@ class Robot:
     """A robot's link and command port; the port lives in its own thread, as in the node."""
 
     def __init__(self, stack: ExitStack, keys: Path, paths: tuple[LinkPath, ...]) -> None:
-        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.realtime = realtime_permitted(IO_THREAD_PRIORITY)
+        self.ctx: zmq.Context[Any] = link_context(self.realtime)
         stack.callback(self.ctx.destroy, 0)
         self.cfg = LinkConfig(command_port=0, control_port=0, telemetry_port=0, video_port=0,
                               keys_dir=keys, paths=paths)
         server = ServerKeys.load(keys)
         self.link = stack.enter_context(RobotLink(self.cfg, server, self.ctx, video=False,
                                                   command=False))
-        self.arrivals: list[int] = []
+        self.arrivals: list[tuple[int, int, int]] = []
+        """(seq, console send stamp, robot receive time) of each fresh command."""
         self.port_no = 0
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -85,10 +116,12 @@ class Robot:
         self._ready.wait(10.0)
 
     def _run(self, server: ServerKeys) -> None:
+        enter_realtime(ROBOT_FIFO, self.realtime)  # as the node's control thread
         with CommandPort(self.ctx, self.cfg, server, age_limit_ns=200_000_000,
                          loss_window_ns=10**9) as port:
             port.offset_ns = lambda: 0  # one machine, one monotonic clock
-            port.on_arrival = self.arrivals.append
+            port.on_accepted = lambda cmd, recv_ns: self.arrivals.append(
+                (cmd.seq, cmd.t_send_ns, recv_ns))
             self.port, self.port_no = port, port.port
             self._ready.set()
             while not self._stop.is_set():
@@ -173,6 +206,8 @@ class ProxyProcess:
         self.endpoint = f"ipc://{run}/proxy-{name}.ipc"
         argv = [sys.executable, "-m", "telesurgery.cli", "faultproxy", "--source", source,
                 "--control", self.endpoint, *[a for r in routes for a in ("--listen", r)]]
+        if realtime_permitted(PROXY_FIFO) and shutil.which("chrt"):
+            argv = ["chrt", "-f", str(PROXY_FIFO), *argv]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
         stack.callback(self._stop)
@@ -214,33 +249,96 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
         routes = [f"{ch}@{c.robot}:{n}={r.robot}:{n}" for ch, n in robot.ports.items()]
         proxies[r.name] = ProxyProcess(stack, keys, r.name, routes, r.console)
     console = console_for(stack, keys, robot.ports, PROXIED_CONSOLE)
+    sender_fifo = robot.realtime and try_realtime(CONSOLE_FIFO)  # as the console's loop
     seq = warm_up(robot, console, 2)
     results: list[dict[str, Any]] = []
+    gaps: dict[str, list[tuple[int, int]]] = {"switch": [], "down": [], "up": []}
+
+    def send(s: int) -> None:
+        console.send_command(make_command(s))
+
+    last_sent = [seq]
+
+    def send_marked(s: int) -> None:
+        send(s)
+        last_sent[0] = s
+
     for i in range(trials):
         path = "AB"[i % 2]
         fresh0, seq0 = robot.fresh(), seq
         robot.arrivals.clear()
+        marks: dict[str, int] = {}
 
-        def send(s: int) -> None:
-            console.send_command(make_command(s))
+        def drive(proxy: ProxyProcess, marks: dict[str, int] = marks) -> None:
+            # Its own thread: the fault proxy's round trip must not delay the stream (it
+            # did: the first command after each request was a millisecond late).
+            time.sleep((TRIAL_S - BLACKOUT_S) / 2)
+            proxy.ask({"blackout": BLACKOUT_S})
+            marks["begin"] = last_sent[0]  # the proxy drops from here on
+            time.sleep(BLACKOUT_S)
+            proxy.ask({"end_blackout": True})
+            marks["end"] = last_sent[0]
 
-        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
-        proxies[path].ask({"blackout": BLACKOUT_S})
-        seq = stream(send, BLACKOUT_S, rate_hz, seq)
-        seq = stream(send, (TRIAL_S - BLACKOUT_S) / 2, rate_hz, seq)
-        proxies[path].ask({"end_blackout": True})
+        driver = threading.Thread(target=drive, args=(proxies[path],), daemon=True)
+        driver.start()
+        seq = stream(send_marked, TRIAL_S, rate_hz, seq)
+        driver.join(5.0)
+        begin, end = marks.get("begin", seq), marks.get("end", seq)
         time.sleep(0.02)
-        arrivals = list(robot.arrivals)
-        gap = max((b - a for a, b in itertools.pairwise(arrivals)), default=0)
+        trial_gaps = classify_gaps(list(robot.arrivals), begin, end)
+        for k, v in trial_gaps.items():
+            gaps[k].extend(v)
+        worst = max((g for v in trial_gaps.values() for g, _ in v), default=0)
         results.append({"path": path, "sent": seq - seq0, "fresh": robot.fresh() - fresh0,
-                        "max_gap_ms": gap / 1e6, "trip": gap > COMMAND_TIMEOUT_NS})
+                        "max_gap_ms": worst / 1e6, "trip": worst > COMMAND_TIMEOUT_NS})
     missed = [r["sent"] - r["fresh"] for r in results]
+    period_ns = 1e9 / rate_hz
     return {"trials": trials, "rate_hz": rate_hz,
             "trials_without_miss": sum(1 for m in missed if m <= 0),
             "missed_total": sum(max(0, m) for m in missed),
             "trips": sum(1 for r in results if r["trip"]),
             "max_gap_ms": max((r["max_gap_ms"] for r in results), default=0.0),
+            # A gap the link lengthened by more than a period (a command's slot lost).
+            "gaps_over_period": sum(1 for v in gaps.values() for _, share in v
+                                    if share > period_ns),
+            "gaps": {k: gap_figures(v) for k, v in gaps.items()},
+            "realtime": robot.realtime, "sender_fifo": sender_fifo,
             "period_ms": 1e3 / rate_hz}
+
+
+def classify_gaps(arrivals: list[tuple[int, int, int]], begin: int,
+                  end: int) -> dict[str, list[tuple[int, int]]]:
+    """Each gap between consecutive fresh arrivals as (gap, the link's share), grouped:
+    "switch" the first ``SWITCH_WINDOW`` after sequence ``begin`` (blackout began) or
+    ``end`` (it ended), "down" the rest of the blackout, "up" both paths up."""
+    out: dict[str, list[tuple[int, int]]] = {"switch": [], "down": [], "up": []}
+    after_begin = after_end = 0
+    for (_, send_a, recv_a), (seq, send_b, recv_b) in itertools.pairwise(arrivals):
+        gap = recv_b - recv_a
+        share = gap - (send_b - send_a)
+        if seq > end and after_end < SWITCH_WINDOW:
+            after_end += 1
+            group = "switch"
+        elif begin < seq <= end:
+            after_begin += 1
+            group = "switch" if after_begin <= SWITCH_WINDOW else "down"
+        else:
+            group = "up"
+        out[group].append((gap, share))
+    return out
+
+
+def gap_figures(gaps: list[tuple[int, int]]) -> dict[str, float]:
+    """p50/p99/max of the gaps and of the link's share of them, in ms."""
+    if not gaps:
+        return {"n": 0}
+    g = np.array(gaps, dtype=np.float64) / 1e6
+    out: dict[str, float] = {"n": len(gaps)}
+    for col, name in ((0, "gap"), (1, "link")):
+        p50, p99 = np.percentile(g[:, col], [50, 99])
+        out |= {f"{name}_p50_ms": round(float(p50), 3), f"{name}_p99_ms": round(float(p99), 3),
+                f"{name}_max_ms": round(float(g[:, col].max()), 3)}
+    return out
 
 
 def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
@@ -265,5 +363,18 @@ def report(r: dict[str, Any]) -> list[str]:
     if f is not None:
         lines.append(f"  failover: {f['trials_without_miss']}/{f['trials']} trials without a "
                      f"missed command, {f['missed_total']} missed, {f['trips']} trips, "
-                     f"largest gap {f['max_gap_ms']:.2f} ms (period {f['period_ms']:.1f} ms)")
+                     f"largest gap {f['max_gap_ms']:.2f} ms (period {f['period_ms']:.1f} ms), "
+                     f"{f['gaps_over_period']} gaps the link lengthened by over a period")
+        labels = {"switch": "at the switch", "down": "one path down", "up": "both paths up"}
+        for key, label in labels.items():
+            g = f["gaps"][key]
+            if not g.get("n"):
+                continue
+            lines.append(f"    gaps {label:14}: n {g['n']:6.0f}  p50 {g['gap_p50_ms']:6.2f}  "
+                         f"p99 {g['gap_p99_ms']:6.2f}  max {g['gap_max_ms']:6.2f} ms;  link's "
+                         f"share p50 {g['link_p50_ms']:5.2f}  p99 {g['link_p99_ms']:5.2f}  "
+                         f"max {g['link_max_ms']:5.2f} ms")
+        if not f["realtime"]:
+            lines.append("    (no SCHED_FIFO here: threads at normal priority, "
+                         "not as the node runs)")
     return lines

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ import zmq
 
 from telesurgery.cli import setup_logging
 from telesurgery.errors import LinkError
+from telesurgery.helptext import plain_help
 from transport.keys import ClientKeys, init_keys
 from transport.link import COMMAND_SNDHWM, ConsoleLink
 from transport.schema import encode
@@ -39,7 +41,6 @@ from transport.selftest import (
     Schedule,
     lower_timer_slack,
     make_command,
-    path_bench_args,
     percentiles_us,
     stream,
     wait_connected,
@@ -120,10 +121,9 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    paths, trials, argv = _dual_args(argv)
-    if paths > 1:
-        return dual_main(argv, trials)
-    args = path_bench_args("telesurgery bench link", __doc__, argv)
+    args = parse_args(argv)
+    if args.paths > 1:
+        return dual_main(args)
     lower_timer_slack()
     print(f"bench link: secured CurveZMQ vs raw PUSH/PULL, {args.rate:.0f} Hz, "
           f"{args.seconds:.0f} s each, interleaved in {BLOCK_S} s blocks ...", flush=True)
@@ -144,23 +144,31 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _dual_args(argv: list[str]) -> tuple[int, int, list[str]]:
-    """``--paths N`` (1 or 2) and ``--trials N`` (failover trials, dual path only)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--paths", type=int, choices=(1, 2), default=1)
-    parser.add_argument("--trials", type=int, default=100)
-    known, rest = parser.parse_known_args(argv)
-    if known.trials < 0:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options of both modes in one parser, so ``--help`` lists them all."""
+    parser = argparse.ArgumentParser(prog="telesurgery bench link",
+                                     description=plain_help(__doc__).split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per path")
+    parser.add_argument("--rate", type=float, default=1000.0, help="commands per second")
+    parser.add_argument("--paths", type=int, choices=(1, 2), default=1,
+                        help="2: two network paths vs one, then failover trials")
+    parser.add_argument("--trials", type=int, default=100,
+                        help="failover trials with one path blacked out (--paths 2)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.seconds) and args.seconds > 0 and 0 < args.rate <= 10_000):
+        parser.error("--seconds must be > 0 and --rate in (0, 10000]")
+    if args.trials < 0:
         parser.error("--trials must be >= 0")
-    return known.paths, known.trials, rest
+    return args
 
 
-def dual_main(argv: list[str], trials: int) -> int:
+def dual_main(args: argparse.Namespace) -> int:
     """Two paths vs one in the same run, then failover trials (``bench.dualpath``)."""
     # Imported here: only this mode needs the fault proxies.
     from telesurgery.bench import dualpath
 
-    args = path_bench_args("telesurgery bench link --paths 2", dualpath.__doc__, argv)
+    trials = args.trials
     lower_timer_slack()
     print(f"bench link --paths 2: one path vs two, {args.rate:.0f} Hz, {args.seconds:.0f} s "
           f"each in {dualpath.BLOCK_S} s blocks; then {trials} failover trials ...", flush=True)

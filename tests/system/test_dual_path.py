@@ -267,3 +267,28 @@ def test_link_bench_with_two_paths_reports_cost_and_failover() -> None:
     assert one["n"] > 0 and two["n"] > 0 and two["duplicates"] > 0 == one["duplicates"]
     assert r["failover"]["trials"] == 2 and r["failover"]["period_ms"] == 5.0
     assert 0 <= r["failover"]["trials_without_miss"] <= 2
+
+
+def test_link_bench_help_lists_the_dual_path_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from telesurgery.bench.link import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--paths" in out and "--trials" in out and "--seconds" in out
+    assert parse_args(["--paths", "2", "--trials", "3"]).trials == 3
+
+
+def test_failover_gaps_split_at_the_switch_and_give_the_links_share() -> None:
+    from telesurgery.bench.dualpath import classify_gaps, gap_figures
+    ms = 1_000_000
+    # (seq, sent, received): seq 3 sent on time but arrives 5 ms late (the switch,
+    # the blackout began after seq 2); seq 5 sent 4 ms late: its long wait since seq 4
+    # is the console's, and the link's share is negative (seq 4 was the late one).
+    arrivals = [(1, 0, 1 * ms), (2, 2 * ms, 3 * ms), (3, 4 * ms, 10 * ms),
+                (4, 6 * ms, 11 * ms), (5, 12 * ms, 13 * ms), (6, 14 * ms, 15 * ms)]
+    groups = classify_gaps(arrivals, begin=2, end=4)
+    assert groups["switch"] == [(7 * ms, 5 * ms), (2 * ms, -4 * ms)]  # after begin, end
+    assert groups["down"] == [(1 * ms, -1 * ms)]
+    assert groups["up"] == [(2 * ms, 0), (2 * ms, 0)]
+    fig = gap_figures(groups["switch"])
+    assert fig["gap_max_ms"] == 7.0 and fig["link_max_ms"] == 5.0

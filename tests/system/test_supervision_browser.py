@@ -76,8 +76,9 @@ class EventLog(threading.Thread):
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimRig]:
     run = tmp_path_factory.mktemp("page")
     talk, listen = free_ports(2)
+    # Two network paths (loopback, a fault proxy each): the page's per-path panel.
     opts = RigOptions(run_dir=run, observers=True, console_seconds=300.0, rate_hz=250.0,
-                      ros_backend="none",
+                      ros_backend="none", dual_path=True,
                       reengage_after_s=1.0, rotation_scale=0.3,
                       robot_overrides={
                           "video": {"width": 320, "height": 240, "fps": 20.0},
@@ -147,6 +148,12 @@ def test_page_shows_the_robots_live_state(rig: SimRig, page: Any, events: EventL
     status.write_text(json.dumps({"observers": 2, "who": ["alice", "anonymous"],
                                   "t_ns": time.monotonic_ns()}))
     poll("the observer count", 5.0, lambda: page.inner_text("#observers") == "2: alice, anonymous")
+    # Dual path: one row per path, both live, each with its own round trip.
+    rows = poll("both paths live with a round trip", 10.0, lambda: (
+        r if len(r := page.eval_on_selector_all(
+            "#paths-rows tr", "rs => rs.map(r => [...r.cells].map(c => c.textContent))")) == 2
+        and all(x[1] == "live" and x[2].endswith("ms") for x in r) else None))
+    assert [r[0] for r in rows] == ["A", "B"], rows
     shot(rig, page, "1-following")
     poll("the stale count", 8.0, lambda: page.inner_text("#observers").startswith("unknown"))
 
@@ -156,7 +163,8 @@ def test_state_changes_on_a_scripted_blackout(rig: SimRig, page: Any) -> None:
     wait_dom(page, "FOLLOWING")
     page.evaluate("window.__page.stateLog = []")
     t0 = time.monotonic()
-    rig.proxy({"blackout": 2.0})
+    rig.proxy({"blackout": 2.0})  # both paths: one alone is no stop (dual path)
+    rig.proxy_b({"blackout": 2.0})
 
     def stopped_by_the_link() -> bool:
         # The trip may last only until the console disengages (milliseconds); the page

@@ -138,3 +138,32 @@ def test_one_session_on_every_path_the_holder_is_gone_only_when_all_are() -> Non
     # Both gone: the takeover rule applies.
     taken = guard.admit(b"X", ControlRequest(req_id=2, op="arm"), 5, lambda p: True)
     assert taken.ok
+
+
+def test_a_flap_between_two_checks_is_still_one_warning() -> None:
+    # Path B down 100 ms of every 200 ms; the robot checks every 100 ms, in phase with the
+    # flaps so that no check ever falls inside an outage. Its arrivals still tell: one
+    # warning, and no restore while it flaps.
+    h = PathHealth(["A", "B"], window_ns=1000 * MS, live_ns=50 * MS)
+    alerts = []
+    for seq in range(1, 2500):
+        t = seq * 2 * MS
+        feed(h, "A", seq, t)
+        if t < 400 * MS or t > 2400 * MS or (t // (100 * MS)) % 2 == 0:
+            feed(h, "B", seq, t)
+        if t % (100 * MS) == 0 and (a := h.check(t + 1)) is not None:
+            alerts.append((t // MS, a.code, a.detail))
+    codes = [code for _, code, _ in alerts]
+    assert codes == ["redundancy_lost", "redundancy_restored"], alerts
+    assert "silent for over 50 ms: B" in alerts[0][2]
+    assert alerts[1][0] >= 2400 + 1000  # restored only a second after the last flap
+
+
+def test_after_both_paths_were_silent_no_redundancy_warning() -> None:
+    h = PathHealth(["A", "B"], window_ns=1000 * MS, live_ns=50 * MS)
+    for seq in range(1, 400):
+        t = seq * 2 * MS
+        if not 200 * MS < t < 500 * MS:  # both down (the watchdog's trip), then back
+            feed(h, "A", seq, t)
+            feed(h, "B", seq, t)
+        assert h.check(t + 1) is None

@@ -262,3 +262,22 @@ def test_observer_count_from_the_fanout_status_unknown_when_absent_stale_or_garb
     status.write_text("{garbled")
     assert state.observers(19 * s)["count"] is None
     assert FeedState(1000, 60).snapshot(0)["observers"]["count"] is None
+
+
+def test_the_page_state_carries_each_network_path() -> None:
+    from dataclasses import replace
+
+    from transport.schema import PathReport
+    state = FeedState(stale_after_ms=1000, history_s=60)
+    now = time.monotonic_ns()
+    state.on_telemetry(telemetry(1), now)
+    assert state.snapshot(now)["link"]["paths"] is None  # one path: no panel
+    paths = (PathReport("A", True, rtt_us=1500, latency_us=700, jitter_us=40, loss=0.0),
+             PathReport("B", False, rtt_us=None, latency_us=None, jitter_us=None, loss=0.25))
+    state.on_telemetry(replace(telemetry(2), paths=paths), now)
+    shown = state.snapshot(now)["link"]["paths"]
+    assert shown == [
+        {"name": "A", "live": True, "rtt_ms": 1.5, "latency_ms": 0.7, "jitter_ms": 0.04,
+         "loss_pct": 0.0},
+        {"name": "B", "live": False, "rtt_ms": None, "latency_ms": None, "jitter_ms": None,
+         "loss_pct": 25.0}]

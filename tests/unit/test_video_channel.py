@@ -344,3 +344,26 @@ def test_video_bench_runs_two_processes_over_the_secured_link() -> None:
     assert result["g2g_p99_ms"] >= result["g2g_p50_ms"]
     console = result["sizes"]["320x240"]["console"]
     assert console["measured"] > 10 and console["bad_messages"] == 0
+
+
+def test_a_path_switch_asks_again_with_the_first_frame_by_the_new_path(
+        ctx: zmq.Context[Any]) -> None:
+    # Dual path: the switch's request may reach the robot before the new connection is
+    # subscribed (its keyframe then goes to no one); the first frame by the new path
+    # proves the connection is up, so the receiver asks again at once, not 250 ms later.
+    pub, sub = pub_sub(ctx)
+    sender, receiver = sender_on(pub), VideoReceiver(sub, H264Decoder())
+    for i in range(3):
+        sender.send(frame(i))
+    assert receiver.poll(1000) is not None
+    now = time.monotonic_ns()
+    receiver.on_path_switch()
+    assert receiver.take_keyframe_request(now) is not None  # at once
+    assert receiver.take_keyframe_request(now + 1000) is None  # within the retry interval
+    sender.send(frame(3))  # a P-frame by the new path: its keyframe went to no one
+    assert receiver.poll(1000) is None and receiver.keyframe_needed
+    request = receiver.take_keyframe_request(now + 2000)
+    assert request is not None and request.reason == "path switch"
+    sender.request_keyframe()
+    sender.send(frame(4))
+    assert receiver.poll(1000) is not None and not receiver.keyframe_needed

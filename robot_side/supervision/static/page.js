@@ -63,6 +63,7 @@ function render(s) {
     $("jitter").textContent = fmtMs(s.link.jitter_ms);
     $("loss").textContent = `${s.link.loss_pct.toFixed(1)} %`;
     $("video-age").textContent = fmtMs(s.link.video_age_ms);
+    if (window.renderPaths) window.renderPaths(s);  // dual path: paths.js
     const fw = s.firmware;
     $("firmware").textContent = (fw.words.length ? fw.words.join(", ") : "no flags") + (fw.bad ? "  (PROBLEM)" : "");
     $("tracking").textContent = `${s.tracking_error_mm.toFixed(2)} mm`;

@@ -1,0 +1,77 @@
+"""The console's video path switch (dual path): how fast a dead video path is left.
+
+``VideoPathSwitch`` decides from the picture's arrivals and each path's liveness; the
+link here is a stand-in (``_LinkStandIn``: the paths' last-heard times set by the test,
+the switch recorded) so time is the test's own. The real sockets are in
+hil_tests/test_dual_path.py (the video's path blacked out, the picture gap printed).
+"""
+
+from __future__ import annotations
+
+from operator_console.connection import (
+    FAST_SILENT_FRAMES,
+    VIDEO_SILENT_NS,
+    VideoPathSwitch,
+)
+from transport.config import LinkPath
+from transport.paths import PathView
+
+MS = 1_000_000
+FRAME_NS = 33 * MS
+
+
+class _LinkStandIn:
+    """What VideoPathSwitch reads of a ConsoleLink: paths, health, the video path."""
+
+    def __init__(self) -> None:
+        self.paths = [LinkPath("A", "10.1.0.2"), LinkPath("B", "10.2.0.2")]
+        self.heard_ns = [0, 0]
+        self.video_path = 0
+        self.switched_to: list[int] = []
+
+    def path_health(self, now_ns: int, live_ns: int) -> list[PathView]:
+        return [PathView(p.name, now_ns - h <= live_ns, rtt_us=1000)
+                for p, h in zip(self.paths, self.heard_ns, strict=True)]
+
+    def switch_video(self, index: int) -> None:
+        self.switched_to.append(index)
+        self.video_path = index
+
+
+def _run(quiet_path: bool) -> tuple[_LinkStandIn, VideoPathSwitch, int, int | None]:
+    """Frames by path A until t_stop, then none; path A's telemetry stops with them when
+    ``quiet_path``. Returns the switch and the time it moved the video (None: never)."""
+    link = _LinkStandIn()
+    frames = [0]
+    switch = VideoPathSwitch(link, lambda: frames[0])  # type: ignore[arg-type]
+    t = 10 * FRAME_NS
+    for _ in range(20):  # a steady picture: the interval is learnt
+        t += FRAME_NS
+        frames[0] += 1
+        link.heard_ns = [t, t]
+        switch.poll(t)
+        switch.on_displayed(t)
+    last_frame = t
+    while t < last_frame + 2 * VIDEO_SILENT_NS:
+        t += 5 * MS  # the video loop polls every few milliseconds
+        link.heard_ns = [last_frame if quiet_path else t, t]
+        if switch.poll(t):
+            return link, switch, last_frame, t
+    return link, switch, last_frame, None
+
+
+def test_a_dead_video_path_is_left_after_two_frame_intervals() -> None:
+    link, switch, last_frame, moved = _run(quiet_path=True)
+    assert moved is not None and link.switched_to == [1]
+    waited = moved - last_frame
+    assert waited <= FAST_SILENT_FRAMES * FRAME_NS + 10 * MS < VIDEO_SILENT_NS, waited / MS
+    # The picture gap: the last picture before the switch to the first after it.
+    switch.on_displayed(moved + 40 * MS)
+    assert switch.picture_gaps_ms == [(moved + 40 * MS - last_frame) / MS]
+
+
+def test_a_late_encoder_on_a_live_path_does_not_move_the_video_early() -> None:
+    link, _, last_frame, moved = _run(quiet_path=False)
+    # The path still brings telemetry: only the slow rule (the video channel alone failed).
+    assert moved is not None and moved - last_frame > VIDEO_SILENT_NS
+    assert link.switched_to == [1]
