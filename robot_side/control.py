@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,8 +63,7 @@ _FAULT_BIT = int(FwFlags.FAULT)
 _WATCHDOG_BIT = int(FwFlags.WATCHDOG_TRIPPED)
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
+class _Facts(NamedTuple):
     """What one period knows before it decides anything."""
 
     now_ns: int
@@ -126,12 +125,15 @@ class ControlCore:
         if not inputs.audit_ok and not sup.latched:
             # Latched states already hold; re-tripping every period would only flood the log.
             self._trip(now_ns, Reason.AUDIT_FAILURE, "audit log cannot be written")
-        estop_replies = tuple(self._estop_event(now_ns, ev, sample) for ev in inputs.estop)
+        # Most periods carry no e-stop event, request or transition: skip building
+        # empty tuples through generators (each ~0.5-1 us, every period; issue 11).
+        estop_replies = (tuple(self._estop_event(now_ns, ev, sample) for ev in inputs.estop)
+                         if inputs.estop else ())
         cmd = self._command(inputs.command)
         link = inputs.link
         facts = _Facts(now_ns, sample, arm_ok, measured_q, measured, cmd,
                        self.watchdog.evaluate(now_ns, link.stats, link.rtt_ns, link.clock_fresh))
-        handled = [self._handle(facts, r) for r in inputs.requests]
+        handled = [self._handle(facts, r) for r in inputs.requests] if inputs.requests else ()
         decision = sup.step(now_ns, StepInputs(
             operator_present=cmd is not None and cmd.cmd.operator_present,
             clutch=cmd is not None and cmd.cmd.clutch, health=facts.health))
@@ -152,9 +154,10 @@ class ControlCore:
         scale = self.surgeon_scale * (decision.scale if decision.motion_allowed else 1.0)
         return ControlOutput(
             frames=frames, report=self._report(facts, tracking_m, scale),
-            replies=tuple((r[0], r[1]) for r in handled),
-            transitions=tuple(sup.drain_transitions()), trip=trip,
-            audit=tuple(r[2] for r in handled), estop_replies=estop_replies)
+            replies=tuple((r[0], r[1]) for r in handled) if handled else (),
+            transitions=tuple(sup.drain_transitions()) if sup.has_transitions else (),
+            trip=trip, audit=tuple(r[2] for r in handled) if handled else (),
+            estop_replies=estop_replies)
 
     def _report(self, f: _Facts, tracking_m: float, scale: float) -> StepReport:
         sup = self.supervisor

@@ -9,7 +9,7 @@ last sent after every limit), which the tracking check and telemetry report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,8 +23,7 @@ from telesurgery.errors import SchemaError
 from telesurgery.quat import Pose, Quat, Vec3
 
 
-@dataclass(frozen=True, slots=True)
-class FollowStep:
+class FollowStep(NamedTuple):
     """Joint targets to write, or the reason not to (then ``targets`` is None)."""
 
     targets: tuple[float, ...] | None

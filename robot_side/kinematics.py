@@ -20,9 +20,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import eigenpy
 import numpy as np
@@ -56,8 +55,7 @@ class KinematicsError(TelesurgeryError, ValueError):
     """A kinematics call got invalid input (wrong shape, NaN/inf, non-unit quaternion)."""
 
 
-@dataclass(frozen=True)
-class IkResult:
+class IkResult(NamedTuple):
     q: FloatArray
     """Joint positions, always inside the joint limits (minus the requested margin)."""
     converged: bool

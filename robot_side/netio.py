@@ -206,7 +206,11 @@ class NetworkThread(threading.Thread):
         while not self._halt.is_set():
             now = time.monotonic_ns()
             due = min(next_ping, next_tlm, next_obs) - now
-            for item in link.poll(max(0, min(POLL_MAX_MS, due // 1_000_000))):
+            # Rounded up: poll() counts whole ms, and rounding a 0.x ms wait down to 0
+            # spun this loop (holding the GIL) until each telemetry/observe/ping was due,
+            # up to 1 ms at 150+ Hz (issue 11: ~15 % of a core). Up to 1 ms late is fine
+            # for 50-100 Hz reports; inbound requests still wake the poll at once.
+            for item in link.poll(max(0, min(POLL_MAX_MS, -(-due // 1_000_000)))):
                 self._dispatch(link, item.msg, item.recv_ns, item.peer, item.key)
                 if item.addr and isinstance(item.msg, Pong):
                     self._on_path_pong(item.peer, item.addr, item.msg, item.recv_ns)
@@ -241,6 +245,11 @@ class NetworkThread(threading.Thread):
                 continue
             report, view = mb.report, mb.link_view
             if report is None or view is None:
+                # Nothing to report before the control loop's first period: look again
+                # when the next report is due, not at once (this loop spun at full
+                # speed through the node's start-up, ~30k turns, issue 11).
+                next_tlm = now + self._tlm_period_ns
+                next_obs = now + self._obs_period_ns
                 continue
             if report is not last_report:
                 seq += 1

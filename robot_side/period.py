@@ -9,7 +9,7 @@ component tests and ``bench loop`` all run a period through here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from robot_side.control import ControlCore, trip_record
 from robot_side.control_io import ControlInputs, ControlOutput, TripRecord
@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 _ratelog = RateLimitedLog(log)
 
 
-@dataclass(frozen=True, slots=True)
-class PeriodResult:
+class PeriodResult(NamedTuple):
     output: ControlOutput
     written_ns: int | None
     """When the write returned; None when it failed (the next read reports why)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from safety.config import MotionLimits
 from safety.states import Reason
@@ -36,8 +36,7 @@ MAX_SPAN_PERIODS = 25.0
 and an unbounded span would let any step through (issue 12.10(e))."""
 
 
-@dataclass(frozen=True)
-class LimitResult:
+class LimitResult(NamedTuple):
     position: Vec3
     quat: Quat
     clamped: bool
@@ -46,8 +45,7 @@ class LimitResult:
     """What was clamped: "step", "rotation_step", "workspace"."""
 
 
-@dataclass(frozen=True)
-class JointResult:
+class JointResult(NamedTuple):
     q: tuple[float, ...]
     clamped: bool
     fault: Reason | None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from safety.config import WatchdogLimits
 from safety.states import LATCHED_STATES, LINK_TRIPS, Reason, State
@@ -39,8 +40,7 @@ MAX_PENDING_TRANSITIONS = 1024
 """Undrained transitions kept; the node drains every period, so this is never reached."""
 
 
-@dataclass(frozen=True, slots=True)
-class StepInputs:
+class StepInputs(NamedTuple):
     """One period's facts. The command's freshness is not here: the link watchdog alone
     judges a command timeout, and ``health`` carries its verdict."""
 
@@ -49,8 +49,7 @@ class StepInputs:
     health: LinkHealth
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     motion_allowed: bool
     hold: bool
     """Command a hold on the manipulator this period (always ``not motion_allowed``)."""
@@ -109,6 +108,11 @@ class Supervisor:
     def latched(self) -> bool:
         """True in FAULT, ESTOP and a tripped HOLD: nothing resumes without an operator."""
         return self._state in LATCHED_STATES or self._latched
+
+    @property
+    def has_transitions(self) -> bool:
+        """Any transition not drained yet (asked every period: nothing built for nothing)."""
+        return bool(self._transitions)
 
     def drain_transitions(self) -> list[Transition]:
         out = list(self._transitions)

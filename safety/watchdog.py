@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from safety.config import WatchdogLimits
 from safety.states import Reason
@@ -53,8 +53,7 @@ log = logging.getLogger(__name__)
 _MS = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class LinkHealth:
+class LinkHealth(NamedTuple):
     ok: bool
     trip: Reason | None
     warn: bool
