@@ -242,6 +242,15 @@ class ProxyProcess:
             self.proc.wait(5)
 
 
+def keep_scheduling(stack: ExitStack) -> None:
+    """Give the calling thread its scheduling policy, and the process its GIL switch
+    interval, back at the end: the bench raises both as the node does, and a caller
+    (pytest) that runs it in-process must not go on at SCHED_FIFO."""
+    policy, param, switch = os.sched_getscheduler(0), os.sched_getparam(0), sys.getswitchinterval()
+    stack.callback(sys.setswitchinterval, switch)
+    stack.callback(os.sched_setscheduler, 0, policy, param)
+
+
 def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[str, Any]:
     robot = Robot(stack, keys, PROXIED_ROBOT)
     proxies = {}
@@ -345,6 +354,7 @@ def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="telesurgery-bench-") as tmp, ExitStack() as stack:
         keys = Path(tmp)
         init_keys(keys)
+        keep_scheduling(stack)
         result = {"cost": cost(stack, keys, seconds, rate_hz),
                   "failover": failover(stack, keys, trials, min(rate_hz, 500.0)) if trials
                   else None, "cpus": os.cpu_count()}
