@@ -32,19 +32,16 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-RECEIVE_ONLY = frozenset({zmq.SUB, zmq.DEALER})
-"""No ZMTP heartbeat of their own (see ``_common``): subscribers, and the console's
-control DEALER (its own heartbeat timing out in a starved console, or a reconnect while
-data was arriving, ended in the same abort, ``!_io_error``, in a 10-minute soak). The
-robot's ROUTER still heartbeats and drops a dead console. Not the robot's command PULL:
-its heartbeat is how the robot counts a silent console (``command_disconnects``), and the
-control thread drains it every period, so its queue does not stay full."""
+RECEIVE_ONLY = frozenset({zmq.SUB})
+"""Subscribers: no ZMTP heartbeat of their own (see ``_common``). Not the robot's command
+PULL: its heartbeat is how the robot counts a silent console (``command_disconnects``),
+and the control thread drains it every period, so its queue does not stay full."""
 DEALER_RCVHWM = 100_000
-"""The console's control DEALER also gets a receive queue a stall cannot fill: a console
-whose session thread stalled for 5 s under load (100 queued pings at 20 Hz) stopped
-reading, which is half of that abort. Its traffic is pings and replies (~100 B at
-~20/s), so this bound is ~80 min of stall and a few MB, not a limit a healthy console
-meets."""
+"""The console's control DEALER keeps its heartbeat (a dead robot is dropped and
+redialled) but gets a receive queue it cannot fill: the same libzmq abort (see
+``_common``) hit a console whose session thread stalled for 5 s under load (100
+queued pings at 20 Hz). Its traffic is pings and replies (~100 B at ~20/s), so this
+bound is ~80 min of stall and a few MB, not a limit a healthy console meets."""
 KEEPALIVE_IDLE_S = 1
 KEEPALIVE_INTVL_S = 1
 KEEPALIVE_CNT = 3

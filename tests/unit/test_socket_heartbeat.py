@@ -3,10 +3,9 @@
 libzmq aborts the whole process when a socket's own ZMTP heartbeat times out while its
 receive queue is full (zeromq/libzmq#3937, #4767). ``transport.sockets`` gives
 subscribers no heartbeat of their own (the publisher's still drops a dead
-subscriber) and TCP keepalive instead; the console's control DEALER likewise (the robot's
-ROUTER still drops a dead console), with a receive queue a stall cannot fill. The stall
-runs in a child process: the bug is an abort, which would take pytest with it (without the
-fix it aborts on every run here).
+subscriber) and TCP keepalive instead, and the console's control DEALER (which keeps its
+heartbeat) a receive queue a stall cannot fill. The stall runs in a child process: the bug is
+an abort, which would take pytest with it (without the fix it aborts on every run here).
 """
 
 from __future__ import annotations
@@ -73,8 +72,8 @@ STALLED_DEALER = textwrap.dedent("""
     import zmq
     from transport.sockets import _common
 
-    # The console's control DEALER and the robot's ROUTER (with its heartbeat) sending
-    # to it faster than a stalled console thread reads (pings and replies).
+    # The console's control DEALER (its own heartbeat kept) and the robot's ROUTER
+    # sending to it faster than a stalled console thread reads (pings and replies).
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     _common(router, zmq.ROUTER, 1 << 20, 100, 100, 300)
