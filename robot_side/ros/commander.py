@@ -15,9 +15,12 @@ CRTK topics it serves (``SUBSCRIPTIONS`` with ``command=True``):
   stream the arm's measured pose as the master pose (the robot anchors there, so
   poses map 1:1 in the base frame at scale 1), then engage; ``home`` -> nothing
   to do (absolute encoders: always homed); ``unhome`` -> refused.
-- ``servo_cp`` (geometry_msgs/PoseStamped): each message becomes one command,
-  sent as it arrives and never repeated: when the ROS stream stops, commands stop
-  and the robot's command timeout holds the arm.
+- ``servo_cp`` (geometry_msgs/PoseStamped): the newest message of a wake-up
+  becomes one command, sent as it arrives and never repeated: when the ROS stream
+  stops, commands stop and the robot's command timeout holds the arm. A setpoint
+  stream supersedes itself (as the robot's gate treats a console's): the older
+  messages taken in the same wake-up are counted (``superseded``), never sent, so
+  the commander cannot fall behind the stream (``servo_jp``, ``move_*`` alike).
 - ``move_cp`` (geometry_msgs/PoseStamped): a straight line at ``move_speed_m_s``
   (orientation interpolated over the same time) streamed at ``command_hz``;
   at the goal the goal keeps being streamed (the commander holds it); a
@@ -172,7 +175,8 @@ class RosCommander(threading.Thread):
         self.handoff = RosHandoff(bridge, cfg.ros.command_key)
         self.counters: dict[str, int] = {"commands_sent": 0, "servo_cp": 0, "move_cp": 0,
                                          "servo_jp": 0, "move_jp": 0, "state_command": 0,
-                                         "rejected": 0, "requests_failed": 0}
+                                         "superseded": 0, "rejected": 0,
+                                         "requests_failed": 0}
 
     def stats(self) -> dict[str, Any]:
         return {"commander": {**self.counters, **self.handoff.counters},
@@ -184,7 +188,7 @@ class RosCommander(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.bridge.command_event.set()
+        self.bridge.wake_command()
 
     def run(self) -> None:
         try:
@@ -200,8 +204,7 @@ class RosCommander(threading.Thread):
         next_stream = time.monotonic_ns()
         while not self._halt.is_set():
             wait_s = max(0.0, (next_stream - time.monotonic_ns()) / 1e9)
-            self.bridge.command_event.wait(min(wait_s, 0.01))
-            self.bridge.command_event.clear()
+            self.bridge.wait_command(min(wait_s, 0.01))
             # Answers the robot's pings (its RTT and clock offset need them); the
             # telemetry says who is in command and who asks for it.
             now = time.monotonic_ns()
@@ -220,71 +223,83 @@ class RosCommander(threading.Thread):
                 next_stream = now + self._period_ns
                 self._stream(link, now)
 
+    def _newest(self, topic: str) -> tuple[Any, int] | None:
+        """The newest message of ``topic`` since the last wake-up; the older ones are
+        superseded (a setpoint or goal stream supersedes itself) and only counted."""
+        items = self.bridge.take(topic)
+        if not items:
+            return None
+        self.counters[topic] += len(items)
+        self.counters["superseded"] += len(items) - 1
+        return items[-1]
+
     def _servo(self, link: ConsoleLink) -> None:
-        for msg, recv_ns in self.bridge.take("servo_cp"):
-            self.counters["servo_cp"] += 1
-            pose = self._checked("servo_cp", msg)
-            if pose is None:
-                continue
-            if self._mode not in ("hold", "move", "servo"):
-                self._ratelog(logging.WARNING, "servo-idle", "ROS servo_cp ignored: send "
-                              "state_command 'resume' first")
-                continue
-            if self._space != "cp":
-                self._switch(link, "cp")
-                continue
-            self._mode, self._move, self._last = "servo", None, pose
-            self._send(link, pose, sample_time(msg, recv_ns))
+        if (newest := self._newest("servo_cp")) is None:
+            return
+        msg, recv_ns = newest
+        pose = self._checked("servo_cp", msg)
+        if pose is None:
+            return
+        if self._mode not in ("hold", "move", "servo"):
+            self._ratelog(logging.WARNING, "servo-idle", "ROS servo_cp ignored: send "
+                          "state_command 'resume' first")
+            return
+        if self._space != "cp":
+            self._switch(link, "cp")
+            return
+        self._mode, self._move, self._last = "servo", None, pose
+        self._send(link, pose, sample_time(msg, recv_ns))
 
     def _move_cp(self, link: ConsoleLink) -> None:
-        for msg, _ in self.bridge.take("move_cp"):
-            self.counters["move_cp"] += 1
-            goal = self._checked("move_cp", msg)
-            if goal is None:
-                continue
-            if self._mode not in ("hold", "move", "servo") or self._last is None:
-                self._ratelog(logging.WARNING, "move-idle", "ROS move_cp ignored: send "
-                              "state_command 'resume' first")
-                continue
-            if self._space != "cp":
-                self._switch(link, "cp")
-                if self._last is None:
-                    continue
-            self._move = Trajectory(self._last, goal, self.cfg.ros.move_speed_m_s,
-                                    time.monotonic_ns())
-            self._mode = "move"
+        if (newest := self._newest("move_cp")) is None:
+            return
+        goal = self._checked("move_cp", newest[0])
+        if goal is None:
+            return
+        if self._mode not in ("hold", "move", "servo") or self._last is None:
+            self._ratelog(logging.WARNING, "move-idle", "ROS move_cp ignored: send "
+                          "state_command 'resume' first")
+            return
+        if self._space != "cp":
+            self._switch(link, "cp")
+            if self._last is None:
+                return
+        self._move = Trajectory(self._last, goal, self.cfg.ros.move_speed_m_s,
+                                time.monotonic_ns())
+        self._mode = "move"
 
     def _servo_jp(self, link: ConsoleLink) -> None:
-        for msg, recv_ns in self.bridge.take("servo_jp"):
-            self.counters["servo_jp"] += 1
-            q = self._checked_jp("servo_jp", msg)
-            if q is None:
-                continue
-            if self._mode not in ("hold", "move", "servo") or self._last is None:
-                self._ratelog(logging.WARNING, "servo-jp-idle", "ROS servo_jp ignored: send "
-                              "state_command 'resume' first")
-                continue
-            if self._space != "jp":
-                self._switch(link, "jp")
-                continue
-            self._mode, self._move_jp, self._last_jp = "servo", None, q
-            self._send(link, self._last, sample_time(msg, recv_ns), joints=q)
+        if (newest := self._newest("servo_jp")) is None:
+            return
+        msg, recv_ns = newest
+        q = self._checked_jp("servo_jp", msg)
+        if q is None:
+            return
+        if self._mode not in ("hold", "move", "servo") or self._last is None:
+            self._ratelog(logging.WARNING, "servo-jp-idle", "ROS servo_jp ignored: send "
+                          "state_command 'resume' first")
+            return
+        if self._space != "jp":
+            self._switch(link, "jp")
+            return
+        self._mode, self._move_jp, self._last_jp = "servo", None, q
+        self._send(link, self._last, sample_time(msg, recv_ns), joints=q)
 
     def _move_jp_goal(self, link: ConsoleLink) -> None:
-        for msg, _ in self.bridge.take("move_jp"):
-            self.counters["move_jp"] += 1
-            goal = self._checked_jp("move_jp", msg)
-            if goal is None:
-                continue
-            if self._mode not in ("hold", "move", "servo") or self._last is None:
-                self._ratelog(logging.WARNING, "move-jp-idle", "ROS move_jp ignored: send "
-                              "state_command 'resume' first")
-                continue
-            if self._space != "jp":
-                self._pending_jp = goal  # started once engaged in joint space
-                self._switch(link, "jp")
-                continue
-            self._start_move_jp(goal)
+        if (newest := self._newest("move_jp")) is None:
+            return
+        goal = self._checked_jp("move_jp", newest[0])
+        if goal is None:
+            return
+        if self._mode not in ("hold", "move", "servo") or self._last is None:
+            self._ratelog(logging.WARNING, "move-jp-idle", "ROS move_jp ignored: send "
+                          "state_command 'resume' first")
+            return
+        if self._space != "jp":
+            self._pending_jp = goal  # started once engaged in joint space
+            self._switch(link, "jp")
+            return
+        self._start_move_jp(goal)
 
     def _start_move_jp(self, goal: tuple[float, ...]) -> None:
         if self._last_jp is None:

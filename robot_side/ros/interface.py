@@ -75,7 +75,6 @@ class RosBridge(Protocol):
     namespace: str
     command: bool
     estop_event: threading.Event
-    command_event: threading.Event
     received: collections.Counter[str]
     published: int
 
@@ -104,6 +103,10 @@ class RosBridge(Protocol):
     def poll_estop(self) -> bool: ...
 
     def take(self, topic: str) -> list[tuple[Any, int]]: ...
+
+    def wait_command(self, timeout_s: float) -> None: ...
+
+    def wake_command(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -255,6 +258,15 @@ class BridgeBase(ABC):
         with self._lock:
             seen, self._estop_pending = self._estop_pending, False
         return seen
+
+    def wait_command(self, timeout_s: float) -> None:
+        """Block until a command subscription has something or ``wake_command`` was
+        called, at most ``timeout_s``."""
+        self.command_event.wait(timeout_s)
+        self.command_event.clear()
+
+    def wake_command(self) -> None:
+        self.command_event.set()
 
     def take(self, topic: str) -> list[tuple[Any, int]]:
         """What arrived on a command subscription since the last call (at most its

@@ -27,7 +27,8 @@ class TopicSpec:
     """True: the topic is not under the namespace (``/diagnostics``)."""
     depth: int = DEFAULT_DEPTH
     keep: int = 1
-    """Subscriptions: how many received messages the bridge keeps until taken."""
+    """Subscriptions on a backend with an inbox (rclpy): how many received messages it
+    keeps until taken. The dds backend's readers keep ``depth``."""
     command: bool = False
     """Subscriptions: only when the command side is enabled."""
 
@@ -57,10 +58,10 @@ ESTOP_TOPIC = TopicSpec("estop", msgs.Bool)
 SUBSCRIPTIONS: dict[str, TopicSpec] = {
     "estop": ESTOP_TOPIC,
     "state_command": TopicSpec("state_command", msgs.StringStamped, keep=8, command=True),
-    "servo_cp": TopicSpec("servo_cp", msgs.PoseStamped, keep=1, command=True),
-    "move_cp": TopicSpec("move_cp", msgs.PoseStamped, keep=1, command=True),
-    "servo_jp": TopicSpec("servo_jp", msgs.JointState, keep=1, command=True),
-    "move_jp": TopicSpec("move_jp", msgs.JointState, keep=1, command=True),
+    "servo_cp": TopicSpec("servo_cp", msgs.PoseStamped, keep=DEFAULT_DEPTH, command=True),
+    "move_cp": TopicSpec("move_cp", msgs.PoseStamped, keep=DEFAULT_DEPTH, command=True),
+    "servo_jp": TopicSpec("servo_jp", msgs.JointState, keep=DEFAULT_DEPTH, command=True),
+    "move_jp": TopicSpec("move_jp", msgs.JointState, keep=DEFAULT_DEPTH, command=True),
 }
 """Subscribed topics; the command ones exist only when ``ros.command`` is on."""
 

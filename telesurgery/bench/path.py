@@ -40,7 +40,7 @@ import numpy as np
 import zmq
 
 from hil_tests.rig import RigOptions, SimRig
-from telesurgery.bench.ros_segment import RosSegment
+from telesurgery.bench.ros_segment import ProcessCpu, RosSegment, bridge_pid
 from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
 from transport.schema import Command, decode_as, encode
 from transport.selftest import make_command, percentiles_us
@@ -233,8 +233,10 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
                 time.sleep(0.5)
             if ros_side.go():
                 raw_ros = RawPair(seconds, rate_hz)
+                bridge_cpu = ProcessCpu(bridge_pid(rig.robot_log()))
                 ros_figures.update({f"ros_{k}": v
                                     for k, v in raw_ros.results(timeout_s=seconds + 30).items()})
+                ros_figures["ros_bridge_cpu_pct"] = bridge_cpu.percent()
             ros_figures.update(ros_side.results(timeout_s=seconds + 30.0))
         rig.stop()
         robot = rig.summary("robot")
@@ -246,6 +248,10 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
         path = sessions[0] if sessions else {"n": 0}
         ros_path = sessions[-1] if len(sessions) >= 2 else {"n": 0}
         ros_figures["ros_path_n"] = ros_path.get("n", 0)
+        bridge = robot.get("ros") or {}
+        ros_figures["ros_bridge_received"] = (bridge.get("received") or {}).get("servo_cp")
+        ros_figures["ros_superseded"] = (bridge.get("commander") or {}).get("superseded")
+        ros_figures["ros_commands_sent"] = (bridge.get("commander") or {}).get("commands_sent")
         ros_figures.update({f"ros_path_{k}": round(ros_path[k], 1)
                             for k in ("p50_us", "p99_us", "p999_us", "max_us") if k in ros_path})
         rp99, rraw = ros_figures.get("ros_path_p99_us"), ros_figures.get("ros_raw_p99_us")
@@ -303,6 +309,11 @@ def _markdown(r: dict[str, Any]) -> str:
              f"{r.get('ros_path_p999_us')}",
              f"{r.get('ros_path_n')} commands, {r.get('ros_sent')} sent, same run after "
              "the console's segment"),
+            ("  of which the ROS 2 bridge process",
+             f"CPU {r.get('ros_bridge_cpu_pct')} % of a core",
+             f"{r.get('ros_bridge_received')} servo_cp received, "
+             f"{r.get('ros_superseded')} superseded, {r.get('ros_commands_sent')} "
+             "commands sent"),
             ("raw pyzmq one-way during the ROS segment",
              f"{r.get('ros_raw_p50_us')} / {r.get('ros_raw_p99_us')} / "
              f"{r.get('ros_raw_p999_us')}", f"{r.get('ros_raw_delivered')} messages")]

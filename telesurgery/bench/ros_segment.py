@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
+import re
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -143,6 +145,43 @@ def _child(domain_id: int, namespace: str, seconds: float, rate_hz: float,
     time.sleep(0.2)
     conn.send(out)
     del domain
+
+
+_BRIDGE_PID = re.compile(r"ROS 2 \w+ \(process (\d+)\)")
+
+
+def bridge_pid(robot_log: str) -> int | None:
+    """The ROS 2 bridge process's pid, from the robot node's start line."""
+    m = _BRIDGE_PID.search(robot_log)
+    return int(m.group(1)) if m else None
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of ``pid`` in clock ticks (/proc/<pid>/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+class ProcessCpu:
+    """A process's CPU share (percent of one core) between ``start`` and ``stop``."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self._t0 = time.monotonic_ns()
+        self._ticks0 = None if pid is None else cpu_ticks(pid)
+
+    def percent(self) -> float | None:
+        if self.pid is None or self._ticks0 is None:
+            return None
+        ticks = cpu_ticks(self.pid)
+        elapsed_s = (time.monotonic_ns() - self._t0) / 1e9
+        if ticks is None or elapsed_s <= 0:
+            return None
+        return round(100.0 * (ticks - self._ticks0) / os.sysconf("SC_CLK_TCK") / elapsed_s, 1)
 
 
 class RosSegment:
