@@ -10,9 +10,6 @@ holds still and then moves: only the new one's motion may show in the frames.
 
 from __future__ import annotations
 
-import concurrent.futures
-import math
-import queue
 import subprocess
 import sys
 import threading
@@ -24,6 +21,7 @@ from typing import Any
 
 import pytest
 import zmq
+from helpers import Surgeon, wave_x
 
 from hil_tests.rig import SIM_FRAME_ROTATION, free_ports, toml_text
 from robot_side.config import load_robot_config
@@ -34,7 +32,7 @@ from telesurgery.errors import LinkTimeout
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, add_observer, add_surgeon, init_keys
 from transport.link import ConsoleLink
-from transport.schema import Command, ControlReply, ControlRequest, Telemetry, decode, encode
+from transport.schema import ControlReply, ControlRequest, decode, encode
 from transport.sockets import client_socket
 
 WAIT_S = 15.0
@@ -52,84 +50,6 @@ def wait_for(pred: Callable[[], object], what: str | Callable[[], str],
     raise AssertionError(f"timed out waiting for {what if isinstance(what, str) else what()}")
 
 
-class Surgeon(threading.Thread):
-    """One surgeon console: streams its master pose, runs requests in its own thread
-    (ZeroMQ sockets are single-thread), keeps the newest telemetry."""
-
-    def __init__(self, cfg: LinkConfig, keys: ClientKeys) -> None:
-        super().__init__(daemon=True)
-        self.link = ConsoleLink(cfg, keys)
-        self.wave = False
-        """False: the master holds still; True: it moves (a 2 cm, 1 Hz wave in x)."""
-        self.tlm: Telemetry | None = None
-        self._ops: queue.Queue[tuple[str, int | None, int,
-                                     concurrent.futures.Future[ControlReply | None]]]
-        self._ops = queue.Queue()
-        self._halt = threading.Event()
-        self._t0 = time.monotonic()
-
-    def ask(self, op: str, handoff: int | None = None,
-            timeout_ms: int = 2000) -> concurrent.futures.Future[ControlReply | None]:
-        done: concurrent.futures.Future[ControlReply | None] = concurrent.futures.Future()
-        self._ops.put((op, handoff, timeout_ms, done))
-        return done
-
-    def engage(self) -> None:
-        """Engage as a surgeon does: again until the robot agrees (link settled)."""
-        def engaged() -> bool:
-            reply = self.ask("engage").result(5.0)
-            return reply is not None and reply.ok
-        wait_for(engaged, "the engage")
-
-    def following(self, pred: Callable[[], object], what: str) -> None:
-        """Wait for ``pred`` while following; re-engage after a trip, as a surgeon does
-        (a loaded two-core machine can starve this stream into a command timeout, or
-        the loop into the firmware's watchdog). What is asserted holds either way."""
-        def check() -> object:
-            if pred():
-                return True
-            state = None if self.tlm is None else self.tlm.state
-            if state == "fault":  # the virtual firmware's watchdog, a starved loop
-                self.ask("clear_fault").result(5.0)
-            elif state in ("ready", "hold"):
-                self.ask("engage").result(5.0)
-            return False
-        wait_for(check, lambda: f"{what} (robot {self.tlm.state if self.tlm else None}, "
-                                f"{self.tlm.reason if self.tlm else None})")
-
-    def run(self) -> None:
-        seq = 0
-        try:
-            while not self._halt.is_set():
-                for item in self.link.poll(2):
-                    if isinstance(item.msg, Telemetry):
-                        self.tlm = item.msg
-                if self.tlm is not None:
-                    seq += 1
-                    now = time.monotonic_ns()
-                    x = 0.02 * math.sin(2 * math.pi * (time.monotonic() - self._t0)) \
-                        if self.wave else 0.0
-                    self.link.send_command(Command(
-                        seq=seq, t_send_ns=now, position=(x, 0.0, 0.0),
-                        orientation=self.tlm.measured_cp.orientation, grip=0.0, clutch=False,
-                        operator_present=True, t_sample_ns=now))
-                try:
-                    op, handoff, timeout_ms, done = self._ops.get_nowait()
-                except queue.Empty:
-                    continue
-                try:
-                    done.set_result(self.link.request(op, handoff=handoff,
-                                                      timeout_ms=timeout_ms))
-                except LinkTimeout:
-                    done.set_result(None)
-        finally:
-            self.link.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5.0)
-
-
 @dataclass
 class Rig:
     node: RobotNode
@@ -139,7 +59,8 @@ class Rig:
     written: list[tuple[int, tuple[Frame, ...]]]
 
     def surgeon(self, name: str | None = None) -> Surgeon:
-        s = Surgeon(self.link_cfg, ClientKeys.load_surgeon(self.keys, name))
+        s = Surgeon(self.link_cfg, ClientKeys.load_surgeon(self.keys, name),
+                    request_timeout_ms=2000)
         s.start()
         wait_for(lambda: s.tlm is not None, "telemetry")
         return s
@@ -219,7 +140,7 @@ def test_handoff_by_grant_old_console_never_moves_the_arm_again(rig: Rig) -> Non
     alice, bob = rig.surgeon(), rig.surgeon("bob")
     try:
         arm_and_engage(alice)
-        alice.wave = True
+        alice.motion = wave_x
         alice.following(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
                         "alice moving the arm")
         assert alice.tlm is not None and alice.tlm.commander == "surgeon"
@@ -243,7 +164,7 @@ def test_handoff_by_grant_old_console_never_moves_the_arm_again(rig: Rig) -> Non
         bob.following(lambda: len(rig.targets_since(t_engaged)) >= 100, "bob following")
         still = [q for _, q in rig.targets_since(t_engaged)]
         assert spread(still) < MOVED_RAD, "alice's waving reached the arm"
-        bob.wave = True
+        bob.motion = wave_x
         t_move = time.monotonic_ns()
         bob.following(lambda: rig.first_motion(t_move) is not None, "bob moving the arm")
         assert bob.tlm is not None and bob.tlm.commander == "bob"
@@ -262,7 +183,7 @@ def test_mentor_takes_over_in_motion_and_must_engage_itself(rig: Rig) -> None:
     bob, mentor = rig.surgeon("bob"), rig.surgeon("mentor")
     try:
         arm_and_engage(bob)
-        bob.wave = mentor.wave = True
+        bob.motion = mentor.motion = wave_x
         bob.following(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
                       "bob moving the arm")
         t_request = time.monotonic_ns()
@@ -368,7 +289,7 @@ def test_a_scripted_mentor_console_takes_over_mid_motion(rig: Rig, tmp_path: Pat
     alice = rig.surgeon()
     try:
         arm_and_engage(alice)
-        alice.wave = True
+        alice.motion = wave_x
         alice.following(lambda: spread([q for _, q in rig.targets_since(0)]) > 10 * MOVED_RAD,
                         "alice moving the arm")
         cfg = tmp_path / "mentor.toml"

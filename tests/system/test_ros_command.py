@@ -10,15 +10,12 @@ audit judge it like a console's.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import math
-import queue
 import random
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +29,7 @@ from cyclonedds.domain import Domain, DomainParticipant
 from cyclonedds.pub import DataWriter
 from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
-from helpers import wait_until
+from helpers import Surgeon, wait_until
 from ros_reference import Reference
 
 from hil_tests.rig import free_ports, toml_text
@@ -41,11 +38,8 @@ from robot_side.kinematics import HOME_Q, Kinematics
 from robot_side.ros.ddsconfig import config_xml
 from robot_side.ros.topics import SUBSCRIPTIONS
 from safety.audit import read_records
-from telesurgery.errors import LinkTimeout
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, add_commander, init_keys
-from transport.link import ConsoleLink
-from transport.schema import Command, ControlReply, Telemetry
 
 STARTUP_S = 90.0
 CHANNELS = ("command", "control", "telemetry", "video")
@@ -344,57 +338,6 @@ def test_enable_twice_while_following_is_a_no_op_not_a_trip(rig: Rig) -> None:
     pytest.fail(f"no conclusive attempt in {ATTEMPTS}: {[t['reason'] for t in trips(rig)]}")
 
 
-class Console(threading.Thread):
-    """A surgeon console on the robot's link (the first surgeon's key): streams a still
-    master pose, answers pings, keeps the newest telemetry, makes requests in its own
-    thread (ZeroMQ sockets are single-thread)."""
-
-    def __init__(self, cfg: LinkConfig) -> None:
-        super().__init__(daemon=True)
-        self.link = ConsoleLink(cfg, ClientKeys.load_surgeon(cfg.keys_dir))
-        self.tlm: Telemetry | None = None
-        self._ops: queue.Queue[tuple[str, int | None, int,
-                                     concurrent.futures.Future[ControlReply | None]]]
-        self._ops = queue.Queue()
-        self._halt = threading.Event()
-
-    def ask(self, op: str, handoff: int | None = None,
-            timeout_ms: int = 3000) -> concurrent.futures.Future[ControlReply | None]:
-        done: concurrent.futures.Future[ControlReply | None] = concurrent.futures.Future()
-        self._ops.put((op, handoff, timeout_ms, done))
-        return done
-
-    def run(self) -> None:
-        seq = 0
-        try:
-            while not self._halt.is_set():
-                for item in self.link.poll(2):
-                    if isinstance(item.msg, Telemetry):
-                        self.tlm = item.msg
-                if self.tlm is not None:
-                    seq += 1
-                    now = time.monotonic_ns()
-                    self.link.send_command(Command(
-                        seq=seq, t_send_ns=now, position=(0.0, 0.0, 0.0),
-                        orientation=self.tlm.measured_cp.orientation, grip=0.0, clutch=False,
-                        operator_present=True, t_sample_ns=now))
-                try:
-                    op, handoff, timeout_ms, done = self._ops.get_nowait()
-                except queue.Empty:
-                    continue
-                try:
-                    done.set_result(self.link.request(op, handoff=handoff,
-                                                      timeout_ms=timeout_ms))
-                except LinkTimeout:
-                    done.set_result(None)
-        finally:
-            self.link.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(10.0)
-
-
 def command_status(rig: Rig, timeout_s: float, pred: Any) -> dict[str, str]:
     """The ROS commander's ``<ns>: command`` status on /diagnostics (ROS 2's own types)
     once ``pred(values)`` holds."""
@@ -428,7 +371,7 @@ def test_handoff_between_a_console_and_the_ros_commander_both_ways(rig: Rig) -> 
     ROS stream is refused from then on); ROS asks (state_command request_command), the
     console grants, ROS drives the arm on the serial port and the console is refused."""
     engage(rig)  # ROS in command, following
-    console = Console(rig.link_cfg)
+    console = Surgeon(rig.link_cfg, ClientKeys.load_surgeon(rig.link_cfg.keys_dir))
     console.start()
     try:
         wait_until(lambda: console.tlm is not None, 30.0, "the console's telemetry")
