@@ -4,7 +4,10 @@ Everything here is apart from the command path: its own two CURVE sockets, its
 own threads, and a bounded queue (``SEND_QUEUE`` frames, the oldest dropped) so
 that audio can never hold up a command. Opus comes from PyAV's libopus: 48 kHz
 mono, 20 ms frames, VoIP tuning. Echo safety: a console never plays its own
-voice back (packets whose speaker is this console's user id are skipped), and
+voice back: it sends a random per-connection token (``token``) as its packets'
+``speaker``, the robot stamps ``<authenticated name>#<token>`` (robot_side.intercom),
+and packets that come back with this token are skipped; every other talker is
+heard, another console with the same surgeon user id included. And
 with push-to-talk the microphone is closed while the other side speaks.
 
 ``mouth_to_ear_ns`` per packet = when its first sample is played - when it was
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +36,10 @@ from transport.schema import MAX_MESSAGE_BYTES, AudioPacket, decode_as, encode
 from transport.sockets import client_socket
 
 log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 3
+"""6 hex digits: the most the robot keeps of a connection token
+(``robot_side.intercom.TOKEN_HEX``, bounded by ``AudioPacket.speaker``'s 48 characters)."""
 RATE = 48_000
 FRAME = 960
 """Samples per 20 ms frame."""
@@ -97,6 +105,9 @@ class IntercomClient:
     def __init__(self, ctx: zmq.Context[Any], talk_ep: str, listen_ep: str, *,
                  keys: ClientKeys, me: str, sink: Sink) -> None:
         self.me = me
+        """The name this console talks under (for the log; the robot stamps its own)."""
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        """This connection's token: the robot's ``<name>#<token>`` of our own voice."""
         self._sink = sink
         self._ptt = threading.Event()
         self._queue: queue.Queue[tuple[np.ndarray[Any, Any], int]] = queue.Queue(SEND_QUEUE)
@@ -148,7 +159,8 @@ class IntercomClient:
                 self._seq += 1
                 try:
                     self._talk.send(encode(AudioPacket(seq=self._seq, t_ns=done_ns,
-                                                       payload=payload)), zmq.NOBLOCK)
+                                                       payload=payload, speaker=self.token)),
+                                    zmq.NOBLOCK)
                     self.sent += 1
                 except zmq.Again:
                     self.dropped += 1
@@ -164,7 +176,7 @@ class IntercomClient:
                 self._ratelog(logging.WARNING, "bad-audio", "intercom: %s", err)
                 continue
             speaker = pkt.speaker or "?"
-            if speaker == self.me:
+            if self.own(speaker):
                 continue  # never our own voice back (echo)
             dec = self._decoders.setdefault(speaker, OpusDecoder())
             pcm = dec.decode(pkt.payload)
@@ -175,6 +187,11 @@ class IntercomClient:
             self.mouth_to_ear_ns.append(play_at - (pkt.t_ns - FRAME_NS)
                                         + self._encoder.lookahead_ns)
             self._sink(speaker, pkt, pcm, play_at)
+
+    def own(self, speaker: str) -> bool:
+        """Whether ``speaker`` (as the robot stamped it) is this connection's voice."""
+        name, sep, token = speaker.rpartition("#")
+        return bool(sep and name) and token == self.token
 
     def close(self) -> None:
         self._halt.set()

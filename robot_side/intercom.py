@@ -4,8 +4,16 @@ A thread of the robot node with its own two CURVE sockets (``talk_port`` in,
 ``listen_port`` out), so audio shares nothing with commands: not a socket, not a
 queue, not a thread. Who may talk is a list of ZAP user ids in
 ``<keys_dir>/intercom_rights`` (re-read on change); every packet is checked like
-a stroke (``robot_side.telestration.KeyedRelay``) and carries the speaker's user
-id as the robot saw it.
+a stroke (``robot_side.telestration.KeyedRelay``) and carries the speaker's id as
+the robot saw it: ``<name>#<connection>``, where ``<name>`` is what the robot
+authenticated (a surgeon key's name, e.g. ``surgeon`` or ``mentor``; else the ZAP
+user id, ``observer:<name>``) and ``<connection>`` the talker's per-connection
+token (up to ``TOKEN_HEX`` hex digits it sends as ``speaker``; anything else is
+dropped). Every surgeon key shares the ZAP user ``surgeon``: without the name and
+the token, a mentor's and a surgeon's console skipped each other's voice as their
+own echo. The token only tells apart connections of one authenticated name (a
+talker can claim another's token, and then its own voice is skipped by that one,
+nothing more); the rate bucket is the name's.
 
 The on-site staff talk through the supervision page, a local process: its packets
 come in on a 0600 ipc PULL in the runtime folder (``ONSITE_SOCKET``) as the user
@@ -24,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +44,10 @@ from robot_side.telestration import POLL_MS, KeyedRelay, _Bucket
 from safety.audit_limit import OVERFLOW_PEER, RefusalLimiter, RefusalSummary
 from telesurgery.config import check
 from telesurgery.errors import SchemaError
-from transport.auth import Authenticator
+from transport.auth import Authenticator, session_key
 from transport.intake import AuditAlert
-from transport.keys import ServerKeys
-from transport.schema import MAX_MESSAGE_BYTES, AudioPacket, decode_as, encode
+from transport.keys import SURGEON_USER, ServerKeys
+from transport.schema import MAX_MESSAGE_BYTES, AudioPacket, Message, decode_as, encode
 
 RIGHTS_FILE = "intercom_rights"
 ONSITE_USER = "onsite"
@@ -46,6 +55,10 @@ ONSITE_USER = "onsite"
 ONSITE_SOCKET = "intercom-onsite.sock"
 LOCAL_SOCKET = "intercom.sock"
 AUDIT_BURST = 4
+TOKEN_HEX = 6
+"""A talker's connection token: ``observer:`` + a 32-character name + ``#`` + 6 fits the
+48 characters of ``AudioPacket.speaker``."""
+_TOKEN = re.compile(f"[0-9a-f]{{1,{TOKEN_HEX}}}")
 """Refused packets audited one by one per speaker and second; the rest aggregated."""
 
 
@@ -100,6 +113,14 @@ class IntercomRelay(KeyedRelay):
         self._alerts = alerts
         self.audit_limit = RefusalLimiter(burst=AUDIT_BURST, what="refused audio")
         self.audited = 0
+
+    def _sender(self, user: str, frame: zmq.Frame, msg: Message) -> tuple[str, str]:
+        """(the authenticated name, ``<name>#<connection token>``)."""
+        identity = self._auth.identity(session_key(frame)) if user == SURGEON_USER else None
+        name = identity.name if identity is not None else user
+        claim = getattr(msg, "speaker", None)
+        token = claim if isinstance(claim, str) and _TOKEN.fullmatch(claim) else None
+        return name, name if token is None else f"{name}#{token}"
 
     def run(self) -> None:
         poller = zmq.Poller()

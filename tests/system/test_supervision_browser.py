@@ -301,7 +301,7 @@ def test_the_staffs_voice_reaches_the_console_and_the_consoles_the_page(
         poll("the console's voice on the page", 10.0,
              lambda: page.evaluate("window.__intercom.heardLoud") >= 25)
         ic = page.evaluate("window.__intercom")
-        assert set(ic["speakers"]) == {"surgeon"}  # never the staff's own voice back
+        assert set(ic["speakers"]) == {f"surgeon#{console.token}"}  # never the staff's own
         shot(rig, page, "4b-intercom")
     finally:
         console.close()

@@ -21,6 +21,7 @@ from operator_console.speech import envelope, speech_pcm, tools_missing
 from robot_side.intercom import (
     AUDIT_BURST,
     RIGHTS_FILE,
+    TOKEN_HEX,
     IntercomConfig,
     IntercomRelay,
 )
@@ -29,7 +30,7 @@ from robot_side.workers import AuditThread
 from safety.audit import AuditLog, read_records
 from safety.config import AuditConfig
 from transport.auth import start_authenticator
-from transport.keys import ClientKeys, ServerKeys, init_keys
+from transport.keys import ClientKeys, ServerKeys, add_surgeon, init_keys
 from transport.schema import MAX_MESSAGE_BYTES, AudioPacket, encode
 from transport.sockets import client_socket
 
@@ -105,7 +106,7 @@ def test_push_to_talk_speech_reaches_the_surgeon_never_the_talker_and_not_withou
         n = len(speech) // FRAME
         wait_until(lambda: len(surgeon_ear.heard) >= n, 5.0, "every frame heard")
         heard = np.concatenate([pcm for _, _, pcm in surgeon_ear.heard[:n]])
-        assert {s for s, _, _ in surgeon_ear.heard} == {"observer:alice"}
+        assert {s.split("#")[0] for s, _, _ in surgeon_ear.heard} == {"observer:alice"}
         # The same words: the loudness per 20 ms frame follows the original's.
         a, b = envelope(speech), envelope(heard)
         assert float(np.corrcoef(a, b)[0, 1]) > 0.9
@@ -170,3 +171,62 @@ def test_a_refused_flood_trips_nothing_and_is_audited_in_aggregate(
     assert single <= AUDIT_BURST * windows and relay.audited <= (AUDIT_BURST + 1) * windows
     print(f"intercom flood: {2 * n} refused packets, {relay.audited} audit records "
           f"({single} one by one, {aggregated} in aggregates)")
+
+
+def test_two_surgeon_keys_each_hear_the_other_never_themselves(
+        hub: tuple[IntercomRelay, Path], ctx: zmq.Context[Any]) -> None:
+    """Every surgeon key shares the ZAP user ``surgeon``: the robot names each talker by
+    its key and connection (``<name>#<token>``), so a mentor's and a surgeon's console
+    each skip only their own voice, and both may talk at once (a rate bucket each)."""
+    relay, keydir = hub
+    add_surgeon(keydir, "mentor", mentor=True)
+    relay._auth.reload()  # the running authenticator learns the new key
+    surgeon_ear, mentor_ear = Ear(), Ear()
+    surgeon = client(ctx, relay, ClientKeys.load_surgeon(keydir), "surgeon", surgeon_ear)
+    mentor = client(ctx, relay, ClientKeys.load_surgeon(keydir, "mentor"), "mentor", mentor_ear)
+    try:
+        tone = (np.sin(np.arange(50 * FRAME) * 2 * np.pi * 440 / 48_000) * 8000).astype(np.int16)
+        surgeon.talk(True)
+        mentor.talk(True)
+        wait_until(lambda: (surgeon.feed(tone[:FRAME]), mentor.feed(tone[:FRAME]),
+                            time.sleep(0.02), bool(surgeon_ear.heard and mentor_ear.heard))[-1],
+                   10.0, "both links up")
+        surgeon_ear.heard.clear()
+        mentor_ear.heard.clear()
+        t = time.monotonic_ns()
+        for i in range(50):  # both talk at once, in real time
+            t += FRAME_NS
+            time.sleep(max(0.0, (t - time.monotonic_ns()) / 1e9))
+            surgeon.feed(tone[i * FRAME:(i + 1) * FRAME], t)
+            mentor.feed(tone[i * FRAME:(i + 1) * FRAME], t)
+        wait_until(lambda: len(surgeon_ear.heard) >= 45 and len(mentor_ear.heard) >= 45, 5.0,
+                   "each console hearing the other")
+        assert {s for s, _, _ in surgeon_ear.heard} == {f"mentor#{mentor.token}"}
+        assert {s for s, _, _ in mentor_ear.heard} == {f"surgeon#{surgeon.token}"}
+        assert relay.refused["rate"] == 0
+        assert len(surgeon.token) <= TOKEN_HEX
+    finally:
+        surgeon.close()
+        mentor.close()
+
+
+def test_the_speaker_name_is_the_robots_a_claimed_one_is_replaced(
+        hub: tuple[IntercomRelay, Path], ctx: zmq.Context[Any]) -> None:
+    """A talker's ``speaker`` claim keeps only a bounded hex token; the name is the key's."""
+    relay, keydir = hub
+    ear = Ear()
+    listener = client(ctx, relay, ClientKeys.load_observer(keydir, "bob"), "observer:bob", ear)
+    raw = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{relay.talk_port}",
+                        ClientKeys.load_surgeon(keydir), MAX_MESSAGE_BYTES, hwm=100)
+    silence = encode(AudioPacket(seq=1, t_ns=1, payload=b"\xf8\xff\xfe"))
+    forged = encode(AudioPacket(seq=2, t_ns=1, payload=b"\xf8\xff\xfe",
+                                speaker="mentor#abc123"))
+    try:
+        wait_until(lambda: (raw.send(silence), time.sleep(0.02), bool(ear.heard))[-1], 10.0,
+                   "the link up")
+        raw.send(forged)
+        wait_until(lambda: any(seq == 2 for _, seq, _ in ear.heard), 5.0, "the forged packet")
+        assert {s for s, seq, _ in ear.heard if seq == 2} == {"surgeon"}
+    finally:
+        raw.close(0)
+        listener.close()

@@ -138,7 +138,7 @@ def test_staff_talk_to_the_console_and_hear_it_only_with_the_onsite_right(
                         msg = await asyncio.wait_for(page.receive(), 5.0)
                         if msg.type == aiohttp.WSMsgType.BINARY:
                             n = msg.data[0]
-                            assert msg.data[1:1 + n] == b"surgeon"
+                            assert msg.data[1:1 + n] == f"surgeon#{surgeon.token}".encode()
                             pcm = np.frombuffer(msg.data[1 + n:], "<i2")
                             assert len(pcm) == FRAME
                             got += 1
