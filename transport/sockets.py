@@ -36,12 +36,13 @@ RECONNECT_IVL_MAX_MS = 1000
 RECEIVE_ONLY = frozenset({zmq.SUB, zmq.DEALER})
 """The console's sockets whose input can stop (a full receive queue): subscribers and the
 control DEALER send no ZMTP heartbeat of their own (see ``_common``). A silent robot is
-still dropped by the console in ``heartbeat_timeout_ms``: the robot's PINGs carry that
-TTL (``HEARTBEAT_TTL``), and libzmq drops a connection on which nothing arrived within
-it, whether or not this side pings. Not the console's command PUSH (its input never
-stops: it receives only ZMTP commands) nor the robot's command PULL (its heartbeat is how
-the robot counts a silent console, ``command_disconnects``, and the control thread drains
-it every period)."""
+dropped by the console in ``heartbeat_timeout_ms``: the robot's PINGs carry that TTL
+(``HEARTBEAT_TTL``), and libzmq drops a connection on which nothing arrived within it,
+whether or not this side pings (re-armed by each PING only, cancelled by any message: the
+console's own pings and path liveness judge a robot that hung just after a data message).
+Not the console's command PUSH (its input never stops: it receives only ZMTP commands) nor
+the robot's command PULL (its heartbeat is how the robot counts a silent console,
+``command_disconnects``, and the control thread drains it every period)."""
 DEALER_RCVHWM = 100_000
 """The console's control DEALER also gets a receive queue a stall cannot fill (its input
 stops less often). Its traffic is pings and replies (~100 B at ~20/s), so this bound is
