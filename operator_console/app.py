@@ -139,9 +139,14 @@ class ConsoleApp:
         status = StatusView(sys.stderr) if headless and cfg.status_view else None
         self.receiver = receiver
         # Dual path: video by one path, moved (with a keyframe request) when it fails.
+        def on_video_switch() -> None:  # the path's own SUB, connected in advance
+            if receiver is not None:
+                receiver.use_socket(link.video_socket)
+                receiver.on_path_switch()
+
         video_path = VideoPathSwitch(
             link, None if receiver is None else lambda: receiver.stats.received,
-            receiver.on_path_switch if receiver is not None else lambda: None)
+            on_video_switch)
         g2g_ms: float | None = None
         fps = 0.0
         last_shown_ns: int | None = None

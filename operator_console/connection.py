@@ -116,9 +116,11 @@ class VideoPathSwitch:
     Called from the video loop (its thread owns the video socket). The trigger for a
     failover is the picture itself (no video message for ``VIDEO_SILENT_NS``) while
     another path is live; a flowing path is left only for a clearly faster one
-    (``choose_video_path``), at most once a second. The new connection starts
-    mid-GOP, so the receiver is told to wait for a keyframe, which makes it request
-    one (``VideoReceiver.take_keyframe_request``)."""
+    (``choose_video_path``), at most once a second. Every path's video connection is
+    up all the time (``ConsoleLink.switch_video`` only moves the subscription; standby
+    queues are drained here). The new path's stream starts mid-GOP, so the receiver is
+    told to wait for a keyframe, which makes it request one
+    (``VideoReceiver.take_keyframe_request``)."""
 
     def __init__(self, link: ConsoleLink, received: Callable[[], int] | None,
                  on_switch: Callable[[], None] = lambda: None) -> None:
@@ -152,6 +154,7 @@ class VideoPathSwitch:
         link = self.link
         if len(link.paths) < 2 or self._received is None:
             return False
+        link.drain_standby_video()
         count = self._received()
         if count != self._count:
             if self._video_ns is not None and self._count >= 0 and count == self._count + 1:

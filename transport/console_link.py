@@ -21,7 +21,6 @@ telemetry sockets); ``session`` is one reference read by both.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -98,12 +97,13 @@ class ConsoleLink(_Link):
         """Index of the path video comes by (``switch_video``)."""
 
         def client(kind: int, path: LinkPath, port: int, *, max_msg: int, hwm: int,
-                   poll: bool, dscp: int = cfg.dscp_command) -> zmq.Socket[Any]:
+                   poll: bool, dscp: int = cfg.dscp_command,
+                   subscribe: bool = True) -> zmq.Socket[Any]:
             sock = client_socket(self._ctx, kind, endpoint(path, port), keys, max_msg,
                                  hwm=hwm, heartbeat_ivl_ms=cfg.heartbeat_ivl_ms,
                                  heartbeat_timeout_ms=cfg.heartbeat_timeout_ms,
                                  tos=tos_byte(dscp))
-            if kind == zmq.SUB:
+            if kind == zmq.SUB and subscribe:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             return self._add(sock, poll)
 
@@ -112,9 +112,15 @@ class ConsoleLink(_Link):
                 self._telemetries.append(client(
                     zmq.SUB, path, cfg.telemetry_port, max_msg=cfg.max_message_bytes,
                     hwm=TELEMETRY_HWM, poll=True))
-            self.video_socket = client(zmq.SUB, self.paths[0], cfg.video_port,
-                                       max_msg=VIDEO_MAX_MESSAGE_BYTES, hwm=VIDEO_HWM,
-                                       poll=False, dscp=cfg.dscp_video)
+            # One video SUB per path, connected (its CURVE handshake done) all the time but
+            # subscribed only on the video's path: the robot's PUB filters per connection,
+            # so a standby path carries heartbeats, no video, and a switch needs no
+            # handshake (``switch_video``).
+            self.video_sockets = tuple(
+                client(zmq.SUB, path, cfg.video_port, max_msg=VIDEO_MAX_MESSAGE_BYTES,
+                       hwm=VIDEO_HWM, poll=False, dscp=cfg.dscp_video, subscribe=i == 0)
+                for i, path in enumerate(self.paths))
+            """Each path's video SUB (only ``video_socket`` is subscribed)."""
             if not observer:
                 for path in self.paths:
                     self._commands.append(client(
@@ -251,19 +257,41 @@ class ConsoleLink(_Link):
                          None if rtt is None else rtt // 1000)
                 for p, heard, rtt in zip(self.paths, self._heard_ns, self._rtt_ns, strict=True)]
 
+    @property
+    def video_socket(self) -> zmq.Socket[Any]:
+        """The video SUB of the video's path (``switch_video`` changes it)."""
+        return self.video_sockets[self.video_path]
+
     def switch_video(self, index: int) -> None:
         """Take video by path ``index`` from now on (the video thread calls this: it owns
-        the socket); the caller asks for a keyframe, the new connection starts mid-GOP."""
+        the video sockets, and reads ``video_socket`` again after it); the caller asks for
+        a keyframe, the new path's stream starts mid-GOP. No connect: the new path's SUB
+        is connected already, it only subscribes (and the old one unsubscribes)."""
         if index == self.video_path or not 0 <= index < len(self.paths):
             return
-        old = endpoint(self.paths[self.video_path], self._video_port)
-        with contextlib.suppress(zmq.ZMQError):  # an endpoint already gone
-            self.video_socket.disconnect(old)
-        self.video_socket.connect(endpoint(self.paths[index], self._video_port))
+        self.drain_standby_video()  # the new path's queue: old news
+        self.video_sockets[index].setsockopt(zmq.SUBSCRIBE, b"")
+        self.video_socket.setsockopt(zmq.UNSUBSCRIBE, b"")
         log.info("video now by path %s (was %s)", self.paths[index].name,
                  self.paths[self.video_path].name)
         self.video_path = index
         self.counters["video_path_switches"] += 1
+
+    def drain_standby_video(self) -> int:
+        """Discard what the standby paths' video SUBs received (the frames in flight when
+        they were unsubscribed); the video thread calls this every turn. A standby queue
+        left full would stop its connection reading: the robot's PINGs unanswered, the
+        robot would drop it, and the standby would need a new handshake after all."""
+        n = 0
+        for i, sock in enumerate(self.video_sockets):
+            while i != self.video_path:
+                try:
+                    sock.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                n += 1
+        self.counters["video_standby_discards"] += n
+        return n
 
     def _first_copies(self, sock: zmq.Socket[Any], items: list[Inbound]) -> list[Inbound]:
         """Telemetry and events from every path, each kept once (by type and seq)."""

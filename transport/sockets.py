@@ -3,8 +3,9 @@
 Every socket: CurveZMQ, LINGER 0 (closing never waits to flush stale
 commands), a maximum message size (a peer cannot make us allocate unbounded
 memory), bounded high-water marks, and ZMTP heartbeats so that a dead peer is
-noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes. Subscribers are
-the exception: they leave heartbeating to their publisher and use TCP keepalive
+noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes. The console's
+subscribers and control DEALER are the exception: they send no PINGs of their own (the
+robot's PINGs and their TTL still drop a silent robot) and use TCP keepalive too
 (``_common`` says why: a libzmq abort).
 
 Server sockets additionally set ``ZAP_ENFORCE_DOMAIN``: without it libzmq
@@ -32,16 +33,20 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-RECEIVE_ONLY = frozenset({zmq.SUB})
-"""Subscribers: no ZMTP heartbeat of their own (see ``_common``). Not the robot's command
-PULL: its heartbeat is how the robot counts a silent console (``command_disconnects``),
-and the control thread drains it every period, so its queue does not stay full."""
+RECEIVE_ONLY = frozenset({zmq.SUB, zmq.DEALER})
+"""The console's sockets whose input can stop (a full receive queue): subscribers and the
+control DEALER send no ZMTP heartbeat of their own (see ``_common``). A silent robot is
+dropped by the console in ``heartbeat_timeout_ms``: the robot's PINGs carry that TTL
+(``HEARTBEAT_TTL``), and libzmq drops a connection on which nothing arrived within it,
+whether or not this side pings (re-armed by each PING only, cancelled by any message: the
+console's own pings and path liveness judge a robot that hung just after a data message).
+Not the console's command PUSH (its input never stops: it receives only ZMTP commands) nor
+the robot's command PULL (its heartbeat is how the robot counts a silent console,
+``command_disconnects``, and the control thread drains it every period)."""
 DEALER_RCVHWM = 100_000
-"""The console's control DEALER keeps its heartbeat (a dead robot is dropped and
-redialled) but gets a receive queue it cannot fill: the same libzmq abort (see
-``_common``) hit a console whose session thread stalled for 5 s under load (100
-queued pings at 20 Hz). Its traffic is pings and replies (~100 B at ~20/s), so this
-bound is ~80 min of stall and a few MB, not a limit a healthy console meets."""
+"""The console's control DEALER also gets a receive queue a stall cannot fill (its input
+stops less often). Its traffic is pings and replies (~100 B at ~20/s), so this bound is
+~80 min of stall and a few MB, not a limit a healthy console meets."""
 KEEPALIVE_IDLE_S = 1
 KEEPALIVE_INTVL_S = 1
 KEEPALIVE_CNT = 3
@@ -57,14 +62,13 @@ def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: P
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, DEALER_RCVHWM if kind == zmq.DEALER else hwm)
     if kind in RECEIVE_ONLY:
-        # libzmq 4.3.5 aborts the whole process ("Assertion failed: _input_stopped",
-        # zeromq/libzmq#3937 and #4767) when this side's heartbeat times out while its
-        # receive queue is full: the engine stopped reading (so it cannot see the
-        # peer's traffic), is replaced on reconnect, and a stale activation restarts
-        # input on the new one. A subscriber therefore sends no PINGs: the
-        # publisher's heartbeats still drop a dead or stalled subscriber, a dead peer
-        # process closes TCP at once, TCP keepalive drops a dead host, and a peer that
-        # hangs is the application's to judge (the console's telemetry age).
+        # libzmq 4.3.5 aborts the whole process when this side's heartbeat timer fires on
+        # an engine whose input stopped (receive queue full) and whose connection then
+        # failed: the failure is only recorded (``_io_error``, the engine waits for the
+        # queue to drain), and the next PING tick writes on it ("Assertion failed:
+        # !_io_error", stream_engine_base.cpp:310; zeromq/libzmq#3937 and #4767 for its
+        # ``_input_stopped`` twin). A socket without HEARTBEAT_IVL has no such timer; the
+        # peer's PINGs (their TTL) still drop a silent peer, TCP keepalive a dead host.
         heartbeat_ivl_ms = 0
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)

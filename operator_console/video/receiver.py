@@ -93,6 +93,11 @@ class VideoReceiver:
         self.stats = ReceiverStats()
 
     # -- public interface
+    def use_socket(self, socket: zmq.Socket[bytes]) -> None:
+        """Read video from ``socket`` from now on (dual path: each path has its own SUB,
+        ``ConsoleLink.switch_video``)."""
+        self._socket = socket
+
     def on_path_switch(self) -> None:
         """Video now comes by another path (dual path): ask for a keyframe now, and once
         more with the first frame by the new path. The first request may reach the robot

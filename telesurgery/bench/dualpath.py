@@ -57,6 +57,7 @@ import numpy as np
 import zmq
 
 from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, link_context
+from telesurgery.bench import videoswitch
 from telesurgery.errors import LinkError
 from telesurgery.pacer import enter_realtime, realtime_permitted, try_realtime
 from transport.config import LinkConfig, LinkPath
@@ -357,7 +358,8 @@ def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
         keep_scheduling(stack)
         result = {"cost": cost(stack, keys, seconds, rate_hz),
                   "failover": failover(stack, keys, trials, min(rate_hz, 500.0)) if trials
-                  else None, "cpus": os.cpu_count()}
+                  else None, "cpus": os.cpu_count(),
+                  "video_switch": videoswitch.run(stack, keys, max(trials, 5))}
     return result
 
 
@@ -387,4 +389,6 @@ def report(r: dict[str, Any]) -> list[str]:
         if not f["realtime"]:
             lines.append("    (no SCHED_FIFO here: threads at normal priority, "
                          "not as the node runs)")
+    if r.get("video_switch"):
+        lines += videoswitch.report(r["video_switch"])
     return lines

@@ -273,6 +273,8 @@ def test_link_bench_with_two_paths_reports_cost_and_failover() -> None:
     assert one["n"] > 0 and two["n"] > 0 and two["duplicates"] > 0 == one["duplicates"]
     assert r["failover"]["trials"] == 2 and r["failover"]["period_ms"] == 5.0
     assert 0 <= r["failover"]["trials_without_miss"] <= 2
+    switch = r["video_switch"]  # the video part: both ways of switching delivered frames
+    assert switch["standby"]["n"] > 0 and switch["reconnect"]["n"] > 0, switch
 
 
 def test_link_bench_help_lists_the_dual_path_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,6 +37,9 @@ class _LinkStandIn:
         self.switched_to.append(index)
         self.video_path = index
 
+    def drain_standby_video(self) -> int:
+        return 0
+
 
 def _run(quiet_path: bool) -> tuple[_LinkStandIn, VideoPathSwitch, int, int | None]:
     """Frames by path A until t_stop, then none; path A's telemetry stops with them when
