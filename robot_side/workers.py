@@ -22,6 +22,12 @@ from transport.schema import SafetyEvent
 
 log = logging.getLogger(__name__)
 
+PUBLISHED_ALERTS = frozenset({"redundancy_lost", "redundancy_restored"})
+"""Alerts the staff and the surgeon must see, not only the audit log: sent as a
+``SafetyEvent`` whose from and to are the state it happened in (no transition: the arm
+does not stop for it), so the page, the HUD's event list, ROS 2 and the recording
+show "down to one path" when it happens (issue 16: a warning, not a hold)."""
+
 
 class AuditThread(threading.Thread):
     """Persists every transition (fsync) *before* it is published (invariant 7)."""
@@ -51,14 +57,21 @@ class AuditThread(threading.Thread):
         while alerts:
             a = alerts.popleft()
             try:
-                self.audit.append("alert", {"t_ns": a.t_ns, "code": a.code, "detail": a.detail,
-                                            "level": logging.getLevelName(a.level)}, sync=True)
+                index = self.audit.append("alert", {
+                    "t_ns": a.t_ns, "code": a.code, "detail": a.detail,
+                    "level": logging.getLevelName(a.level)}, sync=True)
             except AuditError as err:
                 self.healthy = False
                 log.error("audit append failed (%s): alert %s not recorded", err, a.code)
                 continue
             self.persisted += 1
             log.log(a.level, "audited alert: %s: %s", a.code, a.detail)
+            if a.code in PUBLISHED_ALERTS:
+                report = self.mailbox.report
+                state = str(report.state) if report is not None else "disabled"
+                self.mailbox.events.append(SafetyEvent(
+                    seq=index, t_ns=a.t_ns, code=a.code[:64], state_from=state,
+                    state_to=state, detail=a.detail[:256]))
 
     def run(self) -> None:
         try_realtime(HELPER_PRIORITY)  # it shares the GIL with the control thread

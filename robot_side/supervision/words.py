@@ -56,6 +56,9 @@ REASON_WORDS: dict[str, str] = {
     Reason.NOT_ALIGNED: "the surgeon's hand was not aligned with the instrument",
     Reason.NOT_ARMED: "the robot was not armed",
     Reason.LATCHED: "an earlier stop has not been cleared yet",
+    # Warnings without a transition (robot_side.workers.PUBLISHED_ALERTS)
+    "redundancy_lost": "down to one network path: no redundancy left (the arm keeps going)",
+    "redundancy_restored": "a second network path is back: redundancy restored",
 }
 
 FLAG_WORDS: dict[FwFlags, str] = {

@@ -78,8 +78,10 @@ function render(s) {
   $("recording").className = rec && rec.state !== "recording" ? "alarm" : "";
   $("events").replaceChildren(...s.events.map((e) => {
     const li = document.createElement("li");
-    li.textContent = `${e.age_s.toFixed(1)} s ago: ${e.from} \u2192 ${e.to}: ${e.words}` + (e.detail ? ` (${e.detail})` : "");
-    if (["hold", "fault", "estop"].includes(e.to)) li.className = "trip";
+    // A warning (same state before and after) is not a transition: no arrow.
+    const what = e.from === e.to ? `warning while ${e.to}` : `${e.from} \u2192 ${e.to}`;
+    li.textContent = `${e.age_s.toFixed(1)} s ago: ${what}: ${e.words}` + (e.detail ? ` (${e.detail})` : "");
+    if (e.from !== e.to && ["hold", "fault", "estop"].includes(e.to)) li.className = "trip";
     return li;
   }));
   renderVitals(s.vitals);
