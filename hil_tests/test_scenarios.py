@@ -40,7 +40,6 @@ from hil_tests.netns import NetnsPair, netns_available
 from hil_tests.rig import REAL_PORT_ENV, RigOptions, SimRig, poll
 from hil_tests.scenarios import (
     ARMS,
-    BUS_WATCHDOG_MS,
     CI_SLACK_MS,
     DELIBERATE,
     FIRMWARE_FIFO,
@@ -50,23 +49,24 @@ from hil_tests.scenarios import (
     RATE_HZ,
     RIG_NICE,
     ROTATION_SCALE,
-    SERVO_LATENCY_MS,
     TABLE,
     Scenario,
     by_name,
     for_arm,
 )
-from hil_tests.servo_rig import JOINT_IDS
+from hil_tests.servo_checks import (
+    SERVO_STILL_RAD,
+    bus_watchdog_stop,
+    last_goal_held,
+    moved,
+    servo_joints,
+    servos_stopped,
+    watch_servos_still,
+)
 
 REENGAGE_AFTER_S = 0.3
 STILL_RAD = 1e-6
 """Joint motion allowed while held: the emulated firmware holds position exactly."""
-SERVO_STILL_RAD = 2e-3
-"""The same on a servo bus: an emulated servo settles on its goal first."""
-SERVO_SETTLE_S = 0.15
-SERVO_SPAN_RAD = 0.05
-"""Feetech after its link is gone: how far the last goal may be from where the joint was
-(the robot bounds each target to a step per period and the tracking error)."""
 SMALL_VIDEO = {"video": {"width": 640, "height": 360}}
 REAL = bool(os.environ.get(REAL_PORT_ENV))
 FULL_SERVO_TABLE = os.environ.get("HIL_SERVO_TABLE", "") == "full"
@@ -84,36 +84,8 @@ def firmware_state(rig: SimRig) -> dict[str, Any] | None:
     return state
 
 
-def bus_state(rig: SimRig) -> dict[str, Any]:
-    """The servo-bus emulator's snapshot (positions, goals, torque, Bus Watchdog)."""
-    state: dict[str, Any] = rig.firmware({"state": True})["state"]
-    return state
-
-
-def servo_joints(rig: SimRig, key: str = "positions") -> list[float]:
-    return [float(v) for v in bus_state(rig)[key][:len(JOINT_IDS)]]
-
-
-def moved(a: list[float], b: list[float]) -> float:
-    return max(abs(x - y) for x, y in zip(a, b, strict=True))
-
-
 def still_rad(rig: SimRig) -> float:
     return STILL_RAD if rig.opts.servo_family is None else SERVO_STILL_RAD
-
-
-def watch_servos_still(rig: SimRig, until_ns: int, since: int) -> float:
-    """``watch_still`` on a servo bus: neither a joint nor a goal moves while held."""
-    time.sleep(SERVO_SETTLE_S)
-    ref_q, ref_goal = servo_joints(rig), servo_joints(rig, "goals")
-    most = 0.0
-    while time.monotonic_ns() < until_ns:
-        if any(to == "following" for _, to, _ in rig.transitions()[since:]):
-            break
-        most = max(most, moved(servo_joints(rig), ref_q),
-                   moved(servo_joints(rig, "goals"), ref_goal))
-        time.sleep(0.05)
-    return most
 
 
 def watch_still(rig: SimRig, until_ns: int, since: int) -> float:
@@ -341,7 +313,7 @@ def run_row(rig: SimRig, sc: Scenario) -> Measured:
                               lambda: _left_following(rig, n_trans))
         if sc.hold_by == "firmware_watchdog":
             m.note = (_watchdog_braked(rig, start_ns) if rig.opts.servo_family is None
-                      else _servos_stopped(rig, start_ns))
+                      else servos_stopped(rig, start_ns))
         if m.observed != "no_trip":
             m.moved_rad = watch_still(rig, end_ns, n_trans)
         if sc.kind == "estop":
@@ -415,48 +387,13 @@ def arm_of(rig: SimRig) -> str:
     return rig.opts.servo_family or "firmware"
 
 
-def _bus_watchdog_stop(rig: SimRig, start_ns: int) -> float:
-    """Dynamixel: ms from ``start_ns`` until every servo's Bus Watchdog has stopped it."""
-    def stopped() -> dict[str, Any] | None:
-        state = bus_state(rig)
-        return state if all(state["watchdog_tripped"]) else None
-    state = poll("every servo's Bus Watchdog", 5.0, stopped)
-    return max(_ms(t - start_ns) for t in state["watchdog_trip_ns"])
-
-
-def _last_goal_held(rig: SimRig, at_fault: list[float]) -> str:
-    """Feetech STS (no bus watchdog): each servo goes on to its last goal, which the robot
-    had bounded near where the joint was, and holds it there."""
-    goals = servo_joints(rig, "goals")
-    span = moved(goals, at_fault)
-    assert span <= SERVO_SPAN_RAD, f"last goals {span:.4f} rad from the joints (bound " \
-        f"{SERVO_SPAN_RAD})"
-    poll("the servos to reach their last goals", 5.0,
-         lambda: moved(servo_joints(rig), goals) < SERVO_STILL_RAD)
-    time.sleep(0.3)
-    assert moved(servo_joints(rig, "goals"), goals) < 1e-9, "a goal changed with no link"
-    return f"no bus watchdog: each servo went on {span:.4f} rad to its last goal, holds it"
-
-
-def _servos_stopped(rig: SimRig, start_ns: int) -> str:
-    """The bus is gone (vanished pty): the servos' own safety, within its period."""
-    if rig.opts.servo_family == "dynamixel":
-        after_ms = _bus_watchdog_stop(rig, start_ns)
-        bound = BUS_WATCHDOG_MS + SERVO_LATENCY_MS + CI_SLACK_MS
-        assert after_ms <= bound, f"Bus Watchdog stopped {after_ms} ms after (bound {bound})"
-        return f"Bus Watchdog stopped every servo {after_ms:.1f} ms after the fault"
-    # The robot's hold went out before the pty vanished, or the servos keep the last
-    # bounded goal: either way every goal stays within SERVO_SPAN_RAD of the joint.
-    return _last_goal_held(rig, servo_joints(rig))
-
-
 def _servos_braked(rig: SimRig, sc: Scenario, m: Measured, kill_ns: int) -> Measured:
     """robot_sigkill on a servo bus (``scenarios.for_arm``)."""
     at_kill = servo_joints(rig)
     m.observed = "braked"
     if rig.opts.servo_family == "dynamixel":
         m.reason = "Bus Watchdog"
-        m.detect_ms = _bus_watchdog_stop(rig, kill_ns)
+        m.detect_ms = bus_watchdog_stop(rig, kill_ns)
         time.sleep(0.1)
         ref = servo_joints(rig)
         time.sleep(0.4)
@@ -464,7 +401,7 @@ def _servos_braked(rig: SimRig, sc: Scenario, m: Measured, kill_ns: int) -> Meas
         m.note = "every servo stopped by its own Bus Watchdog"
     else:
         m.reason = "last goal (no watchdog)"
-        m.note = _last_goal_held(rig, at_kill)
+        m.note = last_goal_held(rig, at_kill)
         ref = servo_joints(rig)
         time.sleep(0.3)
         m.moved_rad = moved(servo_joints(rig), ref)
