@@ -263,7 +263,7 @@ CONSOLE_DEATHS: list[str] = []
 """Consoles that died by themselves during the table (printed in the summary)."""
 
 
-def wait_following(rig: SimRig) -> str:
+def wait_following(rig: SimRig, timeout_s: float = 60.0) -> str:
     """``rig.wait_following``; a console that died by itself is started again and said.
 
     Under heavy load the console process has aborted inside libzmq (``Assertion failed:
@@ -271,15 +271,21 @@ def wait_following(rig: SimRig) -> str:
     connection: a console defect, not the row's; without a console every later row
     would only time out. The robot's side of a dead console is the console_sigkill row.
     """
-    console = rig.procs["console"]
-    if console.poll() is None:
-        rig.wait_following()
-        return ""
-    what = f"console had died by itself (exit {console.returncode}); started again"
-    CONSOLE_DEATHS.append(f"{arm_of(rig)}: {what}")
-    rig.start_console()
-    rig.wait_following()
-    return what + ". "
+    said = ""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        console = rig.procs["console"]
+        if console.poll() is not None:
+            what = f"console had died by itself (exit {console.returncode}); started again"
+            CONSOLE_DEATHS.append(f"{arm_of(rig)}: {what}")
+            said += what + ". "
+            rig.start_console()
+        try:
+            rig.wait_following(min(15.0, max(1.0, deadline - time.monotonic())))
+            return said
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
 
 
 def run_row(rig: SimRig, sc: Scenario) -> Measured:
