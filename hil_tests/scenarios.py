@@ -47,7 +47,7 @@ Precise expectations, and why:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -131,6 +131,12 @@ class Scenario:
     known_issue: str = ""
     """A robot-side defect this row exposes (the row then runs as a non-strict xfail,
     so the finding stays visible without failing CI until it is fixed)."""
+    backend_dependent: bool = False
+    """The row means something different on each arm backend (the serial/bus rows, the
+    robot's death): it runs against every arm by default; the others run against the
+    servo emulators only in the whole-table run (``HIL_SERVO_TABLE=full``, docs/hil.md)."""
+    arm_skip: str = ""
+    """Why the row means nothing on this arm (set by ``for_arm``): skipped with it."""
 
     @property
     def bound_text(self) -> str:
@@ -154,7 +160,8 @@ TABLE: tuple[Scenario, ...] = (
              why="no false trip on a healthy link"),
     Scenario("link_blackout", "both directions dropped on every channel for 0.5 s",
              "blackout", "hold", _CT, COMMAND_TIMEOUT_MS + PERIOD_MS, "last_command", 0.5,
-             _frozen(seconds=0.5)),
+             _frozen(seconds=0.5), backend_dependent=True,
+             why="the representative link row: run against every arm by default"),
     Scenario("latency_step", "120 ms added each way on every channel", "proxy", "hold", _CT,
              COMMAND_TIMEOUT_MS + PERIOD_MS, "last_command", 1.0,
              _frozen(upstream={"delay_ms": 120.0}, downstream={"delay_ms": 120.0}),
@@ -207,17 +214,28 @@ TABLE: tuple[Scenario, ...] = (
     Scenario("serial_corrupt", "every firmware frame corrupted", "serial", "fault",
              frozenset({"serial_fault"}), STATE_TIMEOUT_MS + 2 * PERIOD_MS, "fault_start",
              0.5, _frozen(corrupt=1.0), slack_ms=READER_LAG_MS, emulator_only=True,
+             backend_dependent=True,
              why="no valid state report for 50 ms; +1 report interval"),
     Scenario("serial_truncate", "every firmware frame cut short", "serial", "fault",
              frozenset({"serial_fault"}), STATE_TIMEOUT_MS + 2 * PERIOD_MS, "fault_start",
-             0.5, _frozen(truncate=1.0), slack_ms=READER_LAG_MS, emulator_only=True),
+             0.5, _frozen(truncate=1.0), slack_ms=READER_LAG_MS, emulator_only=True,
+             backend_dependent=True),
     Scenario("serial_drop", "every firmware frame dropped", "serial", "fault",
              frozenset({"serial_fault"}), STATE_TIMEOUT_MS + 2 * PERIOD_MS, "fault_start",
-             0.5, _frozen(drop=1.0), slack_ms=READER_LAG_MS, emulator_only=True),
+             0.5, _frozen(drop=1.0), slack_ms=READER_LAG_MS, emulator_only=True,
+             backend_dependent=True),
+    Scenario("serial_wrong_id", "every status packet answers with another servo's ID",
+             "serial", "fault", frozenset({"serial_fault"}), STATE_TIMEOUT_MS + 2 * PERIOD_MS,
+             "fault_start", 0.5, _frozen(), slack_ms=READER_LAG_MS, emulator_only=True,
+             backend_dependent=True, why="a servo bus row (see SERVO_ROWS)"),
+    Scenario("servo_silent", "one servo (ID 3) stops answering", "serial", "fault",
+             frozenset({"serial_fault"}), STATE_TIMEOUT_MS + 2 * PERIOD_MS, "fault_start",
+             0.5, _frozen(), slack_ms=READER_LAG_MS, emulator_only=True,
+             backend_dependent=True, why="a servo bus row (see SERVO_ROWS)"),
     Scenario("serial_vanish", "serial port vanishes (USB unplugged), reappears after 0.5 s",
              "serial_vanish", "fault", frozenset({"serial_fault"}),
              STATE_TIMEOUT_MS + 2 * PERIOD_MS, "fault_start", 0.5,
-             hold_by="firmware_watchdog", emulator_only=True,
+             hold_by="firmware_watchdog", emulator_only=True, backend_dependent=True,
              why="no hold frame can reach a vanished port: the firmware watchdog brakes; "
                  "after reappear nothing moves until the surgeon re-engages"),
     Scenario("estop_local", "on-site e-stop pressed; a remote clear_fault and engage tried",
@@ -237,8 +255,86 @@ TABLE: tuple[Scenario, ...] = (
                  "the revoked token: refused as foreign (audited), the mentor keeps command"),
     Scenario("robot_sigkill", "robot node SIGKILLed while following", "kill_robot", "braked",
              frozenset(), FIRMWARE_WATCHDOG_MS + 1.0, "fault_start", 0.5, emulator_only=True,
+             backend_dependent=True,
              why="firmware watchdog (100 ms) + one firmware tick (1 ms) brakes the arm"),
 )
+
+
+ARMS = ("firmware", "dynamixel", "feetech")
+"""What the robot drives in the rig: the firmware emulator, or a smart-servo bus emulator
+(``telesurgery servo-sim``, ``hil_tests.servo_rig``) on the matching backend."""
+SERVO_LATENCY_MS = 20.0
+"""``[servos] latency_ms`` in the servo rig: one unanswered bus read."""
+BUS_ROWS_MS = STATE_TIMEOUT_MS + 3 * SERVO_LATENCY_MS + 2 * PERIOD_MS
+"""A bus fault on a servo arm: the state timeout, or three unanswered reads of
+``latency_ms`` each (``servos.missed_reads``), whichever trips first, + 2 P."""
+BUS_WATCHDOG_MS = 100.0
+"""The Dynamixel Bus Watchdog the robot arms at every Release (the firmware's 100 ms);
+the servo counts it in 20 ms units, so a trip may come one unit later."""
+_BUS_REASONS = frozenset({"serial_fault", "firmware_fault"})
+_ALL_SERVOS = (1, 2, 3, 4, 5, 6, 7)
+"""hil_tests.servo_rig's JOINT_IDS + GRIPPER_ID."""
+
+
+@dataclass(frozen=True)
+class ServoRow:
+    """A row's meaning on a servo bus: the emulator's ``inject`` spec and the fault in
+    words; or ``skip``, why the row means nothing there."""
+
+    fault: str = ""
+    inject: Mapping[str, Any] = field(default_factory=_frozen)
+    skip: str = ""
+
+
+SERVO_ROWS: Mapping[str, ServoRow] = MappingProxyType({
+    "serial_corrupt": ServoRow("every status packet damaged (CRC/checksum errors) with noise "
+                               "bytes between them", _frozen(corrupt=1.0, noise=1.0)),
+    "serial_truncate": ServoRow("every status packet cut short", _frozen(truncate=1.0)),
+    "serial_drop": ServoRow("a silent bus: no servo answers",
+                            _frozen(silent=list(_ALL_SERVOS))),
+    "serial_wrong_id": ServoRow("every status packet carries another servo's ID",
+                                _frozen(wrong_id=1.0)),
+    "servo_silent": ServoRow("servo 3 stops answering, the others go on",
+                             _frozen(silent=[3])),
+    "serial_vanish": ServoRow("the bus adapter's pty vanishes (USB unplugged), reappears "
+                              "after 0.5 s"),
+})
+"""The serial rows as bus faults of ``telesurgery servo-sim`` (rows not named here run
+unchanged on a servo arm: they are faults of the link, the console or the robot)."""
+FIRMWARE_SKIPS: Mapping[str, str] = MappingProxyType({
+    "serial_wrong_id": "the firmware's serial protocol is point to point: a frame has no "
+                       "device ID that could be wrong",
+    "servo_silent": "the firmware answers as one device: a part of it cannot go silent "
+                    "(serial_drop is its silent link)",
+})
+
+
+def for_arm(sc: Scenario, arm: str) -> Scenario:
+    """The row as it runs against ``arm`` (one of ``ARMS``): the serial faults become
+    bus faults with the servo backend's detection bound (``BUS_ROWS_MS``); the robot's
+    SIGKILL is stopped by Dynamixel's Bus Watchdog or, on Feetech STS (no such
+    watchdog), ends with each servo at its last bounded goal (docs/hazards.md S6)."""
+    if arm == "firmware":
+        skip = FIRMWARE_SKIPS.get(sc.name, "")
+        return replace(sc, arm_skip=skip) if skip else sc
+    if arm not in ARMS:
+        raise KeyError(f"no arm {arm!r}; known: {ARMS}")
+    if sc.kind == "kill_robot":
+        if arm == "dynamixel":
+            return replace(sc, fault=f"{sc.fault}: the servos' Bus Watchdog",
+                           bound_ms=BUS_WATCHDOG_MS + SERVO_LATENCY_MS,
+                           why="Bus Watchdog (100 ms, counted in 20 ms units) stops every "
+                               "servo")
+        return replace(sc, outcome="braked", bound_ms=None, bound_from="none",
+                       why="Feetech STS has no bus watchdog: each servo goes on to its last "
+                           "goal, bounded by the robot, and holds it (docs/hazards.md S6)")
+    row = SERVO_ROWS.get(sc.name)
+    if row is None:
+        return sc
+    if row.skip:
+        return replace(sc, arm_skip=row.skip)
+    return replace(sc, fault=row.fault, params=row.inject, reasons=_BUS_REASONS,
+                   bound_ms=BUS_ROWS_MS)
 
 
 def by_name(name: str) -> Scenario:

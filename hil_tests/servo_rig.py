@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hil_tests.scenarios import BUS_WATCHDOG_MS, SERVO_LATENCY_MS
+
 JOINT_IDS = (1, 2, 3, 4, 5, 6)
 GRIPPER_ID = 7
-BUS_WATCHDOG_MS = 100.0
-"""The Dynamixel Bus Watchdog the robot arms at every Release (the firmware's 100 ms)."""
 
 
 def servo_sim_argv(family: str, link: str, run: Path) -> list[str]:
@@ -33,7 +33,7 @@ def servo_sections(family: str, port: str) -> dict[str, dict[str, Any]]:
     return {
         "manipulator": {"backend": family},
         "servos": {"port": port, "ids": [*JOINT_IDS, GRIPPER_ID], "gripper_id": GRIPPER_ID,
-                   "latency_ms": 20.0, "max_rate_hz": 250.0,
+                   "latency_ms": SERVO_LATENCY_MS, "max_rate_hz": 250.0,
                    "bus_watchdog_ms": BUS_WATCHDOG_MS, "command_watchdog_ms": 100.0,
                    "brake": "hold"},
     }

@@ -92,6 +92,14 @@ Received = tuple[str, int, int, bytes]
 """("ok" | "timeout" | "corrupt" | "short", servo ID, error byte, data)."""
 
 
+def count_garbage(counts: dict[str, int], skipped: int) -> None:
+    """Bytes the packet handler read but returned in no packet (noise before a header,
+    the remains of a damaged packet) go to ``rx_garbage_bytes``. A byte-stuffed
+    Dynamixel packet (data holding FF FF FD) counts its stuffing bytes here too."""
+    if skipped > 0:
+        counts["rx_garbage_bytes"] += skipped
+
+
 def collect_statuses(ids: Sequence[int], receive: Callable[[], Received],
                      counts: dict[str, int]) -> dict[int, Status | None]:
     """The status of each servo of one sync read, in order; None where none came.

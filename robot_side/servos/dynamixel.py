@@ -22,7 +22,13 @@ import serial
 from robot_side.manipulator.base import ManipulatorError
 from robot_side.serial_protocol import FwFlags
 from robot_side.servos.arm import ServoArm
-from robot_side.servos.busstate import FAULT_BUS_WATCHDOG, BadPacket, Received, collect_statuses
+from robot_side.servos.busstate import (
+    FAULT_BUS_WATCHDOG,
+    BadPacket,
+    Received,
+    collect_statuses,
+    count_garbage,
+)
 from robot_side.servos.config import ArmCalibration, ServosConfig
 from robot_side.servos.sdkport import DxlPort
 from robot_side.servos.tables import DYNAMIXEL_X, Field
@@ -131,11 +137,14 @@ class DynamixelArm(ServoArm):
     def _receive(self, length: int) -> Received:
         """One status packet through the SDK's packet handler, classified."""
         self._port.setPacketTimeout(STATUS_OVERHEAD + length)
+        read_before = self._port.rx_bytes
         rx, result = self._call(self._ph.rxPacket, False)
+        count_garbage(self.bus_counts, self._port.rx_bytes - read_before - len(rx))
         if result == sdk.COMM_RX_TIMEOUT:
             return "timeout", -1, 0, b""
         if result != sdk.COMM_SUCCESS:
-            return "corrupt", -1, 0, b""
+            # Cut short (the time ran out inside the packet) or a bad CRC/checksum.
+            return ("short" if len(rx) < STATUS_OVERHEAD + length else "corrupt"), -1, 0, b""
         if len(rx) != STATUS_OVERHEAD + length or rx[PKT_ERROR] & ~ALERT:
             return "short", rx[PKT_ID], 0, b""
         return "ok", rx[PKT_ID], rx[PKT_ERROR], bytes(rx[PKT_DATA:PKT_DATA + length])

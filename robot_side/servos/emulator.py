@@ -34,11 +34,14 @@ from robot_side.servos import wire
 from robot_side.servos.model import ServoModel
 from robot_side.servos.tables import FAMILIES, ServoFamily
 from telesurgery.config import check
+from telesurgery.pacer import lower_timer_slack, try_realtime
 
 log = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = 46
 POLL_S = 0.002
+EMULATOR_PRIORITY = 60
+"""SCHED_FIFO priority of the bus thread, where permitted: the firmware emulator's."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,12 @@ class ServoBusEmulator:
 
     # ------------------------------------------------------------ serving
     def _run(self) -> None:
+        # Stands in for the servos' own microcontrollers, as the firmware emulator does
+        # for the arm's: on a shared host the robot it serves (control loop at SCHED_FIFO
+        # 50) must not starve it, or a healthy bus reads as silent servos (falls back
+        # with a log line where not permitted).
+        lower_timer_slack()
+        try_realtime(EMULATOR_PRIORITY)
         while not self._halt.is_set():
             fd, gen = self._fd, self._line_gen
             if fd is None:  # unplugged: the servos keep running, nobody hears them

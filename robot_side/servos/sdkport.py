@@ -11,6 +11,9 @@ Both SDKs (ROBOTIS ``dynamixel_sdk`` and Feetech ``scservo_sdk``) share one
   ``latency_ms`` (set the adapter's latency timer to 1 ms, see README "Real
   hardware"), so a silent servo costs a few milliseconds, not 34.
 
+``rx_bytes`` counts every byte read, so a backend can count what the packet handler
+skipped silently (noise before a header): bytes read minus the packet returned.
+
 Everything else (framing, CRC/checksum, stuffing, sync/bulk read and write) is
 the SDK's own packet handler, unmodified.
 """
@@ -29,6 +32,7 @@ class _MonotonicPort:
     """Mixin over an SDK ``PortHandler``; ``latency_ms`` is the slack beyond the wire time."""
 
     latency_ms: float = 10.0
+    rx_bytes: int = 0
     ser: Any
     packet_start_time: float
     packet_timeout: float
@@ -45,6 +49,7 @@ class _MonotonicPort:
         ser = self.ser
         data: bytes = ser.read(length)
         if data:
+            self.rx_bytes += len(data)
             return data
         left_ms = self.packet_timeout - (self.getCurrentTime() - self.packet_start_time)
         if left_ms > 0:
@@ -53,6 +58,7 @@ class _MonotonicPort:
             except (OSError, ValueError):
                 return b""
             data = ser.read(length)
+            self.rx_bytes += len(data)
         return data
 
     def clearPort(self) -> None:

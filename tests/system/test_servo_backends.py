@@ -204,7 +204,12 @@ def test_bad_bytes_on_the_bus_are_counted_and_never_move_the_arm(rig: Rig) -> No
     pose = (0.4, -0.3, 0.9)  # distinct joints: another servo's status would be a jump
     rig.engage()
     rig.follow(pose)
+    # Each kind of bad input shows in its own counter (a truncated status is cut short
+    # by the deadline, or runs into the next one and fails its CRC/checksum).
+    counted_as = {"noise": ("rx_garbage_bytes",), "corrupt": ("rx_corrupt",),
+                  "wrong_id": ("rx_wrong_id",), "truncate": ("rx_short", "rx_corrupt")}
     for fault in ({"noise": 0.5}, {"corrupt": 0.5}, {"wrong_id": 0.5}, {"truncate": 0.5}):
+        before = dict(rig.arm.counters)
         rig.emu.inject(**fault)
         for _ in range(20):  # the control loop keeps writing; the bus keeps reading
             rig.arm.write([Targets(pose, 0.0)])
@@ -217,6 +222,9 @@ def test_bad_bytes_on_the_bus_are_counted_and_never_move_the_arm(rig: Rig) -> No
             goal = cal.direction * (snap.goal_rad - (cal.zero_tick - 2048) * 2 * math.pi / 4096)
             assert goal == pytest.approx(q, abs=0.02), (fault, sid)
         rig.emu.inject()
+        after = rig.arm.counters
+        (kind,) = fault
+        assert any(after[k] > before[k] for k in counted_as[kind]), (fault, before, after)
         rig.engage()
     c = rig.arm.counters
     assert c["rx_corrupt"] + c["rx_short"] > 0 and c["rx_wrong_id"] > 0
