@@ -263,7 +263,7 @@ CONSOLE_DEATHS: list[str] = []
 """Consoles that died by themselves during the table (printed in the summary)."""
 
 
-def wait_following(rig: SimRig, timeout_s: float = 60.0) -> str:
+def wait_following(rig: SimRig, timeout_s: float = 60.0) -> None:
     """``rig.wait_following``; a console that died by itself is started again and fails
     the row that found it.
 
@@ -285,15 +285,15 @@ def wait_following(rig: SimRig, timeout_s: float = 60.0) -> str:
         try:
             rig.wait_following(min(15.0, max(1.0, deadline - time.monotonic())))
             assert not said, said + "(a console defect: this row fails; the next uses it)"
-            return said
+            return
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
 
 
 def run_row(rig: SimRig, sc: Scenario) -> Measured:
-    restarted = wait_following(rig)
-    m = Measured(arm_of(rig), sc.name, sc.outcome, sc.bound_text, note=restarted)
+    wait_following(rig)
+    m = Measured(arm_of(rig), sc.name, sc.outcome, sc.bound_text)
     if "warmup" in sc.params:
         n_trans = len(rig.transitions())
         set_proxy_faults(rig, sc.params["warmup"])
@@ -333,8 +333,6 @@ def run_row(rig: SimRig, sc: Scenario) -> Measured:
             m.note = f"still {rig.state()[0]} {sc.duration_s:g} s after the fault, link healthy"
     finally:
         clear()
-    if restarted and restarted not in m.note:
-        m.note = restarted + m.note
     if sc.kind == "no_reengage":
         return m
     if m.observed != "no_trip":
