@@ -49,7 +49,6 @@ from telesurgery.helptext import plain_help
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
     HELPER_PRIORITY,
-    SPIN_LEAD_NS,
     Pacer,
     PhaseLock,
     Tick,
@@ -322,7 +321,10 @@ class RobotNode:
         if shift:
             self.pacer.shift(shift)
         tick = self.pacer.wait(port.wait_until)
-        port.take()  # what arrived during the spin to the deadline
+        if self.pacer.spin_ns:
+            port.take()  # what arrived during the spin to the deadline
+        # (without a spin, wait_until's last act was a take at the deadline: a second
+        # one here cost an EVENTS call and ~10 us of cold Python a period for nothing)
         mb = self.mailbox
         mb.command = port.sample
         mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,
@@ -346,7 +348,7 @@ class RobotNode:
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         if enter_realtime(50, cfg.control.realtime):
-            self.pacer.set_spin(SPIN_LEAD_NS)
+            self.pacer.set_spin(cfg.control.spin_us * 1000)
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):

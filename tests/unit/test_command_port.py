@@ -221,3 +221,38 @@ def test_a_revoked_session_commands_no_more(keys: Path) -> None:
         finally:
             p.close()
     ctx.destroy(linger=0)
+
+
+def test_a_multipart_message_is_refused_whole_and_the_drain_goes_on(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """The drain reads one frame at a time (no ``recv_multipart``): a message of several
+    parts is still one bad message, none of its parts is judged as a command, and every
+    command queued behind it is taken in order in the same drain."""
+    p, cfg = port
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{cfg.command_port}",
+                         ClientKeys.load_surgeon(keys), 65536)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        seq = 0
+        while p.sample is None and time.monotonic() < deadline:  # the session is up
+            seq += 1
+            with contextlib.suppress(zmq.Again):
+                sock.send(encode(command(seq)), zmq.NOBLOCK)
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is not None
+        received, errors = p.counters["command_received"], p.counters["command_schema_error"]
+        # Two valid commands as the parts of one message, then two good ones behind it.
+        sock.send_multipart([encode(command(seq + 1)), encode(command(seq + 2))])
+        sock.send(encode(command(seq + 3)))
+        sock.send(encode(command(seq + 4)))
+        end = time.monotonic() + WAIT_S
+        while p.sample.cmd.seq != seq + 4 and time.monotonic() < end:
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample.cmd.seq == seq + 4
+        assert p.counters["command_schema_error"] == errors + 1
+        assert p.counters["command_received"] == received + 2  # seq+3, seq+4; no part
+        assert p.gate.counters["replay"] == 0
+    finally:
+        sock.close(0)
+        ctx.term()
