@@ -117,6 +117,9 @@ class CommandPort:
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(
             _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._next_monitor_ns = 0
+        self._settled = False
+        """The last call on the socket was an EVENTS check that found its queue empty:
+        until the descriptor signals, there is nothing to take."""
         self.port = bound_port(self._sock)
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
@@ -163,26 +166,32 @@ class CommandPort:
     def wait_until(self, until_ns: int) -> None:
         """Take commands as they arrive until ``until_ns``; returns then, input or not."""
         while True:
-            # take() returns only after EVENTS said the queue is empty, which re-arms the
-            # edge-triggered descriptor: a message queued after that check signals it.
-            self.take()
-            left = until_ns - time.monotonic_ns()
+            if not self._settled:
+                self.take()
+            now = time.monotonic_ns()
+            left = until_ns - now
             if left <= 0:
+                self._maintain(now)
                 return
-            self._block(left)
+            # The descriptor is edge-triggered and re-armed by the EVENTS check that
+            # ended the last drain: if it stays quiet, nothing was queued since, so a
+            # wait that times out needs no drain. Draining on every wake-up and at
+            # both ends of the wait cost ~18 us of cold Python each, three a period
+            # (docs/architecture.md, "Where the node's CPU goes").
+            if self._block(left):
+                self._settled = False
 
-    def _block(self, left_ns: int) -> None:
-        """Sleep until the socket's descriptor signals or ``left_ns`` passed."""
+    def _block(self, left_ns: int) -> bool:
+        """Sleep until the socket's descriptor signals (True) or ``left_ns`` passed."""
         if self._fd < FD_SETSIZE:
-            select.select([self._fd], [], [], left_ns / 1e9)  # microsecond timeout
-            return
+            return bool(select.select([self._fd], [], [], left_ns / 1e9)[0])  # us timeout
         # poll() counts whole milliseconds (rounded up): the last fraction is slept and
         # what arrives meanwhile is taken at the deadline.
         ms = left_ns // 1_000_000
         if ms:
-            self._poll.poll(ms)
-        else:
-            time.sleep(left_ns / 1e9)
+            return bool(self._poll.poll(ms))
+        time.sleep(left_ns / 1e9)
+        return True  # not watched meanwhile: drain to be sure
 
     def take(self) -> None:
         """Read what is queued (bounded), judge each in order; the newest fresh one wins.
@@ -201,7 +210,9 @@ class CommandPort:
             # the check anyway to re-arm the descriptor (measured with the rest of this
             # drain in docs/architecture.md, "Where the node's CPU goes").
             if not int(events(zmq.EVENTS)) & zmq.POLLIN:
+                self._settled = True  # known empty, the descriptor re-armed
                 break
+            self._settled = False  # a recv may take the descriptor's signal with it
             try:
                 frame: zmq.Frame = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:  # EVENTS said a message was there; never seen, handled anyway
@@ -232,7 +243,10 @@ class CommandPort:
             self.sample = CommandSample(newest, newest_ns)
             if self.on_fresh is not None:
                 self.on_fresh(newest)
-        now = time.monotonic_ns()
+        self._maintain(time.monotonic_ns())
+
+    def _maintain(self, now: int) -> None:
+        """Every ``MONITOR_EVERY_NS``, commands or not: handshake events, path health."""
         if now >= self._next_monitor_ns:
             self._next_monitor_ns = now + MONITOR_EVERY_NS
             self._drain_monitor()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -256,3 +257,40 @@ def test_a_multipart_message_is_refused_whole_and_the_drain_goes_on(
     finally:
         sock.close(0)
         ctx.term()
+
+
+def test_commands_queued_between_waits_or_during_one_are_taken_before_its_deadline(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """The wait drains only when the socket's descriptor signals (a quiet wait ends
+    without a drain): a command queued while the loop was busy in its period, and one
+    that arrives during the wait, are each taken on arrival, never left for the next
+    period (fails when the wait ignores the descriptor's signal)."""
+    p, cfg = port
+    taken: list[int] = []
+    p.on_arrival = taken.append
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        deadline = time.monotonic() + WAIT_S
+        seq = 0
+        while p.sample is None and time.monotonic() < deadline:
+            seq += 1
+            console.send_command(command(seq))
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is not None
+        for _ in range(3):  # quiet waits: settled, nothing to take
+            p.wait_until(time.monotonic_ns() + 2_000_000)
+        # Queued while the loop is "in its period" (not waiting on the socket).
+        seq += 1
+        assert console.send_command(command(seq))
+        time.sleep(0.02)  # well inside the 200 ms age limit: fresh when taken
+        until = time.monotonic_ns() + 3_000_000_000
+        p.wait_until(until)
+        assert p.sample.cmd.seq == seq and taken[-1] < until
+        # Arriving during a wait: sent from another thread once the wait has begun.
+        seq += 1
+        sent = seq
+        sender = threading.Timer(0.2, lambda: console.send_command(command(sent)))
+        until = time.monotonic_ns() + 3_000_000_000
+        sender.start()
+        p.wait_until(until)
+        sender.join()
+        assert p.sample.cmd.seq == seq and taken[-1] < until
