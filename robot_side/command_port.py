@@ -117,6 +117,9 @@ class CommandPort:
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket(
             _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._next_monitor_ns = 0
+        self._settled = False
+        """The last call on the socket was an EVENTS check that found its queue empty:
+        until the descriptor signals, there is nothing to take."""
         self.port = bound_port(self._sock)
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
@@ -163,28 +166,32 @@ class CommandPort:
     def wait_until(self, until_ns: int) -> None:
         """Take commands as they arrive until ``until_ns``; returns then, input or not."""
         while True:
-            self.take()
-            left = until_ns - time.monotonic_ns()
+            if not self._settled:
+                self.take()
+            now = time.monotonic_ns()
+            left = until_ns - now
             if left <= 0:
+                self._maintain(now)
                 return
-            # The descriptor is edge-triggered: only wait once EVENTS says the queue is
-            # empty, or an already queued message would sleep until the next edge.
-            if int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                continue
-            self._block(left)
+            # The descriptor is edge-triggered and re-armed by the EVENTS check that
+            # ended the last drain: if it stays quiet, nothing was queued since, so a
+            # wait that times out needs no drain. Draining on every wake-up and at
+            # both ends of the wait cost ~18 us of cold Python each, three a period
+            # (docs/architecture.md, "Where the node's CPU goes").
+            if self._block(left):
+                self._settled = False
 
-    def _block(self, left_ns: int) -> None:
-        """Sleep until the socket's descriptor signals or ``left_ns`` passed."""
+    def _block(self, left_ns: int) -> bool:
+        """Sleep until the socket's descriptor signals (True) or ``left_ns`` passed."""
         if self._fd < FD_SETSIZE:
-            select.select([self._fd], [], [], left_ns / 1e9)  # microsecond timeout
-            return
+            return bool(select.select([self._fd], [], [], left_ns / 1e9)[0])  # us timeout
         # poll() counts whole milliseconds (rounded up): the last fraction is slept and
         # what arrives meanwhile is taken at the deadline.
         ms = left_ns // 1_000_000
         if ms:
-            self._poll.poll(ms)
-        else:
-            time.sleep(left_ns / 1e9)
+            return bool(self._poll.poll(ms))
+        time.sleep(left_ns / 1e9)
+        return True  # not watched meanwhile: drain to be sure
 
     def take(self) -> None:
         """Read what is queued (bounded), judge each in order; the newest fresh one wins.
@@ -196,19 +203,28 @@ class CommandPort:
         newest_ns = 0
         offset = self.offset_ns()
         intake = self.intake
+        events, recv = self._sock.getsockopt, self._sock.recv
         for _ in range(DRAIN_MAX):
+            # Ask EVENTS rather than end on zmq.Again: every drain ended in that exception,
+            # 5.2 us against 2.4 us for the check (pyzmq 27, timeit), and the wait needs
+            # the check anyway to re-arm the descriptor (measured with the rest of this
+            # drain in docs/architecture.md, "Where the node's CPU goes").
+            if not int(events(zmq.EVENTS)) & zmq.POLLIN:
+                self._settled = True  # known empty, the descriptor re-armed
+                break
+            self._settled = False  # a recv may take the descriptor's signal with it
             try:
-                frames: list[zmq.Frame] = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                frame: zmq.Frame = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # EVENTS said a message was there; never seen, handled anyway
                 break
             recv_ns = time.monotonic_ns()
-            cmd = self._decode(frames)
+            cmd = self._decode(frame)
             if cmd is None:
                 continue
             self.counters["command_received"] += 1
             verdict = intake.offer(cmd, recv_ns, offset)
             if self.paths is not None and verdict in COPY_OF_SESSION:
-                self.paths.on_copy(self._path_of(frames[0]), cmd.seq, cmd.t_send_ns,
+                self.paths.on_copy(self._path_of(frame), cmd.seq, cmd.t_send_ns,
                                    recv_ns, offset)
             if verdict is not Verdict.FRESH:
                 continue
@@ -227,7 +243,10 @@ class CommandPort:
             self.sample = CommandSample(newest, newest_ns)
             if self.on_fresh is not None:
                 self.on_fresh(newest)
-        now = time.monotonic_ns()
+        self._maintain(time.monotonic_ns())
+
+    def _maintain(self, now: int) -> None:
+        """Every ``MONITOR_EVERY_NS``, commands or not: handshake events, path health."""
         if now >= self._next_monitor_ns:
             self._next_monitor_ns = now + MONITOR_EVERY_NS
             self._drain_monitor()
@@ -274,21 +293,24 @@ class CommandPort:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _decode(self, frames: list[zmq.Frame]) -> Command | None:
+    def _decode(self, frame: zmq.Frame) -> Command | None:
         try:
-            if len(frames) != 1:
-                raise SchemaError("message", f"{len(frames)} parts, expected 1")
+            if frame.more:
+                # A multipart message: refuse it whole (its other parts are read and
+                # dropped here, so none of them is ever judged as a command of its own).
+                parts = 1 + self._discard_parts()
+                raise SchemaError("message", f"{parts} parts, expected 1")
             try:
-                user = str(frames[0].get("User-Id"))
+                user = str(frame.get("User-Id"))
             except zmq.ZMQError:
                 user = ""
             # The socket is in the surgeon domain, so this never fires while ZAP works;
             # it is here so that a ZAP bug cannot let a command in.
             if user != SURGEON_USER:
                 raise SchemaError("user", f"{user!r} may not command")
-            if not self.key_allowed(session_key(frames[0])):
+            if not self.key_allowed(session_key(frame)):
                 raise SchemaError("user", "the key of this session was revoked")
-            msg = decode(frames[0].buffer)
+            msg = decode(frame.buffer)
             if not isinstance(msg, Command):
                 raise SchemaError("t", f"{msg.TYPE!r} not expected on command")
         except SchemaError as err:
@@ -296,6 +318,14 @@ class CommandPort:
             self._log(logging.WARNING, "bad:command", "dropped bad command message: %s", err)
             return None
         return msg
+
+    def _discard_parts(self) -> int:
+        """Read the rest of a multipart message (ZeroMQ delivers its parts together)."""
+        n = 0
+        while True:
+            n += 1
+            if not self._sock.recv(zmq.NOBLOCK, copy=False).more:
+                return n
 
     def _drain_monitor(self) -> None:
         while self._monitor.poll(0):

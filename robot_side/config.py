@@ -41,6 +41,11 @@ class ControlConfig:
     The teleop mapping lives on the robot (safety.anchor); the console sends the registered,
     tremor-filtered master pose unscaled."""
     ik_max_iter: int = 8
+    spin_us: int = 0
+    """A SCHED_FIFO control thread spins this long before each deadline instead of
+    sleeping (``telesurgery.pacer.SPIN_LEAD_NS`` is 80). 0: sleep to the deadline with
+    a 1 us timer slack, which met the p99 <= 100 us goal here and leaves the spin's ~8 %
+    of a core to the encoder (docs/architecture.md, "Where the node's CPU goes")."""
 
     def __post_init__(self) -> None:
         finite_positive("control.rate_hz", self.rate_hz)
@@ -53,6 +58,8 @@ class ControlConfig:
         check(math.isfinite(self.rotation_scale) and 0.0 <= self.rotation_scale <= 1.0,
               "control.rotation_scale", self.rotation_scale, "must be in [0, 1]")
         check(self.ik_max_iter >= 1, "control.ik_max_iter", self.ik_max_iter, "must be >= 1")
+        check(0 <= self.spin_us * 1000 < self.period_ns, "control.spin_us", self.spin_us,
+              "must be >= 0 and shorter than the period")
 
     @property
     def period_ns(self) -> int:

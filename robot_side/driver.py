@@ -352,14 +352,21 @@ class SerialManipulator:
         Returns the seq of the last frame. ``deadline_ns`` (monotonic) bounds how long
         stuck bytes may wait; default ``write_timeout_ms`` from now.
         """
+        return self.send_encoded([_encoder(make) for make in makers], deadline_ns)
+
+    def send_encoded(self, encoders: Sequence[Callable[[int], bytes]],
+                     deadline_ns: int | None = None) -> int:
+        """``send_many`` with each frame's bytes made by ``encoder(seq)`` (e.g.
+        ``serial_protocol.encode_targets_frame``, the period's frame without a message
+        object); the checks are the encoder's."""
         with self._write_lock:
             ser = self._ser
             if not self.connected or ser is None:
                 raise SerialLinkError(f"{self.port}: not connected ({self._lost_reason})")
             seq = self._seq
             parts = []
-            for i, make in enumerate(makers):
-                parts.append(encode_frame(make((seq + i) % U32)))
+            for i, encode in enumerate(encoders):
+                parts.append(encode((seq + i) % U32))
             frame = b"".join(parts)
             last = (seq + len(parts) - 1) % U32
             if self._need_delimiter:
@@ -407,3 +414,7 @@ class SerialManipulator:
             if left_ns <= 0 or not select.select([], [fd], [], left_ns / 1e9)[1]:
                 raise serial.SerialTimeoutException(
                     f"{len(view)} of {len(data)} bytes still unsent")
+
+
+def _encoder(make: Callable[[int], Message]) -> Callable[[int], bytes]:
+    return lambda seq: encode_frame(make(seq))

@@ -49,13 +49,13 @@ from telesurgery.helptext import plain_help
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
     HELPER_PRIORITY,
-    SPIN_LEAD_NS,
     Pacer,
     PhaseLock,
     Tick,
     enter_realtime,
     realtime_permitted,
 )
+from telesurgery.threadcpu import describe, thread_cpu_seconds
 from transport.auth import Authenticator
 from transport.intake import AuditAlert
 from transport.keys import ServerKeys
@@ -95,6 +95,7 @@ class RobotNode:
         self.trips: list[TripRecord] = []
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
         self._external_trip: ExternalTrip | None = None
+        self._cpu_start: tuple[int, dict[str, float]] = (time.monotonic_ns(), {})
         self._estop_pending: dict[int, EstopRequest] = {}
         self._estop_token = 0
         self.port: CommandPort | None = None
@@ -322,7 +323,10 @@ class RobotNode:
         if shift:
             self.pacer.shift(shift)
         tick = self.pacer.wait(port.wait_until)
-        port.take()  # what arrived during the spin to the deadline
+        if self.pacer.spin_ns:
+            port.take()  # what arrived during the spin to the deadline
+        # (without a spin, wait_until's last act was a take at the deadline: a second
+        # one here cost an EVENTS call and ~10 us of cold Python a period for nothing)
         mb = self.mailbox
         mb.command = port.sample
         mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,
@@ -346,8 +350,9 @@ class RobotNode:
               video: VideoProcess, seconds: float | None) -> None:
         cfg = self.cfg
         if enter_realtime(50, cfg.control.realtime):
-            self.pacer.set_spin(SPIN_LEAD_NS)
+            self.pacer.set_spin(cfg.control.spin_us * 1000)
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
+        self._cpu_start = (time.monotonic_ns(), thread_cpu_seconds())
         self.pacer.restart()
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             tick = self._wait_period()
@@ -447,7 +452,14 @@ class RobotNode:
             return
         stats = self.pacer.stats()
         snap = (self.port.stats if self.port else LinkStats()).snapshot(time.monotonic_ns())
+        # Per thread, over the loop's run: where the control process's CPU goes (issue 11).
+        t0, cpu0 = self._cpu_start
+        run_s = (time.monotonic_ns() - t0) / 1e9
+        cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in thread_cpu_seconds().items()}
+        log.info("CPU per thread over %.1f s: %s", run_s, describe(cpu, run_s, stats.ticks))
         summary = {
+            "thread_cpu": {"seconds": round(run_s, 2), "periods": stats.ticks,
+                           "cpu_s": cpu},
             "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
             "link": asdict(snap),

@@ -2,12 +2,13 @@
 
 Absolute deadlines (``start + k * period``) so errors never accumulate. Lowering
 the timer slack (``PR_SET_TIMERSLACK``) and SCHED_FIFO, where permitted, tighten
-the wake-up; both fall back cleanly. A sleep alone still wakes 25-65 us late
-(p50-p99 here), so a SCHED_FIFO loop sleeps to ``SPIN_LEAD_NS`` before the deadline
-and spins the rest (measured with a 270 us step at 1 kHz, alone and under a 720p30
-encode: p99 0.1 us, max ~55 us, for ~6 % of a core). Without SCHED_FIFO it only
-sleeps: there a spinning loop is preempted by the processes it competes with and
-collapses (p99 3.7 ms with two other busy processes on the two cores).
+the wake-up; both fall back cleanly. A sleep alone wakes 15-65 us late (p50-p99
+here), within the 100 us p99 goal: the robot's loop only sleeps by default
+(``control.spin_us = 0``). A SCHED_FIFO loop may spin the last ``spin_ns`` instead
+(``SPIN_LEAD_NS`` = 80 us: p99 ~1 us alone, ~22 us under a 720p30 encode, for ~9 %
+of a core). Without SCHED_FIFO never spin: there a spinning loop is preempted by the
+processes it competes with and collapses (p99 3.7 ms with two other busy processes
+on the two cores).
 
 Like rclpy's ``TimerInfo``, every tick reports expected vs actual time, so loop
 jitter is measured, not assumed.
@@ -74,8 +75,9 @@ loaded machine). At a low real-time priority a helper is never preempted by
 ordinary processes, so it releases the GIL within the switch interval."""
 
 SPIN_LEAD_NS = 80_000
-"""How long before a deadline a SCHED_FIFO loop stops sleeping and spins: above the
-sleep's p99 lateness here (65 us), so the wake-up is almost always on time."""
+"""A spin lead above the sleep's p99 lateness here (65 us), so the wake-up is almost
+always on time: for a loop that wants ~1 us rather than the sleep's tens of us and can
+pay ~9 % of a core for it (``control.spin_us``; the robot's default is 0)."""
 
 SWITCH_INTERVAL_S = 0.0005
 """How long a thread may hold the GIL while another waits for it (Python's default: 5 ms)."""

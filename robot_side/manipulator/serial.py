@@ -31,16 +31,25 @@ if TYPE_CHECKING:
     from robot_side.config import RobotConfig
 
 
-def _maker(frame: Frame) -> Callable[[int], sp.Message]:
+def _encoder(frame: Frame) -> Callable[[int], bytes]:
     if isinstance(frame, Targets):
+        # The period's frame: packed directly, no JointTargets object (serial_protocol).
         return functools.partial(_targets, frame)
     if isinstance(frame, Hold):
-        return functools.partial(sp.Hold, brake=frame.brake)
-    return sp.Release
+        return functools.partial(_hold, frame.brake)
+    return _release
 
 
-def _targets(frame: Targets, seq: int) -> sp.Message:
-    return sp.JointTargets(seq, frame.q, frame.grip)
+def _targets(frame: Targets, seq: int) -> bytes:
+    return sp.encode_targets_frame(seq, frame.q, frame.grip)
+
+
+def _hold(brake: bool, seq: int) -> bytes:
+    return sp.encode_frame(sp.Hold(seq, brake))
+
+
+def _release(seq: int) -> bytes:
+    return sp.encode_frame(sp.Release(seq))
 
 
 class SerialBackend(Manipulator):
@@ -79,7 +88,7 @@ class SerialBackend(Manipulator):
                            sp.FwFlags(st.flags), received_ns, st.last_rx_seq), faults
 
     def _write(self, frames: Sequence[Frame], deadline_ns: int) -> int:
-        self.driver.send_many([_maker(f) for f in frames], deadline_ns)
+        self.driver.send_encoded([_encoder(f) for f in frames], deadline_ns)
         return time.monotonic_ns()
 
     def _last_sent_seq(self) -> int | None:

@@ -29,7 +29,7 @@ from robot_side.control_io import ControlInputs
 from robot_side.kinematics import IkResult, Kinematics, bench_ik
 from robot_side.manipulator import open_manipulator
 from telesurgery.helptext import plain_help
-from telesurgery.pacer import SPIN_LEAD_NS, Pacer, enter_realtime
+from telesurgery.pacer import Pacer, enter_realtime
 from telesurgery.quat import Quat
 from transport.linkstats import LinkStats
 from transport.schema import Command, ControlRequest
@@ -99,7 +99,8 @@ def _run_loop(cfg: RobotConfig, seconds: float, realtime: bool = True) -> dict[s
         centre, quat = kin.fk(kin.home)
         # As the robot node paces its loop (robot_side/node.py).
         realtime = realtime and enter_realtime(50)
-        pacer = Pacer(cfg.control.period_ns, spin_ns=SPIN_LEAD_NS if realtime else 0)
+        pacer = Pacer(cfg.control.period_ns,
+                      spin_ns=cfg.control.spin_us * 1000 if realtime else 0)
         proc = psutil.Process()
         proc.cpu_percent(None)
         steps: list[int] = []
@@ -163,9 +164,11 @@ def _run_loop(cfg: RobotConfig, seconds: float, realtime: bool = True) -> dict[s
         manip.close()
 
 
-def run(seconds: float = 10.0, rate_hz: float = 1000.0) -> dict[str, Any]:
+def run(seconds: float = 10.0, rate_hz: float = 1000.0,
+        spin_us: int | None = None) -> dict[str, Any]:
+    spin = ControlConfig().spin_us if spin_us is None else spin_us
     cfg = RobotConfig(manipulator=ManipulatorConfig(backend="virtual"),
-                      control=ControlConfig(rate_hz=rate_hz))
+                      control=ControlConfig(rate_hz=rate_hz, spin_us=spin))
     ik = bench_ik(2000)
     alone = _run_loop(cfg, seconds)
     load = subprocess.Popen([sys.executable, "-c", ENCODE_LOAD], stderr=subprocess.DEVNULL)
@@ -195,10 +198,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--spin-us", type=int, default=None,
+                   help="spin this long before each deadline (default: the node's "
+                        "control.spin_us)")
     args = p.parse_args(argv)
     print(f"control loop at {args.rate:g} Hz, {args.seconds:g} s alone then under a 720p30 "
           "encode in another process", flush=True)
-    result = run(args.seconds, args.rate)
+    result = run(args.seconds, args.rate, args.spin_us)
     print(f"the encode ran at {result['load_sched_policy']}, the loop at "
           f"{'SCHED_FIFO' if result['sched_fifo'] else 'normal priority'}, spinning the "
           f"last {result['spin_lead_us']} us before each deadline")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -221,3 +222,75 @@ def test_a_revoked_session_commands_no_more(keys: Path) -> None:
         finally:
             p.close()
     ctx.destroy(linger=0)
+
+
+def test_a_multipart_message_is_refused_whole_and_the_drain_goes_on(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """The drain reads one frame at a time (no ``recv_multipart``): a message of several
+    parts is still one bad message, none of its parts is judged as a command, and every
+    command queued behind it is taken in order in the same drain."""
+    p, cfg = port
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{cfg.command_port}",
+                         ClientKeys.load_surgeon(keys), 65536)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        seq = 0
+        while p.sample is None and time.monotonic() < deadline:  # the session is up
+            seq += 1
+            with contextlib.suppress(zmq.Again):
+                sock.send(encode(command(seq)), zmq.NOBLOCK)
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is not None
+        received, errors = p.counters["command_received"], p.counters["command_schema_error"]
+        # Two valid commands as the parts of one message, then two good ones behind it.
+        sock.send_multipart([encode(command(seq + 1)), encode(command(seq + 2))])
+        sock.send(encode(command(seq + 3)))
+        sock.send(encode(command(seq + 4)))
+        end = time.monotonic() + WAIT_S
+        while p.sample.cmd.seq != seq + 4 and time.monotonic() < end:
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample.cmd.seq == seq + 4
+        assert p.counters["command_schema_error"] == errors + 1
+        assert p.counters["command_received"] == received + 2  # seq+3, seq+4; no part
+        assert p.gate.counters["replay"] == 0
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def test_commands_queued_between_waits_or_during_one_are_taken_before_its_deadline(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """The wait drains only when the socket's descriptor signals (a quiet wait ends
+    without a drain): a command queued while the loop was busy in its period, and one
+    that arrives during the wait, are each taken on arrival, never left for the next
+    period (fails when the wait ignores the descriptor's signal)."""
+    p, cfg = port
+    taken: list[int] = []
+    p.on_arrival = taken.append
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        deadline = time.monotonic() + WAIT_S
+        seq = 0
+        while p.sample is None and time.monotonic() < deadline:
+            seq += 1
+            console.send_command(command(seq))
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert p.sample is not None
+        for _ in range(3):  # quiet waits: settled, nothing to take
+            p.wait_until(time.monotonic_ns() + 2_000_000)
+        # Queued while the loop is "in its period" (not waiting on the socket).
+        seq += 1
+        assert console.send_command(command(seq))
+        time.sleep(0.02)  # well inside the 200 ms age limit: fresh when taken
+        until = time.monotonic_ns() + 3_000_000_000
+        p.wait_until(until)
+        assert p.sample.cmd.seq == seq and taken[-1] < until
+        # Arriving during a wait: sent from another thread once the wait has begun.
+        seq += 1
+        sent = seq
+        sender = threading.Timer(0.2, lambda: console.send_command(command(sent)))
+        until = time.monotonic_ns() + 3_000_000_000
+        sender.start()
+        p.wait_until(until)
+        sender.join()
+        assert p.sample.cmd.seq == seq and taken[-1] < until

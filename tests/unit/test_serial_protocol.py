@@ -280,3 +280,36 @@ def test_valid_crc_with_arbitrary_content_is_decoded_or_refused(
         return
     assert (msg.seq, int(msg.TYPE)) == (seq, type_)
     assert sp.FrameDecoder().feed(sp.encode_frame(msg)) == [msg]
+
+
+# ---------------------------------------------------------------- the period's fast frame
+@settings(max_examples=300, deadline=None)
+@given(seq=st.integers(0, sp.U32 - 1),
+       q=st.lists(st.floats(-2e6, 2e6, width=32) | st.sampled_from(
+           [math.nan, math.inf, -math.inf, sp.MAX_ABS_VALUE, -sp.MAX_ABS_VALUE]),
+                  min_size=0, max_size=sp.MAX_JOINTS + 1),
+       grip=st.floats(allow_nan=True, allow_infinity=True, width=32))
+def test_fast_targets_frame_is_the_messages_frame_or_the_same_refusal(
+        seq: int, q: list[float], grip: float) -> None:
+    """``encode_targets_frame`` (the frame written every period, no message object) puts
+    the same bytes on the wire as ``JointTargets`` + ``encode_frame`` and refuses exactly
+    what the message refuses: NaN, inf, beyond MAX_ABS_VALUE, no or too many joints."""
+    try:
+        expected: bytes | str = sp.encode_frame(sp.JointTargets(seq, tuple(q), grip))
+    except SchemaError as err:
+        expected = err.field
+    try:
+        got: bytes | str = sp.encode_targets_frame(seq, q, grip)
+    except SchemaError as err:
+        got = err.field
+    assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_short_and_long_cobs_encode_round_trip(data: bytes) -> None:
+    """The short-payload COBS branch and the general one both round-trip and never
+    emit a zero byte (either side of the 254-byte boundary)."""
+    enc = sp.cobs_encode(data)
+    assert b"\0" not in enc
+    assert sp.cobs_decode(enc) == data
