@@ -33,3 +33,4 @@ def test_raw_pair_sends_only_inside_its_windows() -> None:
     assert 200 <= out["raw_sent"] <= 320, out
     assert out["raw_delivered"] == out["raw_sent"]
     assert out["raw_p99_us"] > 0 and out["raw_send_cpu_s"] >= 0 and out["raw_recv_cpu_s"] >= 0
+
