@@ -26,6 +26,7 @@ last line printed is one JSON object; ``--out`` gets path.json and path.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -220,7 +221,8 @@ class RawPair:
         out: dict[str, Any] = dict(self.plan)
         if self._send_conn.poll(timeout_s):
             out.update(self._send_conn.recv())
-        self._recv_conn.send("done")
+        with contextlib.suppress(OSError):  # the receiver ended by itself (seconds + 10 s)
+            self._recv_conn.send("done")
         if self._recv_conn.poll(timeout_s):
             out["raw_recv_cpu_s"] = self._recv_conn.recv()
         if self._recv_conn.poll(timeout_s):
