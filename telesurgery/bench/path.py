@@ -182,7 +182,10 @@ class StallBaseline:
         self._proc.start()
 
     def results(self, timeout_s: float) -> dict[str, Any]:
-        out: dict[str, Any] = self._conn.recv() if self._conn.poll(timeout_s) else {}
+        out: dict[str, Any] = {}
+        with contextlib.suppress(EOFError):  # the reader died: no figures, not a crash
+            if self._conn.poll(timeout_s):
+                out = self._conn.recv()
         self._proc.join(5.0)
         if self._proc.is_alive():
             self._proc.terminate()
