@@ -117,6 +117,7 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         "proxy_added_p99_us": proxy_added.get("p99_us"),
         "robot_cpu_pct": (round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
                           if cpu0 is not None and cpu1 is not None and wall1 > wall0 else None),
+        "console_thread_cpu_s": console.get("thread_cpu_s"),
         "commands_expected": round(seconds * opts.rate_hz),
         "seconds": seconds,
         "wall_s": round(time.monotonic() - t0, 1),
@@ -209,6 +210,7 @@ def main(argv: list[str]) -> int:
           f"(largest {r['stall_gap_max_us']} us)")
     print(f"  robot CPU         {r['robot_cpu_pct']} % of one core (control process + video "
           "encode)")
+    print(f"  console CPU       per thread, CPU-s: {r['console_thread_cpu_s']}")
     print(f"  alongside         stall reader SCHED_FIFO every {r['stall_interval_us']} us "
           f"({r['stall_reads']} reads, {r['stall_cpu_s']} CPU-s); raw pyzmq pair "
           f"{r['raw_windows']} window(s) of {r['raw_window_s']} s"
