@@ -32,6 +32,7 @@ from operator_console.sound import SoundIntercom, start_intercom
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
+from operator_console.threadcpu import thread_cpu_seconds
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
@@ -153,7 +154,8 @@ class ConsoleApp:
         strokes = self._strokes(link)
         shown_id = 0
         canvas: Image = np.zeros(BLANK_SHAPE, np.uint8)
-        """The newest picture without its HUD, for redraws between pictures."""
+        """The newest picture without its HUD, for redraws between pictures (the display
+        never draws on the picture it is given; only the mentor's strokes need a copy)."""
         next_redraw = 0
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
             frame = receiver.poll(20) if receiver is not None else None
@@ -172,11 +174,13 @@ class ConsoleApp:
                     fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
                         1e9 / max(1, now - last_shown_ns))
                 last_shown_ns = now
-                canvas, shown_id = frame.image.copy(), frame.frame_id
+                canvas, shown_id = frame.image, frame.frame_id
+                picture = canvas
                 if strokes is not None:  # the mentor's drawings, under the HUD
                     strokes.poll(now)
-                    strokes.render(frame.image, shown_id, now)
-                display.show(frame.image, replace(hud, video_age_ms=age_ms, fps=fps or None))
+                    picture = canvas.copy()
+                    strokes.render(picture, shown_id, now)
+                display.show(picture, replace(hud, video_age_ms=age_ms, fps=fps or None))
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
@@ -188,9 +192,10 @@ class ConsoleApp:
                     self.g2g_us.append(g2g)
             elif display is not None and now >= next_redraw:
                 # No new picture: the same one with today's HUD (ages grown, state re-judged).
-                redraw = canvas.copy()
+                redraw = canvas
                 if strokes is not None:
                     strokes.poll(now)
+                    redraw = canvas.copy()
                     strokes.render(redraw, shown_id, now)
                 display.show(redraw, hud)
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
@@ -255,6 +260,7 @@ class ConsoleApp:
             "events": [e.code for e in self.shared.events],
             "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
             "vitals_alarms_drawn": self.alarm_draws.first_drawn,
+            "thread_cpu_s": thread_cpu_seconds(),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

@@ -50,10 +50,11 @@ class CommandThread(threading.Thread):
         self.pacer.restart()
         while not self._halt.is_set():
             self.pacer.wait()
-            self.link.send_command(self._next_command())
+            # The link's session now, so that the link need not copy the command to add it.
+            self.link.send_command(self._next_command(self.link.session))
             self.sent += 1
 
-    def _next_command(self) -> Command:
+    def _next_command(self, session: int | None = None) -> Command:
         sh = self.shared
         align, sh.align_to = sh.align_to, None  # the session's one-way request
         if align is not None and not self.mapper.align(self.device, align):
@@ -83,7 +84,7 @@ class CommandThread(threading.Thread):
             present = False
         position, quat = (out.position, out.quat) if present else self.mapper.last_pose
         self._seq += 1
-        return Command(seq=self._seq, t_send_ns=time.monotonic_ns(),
+        return Command(seq=self._seq, t_send_ns=time.monotonic_ns(), session=session,
                        position=position, orientation=quat,
                        grip=min(1.0, max(0.0, out.grip)) if present else 0.0,
                        clutch=out.clutch, operator_present=present,

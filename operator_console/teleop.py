@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,15 @@ def rotate(q: Quat, v: np.ndarray) -> np.ndarray:
     return out
 
 
+def rotate_vec3(q: Quat, v: Sequence[float]) -> Vec3:
+    """``rotate`` on plain floats (the command thread's 1 kHz path: no 3x3 array)."""
+    w, x, y, z = q
+    vx, vy, vz = v
+    return ((1 - 2 * (y * y + z * z)) * vx + 2 * (x * y - w * z) * vy + 2 * (x * z + w * y) * vz,
+            2 * (x * y + w * z) * vx + (1 - 2 * (x * x + z * z)) * vy + 2 * (y * z - w * x) * vz,
+            2 * (x * z - w * y) * vx + 2 * (y * z + w * x) * vy + (1 - 2 * (x * x + y * y)) * vz)
+
+
 class TeleopMapper:
     """Registration, tremor filtering, operator presence; no anchoring, no scaling."""
 
@@ -114,8 +124,7 @@ class TeleopMapper:
             self._filter.reset(raw)  # the filter starts at the hand: no transient
         self._streaming = True
         master = self._filter.apply(raw) if self._filter is not None else raw
-        p = rotate(self.cfg.frame_rotation, master)
-        self._position = (float(p[0]), float(p[1]), float(p[2]))
+        self._position = rotate_vec3(self.cfg.frame_rotation, master.tolist())
         self._quat = quat_normalize(quat_mul(self.cfg.frame_rotation, sample.quat))
         self._grip = sample.grip
         # Joints pass unfiltered and unregistered: they are the follower's own joints,

@@ -289,22 +289,28 @@ class ScriptedDevice(InputDevice):
                 log.info("scripted: motion ended after %.1f s", tr.duration_s)
                 self._ended = True
             t, present = tr.duration_s, False
-        i = int(np.clip(np.searchsorted(tr.t, t, side="right") - 1, 0, len(tr.t) - 2))
-        w = float(np.clip((t - tr.t[i]) / (tr.t[i + 1] - tr.t[i]), 0.0, 1.0))
-        p = tr.position[i] + (tr.position[i + 1] - tr.position[i]) * w
-        q0, q1 = tr.quat[i], tr.quat[i + 1]
-        q = q0 + ((q1 if np.dot(q0, q1) >= 0 else -q1) - q0) * w  # nlerp, short way
-        q /= np.linalg.norm(q)
-        recorded = (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
+        # Python floats, not numpy scalars and 3-vectors: this runs at 1 kHz on the
+        # console's command thread, where each small numpy call costs microseconds.
+        i = min(max(int(np.searchsorted(tr.t, t, side="right")) - 1, 0), len(tr.t) - 2)
+        t0, t1 = float(tr.t[i]), float(tr.t[i + 1])
+        w = min(max((t - t0) / (t1 - t0), 0.0), 1.0)
+        p0, p1 = tr.position[i].tolist(), tr.position[i + 1].tolist()
+        q0, q1 = tr.quat[i].tolist(), tr.quat[i + 1].tolist()
+        if sum(a * b for a, b in zip(q0, q1, strict=True)) < 0:
+            q1 = [-b for b in q1]  # nlerp, the short way
+        q = [a + (b - a) * w for a, b in zip(q0, q1, strict=True)]
+        norm = math.sqrt(sum(c * c for c in q))
+        recorded = (q[0] / norm, q[1] / norm, q[2] / norm, q[3] / norm)
         if self._align is not None:
             self._grip_offset = quat_mul(quat_conj(recorded), self._align)
             self._align = None
-        q = np.array(quat_mul(recorded, self._grip_offset))
+        g0, g1 = float(tr.grip[i]), float(tr.grip[i + 1])
         return MasterSample(
             t_ns=now_ns,
-            position=(float(p[0]), float(p[1]), float(p[2])),
-            quat=(float(q[0]), float(q[1]), float(q[2]), float(q[3])),
-            grip=float(tr.grip[i] + (tr.grip[i + 1] - tr.grip[i]) * w),
+            position=(p0[0] + (p1[0] - p0[0]) * w, p0[1] + (p1[1] - p0[1]) * w,
+                      p0[2] + (p1[2] - p0[2]) * w),
+            quat=quat_mul(recorded, self._grip_offset),
+            grip=g0 + (g1 - g0) * w,
             # The end and the start of a file rarely meet: a loop is a clutch episode.
             clutch=bool(tr.clutch[i]) or wrapped,
             operator_present=present and bool(tr.present[i]),

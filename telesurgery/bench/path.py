@@ -10,7 +10,9 @@ In the same run, alongside, so the same machine load falls on all three:
 
 * **raw pyzmq one-way**: a plain PUSH/PULL pair across two processes at the
   same rate (no CurveZMQ, no schema, no control loop): the floor of any ZeroMQ
-  path here. The figure of merit is path p99 / raw p99.
+  path here. The figure of merit is path p99 / raw p99. It sends for the whole
+  run here; a long run (``bench soak``) sends in windows (``RawPair(window_s,
+  every_s)``) because the pair costs a tenth of a core while it runs.
 * **stall baseline**: a SCHED_FIFO process that only reads the clock in a loop
   (sleeping ``STALL_INTERVAL_NS`` between reads, as cyclictest does, so that it
   does not starve a core): its largest gaps are stalls of the machine itself
@@ -24,6 +26,7 @@ last line printed is one JSON object; ``--out`` gets path.json and path.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -49,7 +52,13 @@ log = logging.getLogger(__name__)
 
 TAKES_OUT = True
 """``telesurgery bench path --out DIR`` writes path.json and path.md there."""
-STALL_INTERVAL_NS = 250_000
+STALL_INTERVAL_NS = 500_000
+"""Half the 1 ms gap it counts: any stall longer than 1 ms holds the reader off for
+a whole read-to-read gap, so every one is counted, at 2000 wake-ups a second (each
+one preempts the robot's loop when it lands on its core: it runs above it). 250 us
+(4000 a second) cost 9 % of a core on this machine for nothing more: a gap > 1 ms
+then also counts stalls of 0.5-1 ms (0.75-1 ms before), which is the baseline's
+slack, not the robot's."""
 STALL_PRIORITY = 60
 """Above the robot's control loop (50): it measures the machine, not our scheduling."""
 STALL_GAP_NS = 1_000_000
@@ -91,6 +100,7 @@ def _stall_child(seconds: float, conn: Connection) -> None:
         "stall_gap_max_us": round(float(g.max()) / 1000, 1) if count else None,
         "stall_gaps_over_1ms": int(np.count_nonzero(g > STALL_GAP_NS)),
         "stall_top_gaps_us": [round(float(x), 1) for x in top],
+        "stall_cpu_s": round(time.process_time(), 2),
     })
 
 
@@ -115,10 +125,22 @@ def _raw_receiver(seconds: float, conn: Connection) -> None:
         latencies.append(recv_ns - cmd.t_send_ns)
     sock.close(0)
     ctx.term()
+    conn.send(round(time.process_time(), 2))
     conn.send(latencies)
 
 
-def _raw_sender(seconds: float, rate_hz: float, endpoint: str, conn: Connection) -> None:
+def raw_windows(seconds: float, window_s: float | None,
+                every_s: float | None) -> list[tuple[float, float]]:
+    """(start, length) in seconds from the run's start of each window the raw pair sends in:
+    the whole run without ``window_s``, else ``window_s`` every ``every_s``."""
+    if window_s is None or every_s is None or window_s >= every_s:
+        return [(0.0, seconds)]
+    return [(start, min(window_s, seconds - start))
+            for start in np.arange(0.0, seconds, every_s).tolist()]
+
+
+def _raw_sender(seconds: float, rate_hz: float, endpoint: str, conn: Connection,
+                windows: list[tuple[float, float]]) -> None:
     try_realtime(RAW_SENDER_PRIORITY)
     lower_timer_slack()
     ctx: zmq.Context[Any] = zmq.Context()
@@ -129,18 +151,24 @@ def _raw_sender(seconds: float, rate_hz: float, endpoint: str, conn: Connection)
     time.sleep(0.2)  # the TCP connection; nothing sent before it is measured anyway
     pacer = Pacer(int(1e9 / rate_hz))
     sent = drops = 0
-    end = time.monotonic_ns() + int(seconds * 1e9)
-    pacer.restart()
-    while time.monotonic_ns() < end:
-        pacer.wait()
-        try:
-            sock.send(encode(make_command(sent)), zmq.NOBLOCK)
-            sent += 1
-        except zmq.Again:
-            drops += 1
+    t0 = time.monotonic_ns()
+    for start_s, length_s in windows:
+        begin = t0 + int(start_s * 1e9)
+        if (left := begin - time.monotonic_ns()) > 0:
+            time.sleep(left / 1e9)  # between windows: asleep, no wake-ups at all
+        end = begin + int(length_s * 1e9)
+        pacer.restart()
+        while time.monotonic_ns() < end:
+            pacer.wait()
+            try:
+                sock.send(encode(make_command(sent)), zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                drops += 1
     sock.close(0)
     ctx.term()
-    conn.send({"raw_sent": sent, "raw_send_drops": drops})
+    conn.send({"raw_sent": sent, "raw_send_drops": drops,
+               "raw_send_cpu_s": round(time.process_time(), 2)})
 
 
 class StallBaseline:
@@ -154,7 +182,10 @@ class StallBaseline:
         self._proc.start()
 
     def results(self, timeout_s: float) -> dict[str, Any]:
-        out: dict[str, Any] = self._conn.recv() if self._conn.poll(timeout_s) else {}
+        out: dict[str, Any] = {}
+        with contextlib.suppress(EOFError):  # the reader died: no figures, not a crash
+            if self._conn.poll(timeout_s):
+                out = self._conn.recv()
         self._proc.join(5.0)
         if self._proc.is_alive():
             self._proc.terminate()
@@ -163,9 +194,19 @@ class StallBaseline:
 
 
 class RawPair:
-    """The raw pyzmq PUSH/PULL pair, sender and receiver each in its own process."""
+    """The raw pyzmq PUSH/PULL pair, sender and receiver each in its own process.
 
-    def __init__(self, seconds: float, rate_hz: float) -> None:
+    It sends for the whole ``seconds``, or with ``window_s`` and ``every_s`` for
+    ``window_s`` at the start of every ``every_s`` (both processes asleep in between).
+    """
+
+    def __init__(self, seconds: float, rate_hz: float, *, window_s: float | None = None,
+                 every_s: float | None = None) -> None:
+        windows = raw_windows(seconds, window_s, every_s)
+        self.plan = {"raw_windows": len(windows),
+                     "raw_window_s": round(max(length for _, length in windows), 1),
+                     "raw_every_s": every_s if len(windows) > 1 else None,
+                     "raw_seconds": round(sum(length for _, length in windows), 1)}
         ctx = mp.get_context("spawn")
         self._recv_conn, recv_child = ctx.Pipe()
         self._send_conn, send_child = ctx.Pipe()
@@ -173,16 +214,20 @@ class RawPair:
                                name="bench-raw-recv", daemon=True)
         receiver.start()
         endpoint = self._recv_conn.recv()
-        sender = ctx.Process(target=_raw_sender, args=(seconds, rate_hz, endpoint, send_child),
+        sender = ctx.Process(target=_raw_sender,
+                             args=(seconds, rate_hz, endpoint, send_child, windows),
                              name="bench-raw-send", daemon=True)
         sender.start()
         self._procs = [receiver, sender]
 
     def results(self, timeout_s: float) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = dict(self.plan)
         if self._send_conn.poll(timeout_s):
             out.update(self._send_conn.recv())
-        self._recv_conn.send("done")
+        with contextlib.suppress(OSError):  # the receiver ended by itself (seconds + 10 s)
+            self._recv_conn.send("done")
+        if self._recv_conn.poll(timeout_s):
+            out["raw_recv_cpu_s"] = self._recv_conn.recv()
         if self._recv_conn.poll(timeout_s):
             lat: list[int] = self._recv_conn.recv()
             out.update({f"raw_{k}": round(v, 1) for k, v in percentiles_us(lat).items()})

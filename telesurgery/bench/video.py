@@ -142,7 +142,7 @@ def _receiver(args: argparse.Namespace) -> int:
     with ConsoleLink(link_cfg, ClientKeys.load_surgeon(args.keys)) as link:
         decoder = H264Decoder()
         receiver = VideoReceiver(link.video_socket, decoder)
-        display = Display(headless=True, out_dir=args.out, every_n=0)
+        display = Display(headless=True, out_dir=args.out, every_n=0, draw_unseen=True)
         fresh = FreshnessMonitor(250.0)
         _emit({"ready": True})
         threading.Thread(target=_set_on_input, args=(stop,), daemon=True).start()
