@@ -32,7 +32,6 @@ from operator_console.sound import SoundIntercom, start_intercom
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
-from operator_console.threadcpu import thread_cpu_seconds
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
@@ -43,6 +42,7 @@ from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from telesurgery.helptext import plain_help
+from telesurgery.threadcpu import thread_cpu_seconds
 from transport.keys import SURGEON_USER, ClientKeys
 from transport.link import ConsoleLink
 from transport.paths import describe as describe_paths
@@ -260,7 +260,7 @@ class ConsoleApp:
             "events": [e.code for e in self.shared.events],
             "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
             "vitals_alarms_drawn": self.alarm_draws.first_drawn,
-            "thread_cpu_s": thread_cpu_seconds(),
+            "thread_cpu_s": {k: round(v, 2) for k, v in thread_cpu_seconds().items()},
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

@@ -53,29 +53,3 @@ def test_a_display_that_writes_or_must_measure_draws_every_hud(
     for _ in range(4):
         unseen.show(BASE.copy(), FAULT)
     assert len(draws) == 4
-
-
-def test_thread_cpu_names_python_threads_and_counts_a_busy_one() -> None:
-    import threading
-    import time
-
-    from operator_console.threadcpu import thread_cpu_seconds
-
-    done = threading.Event()
-
-    def spin() -> None:
-        end = time.thread_time_ns() + 60_000_000
-        while time.thread_time_ns() < end:
-            pass
-        done.wait(10.0)
-
-    t = threading.Thread(target=spin, name="spinner")
-    t.start()
-    while t.is_alive() and time.thread_time_ns() >= 0:
-        figures = thread_cpu_seconds()
-        if figures.get("spinner", 0.0) >= 0.05:
-            break
-        time.sleep(0.05)
-    done.set()
-    t.join()
-    assert figures["spinner"] >= 0.05 and "MainThread" in figures
