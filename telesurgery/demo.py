@@ -195,15 +195,17 @@ def _progress(t: float, seconds: float, blackout_at: float, blackout_s: float,
 
 
 def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *,
-             blackout_at: float, blackout_s: float, mentor: bool = False) -> int:
+             blackout_at: float, blackout_s: float, mentor: bool = False,
+             rate_hz: float = RATE_HZ) -> int:
     opts = RigOptions(run_dir=run_dir, observers=True, console_seconds=seconds, headless=headless,
                       hud_every_n=60, reengage_after_s=1.0, rotation_scale=ROTATION_SCALE,
-                      rate_hz=RATE_HZ, firmware_fifo=FIRMWARE_FIFO, mentor=mentor,
+                      rate_hz=rate_hz, firmware_fifo=FIRMWARE_FIFO, mentor=mentor,
                       robot_overrides={**ROBOT_OVERRIDES,
                                        **({"video": MENTOR_VIDEO} if mentor else {})})
     mentor_at = mentor_start_s(blackout_at, blackout_s) if mentor else math.inf
     video = MENTOR_VIDEO if mentor else {"width": 1280, "height": 720, "fps": 30.0}
-    print(f"telesurgery demo: {seconds:g} s of scripted suturing; link blackout of "
+    print(f"telesurgery demo: {seconds:g} s of scripted suturing at {rate_hz:g} Hz; link "
+          f"blackout of "
           f"{blackout_s:g} s at t={blackout_at:g} s"
           f"{'; a mentor takes over' if mentor else ''}; video {video['width']}x"
           f"{video['height']} at {video['fps']:g} fps; run folder {run_dir}", flush=True)
@@ -396,19 +398,24 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mentor", action="store_true",
                    help="a mentor's console takes command after the blackout (issue 15's "
                         "handoff figures); on two cores it can starve the rig (see README)")
+    p.add_argument("--rate-hz", type=float, default=RATE_HZ,
+                   help=f"control rate of the robot and console (default {RATE_HZ:g}; the "
+                        "node's own default is 1000: every bound follows the period)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if not 50.0 <= args.rate_hz <= 2000.0:
+        p.error(f"--rate-hz {args.rate_hz:g}: must be in [50, 2000]")
     headless = args.headless or not screen_available()
     blackout_at = args.blackout_at if args.blackout_at is not None else 0.4 * args.seconds
     if args.run_dir is not None:
         return run_demo(args.seconds, headless, args.report, args.run_dir,
                         blackout_at=blackout_at, blackout_s=args.blackout_s,
-                        mentor=args.mentor)
+                        mentor=args.mentor, rate_hz=args.rate_hz)
     run_dir = Path(tempfile.mkdtemp(prefix="telesurgery-demo-"))
     try:
         return run_demo(args.seconds, headless, args.report, run_dir,
                         blackout_at=blackout_at, blackout_s=args.blackout_s,
-                        mentor=args.mentor)
+                        mentor=args.mentor, rate_hz=args.rate_hz)
     except KeyboardInterrupt:
         print("\ninterrupted: every process of the demo was stopped", file=sys.stderr)
         return 130
