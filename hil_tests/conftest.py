@@ -50,3 +50,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("=", title)
         terminalreporter.write_line(markdown)
         terminalreporter.write_line(f"results: {path} (and .md)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out, rather than skip, the table rows that run against the firmware emulator
+    only: on a servo bus the default run takes the backend-dependent rows
+    (``Scenario.backend_dependent``); ``HIL_SERVO_TABLE=full`` runs every row on every arm
+    (docs/hil.md). Thirty skip lines a run said nothing a reader could act on."""
+    from hil_tests.test_scenarios import FULL_SERVO_TABLE
+
+    if FULL_SERVO_TABLE:
+        return
+    kept, left_out = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        sc, arm = params.get("sc"), params.get("netns_rig")
+        if sc is not None and arm not in (None, "firmware") and not sc.backend_dependent:
+            left_out.append(item)
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
