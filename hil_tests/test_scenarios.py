@@ -517,11 +517,6 @@ def netns_rig(request: pytest.FixtureRequest,
 def _skip_reason(sc: Scenario, rig: SimRig) -> str | None:
     if sc.arm_skip:
         return f"{sc.name} on the {arm_of(rig)} arm: {sc.arm_skip}"
-    if rig.opts.servo_family is not None and not sc.backend_dependent \
-            and not FULL_SERVO_TABLE:
-        return (f"{sc.name} does not depend on the arm's backend: it runs against the "
-                f"firmware emulator; HIL_SERVO_TABLE=full runs it on the {arm_of(rig)} "
-                "bus too (docs/hil.md)")
     if REAL and sc.emulator_only:
         return f"{REAL_PORT_ENV} set: {sc.name} needs the firmware emulator's control socket"
     if sc.netns_only and rig.opts.netns is None:
