@@ -4,9 +4,9 @@ Every socket: CurveZMQ, LINGER 0 (closing never waits to flush stale
 commands), a maximum message size (a peer cannot make us allocate unbounded
 memory), bounded high-water marks, and ZMTP heartbeats so that a dead peer is
 noticed in ``heartbeat_timeout_ms`` rather than by TCP after minutes. The console's
-subscribers and control DEALER are the exception: they send no PINGs of their own (the
-robot's PINGs and their TTL still drop a silent robot) and use TCP keepalive too
-(``_common`` says why: a libzmq abort).
+subscribers and control DEALER, and the robot's publishers, are the exception: they send
+no PINGs (the robot's ROUTER PINGs and their TTL still drop a silent robot) and use TCP
+keepalive (``_common`` says why: a libzmq abort).
 
 Server sockets additionally set ``ZAP_ENFORCE_DOMAIN``: without it libzmq
 lets a CURVE client in when no ZAP handler answers, i.e. a robot whose
@@ -33,16 +33,19 @@ RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
 
 
-RECEIVE_ONLY = frozenset({zmq.SUB, zmq.DEALER})
-"""The console's sockets whose input can stop (a full receive queue): subscribers and the
-control DEALER send no ZMTP heartbeat of their own (see ``_common``). A silent robot is
-dropped by the console in ``heartbeat_timeout_ms``: the robot's PINGs carry that TTL
-(``HEARTBEAT_TTL``), and libzmq drops a connection on which nothing arrived within it,
-whether or not this side pings (re-armed by each PING only, cancelled by any message: the
-console's own pings and path liveness judge a robot that hung just after a data message).
-Not the console's command PUSH (its input never stops: it receives only ZMTP commands) nor
-the robot's command PULL (its heartbeat is how the robot counts a silent console,
-``command_disconnects``, and the control thread drains it every period)."""
+NO_ZMTP_HEARTBEAT = frozenset({zmq.SUB, zmq.DEALER, zmq.PUB})
+"""Sockets with no ZMTP heartbeat of their own (see ``_common``), TCP keepalive instead:
+the console's subscribers and control DEALER (their input can stop: a full receive
+queue), and the robot's publishers (telemetry, video, telestration: their PINGs are what
+a stopped subscriber answers, after its queue drains, on a connection already gone,
+aborting the console). A silent robot is still dropped by the console's DEALER in
+``heartbeat_timeout_ms``: the robot's ROUTER PINGs carry that TTL (``HEARTBEAT_TTL``;
+re-armed by each PING only, cancelled by any message: the console's own pings and path
+liveness judge a robot that hung just after a data message). A subscriber's robot that
+hangs is judged by the console's telemetry and picture age, as before. Not the console's
+command PUSH (its input never stops: it receives only ZMTP commands) nor the robot's
+command PULL and control ROUTER (their heartbeats are how the robot counts and drops a
+silent console, ``command_disconnects``, and they are drained every period)."""
 DEALER_RCVHWM = 100_000
 """The console's control DEALER also gets a receive queue a stall cannot fill (its input
 stops less often). Its traffic is pings and replies (~100 B at ~20/s), so this bound is
@@ -50,7 +53,7 @@ stops less often). Its traffic is pings and replies (~100 B at ~20/s), so this b
 KEEPALIVE_IDLE_S = 1
 KEEPALIVE_INTVL_S = 1
 KEEPALIVE_CNT = 3
-"""TCP keepalive of a receive-only socket: a dead host is dropped after ~4 s."""
+"""TCP keepalive of a socket without ZMTP heartbeats: a dead host is dropped after ~4 s."""
 
 
 def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: PLR0917
@@ -61,14 +64,17 @@ def _common(sock: zmq.Socket[Any], kind: int, max_msg: int, hwm: int,  # noqa: P
     sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.RCVHWM, DEALER_RCVHWM if kind == zmq.DEALER else hwm)
-    if kind in RECEIVE_ONLY:
-        # libzmq 4.3.5 aborts the whole process when this side's heartbeat timer fires on
-        # an engine whose input stopped (receive queue full) and whose connection then
-        # failed: the failure is only recorded (``_io_error``, the engine waits for the
-        # queue to drain), and the next PING tick writes on it ("Assertion failed:
-        # !_io_error", stream_engine_base.cpp:310; zeromq/libzmq#3937 and #4767 for its
-        # ``_input_stopped`` twin). A socket without HEARTBEAT_IVL has no such timer; the
-        # peer's PINGs (their TTL) still drop a silent peer, TCP keepalive a dead host.
+    if kind in NO_ZMTP_HEARTBEAT:
+        # libzmq 4.3.5 aborts the whole process when an engine whose input stopped
+        # (receive queue full) and whose connection then failed writes: the failure is
+        # only recorded (``_io_error``, the engine waits for the queue to drain), and the
+        # next write asserts ("Assertion failed: !_io_error", stream_engine_base.cpp:310;
+        # zeromq/libzmq#3937 and #4767 for its ``_input_stopped`` twin). Two writers
+        # reach it: this side's PING timer, and the PONG answering a peer's PING that
+        # was read before input stopped and is processed once the queue drains (a
+        # subscriber stalled 1 s with 4 queued messages aborts on every run while its
+        # publisher pings: tests/unit/test_socket_heartbeat.py). So neither end of a
+        # stoppable receiver pings; TCP keepalive drops a dead host.
         heartbeat_ivl_ms = 0
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)

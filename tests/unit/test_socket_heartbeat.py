@@ -22,7 +22,7 @@ import pytest
 import zmq
 
 from transport.keys import ClientKeys
-from transport.sockets import RECEIVE_ONLY, _common, client_socket
+from transport.sockets import NO_ZMTP_HEARTBEAT, _common, client_socket
 
 STALLED_SUBSCRIBER = textwrap.dedent("""
     import threading, time
@@ -150,9 +150,59 @@ DEALER_WHOSE_ROBOT_GOES = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("script", [STALLED_SUBSCRIBER, STALLED_DEALER,
-                                    DEALER_WHOSE_ROBOT_GOES],
-                         ids=["subscriber", "console_dealer", "console_dealer_peer_gone"])
+SUBSCRIBER_WHOSE_PUBLISHER_PINGED = textwrap.dedent("""
+    import threading, time
+    import zmq
+    from transport.sockets import _common
+
+    # The robot's PUB and the console's SUB with the link's options (the telemetry PUB's
+    # 100/300 ms). The subscriber stalls 1 s with its 4-message queue full: its input
+    # stops with the publisher's PINGs read but not processed; the publisher drops the
+    # silent subscriber; when the queue drains, libzmq processes a PING and answers it
+    # on the dead engine ("!_io_error") unless the publisher never pings (the fix).
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    _common(pub, zmq.PUB, 1 << 20, 4, 100, 300)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = ctx.socket(zmq.SUB)
+    _common(sub, zmq.SUB, 1 << 20, 4, 100, 300)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def publish():
+        while not stop.is_set():
+            try:
+                pub.send(b"x" * 3000, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            time.sleep(1 / 30)
+
+    def receive(seconds):
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            if sub.poll(20):
+                sub.recv()
+                n += 1
+        return n
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    before = receive(0.5)
+    after = 0
+    for _ in range(3):
+        time.sleep(1.0)
+        after += receive(0.3)
+    stop.set()
+    t.join()
+    print(f"ok before={before} after={after}", flush=True)
+""")
+
+
+@pytest.mark.parametrize("script", [STALLED_SUBSCRIBER, SUBSCRIBER_WHOSE_PUBLISHER_PINGED,
+                                    STALLED_DEALER, DEALER_WHOSE_ROBOT_GOES],
+                         ids=["subscriber", "subscriber_publisher_pinged", "console_dealer",
+                              "console_dealer_peer_gone"])
 def test_a_stalled_receiver_with_a_full_queue_does_not_abort(script: str) -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", script],
@@ -170,9 +220,9 @@ def test_subscribers_trade_zmtp_heartbeats_for_tcp_keepalive(keys: Path) -> None
         for kind in (zmq.SUB, zmq.PULL, zmq.PUSH, zmq.DEALER):
             sock = client_socket(ctx, kind, "tcp://127.0.0.1:9", surgeon, 1 << 16)
             try:
-                receive_only = kind in RECEIVE_ONLY
-                assert sock.getsockopt(zmq.HEARTBEAT_IVL) == (0 if receive_only else 100)
-                assert sock.getsockopt(zmq.TCP_KEEPALIVE) == (1 if receive_only else -1)
+                quiet = kind in NO_ZMTP_HEARTBEAT
+                assert sock.getsockopt(zmq.HEARTBEAT_IVL) == (0 if quiet else 100)
+                assert sock.getsockopt(zmq.TCP_KEEPALIVE) == (1 if quiet else -1)
             finally:
                 sock.close(0)
     finally:
