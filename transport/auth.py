@@ -47,9 +47,9 @@ import zmq
 from zmq.utils import z85
 
 from telesurgery.errors import AuthError
+from telesurgery.ratelog import RateLimitedLog
 from transport.intake import AuditAlert
 from transport.keys import OBSERVER_PREFIX, SURGEON_USER, Identity, ServerKeys
-from transport.sockets import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Authenticator:
         self.counters: Counter[str] = Counter()
         """accepted, rejected and rejected:<reason>; written by the handler thread only."""
         self._stop = threading.Event()
-        self._throttled = ThrottledLog(log)
+        self._throttled = RateLimitedLog(log)
         self._zap: zmq.Socket[Any] = ctx.socket(zmq.REP)
         self._zap.setsockopt(zmq.LINGER, 0)
         try:

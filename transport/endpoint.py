@@ -16,8 +16,8 @@ from typing import Any, Self
 import zmq
 
 from telesurgery.errors import SchemaError
+from telesurgery.ratelog import RateLimitedLog
 from transport.schema import Message, Ping, Pong, decode, encode
-from transport.sockets import ThrottledLog
 
 log = logging.getLogger("transport.link")
 """One logger for the link, whichever module of it speaks."""
@@ -61,7 +61,7 @@ class _Link:
         self._own_ctx = ctx is None
         self._ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
         self.counters: Counter[str] = Counter()
-        self._log = ThrottledLog(log)
+        self._log = RateLimitedLog(log)
         self._sockets: list[zmq.Socket[Any]] = []
         self._poller = zmq.Poller()
 

@@ -17,8 +17,6 @@ after an outage there is no backlog to replay.
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any, Literal
 
 import zmq
@@ -149,30 +147,3 @@ def bound_port(sock: zmq.Socket[Any]) -> int:
     """The TCP port a bound socket actually listens on (after binding port 0)."""
     endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return int(endpoint.rsplit(":", 1)[1])
-
-
-class ThrottledLog:
-    """Log at most one line per key per interval, counting what it suppressed.
-
-    A peer hammering the link with bad input must not turn the robot's log
-    into the bottleneck; the counters keep the exact numbers.
-    """
-
-    def __init__(self, logger: logging.Logger, interval_ns: int = 1_000_000_000) -> None:
-        self._logger = logger
-        self._interval_ns = interval_ns
-        self._last: dict[str, int] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def __call__(self, level: int, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic_ns()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval_ns:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._last[key] = now
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            msg += " (%d similar suppressed)"
-            args = (*args, suppressed)
-        self._logger.log(level, msg, *args)
