@@ -115,6 +115,11 @@ def test_channels_are_marked_on_the_wire(links: tuple[RobotLink, ConsoleLink]) -
             robot.video_socket.send_multipart([encode(header), b"\0\0\0\1"], zmq.NOBLOCK)
             robot.poll(5)
             console.poll(5)
+            # Read the video as the console's receiver does: a SUB attaches its connection
+            # and sends its subscription only when its own thread calls into it (the robot's
+            # PUB sends no heartbeats that would otherwise show on the wire).
+            while console.video_socket.poll(0):
+                console.video_socket.recv_multipart()
             if (all(all(cap.seen(p)) for p in (ports["command"], ports["control"]))
                     and cap.seen(ports["video"])[1]):
                 break
