@@ -155,6 +155,7 @@ class RosCommander(threading.Thread):
         self.kin = kin
         self.keys = ClientKeys.load_commander(cfg.link.keys_dir, cfg.ros.command_key)
         self._period_ns = int(1e9 / cfg.ros.command_hz)
+        self._reply_timeout_ns = cfg.link.control_timeout_ms * 1_000_000
         self._halt = threading.Event()
         self._ratelog = RateLimitedLog(log)
         self._tlm: Telemetry | None = None
@@ -435,21 +436,51 @@ class RosCommander(threading.Thread):
 
     def _request(self, link: ConsoleLink, op: str,
                  quiet_reason: str | None = None) -> ControlReply | None:
+        """Send ``op`` and wait for its reply while the hold/move stream goes on: a
+        blocking wait stopped the stream, and a reply slower than the robot's command
+        timeout (a loaded machine) tripped the arm it was meant to keep (a repeated
+        ``enable`` while following)."""
         deadline = time.monotonic_ns() + REQUEST_RETRY_NS
         while True:
             try:
-                reply = link.request(op)
+                req_id = link.send_request(op)
                 break
             except LinkTimeout as err:
                 # Not sent: the CurveZMQ session is still being set up (or the robot is
-                # restarting); a reply that timed out is not retried.
-                if "not sent" not in str(err) or time.monotonic_ns() > deadline:
+                # restarting).
+                if time.monotonic_ns() > deadline:
                     self.counters["requests_failed"] += 1
                     log.warning("ROS commander: %s", err)
                     return None
-                link.poll(100)
+                self._wait_streaming(link, time.monotonic_ns() + 100_000_000, None)
+        reply = self._wait_streaming(link, time.monotonic_ns() + self._reply_timeout_ns,
+                                     req_id)
+        if reply is None:
+            link.forget_request(req_id)
+            self.counters["requests_failed"] += 1
+            log.warning("ROS commander: no reply to control request %r within %d ms", op,
+                        self._reply_timeout_ns // 1_000_000)
+            return None
         if not reply.ok and reply.reason != quiet_reason:
             self.counters["requests_failed"] += 1
             log.warning("ROS commander: %s refused: %s (%s) %s", op, reply.reason, reply.state,
                         reply.detail)
         return reply
+
+    def _wait_streaming(self, link: ConsoleLink, until_ns: int,
+                        req_id: int | None) -> ControlReply | None:
+        """Until ``until_ns`` (or the reply to ``req_id``): answer the link, keep the
+        stream at command_hz."""
+        next_stream = time.monotonic_ns()
+        while (now := time.monotonic_ns()) < until_ns:
+            if now >= next_stream:
+                next_stream = now + self._period_ns
+                self._stream(link, now)
+            wait_ms = max(1, min(next_stream, until_ns) - now) // 1_000_000
+            for item in link.poll(max(1, wait_ms)):
+                if isinstance(item.msg, ControlReply):
+                    if item.msg.req_id == req_id:
+                        return item.msg
+                    continue
+                self.handoff.on_link(item.msg, item.recv_ns)
+        return None
