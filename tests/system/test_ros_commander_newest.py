@@ -28,9 +28,10 @@ from robot_side.ros import msgs
 from robot_side.ros.commander import RosCommander
 from robot_side.ros.dds_backend import DdsBridge
 from robot_side.ros.topics import SUBSCRIPTIONS
+from transport.endpoint import Inbound
 from transport.keys import add_commander, init_keys
 from transport.link import ConsoleLink
-from transport.schema import Command
+from transport.schema import Command, ControlReply
 
 BURST = 8
 """Within the reader's keep-last depth (10): every sample of the burst is taken."""
@@ -139,3 +140,49 @@ def test_wake_command_ends_the_wait(
     t0 = time.monotonic()
     bridge.wait_command(30.0)
     assert time.monotonic() - t0 < 10.0
+
+
+class SlowReplyLink(RecordingLink):
+    """Stand-in for the commander's ConsoleLink whose robot answers a control request only
+    after ``delay_s`` (a loaded machine): records the commands sent meanwhile."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_ns = int(delay_s * 1e9)
+        self.answer_at: int | None = None
+
+    def _reply(self) -> ControlReply:
+        return ControlReply(req_id=1, ok=True, state="following", reason="already_armed")
+
+    def request(self, op: str) -> ControlReply:  # the blocking form
+        time.sleep(self.delay_ns / 1e9)
+        return self._reply()
+
+    def send_request(self, op: str) -> int:
+        self.answer_at = time.monotonic_ns() + self.delay_ns
+        return 1
+
+    def forget_request(self, req_id: int) -> None:
+        self.answer_at = None
+
+    def poll(self, timeout_ms: int) -> list[Inbound]:
+        time.sleep(min(timeout_ms, 5) / 1000)
+        if self.answer_at is not None and time.monotonic_ns() >= self.answer_at:
+            self.answer_at = None
+            return [Inbound(self._reply(), time.monotonic_ns(), b"", "robot")]
+        return []
+
+
+def test_a_control_request_does_not_stop_the_hold_stream(
+        setup: tuple[DdsBridge, RosCommander, DataWriter[Any]]) -> None:
+    """A request (a repeated ``enable`` while following) is answered in 300 ms: the hold
+    stream goes on meanwhile, so the robot's command timeout (50 ms) does not trip the arm
+    the request was meant to keep."""
+    _, commander, _ = setup
+    commander._mode = "hold"
+    commander._last = ((0.3, 0.0, 0.2), (1.0, 0.0, 0.0, 0.0))
+    link = SlowReplyLink(0.3)
+    reply = commander._request(cast(ConsoleLink, link), "arm")
+    assert reply is not None and reply.reason == "already_armed"
+    # command_hz (500) for 0.3 s: ~150; a starved machine sends fewer, never none.
+    assert len(link.sent) >= 5, f"{len(link.sent)} commands while waiting for the reply"
