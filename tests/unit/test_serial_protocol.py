@@ -88,6 +88,66 @@ def test_cobs_round_trip_has_no_zero(data: bytes) -> None:
     assert sp.cobs_decode(encoded) == data
 
 
+def _reference_cobs_encode(data: bytes) -> bytes:
+    """The byte-at-a-time Python COBS this module used before the C extension."""
+    out = bytearray()
+    chunks = data.split(b"\0")
+    for i, chunk in enumerate(chunks):
+        n_full = len(chunk) // 254
+        for k in range(n_full):
+            out += b"\xff" + chunk[254 * k : 254 * (k + 1)]
+        rest = chunk[254 * n_full :]
+        if rest or i < len(chunks) - 1 or not n_full:
+            out += bytes([len(rest) + 1]) + rest
+    return bytes(out)
+
+
+def _reference_cobs_decode(data: bytes) -> bytes | None:
+    """The Python COBS decoder used before; None where it raised."""
+    out, i, n = bytearray(), 0, len(data)
+    if n == 0:
+        return None
+    while i < n:
+        code, end = data[i], i + data[i]
+        if code == 0 or end > n or 0 in data[i + 1 : end]:
+            return None
+        out += data[i + 1 : end]
+        i = end
+        if code != 0xFF and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+def test_cobs_uses_the_c_extension() -> None:
+    """The pure-Python fallback of the ``cobs`` package is correct but costs the rig's
+    firmware emulator and the robot's serial reader a loop per frame: build the wheel."""
+    from cobs import cobs
+
+    assert cobs._using_extension
+
+
+_COBS_PIECES = st.lists(st.sampled_from([b"\0", RUN_254, b"\x07", RUN_254[:253], b"\xff"]),
+                        max_size=8).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=700) | _COBS_PIECES)
+def test_cobs_encode_bytes_unchanged(data: bytes) -> None:
+    assert sp.cobs_encode(data) == _reference_cobs_encode(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=80) | _COBS_PIECES
+       | st.binary(max_size=300).map(_reference_cobs_encode))
+def test_cobs_decode_accepts_and_rejects_as_before(data: bytes) -> None:
+    try:
+        got: bytes | None = sp.cobs_decode(data)
+    except SchemaError as err:
+        assert err.field == "cobs"
+        got = None
+    assert got == _reference_cobs_decode(data)
+
+
 @pytest.mark.parametrize("bad", [b"", b"\x05\x11\x22", b"\x03\x11\x00", b"\x00"])
 def test_cobs_decode_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(SchemaError) as err:
