@@ -79,7 +79,8 @@ class CommandThread(threading.Thread):
             out = self.mapper.device_fault(str(err))
         sh.last_output = out
         present = out.valid and out.operator_present
-        if not all(math.isfinite(v) for v in (*out.position, *out.quat, out.grip)):
+        if not (all(map(math.isfinite, out.position)) and all(map(math.isfinite, out.quat))
+                and math.isfinite(out.grip)):
             log.error("teleop produced a non-finite pose; sending hold")
             present = False
         position, quat = (out.position, out.quat) if present else self.mapper.last_pose

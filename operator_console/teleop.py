@@ -119,12 +119,12 @@ class TeleopMapper:
             return self._hold(f"master device: {problem}", sample.clutch)
         if not sample.operator_present:
             return self._hold("operator not present", sample.clutch)
-        raw = np.array(sample.position, dtype=np.float64)
+        raw = list(map(float, sample.position))  # plain floats: no numpy per command
         if not self._streaming and self._filter is not None:
-            self._filter.reset(raw)  # the filter starts at the hand: no transient
+            self._filter.reset(np.array(raw))  # the filter starts at the hand: no transient
         self._streaming = True
-        master = self._filter.apply(raw) if self._filter is not None else raw
-        self._position = rotate_vec3(self.cfg.frame_rotation, master.tolist())
+        master = self._filter.apply_list(raw) if self._filter is not None else raw
+        self._position = rotate_vec3(self.cfg.frame_rotation, master)
         self._quat = quat_normalize(quat_mul(self.cfg.frame_rotation, sample.quat))
         self._grip = sample.grip
         # Joints pass unfiltered and unregistered: they are the follower's own joints,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -69,6 +70,10 @@ def _rbj(kind: str, f0_hz: float, q: float, rate_hz: float) -> Coeffs:
     return (b[0] / a0, b[1] / a0, b[2] / a0, -2.0 * c / a0, (1.0 - alpha) / a0)
 
 
+def _as_floats(c: Coeffs) -> Coeffs:
+    return (float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c[4]))
+
+
 class _DF1:
     """One direct-form-I biquad with per-axis history; coefficients may change live.
 
@@ -96,12 +101,33 @@ class _DF1:
         self.y2 = list(self.y1)
 
     def step(self, x: list[float]) -> list[float]:
-        b0, b1, b2, a1, a2 = self.c
-        y = [b0 * xi + b1 * x1 + b2 * x2 - a1 * y1 - a2 * y2
-             for xi, x1, x2, y1, y2 in zip(x, self.x1, self.x2, self.y1, self.y2, strict=True)]
-        self.x2, self.x1 = self.x1, x
-        self.y2, self.y1 = self.y1, y
-        return y
+        return _cascade((self,), x, notch=False)
+
+
+def _cascade(sections: Sequence[_DF1], x: list[float], *, notch: bool) -> list[float]:
+    """Run ``x`` through ``sections`` in turn; ``notch``: each passes ``x - bandpass(x)``.
+
+    The history is updated in place (``reset`` gives every section its own lists): one
+    pass without a new list and a zip per section per sample, ~half the cost of the
+    filter, which is most of the console's per-command work. Same expressions in the
+    same order: the same doubles.
+    """
+    out = list(x)
+    n = len(out)
+    for s in sections:
+        b0, b1, b2, a1, a2 = s.c
+        x1s, x2s, y1s, y2s = s.x1, s.x2, s.y1, s.y2
+        for j in range(n):
+            xi = out[j]
+            x1 = x1s[j]
+            y1 = y1s[j]
+            v = b0 * xi + b1 * x1 + b2 * x2s[j] - a1 * y1 - a2 * y2s[j]
+            x2s[j] = x1
+            x1s[j] = xi
+            y2s[j] = y1
+            y1s[j] = v
+            out[j] = xi - v if notch else v
+    return out
 
 
 class TremorFilter:
@@ -135,7 +161,10 @@ class TremorFilter:
     # ------------------------------------------------------------ design
     def _design(self, notches: list[tuple[float, float]]) -> None:
         """Use these (centre, width) notches; each keeps its history, so nothing jumps."""
-        coeffs = [_rbj("bandpass", f, f / w, self.rate_hz) for f, w in notches]
+        # Plain floats: a tracked frequency comes from numpy, and numpy-scalar coefficients
+        # made every later filter step numpy-scalar arithmetic (same doubles, ~3x the cost).
+        coeffs = [_as_floats(_rbj("bandpass", float(f), float(f / w), self.rate_hz))
+                  for f, w in notches]
         if not self._notches:
             self._notches = [_DF1(c) for c in coeffs]
         for section, c in zip(self._notches, coeffs, strict=True):
@@ -194,21 +223,22 @@ class TremorFilter:
         """Filter one sample per axis; the first call initialises the state from it."""
         scalar = np.ndim(x) == 0
         y: list[float] = [float(x)] if scalar else np.asarray(x, dtype=np.float64).tolist()
-        if self._window.shape[1] != len(y):
-            self.reset(np.asarray(y))
-        if self.adaptive:
-            d = y
-            for section in self._detector:
-                d = section.step(d)
-            self._window[self._n % len(self._window)] = d
-            self._n += 1
-            if self._n % self._hop == 0 and self._n >= len(self._window):
-                self._track()
-        for section in self._notches:
-            y = [a - b for a, b in zip(y, section.step(y), strict=True)]
+        y = self.apply_list(y)
         if scalar:
             return y[0]  # type: ignore[return-value]
         return np.array(y)  # type: ignore[return-value]
+
+    def apply_list(self, y: list[float]) -> list[float]:
+        """``apply`` on a list of floats, one per axis, without numpy at either end (the
+        console's command thread calls it at 1 kHz: the conversions cost more than it)."""
+        if self._window.shape[1] != len(y):
+            self.reset(np.asarray(y))
+        if self.adaptive:
+            self._window[self._n % len(self._window)] = _cascade(self._detector, y, notch=False)
+            self._n += 1
+            if self._n % self._hop == 0 and self._n >= len(self._window):
+                self._track()
+        return _cascade(self._notches, y, notch=True)
 
     # ------------------------------------------------------------ analysis
     def frequency_response(self, f_hz: float) -> tuple[float, float]:

@@ -45,16 +45,17 @@ class MasterSample:
 
 def sample_problem(s: MasterSample) -> str | None:
     """Why ``s`` cannot be used, or None when it is valid."""
-    if not all(math.isfinite(v) for v in s.position):
+    # map() with the C isfinite, not a generator: this runs twice per command at 1 kHz.
+    if not all(map(math.isfinite, s.position)):
         return f"non-finite position {s.position}"
-    if not all(math.isfinite(v) for v in s.quat):
+    if not all(map(math.isfinite, s.quat)):
         return f"non-finite orientation {s.quat}"
-    norm = math.sqrt(sum(c * c for c in s.quat))
+    norm = math.sqrt(sum([c * c for c in s.quat]))
     if abs(norm - 1.0) > QUAT_NORM_TOL:
         return f"orientation quaternion norm {norm:.6f} is not 1"
     if not (math.isfinite(s.grip) and 0.0 <= s.grip <= 1.0):
         return f"grip {s.grip} outside 0..1"
-    if s.joints is not None and not all(math.isfinite(v) for v in s.joints):
+    if s.joints is not None and not all(map(math.isfinite, s.joints)):
         return f"non-finite joints {s.joints}"
     return None
 

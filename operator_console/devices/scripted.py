@@ -15,6 +15,7 @@ shipped ``operator_console/motions/suturing.csv``.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import logging
@@ -221,6 +222,25 @@ def generate_suturing(duration_s: float = 60.0, rate_hz: float = 100.0,
 
 
 # ------------------------------------------------------------------ the device
+@dataclass(frozen=True)
+class _Rows:
+    """A ``MotionTrack`` as Python lists, for the 1 kHz read."""
+
+    t: list[float]
+    position: list[list[float]]
+    quat: list[list[float]]
+    grip: list[float]
+    clutch: list[bool]
+    present: list[bool]
+    duration_s: float
+
+    @classmethod
+    def of(cls, tr: MotionTrack) -> _Rows:
+        return cls(t=tr.t.tolist(), position=tr.position.tolist(), quat=tr.quat.tolist(),
+                   grip=tr.grip.tolist(), clutch=[bool(c) for c in tr.clutch],
+                   present=[bool(p) for p in tr.present], duration_s=tr.duration_s)
+
+
 class ScriptedDevice(InputDevice):
     """Replays ``cfg.path`` (default: the shipped suturing file) from the first read."""
 
@@ -230,6 +250,7 @@ class ScriptedDevice(InputDevice):
         super().__init__(cfg)
         self._given = track
         self._track: MotionTrack | None = None
+        self._rows: _Rows | None = None
         self._t0_ns: int | None = None
         self._cycle = 0
         self._ended = False
@@ -266,45 +287,48 @@ class ScriptedDevice(InputDevice):
             self._track = self._given
         else:
             self._track = load_motion(self.cfg.path or SHIPPED_SUTURING)
+        self._rows = _Rows.of(self._track)
         self._t0_ns = None
         self._cycle = 0
         self._ended = False
 
     def _read(self, now_ns: int) -> MasterSample:
-        tr = self._track
-        if tr is None:
+        rows = self._rows
+        if rows is None:
             raise DeviceError("scripted: no motion loaded")
         if self._t0_ns is None:
             self._t0_ns = now_ns
         at_ns = now_ns if self._waiting_since_ns is None else self._waiting_since_ns
         t = (at_ns - self._t0_ns) / 1e9  # waiting: the hand stays where it was
         present, wrapped = True, False
+        duration_s = rows.duration_s
         if self.cfg.loop:
-            cycle = int(t // tr.duration_s)
+            cycle = int(t // duration_s)
             wrapped, self._cycle = cycle != self._cycle, cycle
-            t %= tr.duration_s
-        elif t > tr.duration_s:
+            t %= duration_s
+        elif t > duration_s:
             # The recording is over: the scripted surgeon lets go of the master.
             if not self._ended:
-                log.info("scripted: motion ended after %.1f s", tr.duration_s)
+                log.info("scripted: motion ended after %.1f s", duration_s)
                 self._ended = True
-            t, present = tr.duration_s, False
+            t, present = duration_s, False
         # Python floats, not numpy scalars and 3-vectors: this runs at 1 kHz on the
-        # console's command thread, where each small numpy call costs microseconds.
-        i = min(max(int(np.searchsorted(tr.t, t, side="right")) - 1, 0), len(tr.t) - 2)
-        t0, t1 = float(tr.t[i]), float(tr.t[i + 1])
+        # console's command thread, where each small numpy call costs microseconds
+        # (the track's rows are converted once, at open; the same values).
+        i = min(max(bisect.bisect_right(rows.t, t) - 1, 0), len(rows.t) - 2)
+        t0, t1 = rows.t[i], rows.t[i + 1]
         w = min(max((t - t0) / (t1 - t0), 0.0), 1.0)
-        p0, p1 = tr.position[i].tolist(), tr.position[i + 1].tolist()
-        q0, q1 = tr.quat[i].tolist(), tr.quat[i + 1].tolist()
-        if sum(a * b for a, b in zip(q0, q1, strict=True)) < 0:
+        p0, p1 = rows.position[i], rows.position[i + 1]
+        q0, q1 = rows.quat[i], rows.quat[i + 1]
+        if q0[0] * q1[0] + q0[1] * q1[1] + q0[2] * q1[2] + q0[3] * q1[3] < 0:
             q1 = [-b for b in q1]  # nlerp, the short way
         q = [a + (b - a) * w for a, b in zip(q0, q1, strict=True)]
-        norm = math.sqrt(sum(c * c for c in q))
+        norm = math.sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3])
         recorded = (q[0] / norm, q[1] / norm, q[2] / norm, q[3] / norm)
         if self._align is not None:
             self._grip_offset = quat_mul(quat_conj(recorded), self._align)
             self._align = None
-        g0, g1 = float(tr.grip[i]), float(tr.grip[i + 1])
+        g0, g1 = rows.grip[i], rows.grip[i + 1]
         return MasterSample(
             t_ns=now_ns,
             position=(p0[0] + (p1[0] - p0[0]) * w, p0[1] + (p1[1] - p0[1]) * w,
@@ -312,12 +336,13 @@ class ScriptedDevice(InputDevice):
             quat=quat_mul(recorded, self._grip_offset),
             grip=g0 + (g1 - g0) * w,
             # The end and the start of a file rarely meet: a loop is a clutch episode.
-            clutch=bool(tr.clutch[i]) or wrapped,
-            operator_present=present and bool(tr.present[i]),
+            clutch=rows.clutch[i] or wrapped,
+            operator_present=present and rows.present[i],
         )
 
     def _close(self) -> None:
         self._track = None
+        self._rows = None
 
 
 def main(argv: list[str] | None = None) -> int:
