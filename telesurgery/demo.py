@@ -84,12 +84,15 @@ def cpu_seconds(rig: SimRig) -> dict[str, float]:
 class CpuSampler:
     """CPU seconds of every rig process (with its children: the robot's video), sampled
     while they run: a process that already exited (the console, at the end) keeps the
-    last figure it was seen with."""
+    last figure it was seen with. ``percent()``: each one's share of one core between
+    its first and last sample, so the report shows where the two cores go."""
 
     def __init__(self, rig: SimRig) -> None:
         self.rig = rig
         self._procs: dict[str, psutil.Process] = {}
         self.seconds: dict[str, float] = {}
+        self._first: dict[str, tuple[float, float]] = {}
+        self._last: dict[str, tuple[float, float]] = {}
 
     def sample(self) -> None:
         for name, popen in self.rig.procs.items():
@@ -99,7 +102,19 @@ class CpuSampler:
                     proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))))
             except psutil.Error:
                 continue
+            now = time.monotonic()
+            self._first.setdefault(name, (now, total))
+            self._last[name] = (now, total)
             self.seconds[name] = round(max(total, self.seconds.get(name, 0.0)), 2)
+
+    def percent(self) -> dict[str, float]:
+        """% of one core per process over the sampled window (none for a single sample)."""
+        out = {}
+        for name, (t0, c0) in self._first.items():
+            t1, c1 = self._last[name]
+            if t1 > t0:
+                out[name] = round(100.0 * (c1 - c0) / (t1 - t0), 1)
+        return out
 
 
 def _ms(ns: int) -> float:
@@ -253,6 +268,8 @@ def run_demo(seconds: float, headless: bool, report_path: Path, run_dir: Path, *
         console = rig.summary("console")
     report = build_report(robot, console, blackout_ns, cpu.seconds, console_code,
                           blackout_s=blackout_s)
+    report["cpu_pct"] = cpu.percent()
+    report["console_thread_cpu_s"] = console.get("thread_cpu_s")
     report["transitions"] = transitions_from_audit(run_dir / "audit" / "robot.audit",
                                                    blackout_ns)
     report["proxy_added_latency_us"] = added or None
@@ -375,6 +392,12 @@ def print_report(r: dict[str, Any]) -> None:
     cpu = r["cpu_seconds"]
     print(_row("cpu seconds", ", ".join(f"{k} {v:g}" for k, v in cpu.items()),
                "(robot includes its video process)"))
+    if r.get("cpu_pct"):
+        print(_row("cpu % of one core", ", ".join(f"{k} {v:g}" for k, v in r["cpu_pct"].items()),
+                   "(during the surgery; two cores in all)"))
+    if r.get("console_thread_cpu_s"):
+        print(_row("  console threads", ", ".join(
+            f"{k} {v:g}" for k, v in r["console_thread_cpu_s"].items() if v >= 0.05), "(CPU-s)"))
     transitions = r.get("transitions") or []
     if transitions:
         print(f"  transitions ({len(transitions)}):")

@@ -40,7 +40,7 @@ from safety.config import SafetyConfig
 from safety.states import Reason, State
 from telesurgery.bench.path import RawPair, StallBaseline
 from telesurgery.cli import setup_logging
-from telesurgery.demo import ROTATION_SCALE, build_report, cpu_seconds
+from telesurgery.demo import ROTATION_SCALE, CpuSampler, build_report, cpu_seconds
 from telesurgery.helptext import plain_help
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,18 @@ whole soak; ten windows of 10 000 messages give the same-run p99 from 100 000 sa
 a sixth of that. The path's figure still covers the whole run."""
 
 
+def _alongside_pct(alongside: dict[str, Any], seconds: float) -> dict[str, float]:
+    """The stall reader's and the raw pyzmq pair's CPU as % of one core over the run."""
+    out = {}
+    for name, keys in (("stall reader", ("stall_cpu_s",)),
+                       ("raw pyzmq pair", ("raw_send_cpu_s", "raw_recv_cpu_s"))):
+        values = [alongside.get(k) for k in keys]
+        numbers = [float(v) for v in values if isinstance(v, int | float)]
+        if seconds > 0 and len(numbers) == len(values):
+            out[name] = round(100.0 * sum(numbers) / seconds, 1)
+    return out
+
+
 def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         command_timeout_ms: float | None = None) -> dict[str, Any]:
     """Run the healthy rig for ``seconds`` of surgery; returns the figures and the verdict."""
@@ -77,11 +89,14 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         # Alongside, in the same run: what the machine itself stalls, and raw pyzmq.
         stall = StallBaseline(seconds)
         raw = RawPair(seconds, opts.rate_hz, window_s=RAW_WINDOW_S, every_s=RAW_EVERY_S)
+        sampler = CpuSampler(rig)  # every rig process over the same window as the robot's
+        sampler.sample()
         cpu0, wall0 = rig.cpu_seconds("robot"), time.monotonic()
         deadline = t0 + seconds + _EXIT_GRACE_S
         while rig.procs["console"].poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         cpu1, wall1 = rig.cpu_seconds("robot"), time.monotonic()
+        sampler.sample()
         proxy_added = rig.proxy_added_latency()
         cpu = cpu_seconds(rig)
         rig.stop()
@@ -118,6 +133,7 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         "robot_cpu_pct": (round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
                           if cpu0 is not None and cpu1 is not None and wall1 > wall0 else None),
         "console_thread_cpu_s": console.get("thread_cpu_s"),
+        "rig_cpu_pct": {**sampler.percent(), **_alongside_pct(alongside, seconds)},
         "commands_expected": round(seconds * opts.rate_hz),
         "seconds": seconds,
         "wall_s": round(time.monotonic() - t0, 1),
@@ -210,6 +226,8 @@ def main(argv: list[str]) -> int:
           f"(largest {r['stall_gap_max_us']} us)")
     print(f"  robot CPU         {r['robot_cpu_pct']} % of one core (control process + video "
           "encode)")
+    print("  rig CPU           % of one core, next to the robot's: " + ", ".join(
+        f"{k} {v:g}" for k, v in (r.get("rig_cpu_pct") or {}).items()))
     print(f"  console CPU       per thread, CPU-s: {r['console_thread_cpu_s']}")
     print(f"  alongside         stall reader SCHED_FIFO every {r['stall_interval_us']} us "
           f"({r['stall_reads']} reads, {r['stall_cpu_s']} CPU-s); raw pyzmq pair "

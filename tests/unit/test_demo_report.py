@@ -79,3 +79,42 @@ def test_every_transition_is_listed_with_the_escalation(tmp_path: Path) -> None:
     assert [(t["to"], t["reason"]) for t in got] == [
         ("following", "engaged"), ("hold", "command_timeout"), ("fault", "hold_escalated")]
     assert got[0]["when"] == "1.0 ms BEFORE the blackout"
+
+
+def test_cpu_sampler_gives_each_rig_process_its_share_of_a_core() -> None:
+    """Real processes: one busy, one asleep; the busy one's share is the larger, and a
+    process seen only once (started after the first sample) gets no share."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from telesurgery.demo import CpuSampler
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    late: subprocess.Popen[bytes] | None = None
+    try:
+        rig = SimpleNamespace(procs={"busy": busy, "idle": idle})
+        sampler = CpuSampler(rig)  # type: ignore[arg-type]
+        sampler.sample()
+        time.sleep(0.5)
+        late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        rig.procs["late"] = late
+        sampler.sample()
+        pct = sampler.percent()
+    finally:
+        for p in (busy, idle, late):
+            if p is not None:
+                p.kill()
+                p.wait()
+    assert set(pct) == {"busy", "idle"}
+    assert pct["busy"] > pct["idle"] >= 0.0
+
+
+def test_soak_reports_the_alongside_processes_as_shares_of_a_core() -> None:
+    from telesurgery.bench.soak import _alongside_pct
+
+    assert _alongside_pct({"stall_cpu_s": 6.0, "raw_send_cpu_s": 1.5, "raw_recv_cpu_s": 1.5},
+                          60.0) == {"stall reader": 10.0, "raw pyzmq pair": 5.0}
+    assert _alongside_pct({"stall_cpu_s": None}, 60.0) == {}
