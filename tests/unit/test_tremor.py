@@ -161,3 +161,21 @@ def test_suturing_tremor_is_removed(tremor_hz: float) -> None:
           f"(tracking {filt.tracking_hz:.2f} Hz)")
     assert present_db >= 20.0
     assert removed_db >= 20.0
+
+
+def test_tracking_keeps_plain_float_coefficients_and_the_list_path_matches() -> None:
+    """A tracked frequency comes out of numpy; coefficients that stayed numpy scalars
+    made every later step numpy-scalar arithmetic (the console's 1 kHz cost), with the
+    same doubles. The list path (``apply_list``, the command thread's) gives what
+    ``apply`` gives."""
+    import math
+
+    by_array, by_list = TremorFilter(1000.0), TremorFilter(1000.0)
+    for k in range(2500):
+        x = [1e-3 * math.sin(2 * math.pi * 9.7 * k / 1000.0), 0.05, -0.02 + 1e-6 * k]
+        a = by_array.apply(np.array(x))
+        b = by_list.apply_list(list(x))
+        assert a.tolist() == b
+        assert all(type(v) is float for v in b)
+    assert by_list.tracking_hz is not None
+    assert all(type(c) is float for s in by_list._notches for c in s.c)
