@@ -141,3 +141,23 @@ def test_joint_limiter_fast_loop_is_the_min_max_loop(target, delta) -> None:
         assert (got.fault is None) == (fault is None)
         if fault is None:
             assert got.clamped == clamped
+
+
+def test_quat_of_is_eigens_quaternion_of_the_matrix() -> None:
+    """Plain floats, Eigen's algorithm: every branch (trace > 0, and each largest
+    diagonal) against ``pin.Quaternion(R)``, same sign convention (w >= 0)."""
+    rng = np.random.default_rng(11)
+    branches = set()
+    for i in range(4000):
+        v = rng.normal(size=4)
+        if i % 2:
+            v[0] *= 0.01  # near-half-turns: the trace is negative
+        v /= np.linalg.norm(v)
+        rotation = pin.Quaternion(*v).toRotationMatrix()
+        x, y, z, w = pin.Quaternion(rotation).coeffs().tolist()
+        want = (w, x, y, z) if w >= 0.0 else (-w, -x, -y, -z)
+        got = kinematics._quat_of(rotation)
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-15
+        diag = np.diag(rotation)
+        branches.add(-1 if np.trace(rotation) > 0 else int(np.argmax(diag)))
+    assert branches == {-1, 0, 1, 2}
