@@ -226,6 +226,8 @@ class JointLimiter:
         # Not jump_fault_factor x step: IK near a singularity may ask for a few times the
         # velocity bound, which is clamped; only a branch flip is a fault.
         self._jump = tuple(max(limits.joint_jump_fault_rad, s) for s in self._step)
+        self._joints = tuple(zip(self._lo, self._hi, self._jump, self._step, strict=True))
+        """Per joint (lo, hi, jump, step): one zip of three a period instead of six."""
         self.faults = 0
         self.clamps = 0
 
@@ -241,9 +243,8 @@ class JointLimiter:
         out: list[float] = []
         at_limit = too_fast = False
         # Comparisons rather than min()/max() calls: this loop runs every period.
-        for i, (lo, hi, jump, s, p, want) in enumerate(zip(
-                self._lo, self._hi, self._jump, self._step, prev, q_target,
-                strict=True)):
+        for i, ((lo, hi, jump, s), p, want) in enumerate(zip(
+                self._joints, prev, q_target, strict=True)):
             t = lo if want < lo else hi if want > hi else want
             at_limit = at_limit or t != want
             # Measured from q_prev pulled into range, so a joint resting inside the margin

@@ -163,6 +163,7 @@ def play(kin: Kinematics) -> list[list[Any]]:
     s.run(300, step=(0.0, 0.00005, 0.0))         # slow motion
     s.run(40, step=(0.0004, 0.0, 0.0))           # 0.4 m/s: the step clamp
     s.run(60, rotvec=(0.0, 0.0, 0.005))          # 5 rad/s: the rotation step clamp
+    s.run(40)                                    # the hand stops: the arm catches up
     s.run(60, rotvec=(0.0, 0.0, -0.002))
     s.period(ops=("set_scale",), value=0.5)      # a scale change re-anchors
     s.run(100, step=(0.0, -0.0001, 0.0))

@@ -161,3 +161,23 @@ def test_quat_of_is_eigens_quaternion_of_the_matrix() -> None:
         diag = np.diag(rotation)
         branches.add(-1 if np.trace(rotation) > 0 else int(np.argmax(diag)))
     assert branches == {-1, 0, 1, 2}
+
+
+def test_follower_reuses_ik_only_for_the_same_target_from_the_same_joints(
+        kin: Kinematics) -> None:
+    """The IK memo: a repeated (target, joints) is the last answer; the same target from
+    other joints (the joint limiter clamped the last step) is solved again."""
+    from robot_side.config import RobotConfig
+    from robot_side.follow import Follower
+
+    fol = Follower(RobotConfig(), kin)
+    position, quat = kin.pose(kin.home)
+    target = (position[0] + 0.002, position[1], position[2])
+    first, first_q = fol._solve_ik(target, quat, fol.q_set.tolist())
+    again, _ = fol._solve_ik(target, quat, fol.q_set.tolist())
+    assert again is first  # reused, not solved again
+    fol.q_set = fol.q_set + 0.001  # the arm is elsewhere: same target, other seed
+    moved, moved_q = fol._solve_ik(target, quat, fol.q_set.tolist())
+    fresh = kin.ik_trusted(target, quat, fol.q_set, max_iter=fol._ik_max_iter)
+    assert moved is not first
+    assert moved_q == fresh.q.tolist() != first_q
