@@ -46,6 +46,11 @@ SWITCH_HOLDOFF_NS = 400_000_000
 """After a switch the new path gets this long to bring a keyframe before another."""
 PREFER_CHECK_NS = 1_000_000_000
 """How often a flowing video path is compared with the others' round trips."""
+RESUBSCRIBE_NS = 100_000_000
+"""No video message for this long (three frame intervals at 30 fps; right after a switch,
+counted from it): the video path's subscription is sent again, and again after as long
+(``ConsoleLink.resubscribe_video``). A lossy path can lose a SUBSCRIBE with TCP up (the
+HIL fault proxy does), and then nothing else would ever re-send it."""
 
 _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
            | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -135,6 +140,7 @@ class VideoPathSwitch:
         self._shown_ns: int | None = None
         self._interval_ns: float | None = None
         """The frame interval as received (moving average)."""
+        self._resubscribed_ns: int | None = None
         self._gap_from_ns: int | None = None
         self.picture_gaps_ms: list[float] = []
         """Per switch: the last picture shown before it to the first shown after it."""
@@ -162,6 +168,7 @@ class VideoPathSwitch:
                 self._interval_ns = dt if self._interval_ns is None else (
                     0.9 * self._interval_ns + 0.1 * dt)
             self._count, self._video_ns = count, now_ns
+        self._keep_subscribed(now_ns)
         if self._switched_ns is not None and now_ns - self._switched_ns < SWITCH_HOLDOFF_NS:
             return False
         health = link.path_health(now_ns, PATH_LIVE_NS)
@@ -178,6 +185,16 @@ class VideoPathSwitch:
         self._prefer_ns = now_ns + PREFER_CHECK_NS
         best = choose_video_path(health, here)
         return best != here and self._switch(best, now_ns)
+
+    def _keep_subscribed(self, now_ns: int) -> None:
+        """Video silent for ``RESUBSCRIBE_NS`` (since the last message, the switch, or the
+        last re-send): send the subscription again."""
+        if self._resubscribed_ns is None:
+            self._resubscribed_ns = now_ns
+        quiet_since = max(self._video_ns or 0, self._resubscribed_ns)
+        if now_ns - quiet_since > RESUBSCRIBE_NS:
+            self.link.resubscribe_video()
+            self._resubscribed_ns = now_ns
 
     def _path_gone(self, now_ns: int, here: int) -> bool:
         """Video silent for ``FAST_SILENT_FRAMES`` intervals and its path quiet while

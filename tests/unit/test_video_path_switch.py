@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from operator_console.connection import (
     FAST_SILENT_FRAMES,
+    RESUBSCRIBE_NS,
     VIDEO_SILENT_NS,
     VideoPathSwitch,
 )
@@ -28,6 +29,7 @@ class _LinkStandIn:
         self.heard_ns = [0, 0]
         self.video_path = 0
         self.switched_to: list[int] = []
+        self.resubscribed = 0
 
     def path_health(self, now_ns: int, live_ns: int) -> list[PathView]:
         return [PathView(p.name, now_ns - h <= live_ns, rtt_us=1000)
@@ -39,6 +41,9 @@ class _LinkStandIn:
 
     def drain_standby_video(self) -> int:
         return 0
+
+    def resubscribe_video(self) -> None:
+        self.resubscribed += 1
 
 
 def _run(quiet_path: bool) -> tuple[_LinkStandIn, VideoPathSwitch, int, int | None]:
@@ -78,3 +83,14 @@ def test_a_late_encoder_on_a_live_path_does_not_move_the_video_early() -> None:
     # The path still brings telemetry: only the slow rule (the video channel alone failed).
     assert moved is not None and moved - last_frame > VIDEO_SILENT_NS
     assert link.switched_to == [1]
+
+
+def test_a_silent_video_path_sends_its_subscription_again() -> None:
+    """A SUBSCRIBE lost on a lossy path (TCP up) is never re-sent by libzmq: the console
+    sends it again every ``RESUBSCRIBE_NS`` of silence, not while video flows."""
+    link, _, last_frame, moved = _run(quiet_path=False)
+    assert moved is not None
+    # None while frames came every 33 ms; one after 100 ms of silence, before the slow
+    # rule moved the video at 120 ms.
+    assert RESUBSCRIBE_NS < moved - last_frame < 2 * RESUBSCRIBE_NS
+    assert link.resubscribed == 1
