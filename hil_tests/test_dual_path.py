@@ -293,6 +293,8 @@ def test_flapping_loss_bursts_asymmetric_latency_and_the_video_gap(rig: SimRig) 
     print(f"video path switch: picture gap {gaps[0]:.1f} ms across a blackout of its path "
           f"(frame interval {interval_ms:.1f} ms; all switches: "
           f"{', '.join(f'{g:.0f}' for g in picture_gaps(rig))} ms)")
+    for split in switch_splits(rig)[n_gaps:]:
+        print(f"  where the gap went: {split}")
     time.sleep(1.2)
     others = [t["reason"] for t in rig.trips()[n_trips:] if t["reason"] in NOT_THE_LINK]
     if others:
@@ -306,6 +308,11 @@ def video_path(rig: SimRig) -> str:
     path A, the first, before any)."""
     found = re.findall(r"video now by path (\w+)", rig.log("console"))
     return found[-1] if found else "A"
+
+
+def switch_splits(rig: SimRig) -> list[str]:
+    """Each switch's split of its picture gap, as the console logged it."""
+    return re.findall(r"picture gap [\d.]+ ms \((.*)\)", rig.log("console"))
 
 
 def picture_gaps(rig: SimRig) -> list[float]:

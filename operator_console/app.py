@@ -185,7 +185,7 @@ class ConsoleApp:
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
-                video_path.on_displayed(shown)
+                video_path.on_displayed(shown, frame)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
                 if len(self.g2g_us) < 1_000_000:
@@ -207,6 +207,7 @@ class ConsoleApp:
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
+                video_path.on_keyframe_requested(now)  # the switch's split
             if status is not None:
                 status.update(hud, now)
         if display is not None:

@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from operator_console.video.receiver import DecodedFrame
 from transport.console_link import ConsoleLink
 from transport.paths import choose_video_path
 
@@ -142,17 +143,30 @@ class VideoPathSwitch:
         """The frame interval as received (moving average)."""
         self._resubscribed_ns: int | None = None
         self._gap_from_ns: int | None = None
+        self._gap_switch_ns = 0
+        self._requested_ns: int | None = None
         self.picture_gaps_ms: list[float] = []
         """Per switch: the last picture shown before it to the first shown after it."""
+        self.splits: list[dict[str, float | None]] = []
+        """Per switch: where its picture gap went (``switch_split``)."""
 
-    def on_displayed(self, now_ns: int) -> None:
+    def on_keyframe_requested(self, now_ns: int) -> None:
+        """The video loop handed a keyframe request to the session thread (the split)."""
+        if self._gap_from_ns is not None and self._requested_ns is None:
+            self._requested_ns = now_ns
+
+    def on_displayed(self, now_ns: int, frame: DecodedFrame | None = None) -> None:
         """A picture was shown (the video loop calls this): closes a switch's picture gap,
-        logged as "video path switch: picture gap N ms" (the HIL row reads it)."""
+        logged as "video path switch: picture gap N ms (split)" (the HIL row reads it)."""
         if self._gap_from_ns is not None:
             gap_ms = (now_ns - self._gap_from_ns) / 1e6
             self.picture_gaps_ms.append(gap_ms)
-            log.info("video path switch: picture gap %.1f ms", gap_ms)
-            self._gap_from_ns = None
+            split = switch_split(self._gap_from_ns, self._gap_switch_ns, self._requested_ns,
+                                 frame, now_ns)
+            self.splits.append(split)
+            log.info("video path switch: picture gap %.1f ms (%s)", gap_ms,
+                     describe_split(split))
+            self._gap_from_ns = self._requested_ns = None
         self._shown_ns = now_ns
 
     def poll(self, now_ns: int) -> bool:
@@ -211,6 +225,40 @@ class VideoPathSwitch:
         self.switches += 1
         if self._gap_from_ns is None:  # a second switch before a picture: the same gap
             self._gap_from_ns = self._shown_ns
+        self._gap_switch_ns, self._requested_ns = now_ns, None
         self._switched_ns = self._video_ns = now_ns
         self._on_switch()
         return True
+
+
+SPLIT_STEPS = ("switch", "keyframe requested", "keyframe captured", "encoded and sent",
+               "received", "decoded", "shown")
+
+
+def switch_split(last_shown_ns: int | None, switch_ns: int, requested_ns: int | None,
+                 frame: DecodedFrame | None, shown_ns: int) -> dict[str, float | None]:
+    """Where a switch's picture gap went, in ms, each step from the one before: the last
+    picture shown -> the switch (detection) -> the keyframe request handed to the
+    session thread -> the keyframe captured on the robot (negative: captured before the
+    request, encoded after) -> encoded and sent -> received here -> decoded -> shown.
+    Robot times are mapped by the clock offset (good to about half a round trip). None:
+    not known (no picture before the switch, no request, no frame given)."""
+    marks: list[int | None] = [switch_ns, requested_ns]
+    if frame is not None and frame.send_ns:
+        marks += [frame.capture_local_ns, frame.send_ns + frame.offset_ns, frame.recv_ns,
+                  frame.decoded_ns]
+    else:
+        marks += [None, None, None, None]
+    marks.append(shown_ns)
+    out: dict[str, float | None] = {}
+    before = last_shown_ns
+    for step, mark in zip(SPLIT_STEPS, marks, strict=True):
+        out[step] = None if mark is None or before is None else (mark - before) / 1e6
+        before = mark if mark is not None else before
+    return out
+
+
+def describe_split(split: dict[str, float | None]) -> str:
+    return ", ".join(f"-> {step} {'?' if ms is None else f'{ms:.1f}'}"
+                     for step, ms in split.items())
+

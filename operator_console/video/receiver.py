@@ -41,6 +41,8 @@ class DecodedFrame:
     keyframe: bool = False
     offset_ns: int = 0
     """Add to a sender timestamp to get this process's monotonic clock."""
+    send_ns: int = 0
+    """Sender's monotonic clock when it published the access unit (encoded)."""
 
     @property
     def capture_local_ns(self) -> int:
@@ -220,7 +222,7 @@ class VideoReceiver:
             self._ask_on_next_frame = False
         self.stats.decoded += 1
         return DecodedFrame(header.frame_id, header.capture_ns, recv_ns, time.monotonic_ns(),
-                            image, header.keyframe, self.offset_ns)
+                            image, header.keyframe, self.offset_ns, header.send_ns)
 
     def _need_keyframe(self, reason: str) -> None:
         if not self.keyframe_needed:

@@ -8,12 +8,16 @@ hil_tests/test_dual_path.py (the video's path blacked out, the picture gap print
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from operator_console.connection import (
     FAST_SILENT_FRAMES,
     RESUBSCRIBE_NS,
     VIDEO_SILENT_NS,
     VideoPathSwitch,
 )
+from operator_console.video.receiver import DecodedFrame
 from transport.config import LinkPath
 from transport.paths import PathView
 
@@ -94,3 +98,22 @@ def test_a_silent_video_path_sends_its_subscription_again() -> None:
     # rule moved the video at 120 ms.
     assert RESUBSCRIBE_NS < moved - last_frame < 2 * RESUBSCRIBE_NS
     assert link.resubscribed == 1
+
+
+def test_the_picture_gap_is_split_where_it_went() -> None:
+    """The switch's split: each step from the one before, robot times by the offset; the
+    steps add up to the picture gap."""
+    _, switch, last_frame, moved = _run(quiet_path=True)
+    assert moved is not None
+    switch.on_keyframe_requested(moved + 1 * MS)
+    offset = 5_000 * MS  # the robot's clock runs 5 s behind this one
+    frame = DecodedFrame(frame_id=99, capture_ns=moved + 10 * MS - offset,
+                         recv_ns=moved + 30 * MS, decoded_ns=moved + 36 * MS,
+                         image=np.zeros((2, 2, 3), np.uint8), keyframe=True,
+                         offset_ns=offset, send_ns=moved + 25 * MS - offset)
+    switch.on_displayed(moved + 40 * MS, frame)
+    split = switch.splits[-1]
+    assert split == {"switch": (moved - last_frame) / MS, "keyframe requested": 1.0,
+                     "keyframe captured": 9.0, "encoded and sent": 15.0, "received": 5.0,
+                     "decoded": 6.0, "shown": 4.0}
+    assert sum(v or 0.0 for v in split.values()) == pytest.approx(switch.picture_gaps_ms[-1])
