@@ -158,7 +158,9 @@ class ConsoleApp:
         never draws on the picture it is given; only the mentor's strokes need a copy)."""
         next_redraw = 0
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            frame = receiver.poll(20) if receiver is not None else None
+            # Dual path: short waits once a frame is overdue (a gone path noticed sooner).
+            frame = receiver.poll(video_path.wait_ms(time.monotonic_ns())) \
+                if receiver is not None else None
             if receiver is None:
                 self._halt.wait(0.02)
             now = time.monotonic_ns()

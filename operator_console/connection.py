@@ -34,15 +34,22 @@ PATH_LIVE_NS = 150_000_000
 VIDEO_SILENT_NS = 120_000_000
 """No video message for this long (about four frame intervals): the video path failed,
 whatever the path's other traffic says (the video channel alone may have failed)."""
-PATH_QUIET_NS = 45_000_000
+PATH_QUIET_NS = 35_000_000
 """The video's path brought nothing else either for this long (telemetry comes at 50 Hz
-on every path: two missed and more) while another path did: the path is gone, switch
+on every path: one missed and most of the next) while another path did: the path is gone, switch
 after ``FAST_SILENT_FRAMES``
 frame intervals of silence instead of waiting ``VIDEO_SILENT_NS`` (an encoder that is
 merely late does not stop the path's telemetry, so it does not move the video)."""
-FAST_SILENT_FRAMES = 1.5
+FAST_SILENT_FRAMES = 1.25
 """Frame intervals without a picture before a quiet path's video moves (the goal: a
-picture gap of at most two frame intervals and one keyframe)."""
+picture gap of at most two frame intervals and one keyframe). HIL split at 1.5 and 45 ms
+quiet, polled every 20 ms: last picture -> switch 62-66 ms of a 76-124 ms gap, the
+largest part (a late frame alone never moves it: the path's telemetry must stop too)."""
+VIDEO_WAIT_MS = 20
+"""How long the video loop waits for video while it is on time (``wait_ms``)."""
+OVERDUE_WAIT_MS = 3
+"""... and once a frame is overdue, so that a gone path is noticed within this of the
+thresholds above, not up to ``VIDEO_WAIT_MS`` after (dual path only)."""
 SWITCH_HOLDOFF_NS = 400_000_000
 """After a switch the new path gets this long to bring a keyframe before another."""
 PREFER_CHECK_NS = 1_000_000_000
@@ -199,6 +206,14 @@ class VideoPathSwitch:
         self._prefer_ns = now_ns + PREFER_CHECK_NS
         best = choose_video_path(health, here)
         return best != here and self._switch(best, now_ns)
+
+    def wait_ms(self, now_ns: int) -> int:
+        """How long the video loop may wait for video now: short once a frame is overdue
+        on a dual-path link (the failover checks run between waits)."""
+        if (len(self.link.paths) < 2 or self._video_ns is None or self._interval_ns is None
+                or now_ns - self._video_ns <= self._interval_ns):
+            return VIDEO_WAIT_MS
+        return OVERDUE_WAIT_MS
 
     def _keep_subscribed(self, now_ns: int) -> None:
         """Video silent for ``RESUBSCRIBE_NS`` (since the last message, the switch, or the

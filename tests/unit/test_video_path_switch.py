@@ -13,8 +13,10 @@ import pytest
 
 from operator_console.connection import (
     FAST_SILENT_FRAMES,
+    OVERDUE_WAIT_MS,
     RESUBSCRIBE_NS,
     VIDEO_SILENT_NS,
+    VIDEO_WAIT_MS,
     VideoPathSwitch,
 )
 from operator_console.video.receiver import DecodedFrame
@@ -117,3 +119,19 @@ def test_the_picture_gap_is_split_where_it_went() -> None:
                      "keyframe captured": 9.0, "encoded and sent": 15.0, "received": 5.0,
                      "decoded": 6.0, "shown": 4.0}
     assert sum(v or 0.0 for v in split.values()) == pytest.approx(switch.picture_gaps_ms[-1])
+
+
+def test_the_video_loop_waits_briefly_only_once_a_frame_is_overdue() -> None:
+    link = _LinkStandIn()
+    frames = [0]
+    switch = VideoPathSwitch(link, lambda: frames[0])  # type: ignore[arg-type]
+    assert switch.wait_ms(0) == VIDEO_WAIT_MS  # nothing learnt yet
+    t = 0
+    for _ in range(5):
+        t += FRAME_NS
+        frames[0] += 1
+        switch.poll(t)
+    assert switch.wait_ms(t + FRAME_NS // 2) == VIDEO_WAIT_MS
+    assert switch.wait_ms(t + FRAME_NS + MS) == OVERDUE_WAIT_MS
+    link.paths = link.paths[:1]  # one path: nothing to fail over to, no short waits
+    assert switch.wait_ms(t + FRAME_NS + MS) == VIDEO_WAIT_MS
