@@ -235,6 +235,11 @@ class VideoPathSwitch:
         quiet = self.link.path_health(now_ns, PATH_QUIET_NS)
         return not quiet[here].live and any(p.live for i, p in enumerate(quiet) if i != here)
 
+    def move_to(self, index: int, now_ns: int) -> bool:
+        """Move the video to path ``index`` now, as a failover would (the link bench's
+        switch trials); False if it is the video's path already."""
+        return index != self.link.video_path and self._switch(index, now_ns)
+
     def _switch(self, index: int, now_ns: int) -> bool:
         self.link.switch_video(index)
         self.switches += 1

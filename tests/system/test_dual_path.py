@@ -275,6 +275,10 @@ def test_link_bench_with_two_paths_reports_cost_and_failover() -> None:
     assert 0 <= r["failover"]["trials_without_miss"] <= 2
     switch = r["video_switch"]  # the video part: both ways of switching delivered frames
     assert switch["standby"]["n"] > 0 and switch["reconnect"]["n"] > 0, switch
+    pictures = switch["pictures"]  # the real pipeline: every switch showed a picture, split
+    assert pictures["switches"] == pictures["trials"] == 5, pictures
+    assert set(pictures["median_ms"]) == {"keyframe requested", "keyframe captured",
+                                          "encoded and sent", "received", "decoded", "shown"}
 
 
 def test_link_bench_help_lists_the_dual_path_options(capsys: pytest.CaptureFixture[str]) -> None:
