@@ -325,11 +325,12 @@ def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
         keys = Path(tmp)
         init_keys(keys)
         keep_scheduling(stack)
+        paid = cost(stack, keys, seconds, rate_hz)
+        trials_r = failover(stack, keys, trials, min(rate_hz, 500.0)) if trials else None
         video = videoswitch.run(stack, keys, max(trials, 5))
-        video["pictures"] = videoswitch.pictures(stack, keys, min(max(trials, 5), 20))
-        result = {"cost": cost(stack, keys, seconds, rate_hz),
-                  "failover": failover(stack, keys, trials, min(rate_hz, 500.0)) if trials
-                  else None, "cpus": os.cpu_count(), "video_switch": video}
+        video["pictures"] = videoswitch.pictures(keys, min(max(trials, 5), 20))
+        result = {"cost": paid, "failover": trials_r, "cpus": os.cpu_count(),
+                  "video_switch": video}
     return result
 
 

@@ -15,6 +15,7 @@ the paths' telemetry: the HIL row prints that part."""
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import time
@@ -106,8 +107,20 @@ def _free_port(hosts: tuple[str, ...]) -> int:
     raise OSError("no port free on every path")
 
 
-def pictures(stack: ExitStack, keys: Path, trials: int) -> dict[str, Any]:
-    """``trials`` switches with the real video pipeline; each one's split (ms per step)."""
+def pictures(keys: Path, trials: int) -> dict[str, Any]:
+    """``trials`` switches with the real video pipeline; each one's split (ms per step).
+    Everything it started is stopped when it returns (the encoder would load the
+    measurements that follow)."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    with ExitStack() as stack:
+        # As the console's video loop runs, at normal priority; and the video process
+        # would inherit a real-time policy of this thread (the failover part's sender).
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        stack.callback(os.sched_setscheduler, 0, policy, param)
+        return _pictures(stack, keys, trials)
+
+
+def _pictures(stack: ExitStack, keys: Path, trials: int) -> dict[str, Any]:
     ctx: zmq.Context[Any] = zmq.Context()
     stack.callback(ctx.destroy, 0)
     port = _free_port(tuple(p.robot for p in PATHS))
@@ -133,13 +146,17 @@ def pictures(stack: ExitStack, keys: Path, trials: int) -> dict[str, Any]:
 
     switch = VideoPathSwitch(console, lambda: receiver.stats.received, on_switch)
 
-    def video_loop(until_ns: int, pictures: int = 1_000_000) -> None:
+    def video_loop(until_ns: int, pictures: int = 1_000_000, move_at_ns: int = 0) -> None:
         """The console's video loop as ``operator_console.app`` runs it (no telemetry
-        here: no path is live, so ``switch`` never moves the video by itself)."""
+        here: no path is live, so ``switch`` never moves the video by itself: it is
+        moved at ``move_at_ns``, in the loop's turn, as a failover would)."""
         while time.monotonic_ns() < until_ns and pictures > 0:
             frame = receiver.poll(switch.wait_ms(time.monotonic_ns()))
             now = time.monotonic_ns()
             switch.poll(now)
+            if move_at_ns and now >= move_at_ns:
+                switch.move_to(1 - console.video_path, now)
+                move_at_ns = 0
             if frame is not None:
                 pictures -= 1
                 switch.on_displayed(time.monotonic_ns(), frame)
@@ -149,9 +166,8 @@ def pictures(stack: ExitStack, keys: Path, trials: int) -> dict[str, Any]:
 
     video_loop(time.monotonic_ns() + FIRST_PICTURE_NS, pictures=1)
     for _ in range(trials):
-        video_loop(time.monotonic_ns() + 1_000_000_000)
-        switch.move_to(1 - console.video_path, time.monotonic_ns())
-        video_loop(time.monotonic_ns() + 500_000_000)
+        start = time.monotonic_ns()
+        video_loop(start + 1_500_000_000, move_at_ns=start + 1_000_000_000)
     steps = {step: sorted(v for s in switch.splits if (v := s[step]) is not None)
              for step in SPLIT_STEPS[1:]}
     return {"encoder": video.describe(), "switches": len(switch.splits), "trials": trials,
