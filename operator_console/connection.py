@@ -165,7 +165,12 @@ class VideoPathSwitch:
     def on_displayed(self, now_ns: int, frame: DecodedFrame | None = None) -> None:
         """A picture was shown (the video loop calls this): closes a switch's picture gap,
         logged as "video path switch: picture gap N ms (split)" (the HIL row reads it)."""
-        if self._gap_from_ns is not None:
+        if (self._gap_from_ns is not None and frame is not None
+                and frame.recv_ns < self._gap_switch_ns):
+            # Received by the old path before the switch (a switch to a faster path in the
+            # same turn): the gap starts here, not before.
+            self._gap_from_ns = now_ns
+        elif self._gap_from_ns is not None:
             gap_ms = (now_ns - self._gap_from_ns) / 1e6
             self.picture_gaps_ms.append(gap_ms)
             split = switch_split(self._gap_from_ns, self._gap_switch_ns, self._requested_ns,

@@ -362,9 +362,11 @@ def report(r: dict[str, Any]) -> list[str]:
                      f"with both paths up: larger in {t['switch_over_up']}/{f['trials']} "
                      f"trials (by at most {max(0.0, t['max_excess_ms']):.2f} ms; largest "
                      f"switch gap {t['max_switch_gap_ms']:.2f} ms)")
-        lines.append(f"    executed later than every command with both paths up (same "
-                     f"trial): {t['late_commands']} commands in {t['trials_with_late']}/"
-                     f"{f['trials']} trials (a command only the dead path carried in time)")
+        lines.append(f"    commands of a blackout executed later than the same trial's "
+                     f"both-up p99 one-way latency: {t['late_commands']} in "
+                     f"{t['trials_with_late']}/{f['trials']} trials, chance alone "
+                     f"{t['late_by_chance']:.1f} (more: commands only the dead path carried "
+                     "in time)")
         if not f["realtime"]:
             lines.append("    (no SCHED_FIFO here: threads at normal priority, "
                          "not as the node runs)")

@@ -197,7 +197,8 @@ def report(r: dict[str, Any]) -> list[str]:
                      f"({f['n']:.0f} trials, {f['missed']:.0f} without a frame)")
     p = r.get("pictures")
     if p:
-        lines.append(f"  video path switch -> first picture shown, real pipeline ({p['encoder']}, "
+        lines.append(f"  video path switch -> first picture shown, real pipeline "
+                     f"({p['encoder'].split(' (')[0]}, "
                      f"{PICTURE.width}x{PICTURE.height} at {PICTURE.fps:.0f} fps): "
                      f"{p['switches']}/{p['trials']} switches showed a picture")
         after = p["after_switch_ms"]

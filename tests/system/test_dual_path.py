@@ -314,13 +314,15 @@ def test_each_failover_trial_is_judged_against_itself_with_both_paths_up() -> No
     )
     ms = 1_000_000
     # Blackout after seq 2 to seq 4: seqs 3 and 4 came only by the live path, 5 and 4 ms
-    # later than any command with both paths up (1 ms): executed late by the switch.
+    # later than the commands with both paths up (1 ms): executed late by the switch;
+    # chance alone would have made 1 % of the window's three late.
     arrivals = [(1, 0, 1 * ms), (2, 2 * ms, 3 * ms), (3, 4 * ms, 10 * ms),
                 (4, 6 * ms, 11 * ms), (5, 12 * ms, 13 * ms), (6, 14 * ms, 15 * ms)]
     trial = switch_against_up(arrivals, classify_gaps(arrivals, 2, 4), 2, 4)
-    assert trial == {"switch_gap_ms": 7.0, "up_gap_ms": 2.0, "late": 2}
-    calm = {"switch_gap_ms": 2.0, "up_gap_ms": 4.0, "late": 0}
+    assert trial == {"switch_gap_ms": 7.0, "up_gap_ms": 2.0, "late": 2,
+                     "late_by_chance": pytest.approx(0.03)}
+    calm = {"switch_gap_ms": 2.0, "up_gap_ms": 4.0, "late": 0, "late_by_chance": 1.0}
     figures = per_trial_figures([trial, calm])
     assert figures == {"switch_over_up": 1, "max_excess_ms": 5.0, "max_switch_gap_ms": 7.0,
-                       "late_commands": 2, "trials_with_late": 1}
+                       "late_commands": 2, "late_by_chance": 1.0, "trials_with_late": 1}
 
