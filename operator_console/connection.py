@@ -16,6 +16,7 @@ video port) and turns its events into one sentence for the surgeon:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -47,9 +48,10 @@ quiet, polled every 20 ms: last picture -> switch 62-66 ms of a 76-124 ms gap, t
 largest part (a late frame alone never moves it: the path's telemetry must stop too)."""
 VIDEO_WAIT_MS = 20
 """How long the video loop waits for video while it is on time (``wait_ms``)."""
-OVERDUE_WAIT_MS = 3
-"""... and once a frame is overdue, so that a gone path is noticed within this of the
-thresholds above, not up to ``VIDEO_WAIT_MS`` after (dual path only)."""
+OVERDUE_WAIT_MS = 5
+"""... and once ``FAST_SILENT_FRAMES`` passed without one (the loop waits until then), so
+that a gone path is noticed within this of its thresholds, not up to ``VIDEO_WAIT_MS``
+after (dual path only; a short wait costs a loop turn, so only while video is missing)."""
 SWITCH_HOLDOFF_NS = 400_000_000
 """After a switch the new path gets this long to bring a keyframe before another."""
 PREFER_CHECK_NS = 1_000_000_000
@@ -215,9 +217,11 @@ class VideoPathSwitch:
     def wait_ms(self, now_ns: int) -> int:
         """How long the video loop may wait for video now: short once a frame is overdue
         on a dual-path link (the failover checks run between waits)."""
-        if (len(self.link.paths) < 2 or self._video_ns is None or self._interval_ns is None
-                or now_ns - self._video_ns <= self._interval_ns):
+        if len(self.link.paths) < 2 or self._video_ns is None or self._interval_ns is None:
             return VIDEO_WAIT_MS
+        due_ns = self._video_ns + FAST_SILENT_FRAMES * self._interval_ns - now_ns
+        if due_ns > 0:  # until the fast rule can first fire (video ends the wait sooner)
+            return max(1, min(VIDEO_WAIT_MS, math.ceil(due_ns / 1e6)))
         return OVERDUE_WAIT_MS
 
     def _keep_subscribed(self, now_ns: int) -> None:

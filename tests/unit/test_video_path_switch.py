@@ -121,7 +121,7 @@ def test_the_picture_gap_is_split_where_it_went() -> None:
     assert sum(v or 0.0 for v in split.values()) == pytest.approx(switch.picture_gaps_ms[-1])
 
 
-def test_the_video_loop_waits_briefly_only_once_a_frame_is_overdue() -> None:
+def test_the_video_loop_waits_briefly_only_once_video_is_overdue() -> None:
     link = _LinkStandIn()
     frames = [0]
     switch = VideoPathSwitch(link, lambda: frames[0])  # type: ignore[arg-type]
@@ -131,7 +131,9 @@ def test_the_video_loop_waits_briefly_only_once_a_frame_is_overdue() -> None:
         t += FRAME_NS
         frames[0] += 1
         switch.poll(t)
-    assert switch.wait_ms(t + FRAME_NS // 2) == VIDEO_WAIT_MS
-    assert switch.wait_ms(t + FRAME_NS + MS) == OVERDUE_WAIT_MS
+    due = t + int(FAST_SILENT_FRAMES * FRAME_NS)  # when the fast rule can first fire
+    assert switch.wait_ms(t + MS) == VIDEO_WAIT_MS
+    assert switch.wait_ms(due - 7 * MS) == 7  # the loop wakes when it is due
+    assert switch.wait_ms(due + MS) == OVERDUE_WAIT_MS
     link.paths = link.paths[:1]  # one path: nothing to fail over to, no short waits
-    assert switch.wait_ms(t + FRAME_NS + MS) == VIDEO_WAIT_MS
+    assert switch.wait_ms(due + MS) == VIDEO_WAIT_MS
