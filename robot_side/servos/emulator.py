@@ -116,7 +116,10 @@ class ServoBusEmulator:
         self._fd: int | None = None
         self._slave_fd: int | None = None
         self._line_gen = 0
-        """Bumped at every unplug and plug-in: the reader tells a closed line by it."""
+        """Bumped at every unplug and plug-in: the reader tells a stale line by it."""
+        self._retired: list[int] = []
+        """Unplugged lines' master descriptors, for the reader to close: it may be using one
+        (closed under it, the number can come back as another file, or the read fails)."""
         self._open_line()
 
     # ------------------------------------------------------------ the line
@@ -140,14 +143,23 @@ class ServoBusEmulator:
                  sorted(self.servos), os.ttyname(slave), self._link, self.baudrate)
 
     def _close_line(self) -> None:
-        for fd in (self._fd, self._slave_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        """Unplug (under ``_lock``): the master goes to the reader to close, if it runs."""
+        master, slave = self._fd, self._slave_fd
         self._fd = self._slave_fd = None
         self._line_gen += 1
         with contextlib.suppress(FileNotFoundError):
             self._link.unlink()
+        if master is not None:
+            self._retired.append(master)
+        if slave is not None:
+            _close(slave)
+        if self._thread is None:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            _close(fd)
 
     def vanish(self) -> None:
         """The USB adapter is unplugged: the port goes, the servos keep their last goal."""
@@ -175,7 +187,8 @@ class ServoBusEmulator:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=2.0)
-        self._close_line()
+        with self._lock:
+            self._close_line()
         if self._own_dir is not None:
             with contextlib.suppress(OSError):
                 self._own_dir.rmdir()
@@ -242,7 +255,10 @@ class ServoBusEmulator:
         lower_timer_slack()
         try_realtime(EMULATOR_PRIORITY)
         while not self._halt.is_set():
-            fd, gen = self._fd, self._line_gen
+            with self._lock:
+                fd, gen = self._fd, self._line_gen
+                if self._retired:  # unplugged since the last pass: no read of ours is on it
+                    self._close_retired()
             if fd is None:  # unplugged: the servos keep running, nobody hears them
                 time.sleep(POLL_S)
                 continue
@@ -255,18 +271,18 @@ class ServoBusEmulator:
                 if self._halt.is_set():
                     return
                 if self._line_gen != gen:
-                    # Unplugged (or replugged) under the read. Not ``self._fd != fd``: a
-                    # replug's new pty often gets the same descriptor number back.
-                    continue
+                    continue  # unplugged under the read: its slave end is gone (EIO)
                 log.error("servo bus emulator: read failed: %s", err)
                 return
             now = time.monotonic_ns()
             with self._lock:
                 for servo in self.servos.values():
                     servo.step(now)
+                if self._line_gen != gen:
+                    data = b""  # sent on a line unplugged meanwhile: nobody heard it
                 replies = self._feed(data, now) if data else []
             for due_ns, frame in replies:
-                self._send_at(due_ns, frame)
+                self._send_at(fd, gen, due_ns, frame)
 
     def _feed(self, data: bytes, now: int) -> list[tuple[int, bytes]]:
         """Replies with the monotonic time each one finishes crossing the wire."""
@@ -292,13 +308,13 @@ class ServoBusEmulator:
         self._bus_free_ns = t
         return out
 
-    def _send_at(self, due_ns: int, frame: bytes) -> None:
+    def _send_at(self, fd: int, gen: int, due_ns: int, frame: bytes) -> None:
+        """Only the reader sends, on the line it read from (still open: it closes them)."""
         wait = due_ns - time.monotonic_ns()
         if wait > 0:
             time.sleep(wait / 1e9)
-        fd = self._fd
-        if fd is None:
-            return
+        if self._line_gen != gen:
+            return  # unplugged while the reply crossed the wire
         try:
             os.write(fd, frame)
             self.counts.statuses += 1
@@ -446,6 +462,11 @@ class ServoBusEmulator:
     def _sread(self, sid: int, addr: int, length: int, now: int) -> tuple[int, bytes]:
         data = self.servos[sid].read(addr, length, now)
         return sid, self._sstatus(sid, data if data is not None else b"")
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _u16(data: bytes, at: int) -> int:
