@@ -74,6 +74,8 @@ ENGAGE_RETRY_NS = 3_000_000_000
 ENGAGE_RETRY_PERIOD_NS = 50_000_000
 REQUEST_RETRY_NS = 5_000_000_000
 """A control request the link could not send yet is retried this long."""
+LOOP_WAIT_NS = 10_000_000
+"""The loop's wait for a ROS command message at most (the link is answered between)."""
 STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume",
                             *HANDOFF_COMMANDS})
 """CRTK's (dVRK's) state commands, and the handoff's (``robot_side.ros.handoff``)."""
@@ -155,6 +157,9 @@ class RosCommander(threading.Thread):
         self.kin = kin
         self.keys = ClientKeys.load_commander(cfg.link.keys_dir, cfg.ros.command_key)
         self._period_ns = int(1e9 / cfg.ros.command_hz)
+        self._next_stream_ns = 0
+        """When the hold/move stream sends next: one schedule for the loop and the
+        waits for a control request's reply (``_wait_streaming``)."""
         self._reply_timeout_ns = cfg.link.control_timeout_ms * 1_000_000
         self._halt = threading.Event()
         self._ratelog = RateLimitedLog(log)
@@ -202,15 +207,11 @@ class RosCommander(threading.Thread):
 
     # ------------------------------------------------------------------ loop
     def _loop(self, link: ConsoleLink) -> None:
-        next_stream = time.monotonic_ns()
+        self._next_stream_ns = time.monotonic_ns()
         while not self._halt.is_set():
-            wait_s = max(0.0, (next_stream - time.monotonic_ns()) / 1e9)
-            self.bridge.wait_command(min(wait_s, 0.01))
-            # Answers the robot's pings (its RTT and clock offset need them); the
-            # telemetry says who is in command and who asks for it.
+            # The same wait as a control request's: stream, answer the link.
+            self._wait_streaming(link, time.monotonic_ns() + LOOP_WAIT_NS, ros_wake=True)
             now = time.monotonic_ns()
-            for item in link.poll(0):
-                self.handoff.on_link(item.msg, now)
             self.handoff.publish(now)
             for msg, _ in self.bridge.take("state_command"):
                 self._state_command(link, msg)
@@ -218,11 +219,7 @@ class RosCommander(threading.Thread):
             self._move_cp(link)
             self._servo_jp(link)
             self._move_jp_goal(link)
-            now = time.monotonic_ns()
-            self._engage(link, now)
-            if now >= next_stream:
-                next_stream = now + self._period_ns
-                self._stream(link, now)
+            self._engage(link, time.monotonic_ns())
 
     def _newest(self, topic: str) -> tuple[Any, int] | None:
         """The newest message of ``topic`` since the last wake-up; the older ones are
@@ -452,7 +449,7 @@ class RosCommander(threading.Thread):
                     self.counters["requests_failed"] += 1
                     log.warning("ROS commander: %s", err)
                     return None
-                self._wait_streaming(link, time.monotonic_ns() + 100_000_000, None)
+                self._wait_streaming(link, time.monotonic_ns() + 100_000_000)
         reply = self._wait_streaming(link, time.monotonic_ns() + self._reply_timeout_ns,
                                      req_id)
         if reply is None:
@@ -467,20 +464,33 @@ class RosCommander(threading.Thread):
                         reply.detail)
         return reply
 
-    def _wait_streaming(self, link: ConsoleLink, until_ns: int,
-                        req_id: int | None) -> ControlReply | None:
-        """Until ``until_ns`` (or the reply to ``req_id``): answer the link, keep the
-        stream at command_hz."""
-        next_stream = time.monotonic_ns()
+    def _wait_streaming(self, link: ConsoleLink, until_ns: int, req_id: int | None = None,
+                        *, ros_wake: bool = False) -> ControlReply | None:
+        """Until ``until_ns``, the reply to ``req_id`` or (``ros_wake``, the loop's wait)
+        a ROS command message: keep the hold/move stream at command_hz, answer the
+        robot's pings (its RTT and clock offset need them) and hand its telemetry (who
+        is in command, who asks for it) to the handoff. The loop and a control
+        request's wait both wait here, so the link is handled one way."""
         while (now := time.monotonic_ns()) < until_ns:
-            if now >= next_stream:
-                next_stream = now + self._period_ns
+            if now >= self._next_stream_ns:
+                self._next_stream_ns = now + self._period_ns
                 self._stream(link, now)
-            wait_ms = max(1, min(next_stream, until_ns) - now) // 1_000_000
-            for item in link.poll(max(1, wait_ms)):
-                if isinstance(item.msg, ControlReply):
-                    if item.msg.req_id == req_id:
-                        return item.msg
-                    continue
-                self.handoff.on_link(item.msg, item.recv_ns)
+            wait_ns = max(0, min(self._next_stream_ns, until_ns) - now)
+            if ros_wake:
+                self.bridge.wait_command(wait_ns / 1e9)
+                return self._answer_link(link, 0, req_id)
+            reply = self._answer_link(link, max(1, wait_ns // 1_000_000), req_id)
+            if reply is not None:
+                return reply
         return None
+
+    def _answer_link(self, link: ConsoleLink, timeout_ms: int,
+                     req_id: int | None) -> ControlReply | None:
+        reply = None
+        for item in link.poll(timeout_ms):
+            if isinstance(item.msg, ControlReply):
+                if item.msg.req_id == req_id:
+                    reply = item.msg
+                continue  # a late reply to a request given up on
+            self.handoff.on_link(item.msg, item.recv_ns)
+        return reply
