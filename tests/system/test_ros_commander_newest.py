@@ -183,7 +183,7 @@ def test_a_control_request_does_not_stop_the_hold_stream(
     commander._mode = "hold"
     commander._last = ((0.3, 0.0, 0.2), (1.0, 0.0, 0.0, 0.0))
     link = SlowReplyLink(0.3)
-    reply = commander._request(cast(ConsoleLink, link), "arm")
+    reply = commander.waits.request(cast(ConsoleLink, link), "arm")
     assert reply is not None and reply.reason == "already_armed"
     # command_hz (500) for 0.3 s: ~150; a starved machine sends fewer, never none.
     assert len(link.sent) >= 5, f"{len(link.sent)} commands while waiting for the reply"
@@ -191,7 +191,7 @@ def test_a_control_request_does_not_stop_the_hold_stream(
 
 def test_the_loop_streams_the_hold_through_the_same_wait(
         setup: tuple[DdsBridge, RosCommander, DataWriter[Any]]) -> None:
-    """The loop waits where a request's reply is awaited (``_wait_streaming``): with no
+    """The loop waits where a request's reply is awaited (``StreamingWaits``): with no
     ROS message arriving, the hold stream still goes on at command_hz."""
     _, commander, _ = setup
     commander._mode = "hold"
