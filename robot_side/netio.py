@@ -53,7 +53,7 @@ from transport.schema import (
     Telemetry,
     Vitals,
 )
-from transport.session_guard import SessionGuard
+from transport.session_guard import SessionGuard, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +356,9 @@ class NetworkThread(threading.Thread):
             return
         if not adm.ok:
             tlm = mb.telemetry
-            link.reply(peer, ControlReply(req_id=req.req_id, ok=False,
-                                          state=tlm.state if tlm else "disabled",
-                                          reason=adm.reason))
+            state = tlm.state if tlm else "disabled"
+            link.reply(peer, ControlReply(req_id=req.req_id, ok=False, state=state,
+                                          reason=refusal_reason(adm.reason, req.op, state)))
             return
         if self.guard.ping_target != pinged:
             # A new console's clock is not the last one's.
