@@ -75,8 +75,11 @@ def _x264_options(cfg: VideoConfig) -> dict[str, str]:
               "sync-lookahead=0"]
     if cfg.intra_refresh:
         params.append("intra-refresh=1")
-    return {"preset": cfg.preset, "tune": "zerolatency", "forced-idr": "1",
-            "x264-params": ":".join(params)}
+    options = {"preset": cfg.preset, "tune": "zerolatency", "forced-idr": "1",
+               "x264-params": ":".join(params)}
+    if cfg.encoder_threads:
+        options["threads"] = str(cfg.encoder_threads)
+    return options
 
 
 def _why(err: Exception) -> str:

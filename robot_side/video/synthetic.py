@@ -20,7 +20,7 @@ import time
 import cv2
 import numpy as np
 
-from robot_side.video.capture import Image, ThreadedSource
+from robot_side.video.capture import Image, PixelFormat, ThreadedSource
 from robot_side.video.config import VideoConfig
 
 BARCODE_BITS = 24
@@ -155,7 +155,7 @@ class SyntheticSource(ThreadedSource):
     """The synthetic scene as a camera that delivers I420, as many real ones can."""
 
     paced = True
-    pixel_format = "yuv420p"
+    pixel_format: PixelFormat = "yuv420p"
 
     def __init__(self, cfg: VideoConfig) -> None:
         super().__init__(cfg)
@@ -165,5 +165,19 @@ class SyntheticSource(ThreadedSource):
     def _grab(self) -> Image | None:
         t0 = time.monotonic_ns()
         image = self.scene.render_i420(self._next_id, t0)
+        self.render_ns_total += time.monotonic_ns() - t0
+        return image
+
+
+class SyntheticBgrSource(SyntheticSource):
+    """The scene delivered in BGR, as a camera read through OpenCV delivers it: its
+    render includes the driver-side YUV->BGR conversion and the encoder converts back,
+    so ``bench video --bgr-source`` prices what a real camera costs per frame."""
+
+    pixel_format: PixelFormat = "bgr24"
+
+    def _grab(self) -> Image | None:
+        t0 = time.monotonic_ns()
+        image = self.scene.render(self._next_id, t0)
         self.render_ns_total += time.monotonic_ns() - t0
         return image
