@@ -176,7 +176,10 @@ class H264Encoder:
                              f"got {image.shape} {image.dtype}")
         t0 = time.monotonic_ns()
         i420 = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-        frame = av.VideoFrame.from_ndarray(np.asarray(i420, dtype=np.uint8), format="yuv420p")
+        # Wrapped, not copied (~0.3 ms per 720p frame): the encoder copies it into its
+        # own picture during encode(), and the frame keeps the array alive until then.
+        frame = av.VideoFrame.from_numpy_buffer(
+            np.ascontiguousarray(i420, dtype=np.uint8), format="yuv420p")
         if self._ctx.pix_fmt != "yuv420p":
             frame = frame.reformat(format=self._ctx.pix_fmt)
         convert_ns = time.monotonic_ns() - t0

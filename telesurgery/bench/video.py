@@ -123,6 +123,8 @@ def _sender(args: argparse.Namespace) -> int:
             "keyframes": st.keyframes, "keyframe_requests": st.keyframe_requests,
             "render_ms_mean": round(
                 source.render_ns_total / max(1, source.frames_captured) / 1e6, 3),
+            "render_cpu_ms_mean": round(
+                source.render_cpu_ns_total / max(1, source.frames_captured) / 1e6, 3),
             "convert_ms_mean": round(st.convert_ns_total / per_frame / 1e6, 3),
             "encode_ms_mean": round(
                 (st.encode_ns_total - st.convert_ns_total) / per_frame / 1e6, 3),
@@ -400,11 +402,11 @@ def main(argv: list[str]) -> int:
               f"lost {r['console']['lost']} | cpu robot {r['robot']['cpu_pct']} % "
               f"console {r['console']['cpu_pct']} %", flush=True)
         rb = r["robot"]
-        print(f"  robot per frame ({rb['source_format']} camera): render "
-              f"{rb['render_ms_mean']} convert {rb['convert_ms_mean']} encode "
-              f"{rb['encode_ms_mean']} send {rb['send_ms_mean']} ms; process CPU "
-              f"{rb['cpu_ms_per_frame']} ms/frame | console to BGR "
-              f"{r['console']['to_bgr_ms_p50']} ms", flush=True)
+        print(f"  robot per frame ({rb['source_format']} camera), wall ms: render "
+              f"{rb['render_ms_mean']} (CPU {rb['render_cpu_ms_mean']}) convert "
+              f"{rb['convert_ms_mean']} encode {rb['encode_ms_mean']} send "
+              f"{rb['send_ms_mean']}; process CPU {rb['cpu_ms_per_frame']} ms/frame | "
+              f"console to BGR {r['console']['to_bgr_ms_p50']} ms", flush=True)
     print(json.dumps(result), flush=True)
     return 0
 
