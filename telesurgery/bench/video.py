@@ -386,12 +386,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--ports", help=argparse.SUPPRESS)
     p.add_argument("--encoder", default="", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--video-process", type=float, metavar="SECONDS",
+                   help="instead: run the robot's own video process this long (first size) "
+                        "and print its CPU as a share of one core")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.role == "sender":
         return _sender(args)
     if args.role == "receiver":
         return _receiver(args)
+    if args.video_process is not None:
+        width, height = _size(args.sizes.split(",")[0])
+        from telesurgery.bench.videocpu import video_process_cpu
+
+        vp = video_process_cpu(args.video_process, width, height, args.fps,
+                               encoder_threads=args.encoder_threads)
+        print(f"video process {vp['size']}@{args.fps:g}: {vp['video_process_cpu_pct']} % of a "
+              f"core at {vp['frames_per_s']} frames/s, {vp['cpu_ms_per_frame']} ms CPU a frame "
+              f"({vp['cpu_pct_at_full_rate']} % at the full rate)", flush=True)
+        print(json.dumps(vp), flush=True)
+        return 0
     result = run(args.seconds, [_size(s) for s in args.sizes.split(",")], args.fps,
                  bgr_source=args.bgr_source, encoder_threads=args.encoder_threads)
     for name, r in result["sizes"].items():

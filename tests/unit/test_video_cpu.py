@@ -1,4 +1,5 @@
-"""Pictures stay in YUV until something shows them; I420 frames are sent as they are.
+"""What video costs (issue 11): pictures stay in YUV until something shows them, I420
+frames are sent as they are, and the video process's CPU bench runs.
 
 Real encoder, decoder and inproc ZeroMQ sockets; the console side is the real
 ``VideoReceiver`` handing its pictures to the real headless ``Display``.
@@ -96,3 +97,11 @@ def test_an_i420_frame_header_carries_the_picture_size(ctx: zmq.Context[Any]) ->
         sub.close(0)
     decoded = schema.decode_as(header, schema.VideoFrameHeader)
     assert (decoded.width, decoded.height) == (CFG.width, CFG.height)
+
+
+def test_the_video_process_cpu_bench_measures_the_real_process() -> None:
+    from telesurgery.bench.videocpu import video_process_cpu
+
+    result = video_process_cpu(1.0, 320, 240, 15.0)
+    assert result["frames_per_s"] > 0 and result["cpu_ms_per_frame"] > 0
+    assert 0 < result["video_process_cpu_pct"] < 200
