@@ -116,6 +116,9 @@ class SyntheticScene:
             a = axis + side * opening
             end = (int(tip[0] + jaw * math.cos(a)), int(tip[1] + jaw * math.sin(a)))
             cv2.line(y, tip, end, 220, max(1, thick // 2), cv2.LINE_AA)
+            for plane in (u, v):  # steel, not the tissue's colour
+                cv2.line(plane, (tip[0] // 2, tip[1] // 2), (end[0] // 2, end[1] // 2),
+                         NEUTRAL_CHROMA, max(1, thick // 4))
 
     def _stamp(self, y: Image, u: Image, v: Image, frame_id: int, t_ns: int) -> None:
         cell = self._cell

@@ -18,6 +18,20 @@ from typing import Any
 import psutil
 
 STARTUP_TIMEOUT_S = 30.0
+REPORT_TIMEOUT_S = 5.0
+
+
+def _on_next_report(proc: Any, child: psutil.Process) -> tuple[int, float, float]:
+    """(frames sent, CPU-s, monotonic s) as soon as the child's next report arrives."""
+    last = proc.stats
+    deadline = time.monotonic() + REPORT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        proc.poll()
+        if proc.stats is not last:
+            t = child.cpu_times()
+            return int(proc.stats.get("sent", 0)), t.user + t.system, time.monotonic()
+        time.sleep(0.005)
+    raise RuntimeError(f"video process sent no report for {REPORT_TIMEOUT_S:.0f} s")
 
 
 def video_process_cpu(seconds: float, width: int = 1280, height: int = 720, fps: float = 30.0,
@@ -40,16 +54,15 @@ def video_process_cpu(seconds: float, width: int = 1280, height: int = 720, fps:
             while proc.stats.get("sent", 0) == 0 and time.monotonic() < deadline:
                 time.sleep(0.2)  # imports, encoder probe, first frames: not measured
                 proc.poll()
-            if proc.pid is None or proc.error:
+            if proc.pid is None or proc.error or not proc.stats.get("sent", 0):
                 raise RuntimeError(f"video process did not start: {proc.describe()}")
             child = psutil.Process(proc.pid)
-            t = child.cpu_times()
-            cpu0, sent0, t0 = t.user + t.system, proc.stats.get("sent", 0), time.monotonic()
-            time.sleep(seconds)
-            t = child.cpu_times()
-            proc.poll()
-            cpu, wall = t.user + t.system - cpu0, time.monotonic() - t0
-            frames = proc.stats.get("sent", 0) - sent0
+            # The child reports its counters once a second: both ends are taken the
+            # moment a report lands, so frames and CPU cover the same interval.
+            sent0, cpu0, t0 = _on_next_report(proc, child)
+            time.sleep(max(0.0, seconds - 1.0))
+            sent1, cpu1, t1 = _on_next_report(proc, child)
+            cpu, wall, frames = cpu1 - cpu0, t1 - t0, sent1 - sent0
         finally:
             proc.stop()
     return {"video_process_cpu_pct": round(100 * cpu / wall, 1),

@@ -45,6 +45,7 @@ def scene() -> SyntheticScene:
     ({"encoder": "h265_magic"}, "video.encoder"),
     ({"bitrate_kbps": 100, "min_bitrate_kbps": 500}, "video.bitrate_kbps"),
     ({"preset": "placebo"}, "video.preset"),
+    ({"encoder_threads": 99}, "video.encoder_threads"),
 ])
 def test_config_rejects_bad_values_naming_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
