@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from robot_side.video.config import VideoConfig
 from telesurgery.errors import VideoError
+from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class ThreadedSource:
         self._thread: threading.Thread | None = None
         self.errors = 0
         self.resized = 0
+        self._ratelog = RateLimitedLog(log)
+        """A camera failing every frame must not write 30 lines a second."""
 
     # -- driver hooks
     def _open(self) -> None:
@@ -172,8 +175,8 @@ class ThreadedSource:
                 image = None if image is None else self._fit(image)
             except (cv2.error, OSError, VideoError) as err:
                 self.errors += 1
-                log.warning("%s: capture failed (%d so far): %s", type(self).__name__,
-                            self.errors, err)
+                self._ratelog(logging.WARNING, "capture", "%s: capture failed (%d so far): %s",
+                              type(self).__name__, self.errors, err)
                 image = None
             if image is None:
                 time.sleep(period / 4e9)

@@ -8,6 +8,7 @@ Real encoder, decoder and inproc ZeroMQ sockets; the console side is the real
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import zmq
 from operator_console.video.decoder import H264Decoder
 from operator_console.video.display import Display
 from operator_console.video.receiver import DecodedFrame, VideoReceiver
-from robot_side.video.capture import CapturedFrame
+from robot_side.video.capture import CapturedFrame, PixelFormat, ThreadedSource
 from robot_side.video.synthetic import read_frame_id
 from tests.unit.test_hud import FOLLOWING
 from tests.unit.test_video_channel import CFG, SCENE, H, W, pub_sub, sender_on
@@ -105,3 +106,27 @@ def test_the_video_process_cpu_bench_measures_the_real_process() -> None:
     result = video_process_cpu(1.0, 320, 240, 15.0)
     assert result["frames_per_s"] > 0 and result["cpu_ms_per_frame"] > 0
     assert 0 < result["video_process_cpu_pct"] < 200
+
+
+class _BadI420Camera(ThreadedSource):
+    """Stands in for a camera driver that delivers the wrong buffer size every frame."""
+
+    paced = True
+    pixel_format: PixelFormat = "yuv420p"
+
+    def _grab(self) -> np.ndarray:
+        return np.zeros((10, 10), np.uint8)
+
+
+def test_a_source_delivering_the_wrong_size_is_counted_and_logged_rate_limited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    source = _BadI420Camera(dataclasses.replace(CFG, fps=120.0))
+    with caplog.at_level(logging.WARNING, logger="robot_side.video.capture"), source:
+        deadline = time.monotonic() + 10.0
+        while source.errors < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert source._thread is not None and source._thread.is_alive()
+    assert source.errors >= 6 and source.latest() is None
+    lines = [r for r in caplog.records if "capture failed" in r.getMessage()]
+    assert lines and "not yuv420p" in lines[0].getMessage()
+    assert len(lines) < source.errors
