@@ -32,7 +32,7 @@ from operator_console.sound import SoundIntercom, start_intercom
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
-from operator_console.video.decoder import H264Decoder
+from operator_console.video.decoder import H264Decoder, Picture, as_bgr
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import Image
@@ -153,7 +153,7 @@ class ConsoleApp:
         last_shown_ns: int | None = None
         strokes = self._strokes(link)
         shown_id = 0
-        canvas: Image = np.zeros(BLANK_SHAPE, np.uint8)
+        canvas: Image | Picture = np.zeros(BLANK_SHAPE, np.uint8)
         """The newest picture without its HUD, for redraws between pictures (the display
         never draws on the picture it is given; only the mentor's strokes need a copy)."""
         next_redraw = 0
@@ -176,12 +176,13 @@ class ConsoleApp:
                     fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
                         1e9 / max(1, now - last_shown_ns))
                 last_shown_ns = now
-                canvas, shown_id = frame.image, frame.frame_id
-                picture = canvas
+                # Still YUV: converted only if the display draws it (headless: never).
+                canvas, shown_id = frame.picture, frame.frame_id
+                picture: Image | Picture = canvas
                 if strokes is not None:  # the mentor's drawings, under the HUD
                     strokes.poll(now)
-                    picture = canvas.copy()
-                    strokes.render(picture, shown_id, now)
+                    picture = drawn = as_bgr(canvas).copy()
+                    strokes.render(drawn, shown_id, now)
                 display.show(picture, replace(hud, video_age_ms=age_ms, fps=fps or None))
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
@@ -197,7 +198,7 @@ class ConsoleApp:
                 redraw = canvas
                 if strokes is not None:
                     strokes.poll(now)
-                    redraw = canvas.copy()
+                    redraw = as_bgr(canvas).copy()
                     strokes.render(redraw, shown_id, now)
                 display.show(redraw, hud)
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
