@@ -77,7 +77,7 @@ def _fast_command(body: dict[Any, Any]) -> Command | None:
     t_send = get("t_send_ns")
     pos = get("position")
     quat = get("orientation")
-    grip = get("grip")
+    grip: Any = get("grip")
     clutch = get("clutch")
     present = get("operator_present")
     age = get("video_age_us")
