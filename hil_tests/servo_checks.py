@@ -6,12 +6,16 @@ the firmware emulator's mode and brake on the firmware arm (``scenarios.for_arm`
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from hil_tests.rig import SimRig, poll
 from hil_tests.scenarios import BUS_WATCHDOG_MS, CI_SLACK_MS, SERVO_LATENCY_MS
 from hil_tests.servo_rig import JOINT_IDS
+from safety.audit import read_records
+
+log = logging.getLogger(__name__)
 
 SERVO_STILL_RAD = 2e-3
 """Joint or goal motion allowed while held on a servo bus: a servo settles on its goal
@@ -37,17 +41,50 @@ def moved(a: list[float], b: list[float]) -> float:
 
 
 def watch_servos_still(rig: SimRig, until_ns: int, since: int) -> float:
-    """``watch_still`` on a servo bus: neither a joint nor a goal moves while held."""
+    """``watch_still`` on a servo bus: neither a joint nor a goal moves while held.
+
+    Counts only what was read before the robot's re-engage (the control thread's own
+    time of it, from the audit): the robot's log, which ends the watch, reaches its file
+    through a queue and a normal-priority thread, so on a loaded machine it showed the
+    engage after the bus had already followed the new surgeon (a handoff row once
+    counted 0.044 rad of the mentor's motion as motion while held)."""
+    start_ns = time.monotonic_ns()
     time.sleep(SERVO_SETTLE_S)
     ref_q, ref_goal = servo_joints(rig), servo_joints(rig, "goals")
-    most = 0.0
+    samples: list[tuple[int, float]] = []  # (read by, largest motion)
     while time.monotonic_ns() < until_ns:
         if any(to == "following" for _, to, _ in rig.transitions()[since:]):
-            break
-        most = max(most, moved(servo_joints(rig), ref_q),
-                   moved(servo_joints(rig, "goals"), ref_goal))
+            engaged = poll_engaged(rig, start_ns)
+            assert engaged is not None, "following without a re-engage's audit record"
+            held = max((v for t, v in samples if t < engaged), default=0.0)
+            after = max((v for t, v in samples if t >= engaged), default=0.0)
+            log.info("held: %.4f rad moved; %.4f rad read after the re-engage (not counted)",
+                     held, after)
+            return held
+        most = max(moved(servo_joints(rig), ref_q), moved(servo_joints(rig, "goals"), ref_goal))
+        samples.append((time.monotonic_ns(), most))
         time.sleep(0.05)
-    return most
+    return max((v for _, v in samples), default=0.0)
+
+
+def poll_engaged(rig: SimRig, since_ns: int, timeout_s: float = 10.0) -> int | None:
+    """``following_since``, given the audit writer (fsync'd, a worker thread) time."""
+    deadline = time.monotonic() + timeout_s
+    while (engaged := following_since(rig, since_ns)) is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return engaged
+
+
+def following_since(rig: SimRig, since_ns: int) -> int | None:
+    """The robot's monotonic time of its first transition to following after ``since_ns``
+    (its audit record: the control thread's period; one clock on one machine)."""
+    for rec in read_records(rig.run / "audit" / "robot.audit"):
+        if rec.kind == "transition" and rec.fields.get("to") == "following":
+            t_ns = rec.fields.get("t_ns")
+            if isinstance(t_ns, int) and t_ns >= since_ns:
+                return t_ns
+    return None
 
 
 def bus_watchdog_stop(rig: SimRig, start_ns: int) -> float:

@@ -59,6 +59,7 @@ from hil_tests.servo_checks import (
     bus_watchdog_stop,
     last_goal_held,
     moved,
+    poll_engaged,
     servo_joints,
     servos_stopped,
     watch_servos_still,
@@ -97,20 +98,27 @@ def watch_still(rig: SimRig, until_ns: int, since: int) -> float:
         return 0.0
     if rig.opts.servo_family is not None:
         return watch_servos_still(rig, until_ns, since)
+    start_ns = time.monotonic_ns()
     time.sleep(0.1)  # a HOLDING joint decelerates at its max acceleration first
     ref = firmware_state(rig)
     assert ref is not None
-    moved = 0.0
+    samples: list[tuple[int, float]] = []  # (read by, largest motion)
     while time.monotonic_ns() < until_ns:
-        if any(to == "following" for _, to, _ in rig.transitions()[since:]):
-            break
         fw = firmware_state(rig)
         assert fw is not None
-        assert fw["mode"] != "following", "the firmware follows without a re-engage"
-        moved = max(moved, *(abs(a - b) for a, b in zip(fw["positions"], ref["positions"],
-                                                        strict=True)))
+        read_ns = time.monotonic_ns()
+        if fw["mode"] == "following" or any(
+                to == "following" for _, to, _ in rig.transitions()[since:]):
+            # Counted up to the robot's own time of the re-engage (its audit): its log
+            # line can reach the file after the firmware already follows (loaded machine).
+            engaged = poll_engaged(rig, start_ns)
+            assert engaged is not None and engaged <= read_ns, \
+                "the firmware follows without a re-engage"
+            return max((v for t, v in samples if t < engaged), default=0.0)
+        samples.append((read_ns, max(abs(a - b) for a, b in zip(
+            fw["positions"], ref["positions"], strict=True))))
         time.sleep(0.05)
-    return moved
+    return max((v for _, v in samples), default=0.0)
 
 
 def check_resumed_by_engage(rig: SimRig, since: int, timeout_s: float = 30.0) -> None:

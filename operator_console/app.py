@@ -32,7 +32,7 @@ from operator_console.sound import SoundIntercom, start_intercom
 from operator_console.status_view import StatusView
 from operator_console.teleop import TeleopMapper
 from operator_console.telestration import StrokeLayer
-from operator_console.video.decoder import H264Decoder
+from operator_console.video.decoder import H264Decoder, Picture, as_bgr
 from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import Image
@@ -153,12 +153,14 @@ class ConsoleApp:
         last_shown_ns: int | None = None
         strokes = self._strokes(link)
         shown_id = 0
-        canvas: Image = np.zeros(BLANK_SHAPE, np.uint8)
+        canvas: Image | Picture = np.zeros(BLANK_SHAPE, np.uint8)
         """The newest picture without its HUD, for redraws between pictures (the display
         never draws on the picture it is given; only the mentor's strokes need a copy)."""
         next_redraw = 0
         while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            frame = receiver.poll(20) if receiver is not None else None
+            # Dual path: short waits once a frame is overdue (a gone path noticed sooner).
+            frame = receiver.poll(video_path.wait_ms(time.monotonic_ns())) \
+                if receiver is not None else None
             if receiver is None:
                 self._halt.wait(0.02)
             now = time.monotonic_ns()
@@ -174,18 +176,19 @@ class ConsoleApp:
                     fps = 0.9 * fps + 0.1 * 1e9 / max(1, now - last_shown_ns) if fps else (
                         1e9 / max(1, now - last_shown_ns))
                 last_shown_ns = now
-                canvas, shown_id = frame.image, frame.frame_id
-                picture = canvas
+                # Still YUV: converted only if the display draws it (headless: never).
+                canvas, shown_id = frame.picture, frame.frame_id
+                picture: Image | Picture = canvas
                 if strokes is not None:  # the mentor's drawings, under the HUD
                     strokes.poll(now)
-                    picture = canvas.copy()
-                    strokes.render(picture, shown_id, now)
+                    picture = drawn = as_bgr(canvas).copy()
+                    strokes.render(drawn, shown_id, now)
                 display.show(picture, replace(hud, video_age_ms=age_ms, fps=fps or None))
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
-                video_path.on_displayed(shown)
+                video_path.on_displayed(shown, frame)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
                 if len(self.g2g_us) < 1_000_000:
@@ -195,7 +198,7 @@ class ConsoleApp:
                 redraw = canvas
                 if strokes is not None:
                     strokes.poll(now)
-                    redraw = canvas.copy()
+                    redraw = as_bgr(canvas).copy()
                     strokes.render(redraw, shown_id, now)
                 display.show(redraw, hud)
                 self.alarm_draws.on_drawn(hud.vitals, time.monotonic_ns())
@@ -207,6 +210,7 @@ class ConsoleApp:
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
+                video_path.on_keyframe_requested(now)  # the switch's split
             if status is not None:
                 status.update(hud, now)
         if display is not None:

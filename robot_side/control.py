@@ -70,6 +70,7 @@ class _Facts(NamedTuple):
     sample: JointSample | None
     arm_ok: bool
     measured_q: np.ndarray
+    measured_t: tuple[float, ...]
     measured: Pose
     cmd: CommandSample | None
     health: LinkHealth
@@ -101,6 +102,8 @@ class ControlCore:
         """The arm is connected and its state is fresh: the last period could trust it."""
         self._release_pending = False
         self._release_seq: int | None = None
+        self._measured_cache: tuple[tuple[float, ...],
+                                    tuple[np.ndarray, tuple[float, ...], Pose]] | None = None
         """Seq of the last Release until a state report shows the arm got it."""
 
     @property
@@ -117,9 +120,7 @@ class ControlCore:
         engaged = sup.state is State.FOLLOWING or (
             sup.state is State.HOLD and sup.reason is Reason.CLUTCH)
         sample, arm_ok = self._arm_state(now_ns, reading)
-        measured_q = (np.asarray(sample.positions, dtype=float) if sample is not None
-                      else self.follower.q_set)
-        measured = self.kin.pose(measured_q)
+        measured_q, measured_t, measured = self._measured(sample)
         if inputs.trip is not None:
             self._trip(now_ns, inputs.trip.reason, inputs.trip.detail)
         if not inputs.audit_ok and not sup.latched:
@@ -131,7 +132,7 @@ class ControlCore:
                          if inputs.estop else ())
         cmd = self._command(inputs.command)
         link = inputs.link
-        facts = _Facts(now_ns, sample, arm_ok, measured_q, measured, cmd,
+        facts = _Facts(now_ns, sample, arm_ok, measured_q, measured_t, measured, cmd,
                        self.watchdog.evaluate(now_ns, link.stats, link.rtt_ns, link.clock_fresh))
         handled = [self._handle(facts, r) for r in inputs.requests] if inputs.requests else ()
         decision = sup.step(now_ns, StepInputs(
@@ -164,7 +165,7 @@ class ControlCore:
         sample = f.sample
         return StepReport(
             t_ns=f.now_ns, state=sup.state, reason=sup.reason,
-            measured_q=tuple(f.measured_q.tolist()),
+            measured_q=f.measured_t,
             setpoint_q=tuple(self.follower.q_set.tolist()),
             measured_cp=f.measured, setpoint_cp=self.follower.setpoint_cp,
             scale=scale, health=f.health, estop=sup.state is State.ESTOP,
@@ -174,6 +175,28 @@ class ControlCore:
             measured_effort=sample.efforts if sample is not None else ())
 
     # ------------------------------------------------------------ inputs
+    def _measured(self, sample: JointSample | None
+                  ) -> tuple[np.ndarray, tuple[float, ...], Pose]:
+        """The measured joints (array and tuple) and the tool pose there.
+
+        An arm that stands still (holding, or a master at rest) reports the same
+        positions period after period: their FK is then the last one (~6 us, issue 11).
+        The arrays handed out are never written to (``hold_at`` copies).
+        """
+        if sample is None:
+            q_set = self.follower.q_set
+            return q_set, tuple(q_set.tolist()), self.kin.pose(q_set)
+        positions = sample.positions
+        cached = self._measured_cache
+        if cached is not None and cached[0] == positions:
+            return cached[1]
+        measured_q = np.array(positions, dtype=float)
+        measured_q.setflags(write=False)  # shared with later periods: nobody may write it
+        # kin.pose checks the joints (count, finite) and raises as before.
+        answer = (measured_q, tuple(measured_q.tolist()), self.kin.pose(measured_q))
+        self._measured_cache = (positions, answer)
+        return answer
+
     def _arm_state(self, now_ns: int, reading: Reading) -> tuple[JointSample | None, bool]:
         """The arm's newest state and whether it can be trusted; trips when it cannot
         while the arm is engaged (driving or holding blind is a fault)."""

@@ -10,7 +10,7 @@ someone else must clear.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from robot_side.manipulator.base import Frame
 from safety.states import Reason, State
@@ -78,9 +78,13 @@ class ControlInputs:
     trip: ExternalTrip | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StepReport:
-    """Everything the reporters (telemetry, ROS 2, page) need from one period."""
+class StepReport(NamedTuple):
+    """Everything the reporters (telemetry, ROS 2, page) need from one period.
+
+    A NamedTuple, like ``ControlOutput``: one of each is built every period, and a
+    frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost 2.7 us
+    here against 0.6 us (issue 11). Immutable all the same.
+    """
 
     t_ns: int
     state: State
@@ -134,8 +138,7 @@ class ControlAudit:
     state: str
 
 
-@dataclass(frozen=True, slots=True)
-class ControlOutput:
+class ControlOutput(NamedTuple):
     frames: tuple[Frame, ...]
     report: StepReport
     replies: tuple[tuple[bytes, ControlReply], ...] = ()

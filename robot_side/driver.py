@@ -301,6 +301,8 @@ class SerialManipulator:
             return None
 
     def drain_faults(self) -> list[FaultReport]:
+        if not self._faults:  # every period: no lock taken for nothing (issue 11)
+            return []
         with self._cond:
             faults = list(self._faults)
             self._faults.clear()
@@ -364,11 +366,12 @@ class SerialManipulator:
             if not self.connected or ser is None:
                 raise SerialLinkError(f"{self.port}: not connected ({self._lost_reason})")
             seq = self._seq
-            parts = []
-            for i, encode in enumerate(encoders):
-                parts.append(encode((seq + i) % U32))
-            frame = b"".join(parts)
-            last = (seq + len(parts) - 1) % U32
+            count = len(encoders)
+            if count == 1:  # the usual period: one frame, no list to join
+                frame = encoders[0](seq)
+            else:
+                frame = b"".join([encode((seq + i) % U32) for i, encode in enumerate(encoders)])
+            last = (seq + count - 1) % U32
             if self._need_delimiter:
                 # Ends whatever partial frame the firmware holds from before.
                 frame = b"\0" + frame
@@ -385,7 +388,7 @@ class SerialManipulator:
                 raise SerialLinkError(f"{self.port}: write failed: {err}") from err
             self._need_delimiter = False
             self._seq = (last + 1) % U32
-            self._frames_sent += len(parts)
+            self._frames_sent += count
             return last
 
     def _write_all(self, ser: Any, data: bytes, deadline_ns: int | None = None) -> None:
@@ -401,9 +404,15 @@ class SerialManipulator:
         except (AttributeError, OSError, ValueError, serial.SerialException):
             ser.write(data)
             return
+        try:  # the usual case, a period's frame taken whole: one syscall, nothing more
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        if written == len(data):
+            return
         deadline = (deadline_ns if deadline_ns is not None
                     else time.monotonic_ns() + self.cfg.write_timeout_ms * 1_000_000)
-        view = memoryview(data)
+        view = memoryview(data)[written:]  # what the first write left
         while view:
             try:
                 view = view[os.write(fd, view):]

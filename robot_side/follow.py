@@ -48,6 +48,13 @@ class Follower:
         joint_step = motion.max_joint_speed_rad_s * period_s
         self._flip_guard_rad = motion.joint_jump_fault_rad / 2
         self._ik_trust_rad = 3.0 * joint_step
+        # Read once: config lookups through frozen dataclasses, every period otherwise.
+        self._tracking_m = motion.tracking_error_m
+        self._tracking_rad = motion.tracking_error_rad
+        self._ik_max_iter = cfg.control.ik_max_iter
+        self._ik_key: tuple[Vec3, Quat, list[float]] | None = None
+        self._ik_answer: tuple[IkResult, list[float]]
+        self._ik_kept = False
         self.branch_keeps = 0
         """Periods where the branch-keeping IK replaced a swinging solution."""
         self.q_set: np.ndarray = kin.home.copy()
@@ -90,15 +97,15 @@ class Follower:
         lim = self.cart_limiter.limit(target_p, target_q, self.elapsed_s(sample))
         if lim.fault is not None:
             return FollowStep(None, lim.fault, f"cartesian limiter: {lim.fault}", 0.0)
-        ik = self._solve_ik(lim.position, lim.quat)
-        motion = self.cfg.safety.motion
-        if not ik.converged and (ik.err_m > motion.tracking_error_m
-                                 or ik.err_rad > motion.tracking_error_rad):
+        q_set = self.q_set.tolist()
+        ik, ik_q = self._solve_ik(lim.position, lim.quat, q_set)
+        if not ik.converged and (ik.err_m > self._tracking_m
+                                 or ik.err_rad > self._tracking_rad):
             # Near a singularity damped IK trades accuracy for bounded joint motion;
             # only a target the arm cannot get within the tracking tolerance trips.
             return FollowStep(None, Reason.IK_FAILED, f"IK error {ik.err_m * 1000:.1f} mm / "
                                                       f"{ik.err_rad:.3f} rad", 0.0)
-        joint = self.joint_limiter.limit(ik.q.tolist(), self.q_set.tolist())
+        joint = self.joint_limiter.limit(ik_q, q_set)
         if joint.fault is not None:
             return FollowStep(None, joint.fault, f"joint limiter: {joint.fault}", 0.0)
         err_m = math.dist(measured[0], self.setpoint_cp[0])
@@ -113,25 +120,40 @@ class Follower:
                             else self.kin.pose(self.q_set))
         return FollowStep(joint.q, None, "", err_m)
 
-    def _solve_ik(self, position: Vec3, quat: Quat) -> IkResult:
-        """IK warm-started at the current joints, kept on the current branch.
+    def _solve_ik(self, position: Vec3, quat: Quat, q_set: list[float]
+                  ) -> tuple[IkResult, list[float]]:
+        """IK warm-started at the current joints, kept on the current branch; with its
+        joints as a list.
 
         Near the wrist singularity damped least squares may swing the wrist-roll
         joints into the other branch (a 0.5 rad jump the joint limiter would fault).
         When a solution moves any joint that far, solve again with a trust region of
         a few periods of joint motion and keep that one if it reaches the target.
+
+        The same target from the same joints is the same answer: a master that holds
+        still, or a command repeated in a period without a new one (a console slower
+        than the loop), reuses the last answer instead of ~30 us of IK (issue 11).
         """
+        key = (position, quat, q_set)
+        if key == self._ik_key:
+            if self._ik_kept:
+                self.branch_keeps += 1
+            return self._ik_answer
+        ik, kept = self._solve_ik_fresh(position, quat)
+        answer = (ik, ik.q.tolist())
+        self._ik_key, self._ik_answer, self._ik_kept = key, answer, kept
+        return answer
+
+    def _solve_ik_fresh(self, position: Vec3, quat: Quat) -> tuple[IkResult, bool]:
         # The trusted entry: the Cartesian limiter has checked position and quat
         # (finite, unit) and q_set is ours; the checked ``ik`` repeats that for ~40 us.
-        ik = self.kin.ik_trusted(position, quat, self.q_set,
-                                 max_iter=self.cfg.control.ik_max_iter)
-        if max(map(abs, (ik.q - self.q_set).tolist())) <= self._flip_guard_rad:
-            return ik
-        near = self.kin.ik_trusted(position, quat, self.q_set,
-                                   max_iter=2 * self.cfg.control.ik_max_iter,
+        q_set = self.q_set
+        ik = self.kin.ik_trusted(position, quat, q_set, max_iter=self._ik_max_iter)
+        if max(map(abs, (ik.q - q_set).tolist())) <= self._flip_guard_rad:
+            return ik, False
+        near = self.kin.ik_trusted(position, quat, q_set, max_iter=2 * self._ik_max_iter,
                                    max_step_rad=self._ik_trust_rad)
-        motion = self.cfg.safety.motion
-        if near.err_m <= motion.tracking_error_m and near.err_rad <= motion.tracking_error_rad:
+        if near.err_m <= self._tracking_m and near.err_rad <= self._tracking_rad:
             self.branch_keeps += 1
-            return near
-        return ik
+            return near, True
+        return ik, False

@@ -100,6 +100,8 @@ class Kinematics:
             raise ConfigError(f"home {self.home.tolist()} is outside the joint limits")
         self.home.setflags(write=False)  # shared by every caller: copy it to change it
         self.rejected = 0
+        self._target_q: Quat | None = None
+        self._target_r: FloatArray = np.eye(3)
         """Calls refused for bad input (each also logged)."""
 
     @classmethod
@@ -208,7 +210,13 @@ class Kinematics:
         ``np.minimum(np.maximum())`` (1.0 us against ``np.clip`` 2.2 us).
         """
         tx, ty, tz = target_p
-        target_r = pin.Quaternion(*target_q).toRotationMatrix()
+        # A steady orientation (common while the hand translates) is one matrix, kept:
+        # 1.4 us a call otherwise (issue 11). Never written to (``dot`` only).
+        if target_q == self._target_q:
+            target_r = self._target_r
+        else:
+            target_r = pin.Quaternion(*target_q).toRotationMatrix()
+            self._target_q, self._target_r = target_q, target_r
         q = np.minimum(np.maximum(seed, lo), hi)
         model, data, frame = self._model, self._data, self._frame
         err_m = err_rad = math.inf
@@ -279,7 +287,7 @@ def _damped_solve(jac: FloatArray, err: FloatArray) -> FloatArray:
     """
     jjt = jac.dot(jac.T)
     n = jjt.shape[0]
-    ldlt = eigenpy.LDLT(jjt + DAMPING_MIN * _eye(n))
+    ldlt = eigenpy.LDLT(jjt + _damped_eye(n))
     det_damped = math.prod(ldlt.vectorD().tolist())
     threshold = MANIPULABILITY_THRESHOLD
     if det_damped >= threshold * threshold and math.isfinite(det_damped):
@@ -300,6 +308,18 @@ def _eye(n: int) -> FloatArray:
     return eye
 
 
+_DAMPED_EYES: dict[int, FloatArray] = {}
+
+
+def _damped_eye(n: int) -> FloatArray:
+    """``DAMPING_MIN * I``, made once: one numpy operation less per IK iteration."""
+    eye = _DAMPED_EYES.get(n)
+    if eye is None:
+        eye = _DAMPED_EYES[n] = DAMPING_MIN * _eye(n)
+        eye.setflags(write=False)
+    return eye
+
+
 def _damping(jjt: FloatArray) -> float:
     """Squared damping: small in the open workspace, ramping up near singularities."""
     manipulability = math.sqrt(max(float(np.linalg.det(jjt)), 0.0))
@@ -310,7 +330,35 @@ def _damping(jjt: FloatArray) -> float:
 
 
 def _quat_of(rotation: FloatArray) -> Quat:
-    x, y, z, w = pin.Quaternion(rotation).coeffs().tolist()
+    """The unit quaternion (w, x, y, z) of a rotation matrix, ``w >= 0``.
+
+    Eigen's own algorithm (``Quaternion(const Matrix3&)``: the trace branch, else the
+    largest diagonal) in plain floats: 0.6 us against 2.1 us through
+    ``pin.Quaternion(rotation).coeffs()``, two or three times a period (issue 11);
+    the two agree within 2e-16 (tests/unit/test_control_fastpath.py).
+    """
+    m = rotation.tolist()
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = m
+    t = m00 + m11 + m22
+    if t > 0.0:
+        t = math.sqrt(t + 1.0)
+        w = 0.5 * t
+        t = 0.5 / t
+        x, y, z = (m21 - m12) * t, (m02 - m20) * t, (m10 - m01) * t
+    else:
+        i = 1 if m11 > m00 else 0
+        if m22 > m[i][i]:
+            i = 2
+        j = (i + 1) % 3
+        k = (j + 1) % 3
+        t = math.sqrt(m[i][i] - m[j][j] - m[k][k] + 1.0)
+        xyz = [0.0, 0.0, 0.0]
+        xyz[i] = 0.5 * t
+        t = 0.5 / t
+        w = (m[k][j] - m[j][k]) * t
+        xyz[j] = (m[j][i] + m[i][j]) * t
+        xyz[k] = (m[k][i] + m[i][k]) * t
+        x, y, z = xyz
     if w < 0.0:  # one sign for the same rotation, so outputs compare and log consistently
         w, x, y, z = -w, -x, -y, -z
     return (w, x, y, z)

@@ -53,7 +53,7 @@ from transport.schema import (
     Telemetry,
     Vitals,
 )
-from transport.session_guard import SessionGuard
+from transport.session_guard import SessionGuard, refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +254,14 @@ class NetworkThread(threading.Thread):
             if report is not last_report:
                 seq += 1
                 sample = mb.command
+                pending = self.guard.request_pending
                 tlm = telemetry_from(seq, report, view, self.loop_jitter_us(),
                                      sample.cmd.video_age_us if sample else None,
                                      audit_head=self.audit_head(),
-                                     recording=self.recording())
-                tlm = self._with_commander(tlm)
+                                     recording=self.recording(),
+                                     commander=self.guard.commander,
+                                     handoff_from=pending[0] if pending else None,
+                                     handoff_id=pending[1] if pending else None)
                 if views := self.path_views():
                     tlm = dataclasses.replace(tlm, paths=self._path_reports(views))
                 self.telemetry_built += 1
@@ -356,9 +359,9 @@ class NetworkThread(threading.Thread):
             return
         if not adm.ok:
             tlm = mb.telemetry
-            link.reply(peer, ControlReply(req_id=req.req_id, ok=False,
-                                          state=tlm.state if tlm else "disabled",
-                                          reason=adm.reason))
+            state = tlm.state if tlm else "disabled"
+            link.reply(peer, ControlReply(req_id=req.req_id, ok=False, state=state,
+                                          reason=refusal_reason(adm.reason, req.op, state)))
             return
         if self.guard.ping_target != pinged:
             # A new console's clock is not the last one's.
@@ -382,16 +385,6 @@ class NetworkThread(threading.Thread):
             self.mailbox.alerts.extend(self.guard.drain_alerts())
         while link.auth.alerts:  # observers that asked for command
             self.mailbox.alerts.append(link.auth.alerts.popleft())
-
-    def _with_commander(self, tlm: Telemetry) -> Telemetry:
-        """Who is in command and who asks for it (``SessionGuard``), for every HUD."""
-        pending = self.guard.request_pending
-        commander = self.guard.commander
-        if commander is None and pending is None:
-            return tlm
-        return dataclasses.replace(tlm, commander=commander,
-                                   handoff_from=pending[0] if pending else None,
-                                   handoff_id=pending[1] if pending else None)
 
     def _gone(self, link: RobotLink, holder: bytes) -> bool:
         """Is the session holder's connection gone? Probed with a ping (pinned to it):

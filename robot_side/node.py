@@ -333,10 +333,12 @@ class RobotNode:
                                 mb.clock.fresh(tick.actual_ns))
         return tick
 
-    def _take_requests(self) -> list[PendingRequest]:
+    def _take_requests(self) -> tuple[PendingRequest, ...]:
         """Pending control requests; a granted arm starts a new command session (its
         token in force here before the reply that carries it can leave)."""
-        requests = self.mailbox.take_requests()
+        if not self.mailbox.requests:  # the usual period: nothing made for nothing
+            return ()
+        requests = tuple(self.mailbox.take_requests())
         if self.port is not None:
             self.port.on_requests(requests)
         return requests
@@ -376,7 +378,7 @@ class RobotNode:
                 self._external_trip = trip  # not lost: it trips in the next period
             trip = revoked
         inputs = ControlInputs(command=mb.command, link=link,
-                               requests=tuple(self._take_requests()),
+                               requests=self._take_requests(),
                                estop=self._estop_events(estop),
                                audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
@@ -424,6 +426,8 @@ class RobotNode:
 
     def _estop_events(self, estop: EstopServer) -> tuple[EstopEvent, ...]:
         # The ROS 2 e-stop topic arrives here too: the bridge process presses this socket.
+        if not estop.requests.qsize():  # the usual period: no press, no list
+            return ()
         events: list[EstopEvent] = []
         sup = self.core.supervisor  # read in the control thread, right before the step
         while not estop.requests.empty():

@@ -70,16 +70,33 @@ def _pose(p: tuple[Sequence[float], Sequence[float]]) -> Pose:
 
 
 def _joint_values(values: Sequence[float]) -> tuple[float, ...]:
-    """Velocities or efforts as reported, clamped to what encodes; () if none or not finite."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim != 1 or len(array) > MAX_JOINTS or not np.all(np.isfinite(array)):
+    """Velocities or efforts as reported, clamped to what encodes; () if none or not finite.
+
+    Plain Python for the usual handful of floats: numpy's array, isfinite, clip and
+    tolist cost ~4x this per call at telemetry rate (issue 11, network thread)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            return ()
+        values = values.tolist()
+    if len(values) > MAX_JOINTS:
         return ()
-    return tuple(np.clip(array, -JOINT_BOUND, JOINT_BOUND).tolist())
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):  # not a flat sequence of numbers
+        return ()
+    if not all(map(math.isfinite, floats)):
+        return ()
+    bound = JOINT_BOUND
+    return tuple(bound if v > bound else -bound if v < -bound else v for v in floats)
 
 
 def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
                    video_age_us: int | None, *, audit_head: str | None = None,
-                   recording: str | None = None) -> Telemetry:
+                   recording: str | None = None, commander: str | None = None,
+                   handoff_from: str | None = None,
+                   handoff_id: int | None = None) -> Telemetry:
+    """The period's report as telemetry; who commands and who asks for it
+    (``SessionGuard``) given here rather than by a ``dataclasses.replace`` after."""
     s = link.stats
     state = str(r.state)
     return Telemetry(
@@ -100,4 +117,5 @@ def telemetry_from(seq: int, r: StepReport, link: LinkView, loop_jitter_us: int,
         measured_jf=_joint_values(r.measured_effort),
         audit_head=None if audit_head is None else audit_head[:AUDIT_HEAD_MAX],
         recording=None if recording is None else recording[:RECORDING_MAX],
+        commander=commander, handoff_from=handoff_from, handoff_id=handoff_id,
     )

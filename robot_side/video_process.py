@@ -45,6 +45,13 @@ OUTBOX_SIZE = 64
 AGE_REPORT_PERIOD_NS = 100_000_000
 """Rate control needs the picture age a few times a second, not per command."""
 CONTROL_HWM = 64
+WAIT_SLICE_S = 0.005
+"""The encoder loop waits for the next capture in slices this long, so that a keyframe
+request is served within one (with the newest picture, ``_loop``), not at the next
+frame slot."""
+RESEND_MAX_AGE_NS = 100_000_000
+"""The newest picture is sent again as a keyframe only while it is this fresh (a stalled
+camera's last picture is not news: the next capture will be the keyframe)."""
 
 
 class VideoControl:
@@ -243,18 +250,21 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
-def _take_control(control: zmq.Socket[Any], sender: Any) -> None:
+def _take_control(control: zmq.Socket[Any], sender: Any) -> bool:
+    """Pass the node threads' requests to ``sender``; True if one asked for a keyframe."""
+    keyframe = False
     while True:
         try:
             item = control.recv_json(zmq.NOBLOCK)
         except zmq.Again:
-            return
+            return keyframe
         except ValueError:  # not JSON: only the robot's own account can connect
             log.warning("video control: undecodable message dropped")
             continue
         match item:
             case ["keyframe", str(reason)]:
                 sender.request_keyframe(reason[:64])
+                keyframe = True
             case ["age", int(age_us)] if age_us >= 0:
                 sender.report_video_age(age_us)
             case _:
@@ -264,7 +274,9 @@ def _take_control(control: zmq.Socket[Any], sender: Any) -> None:
 def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
           inbox: mp.Queue[tuple[str, Any]], outbox: mp.Queue[tuple[str, Any]], *,
           parent_pid: int, mirror: zmq.Socket[bytes] | None = None) -> None:
-    last_id: int | None = None
+    last: Any = None
+    """The newest captured frame sent (a ``CapturedFrame``)."""
+    keyframe_due = False
     next_stats = time.monotonic_ns()
     keyframes = MirrorKeyframes(mirror)
     while os.getppid() == parent_pid:  # a parent killed with SIGKILL leaves us orphaned
@@ -278,12 +290,20 @@ def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
                 return
             if kind == "keyframe":
                 sender.request_keyframe(value)
+                keyframe_due = True
             elif kind == "age":
                 sender.report_video_age(value)
-        _take_control(control, sender)
-        frame = source.wait_newer(last_id, timeout_s=0.1)
+        keyframe_due |= _take_control(control, sender)
+        frame = source.wait_newer(None if last is None else last.frame_id,
+                                  timeout_s=WAIT_SLICE_S)
+        if (frame is None and keyframe_due and last is not None
+                and time.monotonic_ns() - last.capture_ns < RESEND_MAX_AGE_NS):
+            # A keyframe now (a path switch, a gap): the newest picture again, as an IDR,
+            # not the next capture up to a frame interval later. Its capture time is its
+            # own, so the console's picture age stays true.
+            frame = last
         if frame is not None:
-            last_id = frame.frame_id
+            last, keyframe_due = frame, False
             sender.send(frame)
         now = time.monotonic_ns()
         if now >= next_stats:

@@ -293,6 +293,17 @@ class ConsoleLink(_Link):
         self.counters["video_standby_discards"] += n
         return n
 
+    def resubscribe_video(self) -> None:
+        """Send the video path's subscription again: its video is silent, and the SUBSCRIBE
+        may have been lost (a lossy path's model, the HIL fault proxy, drops whole messages
+        with TCP up; with no PUB heartbeat and no reconnect nothing else re-sends it).
+        SUB then UNSUB: libzmq's SUB sends every subscribe (its count goes 1 -> 2) and no
+        cancel (2 -> 1), so a robot that had the subscription keeps it: no gap."""
+        sock = self.video_socket
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.setsockopt(zmq.UNSUBSCRIBE, b"")
+        self.counters["video_resubscribes"] += 1
+
     def _first_copies(self, sock: zmq.Socket[Any], items: list[Inbound]) -> list[Inbound]:
         """Telemetry and events from every path, each kept once (by type and seq)."""
         out = []

@@ -71,7 +71,24 @@ ALERT_INTERVAL_NS = 1_000_000_000
 """At most one audit record per kind of refusal per second; the rest are counted."""
 MAX_PENDING = 256
 
-__all__ = ["Admission", "SessionGuard", "new_token"]
+LATCH_REFUSED_OPS = frozenset({"arm", "disarm", "engage", "disengage", "clear_fault"})
+"""What the supervisor refuses as ``latched`` in an e-stop, whoever asks."""
+SESSION_REFUSALS = frozenset({"session_busy", "no_session"})
+
+__all__ = ["Admission", "SessionGuard", "new_token", "refusal_reason"]
+
+
+def refusal_reason(reason: str, op: str, robot_state: str) -> str:
+    """The reason a refused request's reply names.
+
+    During an e-stop no console's arm, engage, clear_fault... can succeed: only the
+    local e-stop socket clears it. A second console refused for the session (or for
+    having none) is then told ``latched``, the reason that stands whoever asks, not
+    that someone else holds the session. The guard's own refusal is still counted
+    and audited under its code."""
+    if robot_state == "estop" and op in LATCH_REFUSED_OPS and reason in SESSION_REFUSALS:
+        return "latched"
+    return reason
 
 
 class SessionGuard(HandoffRules):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from operator_console.video.decoder import H264Decoder, Image
+from operator_console.video.decoder import H264Decoder, Image, Picture
 from telesurgery.errors import SchemaError, VideoError
 from transport import schema
 
@@ -37,10 +37,18 @@ class DecodedFrame:
     """Sender's monotonic clock, as in the header."""
     recv_ns: int
     decoded_ns: int
-    image: Image
+    picture: Picture
+    """Still in YUV: give it to the display as is; ``image`` converts it."""
     keyframe: bool = False
     offset_ns: int = 0
     """Add to a sender timestamp to get this process's monotonic clock."""
+    send_ns: int = 0
+    """Sender's monotonic clock when it published the access unit (encoded)."""
+
+    @property
+    def image(self) -> Image:
+        """BGR pixels (converted on first use, then kept)."""
+        return self.picture.bgr
 
     @property
     def capture_local_ns(self) -> int:
@@ -207,7 +215,7 @@ class VideoReceiver:
                 self._last_request_ns = None
             return None
         try:
-            image = self._decoder.decode(payload)
+            image = self._decoder.decode_picture(payload)
         except VideoError as err:
             self.stats.decode_errors += 1
             log.warning("video frame %d: %s", header.frame_id, err)
@@ -220,7 +228,7 @@ class VideoReceiver:
             self._ask_on_next_frame = False
         self.stats.decoded += 1
         return DecodedFrame(header.frame_id, header.capture_ns, recv_ns, time.monotonic_ns(),
-                            image, header.keyframe, self.offset_ns)
+                            image, header.keyframe, self.offset_ns, header.send_ns)
 
     def _need_keyframe(self, reason: str) -> None:
         if not self.keyframe_needed:

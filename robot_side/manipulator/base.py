@@ -217,7 +217,9 @@ class Manipulator(abc.ABC):
                 problem = None
                 if len(f.q) != n:
                     problem = f"{len(f.q)} targets for {n} joints"
-                elif not all(math.isfinite(v) for v in f.q):
+                # A finite sum has no NaN or inf in it (one in it makes the sum one): the
+                # per-value check only when the sum is not finite (issue 11, every period).
+                elif not math.isfinite(sum(f.q)) and not all(map(math.isfinite, f.q)):
                     problem = f"non-finite target {f.q}"
                 elif not (math.isfinite(f.grip) and 0.0 <= f.grip <= 1.0):
                     problem = f"grip {f.grip} outside 0..1"

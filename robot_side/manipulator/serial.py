@@ -60,7 +60,10 @@ class SerialBackend(Manipulator):
                                          f"firmware protocol v{sp.PROTOCOL_VERSION} on "
                                          f"{cfg.port}; efforts in N m"), write_budget_ns)
         self.driver = SerialManipulator(cfg)
-        self._last_seen_ns: int | None = None
+        self._seen: tuple[object, JointSample] | None = None
+        """The reader's last (report, time) and the sample made of it: the firmware
+        reports at its own rate, the loop reads every period; an unchanged report is
+        not converted again (issue 11)."""
 
     @classmethod
     def from_config(cls, cfg: RobotConfig) -> SerialBackend:
@@ -80,12 +83,18 @@ class SerialBackend(Manipulator):
 
     def _read(self) -> tuple[JointSample | None, Sequence[FaultNote]]:
         latest = self.driver.latest_state()
-        faults = [FaultNote(f.code, f.detail) for f in self.driver.drain_faults()]
+        drained = self.driver.drain_faults()
+        faults = [FaultNote(f.code, f.detail) for f in drained] if drained else ()
         if latest is None:
             return None, faults
+        seen = self._seen
+        if seen is not None and seen[0] is latest:
+            return seen[1], faults
         st, received_ns = latest
-        return JointSample(st.positions, st.velocities, st.efforts, st.grip,
-                           sp.FwFlags(st.flags), received_ns, st.last_rx_seq), faults
+        sample = JointSample(st.positions, st.velocities, st.efforts, st.grip,
+                             sp.FwFlags(st.flags), received_ns, st.last_rx_seq)
+        self._seen = (latest, sample)
+        return sample, faults
 
     def _write(self, frames: Sequence[Frame], deadline_ns: int) -> int:
         self.driver.send_encoded([_encoder(f) for f in frames], deadline_ns)

@@ -3,10 +3,11 @@
 Off by default (``[ros] command = false``). When on, the bridge process runs
 this thread, which connects to the robot's own link exactly like a surgeon
 console, with its own key (``<keys_dir>/ros/``, ``telesurgery keys add-ros``).
-Nothing here moves the arm by itself: every command it sends passes the
-robot's command gate (age, sequence), watchdog (a ROS stream that stops is a
-command timeout), supervisor (engage, hold, latches, e-stop), Cartesian and
-joint limits, jump checks and audit, like any console's.
+Its every wait on the link streams (``robot_side.ros.link_waits``). Nothing here
+moves the arm by itself: every command it sends passes the robot's command gate
+(age, sequence), watchdog (a ROS stream that stops is a command timeout),
+supervisor (engage, hold, latches, e-stop), Cartesian and joint limits, jump
+checks and audit, like any console's.
 
 CRTK topics it serves (``SUBSCRIPTIONS`` with ``command=True``):
 
@@ -15,16 +16,11 @@ CRTK topics it serves (``SUBSCRIPTIONS`` with ``command=True``):
   stream the arm's measured pose as the master pose (the robot anchors there, so
   poses map 1:1 in the base frame at scale 1), then engage; ``home`` -> nothing
   to do (absolute encoders: always homed); ``unhome`` -> refused.
-- ``servo_cp`` (geometry_msgs/PoseStamped): the newest message of a wake-up
-  becomes one command, sent as it arrives and never repeated: when the ROS stream
-  stops, commands stop and the robot's command timeout holds the arm. A setpoint
-  stream supersedes itself (as the robot's gate treats a console's): the older
-  messages taken in the same wake-up are counted (``superseded``), never sent, so
-  the commander cannot fall behind the stream (``servo_jp``, ``move_*`` alike).
-- ``move_cp`` (geometry_msgs/PoseStamped): a straight line at ``move_speed_m_s``
-  (orientation interpolated over the same time) streamed at ``command_hz``;
-  at the goal the goal keeps being streamed (the commander holds it); a
-  ``servo_cp`` or ``pause`` ends it.
+- ``servo_cp`` / ``move_cp`` (geometry_msgs/PoseStamped, ``robot_side.ros.pose_command``):
+  each servo message is sent once as it arrives (only the newest of a wake-up: a
+  setpoint stream supersedes itself); a move goal is streamed along a line at
+  ``command_hz``. When the ROS stream stops, commands stop and the robot's command
+  timeout holds the arm.
 - ``servo_jp`` / ``move_jp`` (sensor_msgs/JointState, ``robot_side.ros.joint_command``):
   the same in joint space (``Command.joints``; move_jp at ``move_joint_speed_rad_s``).
   The robot fixes the space at engage, so the first joint command while following in
@@ -44,7 +40,6 @@ state commands are counted, logged at most once a second per kind, and dropped.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import replace
@@ -56,87 +51,28 @@ from robot_side.ros import msgs
 from robot_side.ros.handoff import HANDOFF_COMMANDS, RosHandoff
 from robot_side.ros.interface import RosBridge
 from robot_side.ros.joint_command import JointTrajectory, ros_joints
-from telesurgery.errors import LinkTimeout, TelesurgeryError
-from telesurgery.quat import Quat, Vec3, quat_from_rotvec, quat_mul, quat_relative
+from robot_side.ros.link_waits import StreamingWaits
+from robot_side.ros.pose_command import Trajectory, ros_pose, sample_time
+from telesurgery.errors import TelesurgeryError
+from telesurgery.quat import Quat, Vec3
 from telesurgery.ratelog import RateLimitedLog
 from transport.keys import ClientKeys
 from transport.link import ConsoleLink
-from transport.schema import MAX_POSITION_M, QUAT_NORM_TOL, Command, ControlReply, Telemetry
+from transport.schema import MAX_POSITION_M, Command, Telemetry
 
 log = logging.getLogger(__name__)
 
 ANCHOR_COMMANDS = 5
 """Hold-stream commands sent before ``engage``, so the robot anchors at a fresh one."""
-MAX_ANGULAR_SPEED = 0.5
-"""move_cp: rad/s of the generated orientation interpolation at most."""
 ENGAGE_RETRY_NS = 3_000_000_000
 """resume: engage is retried this long while the robot says its link has not settled."""
 ENGAGE_RETRY_PERIOD_NS = 50_000_000
-REQUEST_RETRY_NS = 5_000_000_000
-"""A control request the link could not send yet is retried this long."""
+LOOP_WAIT_NS = 10_000_000
+"""The loop's wait for a ROS command message at most (the link is answered between)."""
 STATE_COMMANDS = frozenset({"enable", "disable", "home", "unhome", "pause", "resume",
                             *HANDOFF_COMMANDS})
 """CRTK's (dVRK's) state commands, and the handoff's (``robot_side.ros.handoff``)."""
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "*", "::", ""})
-
-
-def ros_pose(msg: Any) -> tuple[Vec3, Quat] | None:
-    """Position and (w, x, y, z) of a PoseStamped; None when it is not a valid pose."""
-    try:
-        p, o = msg.pose.position, msg.pose.orientation
-        pos = (float(p.x), float(p.y), float(p.z))
-        quat = (float(o.w), float(o.x), float(o.y), float(o.z))
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if not all(math.isfinite(c) for c in (*pos, *quat)):
-        return None
-    if any(abs(c) > MAX_POSITION_M for c in pos):
-        return None
-    norm = math.sqrt(sum(c * c for c in quat))
-    if abs(norm - 1.0) > QUAT_NORM_TOL:
-        return None
-    return pos, (quat[0] / norm, quat[1] / norm, quat[2] / norm, quat[3] / norm)
-
-
-def sample_time(msg: Any, recv_ns: int) -> int:
-    """A servo_cp's publish time on this machine's monotonic clock, for the path figure.
-
-    The publisher's header stamp (wall clock) when it is plausible (not ahead of the
-    arrival, at most a second before it), else the arrival at the bridge. For
-    measurement only (``Command.t_sample_ns``): no bound of the robot rests on it.
-    """
-    try:
-        stamp = msg.header.stamp
-        wall_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-    except (AttributeError, TypeError, ValueError):
-        return recv_ns
-    mono_ns = wall_ns - (time.time_ns() - time.monotonic_ns())  # wall-clock ok: ROS stamp
-    return mono_ns if recv_ns - 1_000_000_000 <= mono_ns <= recv_ns else recv_ns
-
-
-class Trajectory:
-    """move_cp: a straight line at a bounded speed, orientation interpolated alongside."""
-
-    def __init__(self, start: tuple[Vec3, Quat], goal: tuple[Vec3, Quat], speed_m_s: float,
-                 t0_ns: int) -> None:
-        self.start, self.goal = start, goal
-        distance = math.dist(start[0], goal[0])
-        self._angle, self._axis = quat_relative(start[1], goal[1])
-        duration_s = max(distance / speed_m_s, self._angle / MAX_ANGULAR_SPEED)
-        self.t0_ns = t0_ns
-        self.duration_ns = max(1, int(duration_s * 1e9))
-
-    def at(self, now_ns: int) -> tuple[Vec3, Quat]:
-        s = min(1.0, max(0.0, (now_ns - self.t0_ns) / self.duration_ns))
-        if s >= 1.0:
-            return self.goal
-        (x0, y0, z0), (x1, y1, z1) = self.start[0], self.goal[0]
-        pos = (x0 + s * (x1 - x0), y0 + s * (y1 - y0), z0 + s * (z1 - z0))
-        turn = quat_from_rotvec(tuple(c * s * self._angle for c in self._axis))  # type: ignore[arg-type]
-        return pos, quat_mul(self.start[1], turn)
-
-    def done(self, now_ns: int) -> bool:
-        return now_ns - self.t0_ns >= self.duration_ns
 
 
 def commander_link_config(cfg: RobotConfig) -> Any:
@@ -155,7 +91,6 @@ class RosCommander(threading.Thread):
         self.kin = kin
         self.keys = ClientKeys.load_commander(cfg.link.keys_dir, cfg.ros.command_key)
         self._period_ns = int(1e9 / cfg.ros.command_hz)
-        self._reply_timeout_ns = cfg.link.control_timeout_ms * 1_000_000
         self._halt = threading.Event()
         self._ratelog = RateLimitedLog(log)
         self._tlm: Telemetry | None = None
@@ -178,6 +113,9 @@ class RosCommander(threading.Thread):
                                          "servo_jp": 0, "move_jp": 0, "state_command": 0,
                                          "superseded": 0, "rejected": 0,
                                          "requests_failed": 0}
+        self.waits = StreamingWaits(self._period_ns, cfg.link.control_timeout_ms * 1_000_000,
+                                    stream=self._stream, on_link=self.handoff.on_link,
+                                    wait_ros=bridge.wait_command, counters=self.counters)
 
     def stats(self) -> dict[str, Any]:
         return {"commander": {**self.counters, **self.handoff.counters},
@@ -202,15 +140,11 @@ class RosCommander(threading.Thread):
 
     # ------------------------------------------------------------------ loop
     def _loop(self, link: ConsoleLink) -> None:
-        next_stream = time.monotonic_ns()
+        self.waits.next_stream_ns = time.monotonic_ns()
         while not self._halt.is_set():
-            wait_s = max(0.0, (next_stream - time.monotonic_ns()) / 1e9)
-            self.bridge.wait_command(min(wait_s, 0.01))
-            # Answers the robot's pings (its RTT and clock offset need them); the
-            # telemetry says who is in command and who asks for it.
+            # The same wait as a control request's: stream, answer the link.
+            self.waits.wait(link, time.monotonic_ns() + LOOP_WAIT_NS, ros_wake=True)
             now = time.monotonic_ns()
-            for item in link.poll(0):
-                self.handoff.on_link(item.msg, now)
             self.handoff.publish(now)
             for msg, _ in self.bridge.take("state_command"):
                 self._state_command(link, msg)
@@ -218,11 +152,7 @@ class RosCommander(threading.Thread):
             self._move_cp(link)
             self._servo_jp(link)
             self._move_jp_goal(link)
-            now = time.monotonic_ns()
-            self._engage(link, now)
-            if now >= next_stream:
-                next_stream = now + self._period_ns
-                self._stream(link, now)
+            self._engage(link, time.monotonic_ns())
 
     def _newest(self, topic: str) -> tuple[Any, int] | None:
         """The newest message of ``topic`` since the last wake-up; the older ones are
@@ -314,7 +244,7 @@ class RosCommander(threading.Thread):
         log.info("ROS commander: re-engaging in %s space", "joint" if space == "jp"
                  else "Cartesian")
         self._space = space
-        self._request(link, "disengage")
+        self.waits.request(link, "disengage")
         self._resume(link)
 
     def _checked_jp(self, topic: str, msg: Any) -> tuple[float, ...] | None:
@@ -380,17 +310,17 @@ class RosCommander(threading.Thread):
         state = self._tlm.state if self._tlm is not None else "unknown"
         if what == "enable":
             if state == "fault":
-                self._request(link, "clear_fault")
-            reply = self._request(link, "arm")
+                self.waits.request(link, "clear_fault")
+            reply = self.waits.request(link, "arm")
             if reply is not None and reply.ok and reply.reason == "already_armed":
                 log.info("ROS enable: already armed (%s); the session and the motion go on",
                          reply.state)
         elif what == "disable":
             self._idle()
-            self._request(link, "disarm")
+            self.waits.request(link, "disarm")
         elif what == "pause":
             self._idle()
-            self._request(link, "disengage")
+            self.waits.request(link, "disengage")
         elif what == "resume":
             self._resume(link)
         elif what == "unhome":
@@ -424,7 +354,7 @@ class RosCommander(threading.Thread):
     def _engage(self, link: ConsoleLink, now: int) -> None:
         if self._engage_at is None or now < self._engage_at:
             return
-        reply = self._request(link, "engage", quiet_reason="not_settled")
+        reply = self.waits.request(link, "engage", quiet_reason="not_settled")
         if reply is not None and not reply.ok and reply.reason == "not_settled" \
                 and now < self._engage_until:
             self._engage_at = now + ENGAGE_RETRY_PERIOD_NS
@@ -433,54 +363,3 @@ class RosCommander(threading.Thread):
         if reply is not None and reply.ok and self._pending_jp is not None:
             self._start_move_jp(self._pending_jp)
         self._pending_jp = None
-
-    def _request(self, link: ConsoleLink, op: str,
-                 quiet_reason: str | None = None) -> ControlReply | None:
-        """Send ``op`` and wait for its reply while the hold/move stream goes on: a
-        blocking wait stopped the stream, and a reply slower than the robot's command
-        timeout (a loaded machine) tripped the arm it was meant to keep (a repeated
-        ``enable`` while following)."""
-        deadline = time.monotonic_ns() + REQUEST_RETRY_NS
-        while True:
-            try:
-                req_id = link.send_request(op)
-                break
-            except LinkTimeout as err:
-                # Not sent: the CurveZMQ session is still being set up (or the robot is
-                # restarting).
-                if time.monotonic_ns() > deadline:
-                    self.counters["requests_failed"] += 1
-                    log.warning("ROS commander: %s", err)
-                    return None
-                self._wait_streaming(link, time.monotonic_ns() + 100_000_000, None)
-        reply = self._wait_streaming(link, time.monotonic_ns() + self._reply_timeout_ns,
-                                     req_id)
-        if reply is None:
-            link.forget_request(req_id)
-            self.counters["requests_failed"] += 1
-            log.warning("ROS commander: no reply to control request %r within %d ms", op,
-                        self._reply_timeout_ns // 1_000_000)
-            return None
-        if not reply.ok and reply.reason != quiet_reason:
-            self.counters["requests_failed"] += 1
-            log.warning("ROS commander: %s refused: %s (%s) %s", op, reply.reason, reply.state,
-                        reply.detail)
-        return reply
-
-    def _wait_streaming(self, link: ConsoleLink, until_ns: int,
-                        req_id: int | None) -> ControlReply | None:
-        """Until ``until_ns`` (or the reply to ``req_id``): answer the link, keep the
-        stream at command_hz."""
-        next_stream = time.monotonic_ns()
-        while (now := time.monotonic_ns()) < until_ns:
-            if now >= next_stream:
-                next_stream = now + self._period_ns
-                self._stream(link, now)
-            wait_ms = max(1, min(next_stream, until_ns) - now) // 1_000_000
-            for item in link.poll(max(1, wait_ms)):
-                if isinstance(item.msg, ControlReply):
-                    if item.msg.req_id == req_id:
-                        return item.msg
-                    continue
-                self.handoff.on_link(item.msg, item.recv_ns)
-        return None

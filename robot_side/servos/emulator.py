@@ -3,9 +3,10 @@
 ``ServoBusEmulator`` owns the master side of a pty, publishes a stable symlink
 to its slave (``port_path``), decodes instruction packets with the codecs of
 ``robot_side.servos.wire`` and answers as the servos on a half-duplex bus
-would: each status packet leaves only after the bytes before it had time to
-cross the wire at ``baudrate`` (10 bits a byte) plus the servo's return delay,
-so a backend measures the rate the real bus would sustain. Faults hit the
+would (what each servo answers: ``robot_side.servos.answers``): each status
+packet leaves only after the bytes before it had time to cross the wire at
+``baudrate`` (10 bits a byte) plus the servo's return delay, so a backend
+measures the rate the real bus would sustain. Faults hit the
 servos (silent, hardware-error bits, overload) or the status bytes on the wire
 (noise, truncation, a wrong ID, a corrupted checksum), from a seeded RNG.
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from robot_side.servos import wire
+from robot_side.servos import answers, wire
 from robot_side.servos.model import ServoModel
 from robot_side.servos.tables import FAMILIES, ServoFamily
 from telesurgery.config import check
@@ -38,7 +39,6 @@ from telesurgery.pacer import lower_timer_slack, try_realtime
 
 log = logging.getLogger(__name__)
 
-FIRMWARE_VERSION = 46
 POLL_S = 0.002
 EMULATOR_PRIORITY = 60
 """SCHED_FIFO priority of the bus thread, where permitted: the firmware emulator's."""
@@ -116,7 +116,10 @@ class ServoBusEmulator:
         self._fd: int | None = None
         self._slave_fd: int | None = None
         self._line_gen = 0
-        """Bumped at every unplug and plug-in: the reader tells a closed line by it."""
+        """Bumped at every unplug and plug-in: the reader tells a stale line by it."""
+        self._retired: list[int] = []
+        """Unplugged lines' master descriptors, for the reader to close: it may be using one
+        (closed under it, the number can come back as another file, or the read fails)."""
         self._open_line()
 
     # ------------------------------------------------------------ the line
@@ -140,14 +143,23 @@ class ServoBusEmulator:
                  sorted(self.servos), os.ttyname(slave), self._link, self.baudrate)
 
     def _close_line(self) -> None:
-        for fd in (self._fd, self._slave_fd):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        """Unplug (under ``_lock``): the master goes to the reader to close, if it runs."""
+        master, slave = self._fd, self._slave_fd
         self._fd = self._slave_fd = None
         self._line_gen += 1
         with contextlib.suppress(FileNotFoundError):
             self._link.unlink()
+        if master is not None:
+            self._retired.append(master)
+        if slave is not None:
+            _close(slave)
+        if self._thread is None:
+            self._close_retired()
+
+    def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            _close(fd)
 
     def vanish(self) -> None:
         """The USB adapter is unplugged: the port goes, the servos keep their last goal."""
@@ -175,7 +187,8 @@ class ServoBusEmulator:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=2.0)
-        self._close_line()
+        with self._lock:
+            self._close_line()
         if self._own_dir is not None:
             with contextlib.suppress(OSError):
                 self._own_dir.rmdir()
@@ -242,7 +255,10 @@ class ServoBusEmulator:
         lower_timer_slack()
         try_realtime(EMULATOR_PRIORITY)
         while not self._halt.is_set():
-            fd, gen = self._fd, self._line_gen
+            with self._lock:
+                fd, gen = self._fd, self._line_gen
+                if self._retired:  # unplugged since the last pass: no read of ours is on it
+                    self._close_retired()
             if fd is None:  # unplugged: the servos keep running, nobody hears them
                 time.sleep(POLL_S)
                 continue
@@ -255,18 +271,18 @@ class ServoBusEmulator:
                 if self._halt.is_set():
                     return
                 if self._line_gen != gen:
-                    # Unplugged (or replugged) under the read. Not ``self._fd != fd``: a
-                    # replug's new pty often gets the same descriptor number back.
-                    continue
+                    continue  # unplugged under the read: its slave end is gone (EIO)
                 log.error("servo bus emulator: read failed: %s", err)
                 return
             now = time.monotonic_ns()
             with self._lock:
                 for servo in self.servos.values():
                     servo.step(now)
+                if self._line_gen != gen:
+                    data = b""  # sent on a line unplugged meanwhile: nobody heard it
                 replies = self._feed(data, now) if data else []
             for due_ns, frame in replies:
-                self._send_at(due_ns, frame)
+                self._send_at(fd, gen, due_ns, frame)
 
     def _feed(self, data: bytes, now: int) -> list[tuple[int, bytes]]:
         """Replies with the monotonic time each one finishes crossing the wire."""
@@ -276,14 +292,14 @@ class ServoBusEmulator:
         replies: list[tuple[int, bytes]] = []
         if isinstance(self._decoder, wire.DxlDecoder):
             # A Dynamixel answers a packet with a bad CRC addressed to it with a CRC error.
-            replies += [(i, self._status(i, wire.DXL_ERR_CRC, b""))
+            replies += [(i, answers.dxl_status(self.servos, i, wire.DXL_ERR_CRC, b""))
                         for i in self._decoder.crc_failed_ids if i in self.servos]
             self._decoder.crc_failed_ids.clear()
-        handle = self._handle_dxl if self._dxl else self._handle_sts
         for packet in packets:
             self.counts.instructions += 1
             t += int(packet.size * self._byte_ns)
-            replies += handle(packet, now)
+            replies += (answers.dxl_answers(self.servos, self.family, packet, now) if self._dxl
+                        else answers.sts_answers(self.servos, packet, now))
         for servo_id, frame in replies:
             sent = self._damage(servo_id, frame)
             if sent is not None:
@@ -292,13 +308,13 @@ class ServoBusEmulator:
         self._bus_free_ns = t
         return out
 
-    def _send_at(self, due_ns: int, frame: bytes) -> None:
+    def _send_at(self, fd: int, gen: int, due_ns: int, frame: bytes) -> None:
+        """Only the reader sends, on the line it read from (still open: it closes them)."""
         wait = due_ns - time.monotonic_ns()
         if wait > 0:
             time.sleep(wait / 1e9)
-        fd = self._fd
-        if fd is None:
-            return
+        if self._line_gen != gen:
+            return  # unplugged while the reply crossed the wire
         try:
             os.write(fd, frame)
             self.counts.statuses += 1
@@ -337,117 +353,7 @@ class ServoBusEmulator:
             frame = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12))) + frame
         return frame
 
-    def _status(self, servo_id: int, error: int, params: bytes) -> bytes:
-        if self._dxl:
-            if self.servos[servo_id].hardware_error:
-                error |= wire.DXL_ERR_ALERT
-            return wire.dxl_status(servo_id, error, params)
-        return wire.sts_status(servo_id, error, params)
 
-    # ------------------------------------------------------------ Dynamixel 2.0
-    def _handle_dxl(self, p: wire.Packet, now: int) -> list[tuple[int, bytes]]:
-        targets = self._addressed(p, now)
-        par = p.params
-        if p.instruction == wire.INST_PING:
-            ids = sorted(self.servos) if p.servo_id == wire.BROADCAST_ID else targets
-            m = self.family.model_number
-            return [(i, self._dstatus(i, 0, bytes([m & 0xFF, m >> 8, FIRMWARE_VERSION])))
-                    for i in ids]
-        if p.instruction == wire.INST_SYNC_READ and len(par) >= 4:
-            addr, length = _u16(par, 0), _u16(par, 2)
-            return [self._dread(i, addr, length, now) for i in par[4:] if i in self.servos]
-        if p.instruction == wire.INST_BULK_READ and len(par) % 5 == 0:
-            return [self._dread(par[k], _u16(par, k + 1), _u16(par, k + 3), now)
-                    for k in range(0, len(par), 5) if par[k] in self.servos]
-        if p.instruction == wire.INST_SYNC_WRITE and len(par) >= 4:
-            addr, length = _u16(par, 0), _u16(par, 2)
-            for k in range(4, len(par) - length + 1, length + 1):
-                if par[k] in self.servos:
-                    self.servos[par[k]].write(addr, par[k + 1:k + 1 + length], now)
-            return []
-        if p.instruction == wire.INST_BULK_WRITE:
-            k = 0
-            while k + 5 <= len(par):
-                sid, addr, length = par[k], _u16(par, k + 1), _u16(par, k + 3)
-                if sid in self.servos:
-                    self.servos[sid].write(addr, par[k + 5:k + 5 + length], now)
-                k += 5 + length
-            return []
-        if p.servo_id not in self.servos:
-            return []
-        sid = p.servo_id
-        if p.instruction == wire.INST_READ and len(par) == 4:
-            return [self._dread(sid, _u16(par, 0), _u16(par, 2), now)]
-        if p.instruction == wire.INST_WRITE and len(par) >= 2:
-            result = self.servos[sid].write(_u16(par, 0), par[2:], now)
-            err = (0, wire.DXL_ERR_DATA_RANGE, wire.DXL_ERR_ACCESS)[result]
-            return [(sid, self._dstatus(sid, err, b""))]
-        if p.instruction == wire.INST_REBOOT:
-            reply = (sid, self._dstatus(sid, 0, b""))
-            self.servos[sid].reboot(now)
-            return [reply]
-        return [(sid, self._dstatus(sid, wire.DXL_ERR_INSTRUCTION, b""))]
-
-    def _dstatus(self, sid: int, error: int, params: bytes) -> bytes:
-        return self._status(sid, error, params)
-
-    def _dread(self, sid: int, addr: int, length: int, now: int) -> tuple[int, bytes]:
-        data = self.servos[sid].read(addr, length, now)
-        if data is None:
-            return sid, self._dstatus(sid, wire.DXL_ERR_ACCESS, b"")
-        return sid, self._dstatus(sid, 0, data)
-
-    def _addressed(self, p: wire.Packet, now: int) -> list[int]:
-        """Feed each addressed servo's Bus Watchdog; the IDs a direct packet names."""
-        par = p.params
-        if p.servo_id != wire.BROADCAST_ID:
-            ids = [p.servo_id] if p.servo_id in self.servos else []
-        elif p.instruction in (wire.INST_SYNC_READ,):
-            ids = [i for i in par[4:] if i in self.servos]
-        elif p.instruction == wire.INST_SYNC_WRITE and len(par) >= 4:
-            step = _u16(par, 2) + 1
-            ids = [par[k] for k in range(4, len(par), step) if par[k] in self.servos]
-        else:
-            ids = list(self.servos)
-        for i in ids:
-            self.servos[i].addressed(now)
-        return [] if p.servo_id == wire.BROADCAST_ID else ids
-
-    # ------------------------------------------------------------ Feetech STS
-    def _handle_sts(self, p: wire.Packet, now: int) -> list[tuple[int, bytes]]:
-        par = p.params
-        for servo in self.servos.values():
-            if p.servo_id in (servo.servo_id, wire.BROADCAST_ID):
-                servo.addressed(now)
-        if p.instruction == wire.INST_SYNC_READ and len(par) >= 2:
-            return [self._sread(i, par[0], par[1], now) for i in par[2:] if i in self.servos]
-        if p.instruction == wire.INST_SYNC_WRITE and len(par) >= 2:
-            addr, length = par[0], par[1]
-            for k in range(2, len(par) - length + 1, length + 1):
-                if par[k] in self.servos:
-                    self.servos[par[k]].write(addr, par[k + 1:k + 1 + length], now)
-            return []
-        sid = p.servo_id
-        if sid not in self.servos:
-            return []
-        servo = self.servos[sid]
-        if p.instruction == wire.INST_PING:
-            return [(sid, self._sstatus(sid, b""))]
-        if p.instruction == wire.INST_READ and len(par) == 2:
-            return [self._sread(sid, par[0], par[1], now)]
-        if p.instruction == wire.INST_WRITE and len(par) >= 1:
-            servo.write(par[0], par[1:], now)
-            return [(sid, self._sstatus(sid, b""))]
-        return []  # the STS ignores what it does not know
-
-    def _sstatus(self, sid: int, params: bytes) -> bytes:
-        return wire.sts_status(sid, self.servos[sid].hardware_error & 0x7F, params)
-
-    def _sread(self, sid: int, addr: int, length: int, now: int) -> tuple[int, bytes]:
-        data = self.servos[sid].read(addr, length, now)
-        return sid, self._sstatus(sid, data if data is not None else b"")
-
-
-def _u16(data: bytes, at: int) -> int:
-    return data[at] | data[at + 1] << 8
-
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
@@ -25,10 +25,14 @@ import numpy.typing as npt
 
 from robot_side.video.config import VideoConfig
 from telesurgery.errors import VideoError
+from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 Image = npt.NDArray[np.uint8]
+PixelFormat = Literal["bgr24", "yuv420p"]
+"""bgr24: height x width x 3 (OpenCV's order); yuv420p: planar I420, one buffer of
+height * 3 / 2 rows of width (Y, then U, then V), what H.264 encoders take."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +41,23 @@ class CapturedFrame:
     capture_ns: int
     """time.monotonic_ns() when the frame became available to the pipeline."""
     image: Image
-    """BGR, uint8, height x width x 3."""
+    """uint8 pixels in ``pixel_format``."""
+    pixel_format: PixelFormat = "bgr24"
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        rows = int(self.image.shape[0])
+        return rows if self.pixel_format == "bgr24" else rows * 2 // 3
+
+    def bgr(self) -> Image:
+        """The picture in BGR (converted here when the source delivers YUV)."""
+        if self.pixel_format == "bgr24":
+            return self.image
+        return np.asarray(cv2.cvtColor(self.image, cv2.COLOR_YUV2BGR_I420), dtype=np.uint8)
 
 
 class FrameSource(Protocol):
@@ -58,6 +78,9 @@ class ThreadedSource:
     """
 
     paced = False
+    pixel_format: PixelFormat = "bgr24"
+    """What ``_grab`` returns; a source that can give the encoder's format saves a
+    conversion per frame."""
 
     def __init__(self, cfg: VideoConfig) -> None:
         self.cfg = cfg
@@ -68,13 +91,15 @@ class ThreadedSource:
         self._thread: threading.Thread | None = None
         self.errors = 0
         self.resized = 0
+        self._ratelog = RateLimitedLog(log)
+        """A camera failing every frame must not write 30 lines a second."""
 
     # -- driver hooks
     def _open(self) -> None:
         """Acquire the device; raise VideoError naming it when that fails."""
 
     def _grab(self) -> Image | None:
-        """Return the next BGR image, or None at a transient failure."""
+        """Return the next image in ``pixel_format``, or None at a transient failure."""
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -147,18 +172,24 @@ class ThreadedSource:
                 next_due = max(next_due + period, time.monotonic_ns())
             try:
                 image = self._grab()
+                image = None if image is None else self._fit(image)
             except (cv2.error, OSError, VideoError) as err:
                 self.errors += 1
-                log.warning("%s: capture failed (%d so far): %s", type(self).__name__,
-                            self.errors, err)
+                self._ratelog(logging.WARNING, "capture", "%s: capture failed (%d so far): %s",
+                              type(self).__name__, self.errors, err)
                 image = None
             if image is None:
                 time.sleep(period / 4e9)
                 continue
-            self._publish(self._fit(image))
+            self._publish(image)
 
     def _fit(self, image: Image) -> Image:
         h, w = self.cfg.height, self.cfg.width
+        if self.pixel_format != "bgr24":
+            if image.shape != (h * 3 // 2, w):
+                raise VideoError(f"{type(self).__name__} delivered {image.shape}, not "
+                                 f"{self.pixel_format} at {w}x{h}")
+            return image
         if image.shape[:2] == (h, w):
             return image
         if self.resized == 0:
@@ -170,7 +201,7 @@ class ThreadedSource:
 
     def _publish(self, image: Image, capture_ns: int | None = None) -> None:
         stamp = time.monotonic_ns() if capture_ns is None else capture_ns
-        frame = CapturedFrame(self._next_id, stamp, image)
+        frame = CapturedFrame(self._next_id, stamp, image, self.pixel_format)
         self._next_id += 1
         with self._cond:
             self._latest = frame

@@ -44,6 +44,10 @@ class VideoConfig:
     intra_refresh: bool = False
     """Spread intra macroblocks over frames instead of sending big keyframes."""
     preset: str = "ultrafast"
+    encoder_threads: int = 0
+    """libx264 threads (sliced: each frame cut into that many slices, no frame delay);
+    0 lets libx264 choose (1.5 x cores). One thread costs least CPU; more cut the
+    encode's wall time, which is picture latency (``telesurgery bench video``)."""
     vbv_frames: float = 1.0
     """VBV buffer in frame periods: caps any frame, keyframes included, near this."""
     max_send_age_ms: float = 250.0
@@ -66,6 +70,8 @@ class VideoConfig:
         check(self.gop >= 0, "video.gop", self.gop, "must be >= 0")
         check(self.gop > 0 or self.intra_refresh, "video.gop", self.gop,
               "0 (no keyframes) needs intra_refresh = true")
+        check(0 <= self.encoder_threads <= 16, "video.encoder_threads", self.encoder_threads,
+              "must be in [0, 16] (0: the encoder chooses)")
         check(self.preset in X264_PRESETS, "video.preset", self.preset,
               f"must be one of {sorted(X264_PRESETS)}")
         check(math.isfinite(self.vbv_frames) and 0.5 <= self.vbv_frames <= 30.0,

@@ -94,7 +94,12 @@ class SenderStats:
     dropped_stale: int = 0
     keyframe_requests: int = 0
     encode_ns_total: int = 0
+    """Hand-over (conversion) plus encode."""
     last_encode_ns: int = 0
+    convert_ns_total: int = 0
+    """The hand-over part of ``encode_ns_total``: copy, or colour conversion for BGR."""
+    send_ns_total: int = 0
+    """Header and queueing on the socket(s), mirror included."""
     mirror_dropped: int = 0
 
 
@@ -142,9 +147,11 @@ class VideoSender:
         encoded = self._encoder.encode(frame.image, frame.frame_id, force)
         self.stats.encode_ns_total += encoded.encode_ns
         self.stats.last_encode_ns = encoded.encode_ns
+        self.stats.convert_ns_total += encoded.convert_ns
+        send_ns = time.monotonic_ns()
         header = schema.VideoFrameHeader(
-            frame_id=self._next_id, capture_ns=frame.capture_ns, send_ns=time.monotonic_ns(),
-            keyframe=encoded.keyframe, width=frame.image.shape[1], height=frame.image.shape[0],
+            frame_id=self._next_id, capture_ns=frame.capture_ns, send_ns=send_ns,
+            keyframe=encoded.keyframe, width=frame.width, height=frame.height,
             payload_len=len(encoded.payload))
         try:
             self._socket.send(schema.encode(header), zmq.NOBLOCK | zmq.SNDMORE)
@@ -159,6 +166,7 @@ class VideoSender:
         self.stats.sent += 1
         self.stats.bytes_sent += len(encoded.payload)
         self.stats.keyframes += encoded.keyframe
+        self.stats.send_ns_total += time.monotonic_ns() - send_ns
         return True
 
     def _send_mirror(self, mirror: zmq.Socket[bytes], header: bytes, payload: bytes) -> None:

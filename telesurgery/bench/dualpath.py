@@ -40,7 +40,6 @@ The last line printed is a single JSON object.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import subprocess
@@ -53,11 +52,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, link_context
 from telesurgery.bench import videoswitch
+from telesurgery.bench.failovergaps import (
+    classify_gaps,
+    gap_figures,
+    per_trial_figures,
+    switch_against_up,
+)
 from telesurgery.errors import LinkError
 from telesurgery.pacer import enter_realtime, realtime_permitted, try_realtime
 from transport.config import LinkConfig, LinkPath
@@ -82,8 +86,6 @@ CONSOLE_FIFO = 40
 """The console's command loop's priority (``operator_console.command_loop``)."""
 PROXY_FIFO = 45
 """The fault proxies stand in for the network: above the console, below the robot."""
-SWITCH_WINDOW = 1
-"""Fresh commands counted as "at the switch" after each blackout edge."""
 
 
 def make_command(seq: int) -> Command:
@@ -300,7 +302,8 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
             gaps[k].extend(v)
         worst = max((g for v in trial_gaps.values() for g, _ in v), default=0)
         results.append({"path": path, "sent": seq - seq0, "fresh": robot.fresh() - fresh0,
-                        "max_gap_ms": worst / 1e6, "trip": worst > COMMAND_TIMEOUT_NS})
+                        "max_gap_ms": worst / 1e6, "trip": worst > COMMAND_TIMEOUT_NS,
+                        **switch_against_up(list(robot.arrivals), trial_gaps, begin, end)})
     missed = [r["sent"] - r["fresh"] for r in results]
     period_ns = 1e9 / rate_hz
     return {"trials": trials, "rate_hz": rate_hz,
@@ -312,43 +315,9 @@ def failover(stack: ExitStack, keys: Path, trials: int, rate_hz: float) -> dict[
             "gaps_over_period": sum(1 for v in gaps.values() for _, share in v
                                     if share > period_ns),
             "gaps": {k: gap_figures(v) for k, v in gaps.items()},
+            "per_trial": per_trial_figures(results),
             "realtime": robot.realtime, "sender_fifo": sender_fifo,
             "period_ms": 1e3 / rate_hz}
-
-
-def classify_gaps(arrivals: list[tuple[int, int, int]], begin: int,
-                  end: int) -> dict[str, list[tuple[int, int]]]:
-    """Each gap between consecutive fresh arrivals as (gap, the link's share), grouped:
-    "switch" the first ``SWITCH_WINDOW`` after sequence ``begin`` (blackout began) or
-    ``end`` (it ended), "down" the rest of the blackout, "up" both paths up."""
-    out: dict[str, list[tuple[int, int]]] = {"switch": [], "down": [], "up": []}
-    after_begin = after_end = 0
-    for (_, send_a, recv_a), (seq, send_b, recv_b) in itertools.pairwise(arrivals):
-        gap = recv_b - recv_a
-        share = gap - (send_b - send_a)
-        if seq > end and after_end < SWITCH_WINDOW:
-            after_end += 1
-            group = "switch"
-        elif begin < seq <= end:
-            after_begin += 1
-            group = "switch" if after_begin <= SWITCH_WINDOW else "down"
-        else:
-            group = "up"
-        out[group].append((gap, share))
-    return out
-
-
-def gap_figures(gaps: list[tuple[int, int]]) -> dict[str, float]:
-    """p50/p99/max of the gaps and of the link's share of them, in ms."""
-    if not gaps:
-        return {"n": 0}
-    g = np.array(gaps, dtype=np.float64) / 1e6
-    out: dict[str, float] = {"n": len(gaps)}
-    for col, name in ((0, "gap"), (1, "link")):
-        p50, p99 = np.percentile(g[:, col], [50, 99])
-        out |= {f"{name}_p50_ms": round(float(p50), 3), f"{name}_p99_ms": round(float(p99), 3),
-                f"{name}_max_ms": round(float(g[:, col].max()), 3)}
-    return out
 
 
 def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
@@ -356,10 +325,12 @@ def run(seconds: float, rate_hz: float, trials: int) -> dict[str, Any]:
         keys = Path(tmp)
         init_keys(keys)
         keep_scheduling(stack)
-        result = {"cost": cost(stack, keys, seconds, rate_hz),
-                  "failover": failover(stack, keys, trials, min(rate_hz, 500.0)) if trials
-                  else None, "cpus": os.cpu_count(),
-                  "video_switch": videoswitch.run(stack, keys, max(trials, 5))}
+        paid = cost(stack, keys, seconds, rate_hz)
+        trials_r = failover(stack, keys, trials, min(rate_hz, 500.0)) if trials else None
+        video = videoswitch.run(stack, keys, max(trials, 5))
+        video["pictures"] = videoswitch.pictures(keys, min(max(trials, 5), 20))
+        result = {"cost": paid, "failover": trials_r, "cpus": os.cpu_count(),
+                  "video_switch": video}
     return result
 
 
@@ -386,6 +357,16 @@ def report(r: dict[str, Any]) -> list[str]:
                          f"p99 {g['gap_p99_ms']:6.2f}  max {g['gap_max_ms']:6.2f} ms;  link's "
                          f"share p50 {g['link_p50_ms']:5.2f}  p99 {g['link_p99_ms']:5.2f}  "
                          f"max {g['link_max_ms']:5.2f} ms")
+        t = f["per_trial"]
+        lines.append(f"    per trial, the gap at the switch vs the same trial's largest gap "
+                     f"with both paths up: larger in {t['switch_over_up']}/{f['trials']} "
+                     f"trials (by at most {max(0.0, t['max_excess_ms']):.2f} ms; largest "
+                     f"switch gap {t['max_switch_gap_ms']:.2f} ms)")
+        lines.append(f"    commands of a blackout executed later than the same trial's "
+                     f"both-up p99 one-way latency: {t['late_commands']} in "
+                     f"{t['trials_with_late']}/{f['trials']} trials, chance alone "
+                     f"{t['late_by_chance']:.1f} (more: commands only the dead path carried "
+                     "in time)")
         if not f["realtime"]:
             lines.append("    (no SCHED_FIFO here: threads at normal priority, "
                          "not as the node runs)")

@@ -275,6 +275,10 @@ def test_link_bench_with_two_paths_reports_cost_and_failover() -> None:
     assert 0 <= r["failover"]["trials_without_miss"] <= 2
     switch = r["video_switch"]  # the video part: both ways of switching delivered frames
     assert switch["standby"]["n"] > 0 and switch["reconnect"]["n"] > 0, switch
+    pictures = switch["pictures"]  # the real pipeline: every switch showed a picture, split
+    assert pictures["switches"] == pictures["trials"] == 5, pictures
+    assert set(pictures["median_ms"]) == {"keyframe requested", "keyframe captured",
+                                          "encoded and sent", "received", "decoded", "shown"}
 
 
 def test_link_bench_help_lists_the_dual_path_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,7 +291,7 @@ def test_link_bench_help_lists_the_dual_path_options(capsys: pytest.CaptureFixtu
 
 
 def test_failover_gaps_split_at_the_switch_and_give_the_links_share() -> None:
-    from telesurgery.bench.dualpath import classify_gaps, gap_figures
+    from telesurgery.bench.failovergaps import classify_gaps, gap_figures
     ms = 1_000_000
     # (seq, sent, received): seq 3 sent on time but arrives 5 ms late (the switch,
     # the blackout began after seq 2); seq 5 sent 4 ms late: its long wait since seq 4
@@ -300,3 +304,25 @@ def test_failover_gaps_split_at_the_switch_and_give_the_links_share() -> None:
     assert groups["up"] == [(2 * ms, 0), (2 * ms, 0)]
     fig = gap_figures(groups["switch"])
     assert fig["gap_max_ms"] == 7.0 and fig["link_max_ms"] == 5.0
+
+
+def test_each_failover_trial_is_judged_against_itself_with_both_paths_up() -> None:
+    from telesurgery.bench.failovergaps import (
+        classify_gaps,
+        per_trial_figures,
+        switch_against_up,
+    )
+    ms = 1_000_000
+    # Blackout after seq 2 to seq 4: seqs 3 and 4 came only by the live path, 5 and 4 ms
+    # later than the commands with both paths up (1 ms): executed late by the switch;
+    # chance alone would have made 1 % of the window's three late.
+    arrivals = [(1, 0, 1 * ms), (2, 2 * ms, 3 * ms), (3, 4 * ms, 10 * ms),
+                (4, 6 * ms, 11 * ms), (5, 12 * ms, 13 * ms), (6, 14 * ms, 15 * ms)]
+    trial = switch_against_up(arrivals, classify_gaps(arrivals, 2, 4), 2, 4)
+    assert trial == {"switch_gap_ms": 7.0, "up_gap_ms": 2.0, "late": 2,
+                     "late_by_chance": pytest.approx(0.03)}
+    calm = {"switch_gap_ms": 2.0, "up_gap_ms": 4.0, "late": 0, "late_by_chance": 1.0}
+    figures = per_trial_figures([trial, calm])
+    assert figures == {"switch_over_up": 1, "max_excess_ms": 5.0, "max_switch_gap_ms": 7.0,
+                       "late_commands": 2, "late_by_chance": 1.0, "trials_with_late": 1}
+

@@ -10,6 +10,7 @@ robot's side of the link is tested in test_ros_command.py.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -182,7 +183,26 @@ def test_a_control_request_does_not_stop_the_hold_stream(
     commander._mode = "hold"
     commander._last = ((0.3, 0.0, 0.2), (1.0, 0.0, 0.0, 0.0))
     link = SlowReplyLink(0.3)
-    reply = commander._request(cast(ConsoleLink, link), "arm")
+    reply = commander.waits.request(cast(ConsoleLink, link), "arm")
     assert reply is not None and reply.reason == "already_armed"
     # command_hz (500) for 0.3 s: ~150; a starved machine sends fewer, never none.
     assert len(link.sent) >= 5, f"{len(link.sent)} commands while waiting for the reply"
+
+
+def test_the_loop_streams_the_hold_through_the_same_wait(
+        setup: tuple[DdsBridge, RosCommander, DataWriter[Any]]) -> None:
+    """The loop waits where a request's reply is awaited (``StreamingWaits``): with no
+    ROS message arriving, the hold stream still goes on at command_hz."""
+    _, commander, _ = setup
+    commander._mode = "hold"
+    commander._last = ((0.3, 0.0, 0.2), (1.0, 0.0, 0.0, 0.0))
+    link = SlowReplyLink(0.0)
+    loop = threading.Thread(target=commander._loop, args=(cast(ConsoleLink, link),))
+    loop.start()
+    try:
+        wait_until(lambda: len(link.sent) >= 5, 10.0)
+    finally:
+        commander.stop()
+        loop.join(5.0)
+    assert not loop.is_alive()
+    assert len(link.sent) >= 5, f"{len(link.sent)} hold commands from the loop"

@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,27 @@ def command(seq: int, t_send_ns: int | None = None) -> Command:
     return Command(seq=seq, t_send_ns=now if t_send_ns is None else t_send_ns,
                    position=(0.3, 0.0, 0.2), orientation=(1.0, 0.0, 0.0, 0.0), grip=0.0,
                    clutch=False, operator_present=True, t_sample_ns=now - 50_000)
+
+
+def send_until_delivered(p: CommandPort, send: Callable[[Command], object]) -> int:
+    """Send fresh commands until the CURVE session (set up in the background) delivers
+    one to the port; returns the last sequence number sent."""
+    deadline = time.monotonic() + WAIT_S
+    seq = 0
+    while p.sample is None and time.monotonic() < deadline:
+        seq += 1
+        send(command(seq))
+        p.wait_until(time.monotonic_ns() + 5_000_000)
+    assert p.sample is not None, "no command through the CURVE session"
+    return seq
+
+
+def pushing(sock: zmq.Socket[Any]) -> Callable[[Command], object]:
+    """Send on a bare PUSH socket, dropping a command while it has no session yet."""
+    def send(cmd: Command) -> None:
+        with contextlib.suppress(zmq.Again):
+            sock.send(encode(cmd), zmq.NOBLOCK)
+    return send
 
 
 @pytest.fixture
@@ -78,13 +99,8 @@ def test_takes_gates_and_counts_commands_as_they_arrive(
     arrivals: list[int] = []
     p.on_arrival = arrivals.append
     with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
-        deadline = time.monotonic() + WAIT_S
-        seq = 0
-        while p.sample is None and time.monotonic() < deadline:
-            seq += 1
-            console.send_command(command(seq))
-            p.wait_until(time.monotonic_ns() + 5_000_000)
-        assert p.sample is not None, "no command through the CURVE session"
+        send_until_delivered(p, console.send_command)
+        assert p.sample is not None
         first = p.sample.cmd.seq
         assert console.send_command(command(first + 1))
         end = time.monotonic() + WAIT_S
@@ -115,12 +131,12 @@ def test_an_observer_key_never_commands(port: tuple[CommandPort, LinkConfig],
     sock = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{cfg.command_port}",
                          ClientKeys.load_observer(keys, "alice"), 65536)
     try:
+        send = pushing(sock)  # no session to send on: good
         end = time.monotonic() + 2.0
         seq = 0
         while time.monotonic() < end:
             seq += 1
-            with contextlib.suppress(zmq.Again):  # no session to send on: good
-                sock.send(encode(command(seq)), zmq.NOBLOCK)
+            send(command(seq))
             p.wait_until(time.monotonic_ns() + 5_000_000)
         assert p.sample is None and p.counters["command_received"] == 0
     finally:
@@ -201,13 +217,8 @@ def test_a_revoked_session_commands_no_more(keys: Path) -> None:
                                  keys_dir=keys)
         try:
             with ConsoleLink(console_cfg, ClientKeys.load_surgeon(keys)) as console:
-                deadline = time.monotonic() + WAIT_S
-                seq = 0
-                while p.sample is None and time.monotonic() < deadline:
-                    seq += 1
-                    console.send_command(command(seq))
-                    p.wait_until(time.monotonic_ns() + 5_000_000)
-                assert p.sample is not None, "no command through the CURVE session"
+                seq = send_until_delivered(p, console.send_command)
+                assert p.sample is not None
                 (keys / "robot" / "authorized" / "surgeon" / "surgeon.key").unlink()
                 assert link.auth.reload().revoked == ("surgeon",)
                 accepted = p.sample.cmd.seq
@@ -234,13 +245,7 @@ def test_a_multipart_message_is_refused_whole_and_the_drain_goes_on(
     sock = client_socket(ctx, zmq.PUSH, f"tcp://127.0.0.1:{cfg.command_port}",
                          ClientKeys.load_surgeon(keys), 65536)
     try:
-        deadline = time.monotonic() + WAIT_S
-        seq = 0
-        while p.sample is None and time.monotonic() < deadline:  # the session is up
-            seq += 1
-            with contextlib.suppress(zmq.Again):
-                sock.send(encode(command(seq)), zmq.NOBLOCK)
-            p.wait_until(time.monotonic_ns() + 5_000_000)
+        seq = send_until_delivered(p, pushing(sock))  # the session is up
         assert p.sample is not None
         received, errors = p.counters["command_received"], p.counters["command_schema_error"]
         # Two valid commands as the parts of one message, then two good ones behind it.
@@ -269,12 +274,7 @@ def test_commands_queued_between_waits_or_during_one_are_taken_before_its_deadli
     taken: list[int] = []
     p.on_arrival = taken.append
     with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
-        deadline = time.monotonic() + WAIT_S
-        seq = 0
-        while p.sample is None and time.monotonic() < deadline:
-            seq += 1
-            console.send_command(command(seq))
-            p.wait_until(time.monotonic_ns() + 5_000_000)
+        seq = send_until_delivered(p, console.send_command)
         assert p.sample is not None
         for _ in range(3):  # quiet waits: settled, nothing to take
             p.wait_until(time.monotonic_ns() + 2_000_000)

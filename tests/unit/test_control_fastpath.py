@@ -141,3 +141,43 @@ def test_joint_limiter_fast_loop_is_the_min_max_loop(target, delta) -> None:
         assert (got.fault is None) == (fault is None)
         if fault is None:
             assert got.clamped == clamped
+
+
+def test_quat_of_is_eigens_quaternion_of_the_matrix() -> None:
+    """Plain floats, Eigen's algorithm: every branch (trace > 0, and each largest
+    diagonal) against ``pin.Quaternion(R)``, same sign convention (w >= 0)."""
+    rng = np.random.default_rng(11)
+    branches = set()
+    for i in range(4000):
+        v = rng.normal(size=4)
+        if i % 2:
+            v[0] *= 0.01  # near-half-turns: the trace is negative
+        v /= np.linalg.norm(v)
+        rotation = pin.Quaternion(*v).toRotationMatrix()
+        x, y, z, w = pin.Quaternion(rotation).coeffs().tolist()
+        want = (w, x, y, z) if w >= 0.0 else (-w, -x, -y, -z)
+        got = kinematics._quat_of(rotation)
+        assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-15
+        diag = np.diag(rotation)
+        branches.add(-1 if np.trace(rotation) > 0 else int(np.argmax(diag)))
+    assert branches == {-1, 0, 1, 2}
+
+
+def test_follower_reuses_ik_only_for_the_same_target_from_the_same_joints(
+        kin: Kinematics) -> None:
+    """The IK memo: a repeated (target, joints) is the last answer; the same target from
+    other joints (the joint limiter clamped the last step) is solved again."""
+    from robot_side.config import RobotConfig
+    from robot_side.follow import Follower
+
+    fol = Follower(RobotConfig(), kin)
+    position, quat = kin.pose(kin.home)
+    target = (position[0] + 0.002, position[1], position[2])
+    first, first_q = fol._solve_ik(target, quat, fol.q_set.tolist())
+    again, _ = fol._solve_ik(target, quat, fol.q_set.tolist())
+    assert again is first  # reused, not solved again
+    fol.q_set = fol.q_set + 0.001  # the arm is elsewhere: same target, other seed
+    moved, moved_q = fol._solve_ik(target, quat, fol.q_set.tolist())
+    fresh = kin.ik_trusted(target, quat, fol.q_set, max_iter=fol._ik_max_iter)
+    assert moved is not first
+    assert moved_q == fresh.q.tolist() != first_q

@@ -27,7 +27,7 @@ from telesurgery.errors import LinkTimeout
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, ServerKeys, init_keys
 from transport.link import ConsoleLink
-from transport.schema import Command, ControlReply
+from transport.schema import Command, ControlReply, LinkReport, Pose, Telemetry
 
 MS = 1_000_000
 WAIT_S = 10.0
@@ -250,3 +250,24 @@ def test_a_second_surgeon_console_neither_commands_nor_takes_the_pings(net: Net)
         reply = request(third, "arm")
         assert reply.ok and reply.session is not None
         assert "session_takeover" in [a.code for a in mb.alerts]
+
+
+def test_in_an_e_stop_a_second_console_is_told_latched_not_session_busy(net: Net) -> None:
+    """The reply names the reason that stands whoever asks: in an e-stop no console may
+    arm, engage or clear (only the local socket clears it). The guard's refusal is still
+    audited as ``session_busy``; an op the latch does not refuse keeps that reason."""
+    thread, control, _ = net
+    mb = thread.mailbox
+    with console(net) as legit, console(net) as second:
+        assert request(legit, "arm").ok
+        mb.telemetry = Telemetry(seq=1, t_ns=time.monotonic_ns(), state="estop",
+                                 reason="estop_local", measured_js=(0.0,),
+                                 setpoint_js=(0.0,), measured_cp=Pose(), setpoint_cp=Pose(),
+                                 link=LinkReport(), scale=1.0, estop=True)
+        for op in ("clear_fault", "engage", "arm"):
+            reply = request(second, op)
+            assert (reply.ok, reply.state, reply.reason) == (False, "estop", "latched"), op
+        scale = request(second, "set_scale")
+        assert (scale.ok, scale.reason) == (False, "session_busy")
+    assert [op for _, op in control.seen] == ["arm"], "only the holder's request"
+    assert "session_busy" in [a.code for a in mb.alerts]

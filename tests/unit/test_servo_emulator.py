@@ -7,6 +7,7 @@ mistake in the emulator shows up as an SDK communication error here.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import dynamixel_sdk as dxl
 import pytest
 import scservo_sdk as scs
 
-from robot_side.servos import wire
+from robot_side.servos import emulator, wire
 from robot_side.servos.emulator import ServoBusEmulator
 from robot_side.servos.model import ticks_of
 from robot_side.servos.tables import DYNAMIXEL_X, FEETECH_STS
@@ -236,3 +237,39 @@ def test_sts_checksum_error_and_status_bits(sts_bus) -> None:
     emu.inject_error(2, 0)
     ph.write1ByteTxRx(port, 2, 40, 1)  # torque on again clears the latched bit
     assert ph.read1ByteTxRx(port, 2, 65)[:3] == (0, scs.COMM_SUCCESS, 0)
+
+
+# ------------------------------------------------------------------ the line
+class _PreemptedAfterClose:
+    """The emulator module's ``os`` with a 5 ms pause after every ``close``: the thread
+    that unplugs the bus preempted right after closing a descriptor (``os.close``
+    releases the GIL; on a loaded machine the reader runs meanwhile), forced on
+    every close instead of waiting for load to line it up."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def close(fd: int) -> None:
+        os.close(fd)
+        time.sleep(0.005)
+
+
+def test_unplugging_under_the_reader_never_stops_the_bus(tmp_path, monkeypatch,
+                                                          caplog) -> None:
+    """CI once saw the reader fail on a closed descriptor at an unplug (and the bus never
+    answer again): the unplug closed the line while the reader held its descriptor."""
+    monkeypatch.setattr(emulator, "os", _PreemptedAfterClose())
+    with ServoBusEmulator("dynamixel", IDS, link=tmp_path / "ttyDXL", seed=1) as emu:
+        for _ in range(8):
+            emu.vanish()
+            time.sleep(0.003)  # the reader's poll period and a half
+            emu.reappear()
+        port = dxl.PortHandler(emu.port_path)
+        assert port.openPort()
+        try:
+            model, result, _ = dxl.PacketHandler(2.0).ping(port, 2)
+        finally:
+            port.closePort()
+    assert (model, result) == (1020, dxl.COMM_SUCCESS)
+    assert "read failed" not in caplog.text

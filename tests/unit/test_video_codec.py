@@ -45,6 +45,7 @@ def scene() -> SyntheticScene:
     ({"encoder": "h265_magic"}, "video.encoder"),
     ({"bitrate_kbps": 100, "min_bitrate_kbps": 500}, "video.bitrate_kbps"),
     ({"preset": "placebo"}, "video.preset"),
+    ({"encoder_threads": 99}, "video.encoder_threads"),
 ])
 def test_config_rejects_bad_values_naming_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -65,17 +66,21 @@ def test_synthetic_source_moves_and_stamps_its_frames() -> None:
         later = source.wait_newer(first.frame_id + 2, timeout_s=5.0)
     assert later is not None and later.frame_id > first.frame_id
     assert later.capture_ns > first.capture_ns
-    assert first.image.shape == (H, W, 3) and first.image.dtype == np.uint8
+    # Delivered in the encoder's format (no conversion per frame), viewable as BGR.
+    assert first.pixel_format == "yuv420p" and first.image.shape == (H * 3 // 2, W)
+    assert (first.width, first.height) == (W, H) and first.image.dtype == np.uint8
+    a, b = first.bgr(), later.bgr()
+    assert a.shape == (H, W, 3) and a.dtype == np.uint8
     # A moving, textured scene: not static, not flat.
-    assert np.abs(later.image.astype(int) - first.image.astype(int)).mean() > 10
-    assert first.image.std() > 30
-    assert read_frame_id(first.image) == first.frame_id
-    assert read_frame_id(later.image) == later.frame_id
+    assert np.abs(b.astype(int) - a.astype(int)).mean() > 10
+    assert a.std() > 30
+    assert read_frame_id(a) == first.frame_id
+    assert read_frame_id(b) == later.frame_id
 
 
 def test_latest_refuses_a_frame_older_than_asked(scene: SyntheticScene) -> None:
     source = open_source(small())
-    source._publish(scene.render(0, 0), capture_ns=time.monotonic_ns() - 500_000_000)
+    source._publish(scene.render_i420(0, 0), capture_ns=time.monotonic_ns() - 500_000_000)
     assert source.latest() is not None
     assert source.latest(max_age_ms=250) is None
 
@@ -194,3 +199,17 @@ def test_decoder_recovers_at_a_keyframe_after_garbage(scene: SyntheticScene) -> 
     picture = decoder.decode(encoder.encode(scene.render(0, 0), 0, force_keyframe=True).payload)
     assert picture is not None and read_frame_id(picture) is not None
 
+
+
+def test_i420_frames_are_encoded_as_given(scene: SyntheticScene) -> None:
+    """The synthetic camera's I420 goes to the encoder without a BGR round trip and
+    decodes to the same picture as its BGR rendering."""
+    encoder, decoder = make_codec(small())
+    for i in range(12):
+        picture = decoder.decode(encoder.encode(scene.render_i420(i, 0), i).payload)
+        assert picture is not None
+    assert picture is not None
+    assert np.abs(picture.astype(int) - scene.render(11, 0).astype(int)).mean() < 30
+    assert read_frame_id(picture) == 11
+    with pytest.raises(VideoError, match="BGR or I420"):
+        encoder.encode(np.zeros((H * 3 // 2, W + 2), np.uint8), 12)

@@ -8,11 +8,18 @@ hil_tests/test_dual_path.py (the video's path blacked out, the picture gap print
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from operator_console.connection import (
     FAST_SILENT_FRAMES,
+    OVERDUE_WAIT_MS,
+    RESUBSCRIBE_NS,
     VIDEO_SILENT_NS,
+    VIDEO_WAIT_MS,
     VideoPathSwitch,
 )
+from operator_console.video.receiver import DecodedFrame
 from transport.config import LinkPath
 from transport.paths import PathView
 
@@ -28,6 +35,7 @@ class _LinkStandIn:
         self.heard_ns = [0, 0]
         self.video_path = 0
         self.switched_to: list[int] = []
+        self.resubscribed = 0
 
     def path_health(self, now_ns: int, live_ns: int) -> list[PathView]:
         return [PathView(p.name, now_ns - h <= live_ns, rtt_us=1000)
@@ -39,6 +47,9 @@ class _LinkStandIn:
 
     def drain_standby_video(self) -> int:
         return 0
+
+    def resubscribe_video(self) -> None:
+        self.resubscribed += 1
 
 
 def _run(quiet_path: bool) -> tuple[_LinkStandIn, VideoPathSwitch, int, int | None]:
@@ -78,3 +89,51 @@ def test_a_late_encoder_on_a_live_path_does_not_move_the_video_early() -> None:
     # The path still brings telemetry: only the slow rule (the video channel alone failed).
     assert moved is not None and moved - last_frame > VIDEO_SILENT_NS
     assert link.switched_to == [1]
+
+
+def test_a_silent_video_path_sends_its_subscription_again() -> None:
+    """A SUBSCRIBE lost on a lossy path (TCP up) is never re-sent by libzmq: the console
+    sends it again every ``RESUBSCRIBE_NS`` of silence, not while video flows."""
+    link, _, last_frame, moved = _run(quiet_path=False)
+    assert moved is not None
+    # None while frames came every 33 ms; one after 100 ms of silence, before the slow
+    # rule moved the video at 120 ms.
+    assert RESUBSCRIBE_NS < moved - last_frame < 2 * RESUBSCRIBE_NS
+    assert link.resubscribed == 1
+
+
+def test_the_picture_gap_is_split_where_it_went() -> None:
+    """The switch's split: each step from the one before, robot times by the offset; the
+    steps add up to the picture gap."""
+    _, switch, last_frame, moved = _run(quiet_path=True)
+    assert moved is not None
+    switch.on_keyframe_requested(moved + 1 * MS)
+    offset = 5_000 * MS  # the robot's clock runs 5 s behind this one
+    frame = DecodedFrame(frame_id=99, capture_ns=moved + 10 * MS - offset,
+                         recv_ns=moved + 30 * MS, decoded_ns=moved + 36 * MS,
+                         image=np.zeros((2, 2, 3), np.uint8), keyframe=True,
+                         offset_ns=offset, send_ns=moved + 25 * MS - offset)
+    switch.on_displayed(moved + 40 * MS, frame)
+    split = switch.splits[-1]
+    assert split == {"switch": (moved - last_frame) / MS, "keyframe requested": 1.0,
+                     "keyframe captured": 9.0, "encoded and sent": 15.0, "received": 5.0,
+                     "decoded": 6.0, "shown": 4.0}
+    assert sum(v or 0.0 for v in split.values()) == pytest.approx(switch.picture_gaps_ms[-1])
+
+
+def test_the_video_loop_waits_briefly_only_once_video_is_overdue() -> None:
+    link = _LinkStandIn()
+    frames = [0]
+    switch = VideoPathSwitch(link, lambda: frames[0])  # type: ignore[arg-type]
+    assert switch.wait_ms(0) == VIDEO_WAIT_MS  # nothing learnt yet
+    t = 0
+    for _ in range(5):
+        t += FRAME_NS
+        frames[0] += 1
+        switch.poll(t)
+    due = t + int(FAST_SILENT_FRAMES * FRAME_NS)  # when the fast rule can first fire
+    assert switch.wait_ms(t + MS) == VIDEO_WAIT_MS
+    assert switch.wait_ms(due - 7 * MS) == 7  # the loop wakes when it is due
+    assert switch.wait_ms(due + MS) == OVERDUE_WAIT_MS
+    link.paths = link.paths[:1]  # one path: nothing to fail over to, no short waits
+    assert switch.wait_ms(due + MS) == VIDEO_WAIT_MS
