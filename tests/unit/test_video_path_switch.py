@@ -8,7 +8,7 @@ hil_tests/test_dual_path.py (the video's path blacked out, the picture gap print
 
 from __future__ import annotations
 
-import numpy as np
+import av
 import pytest
 
 from operator_console.connection import (
@@ -19,6 +19,7 @@ from operator_console.connection import (
     VIDEO_WAIT_MS,
     VideoPathSwitch,
 )
+from operator_console.video.decoder import Picture
 from operator_console.video.receiver import DecodedFrame
 from transport.config import LinkPath
 from transport.paths import PathView
@@ -111,7 +112,7 @@ def test_the_picture_gap_is_split_where_it_went() -> None:
     offset = 5_000 * MS  # the robot's clock runs 5 s behind this one
     frame = DecodedFrame(frame_id=99, capture_ns=moved + 10 * MS - offset,
                          recv_ns=moved + 30 * MS, decoded_ns=moved + 36 * MS,
-                         image=np.zeros((2, 2, 3), np.uint8), keyframe=True,
+                         picture=Picture(av.VideoFrame(2, 2, "yuv420p")), keyframe=True,
                          offset_ns=offset, send_ns=moved + 25 * MS - offset)
     switch.on_displayed(moved + 40 * MS, frame)
     split = switch.splits[-1]
