@@ -39,6 +39,7 @@ import select
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,7 @@ class CommandPort:
         self.sample: CommandSample | None = None
         """The newest command the gate accepted as fresh, with its arrival time."""
         self.counters: dict[str, int] = {"command_received": 0, "command_superseded": 0,
+                                         "command_flags_kept": 0,
                                          "command_schema_error": 0, "handshake_failed": 0,
                                          "command_sessions": 0, "command_disconnects": 0}
         self._log = RateLimitedLog(log)
@@ -201,6 +203,7 @@ class CommandPort:
         """
         newest: Command | None = None
         newest_ns = 0
+        clutch_seen = absent_seen = False
         offset = self.offset_ns()
         intake = self.intake
         events, recv = self._sock.getsockopt, self._sock.recv
@@ -236,14 +239,30 @@ class CommandPort:
                 self.latency.add((recv_ns - (cmd.t_send_ns + offset)) // 1000)
             if newest is not None:
                 self.counters["command_superseded"] += 1
+                clutch_seen |= newest.clutch
+                absent_seen |= not newest.operator_present
             newest, newest_ns = cmd, recv_ns
         if intake.has_alerts:
             self.alerts.extend(intake.drain_alerts())
         if newest is not None:
+            if (clutch_seen and not newest.clutch) or (absent_seen and newest.operator_present):
+                newest = self._keep_released(newest, clutch_seen, absent_seen)
             self.sample = CommandSample(newest, newest_ns)
             if self.on_fresh is not None:
                 self.on_fresh(newest)
         self._maintain(time.monotonic_ns())
+
+    def _keep_released(self, cmd: Command, clutch: bool, absent: bool) -> Command:
+        """The newest command, still clutched / with the operator absent when a command
+        it superseded in the same drain was: a clutch press or a deadman release shorter
+        than a period (a console that caught up after a stall, a scripted track's loop)
+        must still reach the core, or the hand's move while clutched arrives as a jump
+        of the instrument (a false ``setpoint_jump`` in the 10-minute soak) and a released
+        deadman is never seen. Both err towards stopping: one period held, then the
+        core re-anchors on the release as for any clutch."""
+        self.counters["command_flags_kept"] += 1
+        return replace(cmd, clutch=cmd.clutch or clutch,
+                       operator_present=cmd.operator_present and not absent)
 
     def _maintain(self, now: int) -> None:
         """Every ``MONITOR_EVERY_NS``, commands or not: handshake events, path health."""

@@ -294,3 +294,38 @@ def test_commands_queued_between_waits_or_during_one_are_taken_before_its_deadli
         p.wait_until(until)
         sender.join()
         assert p.sample.cmd.seq == seq and taken[-1] < until
+
+
+@pytest.mark.parametrize("flag", ["clutch", "operator_absent"])
+def test_a_clutch_or_deadman_release_superseded_in_one_drain_still_reaches_the_core(
+        port: tuple[CommandPort, LinkConfig], keys: Path, flag: str) -> None:
+    """A one-command clutch press (or released deadman) followed by a normal command in
+    the same drain: the sample the core gets is still clutched (operator absent). Without
+    it the hand's move while clutched reached the core as a jump (soak: setpoint_jump)."""
+    from dataclasses import replace
+
+    p, cfg = port
+    pressed = {"clutch": {"clutch": True}, "operator_absent": {"operator_present": False}}[flag]
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        seq = send_until_delivered(p, console.send_command)
+        for _ in range(50):  # until both land in one drain (the port counts it)
+            superseded = p.counters["command_superseded"]
+            seq += 2
+            assert console.send_command(replace(command(seq - 1), **pressed))
+            assert console.send_command(command(seq))
+            time.sleep(0.05)  # both queued before the port looks
+            p.wait_until(time.monotonic_ns() + 1_000_000)
+            if p.counters["command_superseded"] > superseded:
+                break
+        assert p.counters["command_superseded"] > superseded, "never two in one drain"
+        assert p.sample is not None and p.sample.cmd.seq == seq  # the newest, ...
+        assert p.sample.cmd.clutch is (flag == "clutch")  # ... still clutched
+        assert p.sample.cmd.operator_present is (flag != "operator_absent")
+        assert p.counters["command_flags_kept"] >= 1
+        # The next drain with a normal command alone: released again.
+        seq += 1
+        assert console.send_command(command(seq))
+        end = time.monotonic() + WAIT_S
+        while p.sample.cmd.seq != seq and time.monotonic() < end:
+            p.wait_until(time.monotonic_ns() + 5_000_000)
+        assert not p.sample.cmd.clutch and p.sample.cmd.operator_present
