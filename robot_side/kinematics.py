@@ -16,6 +16,7 @@ iterations.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -297,27 +298,20 @@ def _damped_solve(jac: FloatArray, err: FloatArray) -> FloatArray:
     return np.linalg.solve(damped, err)
 
 
-_EYES: dict[int, FloatArray] = {}
+def _read_only(a: FloatArray) -> FloatArray:
+    a.setflags(write=False)  # shared by every call: nobody may write into it
+    return a
 
 
+@functools.cache
 def _eye(n: int) -> FloatArray:
-    eye = _EYES.get(n)
-    if eye is None:
-        eye = _EYES[n] = np.eye(n)
-        eye.setflags(write=False)
-    return eye
+    return _read_only(np.eye(n))
 
 
-_DAMPED_EYES: dict[int, FloatArray] = {}
-
-
+@functools.cache
 def _damped_eye(n: int) -> FloatArray:
     """``DAMPING_MIN * I``, made once: one numpy operation less per IK iteration."""
-    eye = _DAMPED_EYES.get(n)
-    if eye is None:
-        eye = _DAMPED_EYES[n] = DAMPING_MIN * _eye(n)
-        eye.setflags(write=False)
-    return eye
+    return _read_only(DAMPING_MIN * _eye(n))
 
 
 def _damping(jjt: FloatArray) -> float:
