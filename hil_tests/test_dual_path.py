@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +79,25 @@ SMALL_VIDEO = {"video": {"width": 640, "height": 360}}
 VIDEO_FPS = VideoConfig().fps
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[SimRig]:
+@contextmanager
+def dual_path_rig(run_dir: Path) -> Iterator[SimRig]:
+    """The whole rig with two paths, started (network namespaces where available);
+    also ``hil_tests.video_switch_loop``'s."""
     with ExitStack() as stack:
         pair = stack.enter_context(NetnsPair(paths=2)) if netns_available()[0] else None
-        opts = RigOptions(run_dir=tmp_path / "rig", console_seconds=3600.0,
+        opts = RigOptions(run_dir=run_dir, console_seconds=3600.0,
                           ros_backend="none", rate_hz=RATE_HZ, reengage_after_s=0.3,
                           rotation_scale=ROTATION_SCALE, robot_overrides=SMALL_VIDEO,
                           nice=RIG_NICE, firmware_fifo=FIRMWARE_FIFO, dual_path=True,
                           netns=pair)
         r = stack.enter_context(SimRig(opts))  # as the scenario table's rig (make_rig)
         r.start()
+        yield r
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[SimRig]:
+    with dual_path_rig(tmp_path / "rig") as r:
         yield r
 
 

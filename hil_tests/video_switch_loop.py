@@ -13,14 +13,11 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
-from hil_tests.netns import NetnsPair, netns_available
-from hil_tests.rig import RigOptions, SimRig, poll
-from hil_tests.scenarios import FIRMWARE_FIFO, RATE_HZ, RIG_NICE, ROTATION_SCALE
+from hil_tests.rig import SimRig, poll
 from hil_tests.test_dual_path import (
-    SMALL_VIDEO,
+    dual_path_rig,
     path_faults,
     picture_gaps,
     switch_splits,
@@ -31,15 +28,7 @@ from hil_tests.test_dual_path import (
 def main(argv: list[str]) -> int:
     switches = int(argv[0]) if argv else 10
     shown = 0
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        pair = stack.enter_context(NetnsPair(paths=2)) if netns_available()[0] else None
-        opts = RigOptions(run_dir=Path(tmp) / "rig", console_seconds=3600.0,
-                          ros_backend="none", rate_hz=RATE_HZ, reengage_after_s=0.3,
-                          rotation_scale=ROTATION_SCALE, robot_overrides=SMALL_VIDEO,
-                          nice=RIG_NICE, firmware_fifo=FIRMWARE_FIFO, dual_path=True,
-                          netns=pair)
-        rig = stack.enter_context(SimRig(opts))
-        rig.start()
+    with tempfile.TemporaryDirectory() as tmp, dual_path_rig(Path(tmp) / "rig") as rig:
         rig.wait_following()
         for i in range(switches):
             time.sleep(1.5)
