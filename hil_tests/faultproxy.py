@@ -67,6 +67,7 @@ import zmq
 from hil_tests.faults import BlackoutWindow, Decision, FaultModel, FaultSpec
 from hil_tests.relay import AddedLatency, Counters, Relay
 from telesurgery.errors import ConfigError, LinkError
+from telesurgery.gcpolicy import settle
 
 log = logging.getLogger(__name__)
 
@@ -432,6 +433,7 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    settle("fault proxy")  # it stands in for the network, which never pauses to collect
     with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed,
                   source=args.source) as proxies:
         for name, port in proxies.ports.items():

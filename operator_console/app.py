@@ -41,6 +41,8 @@ from operator_console.view import HudState, SurgeonView
 from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
 from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
+from telesurgery.gcpolicy import PAUSES as GC_PAUSES
+from telesurgery.gcpolicy import settle
 from telesurgery.helptext import plain_help
 from telesurgery.threadcpu import thread_cpu_seconds
 from transport.keys import SURGEON_USER, ClientKeys
@@ -85,6 +87,7 @@ class ConsoleApp:
             session = SessionThread(link, cfg.session, self.shared, period_ns)
             commands = CommandThread(link, device, mapper, self.shared, period_ns=period_ns,
                                      realtime=cfg.loop.realtime)
+            settle("console")  # before the command thread: its sends must not wait on it
             for t in (commands, session):
                 t.start()
                 stack.callback(t.join, 2.0)
@@ -265,6 +268,7 @@ class ConsoleApp:
             "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
             "vitals_alarms_drawn": self.alarm_draws.first_drawn,
             "thread_cpu_s": {k: round(v, 2) for k, v in thread_cpu_seconds().items()},
+            "gc": GC_PAUSES.summary(),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

@@ -46,6 +46,7 @@ from robot_side.firmware_model import (
 from robot_side.serial_protocol import FrameDecoder, Message, default_link_path, encode_frame
 from telesurgery.config import check
 from telesurgery.errors import ConfigError, TelesurgeryError
+from telesurgery.gcpolicy import settle
 from telesurgery.pacer import lower_timer_slack, try_realtime
 
 log = logging.getLogger(__name__)
@@ -422,6 +423,7 @@ def main(argv: list[str]) -> int:
     except (OSError, ConfigError) as err:
         print(f"firmware-sim: {err}", file=sys.stderr)
         return 1
+    settle("firmware emulator")  # a microcontroller has no collector pausing its loop
     with emu:
         print(f"PORT {emu.tty_path} LINK {emu.port_path}", flush=True)
         if args.control:

@@ -45,6 +45,8 @@ from safety.states import Reason, State
 from safety.supervisor import Transition
 from telesurgery.config import load, to_dict
 from telesurgery.errors import LinkError, ManipulatorError, TelesurgeryError
+from telesurgery.gcpolicy import PAUSES as GC_PAUSES
+from telesurgery.gcpolicy import settle
 from telesurgery.helptext import plain_help
 from telesurgery.logqueue import queued_logging
 from telesurgery.pacer import (
@@ -300,6 +302,7 @@ class RobotNode:
                      endpoints, cfg.control.rate_hz,
                      "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
                      video.describe())
+            settle("robot node")  # every thread and child is up: the loop starts next
             self._loop(auditor, estop, video, seconds)
             stopped_by = self.signals.stop_signal if self.signals is not None else None
             audit.append("stop", {"trips": len(self.trips), "signal": stopped_by}, sync=True)
@@ -461,7 +464,9 @@ class RobotNode:
         run_s = (time.monotonic_ns() - t0) / 1e9
         cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in thread_cpu_seconds().items()}
         log.info("CPU per thread over %.1f s: %s", run_s, describe(cpu, run_s, stats.ticks))
+        log.info("control process: %s", GC_PAUSES.describe())
         summary = {
+            "gc": GC_PAUSES.summary(),
             "thread_cpu": {"seconds": round(run_s, 2), "periods": stats.ticks,
                            "cpu_s": cpu},
             "trips": [asdict(t) for t in self.trips],

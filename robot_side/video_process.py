@@ -34,6 +34,8 @@ import zmq
 
 from robot_side.video.config import VideoConfig
 from robot_side.video.mirror import MirrorKeyframes, open_local_mirror
+from telesurgery.gcpolicy import PAUSES as GC_PAUSES
+from telesurgery.gcpolicy import settle
 from transport.config import LinkConfig
 
 log = logging.getLogger(__name__)
@@ -228,11 +230,13 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                 sender = VideoSender(sock, H264Encoder(video, choice), mirror=mirror)
                 source = open_source(video)
                 source.start()
+                settle("video process")
                 try:
                     _loop(source, sender, control, inbox, outbox, parent_pid=args.parent_pid,
                           mirror=mirror)
                 finally:
                     source.stop()
+                    log.info("video process: %s", GC_PAUSES.describe())
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
                         outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)

@@ -632,4 +632,8 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     data = json.loads((node.run / "robot.json").read_text())
     assert data["final_state"] == "disabled"
     assert data["following_periods"] > 0
+    # The control process froze its start-up heap before the loop (telesurgery.gcpolicy)
+    # and timed every collection after it.
+    assert data["gc"]["frozen_objects"] > 10_000
+    assert len(data["gc"]["collections"]) == 3
     assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"
