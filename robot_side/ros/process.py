@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from robot_side.config import RobotConfig
+from telesurgery.gcpolicy import PAUSES as GC_PAUSES
+from telesurgery.gcpolicy import settle
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def _child_main(args: _ChildArgs, stop: Any, outbox: mp.Queue[tuple[str, Any]]) 
 
     try:
         stats = run_bridge(args.cfg, lambda: stop.is_set() or os.getppid() != args.parent_pid,
-                           lambda s: _put(outbox, ("stats", s)))
+                           lambda s: _put(outbox, ("stats", s)), settle_heap=True)
         _put(outbox, ("stats", stats))
     except TelesurgeryError as err:
         log.error("ROS 2 bridge stopped: %s", err)
@@ -189,8 +191,12 @@ def _put(outbox: mp.Queue[tuple[str, Any]], item: tuple[str, Any]) -> None:
 
 
 def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
-               report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The bridge's loop (the child's body; tests may run it in a thread)."""
+               report: Callable[[dict[str, Any]], None] | None = None,
+               settle_heap: bool = False) -> dict[str, Any]:
+    """The bridge's loop (the child's body; tests may run it in a thread).
+
+    ``settle_heap`` (the child only: it freezes the whole process's heap) once the bridge
+    is up, so no collection of its start-up objects delays an e-stop it forwards."""
     from robot_side.kinematics import Kinematics
     from robot_side.observe import ObserverClient
     from robot_side.ros import open_bridge
@@ -219,13 +225,15 @@ def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
         log.info("ROS 2 bridge up: observing %s at %.0f Hz, e-stop to %s, command side %s",
                  cfg.observe.socket, rate_hz, cfg.estop.socket,
                  "ON" if commander is not None else "off")
+        if settle_heap:
+            settle("ROS 2 bridge")
 
         def stats() -> dict[str, Any]:
             return {"published_periods": publisher.published, "skipped": publisher.skipped,
                     "messages": bridge.published, "received": dict(bridge.received),
                     "estop_forwarded": forwarder.forwarded,
                     "estop_failures": forwarder.failures,
-                    "feed_bad_messages": feed.bad_messages,
+                    "feed_bad_messages": feed.bad_messages, "gc": GC_PAUSES.summary(),
                     **(commander.stats() if commander is not None else {})}
 
         next_report = time.monotonic_ns()

@@ -282,14 +282,18 @@ namespace = "orphan_{random.randrange(16**6):06x}"
         while not ros.stats:  # the child reports once a second once its loop runs
             time.sleep(0.1)
             ros.poll()
-        print(ros.pid, flush=True)
+        print(ros.pid, ros.stats["gc"]["frozen_objects"], flush=True)
         time.sleep(600)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = None
     try:
         assert parent.stdout is not None
-        child = int(parent.stdout.readline())
+        pid, frozen = parent.stdout.readline().split()
+        child = int(pid)
+        # The bridge froze its start-up heap (telesurgery.gcpolicy): no collection of
+        # it delays an e-stop it forwards.
+        assert int(frozen) > 10_000
         assert Path(f"/proc/{child}").exists()
         parent.kill()
         parent.wait(10)
