@@ -121,6 +121,11 @@ class CommandPort:
         self._settled = False
         """The last call on the socket was an EVENTS check that found its queue empty:
         until the descriptor signals, there is nothing to take."""
+        self.woke_ns = 0
+        """When the wait's last ``select`` returned (the GIL taken again), and what it
+        was asked for: for the loop's late-period explainer (robot_side.lateperiods)."""
+        self.woke_until_ns = 0
+        self.woke_ready = False
         self.port = bound_port(self._sock)
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
@@ -180,7 +185,9 @@ class CommandPort:
             # wait that times out needs no drain. Draining on every wake-up and at
             # both ends of the wait cost ~18 us of cold Python each, three a period
             # (docs/architecture.md, "Where the node's CPU goes").
-            if self._block(left):
+            ready = self._block(left)
+            self.woke_ns, self.woke_until_ns, self.woke_ready = time.monotonic_ns(), until_ns, ready
+            if ready:
                 self._settled = False
 
     def _block(self, left_ns: int) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 import serial
 import serial.tools.list_ports
 
+from robot_side.lateperiods import Busy
 from robot_side.serial_protocol import (
     PROTOCOL_VERSION,
     FaultReport,
@@ -122,6 +123,8 @@ class SerialManipulator:
         self._decoder = FrameDecoder("driver rx")
         self._reader: threading.Thread | None = None
         self._halt = threading.Event()
+        self.busy = Busy()
+        """When this thread last ran Python (the node's late-period explainer)."""
         self._cond = threading.Condition()
         self._latest: tuple[StateReport, int] | None = None
         self._hello: Hello | None = None
@@ -243,9 +246,12 @@ class SerialManipulator:
         # its report: a starved reader reads as a silent firmware.
         try_realtime(48)
         read = _chunk_reader(self._ser)
+        busy = self.busy
         while not self._halt.is_set():
             try:
+                busy.end_ns = time.monotonic_ns()
                 data = read()
+                busy.start_ns = time.monotonic_ns()
             except (serial.SerialException, OSError, TypeError, AttributeError,
                     ValueError) as err:
                 # TypeError/AttributeError: pyserial's own fd was closed under us by close().

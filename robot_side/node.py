@@ -28,6 +28,7 @@ from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequ
 from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
 from robot_side.kinematics import Kinematics
+from robot_side.lateperiods import GcClock, LatePeriods, SchedStat
 from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
@@ -101,6 +102,11 @@ class RobotNode:
         self.port: CommandPort | None = None
         """The command socket; bound by ``run`` in the control thread."""
         self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
+        self.late = LatePeriods(cfg.control.period_ns)
+        """Every period that started > 100 us late, with what preceded it (issue 11)."""
+        self._gc_clock = GcClock()
+        self._sched: SchedStat | None = None
+        self._commands_seen = 0
         self.path = PathRecorder()
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
@@ -283,6 +289,9 @@ class RobotNode:
             if cfg.record.enabled:  # every accepted command to the recorder's ring (no encode)
                 port.on_accepted = mb.received.add
             self.port = port
+            driver = getattr(self.manipulator, "driver", None)  # the serial backend's reader
+            self.late.holders = (("robot-net", net.busy),) + (
+                (("serial-reader", driver.busy),) if driver is not None else ())
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             net.path_views = lambda: port.path_views  # dual path: health into telemetry
             endpoints = {"command": port.port, **net.link.endpoints}
@@ -316,13 +325,24 @@ class RobotNode:
         Returns at the period's deadline whether or not a command came: the loop's
         rate and its checks never depend on the console.
         """
-        port = self.port
+        port, late, sched = self.port, self.late, self._sched
+        if sched is not None:
+            late.waiting(time.monotonic_ns(), sched.run_delay_ns())
         if port is None:
             return self.pacer.wait()
         shift = self.phase.correction()
         if shift:
             self.pacer.shift(shift)
         tick = self.pacer.wait(port.wait_until)
+        if sched is not None:
+            received = port.counters["command_received"]
+            late.tick(tick.index, tick.expected_ns, tick.actual_ns, skipped=tick.skipped,
+                      woke_ns=port.woke_ns, woke_until_ns=port.woke_until_ns,
+                      woke_ready=port.woke_ready, commands=received - self._commands_seen,
+                      run_delay_ns=(sched.run_delay_ns() if tick.skipped or tick.actual_ns
+                                    - tick.expected_ns > late.late_ns else None),
+                      gc_total_ns=self._gc_clock.total_ns)
+            self._commands_seen = received
         if self.pacer.spin_ns:
             port.take()  # what arrived during the spin to the deadline
         # (without a spin, wait_until's last act was a take at the deadline: a second
@@ -355,10 +375,16 @@ class RobotNode:
             self.pacer.set_spin(cfg.control.spin_us * 1000)
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         self._cpu_start = (time.monotonic_ns(), thread_cpu_seconds())
+        self._sched = SchedStat()  # opened here: it describes the thread that opens it
+        self._gc_clock.install()
         self.pacer.restart()
-        while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            tick = self._wait_period()
-            self._period(tick.actual_ns, auditor, estop)
+        try:
+            while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
+                tick = self._wait_period()
+                self._period(tick.actual_ns, auditor, estop)
+        finally:
+            self._gc_clock.remove()
+            self._sched.close()
         # Leaving the loop: the arm must be holding, whatever state we were in.
         self.core.supervisor.disarm(time.monotonic_ns())
         self._period(time.monotonic_ns(), auditor, estop)
@@ -383,6 +409,7 @@ class RobotNode:
                                audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
+        self.late.ran(time.monotonic_ns())
         if self.core.following_periods != following and result.written_ns is not None:
             self._record_path(inputs.command, result.written_ns)
         out = result.output
@@ -461,11 +488,13 @@ class RobotNode:
         run_s = (time.monotonic_ns() - t0) / 1e9
         cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in thread_cpu_seconds().items()}
         log.info("CPU per thread over %.1f s: %s", run_s, describe(cpu, run_s, stats.ticks))
+        log.info("%s", self.late.describe())
         summary = {
             "thread_cpu": {"seconds": round(run_s, 2), "periods": stats.ticks,
                            "cpu_s": cpu},
             "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
+            "late_periods": self.late.summary(),
             "link": asdict(snap),
             "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
             "path": self.path.ring.percentiles(),

@@ -633,3 +633,6 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     assert data["final_state"] == "disabled"
     assert data["following_periods"] > 0
     assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"
+    # The loop fed its late-period explainer every period (robot_side.lateperiods).
+    late = data["late_periods"]
+    assert late["work_us"]["p50"] > 0 and sum(late["classes"].values()) == late["late"]
