@@ -27,6 +27,7 @@ from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
 from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
+from robot_side.gilwindow import ControlWindow
 from robot_side.kinematics import Kinematics
 from robot_side.lateperiods import GcClock, LatePeriods, SchedStat
 from robot_side.localsock import group_id
@@ -107,6 +108,8 @@ class RobotNode:
         self._gc_clock = GcClock()
         self._sched: SchedStat | None = None
         self._commands_seen = 0
+        self.window = ControlWindow(cfg.control.period_ns)
+        """The control period's phase, for the helpers to run their Python outside it."""
         self.path = PathRecorder()
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
@@ -292,6 +295,9 @@ class RobotNode:
             driver = getattr(self.manipulator, "driver", None)  # the serial backend's reader
             self.late.holders = (("robot-net", net.busy),) + (
                 (("serial-reader", driver.busy),) if driver is not None else ())
+            net.window = self.window
+            if driver is not None:
+                driver.window = self.window
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             net.path_views = lambda: port.path_views  # dual path: health into telemetry
             endpoints = {"command": port.port, **net.link.endpoints}
@@ -333,7 +339,10 @@ class RobotNode:
         shift = self.phase.correction()
         if shift:
             self.pacer.shift(shift)
+        window = self.window
+        window.period_done(self.pacer.next_deadline_ns())
         tick = self.pacer.wait(port.wait_until)
+        window.period_started()
         if sched is not None:
             received = port.counters["command_received"]
             late.tick(tick.index, tick.expected_ns, tick.actual_ns, skipped=tick.skipped,
@@ -495,6 +504,8 @@ class RobotNode:
             "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
             "late_periods": self.late.summary(),
+            "helpers_deferred": {"chunks": self.window.deferred,
+                                 "ms": round(self.window.deferred_ns / 1e6, 1)},
             "link": asdict(snap),
             "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
             "path": self.path.ring.percentiles(),
