@@ -7,8 +7,11 @@ it and names one cause, in this order:
 
 * ``gc``: the cyclic garbage collector ran (in any thread: it holds the GIL) for
   at least half the lateness between the previous period's start and this one's;
-* ``long_period``: the previous period's work (read -> update -> write and the
-  hand-offs) ended after this period's deadline: the wait never slept;
+* ``knock_on``: the previous period started late itself (its own cause is counted)
+  and its work, from that late start, ended after this period's deadline;
+* ``long_period``: the previous period started on time but its work (read -> update
+  -> write and the hand-offs) ended after this period's deadline: the wait never
+  slept;
 * ``preempted``: the control thread sat runnable but off the CPU (the kernel's
   ``run_delay`` in ``/proc/thread-self/schedstat``) for at least half the lateness:
   a higher SCHED_FIFO thread or process (the firmware emulator at 60, libzmq's I/O
@@ -36,19 +39,25 @@ from typing import Any
 
 import numpy as np
 
-CLASSES = ("gc", "long_period", "preempted", "command_take", "slow_wakeup", "unexplained")
+CLASSES = ("gc", "knock_on", "long_period", "preempted", "command_take", "slow_wakeup",
+           "unexplained")
 LATE_NS = 100_000
 """The issue's goal for the period error's p99: a start later than this is explained."""
 
 # Columns of a late period's record (one row of ``LatePeriods.records``).
-F_INDEX, F_ERR, F_PREV_WORK, F_PREV_HANDOFF, F_WAIT_SLACK, F_WAKE_LATE, F_RUN_DELAY, \
-    F_GC, F_COMMANDS, F_CLASS = range(10)
-FIELDS = ("index", "err_us", "prev_work_us", "prev_handoff_us", "wait_slack_us",
-          "wake_late_us", "run_delay_us", "gc_us", "commands", "class")
+F_INDEX, F_ERR, F_PREV_WORK, F_PREV_HANDOFF, F_PREV_CPU, F_PREV_RUN_DELAY, F_WAIT_SLACK, \
+    F_WAKE_LATE, F_RUN_DELAY, F_GC, F_COMMANDS, F_CLASS = range(12)
+FIELDS = ("index", "err_us", "prev_work_us", "prev_handoff_us", "prev_work_cpu_us",
+          "prev_work_run_delay_us", "wait_slack_us", "wake_late_us", "run_delay_us", "gc_us",
+          "commands", "class")
 
 
 class SchedStat:
-    """The calling thread's ``run_delay`` (ns runnable but not running), or None."""
+    """The calling thread's time on a CPU and ``run_delay`` (runnable, not running), ns.
+
+    The CPU time is ``time.thread_time_ns`` (2.3 us): schedstat's own first field is
+    only brought up to date at a scheduler tick or switch, so a running thread's lags
+    by up to a tick. ``run_delay`` is up to date whenever the thread runs."""
 
     def __init__(self) -> None:
         try:  # must be opened by the thread it describes: the fd stays bound to it
@@ -56,13 +65,15 @@ class SchedStat:
         except OSError:
             self._fd = None
 
-    def run_delay_ns(self) -> int:
+    def sample(self) -> tuple[int, int]:
+        """(on-CPU ns, run_delay ns) so far; (0, 0) where the kernel does not say."""
+        cpu = time.thread_time_ns()
         if self._fd is None:
-            return 0
+            return cpu, 0
         try:
-            return int(os.pread(self._fd, 96, 0).split()[1])
+            return cpu, int(os.pread(self._fd, 96, 0).split()[1])
         except (OSError, IndexError, ValueError):
-            return 0
+            return cpu, 0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -137,9 +148,14 @@ class LatePeriods:
         # The period in progress.
         self._start_ns = 0
         self._has_past = False
+        self._prev_err = 0
         self._run_end_ns = 0
         self._wait_start_ns = 0
         self._run_delay_at_wait = 0
+        self._cpu_at_start = 0
+        self._run_delay_at_start = 0
+        self._work_cpu = 0
+        self._work_run_delay = 0
         self._gc_at_start = 0
 
     # ---- the loop's notes (each a few stores)
@@ -147,29 +163,36 @@ class LatePeriods:
         """read -> update -> write returned; the hand-offs follow."""
         self._run_end_ns = now_ns
 
-    def waiting(self, now_ns: int, run_delay_ns: int) -> None:
-        """The period's work is done; the wait for the next deadline begins."""
+    def waiting(self, now_ns: int, run_delay_ns: int, cpu_ns: int = 0) -> None:
+        """The period's work is done; the wait for the next deadline begins. The
+        thread's CPU time and run_delay (``SchedStat``) split the work's length into
+        running, waiting for a CPU, and the rest: blocked (the GIL, a syscall)."""
         self._wait_start_ns = now_ns
         self._run_delay_at_wait = run_delay_ns
+        self._work_cpu = cpu_ns - self._cpu_at_start
+        self._work_run_delay = run_delay_ns - self._run_delay_at_start
         if self._has_past:
             self._work[self._n_work % len(self._work)] = now_ns - self._start_ns
             self._n_work += 1
 
     def tick(self, index: int, deadline_ns: int, actual_ns: int, *, skipped: int,
              woke_ns: int, woke_until_ns: int, woke_ready: bool, commands: int,
-             run_delay_ns: int | None, gc_total_ns: int) -> int | None:
+             run_delay_ns: int, gc_total_ns: int, cpu_ns: int = 0) -> int | None:
         """A period starts at ``actual_ns`` for ``deadline_ns`` (after ``skipped`` whole
         periods, when the last one overran). Returns the class index when it was late
-        (``run_delay_ns`` is read only then: pass None otherwise)."""
+        (``run_delay_ns``, ``cpu_ns``: the thread's, read as the period starts)."""
         prev_start, gc_prev, has_past = self._start_ns, self._gc_at_start, self._has_past
+        prev_err = self._prev_err
+        self._prev_err = actual_ns - deadline_ns
         self._start_ns, self._gc_at_start, self._has_past = actual_ns, gc_total_ns, True
+        self._cpu_at_start, self._run_delay_at_start = cpu_ns, run_delay_ns
         err = actual_ns - deadline_ns
         if (err <= self.late_ns and not skipped) or not has_past:
             return None
         half = err // 2
         gc_ns = gc_total_ns - gc_prev
         slack = deadline_ns - self._wait_start_ns  # < 0: the work ran past the deadline
-        run_delay = 0 if run_delay_ns is None else run_delay_ns - self._run_delay_at_wait
+        run_delay = run_delay_ns - self._run_delay_at_wait
         waited = woke_ns >= self._wait_start_ns  # the wait blocked at least once
         # After its last select: how late Python ran again (a descriptor that signalled
         # did so by the select's deadline at the latest), and what followed until the
@@ -179,20 +202,21 @@ class LatePeriods:
         if gc_ns >= half:
             cls = 0
         elif slack <= 0 or skipped:
-            cls = 1
+            cls = 1 if prev_err > self.late_ns else 2
         elif run_delay >= half:
-            cls = 2
-        elif take >= half:
             cls = 3
-        elif wake_late - run_delay >= half:
+        elif take >= half:
             cls = 4
-        else:
+        elif wake_late - run_delay >= half:
             cls = 5
+        else:
+            cls = 6
         self.counts[cls] += 1
         if self.holders:
             # Who ran Python from the deadline (or the wake-up before it) to the start;
             # for a long period, during that period's work.
-            t0 = prev_start if cls == 1 else min(deadline_ns, woke_ns if waited else deadline_ns)
+            t0 = prev_start if cls in (1, 2) else min(deadline_ns,
+                                                      woke_ns if waited else deadline_ns)
             seen = self.held.setdefault(CLASSES[cls], {})
             for name, busy in self.holders:
                 if busy.ran_within(t0, actual_ns):
@@ -200,7 +224,8 @@ class LatePeriods:
         if self.late < len(self.records):
             self.records[self.late] = (
                 index, err // 1000, (self._run_end_ns - prev_start) // 1000,
-                (self._wait_start_ns - self._run_end_ns) // 1000, slack // 1000,
+                (self._wait_start_ns - self._run_end_ns) // 1000, self._work_cpu // 1000,
+                self._work_run_delay // 1000, slack // 1000,
                 wake_late // 1000, run_delay // 1000, gc_ns // 1000, commands, cls)
         self.late += 1
         return cls
@@ -218,6 +243,10 @@ class LatePeriods:
                     "n": self.counts[i],
                     "err_us_p50": int(np.median(rows[:, F_ERR])),
                     "prev_work_us_p50": int(np.median(rows[:, F_PREV_WORK])),
+                    "prev_work_cpu_us_p50": int(np.median(rows[:, F_PREV_CPU])),
+                    "prev_work_run_delay_us_p50": int(np.median(rows[:, F_PREV_RUN_DELAY])),
+                    "prev_handoff_us_p50": int(np.median(rows[:, F_PREV_HANDOFF])),
+                    "gc_us_mean": round(float(rows[:, F_GC].mean()), 1),
                     "wake_late_us_p50": int(np.median(rows[:, F_WAKE_LATE])),
                     "run_delay_us_p50": int(np.median(rows[:, F_RUN_DELAY])),
                     "commands_mean": round(float(rows[:, F_COMMANDS].mean()), 2)}

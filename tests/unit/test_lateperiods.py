@@ -22,7 +22,7 @@ def _period(late: LatePeriods, start: int, work: int = 200 * US) -> None:
 def _first(late: LatePeriods) -> None:
     # The explainer needs a previous period to judge the next one by.
     assert late.tick(0, 0, 0, skipped=0, woke_ns=0, woke_until_ns=0, woke_ready=False,
-                     commands=0, run_delay_ns=None, gc_total_ns=0) is None
+                     commands=0, run_delay_ns=0, gc_total_ns=0) is None
     _period(late, 0)
 
 
@@ -72,6 +72,17 @@ def test_a_period_whose_work_ran_past_the_next_deadline_is_a_long_one() -> None:
     assert row["wait_slack_us"] == -100 and row["prev_work_us"] == 1_050
 
 
+def test_a_late_start_carried_into_the_next_period_is_a_knock_on() -> None:
+    late = LatePeriods(MS)
+    _first(late)
+    assert _tick(late, 900 * US, woke_ns=MS + 890 * US) == "slow_wakeup"
+    late.ran(MS + 1_050 * US)  # 150 us of ordinary work, from 900 us late
+    late.waiting(MS + 1_060 * US, run_delay_ns=0)
+    assert late.tick(2, 2 * MS, 2 * MS + 110 * US, skipped=0, woke_ns=0, woke_until_ns=0,
+                     woke_ready=False, commands=0, run_delay_ns=0,
+                     gc_total_ns=0) == CLASSES.index("knock_on")
+
+
 def test_an_overrun_that_skipped_periods_is_a_long_one() -> None:
     late = LatePeriods(MS)
     _first(late)
@@ -110,15 +121,15 @@ def test_summary_counts_every_late_period_past_the_kept_records() -> None:
 
 
 def test_real_pacer_a_late_wakeup_and_a_long_period() -> None:
-    """The real Pacer's ticks: a waiter that returns 400 us after its deadline (what a
-    GIL held elsewhere does), then a period whose work runs past the next deadline.
-    A 20 ms period: a loaded machine's own stalls stay far from a deadline."""
+    """The real Pacer's ticks: a waiter that returns 8 ms after its deadline (what a
+    GIL held elsewhere does), then a period whose work runs 6 ms past the next deadline.
+    A 20 ms period and 5 ms for late: a loaded machine's own stalls stay below."""
     period = 20 * MS
-    pacer, late = Pacer(period), LatePeriods(period)
+    pacer, late = Pacer(period), LatePeriods(period, late_ns=5 * MS)
     woke = [0, 0]
 
     def late_waiter(until_ns: int) -> None:
-        while time.monotonic_ns() < until_ns + 400 * US:
+        while time.monotonic_ns() < until_ns + 8 * MS:
             pass
         woke[:] = [time.monotonic_ns(), until_ns]
 
@@ -137,7 +148,7 @@ def test_real_pacer_a_late_wakeup_and_a_long_period() -> None:
     pacer.restart()
     tick(None, 100 * US)  # the first: nothing to judge it by
     assert tick(late_waiter, 100 * US) == "slow_wakeup"
-    tick(None, period + 300 * US)  # this period's work runs past the next deadline
+    tick(None, period + 6 * MS)  # this period's work runs past the next deadline
     assert tick(None, 100 * US) == "long_period"
 
 
