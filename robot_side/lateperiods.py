@@ -265,9 +265,16 @@ class LatePeriods:
 
     def describe(self) -> str:
         """One line for the exit log: "late periods 612: long_period 410 (work p99 ...)"."""
-        s = self.summary(worst=0)
-        parts = [f"{k} {v}" for k, v in s["classes"].items() if v]
-        work = s["work_us"]
-        return (f"late periods (> {self.late_ns // 1000} us) {self.late}: "
-                f"{', '.join(parts) or 'none'}; work p50/p99/max "
-                f"{work.get('p50')}/{work.get('p99')}/{work.get('max')} us")
+        return describe_late(self.summary(worst=0))
+
+
+def describe_late(summary: dict[str, Any]) -> str:
+    """The one-line classification of a run summary's ``late_periods`` (also for the
+    benches, which read it from the node's JSON); "" when there is none."""
+    if not summary:
+        return ""
+    parts = [f"{k} {v}" for k, v in summary.get("classes", {}).items() if v]
+    work = summary.get("work_us", {})
+    return (f"late periods (> {summary.get('late_ns', LATE_NS) // 1000} us) "
+            f"{summary.get('late')}: {', '.join(parts) or 'none'}; work p50/p99/max "
+            f"{work.get('p50')}/{work.get('p99')}/{work.get('max')} us")
