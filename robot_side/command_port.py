@@ -121,6 +121,11 @@ class CommandPort:
         self._settled = False
         """The last call on the socket was an EVENTS check that found its queue empty:
         until the descriptor signals, there is nothing to take."""
+        self.woke_ns = 0
+        """When the wait's last ``select`` returned (the GIL taken again), and what it
+        was asked for: for the loop's late-period explainer (robot_side.lateperiods)."""
+        self.woke_until_ns = 0
+        self.woke_ready = False
         self.port = bound_port(self._sock)
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
@@ -169,7 +174,7 @@ class CommandPort:
         """Take commands as they arrive until ``until_ns``; returns then, input or not."""
         while True:
             if not self._settled:
-                self.take()
+                self.take(until_ns)
             now = time.monotonic_ns()
             left = until_ns - now
             if left <= 0:
@@ -180,7 +185,9 @@ class CommandPort:
             # wait that times out needs no drain. Draining on every wake-up and at
             # both ends of the wait cost ~18 us of cold Python each, three a period
             # (docs/architecture.md, "Where the node's CPU goes").
-            if self._block(left):
+            ready = self._block(left)
+            self.woke_ns, self.woke_until_ns, self.woke_ready = time.monotonic_ns(), until_ns, ready
+            if ready:
                 self._settled = False
 
     def _block(self, left_ns: int) -> bool:
@@ -195,11 +202,16 @@ class CommandPort:
         time.sleep(left_ns / 1e9)
         return True  # not watched meanwhile: drain to be sure
 
-    def take(self) -> None:
+    def take(self, stop_ns: int = 0) -> None:
         """Read what is queued (bounded), judge each in order; the newest fresh one wins.
 
         Never blocks. Each arrival is judged, also those a newer one supersedes, so the
         statistics see every fresh command and nothing else (``transport.intake``).
+        ``stop_ns`` (the period's deadline): stop there and leave the rest queued for
+        the next wait. A burst after a console's stall (3-8 commands, ~50 us each) taken
+        whole at the deadline started ~1/3 of the late periods of round 6
+        (``command_take``); a command left queued is stamped when it is taken, so it
+        only ever looks older, never fresher.
         """
         newest: Command | None = None
         newest_ns = 0
@@ -207,7 +219,10 @@ class CommandPort:
         offset = self.offset_ns()
         intake = self.intake
         events, recv = self._sock.getsockopt, self._sock.recv
+        recv_ns = 0
         for _ in range(DRAIN_MAX):
+            if recv_ns >= stop_ns > 0:  # the deadline: what is left waits (still unsettled)
+                break
             # Ask EVENTS rather than end on zmq.Again: every drain ended in that exception,
             # 5.2 us against 2.4 us for the check (pyzmq 27, timeit), and the wait needs
             # the check anyway to re-arm the descriptor (measured with the rest of this

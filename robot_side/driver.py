@@ -25,6 +25,8 @@ from typing import Any
 import serial
 import serial.tools.list_ports
 
+from robot_side.gilwindow import ControlWindow
+from robot_side.lateperiods import Busy
 from robot_side.serial_protocol import (
     PROTOCOL_VERSION,
     FaultReport,
@@ -45,6 +47,10 @@ from telesurgery.pacer import try_realtime
 from telesurgery.seqnum import U32, u32_reached
 
 log = logging.getLogger(__name__)
+
+READER_CHUNK_NS = 100_000
+"""A report's decode and hand-over (~30-60 us cold): started no nearer than this to a
+control deadline, so the control thread does not wake to a GIL the reader holds."""
 
 MAX_FAULTS = 64
 READ_TIMEOUT_S = 0.05
@@ -122,6 +128,10 @@ class SerialManipulator:
         self._decoder = FrameDecoder("driver rx")
         self._reader: threading.Thread | None = None
         self._halt = threading.Event()
+        self.busy = Busy()
+        self.window: ControlWindow | None = None
+        """The control period's phase: the reader decodes outside it (set by the node)."""
+        """When this thread last ran Python (the node's late-period explainer)."""
         self._cond = threading.Condition()
         self._latest: tuple[StateReport, int] | None = None
         self._hello: Hello | None = None
@@ -243,9 +253,12 @@ class SerialManipulator:
         # its report: a starved reader reads as a silent firmware.
         try_realtime(48)
         read = _chunk_reader(self._ser)
+        busy = self.busy
         while not self._halt.is_set():
             try:
+                busy.end_ns = time.monotonic_ns()
                 data = read()
+                arrived = busy.start_ns = time.monotonic_ns()
             except (serial.SerialException, OSError, TypeError, AttributeError,
                     ValueError) as err:
                 # TypeError/AttributeError: pyserial's own fd was closed under us by close().
@@ -253,7 +266,10 @@ class SerialManipulator:
                     self._mark_lost(f"read failed: {err}")
                 return
             if data:
-                self._dispatch(self._decoder.feed(data), time.monotonic_ns())
+                # Stamped on arrival, before any wait: a report is never younger than it is.
+                if self.window is not None and self.window.wait_quiet(READER_CHUNK_NS):
+                    busy.start_ns = time.monotonic_ns()
+                self._dispatch(self._decoder.feed(data), arrived)
 
     def _dispatch(self, messages: list[Message], now: int) -> None:
         with self._cond:

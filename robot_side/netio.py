@@ -31,6 +31,8 @@ from typing import Any, Protocol
 import zmq
 
 from robot_side.control import CommandSample, LinkView, PendingRequest, StepReport
+from robot_side.gilwindow import ControlWindow
+from robot_side.lateperiods import Busy
 from robot_side.observe import CommandRing, ObserverFeed
 from robot_side.telemetry import telemetry_from
 from telesurgery.errors import LinkError
@@ -56,6 +58,10 @@ from transport.schema import (
 from transport.session_guard import SessionGuard, refusal_reason
 
 log = logging.getLogger(__name__)
+
+NET_CHUNK_NS = 250_000
+"""The longest run of Python this thread does between blocking calls (a telemetry
+build, ~100-200 us cold): started no nearer than this to a control deadline."""
 
 POLL_MAX_MS = 5
 """Longest wait in the network thread's poll: how late a control reply may leave. Inbound
@@ -146,6 +152,10 @@ class NetworkThread(threading.Thread):
         self.observe_path = observe_path
         self.loop_jitter_us = loop_jitter_us
         self._halt = threading.Event()
+        self.busy = Busy()
+        self.window: ControlWindow | None = None
+        """The control period's phase: this thread's Python runs outside it (the node)."""
+        """When this thread last ran Python (the node's late-period explainer)."""
         self.video = video
         """The video process (its reports); it binds the video socket itself."""
         self.keyframes: KeyframeSink | None = keyframes if keyframes is not None else video
@@ -210,7 +220,13 @@ class NetworkThread(threading.Thread):
             # spun this loop (holding the GIL) until each telemetry/observe/ping was due,
             # up to 1 ms at 150+ Hz (issue 11: ~15 % of a core). Up to 1 ms late is fine
             # for 50-100 Hz reports; inbound requests still wake the poll at once.
-            for item in link.poll(max(0, min(POLL_MAX_MS, -(-due // 1_000_000)))):
+            busy = self.busy
+            busy.end_ns = time.monotonic_ns()
+            items = link.poll(max(0, min(POLL_MAX_MS, -(-due // 1_000_000))))
+            if self.window is not None:
+                self.window.wait_quiet(NET_CHUNK_NS)
+            busy.start_ns = time.monotonic_ns()
+            for item in items:
                 self._dispatch(link, item.msg, item.recv_ns, item.peer, item.key)
                 if item.addr and isinstance(item.msg, Pong):
                     self._on_path_pong(item.peer, item.addr, item.msg, item.recv_ns)

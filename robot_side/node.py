@@ -27,7 +27,9 @@ from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
 from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
 from robot_side.estop import EstopRequest, EstopServer
+from robot_side.gilwindow import ControlWindow
 from robot_side.kinematics import Kinematics
+from robot_side.lateperiods import LatePeriods, SchedStat
 from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
@@ -103,6 +105,12 @@ class RobotNode:
         self.port: CommandPort | None = None
         """The command socket; bound by ``run`` in the control thread."""
         self.phase = PhaseLock(cfg.control.period_ns, PHASE_LEAD_NS)
+        self.late = LatePeriods(cfg.control.period_ns)
+        """Every period that started > 100 us late, with what preceded it (issue 11)."""
+        self._sched: SchedStat | None = None
+        self._commands_seen = 0
+        self.window = ControlWindow(cfg.control.period_ns)
+        """The control period's phase, for the helpers to run their Python outside it."""
         self.path = PathRecorder()
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
@@ -285,6 +293,12 @@ class RobotNode:
             if cfg.record.enabled:  # every accepted command to the recorder's ring (no encode)
                 port.on_accepted = mb.received.add
             self.port = port
+            driver = getattr(self.manipulator, "driver", None)  # the serial backend's reader
+            self.late.holders = (("robot-net", net.busy),) + (
+                (("serial-reader", driver.busy),) if driver is not None else ())
+            net.window = self.window
+            if driver is not None:
+                driver.window = self.window
             port.key_allowed = net.link.auth.allows  # a revoked session commands no more
             net.path_views = lambda: port.path_views  # dual path: health into telemetry
             endpoints = {"command": port.port, **net.link.endpoints}
@@ -319,13 +333,29 @@ class RobotNode:
         Returns at the period's deadline whether or not a command came: the loop's
         rate and its checks never depend on the console.
         """
-        port = self.port
+        port, late, sched = self.port, self.late, self._sched
+        if sched is not None:
+            cpu, delay = sched.sample()
+            late.waiting(time.monotonic_ns(), delay, cpu)
         if port is None:
             return self.pacer.wait()
         shift = self.phase.correction()
         if shift:
             self.pacer.shift(shift)
+        window = self.window
+        window.period_done(self.pacer.next_deadline_ns())
         tick = self.pacer.wait(port.wait_until)
+        window.period_started()
+        if sched is not None:
+            # Two reads of the thread's schedstat a period (~3 us each, a kept descriptor):
+            # the work's CPU and CPU wait, and the wait's, for the explainer.
+            received = port.counters["command_received"]
+            cpu, delay = sched.sample()
+            late.tick(tick.index, tick.expected_ns, tick.actual_ns, skipped=tick.skipped,
+                      woke_ns=port.woke_ns, woke_until_ns=port.woke_until_ns,
+                      woke_ready=port.woke_ready, commands=received - self._commands_seen,
+                      run_delay_ns=delay, cpu_ns=cpu, gc_total_ns=GC_PAUSES.total_ns)
+            self._commands_seen = received
         if self.pacer.spin_ns:
             port.take()  # what arrived during the spin to the deadline
         # (without a spin, wait_until's last act was a take at the deadline: a second
@@ -358,10 +388,15 @@ class RobotNode:
             self.pacer.set_spin(cfg.control.spin_us * 1000)
         end = None if seconds is None else time.monotonic_ns() + int(seconds * 1e9)
         self._cpu_start = (time.monotonic_ns(), thread_cpu_seconds())
+        self._sched = SchedStat()  # opened here: it describes the thread that opens it
+        GC_PAUSES.install()  # the late-period explainer reads its sum (settle() did it too)
         self.pacer.restart()
-        while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
-            tick = self._wait_period()
-            self._period(tick.actual_ns, auditor, estop)
+        try:
+            while not self._halt.is_set() and (end is None or time.monotonic_ns() < end):
+                tick = self._wait_period()
+                self._period(tick.actual_ns, auditor, estop)
+        finally:
+            self._sched.close()
         # Leaving the loop: the arm must be holding, whatever state we were in.
         self.core.supervisor.disarm(time.monotonic_ns())
         self._period(time.monotonic_ns(), auditor, estop)
@@ -386,6 +421,7 @@ class RobotNode:
                                audit_ok=auditor.healthy, trip=trip)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
+        self.late.ran(time.monotonic_ns())
         if self.core.following_periods != following and result.written_ns is not None:
             self._record_path(inputs.command, result.written_ns)
         out = result.output
@@ -465,12 +501,16 @@ class RobotNode:
         cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in thread_cpu_seconds().items()}
         log.info("CPU per thread over %.1f s: %s", run_s, describe(cpu, run_s, stats.ticks))
         log.info("control process: %s", GC_PAUSES.describe())
+        log.info("%s", self.late.describe())
         summary = {
             "gc": GC_PAUSES.summary(),
             "thread_cpu": {"seconds": round(run_s, 2), "periods": stats.ticks,
                            "cpu_s": cpu},
             "trips": [asdict(t) for t in self.trips],
             "loop": asdict(stats),
+            "late_periods": self.late.summary(),
+            "helpers_deferred": {"chunks": self.window.deferred,
+                                 "ms": round(self.window.deferred_ns / 1e6, 1)},
             "link": asdict(snap),
             "command_latency": self.port.latency.percentiles() if self.port else {"n": 0},
             "path": self.path.ring.percentiles(),

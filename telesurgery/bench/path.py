@@ -43,6 +43,7 @@ import numpy as np
 import zmq
 
 from hil_tests.rig import RigOptions, SimRig
+from robot_side.lateperiods import describe_late
 from telesurgery.bench.ros_segment import ProcessCpu, RosSegment, bridge_pid
 from telesurgery.pacer import Pacer, lower_timer_slack, try_realtime
 from transport.schema import Command, decode_as, encode
@@ -316,6 +317,7 @@ def run(seconds: float = 10.0, rate_hz: float = 1000.0, *, video: bool = False,
         "loop_period_err_p99_us": robot.get("loop", {}).get("err_p99_us"),
         "loop_overruns": robot.get("loop", {}).get("overruns"),
         "loop_ticks": robot.get("loop", {}).get("ticks"),
+        "loop_late": describe_late(robot.get("late_periods", {})),
         "following_periods": robot.get("following_periods", 0),
         "wall_s": round(time.monotonic() - t0, 1),
         **ros_figures,
@@ -367,6 +369,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines.append(f"\npath p99 / raw pyzmq p99 = {r.get('ratio_path_over_raw_p99')}; "
                  f"control loop period error p99 {r.get('loop_period_err_p99_us')} us, "
                  f"overruns {r.get('loop_overruns')} of {r.get('loop_ticks')} ticks.")
+    if r.get("loop_late"):
+        lines.append(f"Control loop {r['loop_late']}.")
     if "ros_path_n" in r:
         lines.append(f"ROS path p99 / raw pyzmq p99 (its segment) = "
                      f"{r.get('ratio_ros_path_over_raw_p99')}"

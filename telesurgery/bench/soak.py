@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hil_tests.rig import RigOptions, SimRig
+from robot_side.lateperiods import describe_late
 from safety.audit import Record, read_records
 from safety.config import SafetyConfig
 from safety.states import Reason, State
@@ -117,6 +118,7 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
             "loop_overruns", "following_periods", "tracking_error_max_mm",
             "robot_final_state", "console_exit_code", "cpu_seconds")},
         "loop_ticks": robot.get("loop", {}).get("ticks"),
+        "loop_late": describe_late(robot.get("late_periods", {})),
         **path_figures(robot.get("path", {})),
         "command_timeout_ms": command_timeout_ms if command_timeout_ms is not None
         else SafetyConfig().watchdog.command_timeout_ms,
@@ -224,6 +226,8 @@ def main(argv: list[str]) -> int:
           f"overruns {r['loop_overruns']} of {r['loop_ticks']} ticks; the machine's own "
           f"stalls > 1 ms in the same run: {r['stall_gaps_over_1ms']} "
           f"(largest {r['stall_gap_max_us']} us)")
+    if r.get("loop_late"):
+        print(f"                    {r['loop_late']}")
     print(f"  robot CPU         {r['robot_cpu_pct']} % of one core (control process + video "
           "encode)")
     print("  rig CPU           % of one core, next to the robot's: " + ", ".join(

@@ -637,3 +637,6 @@ def test_sigterm_leaves_the_arm_holding_and_writes_summary(node: Node,
     assert data["gc"]["frozen_objects"] > 10_000
     assert len(data["gc"]["collections"]) == 3
     assert audit_records(node, "stop")[-1]["signal"] == "SIGTERM"
+    # The loop fed its late-period explainer every period (robot_side.lateperiods).
+    late = data["late_periods"]
+    assert late["work_us"]["p50"] > 0 and sum(late["classes"].values()) == late["late"]

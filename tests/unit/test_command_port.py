@@ -329,3 +329,25 @@ def test_a_clutch_or_deadman_release_superseded_in_one_drain_still_reaches_the_c
         while p.sample.cmd.seq != seq and time.monotonic() < end:
             p.wait_until(time.monotonic_ns() + 5_000_000)
         assert not p.sample.cmd.clutch and p.sample.cmd.operator_present
+
+
+def test_a_burst_is_taken_up_to_the_deadline_and_the_rest_in_the_next_wait(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """A burst queued while the loop worked is judged up to the period's deadline, not
+    past it (round 6: a burst taken whole started late periods); what is left is
+    taken at the start of the next wait, every command judged (fails without the stop)."""
+    p, cfg = port
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        seq = send_until_delivered(p, console.send_command)
+        p.wait_until(time.monotonic_ns() + 2_000_000)  # settled
+        received = p.counters["command_received"]
+        for _ in range(5):
+            seq += 1
+            assert console.send_command(command(seq))
+        time.sleep(0.05)  # all five queued, fresh (200 ms age limit)
+        p.take(stop_ns=time.monotonic_ns())  # the deadline has come: one, then stop
+        assert p.counters["command_received"] == received + 1
+        assert p.sample is not None and p.sample.cmd.seq == seq - 4
+        p.wait_until(time.monotonic_ns() + 2_000_000)  # the next period's wait: the rest
+        assert p.counters["command_received"] == received + 5
+        assert p.sample.cmd.seq == seq
