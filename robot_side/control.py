@@ -166,7 +166,7 @@ class ControlCore:
         return StepReport(
             t_ns=f.now_ns, state=sup.state, reason=sup.reason,
             measured_q=f.measured_t,
-            setpoint_q=tuple(self.follower.q_set.tolist()),
+            setpoint_q=self.follower.setpoint_q,
             measured_cp=f.measured, setpoint_cp=self.follower.setpoint_cp,
             scale=scale, health=f.health, estop=sup.state is State.ESTOP,
             firmware_flags=int(sample.flags) if sample is not None else 0,
