@@ -61,6 +61,9 @@ _NOT_TRIPS = SURGEON_HOLDS | {Reason.DISARMED}
 _ESTOP_BIT = int(FwFlags.ESTOP_PRESSED)
 _FAULT_BIT = int(FwFlags.FAULT)
 _WATCHDOG_BIT = int(FwFlags.WATCHDOG_TRIPPED)
+_HOLD: tuple[Frame, ...] = (Hold(brake=False),)
+_BRAKE: tuple[Frame, ...] = (Hold(brake=True),)
+"""A holding period's frames: immutable, so made once rather than every period."""
 
 
 class _Facts(NamedTuple):
@@ -146,7 +149,7 @@ class ControlCore:
         moving = bool(frames)
         if not moving:
             # decision.hold, or a fault found while computing motion: hold this period.
-            frames = (Hold(brake=sup.state in (State.FAULT, State.ESTOP, State.DISABLED)),)
+            frames = _BRAKE if sup.state in (State.FAULT, State.ESTOP, State.DISABLED) else _HOLD
             self.follower.hold_at(measured_q, measured)
         trip = None
         if engaged and not moving and sup.reason not in _NOT_TRIPS:
@@ -166,7 +169,7 @@ class ControlCore:
         return StepReport(
             t_ns=f.now_ns, state=sup.state, reason=sup.reason,
             measured_q=f.measured_t,
-            setpoint_q=tuple(self.follower.q_set.tolist()),
+            setpoint_q=self.follower.setpoint_q,
             measured_cp=f.measured, setpoint_cp=self.follower.setpoint_cp,
             scale=scale, health=f.health, estop=sup.state is State.ESTOP,
             firmware_flags=int(sample.flags) if sample is not None else 0,

@@ -21,16 +21,19 @@ from transport.linkstats import LinkSnapshot
 from transport.schema import Command, ControlReply, ControlRequest
 
 
-@dataclass(frozen=True, slots=True)
-class CommandSample:
-    """The newest command the gate accepted as fresh, with its arrival time."""
+class CommandSample(NamedTuple):
+    """The newest command the gate accepted as fresh, with its arrival time.
+
+    ``CommandSample``, ``LinkView`` and ``ControlInputs`` are NamedTuples: one of each
+    is made per command or period, and a frozen dataclass's ``__init__`` costs an
+    ``object.__setattr__`` per field (issue 11). Immutable all the same.
+    """
 
     cmd: Command
     recv_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class LinkView:
+class LinkView(NamedTuple):
     """What the network thread knows about the link at one instant."""
 
     stats: LinkSnapshot
@@ -68,8 +71,7 @@ class ExternalTrip:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class ControlInputs:
+class ControlInputs(NamedTuple):
     command: CommandSample | None
     link: LinkView
     requests: tuple[PendingRequest, ...] = ()

@@ -60,11 +60,27 @@ class Follower:
         self.q_set: np.ndarray = kin.home.copy()
         self.setpoint_cp: Pose = kin.pose(kin.home)
         self._prev: CommandSample | None = None
+        self._setpoint_of: np.ndarray | None = None
+        self._setpoint_t: tuple[float, ...] = ()
 
     def hold_at(self, measured_q: np.ndarray, measured: Pose) -> None:
-        """Not moving: the setpoint is where the arm is."""
-        self.q_set = measured_q.copy()
+        """Not moving: the setpoint is where the arm is.
+
+        A read-only array (the control core's measured joints, shared between the
+        periods of a still arm) is kept as it is: nobody can write into it, and the
+        setpoint then stays the same object from period to period (``setpoint_q``).
+        """
+        self.q_set = measured_q if not measured_q.flags.writeable else measured_q.copy()
         self.setpoint_cp = measured
+
+    @property
+    def setpoint_q(self) -> tuple[float, ...]:
+        """``q_set`` as a tuple of floats (the report's), made once per setpoint array:
+        a holding arm keeps the same one (issue 11)."""
+        q_set = self.q_set
+        if q_set is not self._setpoint_of:
+            self._setpoint_of, self._setpoint_t = q_set, tuple(q_set.tolist())
+        return self._setpoint_t
 
     def resume(self, sample: CommandSample, measured_q: np.ndarray, measured: Pose
                ) -> Reason | None:
@@ -113,6 +129,8 @@ class Follower:
         if tracking is not None:
             return FollowStep(None, tracking, f"tracking error {err_m * 1000:.1f} mm", err_m)
         self.q_set = np.array(joint.q, dtype=float)
+        # joint.q is the same floats as a tuple: the report's setpoint without a tolist.
+        self._setpoint_of, self._setpoint_t = self.q_set, joint.q
         # The setpoint is what is sent after every limit, not what was asked for:
         # tracking is judged against it and telemetry reports it. When the joint
         # limiter changed nothing, IK's last evaluation already is its FK (saves ~6 us).

@@ -222,7 +222,14 @@ class Kinematics:
         model, data, frame = self._model, self._data, self._frame
         err_m = err_rad = math.inf
         for iteration in range(max_iter + 1):
-            pin.computeJointJacobians(model, data, q)
+            # The first evaluation needs the Jacobian (the target has moved: a step
+            # follows); a later one is mostly the convergence check, for which the
+            # forward kinematics alone do (1.9 us against 3.1, one a period, issue 11).
+            # Both compute the same placements; the Jacobian follows if a step does.
+            if iteration == 0:
+                pin.computeJointJacobians(model, data, q)
+            else:
+                pin.forwardKinematics(model, data, q)
             placement = pin.updateFramePlacement(model, data, frame)
             rotation = placement.rotation
             px, py, pz = placement.translation.tolist()
@@ -236,6 +243,8 @@ class Kinematics:
                                 ((px, py, pz), _quat_of(rotation)))
             if iteration == max_iter:
                 break
+            if iteration != 0:
+                pin.computeJointJacobians(model, data, q)
             jac = pin.getFrameJacobian(model, data, frame, pin.LOCAL_WORLD_ALIGNED)
             step = jac.T.dot(_damped_solve(jac, np.array((ex, ey, ez, rx, ry, rz))))
             largest = max(map(abs, step.tolist()))

@@ -69,6 +69,16 @@ class LinkWatchdog:
 
     def __init__(self, cfg: WatchdogLimits) -> None:
         self.cfg = cfg
+        # The limits in the units compared every period (cfg is frozen): the same
+        # products as before, made once instead of five multiplications a period.
+        self._timeout_ns = cfg.command_timeout_ms * _MS
+        self._rtt_halt_ns = cfg.rtt_halt_ms * _MS
+        self._latency_halt_us = cfg.latency_halt_ms * 1000
+        self._jitter_halt_us = cfg.jitter_halt_ms * 1000
+        self._video_stale_ns = cfg.video_stale_ms * _MS
+        self._ok: tuple[int | None, LinkHealth] | None = None
+        """(round trip, verdict) of the last healthy evaluation of this healthy streak:
+        a healthy verdict depends only on the round trip then (issue 11)."""
         self._last_command_ns: int | None = None
         self._video_age_ns: int | None = None
         self._video_reported_ns: int | None = None
@@ -106,14 +116,20 @@ class LinkWatchdog:
                 log.warning("link trip %s: %s", reason, detail)
             self._last_trip = reason
             self._healthy_since_ns = None
+            self._ok = None
             return LinkHealth(False, reason, True, 0.0, detail)
         if self._last_trip is not None:
             log.info("link healthy again after %s", self._last_trip)
             self._last_trip = None
+        ok = self._ok
+        if ok is not None and ok[0] == rtt_ns:
+            return ok[1]
         if self._healthy_since_ns is None:
             self._healthy_since_ns = now_ns
         scale, detail = self._warn_scale(rtt_ns)
-        return LinkHealth(True, None, scale < 1.0, scale, detail, self._healthy_since_ns)
+        health = LinkHealth(True, None, scale < 1.0, scale, detail, self._healthy_since_ns)
+        self._ok = (rtt_ns, health)
+        return health
 
     def _find_trip(self, now_ns: int, stats: LinkSnapshot, rtt_ns: int | None,
                    clock_fresh: bool) -> tuple[Reason, str] | None:
@@ -121,21 +137,21 @@ class LinkWatchdog:
         if self._last_command_ns is None:
             return Reason.COMMAND_TIMEOUT, "no command received yet"
         silent_ns = now_ns - self._last_command_ns
-        if silent_ns > c.command_timeout_ms * _MS:
+        if silent_ns > self._timeout_ns:
             return Reason.COMMAND_TIMEOUT, f"no fresh command for {silent_ns / _MS:.1f} ms"
         if rtt_ns is None or not clock_fresh:
             return Reason.RTT_UNKNOWN, "round trip unknown: no recent clock-sync pong"
-        if rtt_ns > c.rtt_halt_ms * _MS:
+        if rtt_ns > self._rtt_halt_ns:
             return Reason.RTT_HIGH, f"round trip {rtt_ns / _MS:.1f} ms > {c.rtt_halt_ms} ms"
         if stats.latency_us is None:
             return Reason.RTT_UNKNOWN, "one-way latency unknown: no clock offset"
-        if stats.latency_us > c.latency_halt_ms * 1000:
+        if stats.latency_us > self._latency_halt_us:
             return (Reason.LATENCY_HIGH,
                     f"one-way latency {stats.latency_us / 1000:.1f} ms > {c.latency_halt_ms} ms")
         if stats.loss > c.loss_halt:
             return (Reason.LOSS_BURST,
                     f"loss {stats.loss:.1%} over {c.loss_window_ms:.0f} ms > {c.loss_halt:.1%}")
-        if stats.jitter_us is not None and stats.jitter_us > c.jitter_halt_ms * 1000:
+        if stats.jitter_us is not None and stats.jitter_us > self._jitter_halt_us:
             return (Reason.JITTER_HIGH,
                     f"jitter {stats.jitter_us / 1000:.1f} ms > {c.jitter_halt_ms} ms")
         return self._video_trip(now_ns)
@@ -147,7 +163,7 @@ class LinkWatchdog:
             return Reason.VIDEO_STALE, "no picture on the surgeon's display"
         # The frame keeps ageing after the report, so a silent console cannot keep it fresh.
         age_ns = self._video_age_ns + (now_ns - self._video_reported_ns)
-        if age_ns > self.cfg.video_stale_ms * _MS:
+        if age_ns > self._video_stale_ns:
             return (Reason.VIDEO_STALE,
                     f"surgeon's frame is {age_ns / _MS:.0f} ms old > {self.cfg.video_stale_ms} ms")
         return None

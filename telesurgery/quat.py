@@ -71,7 +71,14 @@ def quat_from_rotvec(v: Vec3) -> Quat:
 
 def quat_relative(a: Quat, b: Quat) -> tuple[float, Vec3]:
     """Angle and unit axis of the shortest rotation taking ``a`` to ``b`` (in a's frame)."""
-    w, x, y, z = quat_mul(quat_conj(a), b)
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    # quat_mul(quat_conj(a), b) written out, bit for bit (p - (-q) is p + q in IEEE
+    # arithmetic): two calls fewer, and this runs three times a control period.
+    w = aw * bw + ax * bx + ay * by + az * bz
+    x = aw * bx - ax * bw - ay * bz + az * by
+    y = aw * by + ax * bz - ay * bw - az * bx
+    z = aw * bz - ax * by + ay * bx - az * bw
     if w < 0.0:  # q and -q are the same rotation: take the short way round
         w, x, y, z = -w, -x, -y, -z
     s = math.sqrt(x * x + y * y + z * z)

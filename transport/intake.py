@@ -74,16 +74,21 @@ class CommandIntake:
         self._alerted: set[str] = set()
         self._alerts: deque[AuditAlert] = deque(maxlen=MAX_ALERTS)
         self._counts: Counter[Verdict] = Counter()
+        self._fresh = 0
+        """FRESH verdicts, counted apart: an Enum's hash is a Python call (two a
+        ``Counter`` increment), and nearly every command is fresh (issue 11)."""
         self._ratelog = RateLimitedLog(log)
 
     # ---------------------------------------------------------------- input
     def offer(self, cmd: Command, recv_ns: int, offset_ns: int | None) -> Verdict:
         """Judge one command received at ``recv_ns`` (robot clock); FRESH means act on it."""
         verdict = self._judge(cmd, recv_ns, offset_ns)
-        self._counts[verdict] += 1
         if verdict is Verdict.FRESH:
+            self._fresh += 1
             self._last_recv_ns = recv_ns
             self.stats.on_message(cmd.seq, cmd.t_send_ns, recv_ns, offset_ns)
+        else:
+            self._counts[verdict] += 1
         return verdict
 
     def reset(self, session: int | None = None) -> None:
@@ -142,7 +147,9 @@ class CommandIntake:
     @property
     def counters(self) -> dict[str, int]:
         """Every verdict, those of the intake's own rules included."""
-        return {v.value: self._counts[v] for v in Verdict}
+        counts = {v.value: self._counts[v] for v in Verdict}
+        counts[Verdict.FRESH.value] = self._fresh
+        return counts
 
     @property
     def last_seq(self) -> int | None:

@@ -195,9 +195,16 @@ def main(argv: list[str]) -> int:
         from telesurgery.bench import servo  # a smart-servo bus instead of the virtual arm
 
         return servo.main(argv)
+    if any(a == "--simulated" or a.startswith("--simulated=") for a in argv):
+        from telesurgery.bench import loopcost  # CPU work per period, simulated clock
+
+        return loopcost.main(argv)
     p = argparse.ArgumentParser(prog="telesurgery bench loop", description=plain_help(__doc__))
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--simulated", type=int, metavar="N",
+                   help="instead: N periods on a simulated clock, CPU per period only "
+                        "(telesurgery/bench/loopcost.py; for callgrind)")
     p.add_argument("--spin-us", type=int, default=None,
                    help="spin this long before each deadline (default: the node's "
                         "control.spin_us)")

@@ -231,7 +231,7 @@ def _loss(h: Harness) -> dict[str, object]:
 
 
 def _rtt_unknown(h: Harness) -> dict[str, object]:
-    return {"link": lambda now: replace(healthy_link(now), rtt_ns=None)}
+    return {"link": lambda now: healthy_link(now)._replace(rtt_ns=None)}
 
 
 def _video_old(h: Harness) -> dict[str, object]:

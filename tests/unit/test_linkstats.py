@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from transport.linkstats import MAX_CHECKPOINTS, REORDER_HORIZON, LinkStats
+from transport.linkstats import MAX_CHECKPOINTS, REORDER_HORIZON, LinkSnapshot, LinkStats
 
 MS = 1_000_000
 OFFSET = 7_000 * MS  # local = remote + OFFSET
@@ -176,3 +176,39 @@ def test_reset_starts_a_new_sequence_space() -> None:
 def test_bad_window_is_refused() -> None:
     with pytest.raises(ValueError, match="window_ns"):
         LinkStats(window_ns=0)
+
+
+class _Rebuilt(LinkStats):
+    """The reference: a snapshot computed afresh at every call (no kept snapshot)."""
+
+    def snapshot(self, now_ns: int) -> LinkSnapshot:
+        self._snap = None
+        return super().snapshot(now_ns)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kept_snapshot_is_the_fresh_one(seed: int) -> None:
+    """The control thread asks for a snapshot every period; between arrivals the last
+    one is returned (issue 11). It must be the one a fresh computation gives at every
+    instant: after gaps (a loss burst the watchdog trips on), late fills, duplicates,
+    stale arrivals, checkpoints leaving the window, silences and a reset."""
+    rng = random.Random(seed)
+    kept, fresh = LinkStats(window_ns=50 * MS), _Rebuilt(window_ns=50 * MS)
+    now, seq = 0, 0
+    for step in range(6_000):
+        now += rng.choice((MS // 4, MS, MS, 3 * MS)) if step % 997 else 80 * MS  # silences
+        if step == 3_000:
+            kept.reset()
+            fresh.reset()
+        for _ in range(rng.choice((0, 0, 1, 1, 1, 2))):  # periods with 0, 1 or 2 arrivals
+            r = rng.random()
+            seq = (seq + rng.randint(2, 40) if r < 0.05 else  # a gap
+                   seq if r < 0.07 else  # a duplicate
+                   max(0, seq - rng.randint(1, 30)) if r < 0.1 else  # late or stale
+                   seq + 1)
+            offset = None if r > 0.98 else OFFSET
+            send = now - OFFSET - rng.randint(0, 3 * MS)
+            kept.on_message(seq, send, now, offset)
+            fresh.on_message(seq, send, now, offset)
+        for probe in (now, now + MS // 2):  # also asked twice between arrivals
+            assert kept.snapshot(probe) == fresh.snapshot(probe), (seed, step)

@@ -298,3 +298,17 @@ def test_healthy_since_restarts_after_every_trip() -> None:
     wd.on_fresh_command(40 * MS)
     assert wd.evaluate(40 * MS, good_snapshot(), 2 * MS, True).healthy_since_ns == 40 * MS
     assert wd.healthy_since_ns == 40 * MS
+
+
+def test_scale_follows_the_round_trip_within_one_healthy_streak() -> None:
+    """A healthy verdict is kept between evaluations while the round trip is the same
+    (issue 11); a new round trip, in or out of the warning band, must still change it."""
+    wd = fresh_watchdog()
+    seen = []
+    for t, rtt_ms in enumerate((50, 50, 150, 150, 200, 50, 100, 150)):
+        wd.on_fresh_command(t * MS)
+        health = wd.evaluate(t * MS, good_snapshot(), rtt_ms * MS, True)
+        assert health.ok and health.healthy_since_ns == 0
+        seen.append((round(health.scale, 6), health.warn, bool(health.detail)))
+    assert seen == [(1.0, False, False)] * 2 + [(0.7, True, True)] * 2 + [
+        (0.4, True, True), (1.0, False, False), (1.0, False, False), (0.7, True, True)]
