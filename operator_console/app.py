@@ -37,6 +37,7 @@ from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import Image
 from operator_console.video.receiver import VideoReceiver
+from operator_console.video.stages import VideoStages
 from operator_console.view import HudState, SurgeonView
 from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
@@ -69,6 +70,7 @@ class ConsoleApp:
         self.last_hud: HudState | None = None
         self.alarm_draws = AlarmDraws()
         self.intercom: SoundIntercom | None = None
+        self.stages = VideoStages()
 
     def stop(self) -> None:
         self._halt.set()
@@ -83,8 +85,10 @@ class ConsoleApp:
             link = stack.enter_context(ConsoleLink(cfg.link, keys))
             mapper = TeleopMapper(replace(cfg.teleop, rate_hz=cfg.loop.rate_hz))
             session = SessionThread(link, cfg.session, self.shared, period_ns)
+            switch = cfg.loop.gil_switch_ms
             commands = CommandThread(link, device, mapper, self.shared, period_ns=period_ns,
-                                     realtime=cfg.loop.realtime)
+                                     realtime=cfg.loop.realtime,
+                                     gil_switch_s=None if switch is None else switch / 1000)
             for t in (commands, session):
                 t.start()
                 stack.callback(t.join, 2.0)
@@ -188,6 +192,7 @@ class ConsoleApp:
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
+                self.stages.on_shown(frame, shown)
                 video_path.on_displayed(shown, frame)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
@@ -210,6 +215,7 @@ class ConsoleApp:
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
+                self.stages.on_keyframe_request(kfr.reason)
                 video_path.on_keyframe_requested(now)  # the switch's split
             if status is not None:
                 status.update(hud, now)
@@ -255,6 +261,9 @@ class ConsoleApp:
             "commands_sent": commands.sent,
             "device_errors": commands.device_errors,
             "command_period": asdict(commands.pacer.stats()),
+            "command_send_gaps": commands.send_gaps.summary(),
+            "command_late_split": commands.late.summary(),
+            "video_stages": self.stages.summary(),
             "link_counters": dict(link.counters),
             "g2g_ms": {"n": len(self.g2g_us), "p50": float(np.percentile(g2g, 50)),
                        "p99": float(np.percentile(g2g, 99)), "max": float(g2g.max())},

@@ -26,7 +26,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +235,7 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                     source.stop()
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
-                        outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)
+                        outbox.put(("stats", sender.report()), timeout=FINAL_PUT_S)
             finally:
                 control.close(0)
                 sock.close(0)
@@ -309,4 +309,4 @@ def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
         if now >= next_stats:
             next_stats = now + 1_000_000_000
             with contextlib.suppress(queue.Full):
-                outbox.put_nowait(("stats", asdict(sender.stats)))
+                outbox.put_nowait(("stats", sender.report()))
