@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from operator_console.command_loop import CommandThread
+from operator_console.command_loop import (
+    CommandThread,
+    console_context,
+    keep_gil_holders_running,
+    thread_priorities,
+)
 from operator_console.config import ConsoleConfig
 from operator_console.connection import ConnectionWatch, VideoPathSwitch
 from operator_console.devices import open_device
@@ -82,7 +87,9 @@ class ConsoleApp:
         with ExitStack() as stack:
             device = open_device(cfg.device)
             stack.callback(device.close)
-            link = stack.enter_context(ConsoleLink(cfg.link, keys))
+            ctx = console_context(cfg.loop.realtime)
+            stack.callback(ctx.term)  # after the link's sockets are closed
+            link = stack.enter_context(ConsoleLink(cfg.link, keys, ctx))
             mapper = TeleopMapper(replace(cfg.teleop, rate_hz=cfg.loop.rate_hz))
             session = SessionThread(link, cfg.session, self.shared, period_ns)
             switch = cfg.loop.gil_switch_ms
@@ -98,6 +105,7 @@ class ConsoleApp:
             self.intercom = start_intercom(cfg.intercom, cfg.link.host, keys, SURGEON_USER)
             if self.intercom is not None:
                 stack.callback(self.intercom.close)
+            keep_gil_holders_running(cfg.loop.realtime)  # this thread: decode, HUD
             self.watch = ConnectionWatch(link.video_socket,
                                          f"{cfg.link.host}:{cfg.link.video_port}")
             stack.callback(self.watch.close)
@@ -274,6 +282,7 @@ class ConsoleApp:
             "final_state": self.shared.telemetry.state if self.shared.telemetry else None,
             "vitals_alarms_drawn": self.alarm_draws.first_drawn,
             "thread_cpu_s": {k: round(v, 2) for k, v in thread_cpu_seconds().items()},
+            "thread_fifo_priority": thread_priorities(),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

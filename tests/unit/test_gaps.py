@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import av
 import pytest
+import zmq
 
-from operator_console.command_loop import CommandThread, LateSplit
+from hil_tests.faultproxy import PROXY_PRIORITY
+from operator_console.command_loop import (
+    IO_THREAD_PRIORITY,
+    CommandThread,
+    LateSplit,
+    console_context,
+    keep_gil_holders_running,
+    thread_priorities,
+)
 from operator_console.config import ConsoleConfig, LoopConfig
 from operator_console.session import ConsoleShared
 from operator_console.teleop import TeleopConfig, TeleopMapper
@@ -17,6 +30,7 @@ from operator_console.video.receiver import DecodedFrame
 from operator_console.video.stages import VideoStages
 from telesurgery.errors import ConfigError
 from telesurgery.gaps import AgeCounter, GapCounter
+from telesurgery.pacer import HELPER_PRIORITY, realtime_permitted
 from tests.unit.test_command_loop_wording import HeldMaster
 
 MS = 1_000_000
@@ -112,3 +126,55 @@ def test_the_command_thread_shortens_the_consoles_gil_switch_interval() -> None:
         thread.stop()
         thread.join(2)
         sys.setswitchinterval(before)
+
+
+@pytest.mark.skipif(not realtime_permitted(30), reason="SCHED_FIFO not permitted here")
+def test_the_fault_proxy_relays_at_its_real_time_priority(tmp_path: Path) -> None:
+    """The proxy stands in for the network, which does not share the rig's CPUs: at
+    normal priority it read commands tens of ms late on a loaded machine."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "telesurgery.cli", "faultproxy", "--listen",
+         "command@127.0.0.1:0=127.0.0.1:9", "--listen", "video@127.0.0.1:0=127.0.0.1:9"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for _ in range(2):
+            assert "faultproxy ready" in proc.stdout.readline()
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        relays = [t for t in tids if os.sched_getscheduler(t) & ~os.SCHED_RESET_ON_FORK
+                  == os.SCHED_FIFO
+                  and os.sched_getparam(t).sched_priority == PROXY_PRIORITY]
+        assert len(relays) >= 3  # the main thread and one relay thread per channel
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_the_consoles_threads_that_carry_commands_run_at_their_priorities() -> None:
+    """libzmq's I/O thread (it encrypts every command) below the command thread; the
+    console's main thread at the helpers' low real-time priority (a GIL holder that is
+    never preempted by ordinary processes). Hooked up in ``ConsoleApp.run``: the
+    scripted console process's summary shows it (tests/system/test_handoff.py)."""
+    if not realtime_permitted(IO_THREAD_PRIORITY):
+        pytest.skip("SCHED_FIFO not permitted here")
+    ctx = console_context(realtime=True)
+    sock = ctx.socket(zmq.PUSH)
+    try:
+        sock.bind("tcp://127.0.0.1:*")  # the I/O thread runs once a socket has work
+        deadline = time.monotonic() + 5
+        while "ZMQbg/IO/0" not in thread_priorities() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert thread_priorities().get("ZMQbg/IO/0") == IO_THREAD_PRIORITY
+    finally:
+        sock.close(0)
+        ctx.term()
+    seen: list[int] = []
+
+    def main_like() -> None:
+        keep_gil_holders_running(True)
+        seen.append(thread_priorities()[threading.current_thread().name])
+
+    t = threading.Thread(target=main_like, name="main-like")
+    t.start()
+    t.join(5)
+    assert seen == [HELPER_PRIORITY]
