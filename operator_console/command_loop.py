@@ -96,8 +96,10 @@ def keep_gil_holders_running(realtime: bool) -> bool:
     priority, as the robot's helpers: not for its own sake, but because a thread
     preempted by an unrelated busy process *while holding the GIL* stalls the command
     thread until it runs again (measured: the command thread woke 30 ms late, its own
-    work 0.2 ms, on a loaded two-core machine)."""
-    return try_realtime(HELPER_PRIORITY) if realtime else False
+    work 0.2 ms, on a loaded two-core machine). Threads started from here inherit it:
+    the H.264 decoder's own threads (libavcodec's), which at normal priority kept a
+    decode waiting up to 466 ms for them on the same machine."""
+    return try_realtime(HELPER_PRIORITY, children_inherit=True) if realtime else False
 
 
 def thread_priorities() -> dict[str, int]:

@@ -106,8 +106,8 @@ class VideoProcess:
                              local_socket),
                   self._inbox, self._outbox))
         self.encoder = "starting"
-        self.fifo_priority: int | None = None
-        """The SCHED_FIFO priority the child got (0: normal; None: not reported yet)."""
+        self.nice: int | None = None
+        """The child's nice value as it starts encoding (None: not reported yet)."""
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
         self._stopped = False
@@ -154,8 +154,8 @@ class VideoProcess:
                 return
             if kind == "encoder":
                 self.encoder = str(value)
-            elif kind == "priority":
-                self.fifo_priority = int(value)
+            elif kind == "nice":
+                self.nice = int(value)
             elif kind == "error":
                 self.error = str(value)
             elif kind == "stats":
@@ -167,7 +167,7 @@ class VideoProcess:
 
     def summary(self) -> dict[str, Any]:
         self.poll()
-        return {"encoder": self.describe(), "fifo_priority": self.fifo_priority, **self.stats,
+        return {"encoder": self.describe(), "nice": self.nice, **self.stats,
                 "dropped_requests": self.dropped_requests}
 
     def stop(self) -> None:
@@ -207,7 +207,6 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
     from robot_side.video.encoder import H264Encoder, select_encoder
     from robot_side.video.sender import VideoSender
     from telesurgery.errors import TelesurgeryError
-    from telesurgery.pacer import try_realtime
     from transport.auth import start_authenticator
     from transport.keys import ServerKeys
     from transport.link import video_server_socket
@@ -217,9 +216,8 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops us after Ctrl-C
     # Before any thread starts: libx264's, libzmq's and the capture thread inherit it.
-    fifo = bool(video.priority) and try_realtime(video.priority, children_inherit=True)
     with contextlib.suppress(queue.Full):
-        outbox.put_nowait(("priority", video.priority if fifo else 0))
+        outbox.put_nowait(("nice", _renice(video.nice)))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         keys = ServerKeys.load(args.keys_dir)
@@ -257,6 +255,17 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
             outbox.put_nowait(("error", str(err)))
     finally:
         ctx.term()
+
+
+def _renice(nice: int) -> int:
+    """Set this process's (this thread's, inherited by the threads it starts) nice value
+    where permitted; returns the value in force."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError as err:
+            log.info("video process nice %d not permitted (%s); normal priority", nice, err)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def _take_control(control: zmq.Socket[Any], sender: Any) -> bool:

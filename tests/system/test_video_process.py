@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,6 @@ import psutil
 
 from robot_side.video.config import VideoConfig
 from robot_side.video_process import VideoProcess
-from telesurgery.pacer import realtime_permitted
 from transport.config import LinkConfig
 from transport.keys import init_keys
 
@@ -106,5 +106,5 @@ def test_keyframe_requests_go_straight_to_the_video_process(tmp_path: Path) -> N
         ctx.term()
     assert vp.stats.get("keyframe_requests", 0) >= 3, vp.summary()
     assert vp.exitcode == 0
-    if realtime_permitted(VIDEO.priority):  # encoding preempted by ordinary processes
-        assert vp.fifo_priority == VIDEO.priority == 10  # made the picture stale
+    if os.geteuid() == 0:  # encoding preempted by ordinary processes made pictures stale
+        assert vp.nice == VIDEO.nice == -10

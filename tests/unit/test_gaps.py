@@ -173,8 +173,13 @@ def test_the_consoles_threads_that_carry_commands_run_at_their_priorities() -> N
     def main_like() -> None:
         keep_gil_holders_running(True)
         seen.append(thread_priorities()[threading.current_thread().name])
+        # What it starts inherits it: the decoder's libavcodec threads wait for nothing.
+        helper = threading.Thread(target=lambda: seen.append(
+            thread_priorities()[threading.current_thread().name]), name="decoder-like")
+        helper.start()
+        helper.join(5)
 
     t = threading.Thread(target=main_like, name="main-like")
     t.start()
     t.join(5)
-    assert seen == [HELPER_PRIORITY]
+    assert seen == [HELPER_PRIORITY, HELPER_PRIORITY]
