@@ -14,7 +14,9 @@ and the robot's CPU (control process and video encode, % of one core). The raw
 pair sends in windows (``RAW_WINDOW_S`` every ``RAW_EVERY_S``), not all along:
 what the soak runs beside the rig competes with it for the same two cores.
 ``--command-timeout-ms`` runs it with another command timeout (the goal: no
-false trip at 50 ms nor at 20 ms).
+false trip at 50 ms nor at 20 ms). "False trip causes" prints, per stage of the
+command and video paths, the largest gap or age and how many exceeded the trip's
+thresholds (``trip_causes``), so a trip's time can be found where it was lost.
 
 Ten minutes by default, so not part of ``telesurgery bench all``; run it as
 ``telesurgery bench soak [--seconds N]``. The last line printed is one JSON
