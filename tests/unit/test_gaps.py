@@ -183,3 +183,23 @@ def test_the_consoles_threads_that_carry_commands_run_at_their_priorities() -> N
     t.start()
     t.join(5)
     assert seen == [HELPER_PRIORITY, HELPER_PRIORITY]
+
+
+def test_the_soak_names_the_stage_where_a_trips_time_went() -> None:
+    from telesurgery.bench.soak import trip_causes
+
+    sends = GapCounter()
+    for t in (0, 1, 23):  # one 22 ms interval at the console's send
+        sends.event(t * MS)
+    console = {"command_send_gaps": sends.summary(),
+               "command_late_split": {"n": 1, "wake_late_ms": 21.0, "work_wait_ms": 0.0,
+                                      "work_cpu_ms": 0.2, "worst_gap_ms": 22.0,
+                                      "worst_wake_late_ms": 21.0, "worst_work_wait_ms": 0.0,
+                                      "worst_work_cpu_ms": 0.2},
+               "video_stages": VideoStages().summary()}
+    causes = trip_causes(console, {}, {})
+    assert causes["console command sends"].startswith("max 22.0 ms, >5: 1, >10: 1, >20: 1")
+    assert "worst 22.0 ms = wake 21.0" in causes["console command sends"]
+    assert causes["proxy command arrivals"].startswith("n/a")  # no proxy: said, not guessed
+    assert set(causes) == {"console command sends", "proxy command arrivals", "robot video",
+                           "proxy video arrivals", "console video"}
