@@ -56,6 +56,7 @@ import logging
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -68,12 +69,20 @@ from hil_tests.faults import BlackoutWindow, Decision, FaultModel, FaultSpec
 from hil_tests.relay import AddedLatency, Counters, Relay
 from telesurgery.errors import ConfigError, LinkError
 from telesurgery.gcpolicy import settle
+from telesurgery.pacer import SWITCH_INTERVAL_S, try_realtime
 
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 BlackoutMode = Literal["drop", "hold"]
 BLACKOUT_MODES = ("drop", "hold")
+PROXY_PRIORITY = 30
+"""SCHED_FIFO priority of the proxy's threads (``--priority``; 0: normal), a property of
+the rig: the proxy stands in for the network, which in reality does not share the
+robot's or the console's CPUs. At normal priority on the loaded two-core rig it read
+commands up to tens of ms late (gaps the console never sent). Below the robot's threads
+(45-50) and the console's command (40) and session (35) threads, so the arm's own loop
+and the surgeon's commands still come first."""
 DIRECTIONS = ("upstream", "downstream")
 DROP = Decision(drop=True)
 
@@ -419,8 +428,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--source", metavar="ADDR", default=None,
                         help="address the relayed connections leave from (a path's own)")
+    parser.add_argument("--priority", type=int, default=PROXY_PRIORITY,
+                        help="SCHED_FIFO priority of the relay threads where permitted "
+                             f"(default {PROXY_PRIORITY}; 0: normal priority)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if not 0 <= args.priority <= 99:
+        parser.error("--priority must be within 0..99")
     try:
         routes = {name: (listen, target) for name, listen, target in map(parse_route, args.listen)}
         control = _check_control_endpoint(args.control) if args.control else None
@@ -434,6 +448,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     settle("fault proxy")  # it stands in for the network, which never pauses to collect
+    # One process relays every channel, one thread each: the video relay's parsing must
+    # not hold the GIL for Python's 5 ms while a command waits to be relayed.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if args.priority:
+        try_realtime(args.priority, children_inherit=True)  # the relay threads, too
     with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed,
                   source=args.source) as proxies:
         for name, port in proxies.ports.items():
@@ -447,8 +466,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     logging.basicConfig(level=logging.DEBUG if "-v" in sys.argv else logging.INFO,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     sys.exit(main(sys.argv[1:]))

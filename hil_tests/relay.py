@@ -32,11 +32,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from hil_tests.faults import Decision
+from telesurgery.gaps import COMMAND_GAPS_MS, PICTURE_AGES_MS, GapCounter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ REORDER_WAIT_NS = 200_000_000
 """A message held back for reordering goes out anyway if nothing overtakes it this soon."""
 RECV_BYTES = 256 * 1024
 IDLE_WAKE_S = 0.5
+ARRIVAL_GAPS_MS = COMMAND_GAPS_MS + PICTURE_AGES_MS
+"""One proxy relays commands (1 kHz) and video (30 fps): both streams' thresholds."""
 
 
 @dataclass
@@ -83,21 +86,29 @@ class AddedLatency:
     def __init__(self, size: int = 1 << 18) -> None:
         self._ns = np.zeros(size, dtype=np.int64)
         self.n = 0
+        self.arrival_gaps = GapCounter(ARRIVAL_GAPS_MS)
+        """Intervals between messages as the proxy read them: its own late wake-ups
+        (scheduling, the GIL of its other relays) show here, which ``add`` cannot see."""
 
     def add(self, ns: int) -> None:
         self._ns[self.n % len(self._ns)] = ns
         self.n += 1
 
+    def arrived(self, now_ns: int) -> None:
+        self.arrival_gaps.event(now_ns)
+
     def reset(self) -> None:
         self.n = 0
+        self.arrival_gaps = GapCounter(ARRIVAL_GAPS_MS)
 
-    def percentiles(self) -> dict[str, float]:
+    def percentiles(self) -> dict[str, Any]:
         k = min(self.n, len(self._ns))
         if k == 0:
             return {"n": 0}
         p50, p99 = np.percentile(self._ns[:k], [50, 99]) / 1000.0
         return {"n": self.n, "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
-                "max_us": round(float(self._ns[:k].max()) / 1000.0, 1)}
+                "max_us": round(float(self._ns[:k].max()) / 1000.0, 1),
+                "arrival_gaps": self.arrival_gaps.summary()}
 
 
 @dataclass
@@ -235,6 +246,8 @@ class FaultedStream:
             data = corrupt_frames(frames, self.rng)
             counters.corrupted += 1
         counters.messages += 1
+        if self.added is not None:
+            self.added.arrived(now_ns)
         release_ns = now_ns + decision.delay_ns
         if decision.reorder and self.held is None:
             self.held = _Item(release_ns + REORDER_WAIT_NS, data, app=True, seq=self.seq)

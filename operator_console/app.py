@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from operator_console.command_loop import CommandThread
+from operator_console.command_loop import (
+    CommandThread,
+    console_context,
+    keep_gil_holders_running,
+    thread_priorities,
+)
 from operator_console.config import ConsoleConfig
 from operator_console.connection import ConnectionWatch, VideoPathSwitch
 from operator_console.devices import open_device
@@ -37,6 +42,7 @@ from operator_console.video.display import Display, screen_available
 from operator_console.video.freshness import FreshnessMonitor
 from operator_console.video.hud import Image
 from operator_console.video.receiver import VideoReceiver
+from operator_console.video.stages import VideoStages
 from operator_console.view import HudState, SurgeonView
 from operator_console.vitals_view import AlarmDraws, vitals_strip
 from telesurgery.config import load
@@ -71,6 +77,7 @@ class ConsoleApp:
         self.last_hud: HudState | None = None
         self.alarm_draws = AlarmDraws()
         self.intercom: SoundIntercom | None = None
+        self.stages = VideoStages()
 
     def stop(self) -> None:
         self._halt.set()
@@ -82,11 +89,15 @@ class ConsoleApp:
         with ExitStack() as stack:
             device = open_device(cfg.device)
             stack.callback(device.close)
-            link = stack.enter_context(ConsoleLink(cfg.link, keys))
+            ctx = console_context(cfg.loop.realtime)
+            stack.callback(ctx.term)  # after the link's sockets are closed
+            link = stack.enter_context(ConsoleLink(cfg.link, keys, ctx))
             mapper = TeleopMapper(replace(cfg.teleop, rate_hz=cfg.loop.rate_hz))
             session = SessionThread(link, cfg.session, self.shared, period_ns)
+            switch = cfg.loop.gil_switch_ms
             commands = CommandThread(link, device, mapper, self.shared, period_ns=period_ns,
-                                     realtime=cfg.loop.realtime)
+                                     realtime=cfg.loop.realtime,
+                                     gil_switch_s=None if switch is None else switch / 1000)
             settle("console")  # before the command thread: its sends must not wait on it
             for t in (commands, session):
                 t.start()
@@ -97,6 +108,7 @@ class ConsoleApp:
             self.intercom = start_intercom(cfg.intercom, cfg.link.host, keys, SURGEON_USER)
             if self.intercom is not None:
                 stack.callback(self.intercom.close)
+            keep_gil_holders_running(cfg.loop.realtime)  # this thread: decode, HUD
             self.watch = ConnectionWatch(link.video_socket,
                                          f"{cfg.link.host}:{cfg.link.video_port}")
             stack.callback(self.watch.close)
@@ -191,6 +203,7 @@ class ConsoleApp:
                 next_redraw = now + HUD_REDRAW_NS
                 shown = time.monotonic_ns()
                 fresh.on_displayed(frame.capture_local_ns, shown)
+                self.stages.on_shown(frame, shown)
                 video_path.on_displayed(shown, frame)
                 g2g = frame.g2g_ns(shown) // 1000
                 g2g_ms = g2g / 1000
@@ -213,6 +226,7 @@ class ConsoleApp:
             sh.video_stale = fresh.stale(now) if cfg.enabled else False
             if receiver is not None and (kfr := receiver.take_keyframe_request(now)):
                 sh.keyframe_requests.append(kfr)
+                self.stages.on_keyframe_request(kfr.reason)
                 video_path.on_keyframe_requested(now)  # the switch's split
             if status is not None:
                 status.update(hud, now)
@@ -258,6 +272,9 @@ class ConsoleApp:
             "commands_sent": commands.sent,
             "device_errors": commands.device_errors,
             "command_period": asdict(commands.pacer.stats()),
+            "command_send_gaps": commands.send_gaps.summary(),
+            "command_late_split": commands.late.summary(),
+            "video_stages": self.stages.summary(),
             "link_counters": dict(link.counters),
             "g2g_ms": {"n": len(self.g2g_us), "p50": float(np.percentile(g2g, 50)),
                        "p99": float(np.percentile(g2g, 99)), "max": float(g2g.max())},
@@ -269,6 +286,7 @@ class ConsoleApp:
             "vitals_alarms_drawn": self.alarm_draws.first_drawn,
             "thread_cpu_s": {k: round(v, 2) for k, v in thread_cpu_seconds().items()},
             "gc": GC_PAUSES.summary(),
+            "thread_fifo_priority": thread_priorities(),
         }
         self.summary_path.parent.mkdir(parents=True, exist_ok=True)
         self.summary_path.write_text(json.dumps(summary, indent=2, default=str))

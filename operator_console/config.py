@@ -18,9 +18,16 @@ class LoopConfig:
     rate_hz: float = 1000.0
     """Command rate, the robot's control rate; the command timeout (50 ms) spans 50."""
     realtime: bool = True
+    gil_switch_ms: float | None = 0.5
+    """How long another console thread may hold the GIL while the command thread waits
+    for it (``sys.setswitchinterval``; None: Python's 5 ms). The robot's loop uses 0.5."""
 
     def __post_init__(self) -> None:
         finite_positive("loop.rate_hz", self.rate_hz)
+        if self.gil_switch_ms is not None:
+            finite_positive("loop.gil_switch_ms", self.gil_switch_ms)
+            check(self.gil_switch_ms <= 10.0, "loop.gil_switch_ms", self.gil_switch_ms,
+                  "must be at most 10 ms")
         check(20.0 <= self.rate_hz <= 1000.0, "loop.rate_hz", self.rate_hz,
               "must be within 20..1000 Hz")
 

@@ -26,7 +26,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,8 @@ class VideoProcess:
                              local_socket),
                   self._inbox, self._outbox))
         self.encoder = "starting"
+        self.nice: int | None = None
+        """The child's nice value as it starts encoding (None: not reported yet)."""
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
         self._stopped = False
@@ -154,6 +156,8 @@ class VideoProcess:
                 return
             if kind == "encoder":
                 self.encoder = str(value)
+            elif kind == "nice":
+                self.nice = int(value)
             elif kind == "error":
                 self.error = str(value)
             elif kind == "stats":
@@ -165,7 +169,7 @@ class VideoProcess:
 
     def summary(self) -> dict[str, Any]:
         self.poll()
-        return {"encoder": self.describe(), **self.stats,
+        return {"encoder": self.describe(), "nice": self.nice, **self.stats,
                 "dropped_requests": self.dropped_requests}
 
     def stop(self) -> None:
@@ -213,6 +217,9 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops us after Ctrl-C
+    # Before any thread starts: libx264's, libzmq's and the capture thread inherit it.
+    with contextlib.suppress(queue.Full):
+        outbox.put_nowait(("nice", _renice(video.nice)))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         keys = ServerKeys.load(args.keys_dir)
@@ -239,7 +246,7 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                     log.info("video process: %s", GC_PAUSES.describe())
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
-                        outbox.put(("stats", asdict(sender.stats)), timeout=FINAL_PUT_S)
+                        outbox.put(("stats", sender.report()), timeout=FINAL_PUT_S)
             finally:
                 control.close(0)
                 sock.close(0)
@@ -252,6 +259,17 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
             outbox.put_nowait(("error", str(err)))
     finally:
         ctx.term()
+
+
+def _renice(nice: int) -> int:
+    """Set this process's (this thread's, inherited by the threads it starts) nice value
+    where permitted; returns the value in force."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError as err:
+            log.info("video process nice %d not permitted (%s); normal priority", nice, err)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def _take_control(control: zmq.Socket[Any], sender: Any) -> bool:
@@ -313,4 +331,4 @@ def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
         if now >= next_stats:
             next_stats = now + 1_000_000_000
             with contextlib.suppress(queue.Full):
-                outbox.put_nowait(("stats", asdict(sender.stats)))
+                outbox.put_nowait(("stats", sender.report()))

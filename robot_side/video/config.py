@@ -52,6 +52,15 @@ class VideoConfig:
     """VBV buffer in frame periods: caps any frame, keyframes included, near this."""
     max_send_age_ms: float = 250.0
     """A captured frame older than this at send time is dropped, never sent."""
+    nice: int = -10
+    """Nice value of the video process (capture, encoder and its libx264 and libzmq
+    threads) where permitted; 0: unchanged. At normal priority a busy machine preempted
+    the encode mid-frame and the surgeon's picture went stale (capture -> sent up to
+    1.3 s). Not SCHED_FIFO: an encoder taking a third of a core at real-time priority
+    pushed the rig's CPUs into the kernel's real-time throttling (all real-time threads
+    stopped for up to 50 ms a second: the arm's state reports missed, serial faults),
+    while a CFS weight ~10x an ordinary process's keeps it ahead of other work and still
+    below every real-time thread of the control process."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -70,6 +79,7 @@ class VideoConfig:
         check(self.gop >= 0, "video.gop", self.gop, "must be >= 0")
         check(self.gop > 0 or self.intra_refresh, "video.gop", self.gop,
               "0 (no keyframes) needs intra_refresh = true")
+        check(-20 <= self.nice <= 19, "video.nice", self.nice, "must be within -20..19")
         check(0 <= self.encoder_threads <= 16, "video.encoder_threads", self.encoder_threads,
               "must be in [0, 16] (0: the encoder chooses)")
         check(self.preset in X264_PRESETS, "video.preset", self.preset,

@@ -17,7 +17,12 @@ newer one was ready are not gaps: they were never encoded.
 Bitrate adapts to congestion seen in delivery timing (AIMD, like TCP):
 
 * the console reports how old the picture it shows is (``video_age_us`` in every
-  command); an age above ``congested_age_ms`` means frames queue somewhere;
+  command); an age above ``congested_age_ms`` in every report for ``congested_for_ms``
+  means frames queue somewhere. One old report is not congestion: a picture that
+  aged because one frame came late (the console's main thread busy, a scheduler
+  hiccup on the way) is fresh again with the next frame, and a lower bitrate would
+  not have helped it; a queue keeps every picture old (measured on the healthy
+  loopback rig: single late pictures cut the rate every few seconds);
 * a keyframe request for a gap or a backlog means frames were lost or piled up
   on the way (queues overflow silently at their high-water marks);
 * with ``backpressure``, a send that would block: the queue toward the console
@@ -32,12 +37,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import zmq
 
 from robot_side.video.capture import CapturedFrame
 from robot_side.video.encoder import H264Encoder
+from telesurgery.gaps import PICTURE_AGES_MS, AgeCounter, GapCounter
 from transport import schema
 
 log = logging.getLogger(__name__)
@@ -51,7 +59,8 @@ class BitrateController:
 
     def __init__(self, max_kbps: int, min_kbps: int, *, decrease: float = 0.7,
                  increase_frac: float = 0.05, holdoff_ms: float = 500.0,
-                 increase_every_ms: float = 1000.0, congested_age_ms: float = 120.0) -> None:
+                 increase_every_ms: float = 1000.0, congested_age_ms: float = 120.0,
+                 congested_for_ms: float = 200.0) -> None:
         self.max_kbps, self.min_kbps = max_kbps, min_kbps
         self.target_kbps = max_kbps
         self._decrease = decrease
@@ -59,6 +68,9 @@ class BitrateController:
         self._holdoff_ns = int(holdoff_ms * 1e6)
         self._increase_ns = int(increase_every_ms * 1e6)
         self._congested_age_us = int(congested_age_ms * 1000)
+        self._congested_for_ns = int(congested_for_ms * 1e6)
+        self._old_since_ns: int | None = None
+        """Since when every reported age was above ``congested_age_ms`` (None: fresh)."""
         self._last_cut_ns: int | None = None
         self._last_change_ns: int | None = None
         self.cuts = 0
@@ -71,7 +83,12 @@ class BitrateController:
         return self.target_kbps
 
     def on_video_age(self, age_us: int, now_ns: int) -> int:
-        if age_us > self._congested_age_us:
+        if age_us <= self._congested_age_us:
+            self._old_since_ns = None
+            return self.target_kbps
+        if self._old_since_ns is None:
+            self._old_since_ns = now_ns
+        if now_ns - self._old_since_ns >= self._congested_for_ns:
             return self.on_congestion(now_ns)
         return self.target_kbps
 
@@ -117,6 +134,14 @@ class VideoSender:
         self._next_id = 0
         self._keyframe_due = True
         self.stats = SenderStats()
+        # Where a stale picture lost its time on this side (the console counts its own).
+        self.age_at_encode = AgeCounter()
+        """Capture -> encode start: the camera's hand-over and this process's wake-up."""
+        self.age_at_send = AgeCounter()
+        """Capture -> published (encode included)."""
+        self.send_gaps = GapCounter(PICTURE_AGES_MS)
+        self.cuts: Counter[str] = Counter()
+        """Bitrate cuts by what asked for them (age, gap, backlog, backpressure)."""
         if backpressure:
             socket.setsockopt(zmq.XPUB_NODROP, 1)
 
@@ -125,12 +150,12 @@ class VideoSender:
         self._keyframe_due = True
         self.stats.keyframe_requests += 1
         if reason in LOSS_REASONS:
-            self._apply(self.controller.on_congestion(time.monotonic_ns()))
+            self._cut(reason, self.controller.on_congestion(time.monotonic_ns()))
 
     def report_video_age(self, age_us: int | None, now_ns: int | None = None) -> None:
         """Feed the console's reported picture age into rate control."""
         if age_us is not None:
-            self._apply(self.controller.on_video_age(age_us, now_ns or time.monotonic_ns()))
+            self._cut("age", self.controller.on_video_age(age_us, now_ns or time.monotonic_ns()))
 
     def send(self, frame: CapturedFrame) -> bool:
         """Encode and publish ``frame``; False when it was dropped (stale or queue full)."""
@@ -141,6 +166,7 @@ class VideoSender:
                         frame.frame_id, (now - frame.capture_ns) / 1e6,
                         self.stats.dropped_stale)
             return False
+        self.age_at_encode.add(now - frame.capture_ns)
         self._apply(self.controller.tick(now))
         # Cleared before encoding so a request arriving meanwhile is not lost.
         force, self._keyframe_due = self._keyframe_due, False
@@ -166,8 +192,18 @@ class VideoSender:
         self.stats.sent += 1
         self.stats.bytes_sent += len(encoded.payload)
         self.stats.keyframes += encoded.keyframe
-        self.stats.send_ns_total += time.monotonic_ns() - send_ns
+        sent_ns = time.monotonic_ns()
+        self.stats.send_ns_total += sent_ns - send_ns
+        self.age_at_send.add(sent_ns - frame.capture_ns)
+        self.send_gaps.event(sent_ns)
         return True
+
+    def report(self) -> dict[str, Any]:
+        """The counters and the per-stage figures, as plain data for the parent."""
+        return {**asdict(self.stats), "stages": {
+            "age_at_encode": self.age_at_encode.summary(),
+            "age_at_send": self.age_at_send.summary(),
+            "send_gaps": self.send_gaps.summary(), "bitrate_cuts": dict(self.cuts)}}
 
     def _send_mirror(self, mirror: zmq.Socket[bytes], header: bytes, payload: bytes) -> None:
         try:
@@ -180,9 +216,14 @@ class VideoSender:
     def _dropped(self, frame_id: int) -> None:
         self.stats.dropped_backpressure += 1
         self._keyframe_due = True
-        self._apply(self.controller.on_congestion(time.monotonic_ns()))
+        self._cut("backpressure", self.controller.on_congestion(time.monotonic_ns()))
         log.warning("video send queue full, frame %d dropped (%d so far), bitrate %d kbps",
                     frame_id, self.stats.dropped_backpressure, self._encoder.bitrate_kbps)
+
+    def _cut(self, cause: str, target_kbps: int) -> None:
+        if target_kbps < self._encoder.bitrate_kbps:
+            self.cuts[cause] += 1
+        self._apply(target_kbps)
 
     def _apply(self, target_kbps: int) -> None:
         if target_kbps != self._encoder.bitrate_kbps:

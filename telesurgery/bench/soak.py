@@ -14,7 +14,9 @@ and the robot's CPU (control process and video encode, % of one core). The raw
 pair sends in windows (``RAW_WINDOW_S`` every ``RAW_EVERY_S``), not all along:
 what the soak runs beside the rig competes with it for the same two cores.
 ``--command-timeout-ms`` runs it with another command timeout (the goal: no
-false trip at 50 ms nor at 20 ms).
+false trip at 50 ms nor at 20 ms). "False trip causes" prints, per stage of the
+command and video paths, the largest gap or age and how many exceeded the trip's
+thresholds (``trip_causes``), so a trip's time can be found where it was lost.
 
 Ten minutes by default, so not part of ``telesurgery bench all``; run it as
 ``telesurgery bench soak [--seconds N]``. The last line printed is one JSON
@@ -33,6 +35,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from hil_tests.rig import RigOptions, SimRig
 from robot_side.lateperiods import describe_late
@@ -99,6 +103,7 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         cpu1, wall1 = rig.cpu_seconds("robot"), time.monotonic()
         sampler.sample()
         proxy_added = rig.proxy_added_latency()
+        proxy_stats = _proxy_stats(rig)
         cpu = cpu_seconds(rig)
         rig.stop()
         console_code = rig.procs["console"].returncode
@@ -135,6 +140,7 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         "robot_cpu_pct": (round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
                           if cpu0 is not None and cpu1 is not None and wall1 > wall0 else None),
         "console_thread_cpu_s": console.get("thread_cpu_s"),
+        "trip_causes": trip_causes(console, robot, proxy_stats),
         "rig_cpu_pct": {**sampler.percent(), **_alongside_pct(alongside, seconds)},
         "commands_expected": round(seconds * opts.rate_hz),
         "seconds": seconds,
@@ -144,6 +150,64 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
     result["failures"] = evaluate(result)
     result["ok"] = not result["failures"]
     return result
+
+
+def _proxy_stats(rig: SimRig) -> dict[str, Any]:
+    """Every channel's fault proxy statistics ({} without a proxy or when it cannot say)."""
+    if not rig.opts.proxy or "proxy" not in rig.procs:
+        return {}
+    try:
+        stats: dict[str, Any] = rig.proxy({"stats": True})["stats"]
+    except (zmq.ZMQError, KeyError, TypeError) as err:
+        log.warning("fault proxy stats unavailable: %s", err)
+        return {}
+    return stats
+
+
+def _gaps(figures: dict[str, Any] | None) -> str:
+    """``max 21.3 ms, >5: 4, >10: 2`` from a ``telesurgery.gaps`` summary."""
+    if not figures or not figures.get("n"):
+        return "n/a"
+    over = ", ".join(f">{k[5:-2]}: {v}" for k, v in figures.items() if k.startswith("over_"))
+    return f"max {figures.get('max_ms')} ms, {over}"
+
+
+def trip_causes(console: dict[str, Any], robot: dict[str, Any],
+                proxy: dict[str, Any]) -> dict[str, str]:
+    """One line per stage of the command and the video path: where time was lost.
+
+    A command timeout is a gap between commands somewhere from the console's send to
+    the robot's receive; a stale picture an age at some stage from the robot's capture
+    to the console's display. Each stage counts its own (``telesurgery.gaps``), so the
+    stage whose figures reach the trip's is where that trip's time went.
+    """
+    split = console.get("command_late_split") or {}
+    command_proxy = (proxy.get("command") or {}).get("upstream", {}).get("added_latency", {})
+    video_proxy = (proxy.get("video") or {}).get("downstream", {}).get("added_latency", {})
+    video = (robot.get("video") or {}).get("stages") or {}
+    stages = console.get("video_stages") or {}
+    return {
+        "console command sends": _gaps(console.get("command_send_gaps")) + (
+            f"; gaps > 5 ms: wake-up late {split.get('wake_late_ms')} ms, waiting while "
+            f"sending {split.get('work_wait_ms')} ms, own CPU {split.get('work_cpu_ms')} ms;"
+            f" worst {split.get('worst_gap_ms')} ms = wake {split.get('worst_wake_late_ms')}"
+            f" + wait {split.get('worst_work_wait_ms')} + CPU "
+            f"{split.get('worst_work_cpu_ms')}" if split.get("n") else ""),
+        "proxy command arrivals": _gaps(command_proxy.get("arrival_gaps"))
+        + f"; added max {command_proxy.get('max_us')} us",
+        "robot video": f"age at encode {_gaps(video.get('age_at_encode'))}; at send "
+                       f"{_gaps(video.get('age_at_send'))}; send gaps "
+                       f"{_gaps(video.get('send_gaps'))}; bitrate cuts "
+                       f"{video.get('bitrate_cuts')}",
+        "proxy video arrivals": _gaps(video_proxy.get("arrival_gaps"))
+        + f"; added max {video_proxy.get('max_us')} us",
+        "console video": f"age received {_gaps(stages.get('age_received'))}; decoded "
+                         f"{_gaps(stages.get('age_decoded'))}; shown "
+                         f"{_gaps(stages.get('age_shown'))}; shown gaps "
+                         f"{_gaps(stages.get('shown_gaps'))}; received -> shown "
+                         f"{_gaps(stages.get('console_delay'))}; keyframe requests "
+                         f"{stages.get('keyframe_requests')}",
+    }
 
 
 def path_figures(path: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +297,10 @@ def main(argv: list[str]) -> int:
     print("  rig CPU           % of one core, next to the robot's: " + ", ".join(
         f"{k} {v:g}" for k, v in (r.get("rig_cpu_pct") or {}).items()))
     print(f"  console CPU       per thread, CPU-s: {r['console_thread_cpu_s']}")
+    print("  false trip causes (per stage: the largest gap or age, and how many over each"
+          " threshold in ms)")
+    for stage, line in r["trip_causes"].items():
+        print(f"    {stage:<22} {line}")
     print(f"  alongside         stall reader SCHED_FIFO every {r['stall_interval_us']} us "
           f"({r['stall_reads']} reads, {r['stall_cpu_s']} CPU-s); raw pyzmq pair "
           f"{r['raw_windows']} window(s) of {r['raw_window_s']} s"

@@ -10,6 +10,7 @@ holds still and then moves: only the new one's motion may show in the frames.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from robot_side.manipulator.base import Frame, Targets
 from robot_side.node import RobotNode
 from safety.audit import read_records
 from telesurgery.errors import LinkTimeout
+from telesurgery.pacer import HELPER_PRIORITY, realtime_permitted
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, add_observer, add_surgeon, init_keys
 from transport.link import ConsoleLink
@@ -308,6 +310,14 @@ def test_a_scripted_mentor_console_takes_over_mid_motion(rig: Rig, tmp_path: Pat
              "--seconds", "8", "--headless", "--summary", str(tmp_path / "mentor.json")],
             capture_output=True, text=True, timeout=90, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
+        if realtime_permitted(40):
+            # What keeps the surgeon's commands punctual on a busy machine: the command
+            # thread and libzmq's I/O thread (which encrypts every command) at SCHED_FIFO,
+            # and the main thread (decode, HUD) too, so that it never sits preempted on
+            # the GIL the command thread needs.
+            fifo = json.loads((tmp_path / "mentor.json").read_text())["thread_fifo_priority"]
+            assert fifo["console-command"] == 40 and fifo["ZMQbg/IO/0"] == 39, fifo
+            assert fifo["MainThread"] == HELPER_PRIORITY, fifo
         records = list(read_records(rig.audit))
         seen = [(r.kind, r.fields.get("code") or r.fields.get("to")) for r in records
                 if r.kind in ("alert", "transition")]

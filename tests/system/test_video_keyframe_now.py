@@ -52,6 +52,9 @@ class RecordingSender:
         self._due = False
         return True
 
+    def report(self) -> dict[str, Any]:
+        return {"sent": len(self.sent)}
+
 
 def wait_for(what: str, probe: Any, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -105,3 +106,5 @@ def test_keyframe_requests_go_straight_to_the_video_process(tmp_path: Path) -> N
         ctx.term()
     assert vp.stats.get("keyframe_requests", 0) >= 3, vp.summary()
     assert vp.exitcode == 0
+    if os.geteuid() == 0:  # encoding preempted by ordinary processes made pictures stale
+        assert vp.nice == VIDEO.nice == -10

@@ -239,7 +239,8 @@ def test_bitrate_controller_cuts_on_congestion_and_recovers_slowly() -> None:
     assert ctl.on_congestion(10 * ms) == 2800
     assert ctl.on_congestion(20 * ms) == 2800  # within hold-off: one cut per episode
     assert ctl.on_video_age(50_000, 600 * ms) == 2800  # 50 ms: fine
-    assert ctl.on_video_age(200_000, 700 * ms) == 1960  # 200 ms: frames are queuing
+    assert ctl.on_video_age(200_000, 500 * ms) == 2800  # old, but once so far
+    assert ctl.on_video_age(200_000, 700 * ms) == 1960  # old for 200 ms: frames are queuing
     for step in range(1, 100):
         ctl.on_congestion((700 + 500 * step) * ms)
     assert ctl.target_kbps == 500  # floor
@@ -248,6 +249,19 @@ def test_bitrate_controller_cuts_on_congestion_and_recovers_slowly() -> None:
     for step in range(2, 40):
         ctl.tick((51_300 + 1000 * step) * ms)
     assert ctl.target_kbps == 4000  # ceiling
+
+
+def test_one_late_picture_is_not_congestion_but_a_queue_is() -> None:
+    """The healthy rig cut the rate every few seconds on single late pictures (the
+    console's own hiccups): only an age that stays above the limit cuts it."""
+    ms = 1_000_000
+    ctl = BitrateController(4000, 500, congested_age_ms=120, congested_for_ms=200)
+    for t in range(0, 2000, 100):  # reports every 100 ms; every fourth one old
+        assert ctl.on_video_age(180_000 if t % 400 == 0 else 40_000, t * ms) == 4000
+    assert ctl.cuts == 0
+    ages = [ctl.on_video_age(180_000, t * ms) for t in range(2000, 2300, 100)]
+    assert ages == [4000, 4000, 2800]  # old at 2000, 2100 and 2200 ms: a queue
+    assert ctl.cuts == 1
 
 
 # ---------------------------------------------------------------- stale picture
