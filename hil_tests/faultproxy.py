@@ -69,7 +69,7 @@ from hil_tests.faults import BlackoutWindow, Decision, FaultModel, FaultSpec
 from hil_tests.relay import AddedLatency, Counters, Relay
 from telesurgery.errors import ConfigError, LinkError
 from telesurgery.gcpolicy import settle
-from telesurgery.pacer import SWITCH_INTERVAL_S, try_realtime
+from telesurgery.pacer import SWITCH_INTERVAL_S, lift_normal_threads, try_realtime
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +455,8 @@ def main(argv: list[str]) -> int:
         try_realtime(args.priority, children_inherit=True)  # the relay threads, too
     with ProxySet(routes, blackout_mode=args.blackout_mode, seed=args.seed,
                   source=args.source) as proxies:
+        if args.priority:
+            lift_normal_threads(args.priority)  # threads started before the call above
         for name, port in proxies.ports.items():
             print(f"faultproxy ready {name} port {port}", flush=True)
         if control:

@@ -50,6 +50,7 @@ from telesurgery.errors import DeviceError, LinkTimeout, TelesurgeryError
 from telesurgery.gcpolicy import PAUSES as GC_PAUSES
 from telesurgery.gcpolicy import settle
 from telesurgery.helptext import plain_help
+from telesurgery.pacer import lift_normal_threads
 from telesurgery.threadcpu import thread_cpu_seconds
 from transport.keys import SURGEON_USER, ClientKeys
 from transport.link import ConsoleLink
@@ -108,6 +109,8 @@ class ConsoleApp:
             self.intercom = start_intercom(cfg.intercom, cfg.link.host, keys, SURGEON_USER)
             if self.intercom is not None:
                 stack.callback(self.intercom.close)
+            if cfg.loop.realtime:
+                lift_normal_threads()  # any GIL holder left at normal priority
             keep_gil_holders_running(cfg.loop.realtime)  # this thread: decode, HUD
             self.watch = ConnectionWatch(link.video_socket,
                                          f"{cfg.link.host}:{cfg.link.video_port}")

@@ -53,6 +53,7 @@ from robot_side.localsock import (
     secure_runtime_dir,
 )
 from telesurgery.errors import AuditError, TelesurgeryError
+from telesurgery.pacer import fifo_quietly
 from telesurgery.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,16 @@ class EstopServer(threading.Thread):
 
     def __init__(self, path: Path, panel: Callable[[], dict[str, Any]] | None = None, *,
                  group: int | None = None, audit: AuditFn | None = None,
-                 reload_keys: Callable[[], str] | None = None) -> None:
+                 reload_keys: Callable[[], str] | None = None,
+                 client_priority: int = 0) -> None:
+        """``client_priority``: SCHED_FIFO of each client's thread (0: the creator's)."""
         super().__init__(name="robot-estop", daemon=True)
         self.path = path
         self._panel = panel
         self._group = group
         self._audit = audit
         self._reload_keys = reload_keys
+        self._client_priority = client_priority
         self.requests: queue.Queue[EstopRequest] = queue.Queue(maxsize=16)
         self.counters: dict[str, int] = {"served": 0, "peer_refused": 0, "bad_request": 0}
         self._halt = threading.Event()
@@ -162,6 +166,10 @@ class EstopServer(threading.Thread):
         return self._group is not None and in_group(peer.uid, peer.gid, self._group)
 
     def _client(self, conn: socket.socket) -> None:
+        if self._client_priority:
+            # A press must not wait behind the machine's real-time load, nor stall the
+            # control thread by being preempted while it holds the GIL.
+            fifo_quietly(self._client_priority)
         try:
             with conn:
                 self._serve(conn)

@@ -47,7 +47,7 @@ from robot_side.serial_protocol import FrameDecoder, Message, default_link_path,
 from telesurgery.config import check
 from telesurgery.errors import ConfigError, TelesurgeryError
 from telesurgery.gcpolicy import settle
-from telesurgery.pacer import lower_timer_slack, try_realtime
+from telesurgery.pacer import lift_normal_threads, lower_timer_slack, try_realtime
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +425,10 @@ def main(argv: list[str]) -> int:
         return 1
     settle("firmware emulator")  # a microcontroller has no collector pausing its loop
     with emu:
+        # Its main thread (the control socket) shares the GIL with the emulator's loop: a
+        # main thread preempted while holding it would stop the state reports (the robot
+        # then trips serial_fault on a healthy rig). Lifted as the control process's are.
+        lift_normal_threads()
         print(f"PORT {emu.tty_path} LINK {emu.port_path}", flush=True)
         if args.control:
             _serve_control(emu, args.control, stop)

@@ -57,6 +57,7 @@ from telesurgery.pacer import (
     PhaseLock,
     Tick,
     enter_realtime,
+    lift_normal_threads,
     realtime_permitted,
 )
 from telesurgery.threadcpu import describe, thread_cpu_seconds
@@ -97,6 +98,8 @@ class RobotNode:
         self._auth: Authenticator | None = None
         self.signals: SignalDesk | None = None
         self.trips: list[TripRecord] = []
+        self._lifted: list[str] = []
+        """Helper threads lifted to SCHED_FIFO before the loop (lift_normal_threads)."""
         """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
         self._external_trip: ExternalTrip | None = None
         self._cpu_start: tuple[int, dict[str, float]] = (time.monotonic_ns(), {})
@@ -187,7 +190,8 @@ class RobotNode:
             # with one line, before it touches a port or the serial line.
             estop = EstopServer(cfg.estop.socket, self.panel_status,
                                 group=group_id(cfg.estop.group), audit=audit.append,
-                                reload_keys=self.reload_keys)
+                                reload_keys=self.reload_keys,
+                                client_priority=HELPER_PRIORITY if realtime else 0)
             estop.start()
             stack.callback(estop.stop)
             if self.signals is not None:
@@ -317,6 +321,10 @@ class RobotNode:
                      "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
                      video.describe())
             settle("robot node")  # every thread and child is up: the loop starts next
+            if realtime:
+                self._lifted = lift_normal_threads()
+                log.info("helper threads lifted to SCHED_FIFO %d: %s", HELPER_PRIORITY,
+                         ", ".join(self._lifted) or "none")
             self._loop(auditor, estop, video, seconds)
             stopped_by = self.signals.stop_signal if self.signals is not None else None
             audit.append("stop", {"trips": len(self.trips), "signal": stopped_by}, sync=True)
@@ -504,6 +512,7 @@ class RobotNode:
         log.info("%s", self.late.describe())
         summary = {
             "gc": GC_PAUSES.summary(),
+            "helpers_lifted": self._lifted,
             "thread_cpu": {"seconds": round(run_s, 2), "periods": stats.ticks,
                            "cpu_s": cpu},
             "trips": [asdict(t) for t in self.trips],

@@ -74,6 +74,43 @@ thread until the helper runs again (measured: period errors of milliseconds on a
 loaded machine). At a low real-time priority a helper is never preempted by
 ordinary processes, so it releases the GIL within the switch interval."""
 
+def lift_normal_threads(priority: int = HELPER_PRIORITY) -> list[str]:
+    """Every thread of this process still at normal priority -> SCHED_FIFO ``priority``.
+
+    For the helpers nobody wrote a priority for (the e-stop server, the serial
+    reconnector, the signal desk, the ZAP authenticator, multiprocessing's feeders): each
+    takes the GIL now and then, and a normal thread preempted *while holding it* by the
+    machine's real-time load stalls every real-time thread of the process until the
+    scheduler gives it a core again (what HELPER_PRIORITY is for). With reset-on-fork,
+    so no process they start inherits it. Quiet (no log per thread); returns the names
+    of the threads lifted, as the kernel knows them.
+    """
+    lifted: list[str] = []
+    for task in os.listdir("/proc/self/task"):
+        tid = int(task)
+        try:
+            if os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK != os.SCHED_OTHER:
+                continue
+            os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                                  os.sched_param(priority))
+            with open(f"/proc/self/task/{tid}/comm") as fh:
+                lifted.append(fh.read().strip())
+        except OSError:  # gone meanwhile, or not permitted here
+            continue
+    return lifted
+
+
+def fifo_quietly(priority: int) -> bool:
+    """SCHED_FIFO (reset-on-fork) for the calling thread, without a log line: for
+    short-lived threads started per request (one log line each would be noise)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(priority))
+    except OSError:
+        return False
+    return True
+
+
 SPIN_LEAD_NS = 80_000
 """A spin lead above the sleep's p99 lateness here (65 us), so the wake-up is almost
 always on time: for a loop that wants ~1 us rather than the sleep's tens of us and can

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,44 @@ def test_nothing_started_from_the_loop_thread_inherits_its_priority() -> None:
 
 def test_children_inherit_only_when_asked() -> None:
     assert _policies("inherit") == "fifo fifo fifo"
+
+
+LIFT = textwrap.dedent("""
+    import os, subprocess, sys, threading
+    from telesurgery.pacer import lift_normal_threads, realtime_permitted
+    if not realtime_permitted():
+        print("unavailable")
+        sys.exit(0)
+    park = threading.Event()
+    helpers = [threading.Thread(target=park.wait) for _ in range(3)]
+    for t in helpers:
+        t.start()
+    lifted = lift_normal_threads(7)
+    def policy(tid: int) -> str:
+        p = os.sched_getscheduler(tid)
+        prio = os.sched_getparam(tid).sched_priority
+        return f"{'fifo' if p & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO else 'other'}{prio}"
+    seen = sorted({policy(t.native_id) for t in helpers} | {policy(0)})
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                           capture_output=True, text=True, check=True)
+    park.set()
+    print(len(lifted), " ".join(seen), child.stdout.strip())
+""")
+
+
+def test_every_normal_thread_is_lifted_and_no_child_process_inherits_it() -> None:
+    """lift_normal_threads: a helper nobody gave a priority, preempted while it holds the
+    GIL, stalls every real-time thread of its process (the emulator's main thread
+    stopped the state reports: serial_fault on a healthy rig)."""
+    out = subprocess.run([sys.executable, "-c", LIFT], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    if out == "unavailable":
+        pytest.skip("SCHED_FIFO is not permitted here")
+    parts = out.split()
+    lifted, policies, child = int(parts[0]), parts[1:-1], int(parts[-1])
+    assert lifted >= 4  # the main thread and the three helpers
+    assert policies == ["fifo7"]
+    assert child == os.SCHED_OTHER  # reset on fork
 
 
 def test_an_overrun_is_counted_and_never_caught_up_in_a_burst() -> None:

@@ -20,6 +20,7 @@ from helpers import following, motion_over, wait_until
 
 from hil_tests.rig import RigOptions, SimRig, toml_text
 from operator_console.devices.scripted import MotionTrack, generate_suturing, write_motion_csv
+from telesurgery.pacer import realtime_permitted
 
 pytestmark = pytest.mark.slow
 
@@ -122,3 +123,7 @@ def test_robot_summary_after_the_run(rig: DeviceRig) -> None:
     reasons = {t["reason"] for t in robot["trips"]}
     assert "operator_absent" in reasons
     assert robot["final_state"] == "disabled"
+    if realtime_permitted():
+        # No thread of the control process left at normal priority before the loop
+        # (robot_side/node.py: lift_normal_threads): the e-stop server among them.
+        assert len(robot["helpers_lifted"]) >= 3
