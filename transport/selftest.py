@@ -56,6 +56,8 @@ PATHS = ("secured", "raw")
 _PR_SET_TIMERSLACK = 29
 _PR_SET_PDEATHSIG = 1
 _STARTUP_S = 20.0
+_CHECK_S = 0.1
+"""How often a wait for the robot-side child looks for Ctrl-C / SIGTERM."""
 _GRACE_NS = 200_000_000
 
 
@@ -264,7 +266,11 @@ class Receiver:
     @staticmethod
     def recv(conn: Connection, proc: multiprocessing.process.BaseProcess,
               timeout_s: float) -> Any:
-        if not conn.poll(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not conn.poll(min(_CHECK_S, max(0.0, deadline - time.monotonic()))):
+            check_stop()
+            if time.monotonic() < deadline:
+                continue
             raise LinkError(f"robot-side process silent for {timeout_s:.0f} s "
                             f"(alive: {proc.is_alive()}, exit code: {proc.exitcode})")
         try:
@@ -284,6 +290,7 @@ def stream(schedule: Schedule, rate_hz: float,
     for i in range(ticks):
         deadline = schedule.start_ns + i * period_ns
         sleep_until(deadline)
+        check_stop()
         now_block = (deadline - schedule.start_ns) // schedule.block_ns
         if now_block != block:
             cpu_now = time.process_time_ns()
@@ -299,6 +306,7 @@ def wait_connected(console: ConsoleLink, timeout_s: float = _STARTUP_S) -> None:
     """Warm-up commands (seq 0, stamped before the schedule) until a session is up."""
     deadline = time.monotonic() + timeout_s
     while not console.send_command(make_command(0)):
+        check_stop()
         if time.monotonic() > deadline:
             raise LinkError(f"no secured session within {timeout_s:.0f} s")
         time.sleep(0.01)
@@ -374,11 +382,29 @@ def check(result: dict[str, Any], count: int) -> list[str]:
 
 
 class Interrupted(Exception):
-    """SIGTERM, raised in the main thread so every ``finally`` runs and stops the child."""
+    """Ctrl-C or SIGTERM, raised in the main thread at the run's next check
+    (``check_stop``) so every ``finally`` runs and stops the child."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
+_STOP_SIGNAL: list[int] = []
+
+
+def _note_stop(signum: int, frame: FrameType | None) -> None:
+    # Only noted: an exception raised from a handler lands wherever the main thread is,
+    # and inside a destructor or a callback from C Python prints it and drops it (the
+    # run would go on for its whole length). The run's loops call check_stop().
+    if not _STOP_SIGNAL:
+        _STOP_SIGNAL.append(signum)
+
+
+def check_stop() -> None:
+    """Raise ``Interrupted`` once Ctrl-C or SIGTERM came (``main`` installs the handler)."""
+    if _STOP_SIGNAL:
+        raise Interrupted(_STOP_SIGNAL[0])
 
 
 def main(argv: list[str]) -> int:
@@ -389,15 +415,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     lower_timer_slack()
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, _note_stop)
+    signal.signal(signal.SIGINT, _note_stop)
     try:
         result = run_selftest(args.count, args.rate)
     except LinkError as err:
         print(f"selftest FAILED: {err}")
         return 1
     except (KeyboardInterrupt, Interrupted) as why:
-        print(f"selftest interrupted ({'SIGTERM' if isinstance(why, Interrupted) else 'Ctrl-C'})"
-              "; the robot-side process is stopped")
+        said = ("SIGTERM" if isinstance(why, Interrupted) and why.signum == signal.SIGTERM
+                else "Ctrl-C")
+        print(f"selftest interrupted ({said}); the robot-side process is stopped")
         return 130
     except zmq.ZMQError as err:
         print(f"selftest FAILED: ZeroMQ: {err}")
