@@ -129,9 +129,9 @@ class SerialManipulator:
         self._reader: threading.Thread | None = None
         self._halt = threading.Event()
         self.busy = Busy()
+        """When this thread last ran Python (the node's late-period explainer)."""
         self.window: ControlWindow | None = None
         """The control period's phase: the reader decodes outside it (set by the node)."""
-        """When this thread last ran Python (the node's late-period explainer)."""
         self._cond = threading.Condition()
         self._latest: tuple[StateReport, int] | None = None
         self._hello: Hello | None = None
