@@ -153,9 +153,9 @@ class NetworkThread(threading.Thread):
         self.loop_jitter_us = loop_jitter_us
         self._halt = threading.Event()
         self.busy = Busy()
+        """When this thread last ran Python (the node's late-period explainer)."""
         self.window: ControlWindow | None = None
         """The control period's phase: this thread's Python runs outside it (the node)."""
-        """When this thread last ran Python (the node's late-period explainer)."""
         self.video = video
         """The video process (its reports); it binds the video socket itself."""
         self.keyframes: KeyframeSink | None = keyframes if keyframes is not None else video
