@@ -60,8 +60,14 @@ def test_the_serial_reader_decodes_outside_the_period(tmp_path: Path) -> None:
             drv.window = w
             time.sleep(0.05)
             w.period_started()
-            time.sleep(0.02)  # let the reader finish what it had taken before
-            held = drv.latest_state()
+            # Let the reader finish what it had taken before: at 500 Hz a report that
+            # stays the newest for 20 ms means the reader now waits in the window.
+            held, end = drv.latest_state(), time.monotonic() + 5.0
+            while time.monotonic() < end:
+                time.sleep(0.02)
+                if drv.latest_state() is held:
+                    break
+                held = drv.latest_state()
             time.sleep(0.2)  # the emulator reports at 500 Hz meanwhile
             assert drv.latest_state() is held
             released = time.monotonic_ns()
