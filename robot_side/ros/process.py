@@ -214,6 +214,10 @@ def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
                      security_xml=ros.security_xml) as bridge, \
             ObserverClient(cfg.observe.socket) as feed:
         publisher = TelemetryPublisher(bridge, kin, rate_hz, cfg.observe.hz)
+        if settle_heap:
+            # Before the e-stop forwarder and the commander start: a collection of the
+            # whole heap holds the GIL (tens of ms), which would stall their streams.
+            settle("ROS 2 bridge")
         forwarder = EstopForwarder(cfg.estop.socket, bridge.poll_estop, bridge.estop_event)
         forwarder.start()
         commander = None
@@ -225,8 +229,6 @@ def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
         log.info("ROS 2 bridge up: observing %s at %.0f Hz, e-stop to %s, command side %s",
                  cfg.observe.socket, rate_hz, cfg.estop.socket,
                  "ON" if commander is not None else "off")
-        if settle_heap:
-            settle("ROS 2 bridge")
 
         def stats() -> dict[str, Any]:
             return {"published_periods": publisher.published, "skipped": publisher.skipped,
