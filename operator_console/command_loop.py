@@ -31,6 +31,7 @@ from telesurgery.pacer import (
     lower_timer_slack,
     realtime_permitted,
     try_realtime,
+    zmq_context,
 )
 from transport.link import ConsoleLink
 from transport.schema import Command
@@ -84,11 +85,8 @@ class LateSplit:
 def console_context(realtime: bool) -> zmq.Context[Any]:
     """The console's ZeroMQ context: its I/O thread at ``IO_THREAD_PRIORITY`` when
     ``realtime`` and permitted (libzmq aborts when it cannot apply the option)."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    if realtime and realtime_permitted(IO_THREAD_PRIORITY):
-        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
-        ctx.set(zmq.THREAD_PRIORITY, IO_THREAD_PRIORITY)
-    return ctx
+    return zmq_context(IO_THREAD_PRIORITY if realtime and realtime_permitted(IO_THREAD_PRIORITY)
+                       else 0)
 
 
 def keep_gil_holders_running(realtime: bool) -> bool:

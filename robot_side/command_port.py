@@ -34,7 +34,6 @@ thread's ``RobotLink``) is shared and thread-safe.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from robot_side.control import CommandSample, PendingRequest
 from telesurgery.errors import SchemaError
+from telesurgery.pacer import zmq_context
 from telesurgery.ratelog import RateLimitedLog
 from transport.auth import session_key
 from transport.config import LinkConfig, tos_byte
@@ -383,18 +383,9 @@ below the control loop (50) and above the network thread (45)."""
 
 
 def link_context(realtime: bool) -> zmq.Context[Any]:
-    """The robot's ZeroMQ context; its I/O thread at ``IO_THREAD_PRIORITY`` when ``realtime``.
-
-    libzmq's I/O thread takes its scheduling from these context options when it
-    starts (with the first socket), not from the thread that creates it; and it
-    aborts the process when it cannot apply them, so ask only where permitted
-    (``telesurgery.pacer.realtime_permitted``).
-    """
-    ctx: zmq.Context[Any] = zmq.Context()
-    if realtime:
-        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
-        ctx.set(zmq.THREAD_PRIORITY, IO_THREAD_PRIORITY)
-    return ctx
+    """The robot's ZeroMQ context; its I/O thread at ``IO_THREAD_PRIORITY`` when
+    ``realtime`` (the caller asked ``realtime_permitted``: libzmq aborts otherwise)."""
+    return zmq_context(IO_THREAD_PRIORITY if realtime else 0)
 
 
 class PathRecorder:

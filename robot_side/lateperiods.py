@@ -155,11 +155,10 @@ class LatePeriods:
         periods, when the last one overran). Returns the class index when it was late
         (``run_delay_ns``, ``cpu_ns``: the thread's, read as the period starts)."""
         prev_start, gc_prev, has_past = self._start_ns, self._gc_at_start, self._has_past
-        prev_err = self._prev_err
-        self._prev_err = actual_ns - deadline_ns
+        prev_err, err = self._prev_err, actual_ns - deadline_ns
+        self._prev_err = err
         self._start_ns, self._gc_at_start, self._has_past = actual_ns, gc_total_ns, True
         self._cpu_at_start, self._run_delay_at_start = cpu_ns, run_delay_ns
-        err = actual_ns - deadline_ns
         if (err <= self.late_ns and not skipped) or not has_past:
             return None
         half = err // 2

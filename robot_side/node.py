@@ -98,9 +98,9 @@ class RobotNode:
         self._auth: Authenticator | None = None
         self.signals: SignalDesk | None = None
         self.trips: list[TripRecord] = []
+        """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
         self._lifted: list[str] = []
         """Helper threads lifted to SCHED_FIFO before the loop (lift_normal_threads)."""
-        """Every trip of the run with its reaction time (bounded: MAX_TRIPS)."""
         self._external_trip: ExternalTrip | None = None
         self._cpu_start: tuple[int, dict[str, float]] = (time.monotonic_ns(), {})
         self._estop_pending: dict[int, EstopRequest] = {}

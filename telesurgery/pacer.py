@@ -24,8 +24,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import zmq
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +85,11 @@ def lift_normal_threads(priority: int = HELPER_PRIORITY) -> list[str]:
     machine's real-time load stalls every real-time thread of the process until the
     scheduler gives it a core again (what HELPER_PRIORITY is for). With reset-on-fork,
     so no process they start inherits it. Quiet (no log per thread); returns the names
-    of the threads lifted, as the kernel knows them.
+    of the threads lifted (Python's, or the kernel's for a thread Python did not start).
     """
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
     lifted: list[str] = []
     for task in os.listdir("/proc/self/task"):
         tid = int(task)
@@ -93,11 +98,28 @@ def lift_normal_threads(priority: int = HELPER_PRIORITY) -> list[str]:
                 continue
             os.sched_setscheduler(tid, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
                                   os.sched_param(priority))
+            if tid in names:
+                lifted.append(names[tid])
+                continue
             with open(f"/proc/self/task/{tid}/comm") as fh:
                 lifted.append(fh.read().strip())
         except OSError:  # gone meanwhile, or not permitted here
             continue
     return lifted
+
+
+def zmq_context(io_priority: int = 0) -> zmq.Context[Any]:
+    """A ZeroMQ context whose I/O thread runs at SCHED_FIFO ``io_priority`` (0: normal).
+
+    libzmq's I/O thread takes its scheduling from these context options when it starts
+    (with the first socket), not from the thread that creates it; and it aborts the
+    process when it cannot apply them, so ask only where permitted
+    (``realtime_permitted``)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    if io_priority:
+        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, io_priority)
+    return ctx
 
 
 def fifo_quietly(priority: int) -> bool:
