@@ -67,6 +67,15 @@ LATENCY_RING = 1 << 18
 MAX_PATH_SESSIONS = 32
 """Command sessions whose path figures are kept apart (``PathRecorder.by_session``)."""
 MONITOR_EVERY_NS = 100_000_000
+TAKE_GUARD_NS = 150_000
+"""The wait stops taking this long before its deadline (``CommandPort.wait_until``).
+
+A take of one command (recv, decode, intake, statistics, the callbacks), cold as the
+loop runs it: p99 ~150 us in the node on this two-core machine (round 6's
+``command_take`` late periods: woken within ~100-150 us of the deadline, late by
+the take; ``bench path`` and the 10-minute soak). Shorter and a take begun in the
+wait still runs past the deadline; longer and more commands wait for the period's
+first act, which costs the path nothing (the frame is written in that period)."""
 FD_SETSIZE = 1024
 """select() takes descriptors below this only; above it the wait falls back to poll()."""
 COPY_OF_SESSION = frozenset({Verdict.FRESH, Verdict.DUPLICATE, Verdict.REPLAY})
@@ -126,6 +135,11 @@ class CommandPort:
         was asked for: for the loop's late-period explainer (robot_side.lateperiods)."""
         self.woke_until_ns = 0
         self.woke_ready = False
+        self.take_guard_ns = TAKE_GUARD_NS
+        """Commands arriving this close to the wait's deadline are left for the period."""
+        self._signalled_ns = 0
+        """When the descriptor signalled inside the guard (0: it did not): the arrival
+        time the phase lock gets for what the period's first take finds."""
         self.port = bound_port(self._sock)
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
@@ -170,16 +184,41 @@ class CommandPort:
     def stats(self) -> LinkStats:
         return self.intake.stats
 
+    @property
+    def settled(self) -> bool:
+        """Known empty since the last look: a take now would find nothing (unless the
+        descriptor signalled meanwhile, which only a wait notices)."""
+        return self._settled
+
     def wait_until(self, until_ns: int) -> None:
-        """Take commands as they arrive until ``until_ns``; returns then, input or not."""
+        """Take commands as they arrive until ``until_ns - take_guard_ns``, then only
+        watch; returns at ``until_ns``, input or not.
+
+        A command that arrives inside the guard is left queued (unsettled) for the
+        period's first act (``take`` right after the tick is stamped, as the node's
+        ``_wait_period`` does): a take begun there ran past the deadline and started
+        the period late (round 6's ``command_take`` class, ~60 % of the late periods).
+        """
+        take_until = until_ns - self.take_guard_ns
         while True:
-            if not self._settled:
-                self.take(until_ns)
             now = time.monotonic_ns()
+            if not self._settled and now < take_until:
+                self.take(take_until)
+                now = time.monotonic_ns()
             left = until_ns - now
             if left <= 0:
                 self._maintain(now)
                 return
+            if not self._settled and now >= take_until:
+                # Inside the guard with something queued: the descriptor has signalled
+                # and stays readable until a take re-arms it, so a select would return
+                # at once, again and again. Sleep the rest; the period takes it.
+                if not self._signalled_ns:
+                    self._signalled_ns = now
+                time.sleep(left / 1e9)
+                self.woke_ns, self.woke_until_ns, self.woke_ready = (
+                    time.monotonic_ns(), until_ns, False)
+                continue
             # The descriptor is edge-triggered and re-armed by the EVENTS check that
             # ended the last drain: if it stays quiet, nothing was queued since, so a
             # wait that times out needs no drain. Draining on every wake-up and at
@@ -189,6 +228,8 @@ class CommandPort:
             self.woke_ns, self.woke_until_ns, self.woke_ready = time.monotonic_ns(), until_ns, ready
             if ready:
                 self._settled = False
+                if self.woke_ns >= take_until:  # came inside the guard: when, for the lock
+                    self._signalled_ns = self.woke_ns
 
     def _block(self, left_ns: int) -> bool:
         """Sleep until the socket's descriptor signals (True) or ``left_ns`` passed."""
@@ -202,7 +243,7 @@ class CommandPort:
         time.sleep(left_ns / 1e9)
         return True  # not watched meanwhile: drain to be sure
 
-    def take(self, stop_ns: int = 0) -> None:
+    def take(self, stop_ns: int = 0, *, arrived_by_ns: int = 0) -> None:
         """Read what is queued (bounded), judge each in order; the newest fresh one wins.
 
         Never blocks. Each arrival is judged, also those a newer one supersedes, so the
@@ -212,8 +253,15 @@ class CommandPort:
         whole at the deadline started ~1/3 of the late periods of round 6
         (``command_take``); a command left queued is stamped when it is taken, so it
         only ever looks older, never fresher.
+
+        ``arrived_by_ns`` (the period's deadline, for the take that is the period's
+        first act): what is queued arrived by then, so the phase lock is told that
+        time (or when the descriptor signalled inside the wait's guard) rather than
+        the take's, which would place the arrival a whole period early. Only the
+        lock's view: the command itself is stamped when taken.
         """
         newest: Command | None = None
+        signalled, self._signalled_ns = self._signalled_ns, 0
         newest_ns = 0
         clutch_seen = absent_seen = False
         offset = self.offset_ns()
@@ -247,7 +295,10 @@ class CommandPort:
             if verdict is not Verdict.FRESH:
                 continue
             if self.on_arrival is not None:
-                self.on_arrival(recv_ns)
+                if arrived_by_ns and recv_ns > arrived_by_ns:
+                    self.on_arrival(signalled or arrived_by_ns)
+                else:
+                    self.on_arrival(recv_ns)
             if self.on_accepted is not None:
                 self.on_accepted(cmd, recv_ns)
             if offset is not None:

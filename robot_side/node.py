@@ -364,10 +364,12 @@ class RobotNode:
                       woke_ready=port.woke_ready, commands=received - self._commands_seen,
                       run_delay_ns=delay, cpu_ns=cpu, gc_total_ns=GC_PAUSES.total_ns)
             self._commands_seen = received
-        if self.pacer.spin_ns:
-            port.take()  # what arrived during the spin to the deadline
-        # (without a spin, wait_until's last act was a take at the deadline: a second
-        # one here cost an EVENTS call and ~10 us of cold Python a period for nothing)
+        if self.pacer.spin_ns or not port.settled:
+            # The period's first act: what arrived inside the wait's take guard (or
+            # during the spin), stamped now, used in this period. Taken in the wait,
+            # it ran past the deadline (round 6: ``command_take``). A settled port
+            # found nothing new when the wait last looked: no EVENTS call (~10 us).
+            port.take(arrived_by_ns=tick.expected_ns)
         mb = self.mailbox
         mb.command = port.sample
         mb.link_view = LinkView(port.stats.snapshot(tick.actual_ns), mb.clock.rtt_ns,

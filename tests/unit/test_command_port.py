@@ -351,3 +351,108 @@ def test_a_burst_is_taken_up_to_the_deadline_and_the_rest_in_the_next_wait(
         p.wait_until(time.monotonic_ns() + 2_000_000)  # the next period's wait: the rest
         assert p.counters["command_received"] == received + 5
         assert p.sample.cmd.seq == seq
+
+
+def _queued(p: CommandPort, console: ConsoleLink, seqs: range) -> None:
+    """Send ``seqs`` and let them reach the port's queue (the wait has not looked yet)."""
+    for seq in seqs:
+        assert console.send_command(command(seq))
+    time.sleep(0.02)  # queued; with the wait, well inside the 200 ms age limit
+
+
+def test_a_command_inside_the_take_guard_is_left_for_the_periods_first_take(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """Issue 11, round 7: the wait stops taking ``take_guard_ns`` before its deadline; a
+    command signalled inside the guard stays queued (a take there ran past the deadline)
+    and the wait sleeps the rest rather than spinning on the signalled descriptor; the
+    period's first act takes it, stamped then (only ever older), while the phase lock
+    is told when it arrived, not a whole period early. Fails without the guard (taken by
+    the wait) and without the sleep (CPU of a spin for the whole wait)."""
+    p, cfg = port
+    arrivals: list[int] = []
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        seq = send_until_delivered(p, console.send_command)
+        p.wait_until(time.monotonic_ns() + 2_000_000)  # settled
+        p.on_arrival = arrivals.append
+        received = p.counters["command_received"]
+        wait_ns = 100_000_000
+        p.take_guard_ns = 2 * wait_ns  # the whole wait inside the guard: no race to win
+        _queued(p, console, range(seq + 1, seq + 2))
+        start, cpu0 = time.monotonic_ns(), time.thread_time_ns()
+        until = start + wait_ns
+        p.wait_until(until)
+        cpu = time.thread_time_ns() - cpu0
+        assert time.monotonic_ns() >= until  # it still returns at its deadline ...
+        assert p.counters["command_received"] == received  # ... without taking it
+        assert not p.settled and p.sample is not None and p.sample.cmd.seq == seq
+        assert cpu < wait_ns // 20, f"the wait spun: {cpu / 1e6:.1f} ms CPU in 100 ms"
+        p.take(arrived_by_ns=until)  # the period's first act
+        assert p.counters["command_received"] == received + 1
+        assert p.sample.cmd.seq == seq + 1 and p.sample.recv_ns >= until
+        assert start <= arrivals[-1] <= until  # when it signalled, for the lock
+
+
+def test_a_wait_with_nothing_queued_inside_its_guard_still_returns_at_its_deadline(
+        port: tuple[CommandPort, LinkConfig]) -> None:
+    p, _ = port
+    p.take_guard_ns = 10_000_000
+    for _ in range(3):
+        until = time.monotonic_ns() + 3_000_000
+        p.wait_until(until)
+        assert time.monotonic_ns() >= until
+        if not p.settled:  # a new port has never looked: the period's take does
+            p.take(arrived_by_ns=until)
+        assert p.settled and p.sample is None
+
+
+def test_commands_split_between_the_wait_and_the_period_are_all_judged_in_order(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """Some commands taken by the wait, the rest (inside the guard) by the period's first
+    take: every one judged, in order, once; the newest is the sample."""
+    p, cfg = port
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        seq = send_until_delivered(p, console.send_command)
+        p.wait_until(time.monotonic_ns() + 2_000_000)
+        fresh = p.intake.counters["fresh"]
+        _queued(p, console, range(seq + 1, seq + 4))
+        p.take_guard_ns = 0
+        p.wait_until(time.monotonic_ns() + 2_000_000)  # the wait takes these three
+        assert p.sample is not None and p.sample.cmd.seq == seq + 3
+        p.take_guard_ns = 1_000_000_000
+        _queued(p, console, range(seq + 4, seq + 7))
+        until = time.monotonic_ns() + 2_000_000
+        p.wait_until(until)  # these three wait for the period
+        assert p.sample.cmd.seq == seq + 3
+        p.take(arrived_by_ns=until)
+        assert p.sample.cmd.seq == seq + 6
+        assert p.intake.counters["fresh"] == fresh + 6
+        assert p.gate.counters["replay"] == p.gate.counters.get("duplicate", 0) == 0
+
+
+def test_the_node_uses_a_command_taken_at_the_period_start_in_that_period(
+        port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
+    """``RobotNode._wait_period`` (the real one, on a node holding only what it reads):
+    a command left by the wait's guard is taken after the tick and is the period's
+    command. Fails when the node does not take it (it would wait a whole period)."""
+    from robot_side.gilwindow import ControlWindow
+    from robot_side.lateperiods import LatePeriods
+    from robot_side.netio import Mailbox
+    from robot_side.node import RobotNode
+    from telesurgery.pacer import Pacer, PhaseLock
+
+    p, cfg = port
+    period = 50_000_000
+    node = RobotNode.__new__(RobotNode)
+    node.port, node._sched, node.mailbox = p, None, Mailbox()
+    node.pacer, node.phase = Pacer(period), PhaseLock(period, 50_000)
+    node.late, node.window = LatePeriods(period), ControlWindow(period)
+    with ConsoleLink(cfg, ClientKeys.load_surgeon(keys)) as console:
+        seq = send_until_delivered(p, console.send_command)
+        p.wait_until(time.monotonic_ns() + 2_000_000)
+        p.take_guard_ns = 2 * period  # every arrival is left for the period
+        node.pacer.restart()
+        _queued(p, console, range(seq + 1, seq + 2))
+        tick = node._wait_period()
+        command = node.mailbox.command
+        assert command is not None and command.cmd.seq == seq + 1
+        assert command.recv_ns >= tick.actual_ns  # stamped in the period: never fresher
