@@ -144,6 +144,9 @@ class CommandPort:
         self.intake = CommandIntake(age_limit_ns, loss_window_ns, cfg.max_command_hz)
         self.alerts: deque[AuditAlert] = deque(maxlen=256) if alerts is None else alerts
         """Where the intake's audit-worthy findings go (the node passes Mailbox.alerts)."""
+        self.period_takes = LatencyRing(1 << 16)
+        """How long each take that was a period's first act lasted, us (what it adds to
+        the period's work; its p99 is what ``TAKE_GUARD_NS`` must cover)."""
         self.latency = LatencyRing()
         """Console send -> robot receive of every fresh command (mapped with the offset)."""
         self.offset_ns: Callable[[], int | None] = lambda: None
@@ -260,6 +263,7 @@ class CommandPort:
         the take's, which would place the arrival a whole period early. Only the
         lock's view: the command itself is stamped when taken.
         """
+        started_ns = time.monotonic_ns() if arrived_by_ns else 0
         newest: Command | None = None
         signalled, self._signalled_ns = self._signalled_ns, 0
         newest_ns = 0
@@ -316,7 +320,10 @@ class CommandPort:
             self.sample = CommandSample(newest, newest_ns)
             if self.on_fresh is not None:
                 self.on_fresh(newest)
-        self._maintain(time.monotonic_ns())
+        now = time.monotonic_ns()
+        if started_ns:
+            self.period_takes.add((now - started_ns) // 1000)
+        self._maintain(now)
 
     def _keep_released(self, cmd: Command, clutch: bool, absent: bool) -> Command:
         """The newest command, still clutched / with the operator absent when a command

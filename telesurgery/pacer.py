@@ -280,6 +280,10 @@ def p99_linear(values: np.ndarray) -> float:
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
+BEFORE_BIN_NS = 10_000
+"""Resolution of ``PhaseLock.before_us``."""
+
+
 class PhaseLock:
     """Slews a ``Pacer``'s grid so each period starts just after a command arrives.
 
@@ -311,13 +315,33 @@ class PhaseLock:
         self.shifted_ns = 0
         """Sum of every shift applied: how far the grid moved over the run."""
         self.adjustments = 0
+        self._before = np.zeros(period_ns // BEFORE_BIN_NS + 1, dtype=np.int64)
+        """Every arrival's time before its deadline, in ``BEFORE_BIN_NS`` bins (the run's
+        figure of how the lock placed them; a command that missed a deadline shows as
+        one that came almost a period before the next)."""
 
     def on_arrival(self, recv_ns: int, deadline_ns: int) -> None:
         """Record one arrival; ``deadline_ns`` is any deadline of the grid (only the
         arrival's phase counts)."""
         # How far before a deadline it came, folded into one period.
-        self._phases[self._n % self.every] = (deadline_ns - recv_ns) % self.period_ns
+        before = (deadline_ns - recv_ns) % self.period_ns
+        self._phases[self._n % self.every] = before
         self._n += 1
+        self._before[before // BEFORE_BIN_NS] += 1
+
+    def before_us(self, quantiles: tuple[float, ...] = (0.01, 0.02, 0.5, 0.98, 0.99)
+                  ) -> dict[str, float]:
+        """Quantiles of the arrivals' time before their deadline over the run, us (to the
+        bin's lower edge), and how many arrivals there were."""
+        n = int(self._before.sum())
+        if not n:
+            return {"n": 0}
+        cum = np.cumsum(self._before)
+        out: dict[str, float] = {"n": n}
+        for q in quantiles:
+            i = int(np.searchsorted(cum, q * n, side="left"))
+            out[f"p{q * 100:g}"] = i * BEFORE_BIN_NS / 1000
+        return out
 
     def correction(self) -> int:
         """The shift to apply now (0 until ``every`` arrivals were seen since the last)."""
