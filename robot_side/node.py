@@ -22,7 +22,13 @@ from typing import Any
 
 import zmq
 
-from robot_side.command_port import IO_THREAD_PRIORITY, CommandPort, PathRecorder, link_context
+from robot_side.command_port import (
+    IO_THREAD_PRIORITY,
+    CommandPort,
+    LatencyRing,
+    PathRecorder,
+    link_context,
+)
 from robot_side.config import RobotConfig
 from robot_side.control import CommandSample, ControlCore, LinkView, PendingRequest, StepReport
 from robot_side.control_io import ControlInputs, EstopEvent, ExternalTrip, TripRecord
@@ -115,6 +121,8 @@ class RobotNode:
         self.window = ControlWindow(cfg.control.period_ns)
         """The control period's phase, for the helpers to run their Python outside it."""
         self.path = PathRecorder()
+        self.start_to_written = LatencyRing(1 << 16)
+        """Period start -> frame written, us: how early in its period the write comes."""
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
         self.refusals = RefusalLimiter()
@@ -432,6 +440,8 @@ class RobotNode:
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
         self.late.ran(time.monotonic_ns())
+        if result.written_ns is not None:
+            self.start_to_written.add((result.written_ns - now_ns) // 1000)
         if self.core.following_periods != following and result.written_ns is not None:
             self._record_path(inputs.command, result.written_ns)
         out = result.output
@@ -529,7 +539,8 @@ class RobotNode:
             "path": self.path.ring.percentiles(),
             "path_sessions": self.path.by_session(),
             "path_parts": {"console_sample_to_send": self.path.console.percentiles(),
-                           "robot_receive_to_written": self.path.robot.percentiles()},
+                           "robot_receive_to_written": self.path.robot.percentiles(),
+                           "period_start_to_written": self.start_to_written.percentiles()},
             "phase_lock": {"lead_us": self.phase.lead_ns // 1000,
                            "adjustments": self.phase.adjustments,
                            "shifted_us": self.phase.shifted_ns // 1000,

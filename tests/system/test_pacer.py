@@ -173,3 +173,18 @@ def test_phase_lock_without_arrivals_never_moves_the_grid() -> None:
     lock = PhaseLock(1_000_000, 50_000)
     assert all(lock.correction() == 0 for _ in range(10_000))
     assert lock.adjustments == 0
+
+
+def test_phase_lock_reports_how_long_before_their_deadline_commands_came() -> None:
+    from telesurgery.pacer import PhaseLock
+
+    lock = PhaseLock(1_000_000, 50_000)
+    assert lock.before_us() == {"n": 0}
+    for k in range(98):  # 5..102 us before the deadline at 10 ms
+        lock.on_arrival(10_000_000 - 5_000 - k * 1_000, 10_000_000)
+    for _ in range(2):  # two just after it: they waited a whole period (~990 us before)
+        lock.on_arrival(10_010_000, 10_000_000)
+    before = lock.before_us()
+    assert before["n"] == 100
+    assert before["p2"] == 0.0 and before["p50"] == 50.0 and before["p98"] == 100.0
+    assert before["p99"] == 990.0  # the misses show at the far end
