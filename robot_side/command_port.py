@@ -7,8 +7,10 @@ control tick. Here the control thread waits for its next deadline *on the
 command socket* (``select`` on the socket's file descriptor releases the GIL, and
 libzmq's I/O thread has already decrypted and queued the message), so a command
 is taken, stamped, judged and counted the moment the loop wakes for it, and acted
-on in the next period. ``telesurgery.pacer.PhaseLock`` then moves the period
-grid so that the next period starts just after a command's expected arrival.
+on in the next period. One that arrives within ``TAKE_GUARD_NS`` of the deadline is
+left queued and taken as that period's first act (judging it in the wait ran past
+the deadline). ``telesurgery.pacer.PhaseLock`` then moves the period grid so that
+the next period starts just after a command's expected arrival.
 
 Every command is judged by ``transport.intake.CommandIntake`` (the surgeon
 session's token, a sequence number the robot's own clock finds plausible, the
@@ -251,8 +253,8 @@ class CommandPort:
 
         Never blocks. Each arrival is judged, also those a newer one supersedes, so the
         statistics see every fresh command and nothing else (``transport.intake``).
-        ``stop_ns`` (the period's deadline): stop there and leave the rest queued for
-        the next wait. A burst after a console's stall (3-8 commands, ~50 us each) taken
+        ``stop_ns`` (where the wait stops taking: its deadline less the take guard):
+        stop there and leave the rest queued for the period's first take. A burst after a console's stall (3-8 commands, ~50 us each) taken
         whole at the deadline started ~1/3 of the late periods of round 6
         (``command_take``); a command left queued is stamped when it is taken, so it
         only ever looks older, never fresher.

@@ -17,7 +17,8 @@ it and names one cause, in this order:
   a higher SCHED_FIFO thread or process (the firmware emulator at 60, libzmq's I/O
   thread at 49...) had the core;
 * ``command_take``: the wait woke for a command and judging what it took ran past
-  the deadline (the PhaseLock puts arrivals just before deadlines);
+  the deadline (since round 7 only a take begun before the wait's take guard can:
+  what arrives inside it is taken as the next period's first act, its work);
 * ``slow_wakeup``: the wait's last ``select`` returned (timed out at the deadline,
   or a command came) but Python ran again only later, and not because the thread
   waited for a CPU: it waited for the GIL, which another thread of the process held;
