@@ -254,10 +254,10 @@ class CommandPort:
         Never blocks. Each arrival is judged, also those a newer one supersedes, so the
         statistics see every fresh command and nothing else (``transport.intake``).
         ``stop_ns`` (where the wait stops taking: its deadline less the take guard):
-        stop there and leave the rest queued for the period's first take. A burst after a console's stall (3-8 commands, ~50 us each) taken
-        whole at the deadline started ~1/3 of the late periods of round 6
-        (``command_take``); a command left queued is stamped when it is taken, so it
-        only ever looks older, never fresher.
+        stop there and leave the rest queued for the period's first take. A burst
+        after a console's stall (3-8 commands, ~50 us each) taken whole at the deadline
+        started ~1/3 of the late periods of round 6 (``command_take``); a command left
+        queued is stamped when it is taken, so it only ever looks older, never fresher.
 
         ``arrived_by_ns`` (the period's deadline, for the take that is the period's
         first act): what is queued arrived by then, so the phase lock is told that
