@@ -166,7 +166,8 @@ class StartupConfig:
     """The arm's state reports steady (none older than the state timeout) this long."""
     children_timeout_s: float = 60.0
     """A child (video, ROS 2 bridge) not up by then: the refusal says so, the failure
-    is logged and audited; engage stays refused (the staff restart the node)."""
+    is logged and audited; engage stays refused until it is up (an error or an exit: until
+    the node is restarted)."""
 
     def __post_init__(self) -> None:
         check(math.isfinite(self.arm_steady_ms) and self.arm_steady_ms >= 0.0,

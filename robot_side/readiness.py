@@ -12,9 +12,11 @@ other path are unchanged.
 A child that never comes up must not keep the robot unusable silently: after
 ``startup.children_timeout_s`` (or as soon as the child reports an error or exits)
 the detail says which child failed and why, the failure is logged once at ERROR and
-audited, and engage stays refused: the staff restart the node (the ROS 2 bridge also
-carries the ROS e-stop topic, the video the surgeon's picture; neither is optional
-once configured).
+audited, and engage stays refused (the ROS 2 bridge also carries the ROS e-stop topic,
+the video the surgeon's picture; neither is optional once configured). A child that
+reported an error or exited stays failed (the staff restart the node); one that was
+only late is still asked, and the robot becomes ready if it comes up after all (a
+child starved by a loaded machine, issue 11's shared test host).
 
 ``StartupWatch`` is pure (``check(now_ns)``, no clock of its own, probes given as
 callables); ``ReadinessThread`` polls it off the control loop and publishes one
@@ -44,6 +46,9 @@ class _Child:
     probe: Probe
     ready_ns: int | None = None
     failure: str | None = None
+    """Final: the child reported an error or exited."""
+    late: bool = False
+    """Past the bound: named as failed, still asked (a starved child may yet come up)."""
 
 
 class StartupWatch:
@@ -69,12 +74,16 @@ class StartupWatch:
                 continue
             if child.failure is None:
                 self._probe(child, now_ns)
+            if child.ready_ns is not None:
+                continue
             if child.failure is not None:
                 failed.append(f"{child.words} {child.failure}")
+            elif child.late:
+                failed.append(f"{child.words} {self._late_words}")
             elif child.ready_ns is None:
                 waiting.append(child.words)
         if failed:
-            return "robot not ready: " + "; ".join(failed) + " (restart the robot node)"
+            return "robot not ready: " + "; ".join(failed)
         if waiting:
             return "robot starting: waiting for " + " and ".join(waiting)
         return None
@@ -85,6 +94,10 @@ class StartupWatch:
         return {name: round((c.ready_ns - self.start_ns) / 1e9, 3)
                 for name, c in self._children.items() if c.ready_ns is not None}
 
+    @property
+    def _late_words(self) -> str:
+        return f"did not come up in {self.timeout_ns / 1e9:.0f} s"
+
     def _probe(self, child: _Child, now_ns: int) -> None:
         try:
             answer = child.probe()
@@ -92,13 +105,16 @@ class StartupWatch:
             answer = f"could not be checked: {err}"
         if answer is True:
             child.ready_ns = now_ns
+            if child.late:
+                log.warning("%s came up after all, %.1f s after start", child.words,
+                            (now_ns - self.start_ns) / 1e9)
             return
         if isinstance(answer, str):
             child.failure = answer
-        elif now_ns - self.start_ns >= self.timeout_ns:
-            child.failure = f"did not come up in {self.timeout_ns / 1e9:.0f} s"
-        if child.failure is not None:
-            self.failures.append(f"{child.words} {child.failure}")
+            self.failures.append(f"{child.words} {answer}")
+        elif not child.late and now_ns - self.start_ns >= self.timeout_ns:
+            child.late = True
+            self.failures.append(f"{child.words} {self._late_words}")
 
 
 class ReadinessThread(threading.Thread):
@@ -128,8 +144,7 @@ class ReadinessThread(threading.Thread):
             self.detail = detail
             for failure in self.watch.failures[self._reported:]:
                 self._reported += 1
-                log.error("robot not ready: %s; engage is refused until the node is "
-                          "restarted", failure)
+                log.error("robot not ready: %s; engage is refused", failure)
                 self._on_failure(failure)
             if detail != last:
                 log.info("%s", detail or "robot ready to follow: children up after "

@@ -40,9 +40,20 @@ def test_a_child_that_fails_or_never_comes_up_is_named_once_and_stays_refused() 
     assert watch.failures == ["the video process failed: no camera"]
     late = watch.check(31 * S)
     assert late is not None and "the ROS 2 bridge did not come up in 30 s" in late
-    assert watch.check(60 * S) == late  # never ready by itself: the staff restart it
+    assert watch.check(60 * S) == late  # a failed child: never ready by itself
     assert watch.failures == ["the video process failed: no camera",
                               "the ROS 2 bridge did not come up in 30 s"]
+
+
+def test_a_late_child_is_named_failed_but_the_robot_is_ready_if_it_comes_up() -> None:
+    up = [False]
+    watch = StartupWatch(0, timeout_s=30.0)
+    watch.add("ros", "the ROS 2 bridge", lambda: up[0])
+    assert watch.check(31 * S) == "robot not ready: the ROS 2 bridge did not come up in 30 s"
+    assert watch.check(40 * S) is not None
+    up[0] = True  # starved, not broken
+    assert watch.check(45 * S) is None
+    assert watch.failures == ["the ROS 2 bridge did not come up in 30 s"]
 
 
 def test_a_probe_that_raises_is_a_failure_not_a_crash() -> None:
