@@ -345,7 +345,8 @@ class RobotNode:
         a child that fails or never comes up is logged and audited, and stays named in
         every refusal."""
         watch = StartupWatch(time.monotonic_ns(), self.cfg.startup.children_timeout_s)
-        watch.add("video", "the video process", video_probe(video))
+        if self.cfg.safety.watchdog.require_video:  # the surgeon's picture gates motion
+            watch.add("video", "the video process", video_probe(video))
         if ros is not None:
             watch.add("ros", "the ROS 2 bridge", ros.ready_probe)
         alerts = self.mailbox.alerts
