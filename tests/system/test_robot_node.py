@@ -260,6 +260,12 @@ def test_engage_is_refused_not_ready_while_a_child_is_not_up(tmp_path: Path) -> 
             wait_until(refused_naming_the_bridge, STARTUP_S, "the bridge's failure")
             assert not any(r.ok for r in replies), replies  # never engaged meanwhile
             assert replies[-1].reason == "not_ready" and "rclpy" in replies[-1].detail
+            # The console's session (its engage attempts) shows the surgeon why.
+            session = SessionThread(link, SessionConfig(auto_engage=False),
+                                    ConsoleShared(video_stale=False), int(1e9 / CONSOLE_HZ))
+            assert not session.request("engage")
+            assert session.shared.message.startswith("engage refused: not_ready (robot not "
+                                                     "ready: the ROS 2 bridge failed")
             panel = json.loads(send(tmp_path / "estop.sock", "panel", "panel")[3:])
             assert "ROS 2 bridge failed" in panel["not_ready"]
             assert panel["state"] == "ready"
