@@ -347,7 +347,7 @@ class ControlCore:
         not_ready = f.not_ready
         since = self._arm_ok_since_ns
         if not_ready is None and since is not None and f.now_ns - since < self._arm_steady_ns:
-            not_ready = (f"robot starting: arm state steady for {(f.now_ns - since) / 1e6:.0f}"
+            not_ready = (f"arm not steady yet: state reports for {(f.now_ns - since) / 1e6:.0f}"
                          f" ms of {self._arm_steady_ns / 1e6:.0f}")
         # The surgeon's hand (registered master orientation) against the instrument:
         # following starts only when they agree, as the dVRK requires.

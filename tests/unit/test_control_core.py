@@ -360,7 +360,7 @@ def test_engage_waits_for_steady_arm_reports_after_a_reconnect(rig: Harness) -> 
     assert rig.request("clear_fault").ok  # the lost link tripped (manipulator link lost)
     refused = rig.request("engage")
     assert (refused.ok, refused.reason) == (False, "not_ready")
-    assert "arm state steady" in refused.detail
+    assert refused.detail.startswith("arm not steady yet")
     rig.run(steady_s)
     assert rig.request("engage").ok
 
