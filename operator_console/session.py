@@ -131,8 +131,11 @@ class SessionThread(threading.Thread):
             log.warning("%s", err)
             return False
         if not reply.ok:
-            self.shared.message = f"{op} refused: {reply.reason}"
-            log.info("robot refused %s: %s (%s)", op, reply.reason, reply.state)
+            # The detail says what a robot still starting waits for (not_ready): the
+            # engage attempts go on as for any refusal until it is accepted.
+            why = f"{reply.reason} ({reply.detail})" if reply.detail else reply.reason
+            self.shared.message = f"{op} refused: {why}"
+            log.info("robot refused %s: %s (%s)", op, why, reply.state)
         return reply.ok
 
     def run(self) -> None:

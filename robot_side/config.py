@@ -157,6 +157,25 @@ class ObserveConfig:
 
 
 @dataclass(frozen=True)
+class StartupConfig:
+    """When the robot is ready to follow (robot_side.readiness): until then engage is
+    refused with ``not_ready`` and a plain-words detail (issue 11: no trip a second
+    after an engage made while the node's children were still starting)."""
+
+    arm_steady_ms: float = 100.0
+    """The arm's state reports steady (none older than the state timeout) this long."""
+    children_timeout_s: float = 60.0
+    """A child (video, ROS 2 bridge) not up by then: the refusal says so, the failure
+    is logged and audited; engage stays refused until it is up (an error or an exit: until
+    the node is restarted)."""
+
+    def __post_init__(self) -> None:
+        check(math.isfinite(self.arm_steady_ms) and self.arm_steady_ms >= 0.0,
+              "startup.arm_steady_ms", self.arm_steady_ms, "must be finite and >= 0")
+        finite_positive("startup.children_timeout_s", self.children_timeout_s)
+
+
+@dataclass(frozen=True)
 class JointTeleopConfig:
     """Joint-space teleop (``Command.joints``, CRTK ``servo_jp``; robot_side.follow_joint)."""
 
@@ -207,6 +226,8 @@ class RobotConfig:
     vitals: VitalsConfig = field(default_factory=VitalsConfig)
     """The patient monitor (robot_side.vitals): off unless configured."""
     joint_teleop: JointTeleopConfig = field(default_factory=JointTeleopConfig)
+    startup: StartupConfig = field(default_factory=StartupConfig)
+    """When engage is first accepted: children up, arm steady (robot_side.readiness)."""
 
 
 def load_robot_config(path: Path | str | None) -> RobotConfig:

@@ -77,6 +77,7 @@ class _Facts(NamedTuple):
     measured: Pose
     cmd: CommandSample | None
     health: LinkHealth
+    not_ready: str | None
 
 
 class ControlCore:
@@ -88,6 +89,10 @@ class ControlCore:
         self.period_ns = cfg.control.period_ns
         # The arm's state may be a few reports old; beyond this it is silent (blind).
         self._state_timeout_ns = max(5 * self.period_ns, 50_000_000)
+        # Engage only on an arm whose reports have been steady this long (start-up, a
+        # reopened port): a link that just came back is not yet one to follow on.
+        self._arm_steady_ns = int(cfg.startup.arm_steady_ms * 1e6)
+        self._arm_ok_since_ns: int | None = None
         self.supervisor = Supervisor(cfg.safety.watchdog, self.period_ns)
         self.watchdog = LinkWatchdog(cfg.safety.watchdog)
         self.follower = Follower(cfg, kin)
@@ -136,7 +141,8 @@ class ControlCore:
         cmd = self._command(inputs.command)
         link = inputs.link
         facts = _Facts(now_ns, sample, arm_ok, measured_q, measured_t, measured, cmd,
-                       self.watchdog.evaluate(now_ns, link.stats, link.rtt_ns, link.clock_fresh))
+                       self.watchdog.evaluate(now_ns, link.stats, link.rtt_ns, link.clock_fresh),
+                       inputs.not_ready)
         handled = [self._handle(facts, r) for r in inputs.requests] if inputs.requests else ()
         decision = sup.step(now_ns, StepInputs(
             operator_present=cmd is not None and cmd.cmd.operator_present,
@@ -212,7 +218,7 @@ class ControlCore:
                 self._trip(now_ns, Reason.SERIAL_FAULT, "manipulator link lost")
             # The node's reconnector reopens the port off this loop; motion stays
             # latched off until the surgeon clears the fault and re-engages.
-            self._arm_ok = False
+            self._arm_ok, self._arm_ok_since_ns = False, None
             return reading.sample, False
         sample = reading.sample
         if sample is None or now_ns - sample.received_ns > self._state_timeout_ns:
@@ -221,8 +227,10 @@ class ControlCore:
             elif self._arm_ok:
                 _ratelog(logging.WARNING, "arm_silent",
                          "no state report from the arm; engaging is blocked")
-            self._arm_ok = False
+            self._arm_ok, self._arm_ok_since_ns = False, None
             return sample, False
+        if self._arm_ok_since_ns is None:
+            self._arm_ok_since_ns = now_ns
         self._arm_ok = True
         if self._release_pending:
             self._release_pending = False
@@ -311,7 +319,7 @@ class ControlCore:
         elif op == "disarm":
             ok, why = sup.disarm(now_ns)
         elif op == "engage":
-            ok, why = self._engage(f)
+            ok, why, detail = self._engage(f)
         elif op == "disengage":
             ok, why = sup.disengage(now_ns)
         elif op == "clear_fault":
@@ -327,14 +335,20 @@ class ControlCore:
         else:  # the schema admits no other op; refuse what a newer console may send
             ok, why = False, "unknown_op"
         reply = ControlReply(req_id=req.req.req_id, ok=ok, state=str(sup.state),
-                             reason=str(why)[:64], detail=detail)
+                             reason=str(why)[:64], detail=detail[:200])
         audit = ControlAudit(now_ns, req.peer, op, req.req.req_id, value, ok, str(why)[:64],
                              str(sup.state))
         return req.peer, reply, audit
 
-    def _engage(self, f: _Facts) -> tuple[bool, str]:
+    def _engage(self, f: _Facts) -> tuple[bool, str, str]:
+        """(accepted, reason, the refusal's detail in plain words)."""
         if not f.arm_ok:
-            return False, str(Reason.SERIAL_FAULT)
+            return False, str(Reason.SERIAL_FAULT), "no state report from the arm"
+        not_ready = f.not_ready
+        since = self._arm_ok_since_ns
+        if not_ready is None and since is not None and f.now_ns - since < self._arm_steady_ns:
+            not_ready = (f"arm not steady yet: state reports for {(f.now_ns - since) / 1e6:.0f}"
+                         f" ms of {self._arm_steady_ns / 1e6:.0f}")
         # The surgeon's hand (registered master orientation) against the instrument:
         # following starts only when they agree, as the dVRK requires.
         tol = self.cfg.safety.motion.align_tolerance_rad
@@ -342,8 +356,9 @@ class ControlCore:
             f.cmd.cmd.orientation, f.measured[1], tol))
         if f.cmd is not None and f.cmd.cmd.joints is not None:  # joint mode: its own check
             aligned = self.joint_follower.aligned(f.cmd.cmd, f.measured_q)
-        ok, reason = self.supervisor.request_engage(f.now_ns, f.health, aligned=aligned)
-        return ok, str(reason)
+        ok, reason = self.supervisor.request_engage(f.now_ns, f.health, aligned=aligned,
+                                                    not_ready=not_ready)
+        return ok, str(reason), (not_ready or "") if reason is Reason.NOT_READY else ""
 
     def _set_scale(self, value: float | None) -> tuple[bool, str]:
         c = self.cfg.control

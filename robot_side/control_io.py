@@ -78,6 +78,9 @@ class ControlInputs(NamedTuple):
     estop: tuple[EstopEvent, ...] = ()
     audit_ok: bool = True
     trip: ExternalTrip | None = None
+    not_ready: str | None = None
+    """The robot's start-up is not over: what it waits for, in plain words (engage is
+    refused with ``not_ready`` meanwhile; robot_side.readiness)."""
 
 
 class StepReport(NamedTuple):

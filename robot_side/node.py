@@ -40,6 +40,7 @@ from robot_side.localsock import group_id
 from robot_side.manipulator import make_manipulator
 from robot_side.netio import Mailbox, NetworkThread
 from robot_side.period import PeriodResult, run_period
+from robot_side.readiness import ReadinessThread, StartupWatch, video_probe
 from robot_side.recording.health import RecordingHealth, recording_status_path
 from robot_side.ros.process import RosProcess
 from robot_side.signals import SignalDesk
@@ -125,6 +126,8 @@ class RobotNode:
         """Period start -> frame written, us: how early in its period the write comes."""
         self.vitals: Any = None
         """The patient monitor's relay thread (robot_side.vitals), when [vitals] is on."""
+        self.readiness: ReadinessThread | None = None
+        """Until its ``detail`` is None engage is refused (not_ready): children starting."""
         self.refusals = RefusalLimiter()
         """Refused control requests audited one by one, per peer and second (the rest
         aggregated): a flood cannot fill the audit queue."""
@@ -154,6 +157,7 @@ class RobotNode:
             "scale": round(r.scale, 3), "firmware_flags": r.firmware_flags,
             "tracking_error_mm": round(r.tracking_error_m * 1000, 2),
             "link_ok": r.health.ok, "link_detail": r.health.detail,
+            "not_ready": None if self.readiness is None else self.readiness.detail,
             "rtt_ms": None if link is None or link.rtt_ns is None else link.rtt_ns / 1e6,
             "loss": None if link is None else round(link.stats.loss, 4),
             "events": [{"ago_s": round((now - t.t_ns) / 1e9, 3), "from": str(t.state_from),
@@ -324,6 +328,7 @@ class RobotNode:
                 ros = RosProcess(replace(cfg, link=bound))
                 ros.start()
                 stack.callback(ros.stop)
+            self.readiness = self._watch_startup(stack, video, ros)
             log.info("robot node up: link %s, control %.0f Hz, ROS 2 %s, video %s",
                      endpoints, cfg.control.rate_hz,
                      "off" if ros is None else f"{cfg.ros.backend} ({ros.describe()})",
@@ -341,6 +346,24 @@ class RobotNode:
             video.stop()
             self._write_summary(net, auditor, video, ros)
         return 0
+
+    def _watch_startup(self, stack: ExitStack, video: VideoProcess,
+                       ros: RosProcess | None) -> ReadinessThread:
+        """Engage waits for the children to be up (issue 11: no trip while they start);
+        a child that fails or never comes up is logged and audited, and stays named in
+        every refusal."""
+        watch = StartupWatch(time.monotonic_ns(), self.cfg.startup.children_timeout_s)
+        if self.cfg.safety.watchdog.require_video:  # the surgeon's picture gates motion
+            watch.add("video", "the video process", video_probe(video))
+        if ros is not None:
+            watch.add("ros", "the ROS 2 bridge", ros.ready_probe)
+        alerts = self.mailbox.alerts
+        thread = ReadinessThread(watch, lambda failure: alerts.append(AuditAlert(
+            time.monotonic_ns(), "startup_not_ready", failure, logging.ERROR)))
+        thread.start()
+        stack.callback(thread.join, 1.0)
+        stack.callback(thread.stop)
+        return thread
 
     # ------------------------------------------------------------ the control thread
     def _wait_period(self) -> Tick:
@@ -436,7 +459,9 @@ class RobotNode:
         inputs = ControlInputs(command=mb.command, link=link,
                                requests=self._take_requests(),
                                estop=self._estop_events(estop),
-                               audit_ok=auditor.healthy, trip=trip)
+                               audit_ok=auditor.healthy, trip=trip,
+                               not_ready=None if self.readiness is None
+                               else self.readiness.detail)
         following = self.core.following_periods
         result = run_period(self.manipulator, self.core, now_ns, inputs)
         self.late.ran(time.monotonic_ns())

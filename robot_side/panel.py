@@ -66,6 +66,7 @@ REASON_WORDS = {
     "disengaged": "surgeon let go", "clutch": "surgeon's clutch pressed",
     "clutch_released": "clutch released", "operator_absent": "surgeon not at the console",
     "armed": "armed", "disarmed": "disarmed", "startup": "started",
+    "not_ready": "robot still starting",
 }
 
 
@@ -144,6 +145,8 @@ def _state_block(view: PanelView, now: float) -> Panel:
     if st.get("estop"):
         line.append("\nE-STOP LATCHED: clear it here (c) once the patient is safe",
                     style="bold red")
+    if st.get("not_ready"):  # engage is refused until the node's start-up is over
+        line.append(f"\n{st['not_ready']}", style="bold yellow")
     line.append(f"\nas of {ago(asked)}", style="dim")
     return Panel(line)
 

@@ -75,6 +75,9 @@ class Reason(StrEnum):
     NOT_SETTLED = "not_settled"
     NOT_ALIGNED = "not_aligned"
     NOT_ARMED = "not_armed"
+    NOT_READY = "not_ready"
+    """The robot's own start-up is not over (a child process not up yet, the arm's
+    state reports not steady yet): engage is refused, the detail says what it waits for."""
     LATCHED = "latched"
 
 

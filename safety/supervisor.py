@@ -135,13 +135,16 @@ class Supervisor:
             self._go(now_ns, State.DISABLED, Reason.DISARMED)
         return True, Reason.DISARMED
 
-    def request_engage(self, now_ns: int, health: LinkHealth, *, aligned: bool = True) -> Reply:
+    def request_engage(self, now_ns: int, health: LinkHealth, *, aligned: bool = True,
+                       not_ready: str | None = None) -> Reply:
         """Start (or resume after a clutch or a latched hold) following.
 
-        Refused unless armed and not latched in FAULT/ESTOP, the link (fresh commands
-        included) is healthy and has been for ``settle_ms``, the last step saw the
-        operator present, and (when the robot node checks alignment) master and follower
-        orientations are within tolerance. On success the next step says ``reanchor``.
+        Refused unless armed and not latched in FAULT/ESTOP, the robot's own start-up is
+        over (``not_ready`` None; else it says what the robot waits for), the link (fresh
+        commands included) is healthy and has been for ``settle_ms``, the last step saw
+        the operator present, and (when the robot node checks alignment) master and
+        follower orientations are within tolerance. On success the next step says
+        ``reanchor``.
         """
         if self._state in LATCHED_STATES:
             return self._refuse("engage", Reason.LATCHED)
@@ -149,6 +152,9 @@ class Supervisor:
             return self._refuse("engage", Reason.NOT_ARMED)
         if self._state is State.FOLLOWING:
             return True, self._reason
+        if not_ready is not None:
+            # A robot still starting says so rather than trip a second after the engage.
+            return self._refuse("engage", Reason.NOT_READY, not_ready)
         if not health.ok:
             return self._refuse("engage", health.trip or Reason.RTT_UNKNOWN, health.detail)
         inputs = self._last_inputs

@@ -64,9 +64,21 @@ class RosProcess:
                   self._stop, self._outbox))
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
+        self.ready = False
+        """The child said its bridge is up (DDS open, heap settled, e-stop forwarded)."""
 
     def start(self) -> None:
         self._proc.start()
+
+    def ready_probe(self) -> bool | str:
+        """For robot_side.readiness: True once up; why, once it failed or exited."""
+        self.poll()
+        if self.error is not None:
+            return f"failed: {self.error}"
+        if self.ready:
+            return True
+        code = self._proc.exitcode
+        return False if code is None else f"exited (code {code})"
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +97,8 @@ class RosProcess:
                 return
             if kind == "error":
                 self.error = str(value)
+            elif kind == "ready":
+                self.ready = True
             elif kind == "stats":
                 self.stats = dict(value)
 
@@ -178,7 +192,8 @@ def _child_main(args: _ChildArgs, stop: Any, outbox: mp.Queue[tuple[str, Any]]) 
 
     try:
         stats = run_bridge(args.cfg, lambda: stop.is_set() or os.getppid() != args.parent_pid,
-                           lambda s: _put(outbox, ("stats", s)), settle_heap=True)
+                           lambda s: _put(outbox, ("stats", s)), settle_heap=True,
+                           on_ready=lambda: _put(outbox, ("ready", None)))
         _put(outbox, ("stats", stats))
     except TelesurgeryError as err:
         log.error("ROS 2 bridge stopped: %s", err)
@@ -192,11 +207,13 @@ def _put(outbox: mp.Queue[tuple[str, Any]], item: tuple[str, Any]) -> None:
 
 def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
                report: Callable[[dict[str, Any]], None] | None = None,
-               settle_heap: bool = False) -> dict[str, Any]:
+               settle_heap: bool = False,
+               on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """The bridge's loop (the child's body; tests may run it in a thread).
 
     ``settle_heap`` (the child only: it freezes the whole process's heap) once the bridge
-    is up, so no collection of its start-up objects delays an e-stop it forwards."""
+    is up, so no collection of its start-up objects delays an e-stop it forwards.
+    ``on_ready`` once it is up: the robot refuses engage until then (robot_side.readiness)."""
     from robot_side.kinematics import Kinematics
     from robot_side.observe import ObserverClient
     from robot_side.ros import open_bridge
@@ -229,6 +246,8 @@ def run_bridge(cfg: RobotConfig, should_stop: Callable[[], bool],
         log.info("ROS 2 bridge up: observing %s at %.0f Hz, e-stop to %s, command side %s",
                  cfg.observe.socket, rate_hz, cfg.estop.socket,
                  "ON" if commander is not None else "off")
+        if on_ready is not None:
+            on_ready()
 
         def stats() -> dict[str, Any]:
             return {"published_periods": publisher.published, "skipped": publisher.skipped,

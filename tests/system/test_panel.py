@@ -81,6 +81,16 @@ def test_plain_words_with_times_and_every_figure_aged() -> None:
     assert re.match(r"\d\d:\d\d:\d\d +39 s ago", event), event
 
 
+def test_a_robot_still_starting_says_what_it_waits_for() -> None:
+    now = 1000.0
+    waiting = "robot starting: waiting for the ROS 2 bridge"
+    shown = text_of(PanelView(status=status(state="ready", reason="armed",
+                                            not_ready=waiting), received_at=now), now)
+    assert "ROBOT READY, HOLDING STILL" in shown and waiting in shown
+    assert waiting not in text_of(PanelView(status=status(state="ready", not_ready=None),
+                                            received_at=now), now)
+
+
 def test_stale_answer_turns_into_robot_state_unknown() -> None:
     now = 1000.0
     view = PanelView(status=status(state="following", reason="engaged"),

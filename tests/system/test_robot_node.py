@@ -73,7 +73,7 @@ def cli(*argv: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]
 
 
 def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, domain: int,
-               namespace: str) -> Path:
+               namespace: str, ros_backend: str = "dds") -> Path:
     path = run / "robot.toml"
     path.write_text(toml_text({
         "link": {"host": "127.0.0.1", "keys_dir": keys,
@@ -82,7 +82,7 @@ def robot_toml(run: Path, keys: Path, ports: dict[str, int], serial: str, *, dom
         "record": {"folder": run / "recordings"},
         "serial": {"port": serial},
         "control": {"rate_hz": 200.0, "realtime": False, "ros_hz": 20.0},
-        "ros": {"backend": "dds", "domain_id": domain, "namespace": namespace},
+        "ros": {"backend": ros_backend, "domain_id": domain, "namespace": namespace},
         "video": {"width": 160, "height": 120, "fps": 10.0, "encoder": "libx264"},
         "safety.audit": {"path": run / "audit" / "robot.audit"},
         "safety.watchdog": {"require_video": False, "settle_ms": 100.0},
@@ -138,6 +138,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             wait_until(lambda: "robot node up" in node.log or proc.poll() is not None,
                        STARTUP_S, "the robot node to start")
             assert proc.poll() is None, node.log[-3000:]
+            # Engage is refused (not_ready) until the ROS 2 bridge is up: the tests that
+            # engage start from a robot whose start-up is over (robot_side.readiness).
+            wait_until(lambda: "robot ready to follow" in node.log or proc.poll() is not None,
+                       STARTUP_S, "the robot's children to come up")
             yield node
         finally:
             if proc.poll() is None:
@@ -223,6 +227,55 @@ def test_refuses_to_start_without_authorised_keys(tmp_path: Path) -> None:
     assert "authorised-keys folder missing" in out
     assert str(keys / "robot" / "authorized" / "surgeon") in out
     assert "robot node up" not in out
+
+
+def test_engage_is_refused_not_ready_while_a_child_is_not_up(tmp_path: Path) -> None:
+    """Issue 11, the hook-up: the node feeds its children's readiness into the control
+    core. A ROS 2 bridge that cannot come up (rclpy is not installed here) keeps engage
+    refused with not_ready, the reply, the staff's panel and the audit saying which
+    child failed; arming works as always. (That engage is accepted once the children
+    are up is what every engaging test of the module node shows.)"""
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    ports = dict(zip(CHANNELS, free_ports(4), strict=True))
+    with FirmwareEmulator(link=tmp_path / "ttyTS0", watchdog_ms=60_000.0, rate_hz=500.0,
+                          state_rate_hz=250.0, initial=HOME_Q.tolist()) as emu:
+        cfg = robot_toml(tmp_path, keys, ports, emu.port_path, domain=1, namespace="arm",
+                         ros_backend="rclpy")
+        with (tmp_path / "robot.log").open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "telesurgery.cli", "robot", "--config", str(cfg)],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        node = Node(tmp_path, keys, ports, emu, proc, 1, "arm")
+        link = ConsoleLink(node.link_cfg(), ClientKeys.load_surgeon(keys))
+        try:
+            wait_until(lambda: "robot node up" in node.log or proc.poll() is not None,
+                       STARTUP_S, "the robot node to start")
+            assert request(link, "arm").ok
+            replies: list[ControlReply] = []
+
+            def refused_naming_the_bridge() -> bool:
+                replies.append(request(link, "engage"))
+                return "ROS 2 bridge failed" in replies[-1].detail
+            wait_until(refused_naming_the_bridge, STARTUP_S, "the bridge's failure")
+            assert not any(r.ok for r in replies), replies  # never engaged meanwhile
+            assert replies[-1].reason == "not_ready" and "rclpy" in replies[-1].detail
+            # The console's session (its engage attempts) shows the surgeon why.
+            session = SessionThread(link, SessionConfig(auto_engage=False),
+                                    ConsoleShared(video_stale=False), int(1e9 / CONSOLE_HZ))
+            assert not session.request("engage")
+            assert session.shared.message.startswith("engage refused: not_ready (robot not "
+                                                     "ready: the ROS 2 bridge failed")
+            panel = json.loads(send(tmp_path / "estop.sock", "panel", "panel")[3:])
+            assert "ROS 2 bridge failed" in panel["not_ready"]
+            assert panel["state"] == "ready"
+            wait_until(lambda: [a for a in audit_records(node, "alert")
+                                if a["code"] == "startup_not_ready"], 10.0, "the audit")
+            assert "robot not ready: the ROS 2 bridge failed" in node.log
+        finally:
+            link.close()
+            proc.terminate()
+            proc.wait(15)
 
 
 # ------------------------------------------------------------------ e-stop

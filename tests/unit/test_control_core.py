@@ -104,8 +104,8 @@ class Harness:
 
     def step(self, *, fresh: bool = True, command: Command | None = None,
              link: Callable[[int], LinkView] = healthy_link,
-             requests: tuple[str, ...] = (), estop: tuple[EstopEvent, ...] = ()
-             ) -> StepReport:
+             requests: tuple[str, ...] = (), estop: tuple[EstopEvent, ...] = (),
+             not_ready: str | None = None) -> StepReport:
         """One period: a new command arrives now (``fresh``) or the last one stays."""
         self._clock[0] += PERIOD_NS
         now = self.now
@@ -116,7 +116,7 @@ class Harness:
             self.req_id += 1
             reqs.append(PendingRequest(b"test", ControlRequest(req_id=self.req_id, op=op), now))
         result = run_period(self.arm, self.core, now, ControlInputs(
-            self.sample, link(now), tuple(reqs), estop))
+            self.sample, link(now), tuple(reqs), estop, not_ready=not_ready))
         self.last = result.output
         if result.trip is not None:
             self.trips.append(result.trip)
@@ -125,8 +125,8 @@ class Harness:
     def run(self, seconds: float, **kw: object) -> list[StepReport]:
         return [self.step(**kw) for _ in range(max(1, round(seconds / PERIOD_S)))]  # type: ignore[arg-type]
 
-    def request(self, op: str) -> ControlReply:
-        self.step(requests=(op,))
+    def request(self, op: str, not_ready: str | None = None) -> ControlReply:
+        self.step(requests=(op,), not_ready=not_ready)
         assert self.last is not None
         ((_, reply),) = self.last.replies
         return reply
@@ -328,6 +328,41 @@ def test_fault_latches_until_clear_fault_and_engage(rig: Harness) -> None:
     before = rig.joints()
     rig.run(0.8)
     assert float(np.abs(rig.joints() - before).max()) > 0.005
+
+
+# ------------------------------------------------------------------ start-up
+def test_engage_refused_while_the_robot_is_starting_then_accepted(rig: Harness) -> None:
+    """Issue 11: the node's readiness input (children still starting) refuses engage
+    with not_ready and says why in the reply; nothing moves, nothing trips; the same
+    engage is accepted once the input clears."""
+    assert rig.request("arm").ok
+    rig.run(0.12)
+    waiting = "robot starting: waiting for the ROS 2 bridge"
+    refused = rig.request("engage", not_ready=waiting)
+    assert (refused.ok, refused.reason, refused.detail) == (False, "not_ready", waiting)
+    assert rig.still_while(0.2) < STILL_RAD
+    assert rig.core.supervisor.state is State.READY and not rig.trips
+    assert rig.request("engage").ok
+    rig.run(0.1)
+    assert rig.core.supervisor.state is State.FOLLOWING
+
+
+def test_engage_waits_for_steady_arm_reports_after_a_reconnect(rig: Harness) -> None:
+    """An arm whose state reports just came back is not yet one to follow on: engage is
+    refused (not_ready) until they have been steady for startup.arm_steady_ms."""
+    steady_s = rig.core.cfg.startup.arm_steady_ms / 1e3
+    assert rig.request("arm").ok
+    rig.run(0.12)
+    rig.arm.unplugged = True
+    rig.run(0.1)
+    rig.arm.unplugged = False
+    assert rig.arm.reconnect()
+    assert rig.request("clear_fault").ok  # the lost link tripped (manipulator link lost)
+    refused = rig.request("engage")
+    assert (refused.ok, refused.reason) == (False, "not_ready")
+    assert refused.detail.startswith("arm not steady yet")
+    rig.run(steady_s)
+    assert rig.request("engage").ok
 
 
 # ------------------------------------------------------------------ serial port

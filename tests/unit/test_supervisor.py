@@ -105,6 +105,24 @@ def test_engage_after_settling_then_first_step_reanchors() -> None:
     ]
 
 
+def test_engage_refused_while_the_robot_is_not_ready_then_accepted() -> None:
+    """Issue 11: a robot still starting says not_ready (nothing moves, nothing latches);
+    the same engage is accepted once start-up is over. A latch still wins."""
+    sup = Supervisor(CFG, P)
+    sup.arm(0)
+    sup.step(SETTLE, inputs())
+    waiting = "robot starting: waiting for the ROS 2 bridge"
+    assert sup.request_engage(SETTLE, healthy(0), not_ready=waiting) == (
+        False, Reason.NOT_READY)
+    assert sup.state is State.READY and not sup.latched
+    assert not sup.step(SETTLE + P, inputs()).motion_allowed
+    assert sup.request_engage(SETTLE + P, healthy(0), not_ready=None) == (True, Reason.ENGAGED)
+    assert sup.step(SETTLE + 2 * P, inputs()).motion_allowed
+    sup.trip(SETTLE + 3 * P, Reason.SERIAL_FAULT)
+    assert sup.request_engage(SETTLE + 4 * P, healthy(0), not_ready=waiting) == (
+        False, Reason.LATCHED)
+
+
 # ------------------------------------------------------------------------- trips and latches
 @pytest.mark.parametrize("reason", sorted(LINK_TRIPS))
 def test_link_trip_holds_in_the_same_period_and_latches(reason: Reason) -> None:
