@@ -110,6 +110,9 @@ class VideoProcess:
         self.encoder = "starting"
         self.nice: int | None = None
         """The child's nice value as it starts encoding (None: not reported yet)."""
+        self.realtime_priority: int | None = None
+        """The child's SCHED_FIFO priority as it starts encoding, 0: normal scheduling
+        (None: not reported yet)."""
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
         self._stopped = False
@@ -158,6 +161,8 @@ class VideoProcess:
                 self.encoder = str(value)
             elif kind == "nice":
                 self.nice = int(value)
+            elif kind == "realtime_priority":
+                self.realtime_priority = int(value)
             elif kind == "error":
                 self.error = str(value)
             elif kind == "stats":
@@ -169,7 +174,8 @@ class VideoProcess:
 
     def summary(self) -> dict[str, Any]:
         self.poll()
-        return {"encoder": self.describe(), "nice": self.nice, **self.stats,
+        return {"encoder": self.describe(), "nice": self.nice,
+                "realtime_priority": self.realtime_priority, **self.stats,
                 "dropped_requests": self.dropped_requests}
 
     def stop(self) -> None:
@@ -219,7 +225,8 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops us after Ctrl-C
     # Before any thread starts: libx264's, libzmq's and the capture thread inherit it.
     with contextlib.suppress(queue.Full):
-        outbox.put_nowait(("nice", _renice(video.nice)))
+        outbox.put_nowait(("realtime_priority", _realtime(video.realtime_priority)))
+        outbox.put_nowait(("nice", _renice(0 if video.realtime_priority else video.nice)))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         keys = ServerKeys.load(args.keys_dir)
@@ -261,15 +268,38 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
+def _own_threads() -> list[int]:
+    """This process's thread ids: the ones started before us (the numerical libraries'
+    pools, at import) do not inherit what this thread sets next."""
+    return [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir(
+        "/proc/self/task") else [0]
+
+
 def _renice(nice: int) -> int:
-    """Set this process's (this thread's, inherited by the threads it starts) nice value
-    where permitted; returns the value in force."""
+    """Set this process's nice value (per thread on Linux: every thread so far, and
+    inherited by the threads started later) where permitted; returns the value in force."""
     if nice:
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            for tid in _own_threads():
+                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError as err:
             log.info("video process nice %d not permitted (%s); normal priority", nice, err)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _realtime(priority: int) -> int:
+    """SCHED_FIFO ``priority`` for this thread and, inherited, every thread it starts,
+    where permitted (0: leave it); returns the priority in force (0: normal)."""
+    if priority:
+        try:
+            for tid in _own_threads():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as err:
+            log.info("video process SCHED_FIFO %d not permitted (%s); normal scheduling",
+                     priority, err)
+    return os.sched_getparam(0).sched_priority
 
 
 def _take_control(control: zmq.Socket[Any], sender: Any) -> bool:
