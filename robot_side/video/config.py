@@ -50,7 +50,9 @@ class VideoConfig:
     encoder_threads: int = 0
     """libx264 threads (sliced: each frame cut into that many slices, no frame delay);
     0 lets libx264 choose (1.5 x cores). One thread costs least CPU; more cut the
-    encode's wall time, which is picture latency (``telesurgery bench video``)."""
+    encode's wall time, which is picture latency (``telesurgery bench video``), and at
+    normal scheduling weigh more: CFS shares a busy CPU per thread, and one thread got a
+    third to a half of the sliced encoder's pictures out on a loaded machine (round 7)."""
     vbv_frames: float = 1.0
     """VBV buffer in frame periods: caps any frame, keyframes included, near this."""
     max_send_age_ms: float = 250.0
@@ -69,7 +71,10 @@ class VideoConfig:
     """SCHED_FIFO priority of the video process and every thread it starts (capture,
     libx264's, libzmq's) where permitted; 0: normal scheduling at ``nice``. At most
     ``MAX_VIDEO_PRIORITY``, below the control process's helpers (20) and every thread the
-    period needs, so real-time work of the arm always preempts the encode."""
+    period needs, so real-time work of the arm always preempts the encode. Off by default:
+    at 10 the pictures came, but a third of a core more real-time work on a shared two-core
+    machine brought the kernel's real-time throttling back (stall gaps ~50 ms, the emulator
+    starved, ``serial_fault`` trips). For a robot whose CPUs carry no console or proxy."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
