@@ -159,10 +159,8 @@ class VideoProcess:
                 return
             if kind == "encoder":
                 self.encoder = str(value)
-            elif kind == "nice":
-                self.nice = int(value)
-            elif kind == "realtime_priority":
-                self.realtime_priority = int(value)
+            elif kind == "scheduling":
+                self.realtime_priority, self.nice = (int(v) for v in value)
             elif kind == "error":
                 self.error = str(value)
             elif kind == "stats":
@@ -225,8 +223,9 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops us after Ctrl-C
     # Before any thread starts: libx264's, libzmq's and the capture thread inherit it.
     with contextlib.suppress(queue.Full):
-        outbox.put_nowait(("realtime_priority", _realtime(video.realtime_priority)))
-        outbox.put_nowait(("nice", _renice(0 if video.realtime_priority else video.nice)))
+        # One message: the queue may be as short as two, and "encoder" must fit after it.
+        outbox.put_nowait(("scheduling", (_realtime(video.realtime_priority),
+                                          _renice(0 if video.realtime_priority else video.nice))))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         keys = ServerKeys.load(args.keys_dir)
