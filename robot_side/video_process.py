@@ -51,6 +51,8 @@ WAIT_SLICE_S = 0.005
 """The encoder loop waits for the next capture in slices this long, so that a keyframe
 request is served within one (with the newest picture, ``_loop``), not at the next
 frame slot."""
+_STARTED_NS = time.monotonic_ns()
+"""In the child: when its module was imported, i.e. the process started (spawn)."""
 RESEND_MAX_AGE_NS = 100_000_000
 """The newest picture is sent again as a keyframe only while it is this fresh (a stalled
 camera's last picture is not news: the next capture will be the keyframe)."""
@@ -252,7 +254,7 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                     log.info("video process: %s", GC_PAUSES.describe())
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
-                        outbox.put(("stats", sender.report()), timeout=FINAL_PUT_S)
+                        outbox.put(("stats", _report(sender)), timeout=FINAL_PUT_S)
             finally:
                 control.close(0)
                 sock.close(0)
@@ -265,6 +267,13 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
             outbox.put_nowait(("error", str(err)))
     finally:
         ctx.term()
+
+
+def _report(sender: Any) -> dict[str, Any]:
+    """The sender's counters and this process's own CPU (every thread) and time up, so the
+    robot's CPU splits into control and encode (the issue's goal counts both)."""
+    return {**sender.report(), "cpu_s": round(time.process_time(), 3),
+            "up_s": round((time.monotonic_ns() - _STARTED_NS) / 1e9, 3)}
 
 
 def _own_threads() -> list[int]:
@@ -360,4 +369,4 @@ def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
         if now >= next_stats:
             next_stats = now + 1_000_000_000
             with contextlib.suppress(queue.Full):
-                outbox.put_nowait(("stats", sender.report()))
+                outbox.put_nowait(("stats", _report(sender)))

@@ -71,6 +71,8 @@ def test_stop_is_prompt_after_a_run_longer_than_the_report_queue(tmp_path: Path)
     assert "libx264" in summary["encoder"], summary
     frames = summary["sent"] + summary["dropped_backpressure"] + summary["dropped_stale"]
     assert frames >= 30, summary  # the final counters, not those of the first seconds
+    # Its own CPU and time up, so that a soak splits the robot's CPU into control and encode.
+    assert summary["cpu_s"] > 0 and summary["up_s"] > 0, summary
 
 
 def test_a_video_process_whose_node_was_killed_exits_by_itself(tmp_path: Path) -> None:
