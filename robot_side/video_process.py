@@ -51,6 +51,8 @@ WAIT_SLICE_S = 0.005
 """The encoder loop waits for the next capture in slices this long, so that a keyframe
 request is served within one (with the newest picture, ``_loop``), not at the next
 frame slot."""
+_STARTED_NS = time.monotonic_ns()
+"""In the child: when its module was imported, i.e. the process started (spawn)."""
 RESEND_MAX_AGE_NS = 100_000_000
 """The newest picture is sent again as a keyframe only while it is this fresh (a stalled
 camera's last picture is not news: the next capture will be the keyframe)."""
@@ -110,6 +112,9 @@ class VideoProcess:
         self.encoder = "starting"
         self.nice: int | None = None
         """The child's nice value as it starts encoding (None: not reported yet)."""
+        self.realtime_priority: int | None = None
+        """The child's SCHED_FIFO priority as it starts encoding, 0: normal scheduling
+        (None: not reported yet)."""
         self.error: str | None = None
         self.stats: dict[str, Any] = {}
         self._stopped = False
@@ -156,8 +161,8 @@ class VideoProcess:
                 return
             if kind == "encoder":
                 self.encoder = str(value)
-            elif kind == "nice":
-                self.nice = int(value)
+            elif kind == "scheduling":
+                self.realtime_priority, self.nice = (int(v) for v in value)
             elif kind == "error":
                 self.error = str(value)
             elif kind == "stats":
@@ -169,7 +174,8 @@ class VideoProcess:
 
     def summary(self) -> dict[str, Any]:
         self.poll()
-        return {"encoder": self.describe(), "nice": self.nice, **self.stats,
+        return {"encoder": self.describe(), "nice": self.nice,
+                "realtime_priority": self.realtime_priority, **self.stats,
                 "dropped_requests": self.dropped_requests}
 
     def stop(self) -> None:
@@ -219,7 +225,9 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops us after Ctrl-C
     # Before any thread starts: libx264's, libzmq's and the capture thread inherit it.
     with contextlib.suppress(queue.Full):
-        outbox.put_nowait(("nice", _renice(video.nice)))
+        # One message: the queue may be as short as two, and "encoder" must fit after it.
+        outbox.put_nowait(("scheduling", (_realtime(video.realtime_priority),
+                                          _renice(0 if video.realtime_priority else video.nice))))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         keys = ServerKeys.load(args.keys_dir)
@@ -246,7 +254,7 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
                     log.info("video process: %s", GC_PAUSES.describe())
                     # Never block the exit on a parent that stopped reading (or died).
                     with contextlib.suppress(queue.Full):
-                        outbox.put(("stats", sender.report()), timeout=FINAL_PUT_S)
+                        outbox.put(("stats", _report(sender)), timeout=FINAL_PUT_S)
             finally:
                 control.close(0)
                 sock.close(0)
@@ -261,15 +269,45 @@ def _child_main(args: _ChildArgs, inbox: mp.Queue[tuple[str, Any]],
         ctx.term()
 
 
+def _report(sender: Any) -> dict[str, Any]:
+    """The sender's counters and this process's own CPU (every thread) and time up, so the
+    robot's CPU splits into control and encode (the issue's goal counts both)."""
+    return {**sender.report(), "cpu_s": round(time.process_time(), 3),
+            "up_s": round((time.monotonic_ns() - _STARTED_NS) / 1e9, 3)}
+
+
+def _own_threads() -> list[int]:
+    """This process's thread ids: the ones started before us (the numerical libraries'
+    pools, at import) do not inherit what this thread sets next."""
+    return [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir(
+        "/proc/self/task") else [0]
+
+
 def _renice(nice: int) -> int:
-    """Set this process's (this thread's, inherited by the threads it starts) nice value
-    where permitted; returns the value in force."""
+    """Set this process's nice value (per thread on Linux: every thread so far, and
+    inherited by the threads started later) where permitted; returns the value in force."""
     if nice:
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            for tid in _own_threads():
+                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
         except OSError as err:
             log.info("video process nice %d not permitted (%s); normal priority", nice, err)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _realtime(priority: int) -> int:
+    """SCHED_FIFO ``priority`` for this thread and, inherited, every thread it starts,
+    where permitted (0: leave it); returns the priority in force (0: normal)."""
+    if priority:
+        try:
+            for tid in _own_threads():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as err:
+            log.info("video process SCHED_FIFO %d not permitted (%s); normal scheduling",
+                     priority, err)
+    return os.sched_getparam(0).sched_priority
 
 
 def _take_control(control: zmq.Socket[Any], sender: Any) -> bool:
@@ -331,4 +369,4 @@ def _loop(source: Any, sender: Any, control: zmq.Socket[Any],
         if now >= next_stats:
             next_stats = now + 1_000_000_000
             with contextlib.suppress(queue.Full):
-                outbox.put_nowait(("stats", sender.report()))
+                outbox.put_nowait(("stats", _report(sender)))

@@ -22,6 +22,9 @@ X264_PRESETS = frozenset({
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
 })
 """Slower presets cost more than a frame period at 720p30 on an edge CPU."""
+MAX_VIDEO_PRIORITY = 19
+"""Below ``telesurgery.pacer.HELPER_PRIORITY`` (20): the lowest real-time priority the rig's
+other threads use."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class VideoConfig:
     encoder_threads: int = 0
     """libx264 threads (sliced: each frame cut into that many slices, no frame delay);
     0 lets libx264 choose (1.5 x cores). One thread costs least CPU; more cut the
-    encode's wall time, which is picture latency (``telesurgery bench video``)."""
+    encode's wall time, which is picture latency (``telesurgery bench video``), and at
+    normal scheduling weigh more: CFS shares a busy CPU per thread, and one thread got a
+    third to a half of the sliced encoder's pictures out on a loaded machine (round 7)."""
     vbv_frames: float = 1.0
     """VBV buffer in frame periods: caps any frame, keyframes included, near this."""
     max_send_age_ms: float = 250.0
@@ -60,7 +65,16 @@ class VideoConfig:
     pushed the rig's CPUs into the kernel's real-time throttling (all real-time threads
     stopped for up to 50 ms a second: the arm's state reports missed, serial faults),
     while a CFS weight ~10x an ordinary process's keeps it ahead of other work and still
-    below every real-time thread of the control process."""
+    below every real-time thread of the control process. Ignored while
+    ``realtime_priority`` is set."""
+    realtime_priority: int = 0
+    """SCHED_FIFO priority of the video process and every thread it starts (capture,
+    libx264's, libzmq's) where permitted; 0: normal scheduling at ``nice``. At most
+    ``MAX_VIDEO_PRIORITY``, below the control process's helpers (20) and every thread the
+    period needs, so real-time work of the arm always preempts the encode. Off by default:
+    at 10 the pictures came, but a third of a core more real-time work on a shared two-core
+    machine brought the kernel's real-time throttling back (stall gaps ~50 ms, the emulator
+    starved, ``serial_fault`` trips). For a robot whose CPUs carry no console or proxy."""
 
     def __post_init__(self) -> None:
         for name in ("width", "height"):
@@ -80,6 +94,9 @@ class VideoConfig:
         check(self.gop > 0 or self.intra_refresh, "video.gop", self.gop,
               "0 (no keyframes) needs intra_refresh = true")
         check(-20 <= self.nice <= 19, "video.nice", self.nice, "must be within -20..19")
+        check(0 <= self.realtime_priority <= MAX_VIDEO_PRIORITY, "video.realtime_priority",
+              self.realtime_priority,
+              f"must be in [0, {MAX_VIDEO_PRIORITY}] (0: normal scheduling at video.nice)")
         check(0 <= self.encoder_threads <= 16, "video.encoder_threads", self.encoder_threads,
               "must be in [0, 16] (0: the encoder chooses)")
         check(self.preset in X264_PRESETS, "video.preset", self.preset,

@@ -46,9 +46,14 @@ import zmq
 from robot_side.video.capture import CapturedFrame
 from robot_side.video.encoder import H264Encoder
 from telesurgery.gaps import PICTURE_AGES_MS, AgeCounter, GapCounter
+from telesurgery.ratelog import RateLimitedLog
 from transport import schema
 
 log = logging.getLogger(__name__)
+rate_log = RateLimitedLog(log)
+
+LATE_AT_SEND_NS = 120_000_000
+"""A picture older than this when published is logged with where it lost its time."""
 
 LOSS_REASONS = frozenset({"gap", "backlog"})
 """KeyframeRequest reasons that mean the link lost or piled up frames."""
@@ -170,7 +175,9 @@ class VideoSender:
         self._apply(self.controller.tick(now))
         # Cleared before encoding so a request arriving meanwhile is not lost.
         force, self._keyframe_due = self._keyframe_due, False
+        cpu0 = time.process_time_ns()
         encoded = self._encoder.encode(frame.image, frame.frame_id, force)
+        encode_cpu_ns = time.process_time_ns() - cpu0
         self.stats.encode_ns_total += encoded.encode_ns
         self.stats.last_encode_ns = encoded.encode_ns
         self.stats.convert_ns_total += encoded.convert_ns
@@ -196,6 +203,14 @@ class VideoSender:
         self.stats.send_ns_total += sent_ns - send_ns
         self.age_at_send.add(sent_ns - frame.capture_ns)
         self.send_gaps.event(sent_ns)
+        if sent_ns - frame.capture_ns > LATE_AT_SEND_NS:
+            # Which stage: waiting to start, the encode's wall time against the CPU the
+            # whole process used meanwhile (its slice threads included), or the send.
+            rate_log(logging.INFO, "late", "video frame %d %.1f ms old at send: %.1f at "
+                     "encode start, encode %.1f ms wall / %.1f ms process CPU, send %.1f ms "
+                     "(monotonic %d)", frame.frame_id, (sent_ns - frame.capture_ns) / 1e6,
+                     (now - frame.capture_ns) / 1e6, encoded.encode_ns / 1e6,
+                     encode_cpu_ns / 1e6, (sent_ns - send_ns) / 1e6, sent_ns)
         return True
 
     def report(self) -> dict[str, Any]:

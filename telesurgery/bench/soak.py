@@ -65,6 +65,14 @@ whole soak; ten windows of 10 000 messages give the same-run p99 from 100 000 sa
 a sixth of that. The path's figure still covers the whole run."""
 
 
+def _video_cpu_pct(video: dict[str, Any]) -> float | None:
+    """The video process's CPU over its own life (every thread: capture, libx264, libzmq)."""
+    cpu, up = video.get("cpu_s"), video.get("up_s")
+    if isinstance(cpu, int | float) and isinstance(up, int | float) and up > 0:
+        return round(100.0 * cpu / up, 1)
+    return None
+
+
 def _alongside_pct(alongside: dict[str, Any], seconds: float) -> dict[str, float]:
     """The stall reader's and the raw pyzmq pair's CPU as % of one core over the run."""
     out = {}
@@ -97,10 +105,12 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         sampler = CpuSampler(rig)  # every rig process over the same window as the robot's
         sampler.sample()
         cpu0, wall0 = rig.cpu_seconds("robot"), time.monotonic()
+        control0 = rig.cpu_seconds("robot", children=False)
         deadline = t0 + seconds + _EXIT_GRACE_S
         while rig.procs["console"].poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         cpu1, wall1 = rig.cpu_seconds("robot"), time.monotonic()
+        control1 = rig.cpu_seconds("robot", children=False)
         sampler.sample()
         proxy_added = rig.proxy_added_latency()
         proxy_stats = _proxy_stats(rig)
@@ -139,6 +149,10 @@ def run(seconds: float = 600.0, run_dir: Path | None = None, *,
         "proxy_added_p99_us": proxy_added.get("p99_us"),
         "robot_cpu_pct": (round(100.0 * (cpu1 - cpu0) / (wall1 - wall0), 1)
                           if cpu0 is not None and cpu1 is not None and wall1 > wall0 else None),
+        "control_cpu_pct": (round(100.0 * (control1 - control0) / (wall1 - wall0), 1)
+                            if control0 is not None and control1 is not None
+                            and wall1 > wall0 else None),
+        "video_cpu_pct": _video_cpu_pct(robot.get("video", {})),
         "console_thread_cpu_s": console.get("thread_cpu_s"),
         "trip_causes": trip_causes(console, robot, proxy_stats),
         "rig_cpu_pct": {**sampler.percent(), **_alongside_pct(alongside, seconds)},
@@ -293,7 +307,8 @@ def main(argv: list[str]) -> int:
     if r.get("loop_late"):
         print(f"                    {r['loop_late']}")
     print(f"  robot CPU         {r['robot_cpu_pct']} % of one core (control process + video "
-          "encode)")
+          f"encode + the ROS 2 bridge): control process {r['control_cpu_pct']} %, video "
+          f"process {r['video_cpu_pct']} % (over its own life)")
     print("  rig CPU           % of one core, next to the robot's: " + ", ".join(
         f"{k} {v:g}" for k, v in (r.get("rig_cpu_pct") or {}).items()))
     print(f"  console CPU       per thread, CPU-s: {r['console_thread_cpu_s']}")

@@ -7,6 +7,7 @@ end tests use TCP on random ports, one of them over the real CURVE-secured link.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,19 @@ def test_a_frame_already_stale_at_send_is_not_sent(ctx: zmq.Context[Any]) -> Non
     sender = sender_on(pub)
     assert not sender.send(frame(0, capture_ns=time.monotonic_ns() - 2_000_000_000))
     assert sender.stats.dropped_stale == 1 and sender.stats.sent == 0
+
+
+def test_a_late_picture_is_sent_and_logged_with_where_it_lost_its_time(
+        ctx: zmq.Context[Any], caplog: pytest.LogCaptureFixture) -> None:
+    pub, _ = pub_sub(ctx)
+    sender = sender_on(pub)
+    caplog.set_level(logging.INFO, logger="robot_side.video.sender")
+    # Late (older than LATE_AT_SEND_NS), not stale (below max_send_age_ms): sent, logged.
+    assert sender.send(frame(0, capture_ns=time.monotonic_ns() - 150_000_000))
+    late = [r.getMessage() for r in caplog.records if "old at send" in r.getMessage()]
+    assert len(late) == 1 and "at encode start" in late[0] and "process CPU" in late[0], late
+    assert sender.send(frame(1))  # a fresh one: nothing more
+    assert len([r for r in caplog.records if "old at send" in r.getMessage()]) == 1
 
 
 # ---------------------------------------------------------------- bitrate control (pure)

@@ -46,6 +46,9 @@ def scene() -> SyntheticScene:
     ({"bitrate_kbps": 100, "min_bitrate_kbps": 500}, "video.bitrate_kbps"),
     ({"preset": "placebo"}, "video.preset"),
     ({"encoder_threads": 99}, "video.encoder_threads"),
+    # At 20 or more the encode would stand level with the control process's helpers.
+    ({"realtime_priority": 20}, "video.realtime_priority"),
+    ({"realtime_priority": -1}, "video.realtime_priority"),
 ])
 def test_config_rejects_bad_values_naming_the_key(data: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
