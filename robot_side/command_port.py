@@ -43,11 +43,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from robot_side.control import CommandSample, PendingRequest
+from robot_side.pathfigures import LatencyRing
 from telesurgery.errors import SchemaError
 from telesurgery.pacer import zmq_context
 from telesurgery.ratelog import RateLimitedLog
@@ -64,10 +64,6 @@ from transport.sockets import bound_port, server_socket
 
 log = logging.getLogger(__name__)
 
-LATENCY_RING = 1 << 18
-"""One-way latencies kept for the run summary: over four minutes at 1 kHz."""
-MAX_PATH_SESSIONS = 32
-"""Command sessions whose path figures are kept apart (``PathRecorder.by_session``)."""
 MONITOR_EVERY_NS = 100_000_000
 TAKE_GUARD_NS = 150_000
 """The wait stops taking this long before its deadline (``CommandPort.wait_until``).
@@ -84,30 +80,6 @@ COPY_OF_SESSION = frozenset({Verdict.FRESH, Verdict.DUPLICATE, Verdict.REPLAY})
 """Verdicts of a copy of this session's command: evidence about the path it came by."""
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-
-
-class LatencyRing:
-    """Preallocated ring of microsecond figures; nothing is allocated per sample."""
-
-    def __init__(self, size: int = LATENCY_RING) -> None:
-        self._us = np.zeros(size, dtype=np.int64)
-        self.n = 0
-
-    def add(self, us: int) -> None:
-        self._us[self.n % len(self._us)] = us
-        self.n += 1
-
-    def percentiles(self, where: np.ndarray | None = None) -> dict[str, float]:
-        """{n, p50_us, p99_us, p999_us, max_us} over what the ring holds; {n: 0} if empty.
-
-        ``where``: a boolean mask over the ring's slots, to take a part of it."""
-        k = min(self.n, len(self._us))
-        data = self._us[:k] if where is None else self._us[:k][where[:k]]
-        if len(data) == 0:
-            return {"n": 0}
-        p50, p99, p999 = np.percentile(data, [50, 99, 99.9])
-        return {"n": self.n if where is None else len(data), "p50_us": float(p50),
-                "p99_us": float(p99), "p999_us": float(p999), "max_us": float(data.max())}
 
 
 class CommandPort:
@@ -200,8 +172,8 @@ class CommandPort:
         watch; returns at ``until_ns``, input or not.
 
         A command that arrives inside the guard is left queued (unsettled) for the
-        period's first act (``take`` right after the tick is stamped, as the node's
-        ``_wait_period`` does): a take begun there ran past the deadline and started
+        period's first act (``take`` right after the tick is stamped, as
+        ``ControlLoop._wait_period`` does): a take begun there ran past the deadline and started
         the period late (round 6's ``command_take`` class, ~60 % of the late periods).
         """
         take_until = until_ns - self.take_guard_ns
@@ -446,48 +418,3 @@ def link_context(realtime: bool) -> zmq.Context[Any]:
     """The robot's ZeroMQ context; its I/O thread at ``IO_THREAD_PRIORITY`` when
     ``realtime`` (the caller asked ``realtime_permitted``: libzmq aborts otherwise)."""
     return zmq_context(IO_THREAD_PRIORITY if realtime else 0)
-
-
-class PathRecorder:
-    """Console sample -> serial frame written, once per command that moved the arm.
-
-    ``t_sample_ns`` is on the console's clock; it is mapped with the offset the
-    robot measured itself (ClockSync), never a time the console claims about us.
-    """
-
-    def __init__(self) -> None:
-        self.ring = LatencyRing()
-        self.console = LatencyRing(1 << 16)
-        """Its parts, to tell where the time goes: sample -> send on the console ..."""
-        self.robot = LatencyRing(1 << 16)
-        """... and receive -> frame written on the robot (the rest is the network)."""
-        self._last_seq: int | None = None
-        self.unmapped = 0
-        self._session_of = np.zeros(LATENCY_RING, dtype=np.int8)
-        """Per slot of ``ring``: the index of the session (in ``_sessions``) it belongs to."""
-        self._sessions: dict[int | None, int] = {}
-
-    def by_session(self) -> list[dict[str, float]]:
-        """The path's figures per command session (surgeon console, ROS commander, ...),
-        in the order the sessions first moved the arm (``bench path --ros``)."""
-        return [self.ring.percentiles(self._session_of == i)
-                for i in self._sessions.values()]
-
-    def record(self, cmd: Command, offset_ns: int | None, written_ns: int,
-               recv_ns: int | None = None) -> None:
-        if cmd.seq == self._last_seq or cmd.t_sample_ns is None:
-            return
-        self._last_seq = cmd.seq
-        if recv_ns is not None:
-            self.robot.add((written_ns - recv_ns) // 1000)
-        self.console.add((cmd.t_send_ns - cmd.t_sample_ns) // 1000)
-        if offset_ns is None:
-            self.unmapped += 1
-            return
-        index = self._sessions.get(cmd.session)
-        if index is None:  # at most MAX_PATH_SESSIONS; later ones count as the last
-            index = min(len(self._sessions), MAX_PATH_SESSIONS - 1)
-            if len(self._sessions) < MAX_PATH_SESSIONS:
-                self._sessions[cmd.session] = index
-        self._session_of[self.ring.n % len(self._session_of)] = index
-        self.ring.add((written_ns - (cmd.t_sample_ns + offset_ns)) // 1000)

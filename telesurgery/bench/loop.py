@@ -97,7 +97,7 @@ def _run_loop(cfg: RobotConfig, seconds: float, realtime: bool = True) -> dict[s
         stats = LinkStats()
         # The hand holds the instrument's orientation: engaging requires them aligned.
         centre, quat = kin.fk(kin.home)
-        # As the robot node paces its loop (robot_side/node.py).
+        # As the robot node paces its loop (robot_side/control_loop.py).
         realtime = realtime and enter_realtime(50)
         pacer = Pacer(cfg.control.period_ns,
                       spin_ns=cfg.control.spin_us * 1000 if realtime else 0)

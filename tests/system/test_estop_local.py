@@ -3,7 +3,7 @@
 The attacker is a real uid (``ts-attacker``, created with ``useradd`` when missing)
 running real processes; these tests need root to create and become it and are
 skipped otherwise. The control loop's side is a stand-in thread that answers each
-request the way ``RobotNode._estop_answer`` does (the node-level tests in
+request the way ``ControlLoop._estop_events`` does (the node-level tests in
 test_robot_node.py drive the real loop).
 """
 

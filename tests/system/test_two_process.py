@@ -125,5 +125,5 @@ def test_robot_summary_after_the_run(rig: DeviceRig) -> None:
     assert robot["final_state"] == "disabled"
     if realtime_permitted():
         # No thread of the control process left at normal priority before the loop
-        # (robot_side/node.py: lift_normal_threads): the e-stop server among them.
+        # (robot_side/assembly.py: lift_normal_threads): the e-stop server among them.
         assert len(robot["helpers_lifted"]) >= 3

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import zmq
 
-from robot_side.command_port import CommandPort, PathRecorder
+from robot_side.command_port import CommandPort
+from robot_side.pathfigures import PathRecorder
 from transport.config import LinkConfig
 from transport.keys import ClientKeys, ServerKeys, init_keys
 from transport.link import ConsoleLink, RobotLink
@@ -447,18 +448,18 @@ def test_commands_split_between_the_wait_and_the_period_are_all_judged_in_order(
 
 def test_the_node_uses_a_command_taken_at_the_period_start_in_that_period(
         port: tuple[CommandPort, LinkConfig], keys: Path) -> None:
-    """``RobotNode._wait_period`` (the real one, on a node holding only what it reads):
+    """``ControlLoop._wait_period`` (the real one, on a loop holding only what it reads):
     a command left by the wait's guard is taken after the tick and is the period's
     command. Fails when the node does not take it (it would wait a whole period)."""
+    from robot_side.control_loop import ControlLoop
     from robot_side.gilwindow import ControlWindow
     from robot_side.lateperiods import LatePeriods
     from robot_side.netio import Mailbox
-    from robot_side.node import RobotNode
     from telesurgery.pacer import Pacer, PhaseLock
 
     p, cfg = port
     period = 20_000_000
-    node = RobotNode.__new__(RobotNode)
+    node = ControlLoop.__new__(ControlLoop)
     node.port, node._sched, node.mailbox = p, None, Mailbox()
     node.pacer, node.phase = Pacer(period), PhaseLock(period, 50_000)
     node.late, node.window = LatePeriods(period), ControlWindow(period)

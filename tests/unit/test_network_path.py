@@ -6,7 +6,7 @@ stands in for the node's control thread with what of it these tests are about: i
 owns the real ``CommandPort`` (binds it behind the network thread's authenticator,
 waits on it, judges every command with its ``CommandIntake``), hands each period's
 requests to ``CommandPort.on_requests`` before answering them, as
-``RobotNode._take_requests`` does, and answers every request with ok (what the
+``ControlLoop._take_requests`` does, and answers every request with ok (what the
 supervisor says is not what these tests are about).
 """
 
