@@ -4,7 +4,7 @@ Each period takes the command socket's newest command (``_wait_period``, paced a
 phase-locked), the control requests, the local and ROS 2 e-stop presses and a revoked
 key, runs ``robot_side.period.run_period`` and hands its results off (replies, audit
 records, transitions, trips) by reference swaps and bounded deques. Apart from
-``robot_side.node`` (which builds every part and starts the children) so that what runs
+``robot_side.assembly`` (which builds every part and starts the children) so that what runs
 every period, in the real-time thread, reads in one place with nothing else around it.
 """
 
