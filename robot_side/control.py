@@ -93,6 +93,8 @@ class ControlCore:
         # reopened port): a link that just came back is not yet one to follow on.
         self._arm_steady_ns = int(cfg.startup.arm_steady_ms * 1e6)
         self._arm_ok_since_ns: int | None = None
+        """Since when the arm has been connected with fresh state (None: the last period
+        could not trust it)."""
         self.supervisor = Supervisor(cfg.safety.watchdog, self.period_ns)
         self.watchdog = LinkWatchdog(cfg.safety.watchdog)
         self.follower = Follower(cfg, kin)
@@ -106,8 +108,6 @@ class ControlCore:
         self._last_cmd_recv_ns: int | None = None
         self._was_moving = False
         self._estop_sources: set[Reason] = set()
-        self._arm_ok = False
-        """The arm is connected and its state is fresh: the last period could trust it."""
         self._release_pending = False
         self._release_seq: int | None = None
         self._measured_cache: tuple[tuple[float, ...],
@@ -213,25 +213,25 @@ class ControlCore:
         engaged = sup.state in (State.FOLLOWING, State.HOLD)
         if reading.write_error is not None and engaged:
             self._trip(now_ns, Reason.SERIAL_FAULT, f"write failed: {reading.write_error}")
+        was_ok = self._arm_ok_since_ns is not None
         if not reading.connected:
-            if self._arm_ok:
+            if was_ok:
                 self._trip(now_ns, Reason.SERIAL_FAULT, "manipulator link lost")
             # The node's reconnector reopens the port off this loop; motion stays
             # latched off until the surgeon clears the fault and re-engages.
-            self._arm_ok, self._arm_ok_since_ns = False, None
+            self._arm_ok_since_ns = None
             return reading.sample, False
         sample = reading.sample
         if sample is None or now_ns - sample.received_ns > self._state_timeout_ns:
-            if self._arm_ok and engaged:
+            if was_ok and engaged:
                 self._trip(now_ns, Reason.SERIAL_FAULT, "no state report from the arm")
-            elif self._arm_ok:
+            elif was_ok:
                 _ratelog(logging.WARNING, "arm_silent",
                          "no state report from the arm; engaging is blocked")
-            self._arm_ok, self._arm_ok_since_ns = False, None
+            self._arm_ok_since_ns = None
             return sample, False
-        if self._arm_ok_since_ns is None:
+        if not was_ok:
             self._arm_ok_since_ns = now_ns
-        self._arm_ok = True
         if self._release_pending:
             self._release_pending = False
             self._release_seq = reading.last_sent_seq

@@ -80,7 +80,7 @@ class StartupWatch:
                 failed.append(f"{child.words} {child.failure}")
             elif child.late:
                 failed.append(f"{child.words} {self._late_words}")
-            elif child.ready_ns is None:
+            else:
                 waiting.append(child.words)
         if failed:
             return "robot not ready: " + "; ".join(failed)

@@ -26,6 +26,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,11 +277,15 @@ def _report(sender: Any) -> dict[str, Any]:
             "up_s": round((time.monotonic_ns() - _STARTED_NS) / 1e9, 3)}
 
 
-def _own_threads() -> list[int]:
-    """This process's thread ids: the ones started before us (the numerical libraries'
-    pools, at import) do not inherit what this thread sets next."""
-    return [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir(
+def _on_every_thread(set_one: Callable[[int], object]) -> None:
+    """``set_one(tid)`` for each thread of this process: the ones started before us (the
+    numerical libraries' pools, at import) do not inherit what this thread sets next.
+    A thread that ended meanwhile is skipped; a refusal (OSError) goes to the caller."""
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir(
         "/proc/self/task") else [0]
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):
+            set_one(tid)
 
 
 def _renice(nice: int) -> int:
@@ -288,9 +293,7 @@ def _renice(nice: int) -> int:
     inherited by the threads started later) where permitted; returns the value in force."""
     if nice:
         try:
-            for tid in _own_threads():
-                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
-                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+            _on_every_thread(lambda tid: os.setpriority(os.PRIO_PROCESS, tid, nice))
         except OSError as err:
             log.info("video process nice %d not permitted (%s); normal priority", nice, err)
     return os.getpriority(os.PRIO_PROCESS, 0)
@@ -301,9 +304,8 @@ def _realtime(priority: int) -> int:
     where permitted (0: leave it); returns the priority in force (0: normal)."""
     if priority:
         try:
-            for tid in _own_threads():
-                with contextlib.suppress(ProcessLookupError):
-                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+            param = os.sched_param(priority)
+            _on_every_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_FIFO, param))
         except OSError as err:
             log.info("video process SCHED_FIFO %d not permitted (%s); normal scheduling",
                      priority, err)
